@@ -1,0 +1,26 @@
+"""lostprune's torch ops: compiled C++/CUDA kernels with plain-PyTorch references.
+
+Every op is a function here. The first call builds the kernels (see ``_build``); when that
+is impossible the references run instead, after one warning. ``backend()`` tells which.
+"""
+
+from __future__ import annotations
+
+from ._build import BuildState, LostpruneBuildWarning, ensure_loaded
+from ._registry import all_ops
+from .gather import gather_channels, gather_channels_reference
+
+__all__ = [
+    "BuildState", "LostpruneBuildWarning", "all_ops", "backend", "build_info", "ensure_loaded",
+    "gather_channels", "gather_channels_reference",
+]
+
+
+def backend() -> str:
+    """``"compiled"`` when the kernels are loaded, ``"reference"`` when PyTorch references run."""
+    return ensure_loaded().backend
+
+
+def build_info() -> BuildState:
+    """Details of the active backend: library path, CUDA, build log, cache key, reason."""
+    return ensure_loaded()
