@@ -6,4 +6,10 @@
 TORCH_LIBRARY(lostprune, m) {
   // Structured channel slicing (SPEC §6): per tensor, keep rows (dim 0) and/or cols (dim 1).
   m.def("gather_channels(Tensor[] tensors, Tensor?[] rows, Tensor?[] cols) -> Tensor[]");
+  // Sensitivity scoring (SPEC §2.3, §2.4, §6): x [B, Cin, H, W], weight [Cout, Cin/g, kh, kw];
+  // max over the batch (and over `running`, to stream batches). Linear = 1x1 conv.
+  m.def("weight_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups, str reduce, Tensor? running) -> Tensor");
+  m.def("channel_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups, Tensor? running) -> Tensor");
 }

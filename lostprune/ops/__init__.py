@@ -9,10 +9,20 @@ from __future__ import annotations
 from ._build import BuildState, LostpruneBuildWarning, ensure_loaded
 from ._registry import all_ops
 from .gather import gather_channels, gather_channels_reference
+from .sensitivity import (
+    channel_sensitivity,
+    channel_sensitivity_literal,
+    channel_sensitivity_reference,
+    weight_sensitivity,
+    weight_sensitivity_literal,
+    weight_sensitivity_reference,
+)
 
 __all__ = [
     "BuildState", "LostpruneBuildWarning", "all_ops", "backend", "build_info", "ensure_loaded",
     "gather_channels", "gather_channels_reference",
+    "channel_sensitivity", "channel_sensitivity_literal", "channel_sensitivity_reference",
+    "weight_sensitivity", "weight_sensitivity_literal", "weight_sensitivity_reference",
 ]
 
 

@@ -1,0 +1,163 @@
+"""The data pass: stream a data set S through a model and collect, per prunable layer, the
+sensitivities of SPEC §2.3 / §2.4.
+
+Forward hooks receive each layer's input batch by batch (never image by image) and fold it
+into the layer's running maximum with the fused sensitivity ops, so memory stays at one batch
+of activations plus one weight-sized result per layer. A module called several times in one
+forward (shared weights) gets every call's input as further data points.
+
+    scores = sensitivity_pass(model, S, kind="weight")   # {layer name: tensor like its weight}
+    scores = sensitivity_pass(model, S, kind="channel")  # {layer name: one value per input channel}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .core.layers import prunable_layers
+from .data.batches import iter_inputs
+from .ops import sensitivity as sensitivity_ops
+
+KINDS = ("weight", "channel")
+# Which implementation scores a layer: the compiled ops (falling back to the vectorized
+# reference without a compiler), or one of the references (for cross-checks and benchmarks).
+IMPLEMENTATIONS = {
+    "kernel": (sensitivity_ops.weight_sensitivity, sensitivity_ops.channel_sensitivity),
+    "reference": (sensitivity_ops.weight_sensitivity_reference, sensitivity_ops.channel_sensitivity_reference),
+    "literal": (sensitivity_ops.weight_sensitivity_literal, sensitivity_ops.channel_sensitivity_literal),
+}
+SUPPORTED_LAYERS = (nn.Conv2d, nn.Linear)
+
+
+def _check_layers(layers: dict[str, nn.Module]) -> None:
+    bad = [f"{name!r} ({type(module).__name__})" for name, module in layers.items()
+           if not isinstance(module, SUPPORTED_LAYERS)]
+    if bad:
+        raise TypeError("the sensitivity pass supports Conv2d and Linear layers; unsupported: " + ", ".join(bad))
+
+
+def _layer_score(module: nn.Module, x: Tensor, kind: str, reduce: str, running: Tensor | None,
+                 implementation: str) -> Tensor:
+    weight = module.weight  # the masked weight for pruned layers (set by their forward pre-hook)
+    if isinstance(module, nn.Linear):
+        conv = {}
+    else:
+        padding = module.padding
+        if module.padding_mode != "zeros":  # reflect / replicate / circular: pad like the module does
+            x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+            padding = 0
+        conv = dict(stride=module.stride, padding=padding, dilation=module.dilation, groups=module.groups)
+    weight_op, channel_op = IMPLEMENTATIONS[implementation]
+    if kind == "weight":
+        return weight_op(x, weight, reduce=reduce, running=running, **conv)
+    return channel_op(x, weight, running=running, **conv)
+
+
+def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: dict[str, nn.Module], *,
+                          kind: str = "weight", reduce: str = "mean", progress: bool = True,
+                          total: int | None = None, implementation: str = "kernel") -> dict[str, Tensor]:
+    """Run ``model`` (in eval mode, without gradients) on every batch and return the layers'
+    sensitivities, max over all samples and all calls. ``batches`` must already sit on the
+    model's device; ``total`` (samples) sizes the progress bar. ``implementation``:
+    ``"kernel"`` (the compiled ops), ``"reference"`` or ``"literal"`` (see lostprune.ops.sensitivity)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if reduce not in sensitivity_ops.REDUCTIONS:
+        raise ValueError(f"reduce must be one of {sensitivity_ops.REDUCTIONS}, got {reduce!r}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {tuple(IMPLEMENTATIONS)}, got {implementation!r}")
+    _check_layers(layers)
+    scores: dict[str, Tensor] = {}
+    batch_index = 0
+
+    def make_hook(name: str):
+        def hook(module, args, output):
+            if not args or not isinstance(args[0], Tensor):
+                raise TypeError(f"layer {name!r} was called without a tensor input")
+            try:
+                scores[name] = _layer_score(module, args[0], kind, reduce, scores.get(name), implementation)
+            except (RuntimeError, ValueError) as exc:
+                if "NaN or inf" in str(exc):
+                    raise ValueError(f"layer {name!r} received NaN or inf activations in batch {batch_index} "
+                                     "(the model's forward produced them: check the weights and the input "
+                                     "normalization)") from None
+                raise
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(name)) for name, module in layers.items()]
+    was_training = model.training
+    model.eval()  # never update BatchNorm statistics while scoring
+    seen = 0
+    try:
+        with torch.no_grad(), tqdm(total=total, unit="img", desc=f"{kind} sensitivities",
+                                   disable=not progress, leave=False) as bar:
+            for batch_index, x in enumerate(batches):
+                model(x)
+                seen += x.shape[0]
+                bar.update(x.shape[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if seen < 2:
+        raise ValueError(f"data has {seen} input; sensitivities need at least 2 (SPEC §2.3: a held-out set S, "
+                         "256 images by default)")
+    missing = [name for name in layers if name not in scores]
+    if missing:
+        raise RuntimeError(f"layers {missing} were never called in the model's forward; they cannot be scored "
+                           "(exclude them with exclude=...)")
+    return scores
+
+
+def _sample_count(data) -> int | None:
+    if isinstance(data, Tensor):
+        return data.shape[0]
+    dataset = getattr(data, "dataset", data)
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def _on_device(batches: Iterator[Tensor], device: torch.device) -> Iterator[Tensor]:
+    for index, x in enumerate(batches):
+        if x.device != device:
+            raise ValueError(f"data: batch {index} is on {x.device} but the model is on {device}; move the data "
+                             "(or the model) to one device")
+        yield x
+
+
+def sensitivity_pass(model: nn.Module, data, *, kind: str = "weight", reduce: str = "mean", layers=None,
+                     exclude=None, batch_size: int = 64, progress: bool = True,
+                     implementation: str = "kernel") -> dict[str, Tensor]:
+    """Sensitivities of ``model``'s prunable layers on ``data`` (S).
+
+    Args:
+        model: any ``nn.Module``; its Conv2d and Linear layers are scored (select with
+            ``layers`` / ``exclude`` as in :func:`lostprune.prune`).
+        data: S — a tensor, a Dataset, a DataLoader or an iterable of batches or (inputs, labels)
+            pairs, on the model's device; at least 2 samples.
+        kind: ``"weight"`` (SiPP: a tensor shaped like each weight) or ``"channel"`` (PFP: one
+            value per input channel).
+        reduce: for ``kind="weight"``, ``"mean"`` (the paper's) or ``"max"`` over positions.
+        batch_size: batch size used when ``data`` is a tensor or a Dataset.
+        implementation: ``"kernel"`` (default), or ``"reference"`` / ``"literal"`` to run the
+            PyTorch references instead (slow; for cross-checks).
+
+    Returns:
+        {layer name: sensitivities}, on the model's device.
+    """
+    selected = prunable_layers(model, layers, exclude)
+    device = next(iter(selected.values())).weight.device
+    total = _sample_count(data)
+    if total is not None and total < 2:
+        raise ValueError(f"data has {total} input; sensitivities need at least 2")
+    batches = _on_device(iter_inputs(data, "data", batch_size=batch_size), device)
+    return collect_sensitivities(model, batches, selected, kind=kind, reduce=reduce, progress=progress, total=total,
+                                 implementation=implementation)
