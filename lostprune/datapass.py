@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from .core.layers import prunable_layers
@@ -116,13 +117,16 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
 
 
 def _sample_count(data) -> int | None:
+    """Samples in ``data`` when known up front (a tensor, a map-style Dataset or a DataLoader over one)."""
     if isinstance(data, Tensor):
         return data.shape[0]
-    dataset = getattr(data, "dataset", data)
-    try:
-        return len(dataset)
-    except TypeError:
-        return None
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if isinstance(dataset, Dataset) and not isinstance(dataset, IterableDataset):
+        try:
+            return len(dataset)
+        except TypeError:
+            return None
+    return None
 
 
 def _on_device(batches: Iterator[Tensor], device: torch.device) -> Iterator[Tensor]:

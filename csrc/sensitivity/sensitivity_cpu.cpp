@@ -299,7 +299,9 @@ void build_tile(const SensGeometry& g, const T* x, const std::vector<DataPoint>&
 template <typename T, int NV, SensitivityReduce kReduce, bool kFinal>
 struct TileKernel {
   static_assert(kFinal || kReduce == SensitivityReduce::kMean, "a max is always final");
-  static T fold(T slot, T value) { return kFinal ? (value > slot ? value : slot) : slot + value; }
+  static T fold(T slot, T value) {
+    return reduce_step<T>(kFinal ? SensitivityReduce::kMax : SensitivityReduce::kMean, slot, value);
+  }
 
   using V = typename Simd<T>::vec;
   static constexpr int64_t kWidth = NV * Simd<T>::kLanes;

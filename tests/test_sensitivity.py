@@ -1,0 +1,296 @@
+"""Sensitivity ops (SPEC §2.3, §2.4): compiled kernels against the literal reference (float64,
+tiny layers) and the vectorized reference (float32, larger random layers); streaming,
+errors, op checks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lostprune.ops import (
+    channel_sensitivity,
+    channel_sensitivity_literal,
+    channel_sensitivity_reference,
+    weight_sensitivity,
+    weight_sensitivity_literal,
+    weight_sensitivity_reference,
+)
+
+# (name, x shape, weight shape, conv kwargs): every feature the kernels must handle.
+TINY = [
+    ("first_layer_negative_inputs", (2, 3, 6, 5), (4, 3, 3, 3), dict(padding=1)),
+    ("batch_1", (1, 2, 5, 5), (3, 2, 3, 3), dict(padding=1)),
+    ("groups", (2, 4, 5, 6), (6, 2, 3, 3), dict(padding=1, groups=2)),
+    ("depthwise", (2, 3, 5, 5), (3, 1, 3, 3), dict(padding=1, groups=3)),
+    ("dilation", (2, 2, 7, 7), (3, 2, 3, 3), dict(padding=2, dilation=2)),
+    ("stride_2", (2, 2, 7, 6), (3, 2, 3, 3), dict(stride=2, padding=1)),
+    ("non_square_everything", (2, 4, 9, 7), (6, 2, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2),
+                                                               groups=2)),
+    ("pointwise", (3, 5, 4, 4), (2, 5, 1, 1), {}),
+    ("no_padding", (2, 2, 5, 4), (3, 2, 2, 2), {}),
+    ("same_even_kernel", (2, 2, 5, 5), (3, 2, 2, 4), dict(padding="same")),
+    ("linear_2d", (5, 7), (4, 7), {}),
+    ("linear_3d_tokens", (2, 3, 7), (4, 7), {}),
+]
+
+
+def _inputs(x_shape, w_shape, dtype=torch.float64, seed=0, relu=False):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(x_shape, generator=gen, dtype=dtype)
+    w = torch.randn(w_shape, generator=gen, dtype=dtype)
+    return (x.relu() if relu else x), w
+
+
+@pytest.mark.parametrize("name,x_shape,w_shape,conv", TINY, ids=[c[0] for c in TINY])
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_weight_kernel_matches_literal(compiled, name, x_shape, w_shape, conv, reduce):
+    x, w = _inputs(x_shape, w_shape)
+    out = weight_sensitivity(x, w, reduce=reduce, **conv)
+    expect = weight_sensitivity_literal(x, w, reduce=reduce, **conv)
+    assert out.shape == w.shape and out.dtype == torch.float64
+    torch.testing.assert_close(out, expect, rtol=1e-10, atol=1e-12)
+    assert (out >= 0).all() and (out <= 1 + 1e-12).all()
+
+
+@pytest.mark.parametrize("name,x_shape,w_shape,conv", TINY, ids=[c[0] for c in TINY])
+def test_channel_kernel_matches_literal(compiled, name, x_shape, w_shape, conv):
+    x, w = _inputs(x_shape, w_shape)
+    out = channel_sensitivity(x, w, **conv)
+    expect = channel_sensitivity_literal(x, w, **conv)
+    assert out.shape == (x.shape[-1] if w.dim() == 2 else x.shape[1],)
+    torch.testing.assert_close(out, expect, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,x_shape,w_shape,conv", TINY[:7], ids=[c[0] for c in TINY[:7]])
+def test_vectorized_reference_matches_literal(name, x_shape, w_shape, conv):
+    x, w = _inputs(x_shape, w_shape, seed=1)
+    for reduce in ("mean", "max"):
+        torch.testing.assert_close(weight_sensitivity_reference(x, w, reduce=reduce, **conv),
+                                   weight_sensitivity_literal(x, w, reduce=reduce, **conv), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(channel_sensitivity_reference(x, w, **conv), channel_sensitivity_literal(x, w, **conv),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_all_zero_input_scores_zero(compiled):
+    """z = 0 everywhere: g = 0 by the eps rule, never NaN."""
+    x, w = torch.zeros(2, 3, 5, 5), torch.randn(4, 3, 3, 3)
+    for reduce in ("mean", "max"):
+        assert torch.equal(weight_sensitivity(x, w, padding=1, reduce=reduce), torch.zeros_like(w))
+    assert torch.equal(channel_sensitivity(x, w, padding=1), torch.zeros(3))
+
+
+def test_eps_rule_and_sign_split_by_hand(compiled):
+    """One output, two edges: w = (2, -1), inputs a = (1, 3) at one position."""
+    x = torch.tensor([[1.0, 3.0]], dtype=torch.float64)
+    w = torch.tensor([[2.0, -1.0]], dtype=torch.float64)
+    # z+ = 2 * 1, z- = 1 * 3: each edge is the only one of its sign, g = 1.
+    torch.testing.assert_close(weight_sensitivity(x, w), torch.ones(1, 2, dtype=torch.float64))
+    # Negated input: a+ = 0 (z = 0, g = 0), a- = (1, 3) gives the same as above.
+    torch.testing.assert_close(weight_sensitivity(-x, w), torch.ones(1, 2, dtype=torch.float64))
+    # Tiny z below float32 eps: g = 0, even though the ratio is 1.
+    tiny = torch.tensor([[1e-9, 0.0]], dtype=torch.float64)
+    assert torch.equal(weight_sensitivity(tiny, w), torch.zeros(1, 2, dtype=torch.float64))
+
+
+def test_pruned_weights_score_zero_and_do_not_count(compiled):
+    x, w = _inputs((3, 4, 6, 6), (5, 4, 3, 3), relu=True)
+    mask = torch.rand(w.shape, generator=torch.Generator().manual_seed(3)) > 0.5
+    pruned = w * mask
+    out = weight_sensitivity(x, pruned, padding=1)
+    assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))
+    torch.testing.assert_close(out, weight_sensitivity_literal(x, pruned, padding=1))
+
+
+def _random_layer(gen):
+    """A random conv configuration with odd sizes."""
+    groups = int(torch.randint(1, 4, (1,), generator=gen))
+    cin_g, cout_g = (int(v) for v in torch.randint(1, 12, (2,), generator=gen))
+    kh, kw = (int(v) for v in torch.randint(1, 6, (2,), generator=gen))
+    stride = tuple(int(v) for v in torch.randint(1, 4, (2,), generator=gen))
+    dilation = tuple(int(v) for v in torch.randint(1, 3, (2,), generator=gen))
+    padding = tuple(int(v) for v in torch.randint(0, 3, (2,), generator=gen))
+    h = int(torch.randint(dilation[0] * (kh - 1) + 1, 40, (1,), generator=gen))
+    w = int(torch.randint(dilation[1] * (kw - 1) + 1, 40, (1,), generator=gen))
+    batch = int(torch.randint(1, 6, (1,), generator=gen))
+    x = torch.randn(batch, groups * cin_g, h, w, generator=gen)
+    if bool(torch.randint(0, 2, (1,), generator=gen)):
+        x = x.relu()  # after a ReLU: no sign split
+    if bool(torch.randint(0, 2, (1,), generator=gen)):
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)  # channels-last-like strides
+    weight = torch.randn(groups * cout_g, cin_g, kh, kw, generator=gen)
+    return x, weight, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_kernels_match_vectorized_reference_on_random_layers(compiled, seed):
+    x, w, conv = _random_layer(torch.Generator().manual_seed(seed))
+    for reduce in ("mean", "max"):
+        torch.testing.assert_close(weight_sensitivity(x, w, reduce=reduce, **conv),
+                                   weight_sensitivity_reference(x, w, reduce=reduce, **conv), rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(channel_sensitivity(x, w, **conv), channel_sensitivity_reference(x, w, **conv),
+                               rtol=2e-5, atol=1e-6)
+
+
+def test_larger_layer_matches_reference(compiled):
+    """Wide enough for several tiles per image and many threads' worth of work."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 24, 37, 29, generator=gen).relu()
+    w = torch.randn(40, 24, 3, 3, generator=gen)
+    for reduce in ("mean", "max"):
+        torch.testing.assert_close(weight_sensitivity(x, w, padding=1, reduce=reduce),
+                                   weight_sensitivity_reference(x, w, padding=1, reduce=reduce), rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(channel_sensitivity(x, w, padding=1), channel_sensitivity_reference(x, w, padding=1),
+                               rtol=2e-5, atol=1e-6)
+
+
+def test_running_max_streams_batches(compiled):
+    x, w = _inputs((6, 3, 8, 8), (5, 3, 3, 3), dtype=torch.float32)
+    for reduce in ("mean", "max"):
+        whole = weight_sensitivity(x, w, padding=1, reduce=reduce)
+        running = weight_sensitivity(x[:2], w, padding=1, reduce=reduce)
+        running = weight_sensitivity(x[2:], w, padding=1, reduce=reduce, running=running)
+        torch.testing.assert_close(running, whole)
+    running = channel_sensitivity(x[:5], w, padding=1)
+    torch.testing.assert_close(channel_sensitivity(x[5:], w, padding=1, running=running),
+                               channel_sensitivity(x, w, padding=1))
+
+
+def test_channel_is_the_max_of_weight_max_over_filters_and_offsets(compiled):
+    x, w = _inputs((3, 4, 7, 7), (6, 4, 3, 3), dtype=torch.float32)
+    per_weight = weight_sensitivity(x, w, padding=1, reduce="max")
+    torch.testing.assert_close(channel_sensitivity(x, w, padding=1), per_weight.amax(dim=(0, 2, 3)))
+
+
+def test_half_precision_computes_in_float32(compiled):
+    x, w = _inputs((2, 3, 6, 6), (4, 3, 3, 3), dtype=torch.float32)
+    out = weight_sensitivity(x.to(torch.bfloat16), w.to(torch.bfloat16), padding=1)
+    assert out.dtype == torch.float32
+    expect = weight_sensitivity(x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float(), padding=1)
+    torch.testing.assert_close(out, expect)
+
+
+def test_weight_requiring_grad_is_fine(compiled):
+    x, w = _inputs((2, 3, 5, 5), (4, 3, 3, 3), dtype=torch.float32)
+    out = weight_sensitivity(x, w.requires_grad_(), padding=1)
+    assert not out.requires_grad
+
+
+def test_meta_tensors_give_shapes(compiled):
+    x, w = torch.empty(2, 6, 9, 9, device="meta"), torch.empty(4, 3, 3, 3, device="meta")
+    assert weight_sensitivity(x, w, groups=2).shape == (4, 3, 3, 3)
+    assert channel_sensitivity(x, w, groups=2).shape == (6,)
+
+
+def test_opcheck(compiled):
+    x, w = _inputs((2, 4, 6, 5), (6, 2, 3, 2), dtype=torch.float32)
+    running = torch.rand(6, 2, 3, 2)
+    for args in [(x, w, [2, 1], [1, 0], [1, 2], 2, "mean", None), (x, w, [1, 1], [1, 1], [1, 1], 2, "max", running)]:
+        torch.library.opcheck(torch.ops.lostprune.weight_sensitivity.default, args)
+    torch.library.opcheck(torch.ops.lostprune.channel_sensitivity.default, (x, w, [1, 1], [0, 0], [1, 1], 2, None))
+    torch.library.opcheck(torch.ops.lostprune.channel_sensitivity.default,
+                          (x, w, [1, 1], [0, 0], [1, 1], 2, torch.rand(4)))
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("fn", [weight_sensitivity, weight_sensitivity_reference, weight_sensitivity_literal,
+                                channel_sensitivity, channel_sensitivity_reference, channel_sensitivity_literal])
+def test_nan_or_inf_input_is_an_error(compiled, fn):
+    x, w = _inputs((2, 2, 4, 4), (3, 2, 3, 3), dtype=torch.float32)
+    x[1, 0, 2, 2] = float("nan")
+    with pytest.raises((ValueError, RuntimeError), match="NaN or inf"):
+        fn(x, w, padding=1)
+    x[1, 0, 2, 2] = float("inf")
+    with pytest.raises((ValueError, RuntimeError), match="NaN or inf"):
+        fn(x, w, padding=1)
+    x[1, 0, 2, 2] = 0
+    w[0, 0, 0, 0] = float("nan")
+    with pytest.raises((ValueError, RuntimeError), match="weight .*NaN or inf"):
+        fn(x, w, padding=1)
+
+
+@pytest.mark.parametrize("fn", [weight_sensitivity, weight_sensitivity_reference])
+def test_argument_errors_name_the_argument(compiled, fn):
+    x, w = torch.randn(2, 4, 6, 6), torch.randn(6, 2, 3, 3)
+    with pytest.raises(ValueError, match="reduce must be 'mean' or 'max'"):
+        fn(x, w, groups=2, reduce="sum")
+    with pytest.raises(ValueError, match="expects 2 input channels, but x has 4"):
+        fn(x, w)
+    with pytest.raises(ValueError, match="groups=4 must divide the output channels"):
+        fn(x, torch.randn(6, 1, 3, 3), groups=4)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        fn(x, w, groups=2, stride=0)
+    with pytest.raises(ValueError, match="padding must be >= 0"):
+        fn(x, w, groups=2, padding=-1)
+    with pytest.raises(ValueError, match="running must have shape"):
+        fn(x, w, groups=2, running=torch.zeros(3))
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        fn(x, torch.randn(6, 2, 3))
+    with pytest.raises(ValueError, match="linear layer with weight"):
+        fn(torch.randn(2, 5), torch.randn(3, 4))
+    with pytest.raises(ValueError, match="takes no stride"):
+        fn(torch.randn(2, 4), torch.randn(3, 4), stride=2)
+    with pytest.raises(TypeError, match="floating point"):
+        fn(x.long(), w, groups=2)
+    with pytest.raises(ValueError, match="on meta but weight is on cpu"):
+        fn(x.to("meta"), w, groups=2)
+
+
+def test_kernel_that_does_not_fit_is_an_error(compiled):
+    with pytest.raises(RuntimeError, match="does not fit the padded input"):
+        weight_sensitivity(torch.randn(1, 2, 3, 3), torch.randn(2, 2, 5, 5))
+
+
+def test_op_level_checks(compiled):
+    """The C++ op validates on its own (for callers of torch.ops.lostprune directly)."""
+    op = torch.ops.lostprune.weight_sensitivity
+    x, w = torch.randn(2, 4, 6, 6), torch.randn(6, 2, 3, 3)
+    with pytest.raises(RuntimeError, match="reduce must be 'mean' or 'max'"):
+        op(x, w, [1, 1], [1, 1], [1, 1], 2, "median", None)
+    with pytest.raises(RuntimeError, match="x must have 4 dimensions"):
+        op(x[0], w, [1, 1], [1, 1], [1, 1], 2, "mean", None)
+    with pytest.raises(RuntimeError, match="weight has dtype Double but x has dtype Float"):
+        op(x, w.double(), [1, 1], [1, 1], [1, 1], 2, "mean", None)
+    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
+        op(x.half(), w.half(), [1, 1], [1, 1], [1, 1], 2, "mean", None)
+    with pytest.raises(RuntimeError, match=r"running must have shape \[6, 2, 3, 3\]"):
+        op(x, w, [1, 1], [1, 1], [1, 1], 2, "mean", torch.zeros(6))
+    with pytest.raises(RuntimeError, match="dilation must be >= 1"):
+        op(x, w, [1, 1], [1, 1], [0, 1], 2, "mean", None)
+
+
+# --------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("seed", range(6))
+def test_cuda_kernels_match_reference(compiled, seed):
+    x, w, conv = _random_layer(torch.Generator().manual_seed(100 + seed))
+    x, w = x.cuda(), w.cuda()
+    for reduce in ("mean", "max"):
+        out = weight_sensitivity(x, w, reduce=reduce, **conv)
+        assert out.is_cuda
+        torch.testing.assert_close(out.cpu(), weight_sensitivity_reference(x.cpu(), w.cpu(), reduce=reduce, **conv),
+                                   rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(channel_sensitivity(x, w, **conv).cpu(),
+                               channel_sensitivity_reference(x.cpu(), w.cpu(), **conv), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name,x_shape,w_shape,conv", TINY, ids=[c[0] for c in TINY])
+def test_cuda_float64_matches_literal(compiled, name, x_shape, w_shape, conv):
+    x, w = _inputs(x_shape, w_shape)
+    for reduce in ("mean", "max"):
+        torch.testing.assert_close(weight_sensitivity(x.cuda(), w.cuda(), reduce=reduce, **conv).cpu(),
+                                   weight_sensitivity_literal(x, w, reduce=reduce, **conv))
+    torch.testing.assert_close(channel_sensitivity(x.cuda(), w.cuda(), **conv).cpu(),
+                               channel_sensitivity_literal(x, w, **conv))
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_errors(compiled):
+    x, w = torch.randn(2, 4, 6, 5, device="cuda"), torch.randn(6, 2, 3, 2, device="cuda")
+    torch.library.opcheck(torch.ops.lostprune.weight_sensitivity.default,
+                          (x, w, [2, 1], [1, 0], [1, 2], 2, "mean", None))
+    torch.library.opcheck(torch.ops.lostprune.channel_sensitivity.default, (x, w, [1, 1], [0, 0], [1, 1], 2, None))
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN or inf"):
+        weight_sensitivity(x, w, groups=2)
+    with pytest.raises(ValueError, match="on cuda:0 but weight is on cpu"):
+        weight_sensitivity(x, w.cpu(), groups=2)
