@@ -116,7 +116,7 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
     return scores
 
 
-def _sample_count(data) -> int | None:
+def sample_count(data) -> int | None:
     """Samples in ``data`` when known up front (a tensor, a map-style Dataset or a DataLoader over one)."""
     if isinstance(data, Tensor):
         return data.shape[0]
@@ -159,7 +159,7 @@ def sensitivity_pass(model: nn.Module, data, *, kind: str = "weight", reduce: st
     """
     selected = prunable_layers(model, layers, exclude)
     device = next(iter(selected.values())).weight.device
-    total = _sample_count(data)
+    total = sample_count(data)
     if total is not None and total < 2:
         raise ValueError(f"data has {total} input; sensitivities need at least 2")
     batches = _on_device(iter_inputs(data, "data", batch_size=batch_size), device)
