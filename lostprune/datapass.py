@@ -30,7 +30,8 @@ KINDS = ("weight", "channel")
 # reference without a compiler), or one of the references (for cross-checks and benchmarks).
 IMPLEMENTATIONS = {
     "kernel": (sensitivity_ops.weight_sensitivity, sensitivity_ops.channel_sensitivity),
-    "reference": (sensitivity_ops.weight_sensitivity_reference, sensitivity_ops.channel_sensitivity_reference),
+    "reference": (sensitivity_ops.weight_sensitivity_reference,
+                  sensitivity_ops.channel_sensitivity_reference),
     "literal": (sensitivity_ops.weight_sensitivity_literal, sensitivity_ops.channel_sensitivity_literal),
 }
 SUPPORTED_LAYERS = (nn.Conv2d, nn.Linear)
@@ -40,7 +41,8 @@ def _check_layers(layers: dict[str, nn.Module]) -> None:
     bad = [f"{name!r} ({type(module).__name__})" for name, module in layers.items()
            if not isinstance(module, SUPPORTED_LAYERS)]
     if bad:
-        raise TypeError("the sensitivity pass supports Conv2d and Linear layers; unsupported: " + ", ".join(bad))
+        raise TypeError("the sensitivity pass supports Conv2d and Linear layers; unsupported: "
+                        + ", ".join(bad))
 
 
 def _layer_score(module: nn.Module, x: Tensor, kind: str, reduce: str, running: Tensor | None,
@@ -107,12 +109,12 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
             handle.remove()
         model.train(was_training)
     if seen < 2:
-        raise ValueError(f"data has {seen} input; sensitivities need at least 2 (SPEC §2.3: a held-out set S, "
-                         "256 images by default)")
+        raise ValueError(f"data has {seen} input; sensitivities need at least 2 (SPEC §2.3: a held-out "
+                         "set S, 256 images by default)")
     missing = [name for name in layers if name not in scores]
     if missing:
-        raise RuntimeError(f"layers {missing} were never called in the model's forward; they cannot be scored "
-                           "(exclude them with exclude=...)")
+        raise RuntimeError(f"layers {missing} were never called in the model's forward; they cannot be "
+                           "scored (exclude them with exclude=...)")
     return scores
 
 
@@ -132,8 +134,8 @@ def sample_count(data) -> int | None:
 def _on_device(batches: Iterator[Tensor], device: torch.device) -> Iterator[Tensor]:
     for index, x in enumerate(batches):
         if x.device != device:
-            raise ValueError(f"data: batch {index} is on {x.device} but the model is on {device}; move the data "
-                             "(or the model) to one device")
+            raise ValueError(f"data: batch {index} is on {x.device} but the model is on {device}; move the "
+                             "data (or the model) to one device")
         yield x
 
 
@@ -163,5 +165,5 @@ def sensitivity_pass(model: nn.Module, data, *, kind: str = "weight", reduce: st
     if total is not None and total < 2:
         raise ValueError(f"data has {total} input; sensitivities need at least 2")
     batches = _on_device(iter_inputs(data, "data", batch_size=batch_size), device)
-    return collect_sensitivities(model, batches, selected, kind=kind, reduce=reduce, progress=progress, total=total,
-                                 implementation=implementation)
+    return collect_sensitivities(model, batches, selected, kind=kind, reduce=reduce, progress=progress,
+                                 total=total, implementation=implementation)

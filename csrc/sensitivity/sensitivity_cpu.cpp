@@ -64,9 +64,13 @@ inline float hsum<float>(Simd<float>::vec v) { return _mm512_reduce_add_ps(reint
 template <>
 inline float hmax<float>(Simd<float>::vec v) { return _mm512_reduce_max_ps(reinterpret_cast<__m512&>(v)); }
 template <>
-inline double hsum<double>(Simd<double>::vec v) { return _mm512_reduce_add_pd(reinterpret_cast<__m512d&>(v)); }
+inline double hsum<double>(Simd<double>::vec v) {
+  return _mm512_reduce_add_pd(reinterpret_cast<__m512d&>(v));
+}
 template <>
-inline double hmax<double>(Simd<double>::vec v) { return _mm512_reduce_max_pd(reinterpret_cast<__m512d&>(v)); }
+inline double hmax<double>(Simd<double>::vec v) {
+  return _mm512_reduce_max_pd(reinterpret_cast<__m512d&>(v));
+}
 #endif
 
 // Horizontal sum (mean) or max of four vectors at once: out[j] = reduce over lanes of r[j].
@@ -143,7 +147,9 @@ SignedRows<T> signed_rows(const char* op, const T* w, int64_t cout, int64_t edge
   rows.split.assign(cout, 0);
   std::vector<int64_t> n_pos(cout, 0);
   std::vector<char> finite(cout, 1);
-  at::parallel_for(0, cout, 16, [&](int64_t begin, int64_t end) {
+  // small layers run inline
+  const int64_t grain = std::max<int64_t>(16, (1 << 16) / std::max<int64_t>(edges, 1));
+  at::parallel_for(0, cout, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const T* row = w + i * edges;
       int64_t pos = 0, neg = 0;
@@ -163,7 +169,7 @@ SignedRows<T> signed_rows(const char* op, const T* w, int64_t cout, int64_t edge
   }
   rows.edge.resize(rows.start[cout]);
   rows.magnitude.resize(rows.start[cout]);
-  at::parallel_for(0, cout, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, cout, grain, [&](int64_t begin, int64_t end) {
     // Branch-free compaction (signs are random: branches would mispredict half the time)
     // into row-sized scratch with one slot of slack, then copied into place.
     std::vector<int32_t> edge_buf(edges + 1);
@@ -222,7 +228,9 @@ inline void copy_split_segment<float>(float* dst, const float* src, int64_t begi
   if (stride != 1) {
     lo = std::clamp(lo, begin, end);
     hi = std::clamp(hi, lo, end);
-    for (int64_t ox = begin; ox < end; ++ox) dst[ox] = ox >= lo && ox < hi ? std::max(0.0f, sign * src[ox * stride]) : 0.0f;
+    for (int64_t ox = begin; ox < end; ++ox) {
+      dst[ox] = ox >= lo && ox < hi ? std::max(0.0f, sign * src[ox * stride]) : 0.0f;
+    }
     return;
   }
   const __m512 zero = _mm512_setzero_ps(), s = _mm512_set1_ps(sign);
@@ -350,7 +358,9 @@ struct TileKernel {
         }
       }
       V r[4];
-      for (int j = 0; j < 4; ++j) r[j] = kReduce == SensitivityReduce::kMean ? acc0[j] + acc1[j] : vmax(acc0[j], acc1[j]);
+      for (int j = 0; j < 4; ++j) {
+        r[j] = kReduce == SensitivityReduce::kMean ? acc0[j] + acc1[j] : vmax(acc0[j], acc1[j]);
+      }
       T out[4];
       reduce4<T, kReduce>(r, out);
       for (int j = 0; j < 4; ++j) {
@@ -366,7 +376,8 @@ struct TileKernel {
         acc1 = combine(acc1, a[v + 1], inv[v + 1]);
       }
       T& slot = out_row[edge[k]];
-      slot = fold(slot, kReduce == SensitivityReduce::kMean ? hsum<T>(acc0 + acc1) : hmax<T>(vmax(acc0, acc1)));
+      slot = fold(slot, kReduce == SensitivityReduce::kMean ? hsum<T>(acc0 + acc1)
+                                                        : hmax<T>(vmax(acc0, acc1)));
     }
     e = k;
   }
@@ -388,7 +399,8 @@ struct TileKernel {
     for (int64_t r0 = 0; r0 < edges; r0 += block) {  // pass 1: z+ and z-
       for (int64_t u = 0; u < units; ++u) {
         accumulate_z(tile, edge, mag, cursor[2 * u], rows.split[ua + u], r0 + block, z + 2 * u * NV);
-        accumulate_z(tile, edge, mag, cursor[2 * u + 1], rows.start[ua + u + 1], r0 + block, z + (2 * u + 1) * NV);
+        accumulate_z(tile, edge, mag, cursor[2 * u + 1], rows.start[ua + u + 1], r0 + block,
+                     z + (2 * u + 1) * NV);
       }
     }
     const V one = zero + T(1);
@@ -432,7 +444,8 @@ std::vector<DataPoint> data_points(const char* op, const SensitivityProblem& p) 
   const int64_t numel = image_numel(p.geo);
   const T* x = p.x.const_data_ptr<T>();
   std::vector<char> negative(p.batch, 0), finite(p.batch, 1);
-  at::parallel_for(0, p.batch, 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(numel, 1));  // small scans inline
+  at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const T* image = x + n * numel;
       negative[n] = !all_at_least_zero(image, numel);
@@ -480,9 +493,14 @@ at::Tensor accumulate_tiles(const SensitivityProblem& p, const SignedRows<T>& ro
   int64_t widest = 0;
   for (const UnitChunk& c : chunks) widest = std::max(widest, c.u1 - c.u0);
 
+  // Small problems run inline: a parallel region costs more than they do (and far more on a
+  // busy machine, where a descheduled worker stalls the region's barrier).
+  const int64_t n_items = sweeps * n_chunks;
+  const double work = static_cast<double>(n_points) * n_positions * cout * edges;
+  const int64_t grain = work < double(1 << 22) ? n_items : 1;
   at::Tensor acc = at::zeros({threads, cout, edges}, p.x.options());
   T* acc_all = acc.mutable_data_ptr<T>();
-  at::parallel_for(0, sweeps * n_chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_items, grain, [&](int64_t begin, int64_t end) {
     T* mine = acc_all + at::get_thread_num() * cout * edges;
     at::Tensor tile_buf = at::empty({edges * kWidth}, p.x.options());  // 64-byte aligned
     at::Tensor z_buf = at::empty({widest * 2 * kWidth}, p.x.options());
@@ -526,8 +544,8 @@ template <typename T, SensitivityReduce kReduce>
 at::Tensor accumulate(const char* op, const SensitivityProblem& p, const SignedRows<T>& rows) {
   const std::vector<DataPoint> points = data_points<T>(op, p);
   const int64_t lanes = Simd<T>::kLanes;
-  const int64_t span = kReduce == SensitivityReduce::kMean ? positions(p.geo)
-                                                           : positions(p.geo) * static_cast<int64_t>(points.size());
+  const int64_t n_points = static_cast<int64_t>(points.size());
+  const int64_t span = kReduce == SensitivityReduce::kMean ? positions(p.geo) : positions(p.geo) * n_points;
   if (span <= 4 * lanes) return accumulate_tiles<T, 4, kReduce>(p, rows, points);
   if (span <= 8 * lanes) return accumulate_tiles<T, 8, kReduce>(p, rows, points);
   return accumulate_tiles<T, 16, kReduce>(p, rows, points);
@@ -561,7 +579,7 @@ at::Tensor weight_sensitivity_cpu(const at::Tensor& x, const at::Tensor& weight,
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const int64_t threads = acc.size(0), size = cout * edges;
     const scalar_t scale = reduce_scale<scalar_t>(p.reduce, positions(g));
-    at::parallel_for(0, size, 4096, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, size, 1 << 16, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         scalar_t best = a[k];
         for (int64_t t = 1; t < threads; ++t) best = std::max(best, a[t * size + k]);
@@ -592,7 +610,8 @@ at::Tensor channel_sensitivity_cpu(const at::Tensor& x, const at::Tensor& weight
     const scalar_t* prev = p.running ? p.running->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const int64_t threads = acc.size(0), size = cout * edges;
-    at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain = std::max<int64_t>(1, (1 << 16) / (cout_g * k2));
+    at::parallel_for(0, g.in_channels, grain, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         const int64_t group = c / cin_g, local = c % cin_g;
         scalar_t best = prev != nullptr ? prev[c] : scalar_t(0);

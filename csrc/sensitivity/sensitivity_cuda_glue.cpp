@@ -66,8 +66,9 @@ at::Tensor accumulate_cuda(const char* op, const SensitivityProblem& p, at::IntA
     inv = inv.contiguous();
     AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "sensitivity_reduce_cuda", [&] {
       C10_CUDA_CHECK(sensitivity_reduce_cuda_launch<scalar_t>(
-          points.const_data_ptr<scalar_t>(), inv.const_data_ptr<scalar_t>(), p.weight.const_data_ptr<scalar_t>(),
-          acc.mutable_data_ptr<scalar_t>(), g, points.size(0), p.reduce, stream.stream()));
+          points.const_data_ptr<scalar_t>(), inv.const_data_ptr<scalar_t>(),
+          p.weight.const_data_ptr<scalar_t>(), acc.mutable_data_ptr<scalar_t>(), g, points.size(0), p.reduce,
+          stream.stream()));
     });
   }
   return acc;
@@ -81,7 +82,7 @@ at::Tensor weight_sensitivity_cuda(const at::Tensor& x, const at::Tensor& weight
                                                    reduce, running, SensitivityLevel::kWeight,
                                                    c10::DeviceType::CUDA);
   const at::Tensor acc = accumulate_cuda(kWeightOp, p, stride, padding, dilation);
-  const double scale = p.reduce == SensitivityReduce::kMean ? 1.0 / static_cast<double>(positions(p.geo)) : 1.0;
+  const double scale = reduce_scale<double>(p.reduce, positions(p.geo));
   at::Tensor out = at::abs(p.weight).reshape(acc.sizes()).mul(acc).mul(scale).reshape(p.weight.sizes());
   return p.running ? at::maximum(out, *p.running) : out;
 }

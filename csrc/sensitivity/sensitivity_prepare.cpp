@@ -67,9 +67,9 @@ SensitivityProblem prepare_sensitivity(const char* op, const at::Tensor& x, cons
     const at::Tensor& r = *running;
     const std::vector<int64_t> expect =
         level == SensitivityLevel::kWeight ? weight.sizes().vec() : std::vector<int64_t>{cin};
+    const char* what = level == SensitivityLevel::kWeight ? "the weight's" : "one per input channel";
     TORCH_CHECK(r.sizes() == at::IntArrayRef(expect), op, ": running must have shape ",
-                at::IntArrayRef(expect), " (", level == SensitivityLevel::kWeight ? "the weight's" : "one per input channel",
-                "), got ", r.sizes());
+                at::IntArrayRef(expect), " (", what, "), got ", r.sizes());
     check_same_device(op, "running", r, "x", x);
     check_same_dtype(op, "running", r, "x", x);
     p.running = r.contiguous();

@@ -83,7 +83,8 @@ def error_models(ctx: PruneContext, scores: dict[str, Tensor]) -> dict[str, Laye
     models = {}
     for name, layer in ctx.layers.items():
         kernel = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
-        models[name] = LayerErrorModel(scores[name].detach().double().cpu(), max(1, positions.get(name, 1)), kernel)
+        s = scores[name].detach().double().cpu()
+        models[name] = LayerErrorModel(s, max(1, positions.get(name, 1)), kernel)
     return models
 
 
@@ -106,9 +107,11 @@ def column_mask(layer: nn.Module, keep: Tensor, compact: bool = False) -> Tensor
     if isinstance(layer, nn.Conv2d):
         groups = layer.groups
         cout_g, cin_g = weight.shape[0] // groups, weight.shape[1]
-        kernel = () if compact else (1,) * (weight.dim() - 2)
-        full = keep.view(groups, 1, cin_g, *kernel).expand(groups, cout_g, cin_g, *([] if compact else weight.shape[2:]))
-        return full.reshape(weight.shape[:2] if compact else weight.shape).float()
+        if compact:
+            return keep.view(groups, 1, cin_g).expand(groups, cout_g, cin_g).reshape(weight.shape[:2]).float()
+        ones = (1,) * (weight.dim() - 2)
+        full = keep.view(groups, 1, cin_g, *ones).expand(groups, cout_g, cin_g, *weight.shape[2:])
+        return full.reshape(weight.shape).float()
     return keep[None, :].expand(weight.shape).float()
 
 
@@ -131,7 +134,8 @@ class ChannelPlan:
             self.order[name] = torch.sort(priority, descending=True, stable=True).indices
             self.fixed[name] = int((~removable).sum())
         # Per layer: which input channels (columns) still hold a nonzero weight.
-        self.current_columns = {name: (m != 0).transpose(0, 1).flatten(1).any(1) for name, m in self.current.items()}
+        self.current_columns = {name: (m != 0).transpose(0, 1).flatten(1).any(1)
+                                for name, m in self.current.items()}
         # The search counts kept weights on compact masks: one entry per (output, input) pair,
         # weighted by how many of its kernel weights survive (9x less work for 3x3 convs).
         self.pair_weights = {name: (m != 0).flatten(2).sum(2).float() if m.dim() > 2 else (m != 0).float()
@@ -153,7 +157,8 @@ class ChannelPlan:
 
     def masks(self, counts: dict[str, int]) -> dict[str, Tensor]:
         keep = self.keep_vectors(counts)
-        return {name: self.current[name] * column_mask(layer, keep[name]) for name, layer in self.ctx.layers.items()}
+        return {name: self.current[name] * column_mask(layer, keep[name])
+                for name, layer in self.ctx.layers.items()}
 
     def _keep_coupled_producers(self, keep: dict[str, Tensor]) -> None:
         """A residual-coupled channel that every consumer drops would lose its producers: the
@@ -178,7 +183,7 @@ class ChannelPlan:
         key = tuple(counts.values())
         if key not in self._kept:
             keep = self.keep_vectors(counts)
-            compact = {name: (self.pair_weights[name] != 0).float() * column_mask(layer, keep[name], compact=True)
+            compact = {name: (self.pair_weights[name] != 0).float() * column_mask(layer, keep[name], True)
                        for name, layer in self.ctx.layers.items()}
             effective = self.graph.effective_masks(compact)
             self._kept[key] = int(sum(float((effective[f"{name}.weight"] * self.pair_weights[name]).sum())
@@ -192,7 +197,8 @@ def channel_masks(ctx: PruneContext, scores: dict[str, Tensor], counts: dict[str
     return {name: m.to(ctx.current_masks[name].device) for name, m in plan.masks(counts).items()}
 
 
-def allocate(ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, LayerErrorModel]) -> dict[str, int]:
+def allocate(ctx: PruneContext, scores: dict[str, Tensor],
+             models: dict[str, LayerErrorModel]) -> dict[str, int]:
     """Per-layer kept channel counts: c_ℓ(ε) with ε found by bisection (on log ε) so the
     prunable weights really kept meet ``ctx.keep_budget()``; the closer of the two bracketing
     allocations wins, then single-channel moves close a remaining gap (coarse networks)."""
@@ -209,8 +215,8 @@ def allocate(ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, Lay
     if lo_kept <= target:
         return lo_counts
     if hi_kept > target:
-        warnings.warn(f"pfp: the budget keeps {target:,} prunable weights but one channel per layer (plus the "
-                      f"channels that cannot be removed) keeps {hi_kept:,}; pruning as far as PFP can",
+        warnings.warn(f"pfp: the budget keeps {target:,} prunable weights but one channel per layer (plus "
+                      f"the channels that cannot be removed) keeps {hi_kept:,}; pruning as far as PFP can",
                       stacklevel=3)
         return hi_counts
     # Bisect until the bracketing allocations differ by a single channel (or ε converges).
@@ -226,7 +232,8 @@ def allocate(ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, Lay
     return _refine(plan, counts, kept, target, 0.005 * ctx.remove_budget())
 
 
-def _refine(plan: ChannelPlan, counts: dict[str, int], kept: int, target: int, tolerance: float) -> dict[str, int]:
+def _refine(plan: ChannelPlan, counts: dict[str, int], kept: int, target: int,
+            tolerance: float) -> dict[str, int]:
     """Whole channels are coarse steps in small networks: move single channels (one layer ±1)
     while that brings the kept weights closer to the budget."""
     names = list(counts)

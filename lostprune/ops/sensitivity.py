@@ -76,8 +76,9 @@ class _Layer:
             if (stride, padding, dilation, groups) != (1, 0, 1, 1):
                 raise ValueError(f"{op}: a linear weight (2-D) takes no stride, padding, dilation or groups")
             if x.dim() < 2 or x.shape[-1] != weight.shape[1]:
+                features = weight.shape[1]
                 raise ValueError(f"{op}: a linear layer with weight {tuple(weight.shape)} needs x of shape "
-                                 f"[B, {weight.shape[1]}] or [B, tokens, {weight.shape[1]}], got {tuple(x.shape)}")
+                                 f"[B, {features}] or [B, tokens, {features}], got {tuple(x.shape)}")
             x = x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2).unsqueeze(-1)
             weight = weight[:, :, None, None]
             stride, padding, dilation, groups = (1, 1), (0, 0), (1, 1), 1
@@ -85,7 +86,8 @@ class _Layer:
             if x.dim() == 3:  # an unbatched image
                 x = x.unsqueeze(0)
             if x.dim() != 4:
-                raise ValueError(f"{op}: a conv weight (4-D) needs x of shape [B, C, H, W], got {tuple(x.shape)}")
+                raise ValueError(f"{op}: a conv weight (4-D) needs x of shape [B, C, H, W], "
+                                 f"got {tuple(x.shape)}")
             if not isinstance(groups, int) or groups < 1:
                 raise ValueError(f"{op}: groups must be an int >= 1, got {groups!r}")
             stride = _pair(stride, "stride", op, 1)
@@ -98,7 +100,8 @@ class _Layer:
             if weight.shape[0] % groups:
                 raise ValueError(f"{op}: groups={groups} must divide the output channels ({weight.shape[0]})")
         else:
-            raise ValueError(f"{op}: weight must be 2-D (linear) or 4-D (conv2d), got shape {tuple(weight.shape)}")
+            raise ValueError(f"{op}: weight must be 2-D (linear) or 4-D (conv2d), "
+                             f"got shape {tuple(weight.shape)}")
         self.x, self.weight = x.contiguous(), weight.contiguous()
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.out_shape = self.weight_shape if level == "weight" else (x.shape[1],)
@@ -106,8 +109,8 @@ class _Layer:
         if running is not None:
             if not isinstance(running, Tensor) or tuple(running.shape) != tuple(self.out_shape):
                 shape = tuple(running.shape) if isinstance(running, Tensor) else type(running).__name__
-                raise ValueError(f"{op}: running must have shape {tuple(self.out_shape)} (a previous result), "
-                                 f"got {shape}")
+                raise ValueError(f"{op}: running must have shape {tuple(self.out_shape)} "
+                                 f"(a previous result), got {shape}")
             if running.device != self.x.device:
                 raise ValueError(f"{op}: running is on {running.device} but x is on {self.x.device}")
             self.running = running.detach().to(self.dtype).reshape(
@@ -129,6 +132,10 @@ class _Layer:
             x = F.pad(x, (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2))
             return x, (0, 0)
         return x, _pair(padding, "padding", op, 0)
+
+    def op_args(self) -> tuple:
+        """(x, weight, stride, padding, dilation, groups) as the compiled ops take them."""
+        return self.x, self.weight, list(self.stride), list(self.padding), list(self.dilation), self.groups
 
     def finish(self, out: Tensor) -> Tensor:
         return out.reshape(self.out_shape)
@@ -152,6 +159,16 @@ def _check_finite(layer: _Layer, op: str) -> None:
         raise ValueError(f"{op}: x (the layer input) contains NaN or inf")
     if not torch.isfinite(layer.weight).all():
         raise ValueError(f"{op}: weight contains NaN or inf")
+
+
+def _checked_layer(op: str, x, weight, stride, padding, dilation, groups, running, reduce: str | None = None):
+    """The references' argument handling: a weight-level op when ``reduce`` is given."""
+    if reduce is not None:
+        _check_reduce(reduce)
+    layer = _Layer(op, x, weight, stride, padding, dilation, groups, running,
+                   "weight" if reduce is not None else "channel")
+    _check_finite(layer, op)
+    return layer
 
 
 def _data_points(x: Tensor) -> Tensor:
@@ -201,17 +218,15 @@ def weight_sensitivity_literal(x: Tensor, weight: Tensor, stride: IntPair = 1, p
                                running: Tensor | None = None) -> Tensor:
     """Reference (a): the definition step by step — per sample, per data point of the sign
     split, per output filter, on a materialized unfold. Slow by design; the oracle."""
-    _check_reduce(reduce)
-    layer = _Layer(WEIGHT_OP, x, weight, stride, padding, dilation, groups, running, "weight")
-    _check_finite(layer, WEIGHT_OP)
+    layer = _checked_layer(WEIGHT_OP, x, weight, stride, padding, dilation, groups, running, reduce)
     return _literal(layer, "weight", reduce)
 
 
 def channel_sensitivity_literal(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair | str = 0,
-                                dilation: IntPair = 1, groups: int = 1, running: Tensor | None = None) -> Tensor:
+                                dilation: IntPair = 1, groups: int = 1,
+                                running: Tensor | None = None) -> Tensor:
     """Reference (a) of :func:`channel_sensitivity`."""
-    layer = _Layer(CHANNEL_OP, x, weight, stride, padding, dilation, groups, running, "channel")
-    _check_finite(layer, CHANNEL_OP)
+    layer = _checked_layer(CHANNEL_OP, x, weight, stride, padding, dilation, groups, running)
     return _literal(layer, "channel", "max")
 
 
@@ -231,7 +246,8 @@ def _vectorized_max_times(layer: _Layer, points: Tensor) -> Tensor:
         for i in range(cout):
             group, local = divmod(i, layer.cout_g)
             A = unfolded[:, group]  # [b, R, P]
-            v = torch.where(w[i, None, :, None] > 0, v_pos[:, group, local, None, :], v_neg[:, group, local, None, :])
+            v = torch.where(w[i, None, :, None] > 0, v_pos[:, group, local, None, :],
+                            v_neg[:, group, local, None, :])
             best[i] = torch.maximum(best[i], (A * v).amax(dim=(0, 2)))
     return best
 
@@ -248,7 +264,8 @@ def _inverses_and_unfold(layer: _Layer, chunk: Tensor):
     b, g = chunk.shape[0], layer.groups
     v_pos = _inverse(F.conv2d(chunk, w.clamp(min=0), **conv)).view(b, g, layer.cout_g, -1)
     v_neg = _inverse(F.conv2d(chunk, (-w).clamp(min=0), **conv)).view(b, g, layer.cout_g, -1)
-    unfolded = F.unfold(chunk, w.shape[2:], layer.dilation, layer.padding, layer.stride).view(b, g, layer.edges, -1)
+    unfolded = F.unfold(chunk, w.shape[2:], layer.dilation, layer.padding, layer.stride)
+    unfolded = unfolded.view(b, g, layer.edges, -1)
     return v_pos, v_neg, unfolded
 
 
@@ -287,17 +304,15 @@ def weight_sensitivity_reference(x: Tensor, weight: Tensor, stride: IntPair = 1,
                                  dilation: IntPair = 1, groups: int = 1, reduce: str = "mean",
                                  running: Tensor | None = None) -> Tensor:
     """Reference (b): vectorized PyTorch, chunked over data points."""
-    _check_reduce(reduce)
-    layer = _Layer(WEIGHT_OP, x, weight, stride, padding, dilation, groups, running, "weight")
-    _check_finite(layer, WEIGHT_OP)
+    layer = _checked_layer(WEIGHT_OP, x, weight, stride, padding, dilation, groups, running, reduce)
     return _vectorized(layer, "weight", reduce)
 
 
 def channel_sensitivity_reference(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair | str = 0,
-                                  dilation: IntPair = 1, groups: int = 1, running: Tensor | None = None) -> Tensor:
+                                  dilation: IntPair = 1, groups: int = 1,
+                                  running: Tensor | None = None) -> Tensor:
     """Reference (b) of :func:`channel_sensitivity`."""
-    layer = _Layer(CHANNEL_OP, x, weight, stride, padding, dilation, groups, running, "channel")
-    _check_finite(layer, CHANNEL_OP)
+    layer = _checked_layer(CHANNEL_OP, x, weight, stride, padding, dilation, groups, running)
     return _vectorized(layer, "channel", "max")
 
 
@@ -325,9 +340,7 @@ def weight_sensitivity(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: 
     _check_reduce(reduce)
     layer = _Layer(WEIGHT_OP, x, weight, stride, padding, dilation, groups, running, "weight")
     if use_kernel("weight_sensitivity", layer.x.device):
-        out = torch.ops.lostprune.weight_sensitivity(layer.x, layer.weight, list(layer.stride), list(layer.padding),
-                                                     list(layer.dilation), layer.groups, reduce, layer.running)
-        return layer.finish(out)
+        return layer.finish(torch.ops.lostprune.weight_sensitivity(*layer.op_args(), reduce, layer.running))
     _check_finite(layer, WEIGHT_OP)
     return _vectorized(layer, "weight", reduce)
 
@@ -340,15 +353,16 @@ def channel_sensitivity(x: Tensor, weight: Tensor, stride: IntPair = 1, padding:
     one entry per input channel."""
     layer = _Layer(CHANNEL_OP, x, weight, stride, padding, dilation, groups, running, "channel")
     if use_kernel("channel_sensitivity", layer.x.device):
-        out = torch.ops.lostprune.channel_sensitivity(layer.x, layer.weight, list(layer.stride), list(layer.padding),
-                                                      list(layer.dilation), layer.groups, layer.running)
-        return layer.finish(out)
+        return layer.finish(torch.ops.lostprune.channel_sensitivity(*layer.op_args(), layer.running))
     _check_finite(layer, CHANNEL_OP)
     return _vectorized(layer, "channel", "max")
 
 
 # --------------------------------------------------------------------------- registrations
-OPS = {"weight_sensitivity": weight_sensitivity_reference, "channel_sensitivity": channel_sensitivity_reference}
+OPS = {
+    "weight_sensitivity": weight_sensitivity_reference,
+    "channel_sensitivity": channel_sensitivity_reference,
+}
 
 
 def _fake_weight(x, weight, stride, padding, dilation, groups, reduce, running):
