@@ -9,10 +9,14 @@ from __future__ import annotations
 from ._build import BuildState, LostpruneBuildWarning, ensure_loaded
 from ._registry import all_ops
 from .gather import gather_channels, gather_channels_reference
+from .sparse import (PackedWeight, pack_weight, sparse_conv2d, sparse_conv2d_reference, sparse_linear,
+                     sparse_linear_reference)
 
 __all__ = [
     "BuildState", "LostpruneBuildWarning", "all_ops", "backend", "build_info", "ensure_loaded",
     "gather_channels", "gather_channels_reference",
+    "PackedWeight", "pack_weight", "sparse_conv2d", "sparse_conv2d_reference", "sparse_linear",
+    "sparse_linear_reference",
 ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("gather",)
+FAMILIES = ("gather", "sparse")
 
 
 def family_modules():

@@ -1,0 +1,610 @@
+// CPU masked sparse conv2d / linear (SPEC §6): work proportional to the nonzeros.
+//
+// Per image, the input is copied once into phase planes (sparse_conv.h): zero padding,
+// stride and dilation become one constant offset per nonzero. The output, numbered on the
+// Wq-wide grid, is cut into tiles of up to kTileVectors SIMD vectors. For one tile and one
+// output channel the tile lives in registers while the channel's nonzeros stream past,
+// each one a broadcast and a fused multiply-add per vector on contiguous input.
+//
+// Cache: input channels are processed in chunks whose band of input (what one tile reads)
+// fits in L1; loops run tile > chunk > output channel, so every output channel reuses the
+// chunk's band from L1, and partial tiles wait in a small buffer between chunks.
+//
+// Alignment: an offset is (multiple of 16) + residue r. Within a chunk, each channel's
+// nonzeros are bucketed by r (once per call). When buckets are large, the AVX-512 kernel
+// sums a bucket from aligned loads into one extra register and folds it into the tile
+// shifted by r lanes (one vpermt2ps per vector) instead of paying a cache-line-split load
+// per vector and nonzero; with small buckets that fold costs more than it saves.
+//
+// Threads split images (batch >= threads), else tiles, then output-channel blocks.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "sparse_conv.h"
+#include "sparse_conv_args.h"
+
+namespace lostprune {
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+constexpr int kTileVectors = 8;  // accumulators per tile: 8 FMAs in flight hide FMA latency
+constexpr int kResidues = static_cast<int>(kPlaneAlign);  // offset buckets per chunk
+static_assert((kResidues & (kResidues - 1)) == 0, "residues are taken with a mask");
+constexpr int64_t kChunkBandBytes = 32 << 10;  // input band per chunk: most of a 48 KB L1
+constexpr double kMinAlignedBucket = 6.0;  // mean nonzeros per bucket that pay for the fold
+// Scratch buffers above this size are released after the call instead of kept per thread.
+constexpr int64_t kKeepScratchBytes = int64_t(64) << 20;
+
+template <typename S>
+struct Simd {
+  typedef S V __attribute__((vector_size(kVecBytes)));
+  static constexpr int L = kVecBytes / sizeof(S);
+};
+
+// One (output channel, input chunk)'s nonzeros, bucketed by offset residue: bucket r holds
+// entries [bucket[r], bucket[r + 1]). Sorted plans store each entry's offset minus its
+// residue in `off`; natural-order plans keep the CSR tap codes in `code` and look offsets
+// up in `table` (one entry per tap code), which saves a pass over the nonzeros per call.
+template <typename S>
+struct Nonzeros {
+  const int32_t* off;
+  const int32_t* code;
+  const int32_t* table;
+  const S* val;
+  const int32_t* bucket;  // kResidues + 1 entries
+};
+
+// Where a tile's sums start (bias, or the partial sums of earlier chunks) and go.
+template <typename S>
+struct TileAcc {
+  const S* in;  // nullptr: start from `bias`
+  S bias;
+  S* out;
+};
+
+// Portable tile (natural-order plans):
+// out[0 .. T*L) = start + sum_k val[k] * in[table[code[k]] + r .. + T*L).
+template <typename S, int T>
+void unaligned_tile(const S* in, const Nonzeros<S>& nz, const TileAcc<S>& acc_io) {
+  using V = typename Simd<S>::V;
+  constexpr int L = Simd<S>::L;
+  V acc[T];
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) {
+    if (acc_io.in == nullptr) {
+      acc[t] = V{} + acc_io.bias;
+    } else {
+      std::memcpy(&acc[t], acc_io.in + t * L, sizeof(V));
+    }
+  }
+  for (int r = 0; r < kResidues; ++r) {
+    const S* base = in + r;
+    for (int64_t k = nz.bucket[r]; k < nz.bucket[r + 1]; ++k) {
+      const S* src = base + nz.table[nz.code[k]];
+      const S w = nz.val[k];
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        V v;
+        std::memcpy(&v, src + t * L, sizeof(V));  // unaligned load
+        acc[t] += w * v;
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) std::memcpy(acc_io.out + t * L, &acc[t], sizeof(V));
+}
+
+#if defined(__AVX512F__)
+// AVX-512 float tile with aligned loads only (`in` is 64-byte aligned). Bucket r sums into
+// s[0..T] over aligned input; output vector t then needs lanes r.. of (s[t], s[t+1]).
+template <int T>
+void aligned_tile(const float* in, const Nonzeros<float>& nz, const TileAcc<float>& acc_io) {
+  __m512 acc[T];
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) {
+    acc[t] = acc_io.in == nullptr ? _mm512_set1_ps(acc_io.bias) : _mm512_loadu_ps(acc_io.in + 16 * t);
+  }
+  for (int64_t k = nz.bucket[0]; k < nz.bucket[1]; ++k) {
+    const float* src = in + nz.off[k];
+    const __m512 w = _mm512_set1_ps(nz.val[k]);
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(w, _mm512_load_ps(src + 16 * t), acc[t]);
+  }
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int r = 1; r < kResidues; ++r) {
+    const int64_t k0 = nz.bucket[r], k1 = nz.bucket[r + 1];
+    if (k0 == k1) continue;
+    __m512 s[T + 1];
+#pragma GCC unroll 17
+    for (int t = 0; t <= T; ++t) s[t] = _mm512_setzero_ps();
+    for (int64_t k = k0; k < k1; ++k) {
+      const float* src = in + nz.off[k];
+      const __m512 w = _mm512_set1_ps(nz.val[k]);
+#pragma GCC unroll 17
+      for (int t = 0; t <= T; ++t) s[t] = _mm512_fmadd_ps(w, _mm512_load_ps(src + 16 * t), s[t]);
+    }
+    const __m512i shift = _mm512_add_epi32(iota, _mm512_set1_epi32(r));
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_add_ps(acc[t], _mm512_permutex2var_ps(s[t], shift, s[t + 1]));
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) _mm512_storeu_ps(acc_io.out + 16 * t, acc[t]);
+}
+#endif
+
+template <typename S, int T>
+void tile_kernel(bool aligned, const S* in, const Nonzeros<S>& nz, const TileAcc<S>& acc) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    if (aligned) return aligned_tile<T>(in, nz, acc);
+  }
+#endif
+  unaligned_tile<S, T>(in, nz, acc);
+}
+
+template <typename S>
+void tile_n(int vectors, bool aligned, const S* in, const Nonzeros<S>& nz, const TileAcc<S>& acc) {
+  static_assert(kTileVectors == 8, "extend the switch with kTileVectors");
+  switch (vectors) {
+    case 1: tile_kernel<S, 1>(aligned, in, nz, acc); break;
+    case 2: tile_kernel<S, 2>(aligned, in, nz, acc); break;
+    case 3: tile_kernel<S, 3>(aligned, in, nz, acc); break;
+    case 4: tile_kernel<S, 4>(aligned, in, nz, acc); break;
+    case 5: tile_kernel<S, 5>(aligned, in, nz, acc); break;
+    case 6: tile_kernel<S, 6>(aligned, in, nz, acc); break;
+    case 7: tile_kernel<S, 7>(aligned, in, nz, acc); break;
+    default: tile_kernel<S, 8>(aligned, in, nz, acc); break;
+  }
+}
+
+// Per-thread, 64-byte aligned, uninitialized scratch buffers, kept between calls so
+// steady-state inference neither allocates nor page-faults. The plan and the shared planes
+// belong to the calling thread; workers use their private planes and partial tiles.
+enum Slot {
+  kSharedPlanes, kWorkerPlanes, kPartialTiles,
+  kPlanOffsets, kPlanValues, kPlanBuckets, kPlanTable, kPlanKeys, kSlots
+};
+
+struct ScratchBuffer {
+  std::unique_ptr<char[]> data;
+  int64_t bytes = 0;
+};
+
+ScratchBuffer& scratch_buffer(Slot slot) {
+  thread_local ScratchBuffer buffers[kSlots];
+  return buffers[slot];
+}
+
+template <typename T>
+T* scratch(Slot slot, int64_t n) {
+  ScratchBuffer& b = scratch_buffer(slot);
+  const int64_t bytes = std::max<int64_t>(n, 1) * sizeof(T) + 64;
+  if (b.bytes < bytes) {
+    b.data.reset(new char[bytes]);
+    b.bytes = bytes;
+  }
+  const auto addr = reinterpret_cast<uintptr_t>(b.data.get());
+  return reinterpret_cast<T*>((addr + 63) & ~uintptr_t(63));
+}
+
+void release_large_scratch(std::initializer_list<Slot> slots) {
+  for (Slot slot : slots) {
+    ScratchBuffer& b = scratch_buffer(slot);
+    if (b.bytes > kKeepScratchBytes) {
+      b.data.reset();
+      b.bytes = 0;
+    }
+  }
+}
+
+// Elements one image occupies in the phase layout, including the tail that the last
+// tile's vectors (one extra in the aligned kernel) and the widest tap may read past the
+// final plane.
+int64_t planes_numel(const SparseConvArgs& a) {
+  return a.Cin * a.g.channel_stride + a.g.max_dx + 3 * kPlaneAlign;
+}
+
+// Planes of input channels [c_begin, c_end) of one image x_img [Cin, H, W].
+template <typename S>
+void fill_planes(const S* x_img, const SparseConvGeometry& g, int64_t c_begin, int64_t c_end,
+                 S* planes) {
+  const int64_t nplanes = g.ny * g.nx;
+  for (int64_t ci = c_begin; ci < c_end; ++ci) {
+    const S* src = x_img + ci * g.H * g.W;
+    for (int64_t p = 0; p < nplanes; ++p) {
+      S* dst = planes + ci * g.channel_stride + p * g.plane_stride;
+      int64_t u0, v0;  // source of element (0, 0); (y, x) reads (u0 + y * sh, v0 + x * sw)
+      plane_source(g, p, 0, 0, &u0, &v0);
+      // Columns x whose source v0 + x * sw lies in [0, W).
+      int64_t x_lo = v0 >= 0 ? 0 : (-v0 + g.sw - 1) / g.sw;
+      int64_t x_hi = g.W - 1 - v0 >= 0 ? (g.W - 1 - v0) / g.sw + 1 : 0;
+      x_hi = std::min(x_hi, g.Wq);
+      x_lo = std::min(x_lo, x_hi);
+      for (int64_t y = 0; y < g.Hq; ++y) {
+        S* row = dst + y * g.Wq;
+        const int64_t u = u0 + y * g.sh;
+        if (u < 0 || u >= g.H) {
+          std::fill(row, row + g.Wq, S(0));
+          continue;
+        }
+        const S* in_row = src + u * g.W + v0;
+        std::fill(row, row + x_lo, S(0));
+        if (g.sw == 1) {
+          std::memcpy(row + x_lo, in_row + x_lo, (x_hi - x_lo) * sizeof(S));
+        } else {
+          for (int64_t x = x_lo; x < x_hi; ++x) row[x] = in_row[x * g.sw];
+        }
+        std::fill(row + x_hi, row + g.Wq, S(0));
+      }
+      std::fill(dst + g.plane, dst + g.plane_stride, S(0));  // alignment gap: read as garbage columns
+    }
+  }
+}
+
+// Copies the valid outputs of tile [q0, q0 + len) (Wq-wide numbering) into out_plane [OH, OW].
+template <typename S>
+void store_tile(const S* tile, int64_t q0, int64_t len, const SparseConvGeometry& g,
+                S* out_plane) {
+  if (g.Wq == g.OW) {
+    const int64_t n = std::min(len, g.OH * g.OW - q0);
+    std::memcpy(out_plane + q0, tile, n * sizeof(S));
+    return;
+  }
+  int64_t oh = q0 / g.Wq, ow = q0 - oh * g.Wq, i = 0;
+  while (i < len && oh < g.OH) {
+    const int64_t n = std::min(g.OW - ow, len - i);
+    if (n > 0) std::memcpy(out_plane + oh * g.OW + ow, tile + i, n * sizeof(S));
+    i += g.Wq - ow;
+    ++oh;
+    ow = 0;
+  }
+}
+
+// The packed weight laid out for one input geometry: per output channel and input chunk,
+// kResidues buckets of nonzeros with offsets relative to the chunk's first channel. Two
+// layouts: `sorted` (AVX-512 aligned kernel) sorts each chunk's nonzeros by offset residue
+// and stores offsets minus residue; otherwise the CSR order is kept (it is already sorted
+// by input channel, so chunks are contiguous), bucket 0 holds the whole chunk, and codes
+// and values are read in place.
+template <typename S>
+struct ConvPlan {
+  int64_t chunk = 1;    // input channels per chunk
+  int64_t chunks = 1;   // chunks per group
+  bool sorted = false;  // residue buckets + aligned kernel
+  const int32_t* off = nullptr;
+  const int32_t* code = nullptr;
+  const int32_t* table = nullptr;
+  const S* val = nullptr;
+  int32_t* bucket = nullptr;  // chunks * kResidues + 1 per output channel
+
+  int64_t bucket_stride() const { return chunks * kResidues + 1; }
+  Nonzeros<S> at(int64_t co, int64_t c) const {
+    return Nonzeros<S>{off, code, table, val, bucket + co * bucket_stride() + c * kResidues};
+  }
+};
+
+// Input channels per chunk so that a chunk's band (what one tile reads from each channel's
+// planes) stays within kChunkBandBytes.
+int64_t chunk_channels(const SparseConvArgs& a, int64_t lanes, int64_t elem_size) {
+  const SparseConvGeometry& g = a.g;
+  const int64_t span = std::min(g.plane, kTileVectors * lanes + (g.Hq - g.OH) * g.Wq + g.max_dx);
+  const int64_t band = std::max<int64_t>(1, g.ny * g.nx * span * elem_size);
+  const int64_t per_chunk = std::max<int64_t>(1, kChunkBandBytes / band);
+  const int64_t chunks = (a.Cin_g + per_chunk - 1) / per_chunk;
+  return (a.Cin_g + chunks - 1) / chunks;  // balanced
+}
+
+// Builds the plan and validates the CSR arrays on the way (the kernel must never read
+// outside the planes). Per nonzero only table lookups: this runs on every call.
+template <typename S>
+ConvPlan<S> make_plan(const SparseConvArgs& a, const int32_t* col, const int32_t* row_ptr,
+                      const S* values) {
+  constexpr const char* op = "lostprune.sparse_conv2d";
+  const SparseConvGeometry& g = a.g;
+  const int64_t bad_row = first_bad_row(row_ptr, a.Cout, a.nnz);
+  TORCH_CHECK(bad_row < 0, op, ": row_ptr is not a valid CSR row pointer at output channel ",
+              bad_row, " (it must start at 0, never decrease and end at nnz = ", a.nnz, ")");
+  TORCH_CHECK(a.Cin_g * g.channel_stride + g.max_dx + 64 < (int64_t(1) << 31), op,
+              ": input too large for 32-bit offsets (", a.Cin_g, " channels per group of ",
+              g.channel_stride, " elements)");
+  ConvPlan<S> plan;
+  plan.chunk = chunk_channels(a, Simd<S>::L, sizeof(S));
+  plan.chunks = (a.Cin_g + plan.chunk - 1) / plan.chunk;
+  const int64_t taps = g.KH * g.KW, codes = a.Cin_g * taps, stride = plan.bucket_stride();
+
+  // Per tap code: offset from its chunk's first channel and bucket key (chunk, residue).
+  int32_t* code_off = scratch<int32_t>(kPlanTable, codes);
+  int32_t* code_key = scratch<int32_t>(kPlanKeys, codes);
+  int used = 0;  // residues the taps produce (channel and chunk bases are aligned)
+  for (int64_t kh = 0; kh < g.KH; ++kh) {
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      const int64_t tap = kh * g.KW + kw, off = tap_offset(g, kh, kw);
+      used |= 1 << (off & (kResidues - 1));
+      for (int64_t ci = 0; ci < a.Cin_g; ++ci) {
+        const int64_t c = ci / plan.chunk;
+        code_off[ci * taps + tap] = static_cast<int32_t>((ci - c * plan.chunk) * g.channel_stride + off);
+        code_key[ci * taps + tap] = static_cast<int32_t>(c * kResidues + (off & (kResidues - 1)));
+      }
+    }
+  }
+  // The aligned kernel pays a sort per call and a fold per bucket: worth it when every
+  // nonzero feeds many vectors and buckets are large.
+  const int64_t vectors = a.N * ((g.OH * g.Wq + Simd<S>::L - 1) / Simd<S>::L);
+  const double buckets = double(a.Cout) * plan.chunks * __builtin_popcount(used);
+  plan.sorted = std::is_same_v<S, float> && kVecBytes == 64 && vectors >= 64 &&
+                a.nnz >= kMinAlignedBucket * buckets;
+
+  int32_t* offsets = plan.sorted ? scratch<int32_t>(kPlanOffsets, a.nnz) : nullptr;
+  S* sorted_val = plan.sorted ? scratch<S>(kPlanValues, a.nnz) : nullptr;
+  plan.off = offsets;
+  plan.code = col;
+  plan.table = code_off;
+  plan.val = plan.sorted ? sorted_val : values;
+  plan.bucket = scratch<int32_t>(kPlanBuckets, a.Cout * stride);
+  std::atomic<int64_t> bad{-1}, unsorted{-1};
+  const int32_t* key_of = code_key;
+  const int32_t* off_of = code_off;
+  const bool sorted = plan.sorted;
+  at::parallel_for(0, a.Cout, 32, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> count_buffer(stride);
+    int32_t* count = count_buffer.data();
+    for (int64_t co = begin; co < end; ++co) {
+      const int32_t k0 = row_ptr[co], k1 = row_ptr[co + 1];
+      int32_t* bucket = plan.bucket + co * stride;
+      // Validate first (a branch-free reduction): afterwards codes index the tables safely.
+      int32_t fails = k1 > k0 && (col[k0] < 0 || col[k1 - 1] >= codes);
+      for (int32_t k = k0 + 1; k < k1; ++k) fails |= col[k] <= col[k - 1];
+      if (fails) {
+        int32_t k = k0;
+        while (k < k1 && col[k] >= 0 && col[k] < codes && (k == k0 || col[k] > col[k - 1])) ++k;
+        int64_t expected = -1;
+        (col[k] < 0 || col[k] >= codes ? bad : unsorted).compare_exchange_strong(expected, k);
+        std::fill(bucket, bucket + stride, k0);
+        continue;
+      }
+      if (!sorted) {
+        // Codes ascend, so chunk c starts at the first code of its first channel.
+        for (int64_t c = 0; c < plan.chunks; ++c) {
+          const int32_t first = static_cast<int32_t>(c * plan.chunk * taps);
+          const int32_t start = static_cast<int32_t>(std::lower_bound(col + k0, col + k1, first) - col);
+          bucket[c * kResidues] = start;
+          if (c > 0) std::fill(bucket + (c - 1) * kResidues + 1, bucket + c * kResidues, start);
+        }
+        std::fill(bucket + (plan.chunks - 1) * kResidues + 1, bucket + stride, k1);
+        continue;
+      }
+      std::fill(count, count + stride, 0);
+      for (int32_t k = k0; k < k1; ++k) ++count[key_of[col[k]]];
+      bucket[0] = k0;  // counts -> starts
+      for (int64_t b = 0; b + 1 < stride; ++b) {
+        bucket[b + 1] = bucket[b] + count[b];
+        count[b] = bucket[b];
+      }
+      for (int32_t k = k0; k < k1; ++k) {  // counting sort by (chunk, residue)
+        const int32_t code = col[k];
+        const int32_t off = off_of[code];
+        const int32_t pos = count[key_of[code]]++;
+        offsets[pos] = off & ~(kResidues - 1);
+        sorted_val[pos] = values[k];
+      }
+    }
+  });
+  const int64_t k = bad.load();
+  TORCH_CHECK(k < 0, op, ": col_index[", k, "] = ", k < 0 ? 0 : col[k],
+              " is out of range for weight_shape [", a.Cout, ", ", a.Cin_g, ", ", g.KH, ", ", g.KW,
+              "] (allowed 0..", codes - 1, ")");
+  const int64_t u = unsorted.load();
+  TORCH_CHECK(u < 0, op, ": col_index must increase strictly within each row (canonical CSR, as ",
+              "pack_weight makes it); col_index[", u, "] = ", u < 0 ? 0 : col[u],
+              " follows ", u <= 0 ? 0 : col[u - 1]);
+  return plan;
+}
+
+struct TileRange {
+  int64_t tile_begin, tile_end, co_begin, co_end;
+};
+
+// Output channels [co_begin, co_end) x tiles [tile_begin, tile_end) of one image.
+template <typename S>
+void conv_tiles(const S* planes, const ConvPlan<S>& plan, const S* bias, const SparseConvArgs& a,
+                const TileRange& r, S* out_img) {
+  constexpr int L = Simd<S>::L;
+  constexpr int64_t tile_len = kTileVectors * L;
+  const SparseConvGeometry& g = a.g;
+  const int64_t vectors = (g.OH * g.Wq + L - 1) / L;
+  const int64_t chunk_stride = plan.chunk * g.channel_stride;
+  // Partial tiles of every channel while chunks > 1; one tile otherwise.
+  S* partial = scratch<S>(kPartialTiles, (plan.chunks > 1 ? r.co_end - r.co_begin : 1) * tile_len);
+  for (int64_t t = r.tile_begin; t < r.tile_end; ++t) {
+    const int64_t q0 = t * tile_len;
+    const int n_vec = static_cast<int>(std::min<int64_t>(kTileVectors, vectors - t * kTileVectors));
+    for (int64_t c = 0; c < plan.chunks; ++c) {
+      const bool last = c + 1 == plan.chunks;
+      for (int64_t co = r.co_begin; co < r.co_end; ++co) {
+        const S* in = planes + (co / a.Cout_g) * a.Cin_g * g.channel_stride + c * chunk_stride + q0;
+        S* tile = plan.chunks > 1 ? partial + (co - r.co_begin) * tile_len : partial;
+        const TileAcc<S> acc{c == 0 ? nullptr : tile, bias != nullptr ? bias[co] : S(0), tile};
+        tile_n<S>(n_vec, plan.sorted, in, plan.at(co, c), acc);
+        if (last) store_tile(tile, q0, int64_t(n_vec) * L, g, out_img + co * g.OH * g.OW);
+      }
+    }
+  }
+}
+
+template <typename S>
+void sparse_conv2d_kernel(const at::Tensor& x, const at::Tensor& values,
+                          const at::Tensor& col_index, const at::Tensor& row_ptr,
+                          const std::optional<at::Tensor>& bias, const SparseConvArgs& a,
+                          at::Tensor& out) {
+  constexpr int L = Simd<S>::L;
+  const SparseConvGeometry& g = a.g;
+  const ConvPlan<S> plan = make_plan<S>(a, col_index.const_data_ptr<int32_t>(),
+                                        row_ptr.const_data_ptr<int32_t>(),
+                                        values.const_data_ptr<S>());
+  if (a.N == 0) return;
+
+  const S* xp = x.const_data_ptr<S>();
+  const S* bp = bias.has_value() ? bias->const_data_ptr<S>() : nullptr;
+  S* op = out.mutable_data_ptr<S>();
+  const int64_t in_image = a.Cin * g.H * g.W, out_image = a.Cout * g.OH * g.OW;
+  const int64_t n_planes = planes_numel(a);
+  const int64_t vectors = (g.OH * g.Wq + L - 1) / L;
+  const int64_t tiles = (vectors + kTileVectors - 1) / kTileVectors;
+  const int64_t threads = at::get_num_threads();
+
+  auto zero_tail = [&](S* planes) {
+    std::fill(planes + a.Cin * g.channel_stride, planes + n_planes, S(0));
+  };
+
+  if (a.N >= threads && a.N > 1) {
+    // One image per task: planes private to the thread, everything else in its cache.
+    at::parallel_for(0, a.N, 1, [&](int64_t begin, int64_t end) {
+      S* planes = scratch<S>(kWorkerPlanes, n_planes);
+      zero_tail(planes);
+      for (int64_t n = begin; n < end; ++n) {
+        fill_planes(xp + n * in_image, g, 0, a.Cin, planes);
+        conv_tiles(planes, plan, bp, a, TileRange{0, tiles, 0, a.Cout}, op + n * out_image);
+      }
+      release_large_scratch({kWorkerPlanes, kPartialTiles});
+    });
+    release_large_scratch({kPlanOffsets, kPlanValues, kPlanBuckets, kPlanTable, kPlanKeys});
+    return;
+  }
+  // Few images: fill the planes together, then split tiles (each thread reads a band of
+  // the input) and, when tiles are too few, channel blocks.
+  S* planes = scratch<S>(kSharedPlanes, n_planes);
+  zero_tail(planes);
+  const int64_t want = 2 * threads;
+  const int64_t channel_blocks = tiles >= want ? 1 : std::min(a.Cout, (want + tiles - 1) / tiles);
+  const int64_t block = (a.Cout + channel_blocks - 1) / channel_blocks;
+  for (int64_t n = 0; n < a.N; ++n) {
+    at::parallel_for(0, a.Cin, 4, [&](int64_t begin, int64_t end) {
+      fill_planes(xp + n * in_image, g, begin, end, planes);
+    });
+    at::parallel_for(0, tiles * channel_blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t job = begin; job < end; ++job) {
+        const int64_t t = job / channel_blocks, cb = job % channel_blocks;
+        const TileRange r{t, t + 1, cb * block, std::min(a.Cout, (cb + 1) * block)};
+        conv_tiles(planes, plan, bp, a, r, op + n * out_image);
+      }
+    });
+  }
+  release_large_scratch({kSharedPlanes, kPartialTiles, kPlanOffsets, kPlanValues, kPlanBuckets,
+                         kPlanTable, kPlanKeys});
+}
+
+at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& values,
+                             const at::Tensor& col_index, const at::Tensor& row_ptr,
+                             at::IntArrayRef weight_shape, const std::optional<at::Tensor>& bias,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups) {
+  const SparseConvArgs a = check_sparse_conv2d(x, values, col_index, row_ptr, weight_shape, bias,
+                                               stride, padding, dilation, groups,
+                                               c10::DeviceType::CPU);
+  const at::Tensor xc = x.contiguous(), vc = values.contiguous();
+  const at::Tensor cc = col_index.contiguous(), rc = row_ptr.contiguous();
+  std::optional<at::Tensor> bc;
+  if (bias.has_value()) bc = bias->contiguous();
+  at::Tensor out = at::empty({a.N, a.Cout, a.g.OH, a.g.OW}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_conv2d_cpu", [&] {
+    sparse_conv2d_kernel<scalar_t>(xc, vc, cc, rc, bc, a, out);
+  });
+  return out;
+}
+
+// y[m, o] = bias[o] + sum_k values[k] * x[m, col[k]] for rows few enough that vectorizing
+// over them would leave SIMD lanes idle: one sparse dot product per (row, output).
+template <typename S>
+void sparse_linear_rows(const S* x, const S* values, const int32_t* col, const int32_t* row_ptr,
+                        const S* bias, const SparseLinearArgs& a, S* y) {
+  at::parallel_for(0, a.out, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t k0 = row_ptr[o], k1 = row_ptr[o + 1];
+      for (int64_t m = 0; m < a.M; ++m) {
+        const S* xm = x + m * a.in;
+        S s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        int64_t k = k0;
+        for (; k + 4 <= k1; k += 4) {
+          s0 += values[k] * xm[col[k]];
+          s1 += values[k + 1] * xm[col[k + 1]];
+          s2 += values[k + 2] * xm[col[k + 2]];
+          s3 += values[k + 3] * xm[col[k + 3]];
+        }
+        for (; k < k1; ++k) s0 += values[k] * xm[col[k]];
+        y[m * a.out + o] = (bias != nullptr ? bias[o] : S(0)) + ((s0 + s1) + (s2 + s3));
+      }
+    }
+  });
+}
+
+at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
+                             const at::Tensor& col_index, const at::Tensor& row_ptr,
+                             at::IntArrayRef weight_shape, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "lostprune.sparse_linear";
+  const SparseLinearArgs a = check_sparse_linear(x, values, col_index, row_ptr, weight_shape, bias,
+                                                 c10::DeviceType::CPU);
+  const std::vector<int64_t> out_shape = sparse_linear_out_shape(x, a.out);
+  const at::Tensor rc = row_ptr.contiguous();
+  const int64_t bad_row = first_bad_row(rc.const_data_ptr<int32_t>(), a.out, a.nnz);
+  TORCH_CHECK(bad_row < 0, op, ": row_ptr is not a valid CSR row pointer at output ", bad_row,
+              " (it must start at 0, never decrease and end at nnz = ", a.nnz, ")");
+  const int64_t lanes = kVecBytes / static_cast<int64_t>(x.element_size());
+  if (a.M >= lanes) {
+    // Many rows: a 1x1 convolution over a 1 x M image whose channels are x's columns, so
+    // every nonzero is an axpy over the rows.
+    const at::Tensor image = x.reshape({a.M, a.in}).t().reshape({1, a.in, 1, a.M});
+    const int64_t shape[] = {a.out, a.in, 1, 1};
+    const int64_t ones[] = {1, 1}, zeros[] = {0, 0};
+    const at::Tensor y = sparse_conv2d_cpu(image, values, col_index, rc, shape, bias, ones, zeros,
+                                           ones, 1);
+    return y.reshape({a.out, a.M}).t().contiguous().reshape(out_shape);
+  }
+  const at::Tensor xc = x.contiguous(), vc = values.contiguous(), cc = col_index.contiguous();
+  const int32_t* col = cc.const_data_ptr<int32_t>();
+  for (int64_t k = 0; k < a.nnz; ++k) {
+    TORCH_CHECK(col[k] >= 0 && col[k] < a.in, op, ": col_index[", k, "] = ", col[k],
+                " is out of range for weight_shape [", a.out, ", ", a.in, "] (allowed 0..",
+                a.in - 1, ")");
+  }
+  at::Tensor y = at::empty(out_shape, x.options());
+  std::optional<at::Tensor> bc;
+  if (bias.has_value()) bc = bias->contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_linear_cpu", [&] {
+    sparse_linear_rows<scalar_t>(xc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), col,
+                                 rc.const_data_ptr<int32_t>(),
+                                 bc.has_value() ? bc->const_data_ptr<scalar_t>() : nullptr, a,
+                                 y.mutable_data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lostprune, CPU, m) {
+  m.impl("sparse_conv2d", &sparse_conv2d_cpu);
+  m.impl("sparse_linear", &sparse_linear_cpu);
+}
+
+}  // namespace lostprune
