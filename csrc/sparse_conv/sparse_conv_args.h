@@ -19,7 +19,7 @@ struct SparseLinearArgs {
 };
 
 // Shapes, dtypes and devices of every argument; errors name the argument and the allowed
-// values. `dtypes_hint` names the dtypes this backend supports ("float32 and float64").
+// values; the dtypes allowed depend on the backend (CPU: float32 / float64).
 SparseConvArgs check_sparse_conv2d(const at::Tensor& x, const at::Tensor& values,
                                    const at::Tensor& col_index, const at::Tensor& row_ptr,
                                    at::IntArrayRef weight_shape,

@@ -54,6 +54,13 @@ constexpr int kResidues = static_cast<int>(kPlaneAlign);  // offset buckets per 
 static_assert((kResidues & (kResidues - 1)) == 0, "residues are taken with a mask");
 constexpr int64_t kChunkBandBytes = 32 << 10;  // input band per chunk: most of a 48 KB L1
 constexpr double kMinAlignedBucket = 6.0;  // mean nonzeros per bucket that pay for the fold
+constexpr int64_t kMinSortedVectors = 32;  // vectors per nonzero (and call) that pay for the sort
+constexpr int64_t kMinChunkNonzeros = 24;  // per output channel: pays for reloading its tile
+// Work per thread below which a parallel region costs more than it saves (fork/join of a
+// few microseconds; much more when the machine is oversubscribed).
+constexpr int64_t kGrainNonzeros = 16384;   // plan building, small-batch linear
+constexpr int64_t kGrainElements = 65536;   // filling planes
+constexpr int64_t kGrainFmas = 32768;       // tiles: vector FMAs
 // Scratch buffers above this size are released after the call instead of kept per thread.
 constexpr int64_t kKeepScratchBytes = int64_t(64) << 20;
 
@@ -312,7 +319,9 @@ int64_t chunk_channels(const SparseConvArgs& a, int64_t lanes, int64_t elem_size
   const int64_t span = std::min(g.plane, kTileVectors * lanes + (g.Hq - g.OH) * g.Wq + g.max_dx);
   const int64_t band = std::max<int64_t>(1, g.ny * g.nx * span * elem_size);
   const int64_t per_chunk = std::max<int64_t>(1, kChunkBandBytes / band);
-  const int64_t chunks = (a.Cin_g + per_chunk - 1) / per_chunk;
+  // Enough nonzeros per (output channel, chunk) to amortize reloading the partial tile.
+  const int64_t max_chunks = std::max<int64_t>(1, a.nnz / (a.Cout * kMinChunkNonzeros));
+  const int64_t chunks = std::min((a.Cin_g + per_chunk - 1) / per_chunk, max_chunks);
   return (a.Cin_g + chunks - 1) / chunks;  // balanced
 }
 
@@ -353,7 +362,7 @@ ConvPlan<S> make_plan(const SparseConvArgs& a, const int32_t* col, const int32_t
   // nonzero feeds many vectors and buckets are large.
   const int64_t vectors = a.N * ((g.OH * g.Wq + Simd<S>::L - 1) / Simd<S>::L);
   const double buckets = double(a.Cout) * plan.chunks * __builtin_popcount(used);
-  plan.sorted = std::is_same_v<S, float> && kVecBytes == 64 && vectors >= 64 &&
+  plan.sorted = std::is_same_v<S, float> && kVecBytes == 64 && vectors >= kMinSortedVectors &&
                 a.nnz >= kMinAlignedBucket * buckets;
 
   int32_t* offsets = plan.sorted ? scratch<int32_t>(kPlanOffsets, a.nnz) : nullptr;
@@ -367,7 +376,8 @@ ConvPlan<S> make_plan(const SparseConvArgs& a, const int32_t* col, const int32_t
   const int32_t* key_of = code_key;
   const int32_t* off_of = code_off;
   const bool sorted = plan.sorted;
-  at::parallel_for(0, a.Cout, 32, [&](int64_t begin, int64_t end) {
+  const int64_t plan_grain = std::max<int64_t>(1, kGrainNonzeros * a.Cout / std::max<int64_t>(1, a.nnz));
+  at::parallel_for(0, a.Cout, plan_grain, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> count_buffer(stride);
     int32_t* count = count_buffer.data();
     for (int64_t co = begin; co < end; ++co) {
@@ -499,11 +509,15 @@ void sparse_conv2d_kernel(const at::Tensor& x, const at::Tensor& values,
   const int64_t want = 2 * threads;
   const int64_t channel_blocks = tiles >= want ? 1 : std::min(a.Cout, (want + tiles - 1) / tiles);
   const int64_t block = (a.Cout + channel_blocks - 1) / channel_blocks;
+  const int64_t jobs = tiles * channel_blocks;
+  const int64_t fmas = std::max<int64_t>(1, a.nnz * vectors);
+  const int64_t job_grain = std::max<int64_t>(1, kGrainFmas * jobs / fmas);
+  const int64_t fill_grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.channel_stride));
   for (int64_t n = 0; n < a.N; ++n) {
-    at::parallel_for(0, a.Cin, 4, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, a.Cin, fill_grain, [&](int64_t begin, int64_t end) {
       fill_planes(xp + n * in_image, g, begin, end, planes);
     });
-    at::parallel_for(0, tiles * channel_blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, tiles * channel_blocks, job_grain, [&](int64_t begin, int64_t end) {
       for (int64_t job = begin; job < end; ++job) {
         const int64_t t = job / channel_blocks, cb = job % channel_blocks;
         const TileRange r{t, t + 1, cb * block, std::min(a.Cout, (cb + 1) * block)};
@@ -539,7 +553,8 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& values,
 template <typename S>
 void sparse_linear_rows(const S* x, const S* values, const int32_t* col, const int32_t* row_ptr,
                         const S* bias, const SparseLinearArgs& a, S* y) {
-  at::parallel_for(0, a.out, 16, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, kGrainNonzeros * a.out / std::max<int64_t>(1, a.nnz * a.M));
+  at::parallel_for(0, a.out, grain, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const int64_t k0 = row_ptr[o], k1 = row_ptr[o + 1];
       for (int64_t m = 0; m < a.M; ++m) {
@@ -570,6 +585,19 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
   const int64_t bad_row = first_bad_row(rc.const_data_ptr<int32_t>(), a.out, a.nnz);
   TORCH_CHECK(bad_row < 0, op, ": row_ptr is not a valid CSR row pointer at output ", bad_row,
               " (it must start at 0, never decrease and end at nnz = ", a.nnz, ")");
+  const at::Tensor cc = col_index.contiguous();
+  const int32_t* col = cc.const_data_ptr<int32_t>();
+  const int32_t* rp = rc.const_data_ptr<int32_t>();
+  for (int64_t o = 0; o < a.out; ++o) {  // as strict as the conv: canonical CSR, in range
+    for (int32_t k = rp[o]; k < rp[o + 1]; ++k) {
+      TORCH_CHECK(col[k] >= 0 && col[k] < a.in, op, ": col_index[", k, "] = ", col[k],
+                  " is out of range for weight_shape [", a.out, ", ", a.in, "] (allowed 0..",
+                  a.in - 1, ")");
+      TORCH_CHECK(k == rp[o] || col[k] > col[k - 1], op,
+                  ": col_index must increase strictly within each row (canonical CSR, as ",
+                  "pack_weight makes it); col_index[", k, "] = ", col[k], " follows ", col[k - 1]);
+    }
+  }
   const int64_t lanes = kVecBytes / static_cast<int64_t>(x.element_size());
   if (a.M >= lanes) {
     // Many rows: a 1x1 convolution over a 1 x M image whose channels are x's columns, so
@@ -581,20 +609,13 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
                                            ones, 1);
     return y.reshape({a.out, a.M}).t().contiguous().reshape(out_shape);
   }
-  const at::Tensor xc = x.contiguous(), vc = values.contiguous(), cc = col_index.contiguous();
-  const int32_t* col = cc.const_data_ptr<int32_t>();
-  for (int64_t k = 0; k < a.nnz; ++k) {
-    TORCH_CHECK(col[k] >= 0 && col[k] < a.in, op, ": col_index[", k, "] = ", col[k],
-                " is out of range for weight_shape [", a.out, ", ", a.in, "] (allowed 0..",
-                a.in - 1, ")");
-  }
+  const at::Tensor xc = x.contiguous(), vc = values.contiguous();
   at::Tensor y = at::empty(out_shape, x.options());
   std::optional<at::Tensor> bc;
   if (bias.has_value()) bc = bias->contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_linear_cpu", [&] {
     sparse_linear_rows<scalar_t>(xc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), col,
-                                 rc.const_data_ptr<int32_t>(),
-                                 bc.has_value() ? bc->const_data_ptr<scalar_t>() : nullptr, a,
+                                 rp, bc.has_value() ? bc->const_data_ptr<scalar_t>() : nullptr, a,
                                  y.mutable_data_ptr<scalar_t>());
   });
   return y;

@@ -190,9 +190,47 @@ def sparse_linear_reference(x: Tensor, values: Tensor, col_index: Tensor, row_pt
 
 
 # --------------------------------------------------------------------------- wrappers
+def _check_device(op: str, x: Tensor, packed_values: Tensor, bias: Tensor | None) -> None:
+    # Before dispatch: torch would route mixed devices to one backend with a vaguer error.
+    if packed_values.device != x.device:
+        raise ValueError(f"{op}: the packed weight is on {packed_values.device} but x is on {x.device}; "
+                         "move it with packed.to(x.device) (or module.to(device))")
+    if bias is not None and bias.device != x.device:
+        raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
+
+
 def _kernel_ok(op: str, x: Tensor) -> bool:
     supported = CUDA_DTYPES if x.device.type == "cuda" else CPU_DTYPES
     return x.dtype in supported and use_kernel(op, x.device)
+
+
+def run_sparse_conv2d(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor, weight_shape: list[int],
+                      bias: Tensor | None, stride: list[int], padding: list[int], dilation: list[int],
+                      groups: int) -> Tensor:
+    """The op on normalized arguments (pairs as lists): the kernel when one is compiled for
+    x's device and dtype, else the reference. Modules call this with arguments prepared once."""
+    _check_device(CONV_OP, x, values, bias)
+    args = (x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups)
+    if _kernel_ok("sparse_conv2d", x):
+        return torch.ops.lostprune.sparse_conv2d(*args)
+    return sparse_conv2d_reference(*args)
+
+
+def run_sparse_linear(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor, weight_shape: list[int],
+                      bias: Tensor | None) -> Tensor:
+    """``sparse_linear`` on normalized arguments (see ``run_sparse_conv2d``)."""
+    _check_device(LINEAR_OP, x, values, bias)
+    args = (x, values, col_index, row_ptr, weight_shape, bias)
+    if _kernel_ok("sparse_linear", x):
+        return torch.ops.lostprune.sparse_linear(*args)
+    return sparse_linear_reference(*args)
+
+
+def conv_arguments(shape, stride, padding, dilation) -> tuple[list[int], list[int], list[int]]:
+    """(stride, padding, dilation) as pairs; padding may be an int, a pair, 'valid' or 'same'."""
+    stride_ = _pair(stride, "stride", CONV_OP)
+    dilation_ = _pair(dilation, "dilation", CONV_OP)
+    return stride_, conv_padding(padding, shape, stride_, dilation_), dilation_
 
 
 def sparse_conv2d(x: Tensor, packed: PackedWeight, bias: Tensor | None = None, stride=1, padding=0,
@@ -206,14 +244,9 @@ def sparse_conv2d(x: Tensor, packed: PackedWeight, bias: Tensor | None = None, s
     if len(packed.shape) != 4:
         raise ValueError(f"{CONV_OP}: packed weight has shape {packed.shape}; expected a conv weight "
                          "[Cout, Cin/groups, KH, KW] (use sparse_linear for linear weights)")
-    stride_ = _pair(stride, "stride", CONV_OP)
-    dilation_ = _pair(dilation, "dilation", CONV_OP)
-    padding_ = conv_padding(padding, packed.shape, stride_, dilation_)
-    args = (x, packed.values, packed.col_index, packed.row_ptr, list(packed.shape), bias,
-            stride_, padding_, dilation_, int(groups))
-    if _kernel_ok("sparse_conv2d", x):
-        return torch.ops.lostprune.sparse_conv2d(*args)
-    return sparse_conv2d_reference(*args)
+    stride_, padding_, dilation_ = conv_arguments(packed.shape, stride, padding, dilation)
+    return run_sparse_conv2d(x, packed.values, packed.col_index, packed.row_ptr, list(packed.shape), bias,
+                             stride_, padding_, dilation_, int(groups))
 
 
 def sparse_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -> Tensor:
@@ -222,10 +255,7 @@ def sparse_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -
     if len(packed.shape) != 2:
         raise ValueError(f"{LINEAR_OP}: packed weight has shape {packed.shape}; expected a linear "
                          "weight [out_features, in_features]")
-    args = (x, packed.values, packed.col_index, packed.row_ptr, list(packed.shape), bias)
-    if _kernel_ok("sparse_linear", x):
-        return torch.ops.lostprune.sparse_linear(*args)
-    return sparse_linear_reference(*args)
+    return run_sparse_linear(x, packed.values, packed.col_index, packed.row_ptr, list(packed.shape), bias)
 
 
 # --------------------------------------------------------------------------- registrations
