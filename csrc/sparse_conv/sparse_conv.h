@@ -88,6 +88,18 @@ LP_HD SparseConvGeometry make_geometry(int64_t H, int64_t W, int64_t KH, int64_t
   return g;
 }
 
+// Rounds the plane rows up to whole kPlaneAlign-element vectors when that widens them by at
+// most 1/8: every row then starts aligned, so a tap's offset residue is its column shift
+// alone (3 residue classes for a 3x3 kernel instead of up to 9).
+LP_HD void align_plane_rows(SparseConvGeometry* g) {
+  const int64_t aligned = (g->Wq + kPlaneAlign - 1) / kPlaneAlign * kPlaneAlign;
+  if ((aligned - g->Wq) * 8 > g->Wq) return;
+  g->Wq = aligned;
+  g->plane = g->Hq * g->Wq;
+  g->plane_stride = g->plane;  // already a multiple of kPlaneAlign
+  g->channel_stride = g->ny * g->nx * g->plane_stride;
+}
+
 // Offset of tap (kh, kw) within its input channel's phase planes.
 LP_HD int64_t tap_offset(const SparseConvGeometry& g, int64_t kh, int64_t kw) {
   const int64_t r = kh * g.dh, c = kw * g.dw;

@@ -56,11 +56,11 @@ constexpr int64_t kChunkBandBytes = 32 << 10;  // input band per chunk: most of 
 constexpr double kMinAlignedBucket = 6.0;  // mean nonzeros per bucket that pay for the fold
 constexpr int64_t kMinSortedVectors = 32;  // vectors per nonzero (and call) that pay for the sort
 constexpr int64_t kMinChunkNonzeros = 24;  // per output channel: pays for reloading its tile
+constexpr int64_t kAlignRowsDensityInverse = 4;  // align plane rows at density <= 1/4
 // Work per thread below which a parallel region costs more than it saves (fork/join of a
 // few microseconds; much more when the machine is oversubscribed).
-constexpr int64_t kGrainNonzeros = 16384;   // plan building, small-batch linear
-constexpr int64_t kGrainElements = 65536;   // filling planes
-constexpr int64_t kGrainFmas = 32768;       // tiles: vector FMAs
+constexpr int64_t kGrainNonzeros = 16384;  // small-batch linear: nonzeros x rows
+constexpr int64_t kGrainFmas = 32768;      // convolution: vector FMAs
 // Scratch buffers above this size are released after the call instead of kept per thread.
 constexpr int64_t kKeepScratchBytes = int64_t(64) << 20;
 
@@ -187,11 +187,11 @@ void tile_n(int vectors, bool aligned, const S* in, const Nonzeros<S>& nz, const
 }
 
 // Per-thread, 64-byte aligned, uninitialized scratch buffers, kept between calls so
-// steady-state inference neither allocates nor page-faults. The plan and the shared planes
-// belong to the calling thread; workers use their private planes and partial tiles.
+// steady-state inference neither allocates nor page-faults. The per-code tables belong to
+// the calling thread; everything else to the worker that uses it.
 enum Slot {
-  kSharedPlanes, kWorkerPlanes, kPartialTiles,
-  kPlanOffsets, kPlanValues, kPlanBuckets, kPlanTable, kPlanKeys, kSlots
+  kWorkerPlanes, kPartialTiles, kPlanOffsets, kPlanValues, kPlanBuckets, kPlanCounts,
+  kPlanTable, kPlanKeys, kSlots
 };
 
 struct ScratchBuffer {
@@ -289,26 +289,36 @@ void store_tile(const S* tile, int64_t q0, int64_t len, const SparseConvGeometry
   }
 }
 
-// The packed weight laid out for one input geometry: per output channel and input chunk,
-// kResidues buckets of nonzeros with offsets relative to the chunk's first channel. Two
-// layouts: `sorted` (AVX-512 aligned kernel) sorts each chunk's nonzeros by offset residue
+// How the packed weight is laid out for one input geometry (decided once per call):
+// nonzeros go to (input chunk, offset residue) buckets with offsets relative to the chunk's
+// first channel. `sorted` (AVX-512 aligned kernel) sorts each chunk's nonzeros by residue
 // and stores offsets minus residue; otherwise the CSR order is kept (it is already sorted
-// by input channel, so chunks are contiguous), bucket 0 holds the whole chunk, and codes
-// and values are read in place.
-template <typename S>
-struct ConvPlan {
+// by input channel, so chunks are contiguous), bucket 0 holds the whole chunk, and the
+// kernel reads codes and values in place and offsets from the per-code table.
+struct PlanLayout {
   int64_t chunk = 1;    // input channels per chunk
   int64_t chunks = 1;   // chunks per group
   bool sorted = false;  // residue buckets + aligned kernel
-  const int32_t* off = nullptr;
-  const int32_t* code = nullptr;
-  const int32_t* table = nullptr;
-  const S* val = nullptr;
-  int32_t* bucket = nullptr;  // chunks * kResidues + 1 per output channel
+  const int32_t* code_off = nullptr;  // per tap code: offset from its chunk's first channel
+  const int32_t* code_key = nullptr;  // per tap code: bucket (chunk * kResidues + residue)
 
   int64_t bucket_stride() const { return chunks * kResidues + 1; }
+};
+
+// One thread's plan for output channels [co_begin, co_end); bucket entries index the
+// nonzeros from row_ptr[co_begin] on.
+template <typename S>
+struct ConvPlan {
+  PlanLayout layout;
+  int64_t co_begin = 0;
+  const int32_t* off = nullptr;   // sorted: offsets minus residue
+  const int32_t* code = nullptr;  // natural order: the CSR tap codes
+  const S* val = nullptr;
+  const int32_t* bucket = nullptr;
+
   Nonzeros<S> at(int64_t co, int64_t c) const {
-    return Nonzeros<S>{off, code, table, val, bucket + co * bucket_stride() + c * kResidues};
+    return Nonzeros<S>{off, code, layout.code_off, val,
+                       bucket + (co - co_begin) * layout.bucket_stride() + c * kResidues};
   }
 };
 
@@ -325,25 +335,18 @@ int64_t chunk_channels(const SparseConvArgs& a, int64_t lanes, int64_t elem_size
   return (a.Cin_g + chunks - 1) / chunks;  // balanced
 }
 
-// Builds the plan and validates the CSR arrays on the way (the kernel must never read
-// outside the planes). Per nonzero only table lookups: this runs on every call.
+// The layout and its per-code tables (O(Cin/g * KH * KW), in the calling thread's scratch).
 template <typename S>
-ConvPlan<S> make_plan(const SparseConvArgs& a, const int32_t* col, const int32_t* row_ptr,
-                      const S* values) {
+PlanLayout plan_layout(const SparseConvArgs& a) {
   constexpr const char* op = "lostprune.sparse_conv2d";
   const SparseConvGeometry& g = a.g;
-  const int64_t bad_row = first_bad_row(row_ptr, a.Cout, a.nnz);
-  TORCH_CHECK(bad_row < 0, op, ": row_ptr is not a valid CSR row pointer at output channel ",
-              bad_row, " (it must start at 0, never decrease and end at nnz = ", a.nnz, ")");
   TORCH_CHECK(a.Cin_g * g.channel_stride + g.max_dx + 64 < (int64_t(1) << 31), op,
               ": input too large for 32-bit offsets (", a.Cin_g, " channels per group of ",
               g.channel_stride, " elements)");
-  ConvPlan<S> plan;
-  plan.chunk = chunk_channels(a, Simd<S>::L, sizeof(S));
-  plan.chunks = (a.Cin_g + plan.chunk - 1) / plan.chunk;
-  const int64_t taps = g.KH * g.KW, codes = a.Cin_g * taps, stride = plan.bucket_stride();
-
-  // Per tap code: offset from its chunk's first channel and bucket key (chunk, residue).
+  PlanLayout layout;
+  layout.chunk = chunk_channels(a, Simd<S>::L, sizeof(S));
+  layout.chunks = (a.Cin_g + layout.chunk - 1) / layout.chunk;
+  const int64_t taps = g.KH * g.KW, codes = a.Cin_g * taps;
   int32_t* code_off = scratch<int32_t>(kPlanTable, codes);
   int32_t* code_key = scratch<int32_t>(kPlanKeys, codes);
   int used = 0;  // residues the taps produce (channel and chunk bases are aligned)
@@ -352,181 +355,199 @@ ConvPlan<S> make_plan(const SparseConvArgs& a, const int32_t* col, const int32_t
       const int64_t tap = kh * g.KW + kw, off = tap_offset(g, kh, kw);
       used |= 1 << (off & (kResidues - 1));
       for (int64_t ci = 0; ci < a.Cin_g; ++ci) {
-        const int64_t c = ci / plan.chunk;
-        code_off[ci * taps + tap] = static_cast<int32_t>((ci - c * plan.chunk) * g.channel_stride + off);
+        const int64_t c = ci / layout.chunk;
+        code_off[ci * taps + tap] = static_cast<int32_t>((ci - c * layout.chunk) * g.channel_stride + off);
         code_key[ci * taps + tap] = static_cast<int32_t>(c * kResidues + (off & (kResidues - 1)));
       }
     }
   }
+  layout.code_off = code_off;
+  layout.code_key = code_key;
   // The aligned kernel pays a sort per call and a fold per bucket: worth it when every
   // nonzero feeds many vectors and buckets are large.
   const int64_t vectors = a.N * ((g.OH * g.Wq + Simd<S>::L - 1) / Simd<S>::L);
-  const double buckets = double(a.Cout) * plan.chunks * __builtin_popcount(used);
-  plan.sorted = std::is_same_v<S, float> && kVecBytes == 64 && vectors >= kMinSortedVectors &&
-                a.nnz >= kMinAlignedBucket * buckets;
+  const double buckets = double(a.Cout) * layout.chunks * __builtin_popcount(used);
+  layout.sorted = std::is_same_v<S, float> && kVecBytes == 64 && vectors >= kMinSortedVectors &&
+                  a.nnz >= kMinAlignedBucket * buckets;
+  return layout;
+}
 
-  int32_t* offsets = plan.sorted ? scratch<int32_t>(kPlanOffsets, a.nnz) : nullptr;
-  S* sorted_val = plan.sorted ? scratch<S>(kPlanValues, a.nnz) : nullptr;
-  plan.off = offsets;
-  plan.code = col;
-  plan.table = code_off;
-  plan.val = plan.sorted ? sorted_val : values;
-  plan.bucket = scratch<int32_t>(kPlanBuckets, a.Cout * stride);
+// First invalid nonzero found while planning (-1: none), and whether it is out of range
+// or out of order. Threads plan concurrently; the first one to fail records it.
+struct PlanErrors {
   std::atomic<int64_t> bad{-1}, unsorted{-1};
-  const int32_t* key_of = code_key;
-  const int32_t* off_of = code_off;
-  const bool sorted = plan.sorted;
-  const int64_t plan_grain = std::max<int64_t>(1, kGrainNonzeros * a.Cout / std::max<int64_t>(1, a.nnz));
-  at::parallel_for(0, a.Cout, plan_grain, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> count_buffer(stride);
-    int32_t* count = count_buffer.data();
-    for (int64_t co = begin; co < end; ++co) {
-      const int32_t k0 = row_ptr[co], k1 = row_ptr[co + 1];
-      int32_t* bucket = plan.bucket + co * stride;
-      // Validate first (a branch-free reduction): afterwards codes index the tables safely.
-      int32_t fails = k1 > k0 && (col[k0] < 0 || col[k1 - 1] >= codes);
-      for (int32_t k = k0 + 1; k < k1; ++k) fails |= col[k] <= col[k - 1];
-      if (fails) {
-        int32_t k = k0;
-        while (k < k1 && col[k] >= 0 && col[k] < codes && (k == k0 || col[k] > col[k - 1])) ++k;
-        int64_t expected = -1;
-        (col[k] < 0 || col[k] >= codes ? bad : unsorted).compare_exchange_strong(expected, k);
-        std::fill(bucket, bucket + stride, k0);
-        continue;
-      }
-      if (!sorted) {
-        // Codes ascend, so chunk c starts at the first code of its first channel.
-        for (int64_t c = 0; c < plan.chunks; ++c) {
-          const int32_t first = static_cast<int32_t>(c * plan.chunk * taps);
-          const int32_t start = static_cast<int32_t>(std::lower_bound(col + k0, col + k1, first) - col);
-          bucket[c * kResidues] = start;
-          if (c > 0) std::fill(bucket + (c - 1) * kResidues + 1, bucket + c * kResidues, start);
-        }
-        std::fill(bucket + (plan.chunks - 1) * kResidues + 1, bucket + stride, k1);
-        continue;
-      }
-      std::fill(count, count + stride, 0);
-      for (int32_t k = k0; k < k1; ++k) ++count[key_of[col[k]]];
-      bucket[0] = k0;  // counts -> starts
-      for (int64_t b = 0; b + 1 < stride; ++b) {
-        bucket[b + 1] = bucket[b] + count[b];
-        count[b] = bucket[b];
-      }
-      for (int32_t k = k0; k < k1; ++k) {  // counting sort by (chunk, residue)
-        const int32_t code = col[k];
-        const int32_t off = off_of[code];
-        const int32_t pos = count[key_of[code]]++;
-        offsets[pos] = off & ~(kResidues - 1);
-        sorted_val[pos] = values[k];
-      }
+};
+
+// Builds the calling thread's plan for output channels [co_begin, co_end) and validates
+// their nonzeros (invalid rows become empty: the kernel never reads outside the planes).
+// Per nonzero only table lookups and, for sorted plans, a counting sort.
+template <typename S>
+ConvPlan<S> build_plan(const PlanLayout& layout, const SparseConvArgs& a, const int32_t* col,
+                       const int32_t* row_ptr, const S* values, int64_t co_begin, int64_t co_end,
+                       PlanErrors& errors) {
+  const int64_t codes = a.Cin_g * a.g.KH * a.g.KW, stride = layout.bucket_stride();
+  const int32_t first = row_ptr[co_begin], count_nnz = row_ptr[co_end] - first;
+  ConvPlan<S> plan;
+  plan.layout = layout;
+  plan.co_begin = co_begin;
+  int32_t* bucket = scratch<int32_t>(kPlanBuckets, (co_end - co_begin) * stride);
+  int32_t* offsets = layout.sorted ? scratch<int32_t>(kPlanOffsets, count_nnz) : nullptr;
+  S* sorted_val = layout.sorted ? scratch<S>(kPlanValues, count_nnz) : nullptr;
+  int32_t* count = scratch<int32_t>(kPlanCounts, stride);
+  plan.bucket = bucket;
+  plan.off = offsets;
+  plan.code = col + first;
+  plan.val = layout.sorted ? sorted_val : values + first;
+  const int32_t* key_of = layout.code_key;
+  const int32_t* off_of = layout.code_off;
+  for (int64_t co = co_begin; co < co_end; ++co) {
+    const int32_t k0 = row_ptr[co], k1 = row_ptr[co + 1];
+    int32_t* b = bucket + (co - co_begin) * stride;
+    // Validate first (a branch-free reduction): afterwards codes index the tables safely.
+    int32_t fails = k1 > k0 && (col[k0] < 0 || col[k1 - 1] >= codes);
+    for (int32_t k = k0 + 1; k < k1; ++k) fails |= col[k] <= col[k - 1];
+    if (fails) {
+      int32_t k = k0;
+      while (k < k1 && col[k] >= 0 && col[k] < codes && (k == k0 || col[k] > col[k - 1])) ++k;
+      int64_t expected = -1;
+      (col[k] < 0 || col[k] >= codes ? errors.bad : errors.unsorted).compare_exchange_strong(expected, k);
+      std::fill(b, b + stride, k0 - first);
+      continue;
     }
-  });
-  const int64_t k = bad.load();
-  TORCH_CHECK(k < 0, op, ": col_index[", k, "] = ", k < 0 ? 0 : col[k],
-              " is out of range for weight_shape [", a.Cout, ", ", a.Cin_g, ", ", g.KH, ", ", g.KW,
-              "] (allowed 0..", codes - 1, ")");
-  const int64_t u = unsorted.load();
-  TORCH_CHECK(u < 0, op, ": col_index must increase strictly within each row (canonical CSR, as ",
-              "pack_weight makes it); col_index[", u, "] = ", u < 0 ? 0 : col[u],
-              " follows ", u <= 0 ? 0 : col[u - 1]);
+    if (!layout.sorted) {
+      // Codes ascend, so chunk c starts at the first code of its first channel.
+      const int64_t taps = a.g.KH * a.g.KW;
+      for (int64_t c = 0; c < layout.chunks; ++c) {
+        const int32_t code0 = static_cast<int32_t>(c * layout.chunk * taps);
+        const int32_t start = static_cast<int32_t>(std::lower_bound(col + k0, col + k1, code0) - col) - first;
+        b[c * kResidues] = start;
+        if (c > 0) std::fill(b + (c - 1) * kResidues + 1, b + c * kResidues, start);
+      }
+      std::fill(b + (layout.chunks - 1) * kResidues + 1, b + stride, k1 - first);
+      continue;
+    }
+    std::fill(count, count + stride, 0);
+    for (int32_t k = k0; k < k1; ++k) ++count[key_of[col[k]]];
+    b[0] = k0 - first;  // counts -> starts
+    for (int64_t i = 0; i + 1 < stride; ++i) {
+      b[i + 1] = b[i] + count[i];
+      count[i] = b[i];
+    }
+    for (int32_t k = k0; k < k1; ++k) {  // counting sort by (chunk, residue)
+      const int32_t code = col[k];
+      const int32_t off = off_of[code];
+      const int32_t pos = count[key_of[code]]++;
+      offsets[pos] = off & ~(kResidues - 1);
+      sorted_val[pos] = values[k];
+    }
+  }
   return plan;
 }
 
-struct TileRange {
-  int64_t tile_begin, tile_end, co_begin, co_end;
-};
-
-// Output channels [co_begin, co_end) x tiles [tile_begin, tile_end) of one image.
+// Output channels [plan.co_begin, co_end), every tile, of one image.
 template <typename S>
 void conv_tiles(const S* planes, const ConvPlan<S>& plan, const S* bias, const SparseConvArgs& a,
-                const TileRange& r, S* out_img) {
+                int64_t co_end, S* out_img) {
   constexpr int L = Simd<S>::L;
   constexpr int64_t tile_len = kTileVectors * L;
   const SparseConvGeometry& g = a.g;
+  const PlanLayout& layout = plan.layout;
+  const int64_t co_begin = plan.co_begin;
   const int64_t vectors = (g.OH * g.Wq + L - 1) / L;
-  const int64_t chunk_stride = plan.chunk * g.channel_stride;
+  const int64_t tiles = (vectors + kTileVectors - 1) / kTileVectors;
+  const int64_t chunk_stride = layout.chunk * g.channel_stride;
   // Partial tiles of every channel while chunks > 1; one tile otherwise.
-  S* partial = scratch<S>(kPartialTiles, (plan.chunks > 1 ? r.co_end - r.co_begin : 1) * tile_len);
-  for (int64_t t = r.tile_begin; t < r.tile_end; ++t) {
+  S* partial = scratch<S>(kPartialTiles, (layout.chunks > 1 ? co_end - co_begin : 1) * tile_len);
+  for (int64_t t = 0; t < tiles; ++t) {
     const int64_t q0 = t * tile_len;
     const int n_vec = static_cast<int>(std::min<int64_t>(kTileVectors, vectors - t * kTileVectors));
-    for (int64_t c = 0; c < plan.chunks; ++c) {
-      const bool last = c + 1 == plan.chunks;
-      for (int64_t co = r.co_begin; co < r.co_end; ++co) {
+    for (int64_t c = 0; c < layout.chunks; ++c) {
+      const bool last = c + 1 == layout.chunks;
+      for (int64_t co = co_begin; co < co_end; ++co) {
         const S* in = planes + (co / a.Cout_g) * a.Cin_g * g.channel_stride + c * chunk_stride + q0;
-        S* tile = plan.chunks > 1 ? partial + (co - r.co_begin) * tile_len : partial;
+        S* tile = layout.chunks > 1 ? partial + (co - co_begin) * tile_len : partial;
         const TileAcc<S> acc{c == 0 ? nullptr : tile, bias != nullptr ? bias[co] : S(0), tile};
-        tile_n<S>(n_vec, plan.sorted, in, plan.at(co, c), acc);
+        tile_n<S>(n_vec, layout.sorted, in, plan.at(co, c), acc);
         if (last) store_tile(tile, q0, int64_t(n_vec) * L, g, out_img + co * g.OH * g.OW);
       }
     }
   }
 }
 
+// Output-channel blocks with about equal nonzeros: block u is [bounds[u], bounds[u + 1]).
+std::vector<int64_t> channel_blocks(const int32_t* row_ptr, int64_t rows, int64_t blocks) {
+  std::vector<int64_t> bounds(blocks + 1, rows);
+  bounds[0] = 0;
+  const int64_t nnz = row_ptr[rows];
+  for (int64_t u = 1; u < blocks; ++u) {
+    const int64_t target = nnz * u / blocks;
+    const int64_t row = std::upper_bound(row_ptr, row_ptr + rows + 1, target) - row_ptr - 1;
+    bounds[u] = std::clamp<int64_t>(row, bounds[u - 1], rows);
+  }
+  return bounds;
+}
+
+// One parallel region per call and no barrier inside it: a thread owns whole images
+// (batch >= threads) or a block of output channels for every image, builds the plan for
+// its channels and fills its own planes. Under contention every extra fork/join can cost a
+// scheduler time slice; the price here is that each thread fills the planes of the images
+// it works on (O(input), small next to the convolution).
 template <typename S>
 void sparse_conv2d_kernel(const at::Tensor& x, const at::Tensor& values,
                           const at::Tensor& col_index, const at::Tensor& row_ptr,
                           const std::optional<at::Tensor>& bias, const SparseConvArgs& a,
                           at::Tensor& out) {
+  constexpr const char* op = "lostprune.sparse_conv2d";
   constexpr int L = Simd<S>::L;
   const SparseConvGeometry& g = a.g;
-  const ConvPlan<S> plan = make_plan<S>(a, col_index.const_data_ptr<int32_t>(),
-                                        row_ptr.const_data_ptr<int32_t>(),
-                                        values.const_data_ptr<S>());
-  if (a.N == 0) return;
+  const int32_t* col = col_index.const_data_ptr<int32_t>();
+  const int32_t* rp = row_ptr.const_data_ptr<int32_t>();
+  const int64_t bad_row = first_bad_row(rp, a.Cout, a.nnz);
+  TORCH_CHECK(bad_row < 0, op, ": row_ptr is not a valid CSR row pointer at output channel ",
+              bad_row, " (it must start at 0, never decrease and end at nnz = ", a.nnz, ")");
+  const PlanLayout layout = plan_layout<S>(a);
 
   const S* xp = x.const_data_ptr<S>();
+  const S* vp = values.const_data_ptr<S>();
   const S* bp = bias.has_value() ? bias->const_data_ptr<S>() : nullptr;
-  S* op = out.mutable_data_ptr<S>();
+  S* op_out = out.mutable_data_ptr<S>();
   const int64_t in_image = a.Cin * g.H * g.W, out_image = a.Cout * g.OH * g.OW;
   const int64_t n_planes = planes_numel(a);
   const int64_t vectors = (g.OH * g.Wq + L - 1) / L;
-  const int64_t tiles = (vectors + kTileVectors - 1) / kTileVectors;
-  const int64_t threads = at::get_num_threads();
+  const int64_t fmas = a.nnz * vectors * std::max<int64_t>(a.N, 1);
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), fmas / kGrainFmas));
+  const bool by_image = a.N >= threads;
+  const int64_t units = by_image ? std::max<int64_t>(a.N, 1) : threads;
+  const std::vector<int64_t> blocks = channel_blocks(rp, a.Cout, by_image ? 1 : units);
+  PlanErrors errors;
 
-  auto zero_tail = [&](S* planes) {
-    std::fill(planes + a.Cin * g.channel_stride, planes + n_planes, S(0));
-  };
-
-  if (a.N >= threads && a.N > 1) {
-    // One image per task: planes private to the thread, everything else in its cache.
-    at::parallel_for(0, a.N, 1, [&](int64_t begin, int64_t end) {
+  // Grain 1 over `units` with at most `threads` units: one unit per thread, or inline.
+  at::parallel_for(0, units, by_image ? (units + threads - 1) / threads : 1, [&](int64_t begin, int64_t end) {
+    const int64_t co_begin = by_image ? 0 : blocks[begin];
+    const int64_t co_end = by_image ? a.Cout : blocks[end];
+    const int64_t n_begin = by_image ? begin : 0, n_end = by_image ? end : a.N;
+    if (co_begin < co_end) {  // plan (and validate) even for an empty batch
+      const ConvPlan<S> plan = build_plan<S>(layout, a, col, rp, vp, co_begin, co_end, errors);
       S* planes = scratch<S>(kWorkerPlanes, n_planes);
-      zero_tail(planes);
-      for (int64_t n = begin; n < end; ++n) {
+      std::fill(planes + a.Cin * g.channel_stride, planes + n_planes, S(0));  // over-read tail
+      for (int64_t n = n_begin; n < n_end; ++n) {
         fill_planes(xp + n * in_image, g, 0, a.Cin, planes);
-        conv_tiles(planes, plan, bp, a, TileRange{0, tiles, 0, a.Cout}, op + n * out_image);
+        conv_tiles(planes, plan, bp, a, co_end, op_out + n * out_image);
       }
-      release_large_scratch({kWorkerPlanes, kPartialTiles});
-    });
-    release_large_scratch({kPlanOffsets, kPlanValues, kPlanBuckets, kPlanTable, kPlanKeys});
-    return;
-  }
-  // Few images: fill the planes together, then split tiles (each thread reads a band of
-  // the input) and, when tiles are too few, channel blocks.
-  S* planes = scratch<S>(kSharedPlanes, n_planes);
-  zero_tail(planes);
-  const int64_t want = 2 * threads;
-  const int64_t channel_blocks = tiles >= want ? 1 : std::min(a.Cout, (want + tiles - 1) / tiles);
-  const int64_t block = (a.Cout + channel_blocks - 1) / channel_blocks;
-  const int64_t jobs = tiles * channel_blocks;
-  const int64_t fmas = std::max<int64_t>(1, a.nnz * vectors);
-  const int64_t job_grain = std::max<int64_t>(1, kGrainFmas * jobs / fmas);
-  const int64_t fill_grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.channel_stride));
-  for (int64_t n = 0; n < a.N; ++n) {
-    at::parallel_for(0, a.Cin, fill_grain, [&](int64_t begin, int64_t end) {
-      fill_planes(xp + n * in_image, g, begin, end, planes);
-    });
-    at::parallel_for(0, tiles * channel_blocks, job_grain, [&](int64_t begin, int64_t end) {
-      for (int64_t job = begin; job < end; ++job) {
-        const int64_t t = job / channel_blocks, cb = job % channel_blocks;
-        const TileRange r{t, t + 1, cb * block, std::min(a.Cout, (cb + 1) * block)};
-        conv_tiles(planes, plan, bp, a, r, op + n * out_image);
-      }
-    });
-  }
-  release_large_scratch({kSharedPlanes, kPartialTiles, kPlanOffsets, kPlanValues, kPlanBuckets,
-                         kPlanTable, kPlanKeys});
+    }
+    release_large_scratch({kWorkerPlanes, kPartialTiles, kPlanOffsets, kPlanValues, kPlanBuckets,
+                           kPlanCounts});
+  });
+  release_large_scratch({kPlanTable, kPlanKeys});
+  const int64_t k = errors.bad.load();
+  const int64_t codes = a.Cin_g * g.KH * g.KW;
+  TORCH_CHECK(k < 0, op, ": col_index[", k, "] = ", k < 0 ? 0 : col[k],
+              " is out of range for weight_shape [", a.Cout, ", ", a.Cin_g, ", ", g.KH, ", ", g.KW,
+              "] (allowed 0..", codes - 1, ")");
+  const int64_t u = errors.unsorted.load();
+  TORCH_CHECK(u < 0, op, ": col_index must increase strictly within each row (canonical CSR, as ",
+              "pack_weight makes it); col_index[", u, "] = ", u < 0 ? 0 : col[u],
+              " follows ", u <= 0 ? 0 : col[u - 1]);
 }
 
 at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& values,
@@ -534,9 +555,12 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& values,
                              at::IntArrayRef weight_shape, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation, int64_t groups) {
-  const SparseConvArgs a = check_sparse_conv2d(x, values, col_index, row_ptr, weight_shape, bias,
-                                               stride, padding, dilation, groups,
-                                               c10::DeviceType::CPU);
+  SparseConvArgs a = check_sparse_conv2d(x, values, col_index, row_ptr, weight_shape, bias, stride,
+                                         padding, dilation, groups, c10::DeviceType::CPU);
+  // Sparse layers pay per residue bucket (a fold per tile): aligned rows cut the buckets to
+  // one per column shift, worth a few extra columns once nonzeros are few.
+  const int64_t dense_numel = a.Cout * a.Cin_g * a.g.KH * a.g.KW;
+  if (a.nnz * kAlignRowsDensityInverse <= dense_numel) align_plane_rows(&a.g);
   const at::Tensor xc = x.contiguous(), vc = values.contiguous();
   const at::Tensor cc = col_index.contiguous(), rc = row_ptr.contiguous();
   std::optional<at::Tensor> bc;
@@ -548,28 +572,47 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& values,
   return out;
 }
 
-// y[m, o] = bias[o] + sum_k values[k] * x[m, col[k]] for rows few enough that vectorizing
-// over them would leave SIMD lanes idle: one sparse dot product per (row, output).
+// sum_k values[k] * x[col[k]] over k in [k0, k1): one sparse dot product.
 template <typename S>
-void sparse_linear_rows(const S* x, const S* values, const int32_t* col, const int32_t* row_ptr,
-                        const S* bias, const SparseLinearArgs& a, S* y) {
-  const int64_t grain = std::max<int64_t>(1, kGrainNonzeros * a.out / std::max<int64_t>(1, a.nnz * a.M));
+S sparse_dot(const S* x, const S* values, const int32_t* col, int64_t k0, int64_t k1) {
+  int64_t k = k0;
+  S sum = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (; k + 32 <= k1; k += 32) {  // two gathers in flight
+      const __m512i i0 = _mm512_loadu_si512(col + k), i1 = _mm512_loadu_si512(col + k + 16);
+      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(values + k), _mm512_i32gather_ps(i0, x, 4), acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(values + k + 16), _mm512_i32gather_ps(i1, x, 4), acc1);
+    }
+    if (k + 16 <= k1) {
+      const __m512i i0 = _mm512_loadu_si512(col + k);
+      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(values + k), _mm512_i32gather_ps(i0, x, 4), acc0);
+      k += 16;
+    }
+    sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  }
+#endif
+  S s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (; k + 4 <= k1; k += 4) {
+    s0 += values[k] * x[col[k]];
+    s1 += values[k + 1] * x[col[k + 1]];
+    s2 += values[k + 2] * x[col[k + 2]];
+    s3 += values[k + 3] * x[col[k + 3]];
+  }
+  for (; k < k1; ++k) s0 += values[k] * x[col[k]];
+  return sum + ((s0 + s1) + (s2 + s3));
+}
+
+// y[o] = bias[o] + x . row o, for a single row of x (vectorizing over rows would leave
+// every SIMD lane but one idle).
+template <typename S>
+void sparse_linear_row(const S* x, const S* values, const int32_t* col, const int32_t* row_ptr,
+                       const S* bias, const SparseLinearArgs& a, S* y) {
+  const int64_t grain = std::max<int64_t>(1, kGrainNonzeros * a.out / std::max<int64_t>(1, a.nnz));
   at::parallel_for(0, a.out, grain, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
-      const int64_t k0 = row_ptr[o], k1 = row_ptr[o + 1];
-      for (int64_t m = 0; m < a.M; ++m) {
-        const S* xm = x + m * a.in;
-        S s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        int64_t k = k0;
-        for (; k + 4 <= k1; k += 4) {
-          s0 += values[k] * xm[col[k]];
-          s1 += values[k + 1] * xm[col[k + 1]];
-          s2 += values[k + 2] * xm[col[k + 2]];
-          s3 += values[k + 3] * xm[col[k + 3]];
-        }
-        for (; k < k1; ++k) s0 += values[k] * xm[col[k]];
-        y[m * a.out + o] = (bias != nullptr ? bias[o] : S(0)) + ((s0 + s1) + (s2 + s3));
-      }
+      y[o] = (bias != nullptr ? bias[o] : S(0)) + sparse_dot(x, values, col, row_ptr[o], row_ptr[o + 1]);
     }
   });
 }
@@ -588,7 +631,14 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
   const at::Tensor cc = col_index.contiguous();
   const int32_t* col = cc.const_data_ptr<int32_t>();
   const int32_t* rp = rc.const_data_ptr<int32_t>();
-  for (int64_t o = 0; o < a.out; ++o) {  // as strict as the conv: canonical CSR, in range
+  // As strict as the conv (canonical CSR, in range); a branch-free pass, messages on failure.
+  int32_t fails = 0;
+  for (int64_t o = 0; o < a.out; ++o) {
+    const int32_t k0 = rp[o], k1 = rp[o + 1];
+    fails |= k1 > k0 && (col[k0] < 0 || col[k1 - 1] >= a.in);
+    for (int32_t k = k0 + 1; k < k1; ++k) fails |= col[k] <= col[k - 1];
+  }
+  for (int64_t o = 0; fails && o < a.out; ++o) {
     for (int32_t k = rp[o]; k < rp[o + 1]; ++k) {
       TORCH_CHECK(col[k] >= 0 && col[k] < a.in, op, ": col_index[", k, "] = ", col[k],
                   " is out of range for weight_shape [", a.out, ", ", a.in, "] (allowed 0..",
@@ -598,10 +648,9 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
                   "pack_weight makes it); col_index[", k, "] = ", col[k], " follows ", col[k - 1]);
     }
   }
-  const int64_t lanes = kVecBytes / static_cast<int64_t>(x.element_size());
-  if (a.M >= lanes) {
-    // Many rows: a 1x1 convolution over a 1 x M image whose channels are x's columns, so
-    // every nonzero is an axpy over the rows.
+  if (a.M >= 2) {
+    // Several rows: a 1x1 convolution over a 1 x M image whose channels are x's columns, so
+    // every nonzero is one axpy over all rows (from two rows on that beats a dot per row).
     const at::Tensor image = x.reshape({a.M, a.in}).t().reshape({1, a.in, 1, a.M});
     const int64_t shape[] = {a.out, a.in, 1, 1};
     const int64_t ones[] = {1, 1}, zeros[] = {0, 0};
@@ -614,9 +663,9 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
   std::optional<at::Tensor> bc;
   if (bias.has_value()) bc = bias->contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_linear_cpu", [&] {
-    sparse_linear_rows<scalar_t>(xc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), col,
-                                 rp, bc.has_value() ? bc->const_data_ptr<scalar_t>() : nullptr, a,
-                                 y.mutable_data_ptr<scalar_t>());
+    sparse_linear_row<scalar_t>(xc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), col,
+                                rp, bc.has_value() ? bc->const_data_ptr<scalar_t>() : nullptr, a,
+                                y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }

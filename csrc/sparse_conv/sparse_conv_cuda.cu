@@ -167,11 +167,20 @@ cudaError_t launch_conv(const SparseConvCudaArgs& a, cudaStream_t stream) {
   const int64_t positions = a.g.OH * a.g.OW;
   const int64_t blocks_x = (positions + kWarpPositions - 1) / kWarpPositions;
   const int64_t blocks_y = (a.Cout + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  if (blocks_x > 2147483647 || blocks_y > 65535 || a.N > 65535) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y),
-                  static_cast<unsigned>(a.N));
-  sparse_conv2d_kernel<T><<<grid, kWarp * kWarpsPerBlock, 0, stream>>>(a);
-  return cudaGetLastError();
+  if (blocks_x > 2147483647 || blocks_y > 65535) return cudaErrorInvalidConfiguration;
+  constexpr int64_t kMaxImages = 65535;  // gridDim.z limit: larger batches take several launches
+  for (int64_t n0 = 0; n0 < a.N; n0 += kMaxImages) {
+    SparseConvCudaArgs part = a;
+    part.N = a.N - n0 < kMaxImages ? a.N - n0 : kMaxImages;
+    part.x = static_cast<const T*>(a.x) + n0 * a.Cin * a.g.H * a.g.W;
+    part.out = static_cast<T*>(a.out) + n0 * a.Cout * positions;
+    const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y),
+                    static_cast<unsigned>(part.N));
+    sparse_conv2d_kernel<T><<<grid, kWarp * kWarpsPerBlock, 0, stream>>>(part);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 template <typename T>
