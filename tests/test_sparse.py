@@ -52,6 +52,8 @@ def test_pack_with_mask_and_prune_format():
     w = torch.randn(5, 7, generator=gen)
     mask = (torch.rand(5, 7, generator=gen) > 0.5).float()
     assert torch.equal(pack_weight(w, mask).to_dense(), w * mask)
+    half = pack_weight(w).to(torch.float16)
+    assert half.dtype == torch.float16 and half.col_index.dtype == torch.int32
     empty = pack_weight(torch.zeros(3, 2, 1, 1))
     assert empty.nnz == 0 and torch.equal(empty.row_ptr, torch.zeros(4, dtype=torch.int32))
 

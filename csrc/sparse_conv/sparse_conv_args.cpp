@@ -127,6 +127,15 @@ SparseLinearArgs check_sparse_linear(const at::Tensor& x, const at::Tensor& valu
   return a;
 }
 
+ContiguousInputs contiguous_inputs(const at::Tensor& x, const at::Tensor& values,
+                                   const at::Tensor& col_index, const at::Tensor& row_ptr,
+                                   const std::optional<at::Tensor>& bias) {
+  ContiguousInputs c{x.contiguous(), values.contiguous(), col_index.contiguous(),
+                     row_ptr.contiguous(), std::nullopt};
+  if (bias.has_value()) c.bias = bias->contiguous();
+  return c;
+}
+
 std::vector<int64_t> sparse_linear_out_shape(const at::Tensor& x, int64_t out) {
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = out;

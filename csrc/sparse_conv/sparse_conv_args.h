@@ -33,6 +33,18 @@ SparseLinearArgs check_sparse_linear(const at::Tensor& x, const at::Tensor& valu
                                      const std::optional<at::Tensor>& bias,
                                      c10::DeviceType device_type);
 
+// The inputs as contiguous tensors (copies only where needed), kept alive by the caller.
+struct ContiguousInputs {
+  at::Tensor x, values, col_index, row_ptr;
+  std::optional<at::Tensor> bias;
+
+  const void* bias_ptr() const { return bias.has_value() ? bias->const_data_ptr() : nullptr; }
+};
+
+ContiguousInputs contiguous_inputs(const at::Tensor& x, const at::Tensor& values,
+                                   const at::Tensor& col_index, const at::Tensor& row_ptr,
+                                   const std::optional<at::Tensor>& bias);
+
 // The output shape of sparse_linear: x's leading dimensions + [out].
 std::vector<int64_t> sparse_linear_out_shape(const at::Tensor& x, int64_t out);
 

@@ -561,13 +561,10 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& values,
   // one per column shift, worth a few extra columns once nonzeros are few.
   const int64_t dense_numel = a.Cout * a.Cin_g * a.g.KH * a.g.KW;
   if (a.nnz * kAlignRowsDensityInverse <= dense_numel) align_plane_rows(&a.g);
-  const at::Tensor xc = x.contiguous(), vc = values.contiguous();
-  const at::Tensor cc = col_index.contiguous(), rc = row_ptr.contiguous();
-  std::optional<at::Tensor> bc;
-  if (bias.has_value()) bc = bias->contiguous();
+  const ContiguousInputs in = contiguous_inputs(x, values, col_index, row_ptr, bias);
   at::Tensor out = at::empty({a.N, a.Cout, a.g.OH, a.g.OW}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_conv2d_cpu", [&] {
-    sparse_conv2d_kernel<scalar_t>(xc, vc, cc, rc, bc, a, out);
+    sparse_conv2d_kernel<scalar_t>(in.x, in.values, in.col_index, in.row_ptr, in.bias, a, out);
   });
   return out;
 }
@@ -624,13 +621,12 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
   const SparseLinearArgs a = check_sparse_linear(x, values, col_index, row_ptr, weight_shape, bias,
                                                  c10::DeviceType::CPU);
   const std::vector<int64_t> out_shape = sparse_linear_out_shape(x, a.out);
-  const at::Tensor rc = row_ptr.contiguous();
-  const int64_t bad_row = first_bad_row(rc.const_data_ptr<int32_t>(), a.out, a.nnz);
+  const ContiguousInputs in = contiguous_inputs(x, values, col_index, row_ptr, bias);
+  const int32_t* col = in.col_index.const_data_ptr<int32_t>();
+  const int32_t* rp = in.row_ptr.const_data_ptr<int32_t>();
+  const int64_t bad_row = first_bad_row(rp, a.out, a.nnz);
   TORCH_CHECK(bad_row < 0, op, ": row_ptr is not a valid CSR row pointer at output ", bad_row,
               " (it must start at 0, never decrease and end at nnz = ", a.nnz, ")");
-  const at::Tensor cc = col_index.contiguous();
-  const int32_t* col = cc.const_data_ptr<int32_t>();
-  const int32_t* rp = rc.const_data_ptr<int32_t>();
   // As strict as the conv (canonical CSR, in range); a branch-free pass, messages on failure.
   int32_t fails = 0;
   for (int64_t o = 0; o < a.out; ++o) {
@@ -651,20 +647,17 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
   if (a.M >= 2) {
     // Several rows: a 1x1 convolution over a 1 x M image whose channels are x's columns, so
     // every nonzero is one axpy over all rows (from two rows on that beats a dot per row).
-    const at::Tensor image = x.reshape({a.M, a.in}).t().reshape({1, a.in, 1, a.M});
+    const at::Tensor image = in.x.reshape({a.M, a.in}).t().reshape({1, a.in, 1, a.M});
     const int64_t shape[] = {a.out, a.in, 1, 1};
     const int64_t ones[] = {1, 1}, zeros[] = {0, 0};
-    const at::Tensor y = sparse_conv2d_cpu(image, values, col_index, rc, shape, bias, ones, zeros,
-                                           ones, 1);
+    const at::Tensor y = sparse_conv2d_cpu(image, in.values, in.col_index, in.row_ptr, shape, in.bias,
+                                           ones, zeros, ones, 1);
     return y.reshape({a.out, a.M}).t().contiguous().reshape(out_shape);
   }
-  const at::Tensor xc = x.contiguous(), vc = values.contiguous();
   at::Tensor y = at::empty(out_shape, x.options());
-  std::optional<at::Tensor> bc;
-  if (bias.has_value()) bc = bias->contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_linear_cpu", [&] {
-    sparse_linear_row<scalar_t>(xc.const_data_ptr<scalar_t>(), vc.const_data_ptr<scalar_t>(), col,
-                                rp, bc.has_value() ? bc->const_data_ptr<scalar_t>() : nullptr, a,
+    sparse_linear_row<scalar_t>(in.x.const_data_ptr<scalar_t>(), in.values.const_data_ptr<scalar_t>(),
+                                col, rp, static_cast<const scalar_t*>(in.bias_ptr()), a,
                                 y.mutable_data_ptr<scalar_t>());
   });
   return y;

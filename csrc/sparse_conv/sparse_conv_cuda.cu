@@ -48,6 +48,15 @@ __device__ __forceinline__ T store_value(A v) {
   }
 }
 
+// Nonzeros [*k0, *k1) of `row`, clamped to [0, nnz] so malformed pointers never read out
+// of bounds (checked on the host for CPU only: a check here would synchronize).
+__device__ __forceinline__ void row_range(const CsrWeight& w, int64_t row, int64_t* k0, int64_t* k1) {
+  int64_t b = w.row_ptr[row], e = w.row_ptr[row + 1];
+  b = b < 0 ? 0 : (b > w.nnz ? w.nnz : b);
+  *k0 = b;
+  *k1 = e < b ? b : (e > w.nnz ? w.nnz : e);
+}
+
 // One decoded nonzero: where it reads relative to the output position's top-left corner.
 template <typename A>
 struct Tap {
@@ -70,13 +79,13 @@ sparse_conv2d_kernel(SparseConvCudaArgs a) {
   if (co >= a.Cout) return;  // whole warp leaves: no later __syncwarp involves it
 
   const T* x = static_cast<const T*>(a.x) + n * a.Cin * g.H * g.W;
-  const T* values = static_cast<const T*>(a.values);
+  const T* values = static_cast<const T*>(a.w.values);
   const int64_t group_base = (co / a.Cout_g) * a.Cin_g * g.H * g.W;
   const int64_t codes = a.Cin_g * g.KH * g.KW;
 
   int base_h[kPositionsPerLane], base_w[kPositionsPerLane];
   A acc[kPositionsPerLane];
-  const A bias = a.bias != nullptr ? A(to_acc(static_cast<const T*>(a.bias)[co])) : A(0);
+  const A bias = a.w.bias != nullptr ? A(to_acc(static_cast<const T*>(a.w.bias)[co])) : A(0);
 #pragma unroll
   for (int i = 0; i < kPositionsPerLane; ++i) {
     const int64_t p = p0 + lane + i * kWarp;
@@ -86,14 +95,13 @@ sparse_conv2d_kernel(SparseConvCudaArgs a) {
     acc[i] = bias;
   }
 
-  int64_t k0 = a.row_ptr[co], k1 = a.row_ptr[co + 1];
-  k0 = k0 < 0 ? 0 : (k0 > a.nnz ? a.nnz : k0);
-  k1 = k1 < k0 ? k0 : (k1 > a.nnz ? a.nnz : k1);
+  int64_t k0, k1;
+  row_range(a.w, co, &k0, &k1);
   for (int64_t base = k0; base < k1; base += kWarp) {
     const int64_t k = base + lane;
     if (k < k1) {
       Tap<A> t{0, 0, 0, A(0)};
-      const int64_t code = a.col[k];
+      const int64_t code = a.w.col[k];
       if (code >= 0 && code < codes) {
         int64_t ci, kh, kw;
         decode_tap(code, g.KH, g.KW, &ci, &kh, &kw);
@@ -135,20 +143,19 @@ sparse_linear_kernel(SparseLinearCudaArgs a) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = int64_t(gridDim.x) * kWarpsPerBlock;
   const T* x = static_cast<const T*>(a.x);
-  const T* values = static_cast<const T*>(a.values);
+  const T* values = static_cast<const T*>(a.w.values);
   T* y = static_cast<T*>(a.y);
   // Warp w handles pairs (o, m) = w, w + warps, ...; o fastest, so neighbouring warps
   // share the row of x.
   for (int64_t pair = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
        pair < a.M * a.out; pair += warps) {
     const int64_t m = pair / a.out, o = pair - m * a.out;
-    int64_t k0 = a.row_ptr[o], k1 = a.row_ptr[o + 1];
-    k0 = k0 < 0 ? 0 : (k0 > a.nnz ? a.nnz : k0);
-    k1 = k1 < k0 ? k0 : (k1 > a.nnz ? a.nnz : k1);
+    int64_t k0, k1;
+    row_range(a.w, o, &k0, &k1);
     const T* xm = x + m * a.in;
     A sum = A(0);
     for (int64_t k = k0 + lane; k < k1; k += kWarp) {
-      const int64_t c = a.col[k];
+      const int64_t c = a.w.col[k];
       if (c >= 0 && c < a.in) sum += A(to_acc(values[k])) * A(to_acc(xm[c]));
     }
 #pragma unroll
@@ -156,7 +163,7 @@ sparse_linear_kernel(SparseLinearCudaArgs a) {
       sum += __shfl_down_sync(0xffffffffu, sum, offset);
     }
     if (lane == 0) {
-      if (a.bias != nullptr) sum += A(to_acc(static_cast<const T*>(a.bias)[o]));
+      if (a.w.bias != nullptr) sum += A(to_acc(static_cast<const T*>(a.w.bias)[o]));
       y[m * a.out + o] = store_value<T>(sum);
     }
   }
@@ -192,28 +199,28 @@ cudaError_t launch_linear(const SparseLinearCudaArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-}  // namespace
-
-cudaError_t sparse_conv2d_cuda_launch(const SparseConvCudaArgs& args, cudaStream_t stream) {
-  if (args.N == 0 || args.Cout == 0 || args.g.OH * args.g.OW == 0) return cudaSuccess;
-  switch (args.dtype) {
-    case SparseDtype::kFloat32: return launch_conv<float>(args, stream);
-    case SparseDtype::kFloat64: return launch_conv<double>(args, stream);
-    case SparseDtype::kFloat16: return launch_conv<__half>(args, stream);
-    case SparseDtype::kBFloat16: return launch_conv<__nv_bfloat16>(args, stream);
+// Calls fn(T{}) with T the C++ type of `dtype`.
+template <typename Fn>
+cudaError_t dispatch_dtype(SparseDtype dtype, Fn&& fn) {
+  switch (dtype) {
+    case SparseDtype::kFloat32: return fn(float{});
+    case SparseDtype::kFloat64: return fn(double{});
+    case SparseDtype::kFloat16: return fn(__half{});
+    case SparseDtype::kBFloat16: return fn(__nv_bfloat16{});
   }
   return cudaErrorInvalidValue;
 }
 
+}  // namespace
+
+cudaError_t sparse_conv2d_cuda_launch(const SparseConvCudaArgs& args, cudaStream_t stream) {
+  if (args.N == 0 || args.Cout == 0 || args.g.OH * args.g.OW == 0) return cudaSuccess;
+  return dispatch_dtype(args.dtype, [&](auto tag) { return launch_conv<decltype(tag)>(args, stream); });
+}
+
 cudaError_t sparse_linear_cuda_launch(const SparseLinearCudaArgs& args, cudaStream_t stream) {
   if (args.M == 0 || args.out == 0) return cudaSuccess;
-  switch (args.dtype) {
-    case SparseDtype::kFloat32: return launch_linear<float>(args, stream);
-    case SparseDtype::kFloat64: return launch_linear<double>(args, stream);
-    case SparseDtype::kFloat16: return launch_linear<__half>(args, stream);
-    case SparseDtype::kBFloat16: return launch_linear<__nv_bfloat16>(args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(args.dtype, [&](auto tag) { return launch_linear<decltype(tag)>(args, stream); });
 }
 
 }  // namespace lostprune

@@ -11,26 +11,29 @@ namespace lostprune {
 
 enum class SparseDtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
+// The packed weight and bias: CSR over [rows, cols] (see sparse_conv.h).
+struct CsrWeight {
+  const void* values;      // [nnz]
+  const int32_t* col;      // [nnz] tap codes (conv) or input features (linear)
+  const int32_t* row_ptr;  // [rows + 1]
+  const void* bias;        // [rows] or nullptr
+  int64_t nnz;
+};
+
 struct SparseConvCudaArgs {
-  const void* x;        // [N, Cin, H, W], contiguous
-  const void* values;   // [nnz]
-  const int32_t* col;   // [nnz] tap codes
-  const int32_t* row_ptr;  // [Cout + 1]
-  const void* bias;     // [Cout] or nullptr
-  void* out;            // [N, Cout, OH, OW], contiguous
-  int64_t N, Cin, Cout, Cin_g, Cout_g, nnz;
+  const void* x;  // [N, Cin, H, W], contiguous
+  CsrWeight w;
+  void* out;      // [N, Cout, OH, OW], contiguous
+  int64_t N, Cin, Cout, Cin_g, Cout_g;
   SparseConvGeometry g;
   SparseDtype dtype;
 };
 
 struct SparseLinearCudaArgs {
-  const void* x;        // [M, in], contiguous
-  const void* values;
-  const int32_t* col;   // [nnz] input features
-  const int32_t* row_ptr;  // [out + 1]
-  const void* bias;     // [out] or nullptr
-  void* y;              // [M, out]
-  int64_t M, in, out, nnz;
+  const void* x;  // [M, in], contiguous
+  CsrWeight w;
+  void* y;        // [M, out]
+  int64_t M, in, out;
   SparseDtype dtype;
 };
 

@@ -14,6 +14,11 @@
 namespace lostprune {
 namespace {
 
+CsrWeight csr_weight(const ContiguousInputs& in) {
+  return CsrWeight{in.values.const_data_ptr(), in.col_index.const_data_ptr<int32_t>(),
+                   in.row_ptr.const_data_ptr<int32_t>(), in.bias_ptr(), in.values.numel()};
+}
+
 SparseDtype dtype_tag(const at::Tensor& x) {
   switch (x.scalar_type()) {
     case at::kFloat: return SparseDtype::kFloat32;
@@ -22,10 +27,6 @@ SparseDtype dtype_tag(const at::Tensor& x) {
     case at::kBFloat16: return SparseDtype::kBFloat16;
     default: TORCH_CHECK(false, "lostprune sparse ops: unsupported dtype ", x.scalar_type());
   }
-}
-
-const void* optional_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr() : nullptr;
 }
 
 at::Tensor sparse_conv2d_cuda(const at::Tensor& x, const at::Tensor& values,
@@ -37,26 +38,10 @@ at::Tensor sparse_conv2d_cuda(const at::Tensor& x, const at::Tensor& values,
                                                stride, padding, dilation, groups,
                                                c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous(), vc = values.contiguous();
-  const at::Tensor cc = col_index.contiguous(), rc = row_ptr.contiguous();
-  std::optional<at::Tensor> bc;
-  if (bias.has_value()) bc = bias->contiguous();
+  const ContiguousInputs in = contiguous_inputs(x, values, col_index, row_ptr, bias);
   at::Tensor out = at::empty({a.N, a.Cout, a.g.OH, a.g.OW}, x.options());
-  SparseConvCudaArgs args{};
-  args.x = xc.const_data_ptr();
-  args.values = vc.const_data_ptr();
-  args.col = cc.const_data_ptr<int32_t>();
-  args.row_ptr = rc.const_data_ptr<int32_t>();
-  args.bias = optional_ptr(bc);
-  args.out = out.mutable_data_ptr();
-  args.N = a.N;
-  args.Cin = a.Cin;
-  args.Cout = a.Cout;
-  args.Cin_g = a.Cin_g;
-  args.Cout_g = a.Cout_g;
-  args.nnz = a.nnz;
-  args.g = a.g;
-  args.dtype = dtype_tag(x);
+  const SparseConvCudaArgs args{in.x.const_data_ptr(), csr_weight(in), out.mutable_data_ptr(), a.N,
+                                a.Cin, a.Cout, a.Cin_g, a.Cout_g, a.g, dtype_tag(x)};
   C10_CUDA_CHECK(sparse_conv2d_cuda_launch(args, c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }
@@ -67,23 +52,10 @@ at::Tensor sparse_linear_cuda(const at::Tensor& x, const at::Tensor& values,
   const SparseLinearArgs a = check_sparse_linear(x, values, col_index, row_ptr, weight_shape, bias,
                                                  c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous(), vc = values.contiguous();
-  const at::Tensor cc = col_index.contiguous(), rc = row_ptr.contiguous();
-  std::optional<at::Tensor> bc;
-  if (bias.has_value()) bc = bias->contiguous();
+  const ContiguousInputs in = contiguous_inputs(x, values, col_index, row_ptr, bias);
   at::Tensor y = at::empty(sparse_linear_out_shape(x, a.out), x.options());
-  SparseLinearCudaArgs args{};
-  args.x = xc.const_data_ptr();
-  args.values = vc.const_data_ptr();
-  args.col = cc.const_data_ptr<int32_t>();
-  args.row_ptr = rc.const_data_ptr<int32_t>();
-  args.bias = optional_ptr(bc);
-  args.y = y.mutable_data_ptr();
-  args.M = a.M;
-  args.in = a.in;
-  args.out = a.out;
-  args.nnz = a.nnz;
-  args.dtype = dtype_tag(x);
+  const SparseLinearCudaArgs args{in.x.const_data_ptr(), csr_weight(in), y.mutable_data_ptr(), a.M,
+                                  a.in, a.out, dtype_tag(x)};
   C10_CUDA_CHECK(sparse_linear_cuda_launch(args, c10::cuda::getCurrentCUDAStream().stream()));
   return y;
 }

@@ -65,7 +65,10 @@ class PackedWeight:
         return self.values.dtype
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> PackedWeight:
-        """A copy on ``device`` and/or with values of ``dtype`` (indices stay int32)."""
+        """A copy on ``device`` and/or with values of ``dtype`` (indices stay int32);
+        ``packed.to(torch.float16)`` works like ``Tensor.to``."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
         return PackedWeight(self.values.to(device=device, dtype=dtype), self.col_index.to(device),
                             self.row_ptr.to(device), self.shape)
 

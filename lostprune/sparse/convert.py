@@ -222,9 +222,10 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
             weight = sparse.values
             x = torch.randn(shape, device=weight.device, dtype=weight.dtype)
             dense_fn = _dense_call(module)
+            sync = torch.cuda.synchronize if weight.device.type == "cuda" else (lambda: None)
             with torch.inference_mode():
-                decision.dense_ms, decision.sparse_ms = _best_ms(lambda: dense_fn(x), lambda: sparse(x),
-                                                                   rounds, min_time)
+                decision.dense_ms, decision.sparse_ms = _best_ms(lambda: (dense_fn(x), sync()),
+                                                                 lambda: (sparse(x), sync()), rounds, min_time)
             decision.converted = decision.sparse_ms < decision.dense_ms
             decision.reason = "calibrated: " + ("sparse faster" if decision.converted else "dense faster")
         if decision.converted:

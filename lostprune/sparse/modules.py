@@ -47,6 +47,14 @@ class _SparseBase(nn.Module):
         """The equivalent dense weight (zeros where nothing is stored)."""
         return dense_weight(self.values, self.col_index, self.row_ptr, self.weight_shape)
 
+    def _filled(self, module: nn.Module) -> nn.Module:
+        """``module`` (a fresh dense layer of the same shape) with this layer's weight and bias."""
+        with torch.no_grad():
+            module.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                module.bias.copy_(self.bias)
+        return module
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The number of nonzeros is data, not architecture: adopt the incoming sizes.
         for name in ("values", "col_index", "row_ptr"):
@@ -92,14 +100,9 @@ class SparseConv2d(_SparseBase):
 
     def to_dense(self) -> nn.Conv2d:
         """An equivalent ``nn.Conv2d`` (e.g. to export or to compare)."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, bias=self.bias is not None,
-                         device=self.values.device, dtype=self.values.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        return self._filled(nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                                      self.padding, self.dilation, self.groups, bias=self.bias is not None,
+                                      device=self.values.device, dtype=self.values.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         stride, padding, dilation = self._args
@@ -133,13 +136,8 @@ class SparseLinear(_SparseBase):
                    else linear.weight.requires_grad)
 
     def to_dense(self) -> nn.Linear:
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.values.device, dtype=self.values.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return self._filled(nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                                      device=self.values.device, dtype=self.values.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         return run_sparse_linear(x, self.values, self.col_index, self.row_ptr, self._shape_list, self.bias)
