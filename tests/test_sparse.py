@@ -83,6 +83,9 @@ CONV_CASES = [
     (5, 32, 16, 20, 20, 3, 2, 1, 1, 1),         # batch > threads: one image per task
     (1, 7, 5, 1, 1, 1, 1, 0, 1, 1),             # single output position
     (2, 4, 4, 6, 6, 3, 1, 0, 1, 1),             # no padding
+    (16, 6, 9, 7, 7, 3, 1, 1, 1, 3),            # small planes, batch 16: images interleaved
+    (17, 8, 8, 9, 9, 3, 2, 1, 1, 1),            # one interleaved group + one image on its own
+    (33, 24, 16, 5, 6, 3, 1, 1, 2, 1),          # two groups + one, dilation
 ]
 
 

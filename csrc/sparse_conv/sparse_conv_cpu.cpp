@@ -57,6 +57,7 @@ constexpr double kMinAlignedBucket = 6.0;  // mean nonzeros per bucket that pay 
 constexpr int64_t kMinSortedVectors = 32;  // vectors per nonzero (and call) that pay for the sort
 constexpr int64_t kMinChunkNonzeros = 24;  // per output channel: pays for reloading its tile
 constexpr int64_t kAlignRowsDensityInverse = 4;  // align plane rows at density <= 1/4
+constexpr int64_t kMaxInterleavedPixels = 96;  // batch-interleave images up to this many pixels
 // Work per thread below which a parallel region costs more than it saves (fork/join of a
 // few microseconds; much more when the machine is oversubscribed).
 constexpr int64_t kGrainNonzeros = 16384;  // small-batch linear: nonzeros x rows
@@ -226,22 +227,28 @@ void release_large_scratch(std::initializer_list<Slot> slots) {
   }
 }
 
-// Elements one image occupies in the phase layout, including the tail that the last
-// tile's vectors (one extra in the aligned kernel) and the widest tap may read past the
-// final plane.
-int64_t planes_numel(const SparseConvArgs& a) {
-  return a.Cin * a.g.channel_stride + a.g.max_dx + 3 * kPlaneAlign;
+// Images are laid out one at a time (G = 1) or in groups of G = SIMD-lanes images
+// interleaved: element j of a pixel belongs to image j, so one vector holds one pixel of
+// every image in the group, every tap offset is a whole number of vectors (aligned loads
+// without residue buckets) and no lane idles however small the image.
+
+// Elements one group of G images occupies in the phase layout, including the tail that the
+// last tile's vectors (one extra in the aligned kernel) and the widest tap may read past
+// the final plane.
+int64_t planes_numel(const SparseConvArgs& a, int64_t G) {
+  return (a.Cin * a.g.channel_stride + a.g.max_dx + 3 * kPlaneAlign) * G;
 }
 
-// Planes of input channels [c_begin, c_end) of one image x_img [Cin, H, W].
+// Planes of input channels [c_begin, c_end) of the G images at x (each [Cin, H, W],
+// image_stride elements apart).
 template <typename S>
-void fill_planes(const S* x_img, const SparseConvGeometry& g, int64_t c_begin, int64_t c_end,
-                 S* planes) {
+void fill_planes(const S* x, int64_t image_stride, int64_t G, const SparseConvGeometry& g,
+                 int64_t c_begin, int64_t c_end, S* planes) {
   const int64_t nplanes = g.ny * g.nx;
   for (int64_t ci = c_begin; ci < c_end; ++ci) {
-    const S* src = x_img + ci * g.H * g.W;
+    const S* src = x + ci * g.H * g.W;
     for (int64_t p = 0; p < nplanes; ++p) {
-      S* dst = planes + ci * g.channel_stride + p * g.plane_stride;
+      S* dst = planes + (ci * g.channel_stride + p * g.plane_stride) * G;
       int64_t u0, v0;  // source of element (0, 0); (y, x) reads (u0 + y * sh, v0 + x * sw)
       plane_source(g, p, 0, 0, &u0, &v0);
       // Columns x whose source v0 + x * sw lies in [0, W).
@@ -250,39 +257,51 @@ void fill_planes(const S* x_img, const SparseConvGeometry& g, int64_t c_begin, i
       x_hi = std::min(x_hi, g.Wq);
       x_lo = std::min(x_lo, x_hi);
       for (int64_t y = 0; y < g.Hq; ++y) {
-        S* row = dst + y * g.Wq;
+        S* row = dst + y * g.Wq * G;
         const int64_t u = u0 + y * g.sh;
         if (u < 0 || u >= g.H) {
-          std::fill(row, row + g.Wq, S(0));
+          std::fill(row, row + g.Wq * G, S(0));
           continue;
         }
-        const S* in_row = src + u * g.W + v0;
-        std::fill(row, row + x_lo, S(0));
-        if (g.sw == 1) {
-          std::memcpy(row + x_lo, in_row + x_lo, (x_hi - x_lo) * sizeof(S));
-        } else {
-          for (int64_t x = x_lo; x < x_hi; ++x) row[x] = in_row[x * g.sw];
+        std::fill(row, row + x_lo * G, S(0));
+        for (int64_t j = 0; j < G; ++j) {
+          const S* in_row = src + j * image_stride + u * g.W + v0;
+          if (G == 1 && g.sw == 1) {
+            std::memcpy(row + x_lo, in_row + x_lo, (x_hi - x_lo) * sizeof(S));
+          } else {
+            for (int64_t x = x_lo; x < x_hi; ++x) row[x * G + j] = in_row[x * g.sw];
+          }
         }
-        std::fill(row + x_hi, row + g.Wq, S(0));
+        std::fill(row + x_hi * G, row + g.Wq * G, S(0));
       }
-      std::fill(dst + g.plane, dst + g.plane_stride, S(0));  // alignment gap: read as garbage columns
+      // alignment gap: read as garbage columns
+      std::fill(dst + g.plane * G, dst + g.plane_stride * G, S(0));
     }
   }
 }
 
-// Copies the valid outputs of tile [q0, q0 + len) (Wq-wide numbering) into out_plane [OH, OW].
+// Copies the valid outputs of the tile's pixels [p0, p0 + n) (Wq-wide numbering) into the
+// output channel plane [OH, OW] at out (image j of a group at out + j * image_stride).
 template <typename S>
-void store_tile(const S* tile, int64_t q0, int64_t len, const SparseConvGeometry& g,
-                S* out_plane) {
-  if (g.Wq == g.OW) {
-    const int64_t n = std::min(len, g.OH * g.OW - q0);
-    std::memcpy(out_plane + q0, tile, n * sizeof(S));
+void store_tile(const S* tile, int64_t p0, int64_t n, int64_t G, const SparseConvGeometry& g,
+                S* out, int64_t image_stride) {
+  if (G == 1 && g.Wq == g.OW) {
+    std::memcpy(out + p0, tile, std::min(n, g.OH * g.OW - p0) * sizeof(S));
     return;
   }
-  int64_t oh = q0 / g.Wq, ow = q0 - oh * g.Wq, i = 0;
-  while (i < len && oh < g.OH) {
-    const int64_t n = std::min(g.OW - ow, len - i);
-    if (n > 0) std::memcpy(out_plane + oh * g.OW + ow, tile + i, n * sizeof(S));
+  int64_t oh = p0 / g.Wq, ow = p0 - oh * g.Wq, i = 0;
+  while (i < n && oh < g.OH) {
+    const int64_t run = std::min(g.OW - ow, n - i);
+    S* dst = out + oh * g.OW + ow;
+    if (run > 0 && G == 1) {
+      std::memcpy(dst, tile + i, run * sizeof(S));
+    } else if (run > 0) {
+      for (int64_t j = 0; j < G; ++j) {
+        const S* src = tile + i * G + j;
+        S* d = dst + j * image_stride;
+        for (int64_t r = 0; r < run; ++r) d[r] = src[r * G];
+      }
+    }
     i += g.Wq - ow;
     ++oh;
     ow = 0;
@@ -324,10 +343,10 @@ struct ConvPlan {
 
 // Input channels per chunk so that a chunk's band (what one tile reads from each channel's
 // planes) stays within kChunkBandBytes.
-int64_t chunk_channels(const SparseConvArgs& a, int64_t lanes, int64_t elem_size) {
+int64_t chunk_channels(const SparseConvArgs& a, int64_t tile_pixels, int64_t pixel_bytes) {
   const SparseConvGeometry& g = a.g;
-  const int64_t span = std::min(g.plane, kTileVectors * lanes + (g.Hq - g.OH) * g.Wq + g.max_dx);
-  const int64_t band = std::max<int64_t>(1, g.ny * g.nx * span * elem_size);
+  const int64_t span = std::min(g.plane, tile_pixels + (g.Hq - g.OH) * g.Wq + g.max_dx);
+  const int64_t band = std::max<int64_t>(1, g.ny * g.nx * span * pixel_bytes);
   const int64_t per_chunk = std::max<int64_t>(1, kChunkBandBytes / band);
   // Enough nonzeros per (output channel, chunk) to amortize reloading the partial tile.
   const int64_t max_chunks = std::max<int64_t>(1, a.nnz / (a.Cout * kMinChunkNonzeros));
@@ -335,16 +354,18 @@ int64_t chunk_channels(const SparseConvArgs& a, int64_t lanes, int64_t elem_size
   return (a.Cin_g + chunks - 1) / chunks;  // balanced
 }
 
-// The layout and its per-code tables (O(Cin/g * KH * KW), in the calling thread's scratch).
+// The layout and its per-code tables (O(Cin/g * KH * KW), in the calling thread's scratch)
+// for `images` images laid out G at a time.
 template <typename S>
-PlanLayout plan_layout(const SparseConvArgs& a) {
+PlanLayout plan_layout(const SparseConvArgs& a, int64_t G, int64_t images) {
   constexpr const char* op = "lostprune.sparse_conv2d";
+  constexpr int64_t L = Simd<S>::L;
   const SparseConvGeometry& g = a.g;
-  TORCH_CHECK(a.Cin_g * g.channel_stride + g.max_dx + 64 < (int64_t(1) << 31), op,
+  TORCH_CHECK((a.Cin_g * g.channel_stride + g.max_dx + 64) * G < (int64_t(1) << 31), op,
               ": input too large for 32-bit offsets (", a.Cin_g, " channels per group of ",
-              g.channel_stride, " elements)");
+              g.channel_stride * G, " elements)");
   PlanLayout layout;
-  layout.chunk = chunk_channels(a, Simd<S>::L, sizeof(S));
+  layout.chunk = chunk_channels(a, kTileVectors * L / G, sizeof(S) * G);
   layout.chunks = (a.Cin_g + layout.chunk - 1) / layout.chunk;
   const int64_t taps = g.KH * g.KW, codes = a.Cin_g * taps;
   int32_t* code_off = scratch<int32_t>(kPlanTable, codes);
@@ -352,11 +373,11 @@ PlanLayout plan_layout(const SparseConvArgs& a) {
   int used = 0;  // residues the taps produce (channel and chunk bases are aligned)
   for (int64_t kh = 0; kh < g.KH; ++kh) {
     for (int64_t kw = 0; kw < g.KW; ++kw) {
-      const int64_t tap = kh * g.KW + kw, off = tap_offset(g, kh, kw);
+      const int64_t tap = kh * g.KW + kw, off = tap_offset(g, kh, kw) * G;
       used |= 1 << (off & (kResidues - 1));
       for (int64_t ci = 0; ci < a.Cin_g; ++ci) {
         const int64_t c = ci / layout.chunk;
-        code_off[ci * taps + tap] = static_cast<int32_t>((ci - c * layout.chunk) * g.channel_stride + off);
+        code_off[ci * taps + tap] = static_cast<int32_t>((ci - c * layout.chunk) * g.channel_stride * G + off);
         code_key[ci * taps + tap] = static_cast<int32_t>(c * kResidues + (off & (kResidues - 1)));
       }
     }
@@ -364,10 +385,10 @@ PlanLayout plan_layout(const SparseConvArgs& a) {
   layout.code_off = code_off;
   layout.code_key = code_key;
   // The aligned kernel pays a sort per call and a fold per bucket: worth it when every
-  // nonzero feeds many vectors and buckets are large.
-  const int64_t vectors = a.N * ((g.OH * g.Wq + Simd<S>::L - 1) / Simd<S>::L);
+  // nonzero feeds many vectors and buckets are large (interleaved groups need neither).
+  const int64_t vectors = images * ((g.OH * g.Wq + L - 1) / L);
   const double buckets = double(a.Cout) * layout.chunks * __builtin_popcount(used);
-  layout.sorted = std::is_same_v<S, float> && kVecBytes == 64 && vectors >= kMinSortedVectors &&
+  layout.sorted = G == 1 && std::is_same_v<S, float> && kVecBytes == 64 && vectors >= kMinSortedVectors &&
                   a.nnz >= kMinAlignedBucket * buckets;
   return layout;
 }
@@ -444,18 +465,20 @@ ConvPlan<S> build_plan(const PlanLayout& layout, const SparseConvArgs& a, const 
   return plan;
 }
 
-// Output channels [plan.co_begin, co_end), every tile, of one image.
+// Output channels [plan.co_begin, co_end), every tile, of one group of G images (image j's
+// output at out + j * out_image).
 template <typename S>
 void conv_tiles(const S* planes, const ConvPlan<S>& plan, const S* bias, const SparseConvArgs& a,
-                int64_t co_end, S* out_img) {
+                int64_t co_end, int64_t G, S* out, int64_t out_image) {
   constexpr int L = Simd<S>::L;
   constexpr int64_t tile_len = kTileVectors * L;
   const SparseConvGeometry& g = a.g;
   const PlanLayout& layout = plan.layout;
   const int64_t co_begin = plan.co_begin;
-  const int64_t vectors = (g.OH * g.Wq + L - 1) / L;
+  const int64_t vectors = (g.OH * g.Wq * G + L - 1) / L;
   const int64_t tiles = (vectors + kTileVectors - 1) / kTileVectors;
-  const int64_t chunk_stride = layout.chunk * g.channel_stride;
+  const int64_t group_stride = a.Cin_g * g.channel_stride * G;
+  const int64_t chunk_stride = layout.chunk * g.channel_stride * G;
   // Partial tiles of every channel while chunks > 1; one tile otherwise.
   S* partial = scratch<S>(kPartialTiles, (layout.chunks > 1 ? co_end - co_begin : 1) * tile_len);
   for (int64_t t = 0; t < tiles; ++t) {
@@ -464,11 +487,13 @@ void conv_tiles(const S* planes, const ConvPlan<S>& plan, const S* bias, const S
     for (int64_t c = 0; c < layout.chunks; ++c) {
       const bool last = c + 1 == layout.chunks;
       for (int64_t co = co_begin; co < co_end; ++co) {
-        const S* in = planes + (co / a.Cout_g) * a.Cin_g * g.channel_stride + c * chunk_stride + q0;
+        const S* in = planes + (co / a.Cout_g) * group_stride + c * chunk_stride + q0;
         S* tile = layout.chunks > 1 ? partial + (co - co_begin) * tile_len : partial;
         const TileAcc<S> acc{c == 0 ? nullptr : tile, bias != nullptr ? bias[co] : S(0), tile};
         tile_n<S>(n_vec, layout.sorted, in, plan.at(co, c), acc);
-        if (last) store_tile(tile, q0, int64_t(n_vec) * L, g, out_img + co * g.OH * g.OW);
+        if (last) {
+          store_tile(tile, q0 / G, int64_t(n_vec) * L / G, G, g, out + co * g.OH * g.OW, out_image);
+        }
       }
     }
   }
@@ -487,58 +512,83 @@ std::vector<int64_t> channel_blocks(const int32_t* row_ptr, int64_t rows, int64_
   return bounds;
 }
 
-// One parallel region per call and no barrier inside it: a thread owns whole images
-// (batch >= threads) or a block of output channels for every image, builds the plan for
-// its channels and fills its own planes. Under contention every extra fork/join can cost a
-// scheduler time slice; the price here is that each thread fills the planes of the images
-// it works on (O(input), small next to the convolution).
+// `images` images at x (NCHW) into out, laid out G at a time. One parallel region and no
+// barrier inside it: a thread owns whole groups (groups >= threads) or a block of output
+// channels for every group, builds the plan for its channels and fills its own planes.
+// Under contention every extra fork/join can cost a scheduler time slice; the price here
+// is that each thread fills the planes of the groups it works on (O(input), small next to
+// the convolution).
 template <typename S>
-void sparse_conv2d_kernel(const at::Tensor& x, const at::Tensor& values,
-                          const at::Tensor& col_index, const at::Tensor& row_ptr,
-                          const std::optional<at::Tensor>& bias, const SparseConvArgs& a,
-                          at::Tensor& out) {
-  constexpr const char* op = "lostprune.sparse_conv2d";
+void run_conv(const SparseConvArgs& a, int64_t G, const S* x, const S* values, const int32_t* col,
+              const int32_t* rp, const S* bias, S* out, int64_t images, PlanErrors& errors) {
   constexpr int L = Simd<S>::L;
   const SparseConvGeometry& g = a.g;
-  const int32_t* col = col_index.const_data_ptr<int32_t>();
-  const int32_t* rp = row_ptr.const_data_ptr<int32_t>();
-  const int64_t bad_row = first_bad_row(rp, a.Cout, a.nnz);
-  TORCH_CHECK(bad_row < 0, op, ": row_ptr is not a valid CSR row pointer at output channel ",
-              bad_row, " (it must start at 0, never decrease and end at nnz = ", a.nnz, ")");
-  const PlanLayout layout = plan_layout<S>(a);
-
-  const S* xp = x.const_data_ptr<S>();
-  const S* vp = values.const_data_ptr<S>();
-  const S* bp = bias.has_value() ? bias->const_data_ptr<S>() : nullptr;
-  S* op_out = out.mutable_data_ptr<S>();
+  const PlanLayout layout = plan_layout<S>(a, G, images);
   const int64_t in_image = a.Cin * g.H * g.W, out_image = a.Cout * g.OH * g.OW;
-  const int64_t n_planes = planes_numel(a);
-  const int64_t vectors = (g.OH * g.Wq + L - 1) / L;
-  const int64_t fmas = a.nnz * vectors * std::max<int64_t>(a.N, 1);
+  const int64_t n_planes = planes_numel(a, G);
+  const int64_t groups = images / G;
+  const int64_t fmas = a.nnz * std::max<int64_t>(groups, 1) * ((g.OH * g.Wq * G + L - 1) / L);
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), fmas / kGrainFmas));
-  const bool by_image = a.N >= threads;
-  const int64_t units = by_image ? std::max<int64_t>(a.N, 1) : threads;
-  const std::vector<int64_t> blocks = channel_blocks(rp, a.Cout, by_image ? 1 : units);
-  PlanErrors errors;
+  const bool by_group = groups >= threads;
+  const int64_t units = by_group ? std::max<int64_t>(groups, 1) : threads;
+  const std::vector<int64_t> blocks = channel_blocks(rp, a.Cout, by_group ? 1 : units);
 
-  // Grain 1 over `units` with at most `threads` units: one unit per thread, or inline.
-  at::parallel_for(0, units, by_image ? (units + threads - 1) / threads : 1, [&](int64_t begin, int64_t end) {
-    const int64_t co_begin = by_image ? 0 : blocks[begin];
-    const int64_t co_end = by_image ? a.Cout : blocks[end];
-    const int64_t n_begin = by_image ? begin : 0, n_end = by_image ? end : a.N;
+  // At most `threads` chunks of units: one per thread, or inline.
+  at::parallel_for(0, units, by_group ? (units + threads - 1) / threads : 1, [&](int64_t begin, int64_t end) {
+    const int64_t co_begin = by_group ? 0 : blocks[begin];
+    const int64_t co_end = by_group ? a.Cout : blocks[end];
+    const int64_t first = by_group ? begin : 0, last = by_group ? std::min(end, groups) : groups;
     if (co_begin < co_end) {  // plan (and validate) even for an empty batch
-      const ConvPlan<S> plan = build_plan<S>(layout, a, col, rp, vp, co_begin, co_end, errors);
+      const ConvPlan<S> plan = build_plan<S>(layout, a, col, rp, values, co_begin, co_end, errors);
       S* planes = scratch<S>(kWorkerPlanes, n_planes);
-      std::fill(planes + a.Cin * g.channel_stride, planes + n_planes, S(0));  // over-read tail
-      for (int64_t n = n_begin; n < n_end; ++n) {
-        fill_planes(xp + n * in_image, g, 0, a.Cin, planes);
-        conv_tiles(planes, plan, bp, a, co_end, op_out + n * out_image);
+      std::fill(planes + a.Cin * g.channel_stride * G, planes + n_planes, S(0));  // over-read tail
+      for (int64_t grp = first; grp < last; ++grp) {
+        fill_planes(x + grp * G * in_image, in_image, G, g, 0, a.Cin, planes);
+        conv_tiles(planes, plan, bias, a, co_end, G, out + grp * G * out_image, out_image);
       }
     }
     release_large_scratch({kWorkerPlanes, kPartialTiles, kPlanOffsets, kPlanValues, kPlanBuckets,
                            kPlanCounts});
   });
   release_large_scratch({kPlanTable, kPlanKeys});
+}
+
+// Whole groups of SIMD-lanes images of small planes run interleaved, the rest one image at
+// a time.
+template <typename S>
+void sparse_conv2d_kernel(const at::Tensor& x, const at::Tensor& values,
+                          const at::Tensor& col_index, const at::Tensor& row_ptr,
+                          const std::optional<at::Tensor>& bias, const SparseConvArgs& a,
+                          at::Tensor& out) {
+  constexpr const char* op = "lostprune.sparse_conv2d";
+  constexpr int64_t L = Simd<S>::L;
+  const SparseConvGeometry& g = a.g;
+  const int32_t* col = col_index.const_data_ptr<int32_t>();
+  const int32_t* rp = row_ptr.const_data_ptr<int32_t>();
+  const int64_t bad_row = first_bad_row(rp, a.Cout, a.nnz);
+  TORCH_CHECK(bad_row < 0, op, ": row_ptr is not a valid CSR row pointer at output channel ",
+              bad_row, " (it must start at 0, never decrease and end at nnz = ", a.nnz, ")");
+  const S* xp = x.const_data_ptr<S>();
+  const S* vp = values.const_data_ptr<S>();
+  const S* bp = bias.has_value() ? bias->const_data_ptr<S>() : nullptr;
+  S* op_out = out.mutable_data_ptr<S>();
+  PlanErrors errors;
+
+  // Small images leave lanes idle and too few vectors per nonzero to amortize a plan;
+  // interleaved, a tile spans the batch instead. Large images keep their own planes: a
+  // tile's band over a whole group would no longer fit L1.
+  const bool interleave = g.OH * g.Wq <= kMaxInterleavedPixels;
+  const int64_t grouped = interleave && a.N >= L ? a.N / L * L : 0;
+  if (grouped > 0) run_conv<S>(a, L, xp, vp, col, rp, bp, op_out, grouped, errors);
+  if (a.N > grouped || a.N == 0) {
+    // Sparse layers pay per residue bucket (a fold per tile): aligned rows cut the buckets
+    // to one per column shift, worth a few extra columns once nonzeros are few.
+    SparseConvArgs single = a;
+    if (a.nnz * kAlignRowsDensityInverse <= a.Cout * a.Cin_g * g.KH * g.KW) align_plane_rows(&single.g);
+    run_conv<S>(single, 1, xp + grouped * a.Cin * g.H * g.W, vp, col, rp, bp,
+                op_out + grouped * a.Cout * g.OH * g.OW, a.N - grouped, errors);
+  }
+
   const int64_t k = errors.bad.load();
   const int64_t codes = a.Cin_g * g.KH * g.KW;
   TORCH_CHECK(k < 0, op, ": col_index[", k, "] = ", k < 0 ? 0 : col[k],
@@ -555,12 +605,9 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& values,
                              at::IntArrayRef weight_shape, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation, int64_t groups) {
-  SparseConvArgs a = check_sparse_conv2d(x, values, col_index, row_ptr, weight_shape, bias, stride,
-                                         padding, dilation, groups, c10::DeviceType::CPU);
-  // Sparse layers pay per residue bucket (a fold per tile): aligned rows cut the buckets to
-  // one per column shift, worth a few extra columns once nonzeros are few.
-  const int64_t dense_numel = a.Cout * a.Cin_g * a.g.KH * a.g.KW;
-  if (a.nnz * kAlignRowsDensityInverse <= dense_numel) align_plane_rows(&a.g);
+  const SparseConvArgs a = check_sparse_conv2d(x, values, col_index, row_ptr, weight_shape, bias,
+                                               stride, padding, dilation, groups,
+                                               c10::DeviceType::CPU);
   const ContiguousInputs in = contiguous_inputs(x, values, col_index, row_ptr, bias);
   at::Tensor out = at::empty({a.N, a.Cout, a.g.OH, a.g.OW}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_conv2d_cpu", [&] {
