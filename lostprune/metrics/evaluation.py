@@ -142,10 +142,11 @@ class _Accumulator:
             cm = confusion_matrix(pred, labels, logits.shape[1], ignore_index)
             self.confusion = cm if self.confusion is None else self.confusion + cm
         if ref_logits is not None:
-            ref_pred = ref_logits.argmax(1)
-            self.agree += float((pred == ref_pred).float().mean(dim=tuple(range(1, pred.dim()))).sum())
-            dist = (logits.softmax(1) - ref_logits.softmax(1)).norm(dim=1)
-            self.l2 += float(dist.mean(dim=tuple(range(1, dist.dim()))).sum())
+            # per sample (a segmentation sample: the mean over its pixels), summed over the batch
+            same = (pred == ref_logits.argmax(1)).float().reshape(len(pred), -1).mean(1)
+            dist = (logits.softmax(1) - ref_logits.softmax(1)).norm(dim=1).reshape(len(pred), -1).mean(1)
+            self.agree += float(same.sum())
+            self.l2 += float(dist.sum())
             self.compared += logits.shape[0]
 
     def error(self) -> float:
