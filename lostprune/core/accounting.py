@@ -1,0 +1,139 @@
+"""Accounting (SPEC §1): parameters, prune ratios and FLOPs of a (masked) model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+@dataclass
+class LayerStats:
+    name: str
+    kind: str  # "Conv2d" / "Linear"
+    weight_shape: tuple[int, ...]
+    weights: int  # prunable weights of the layer
+    kept: int  # weights still there (structure included)
+    macs_dense: int | None  # multiply-accumulates per sample, dense
+    macs_kept: int | None  # multiply-accumulates per sample over kept weights
+
+    @property
+    def ratio(self) -> float:
+        return 1.0 - self.kept / self.weights if self.weights else 0.0
+
+
+@dataclass
+class PruneStats:
+    """What a pruning step produced (SPEC §1). ``achieved_ratio`` is over the prunable
+    weights; ``paper_prune_ratio`` (PR) is 1 − size(pruned)/size(unpruned) over all parameters."""
+
+    method: str
+    target_ratio: float
+    achieved_ratio: float
+    total_params: int  # every parameter (BN, biases included), dense
+    prunable_params: int  # weights of the layers the method may touch
+    nonzero_params: int  # parameters left (total minus everything removed)
+    removed_params: int
+    paper_prune_ratio: float
+    flops_dense: int | None  # conv/linear MACs per sample, dense
+    flops_pruned: int | None  # conv/linear MACs per sample over kept weights
+    other_ops_dense: int | None  # BN / elementwise ops per sample, counted separately
+    other_ops_pruned: int | None
+    layers: list[LayerStats] = field(default_factory=list)
+
+    @property
+    def flop_reduction(self) -> float | None:
+        if not self.flops_dense or self.flops_pruned is None:
+            return None
+        return 1.0 - self.flops_pruned / self.flops_dense
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["flop_reduction"] = self.flop_reduction
+        return data
+
+    def summary(self) -> str:
+        flops = (f", FLOPs −{100 * self.flop_reduction:.1f} %" if self.flop_reduction is not None else "")
+        return (f"{self.method}: target {100 * self.target_ratio:.2f} %, achieved {100 * self.achieved_ratio:.2f} % "
+                f"of {self.prunable_params:,} prunable weights (PR {100 * self.paper_prune_ratio:.2f} % of "
+                f"{self.total_params:,} parameters){flops}")
+
+
+_ELEMENTWISE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish)
+
+
+def output_positions(model: nn.Module, example_input: Tensor) -> tuple[dict[str, int], dict[str, int]]:
+    """Per-sample output positions of every conv/linear ({name: H_out·W_out or tokens}) and
+    output elements of every BN/activation module, from one eval-mode forward pass."""
+    positions: dict[str, int] = {}
+    elements: dict[str, int] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, name=name: positions.__setitem__(name, positions.get(name, 0) + o[0, 0].numel())))
+        elif isinstance(module, nn.Linear):
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, name=name: positions.__setitem__(name, positions.get(name, 0) + o[0].numel() // o.shape[-1])))
+        elif isinstance(module, _ELEMENTWISE):
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, name=name: elements.__setitem__(name, elements.get(name, 0) + o[0].numel())))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return positions, elements
+
+
+def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[str, Tensor], *,
+                  method: str = "", target_ratio: float = 0.0, example_input: Tensor | None = None) -> PruneStats:
+    """Stats of ``model`` where ``removed`` maps parameter names to 0/1 keep masks (weights of
+    pruned layers; for structured pruning also biases, BN parameters and consumer columns,
+    see ``DependencyGraph.effective_masks``). Parameters without a mask count as kept."""
+    params = {name: p for name, p in model.named_parameters()}
+    # A pruned module exposes weight_orig; count it under its plain name.
+    params = {(name[:-5] if name.endswith("_orig") else name): p for name, p in params.items()}
+    total = sum(p.numel() for p in params.values())
+    kept_of = {name: int(mask.sum()) for name, mask in removed.items()}
+    removed_total = sum(params[name].numel() - k for name, k in kept_of.items() if name in params)
+    positions, elements = output_positions(model, example_input) if example_input is not None else ({}, {})
+    layer_stats = []
+    for name, layer in layers.items():
+        weights = layer.weight.numel()
+        kept = kept_of.get(f"{name}.weight", weights)
+        pos = positions.get(name)
+        layer_stats.append(LayerStats(name, type(layer).__name__, tuple(layer.weight.shape), weights, kept,
+                                      None if pos is None else weights * pos, None if pos is None else kept * pos))
+    prunable = sum(s.weights for s in layer_stats)
+    kept_prunable = sum(s.kept for s in layer_stats)
+    flops_dense = flops_pruned = other_dense = other_pruned = None
+    if example_input is not None:
+        modules = dict(model.named_modules())
+        flops_dense = flops_pruned = 0
+        for name, module in modules.items():
+            if name in positions:
+                weights = module.weight.numel()
+                kept = kept_of.get(f"{name}.weight", weights)
+                flops_dense += weights * positions[name]
+                flops_pruned += kept * positions[name]
+        other_dense = sum(elements.values())
+        other_pruned = 0
+        for name, count in elements.items():
+            bn_mask = removed.get(f"{name}.weight")
+            share = float(bn_mask.mean()) if bn_mask is not None else 1.0
+            other_pruned += int(round(count * share))
+    return PruneStats(
+        method=method, target_ratio=float(target_ratio),
+        achieved_ratio=1.0 - kept_prunable / prunable if prunable else 0.0,
+        total_params=total, prunable_params=prunable, nonzero_params=total - removed_total,
+        removed_params=removed_total, paper_prune_ratio=removed_total / total if total else 0.0,
+        flops_dense=flops_dense, flops_pruned=flops_pruned, other_ops_dense=other_dense,
+        other_ops_pruned=other_pruned, layers=layer_stats,
+    )

@@ -1,0 +1,130 @@
+"""Masks in the ``torch.nn.utils.prune`` format (``weight_orig`` parameter, ``weight_mask``
+buffer, forward pre-hook), so ``prune.remove``, ``state_dict`` round trips and existing
+training code keep working."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.nn.utils import prune as torch_prune
+
+
+def is_pruned(module: nn.Module, name: str = "weight") -> bool:
+    return hasattr(module, f"{name}_mask") and hasattr(module, f"{name}_orig")
+
+
+def get_mask(module: nn.Module, name: str = "weight") -> Tensor:
+    """The module's 0/1 mask for ``name`` (all ones when it is not pruned)."""
+    if is_pruned(module, name):
+        return getattr(module, f"{name}_mask")
+    return torch.ones_like(getattr(module, name))
+
+
+def current_masks(layers: Mapping[str, nn.Module]) -> dict[str, Tensor]:
+    """{layer name: weight mask}, ones for unpruned layers (detached copies)."""
+    return {name: get_mask(m).detach().clone() for name, m in layers.items()}
+
+
+def effective_weight(module: nn.Module, name: str = "weight") -> Tensor:
+    """The weight the forward pass uses (``orig * mask`` for pruned modules)."""
+    if is_pruned(module, name):
+        return getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")
+    return getattr(module, name)
+
+
+def _check_mask(name: str, module: nn.Module, mask: Tensor, param: str) -> Tensor:
+    target = getattr(module, f"{param}_orig", None)
+    if target is None:
+        target = getattr(module, param)
+    if tuple(mask.shape) != tuple(target.shape):
+        raise ValueError(f"mask for {name}.{param} has shape {tuple(mask.shape)} but the parameter has "
+                         f"shape {tuple(target.shape)}")
+    if not torch.isin(mask.unique(), torch.tensor([0.0, 1.0], device=mask.device)).all():
+        raise ValueError(f"mask for {name}.{param} must contain only 0 and 1")
+    return mask.to(device=target.device, dtype=target.dtype)
+
+
+def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, Tensor], param: str = "weight") -> None:
+    """Install ``masks`` on the layers' ``param`` in nn.utils.prune format.
+
+    A layer that is already pruned keeps its hook: the new mask is combined with the old one
+    (elementwise product), so removed weights are never revived. The masked-out entries of
+    ``<param>_orig`` are zeroed too, so zeros stay zero even where an optimizer's weight decay
+    or momentum touches the raw parameter, and ``prune.remove`` leaves exact zeros.
+    """
+    for name, mask in masks.items():
+        if name not in layers:
+            raise KeyError(f"mask given for {name!r}, which is not among the prunable layers")
+        module = layers[name]
+        mask = _check_mask(name, module, mask, param)
+        if is_pruned(module, param):
+            getattr(module, f"{param}_mask").mul_(mask)
+        else:
+            torch_prune.custom_from_mask(module, param, mask)
+        _refresh(module, param)
+
+
+def masked_parameters(module: nn.Module) -> list[str]:
+    """Names of the module's parameters that carry an nn.utils.prune mask."""
+    names = []
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, torch_prune.PruningContainer):
+            names += [method._tensor_name for method in hook._pruning_methods]
+        elif isinstance(hook, torch_prune.BasePruningMethod):
+            names.append(hook._tensor_name)
+    return list(dict.fromkeys(names))
+
+
+def _refresh(module: nn.Module, name: str) -> None:
+    """Zero the masked-out raw entries and recompute the masked attribute now."""
+    orig, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
+    with torch.no_grad():
+        orig.mul_(mask)
+    setattr(module, name, orig * mask)
+
+
+def enforce_masks(model: nn.Module) -> None:
+    """Re-zero every masked-out raw parameter entry (cheap; after optimizer steps whose
+    weight decay or momentum moved them, so ``weight_orig`` agrees with the masked weight)."""
+    for module in model.modules():
+        for name in masked_parameters(module):
+            orig, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
+            with torch.no_grad():
+                orig.mul_(mask)
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Make pruning permanent: plain parameters holding zeros, hooks removed."""
+    for module in model.modules():
+        for name in masked_parameters(module):
+            torch_prune.remove(module, name)
+    return model
+
+
+def load_pruned(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = True) -> nn.Module:
+    """Load a state_dict saved from a pruned model into a fresh ``model`` (same architecture):
+    installs a mask for every ``<param>_mask`` entry, then loads all tensors."""
+    modules = dict(model.named_modules())
+    for key, mask in state_dict.items():
+        if not key.endswith("_mask"):
+            continue
+        module_name, _, tensor_name = key.rpartition(".")
+        param = tensor_name[: -len("_mask")]
+        if module_name not in modules:
+            raise KeyError(f"state_dict has a mask for {module_name!r}, which the model does not have")
+        module = modules[module_name]
+        if not hasattr(module, param):
+            raise KeyError(f"state_dict has a mask for {module_name}.{param}, which the module does not have")
+        mask = _check_mask(module_name or "model", module, mask, param)
+        if is_pruned(module, param):
+            getattr(module, f"{param}_mask").copy_(mask)
+        else:
+            torch_prune.custom_from_mask(module, param, mask)
+    model.load_state_dict(state_dict, strict=strict)
+    for module in model.modules():
+        for name in masked_parameters(module):
+            _refresh(module, name)
+    return model

@@ -1,0 +1,9 @@
+"""Pruning methods, one file each, registered by name (SPEC §2)."""
+
+from . import ft, random_, snip, wt  # noqa: F401  (registration)
+from .allocation import keep_top_global
+from .base import PruneContext, PruningMethod
+from .registry import available_methods, get_method, register_method
+
+__all__ = ["PruneContext", "PruningMethod", "available_methods", "get_method", "keep_top_global",
+           "register_method"]

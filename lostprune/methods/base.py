@@ -1,0 +1,86 @@
+"""What a pruning method is: a scoring rule plus an allocation, returning weight masks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..data.batches import iter_inputs_and_labels
+
+if TYPE_CHECKING:
+    from ..structure.graph import DependencyGraph
+
+
+@dataclass
+class PruneContext:
+    """Everything a method needs for one pruning step."""
+
+    model: nn.Module
+    layers: dict[str, nn.Module]  # prunable layers, name -> module (definition order)
+    ratio: float  # target fraction of the prunable weights removed, in [0, 1)
+    current_masks: dict[str, Tensor]  # 0/1 per weight, ones where nothing is pruned yet
+    data: object = None  # S for data-informed methods (tensor, Dataset, DataLoader, iterable)
+    example_input: Tensor | None = None  # 1 x C x H x W
+    options: dict = field(default_factory=dict)
+    progress: bool = True
+    batch_size: int = 64
+    leaf_modules: tuple = ()
+    _graph: DependencyGraph | None = None
+
+    @property
+    def prunable_count(self) -> int:
+        return sum(m.weight.numel() for m in self.layers.values())
+
+    def keep_budget(self) -> int:
+        """Number of prunable weights to keep: round((1 - ratio) * N)."""
+        return int(round((1.0 - self.ratio) * self.prunable_count))
+
+    def remove_budget(self) -> int:
+        return self.prunable_count - self.keep_budget()
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.layers.values())).weight.device
+
+    def graph(self) -> DependencyGraph:
+        """The model's channel dependency graph (built once, on the example input)."""
+        if self._graph is None:
+            from ..structure.graph import build_graph
+
+            if self.example_input is None:
+                raise ValueError("this method traces the model and needs an example input: pass "
+                                 "example_input=torch.randn(1, C, H, W) or data")
+            self._graph = build_graph(self.model, self.example_input, self.leaf_modules)
+        return self._graph
+
+    def batches(self, name: str = "data") -> Iterator[Tensor]:
+        """Validated input batches of S on the model's device."""
+        for x, _ in self.labeled_batches(name):
+            yield x
+
+    def labeled_batches(self, name: str = "data") -> Iterator[tuple[Tensor, Tensor | None]]:
+        """Validated (inputs, labels or None) batches of S on the model's device."""
+        shape = tuple(self.example_input.shape[1:]) if self.example_input is not None else None
+        return iter_inputs_and_labels(self.data, name, batch_size=self.batch_size, expected_shape=shape,
+                                      device=self.device)
+
+    def option(self, key: str, default):
+        return self.options.pop(key, default)
+
+
+class PruningMethod:
+    """Subclass, set the flags, implement ``compute_masks``, and register with
+    ``@register_method("name")``. Masks must be subsets of ``ctx.current_masks``."""
+
+    name: str = ""
+    structured: bool = False  # removes whole channels (filters / input channels)
+    data_informed: bool = False  # needs data S
+    description: str = ""
+
+    def compute_masks(self, ctx: PruneContext) -> dict[str, Tensor]:
+        raise NotImplementedError

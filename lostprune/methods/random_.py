@@ -1,0 +1,28 @@
+"""Random baseline (SPEC §2.5): the same fraction of each layer's surviving weights removed
+uniformly at random (seeded with ``seed=``)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import PruneContext, PruningMethod
+from .registry import register_method
+
+
+@register_method("random")
+class RandomPruning(PruningMethod):
+    description = "uniform random weights, same fraction per layer (baseline)"
+
+    def compute_masks(self, ctx: PruneContext):
+        generator = torch.Generator().manual_seed(int(ctx.option("seed", 0)))
+        masks = {}
+        for name, layer in ctx.layers.items():
+            current = ctx.current_masks[name]
+            keep = int(round((1.0 - ctx.ratio) * current.numel()))
+            alive = (current.flatten() != 0).nonzero().flatten().cpu()
+            keep = min(keep, len(alive))
+            chosen = alive[torch.randperm(len(alive), generator=generator)[:keep]]
+            mask = torch.zeros(current.numel(), dtype=current.dtype)
+            mask[chosen] = 1
+            masks[name] = mask.view_as(current).to(current.device)
+        return masks

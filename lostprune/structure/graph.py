@@ -1,0 +1,625 @@
+"""Dependency graph of coupled channels (SPEC §3), from a ``torch.fx`` trace.
+
+Every channel of every intermediate tensor is an element of a union-find. A conv or linear
+layer creates fresh elements for its output channels ("out" rows of its weight) and records
+that it reads the elements of its input ("in" columns). Ops that keep channels aligned pass
+elements through (BN, activations, pooling, interpolation, flatten — which widens each
+channel into a span of features); ops that combine tensors channel by channel (residual add,
+multiply) unite elements; a channel concat joins element lists; a depthwise conv unites its
+output channels with its input channels. Elements that reach the network input or output, or
+pass through an op this analysis does not understand, are frozen with the reason.
+
+After the trace, the connected components are the units that can be removed one at a time.
+Components with the same members are gathered into a :class:`ChannelGroup`: ``size`` coupled
+channels, with, per member module, the index of each channel in that module.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+# --------------------------------------------------------------------------- public types
+OUT, IN, NORM, DEPTHWISE = "out", "in", "norm", "depthwise"
+
+
+@dataclass
+class Member:
+    """One module's share of a channel group.
+
+    ``role``: ``"out"`` — weight dim 0 (and bias) of a conv/linear; ``"in"`` — weight dim 1 of
+    a conv/linear (``span`` consecutive columns per channel after a flatten); ``"norm"`` — a
+    BatchNorm's per-channel parameters and statistics; ``"depthwise"`` — a depthwise conv whose
+    output channel k reads only input channel k (weight dim 0, bias, and its ``groups``).
+    ``index``: [size, span] module indices of each group channel.
+    """
+
+    module: str
+    role: str
+    index: Tensor
+
+    @property
+    def span(self) -> int:
+        return self.index.shape[1]
+
+    def select(self, keep: Tensor) -> Tensor:
+        """Module indices (flat, sorted by channel order) of the kept group channels."""
+        return self.index[keep].reshape(-1)
+
+
+@dataclass
+class ChannelGroup:
+    id: int
+    size: int
+    members: list[Member]
+    prunable: bool = True
+    reason: str | None = None  # why the group cannot be pruned
+
+    @property
+    def producers(self) -> list[Member]:
+        return [m for m in self.members if m.role in (OUT, DEPTHWISE)]
+
+    @property
+    def consumers(self) -> list[Member]:
+        return [m for m in self.members if m.role == IN]
+
+    @property
+    def norms(self) -> list[Member]:
+        return [m for m in self.members if m.role == NORM]
+
+    @property
+    def coupled(self) -> bool:
+        """More than one module produces these channels (residual add, multiply, depthwise)."""
+        return len(self.producers) > 1
+
+    def __repr__(self) -> str:
+        members = ", ".join(f"{m.module}:{m.role}" for m in self.members)
+        state = "prunable" if self.prunable else f"frozen ({self.reason})"
+        return f"ChannelGroup(id={self.id}, size={self.size}, {state}, [{members}])"
+
+
+class GraphError(RuntimeError):
+    """The model cannot be traced or analysed."""
+
+
+# --------------------------------------------------------------------------- union-find
+class _Elements:
+    def __init__(self):
+        self.parent: list[int] = []
+        self.frozen: dict[int, str] = {}
+
+    def new(self, n: int, frozen: str | None = None) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        ids = np.arange(start, start + n)
+        if frozen:
+            for i in ids:
+                self.frozen.setdefault(int(i), frozen)
+        return ids
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[ry] = rx
+
+    def freeze(self, ids: np.ndarray, reason: str) -> None:
+        for i in ids.tolist():
+            self.frozen.setdefault(i, reason)
+
+
+@dataclass
+class _Channels:
+    """Channel elements of one tensor: ``ids[k]`` is channel k, covering ``span`` consecutive
+    entries of dimension ``dim`` (1 for NCHW / NC, -1 for token-last linear inputs)."""
+
+    ids: np.ndarray
+    span: int = 1
+    dim: int = 1
+
+
+# --------------------------------------------------------------------------- op tables
+_ACTIVATION_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
+    nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout,
+)
+_SPATIAL_MODULES = (
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
+    nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.ConstantPad2d,
+)
+_NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+_ELEMENTWISE_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
+    F.hardtanh, F.softplus, F.dropout, F.dropout2d, torch.relu, torch.sigmoid, torch.tanh, F.sigmoid,
+    F.tanh, torch.clamp, torch.clip, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d,
+    F.max_pool2d, F.interpolate, F.upsample, torch.nn.functional.pad,
+}
+_ELEMENTWISE_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "contiguous",
+    "clone", "detach", "float", "half", "bfloat16", "double", "to", "type_as", "abs", "neg", "exp",
+    "pow", "sqrt",
+}
+_BINARY_FUNCTIONS = {
+    operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, operator.isub,
+    operator.truediv, operator.itruediv, torch.add, torch.mul, torch.sub, torch.div, torch.maximum,
+    torch.minimum,
+}
+_BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
+_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax}
+_REDUCE_METHODS = {"mean", "sum", "amax"}
+_FLATTEN_FUNCTIONS = {torch.flatten}
+_NON_TENSOR_METHODS = {"size", "dim", "numel", "__len__"}
+
+
+def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"{type(modules[node.target]).__name__} module '{node.target}'"
+    if node.op == "call_method":
+        return f"method '.{node.target}()'"
+    return f"function '{getattr(node.target, '__name__', str(node.target))}'"
+
+
+# --------------------------------------------------------------------------- tracing
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_modules: tuple[type, ...] = (), leaf_names: tuple[str, ...] = ()):
+        super().__init__()
+        self.leaf_modules = leaf_modules
+        self.leaf_names = leaf_names
+
+    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        if isinstance(m, self.leaf_modules) or qualified_name in self.leaf_names:
+            return True
+        return super().is_leaf_module(m, qualified_name)
+
+
+def trace(model: nn.Module, leaf_modules=()) -> fx.GraphModule:
+    """fx-trace ``model`` (Conv/Linear/BN and other torch.nn modules are leaves)."""
+    types = tuple(m for m in leaf_modules if isinstance(m, type))
+    names = tuple(m for m in leaf_modules if isinstance(m, str))
+    tracer = _Tracer(types, names)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types for data-dependent control flow
+        where = _failing_module(exc)
+        raise GraphError(
+            f"cannot trace {type(model).__name__} with torch.fx"
+            + (f" (inside {where})" if where else "")
+            + f": {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            "Pass leaf_modules=[ModuleType or 'qualified.name'] to treat the offending submodule as "
+            "an opaque leaf (its channels are then left unpruned), or make its forward traceable."
+        ) from exc
+    return fx.GraphModule(tracer.root, graph)
+
+
+def _failing_module(exc: Exception) -> str | None:
+    tb = exc.__traceback__
+    where = None
+    while tb is not None:
+        frame = tb.tb_frame
+        self_obj = frame.f_locals.get("self")
+        if isinstance(self_obj, nn.Module) and frame.f_code.co_name == "forward":
+            where = f"{type(self_obj).__name__}.forward"
+        tb = tb.tb_next
+    return where
+
+
+# --------------------------------------------------------------------------- analysis
+class _Analysis:
+    def __init__(self, gm: fx.GraphModule, modules: dict[str, nn.Module]):
+        self.gm = gm
+        self.modules = modules
+        self.elements = _Elements()
+        self.members: dict[tuple[str, str], np.ndarray] = {}  # (module, role) -> ids [n, ...]
+        self.spans: dict[tuple[str, str], int] = {}
+        self.values: dict[fx.Node, object] = {}
+
+    # ---- helpers
+    def shape(self, node) -> tuple[int, ...] | None:
+        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+    def channels(self, arg) -> _Channels | None:
+        value = self.values.get(arg) if isinstance(arg, fx.Node) else None
+        return value if isinstance(value, _Channels) else None
+
+    def fresh(self, node: fx.Node, frozen: str | None = None) -> _Channels | None:
+        shape = self.shape(node)
+        if shape is None or len(shape) < 2:
+            return None
+        return _Channels(self.elements.new(shape[1], frozen))
+
+    def freeze_inputs(self, node: fx.Node, reason: str) -> None:
+        for arg in node.all_input_nodes:
+            ch = self.channels(arg)
+            if ch is not None:
+                self.elements.freeze(ch.ids, reason)
+
+    def unknown(self, node: fx.Node) -> _Channels | None:
+        reason = f"unsupported op {_op_name(node, self.modules)} at node '{node.name}'"
+        self.freeze_inputs(node, reason)
+        return self.fresh(node, frozen=reason)
+
+    def record(self, module: str, role: str, ids: np.ndarray, span: int = 1) -> None:
+        key = (module, role)
+        if key in self.members:  # the module runs more than once: same weights, same channels
+            previous = self.members[key]
+            if len(previous) != len(ids) or self.spans[key] != span:
+                raise GraphError(f"module '{module}' is called with inputs of different widths")
+            self.elements.union(previous, ids)
+        else:
+            self.members[key] = ids
+            self.spans[key] = span
+
+    # ---- the walk
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            self.values[node] = self.visit(node)
+
+    def visit(self, node: fx.Node):
+        if node.op == "placeholder":
+            return self.fresh(node, frozen="network input")
+        if node.op == "get_attr":
+            return None  # a constant tensor; handled where it meets channels
+        if node.op == "output":
+            for arg in node.all_input_nodes:
+                self.mark_output(arg)
+            return None
+        if node.op == "call_module":
+            return self.visit_module(node, self.modules[node.target])
+        if node.op == "call_method" and node.target in _NON_TENSOR_METHODS:
+            return None
+        if node.target is operator.getitem:
+            return self.visit_getitem(node)
+        if node.target is getattr:
+            return None
+        return self.visit_function(node)
+
+    def mark_output(self, node: fx.Node) -> None:
+        value = self.values.get(node)
+        if isinstance(value, _Channels):
+            self.elements.freeze(value.ids, "reaches the network output")
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                if isinstance(v, _Channels):
+                    self.elements.freeze(v.ids, "reaches the network output")
+
+    def visit_getitem(self, node: fx.Node):
+        source, key = node.args
+        value = self.values.get(source)
+        if isinstance(value, (tuple, list)) and isinstance(key, int):
+            return value[key]
+        if isinstance(value, _Channels):
+            shape = self.shape(source)
+            # x[:, :, ...] spatial indexing keeps channels; anything touching dim 1 does not.
+            if isinstance(key, tuple) and len(key) >= 2 and key[0] == slice(None) and key[1] == slice(None) \
+                    and shape is not None and len(shape) == 4:
+                return value
+            return self.unknown(node)
+        return None
+
+    def visit_module(self, node: fx.Node, module: nn.Module):
+        (arg, *_) = node.args if node.args else (None,)
+        ch = self.channels(arg)
+        name = node.target
+        if isinstance(module, nn.Conv2d):
+            return self.visit_conv(node, name, module, ch)
+        if isinstance(module, nn.Linear):
+            return self.visit_linear(node, name, module, ch)
+        if isinstance(module, _NORM_MODULES):
+            if ch is None or ch.span != 1 or ch.dim != 1:
+                return self.unknown(node)
+            self.record(name, NORM, ch.ids)
+            return ch
+        if isinstance(module, _ACTIVATION_MODULES + _SPATIAL_MODULES):
+            if isinstance(module, nn.PReLU) and module.num_parameters > 1:
+                return self.unknown(node)
+            return ch if ch is not None else self.fresh(node)
+        if isinstance(module, nn.Flatten):
+            return self.flatten(node, arg, module.start_dim, module.end_dim)
+        return self.unknown(node)
+
+    def visit_conv(self, node, name, module: nn.Conv2d, ch: _Channels | None):
+        if ch is None or ch.span != 1 or ch.dim != 1:
+            return self.unknown(node)
+        out_channels, in_channels, groups = module.out_channels, module.in_channels, module.groups
+        if groups == 1:
+            self.record(name, IN, ch.ids)
+            out = self.elements.new(out_channels)
+            self.record(name, OUT, out)
+            return _Channels(self.members[(name, OUT)])
+        if groups == in_channels == out_channels:  # depthwise: channel k in -> channel k out
+            self.record(name, DEPTHWISE, ch.ids)
+            return _Channels(self.members[(name, DEPTHWISE)])
+        reason = f"grouped convolution '{name}' (groups={groups})"
+        self.elements.freeze(ch.ids, reason)
+        return _Channels(self.elements.new(out_channels, frozen=reason))
+
+    def visit_linear(self, node, name, module: nn.Linear, ch: _Channels | None):
+        shape = self.shape(node.args[0])
+        if ch is None or shape is None:
+            return self.unknown(node)
+        if len(shape) > 2 and ch.dim != -1:
+            return self.unknown(node)  # features must be the last dimension
+        self.record(name, IN, ch.ids, ch.span)
+        out = self.elements.new(module.out_features)
+        self.record(name, OUT, out)
+        return _Channels(self.members[(name, OUT)], 1, 1 if len(shape) == 2 else -1)
+
+    def flatten(self, node, arg, start_dim: int, end_dim: int):
+        ch, shape = self.channels(arg), self.shape(arg)
+        if ch is None or shape is None:
+            return self.unknown(node)
+        end = end_dim % len(shape)
+        if start_dim == 1 and end == len(shape) - 1 and ch.dim == 1:
+            inner = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+            return _Channels(ch.ids, ch.span * inner, 1)
+        if start_dim >= 2:
+            return ch
+        return self.unknown(node)
+
+    def visit_function(self, node: fx.Node):
+        target = node.target
+        is_method = node.op == "call_method"
+        args = node.args
+        first = self.channels(args[0]) if args else None
+        if (is_method and target in _ELEMENTWISE_METHODS) or (not is_method and target in _ELEMENTWISE_FUNCTIONS):
+            if target in (torch.nn.functional.pad,) and len(args) > 1 and len(args[1]) > 4:
+                return self.unknown(node)  # pads the channel dimension
+            return first if first is not None else self.fresh(node)
+        if (is_method and target in _BINARY_METHODS) or (not is_method and target in _BINARY_FUNCTIONS):
+            return self.binary(node)
+        if not is_method and target in (torch.cat, torch.concat):
+            return self.concat(node)
+        if (is_method and target == "flatten") or (not is_method and target in _FLATTEN_FUNCTIONS):
+            start = node.kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
+            end = node.kwargs.get("end_dim", args[2] if len(args) > 2 else -1)
+            return self.flatten(node, args[0], start, end)
+        if (is_method and target in ("view", "reshape")) or (not is_method and target is torch.reshape):
+            return self.reshape(node)
+        if (is_method and target in _REDUCE_METHODS) or (not is_method and target in _REDUCE_FUNCTIONS):
+            dims = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+            dims = [dims] if isinstance(dims, int) else list(dims or [])
+            shape = self.shape(args[0])
+            if first is not None and shape and dims and all(d % len(shape) >= 2 for d in dims):
+                return first
+            return self.unknown(node)
+        return self.unknown(node)
+
+    def binary(self, node: fx.Node):
+        a, b = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+        ca, cb = self.channels(a), self.channels(b)
+        out_shape = self.shape(node)
+        if ca is not None and cb is not None:
+            if len(ca.ids) == len(cb.ids) and ca.span == cb.span and ca.dim == cb.dim:
+                self.elements.union(ca.ids, cb.ids)
+                return ca
+            for one, other, node_one in ((ca, cb, a), (cb, ca, b)):
+                shape = self.shape(node_one)
+                if shape is not None and len(shape) >= 2 and shape[1] == 1:
+                    return other  # broadcasting a single channel
+            return self.unknown(node)
+        known = ca if ca is not None else cb
+        const = b if ca is not None else a
+        if known is None:
+            return self.fresh(node)
+        const_shape = self.shape(const) if isinstance(const, fx.Node) else None
+        if const_shape is not None and len(const_shape) >= 2 and const_shape[1] > 1 and out_shape is not None \
+                and const_shape[1] == out_shape[1]:
+            return self.unknown(node)  # a per-channel constant: slicing it is not supported
+        return known
+
+    def concat(self, node: fx.Node):
+        tensors = node.args[0]
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        parts = [self.channels(t) for t in tensors]
+        shape = self.shape(node)
+        if any(p is None for p in parts) or shape is None:
+            return self.unknown(node)
+        if dim % len(shape) == 1 and all(p.span == 1 and p.dim == 1 for p in parts):
+            return _Channels(np.concatenate([p.ids for p in parts]))
+        if dim % len(shape) != 1 and all(len(p.ids) == len(parts[0].ids) for p in parts):
+            for p in parts[1:]:
+                self.elements.union(parts[0].ids, p.ids)
+            return parts[0]
+        return self.unknown(node)
+
+    def reshape(self, node: fx.Node):
+        source = node.args[0]
+        ch, in_shape, out_shape = self.channels(source), self.shape(source), self.shape(node)
+        if ch is None or in_shape is None or out_shape is None:
+            return self.unknown(node)
+        if len(out_shape) == 2 and out_shape[0] == in_shape[0] and ch.dim == 1:
+            return self.flatten(node, source, 1, -1)
+        if out_shape[:2] == in_shape[:2]:
+            return ch
+        return self.unknown(node)
+
+    # ---- groups
+    def groups(self) -> list[ChannelGroup]:
+        find = self.elements.find
+        # component root -> {(module, role): position of the component's channel in that member}
+        comp_positions: dict[int, dict[tuple[str, str], int]] = defaultdict(dict)
+        comp_frozen: dict[int, str] = {}
+        for (module, role), ids in self.members.items():
+            for pos, i in enumerate(ids.tolist()):
+                positions = comp_positions[find(i)]
+                if (module, role) in positions:
+                    comp_frozen.setdefault(find(i), f"two channels of '{module}' ({role}) are coupled to each other")
+                else:
+                    positions[(module, role)] = pos
+        for i, reason in self.elements.frozen.items():
+            comp_frozen.setdefault(find(i), reason)
+        by_signature: dict[tuple, list[int]] = defaultdict(list)
+        for root, positions in comp_positions.items():
+            by_signature[tuple(sorted(positions))].append(root)
+        groups = []
+        for signature, roots in by_signature.items():
+            roots.sort(key=lambda root: comp_positions[root][signature[0]])  # natural channel order
+            members = []
+            for key in signature:
+                span = self.spans[key]
+                pos = torch.tensor([comp_positions[root][key] for root in roots], dtype=torch.long)
+                members.append(Member(key[0], key[1], pos[:, None] * span + torch.arange(span)[None, :]))
+            reasons = [comp_frozen[r] for r in roots if r in comp_frozen]
+            has_producer = any(role in (OUT, DEPTHWISE) for _, role in signature)
+            # A group is frozen as a whole when any of its channels is (they share members).
+            reason = reasons[0] if reasons else (None if has_producer else "no layer produces these channels")
+            groups.append(ChannelGroup(len(groups), len(roots), members, reason is None, reason))
+        return groups
+
+
+# --------------------------------------------------------------------------- the graph
+@dataclass
+class DependencyGraph:
+    """Channel groups of a model, and what a set of weight masks removes structurally."""
+
+    model: nn.Module
+    gm: fx.GraphModule
+    groups: list[ChannelGroup]
+    modules: dict[str, nn.Module] = field(repr=False, default_factory=dict)
+
+    def groups_of(self, module: str, role: str | None = None) -> list[ChannelGroup]:
+        return [g for g in self.groups if any(m.module == module and (role is None or m.role == role)
+                                              for m in g.members)]
+
+    def removable_outputs(self, module: str) -> Tensor:
+        """Bool [out channels]: which output channels of a conv/linear belong to prunable groups."""
+        weight = self.modules[module].weight
+        keep = torch.zeros(weight.shape[0], dtype=torch.bool)
+        for group in self.groups_of(module):
+            if group.prunable:
+                for m in group.members:
+                    if m.module == module and m.role in (OUT, DEPTHWISE):
+                        keep[m.index.reshape(-1)] = True
+        return keep
+
+    @staticmethod
+    def _alive(masks: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per masked module: which weight rows (dim 0) and columns (dim 1) hold a nonzero."""
+        rows, cols = {}, {}
+        for name, mask in masks.items():
+            nonzero = (mask != 0).cpu()
+            rows[name] = nonzero.flatten(1).any(1) if nonzero.dim() > 1 else nonzero
+            if nonzero.dim() > 1:
+                cols[name] = nonzero.transpose(0, 1).flatten(1).any(1)
+        return rows, cols
+
+    @staticmethod
+    def _removed(group: ChannelGroup, rows: dict[str, Tensor], cols: dict[str, Tensor]) -> Tensor:
+        alive_out = torch.zeros(group.size, dtype=torch.bool)
+        alive_in = torch.zeros(group.size, dtype=torch.bool)
+        has_in = False
+        for m in group.members:
+            if m.role in (OUT, DEPTHWISE):
+                alive_out |= rows[m.module][m.index].any(1) if m.module in rows else True
+            elif m.role == IN:
+                has_in = True
+                alive_in |= cols[m.module][m.index].any(1) if m.module in cols else True
+        return ~alive_out | ~alive_in if has_in else ~alive_out
+
+    def removed_channels(self, masks: dict[str, Tensor]) -> dict[int, Tensor]:
+        """Per prunable group: bool [size], True where the channel is structurally gone — every
+        producer row is zero (the channel is constant) or every consumer column is zero (nobody
+        reads it). Modules without a mask count as dense."""
+        rows, cols = self._alive(masks)
+        return {g.id: self._removed(g, rows, cols) for g in self.groups if g.prunable}
+
+    def effective_masks(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        """{parameter name: 0/1 mask} of everything the masks remove, structure included: the
+        given weight masks, plus for each removed channel the producers' rows and bias entries,
+        the consumers' input columns, BN parameters and depthwise rows.
+
+        A removed channel whose producers are all zero still carries a constant (e.g. a BN
+        shift); its consumer columns count as removed because slicing folds that constant into
+        the consumer's bias."""
+        result: dict[str, Tensor] = {f"{name}.weight": (mask != 0).to(torch.float32).cpu()
+                                     for name, mask in masks.items()}
+
+        def param_mask(module: str, param: str) -> Tensor | None:
+            tensor = getattr(self.modules[module], param, None)
+            if not isinstance(tensor, Tensor):
+                return None
+            key = f"{module}.{param}"
+            if key not in result:
+                result[key] = torch.ones(tensor.shape, dtype=torch.float32)
+            return result[key]
+
+        for group_id, gone in self.removed_channels(masks).items():
+            if not gone.any():
+                continue
+            for m in self.groups[group_id].members:
+                index = m.select(gone)
+                if m.role == IN:
+                    param_mask(m.module, "weight")[:, index] = 0
+                    continue
+                for param in ("weight", "bias"):
+                    pm = param_mask(m.module, param)
+                    if pm is not None:
+                        pm[index] = 0
+        return result
+
+    def summary(self) -> str:
+        lines = [f"{len(self.groups)} channel groups "
+                 f"({sum(g.prunable for g in self.groups)} prunable, {sum(g.coupled for g in self.groups)} coupled)"]
+        lines += [f"  {g!r}" for g in self.groups]
+        return "\n".join(lines)
+
+
+def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, example_input: Tensor) -> None:
+    """Annotate every node with its output shape. Runs on fake tensors (no arithmetic, so a
+    ResNet-101 at 224 px takes milliseconds); falls back to a real eval-mode forward."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    was_training = model.training
+    model.eval()  # never update BN statistics
+    try:
+        with torch.no_grad():
+            try:
+                from torch._subclasses.fake_tensor import FakeTensorMode
+
+                mode = FakeTensorMode(allow_non_fake_inputs=True)
+                with mode:
+                    ShapeProp(gm).propagate(mode.from_tensor(example_input))
+            except Exception:
+                ShapeProp(gm).propagate(example_input)
+    finally:
+        model.train(was_training)
+
+
+def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=()) -> DependencyGraph:
+    """Trace ``model`` on ``example_input`` (N x C x H x W, N >= 1) and group its coupled channels.
+
+    ``leaf_modules``: module types or qualified names to keep opaque when the model's own
+    forward cannot be traced; channels entering and leaving them are frozen.
+    """
+    if not isinstance(example_input, Tensor):
+        raise TypeError("example_input must be a tensor batch (N x C x H x W)")
+    gm = trace(model, leaf_modules)
+    modules = dict(model.named_modules())
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    _propagate_shapes(gm, model, example_input)
+    analysis = _Analysis(gm, modules)
+    analysis.run()
+    return DependencyGraph(model, gm, analysis.groups(), modules)
