@@ -9,7 +9,8 @@ from torch import nn
 
 from lostprune.metrics import (confusion_matrix, corruption_shift, evaluate_grid, excess_error, fit_excess_error,
                                functional_similarity, informative_feature_matrix, informative_features, mean_iou,
-                               noise_shift, nominal, prune_potential, prune_potential_over_seeds, similarity_table)
+                               noise_shift, nominal, prune_potential, prune_potential_over_seeds, reduce_to,
+                               similarity_table)
 from lostprune.metrics import evaluation as evaluation_module
 
 # ---------------------------------------------------------------- prune potential
@@ -126,7 +127,7 @@ def test_grid_makes_each_shifted_set_once(monkeypatch):
     monkeypatch.setattr(evaluation_module, "corrupt", counting)
     x, y = vote_data(30)
     models = {f"m{i}": ChannelVote() for i in range(4)}
-    shifts = [nominal(), corruption_shift("contrast", 5), corruption_shift("gaussian_noise", 2)]
+    shifts = [nominal(), corruption_shift("contrast", 3), corruption_shift("gaussian_noise", 2)]
     grid = evaluate_grid(models, shifts, (x, y), batch_size=10, progress=False)
     assert len(calls) == 2 * 3  # two corruptions × three batches, whatever the number of models
     assert all(grid.error(m, "contrast:5") == grid.error("m0", "contrast:5") for m in models)
@@ -274,3 +275,56 @@ def test_grid_scores_segmentation_by_miou():
     assert grid.error("seg") == pytest.approx(1.0)
     assert not math.isnan(grid.error("seg"))
     assert np.isfinite(grid.rows()[0]["error"])
+
+
+# ---------------------------------------------------------------- end to end with the pruning core
+
+def quadrant_data(n, seed):
+    """Class = the bright quadrant of a noisy 3×16×16 image."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 16, 16, generator=g) * 0.4
+    y = torch.randint(0, 4, (n,), generator=g)
+    for q in range(4):
+        r, c = divmod(q, 2)
+        x[y == q, :, 8 * r:8 * r + 8, 8 * c:8 * c + 8] += 0.5
+    return x.clamp(0, 1), y
+
+
+def test_end_to_end_pruned_networks_under_shift():
+    import lostprune
+
+    # a hand-set network: box-filtered brightness, ReLU, quadrant means, linear vote (no training)
+    g = torch.Generator().manual_seed(0)
+    parent = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                           nn.Linear(16, 4))
+    with torch.no_grad():
+        parent[0].weight.copy_(0.3 + 0.2 * torch.rand(4, 3, 3, 3, generator=g))
+        parent[0].bias.zero_()
+        vote = torch.zeros(4, 4, 4)  # class, channel, quadrant
+        vote[torch.arange(4), :, torch.arange(4)] = 1.0
+        parent[4].weight.copy_(vote.flatten(1) + 0.1 * torch.randn(4, 16, generator=g))
+        parent[4].bias.zero_()
+    mean, std = (0.45,) * 3, (0.25,) * 3
+    norm = lambda t: (t - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)  # noqa: E731
+    ratios = {"wt50": 0.5, "wt80": 0.8, "wt95": 0.95}
+    models = {"parent": parent, **{k: lostprune.prune(parent, "wt", r, progress=False).model for k, r in ratios.items()}}
+    shifts = [nominal(), noise_shift("gaussian", 1.0, draws=2), corruption_shift("contrast", 3),
+              corruption_shift("gaussian_blur", 3)]
+    xte, yte = quadrant_data(200, 1)
+    grid = evaluate_grid(models, shifts, (xte, yte), normalize=(mean, std), reference="parent", progress=False)
+    assert grid.error("parent") < 0.1
+    assert grid.agreement["parent"]["nominal"] == 1.0 and grid.softmax_l2["parent"]["nominal"] == 0.0
+    errors = {k: grid.error(k) for k in ratios}
+    expected = prune_potential(list(ratios.values()), list(errors.values()), grid.error("parent"))
+    assert grid.prune_potential("parent", ratios) == expected
+    assert grid.agreement["wt50"]["nominal"] > grid.agreement["wt95"]["nominal"]
+    fit = grid.excess_error_fit("parent", ratios, ["contrast:3", "gaussian_blur:3"])
+    assert len(fit.values) == 3 and math.isfinite(fit.slope)
+    # on its own informative 10 % of the pixels the parent stays far more confident than on random 10 %
+    fm = informative_feature_matrix({"parent": parent, "wt50": models["wt50"]}, norm(xte[:16]), yte[:16],
+                                    fraction=0.1, progress=False)
+    random_masks = torch.rand(16, 16, 16).flatten(1).argsort(1).argsort(1).view(16, 16, 16) < 26
+    with torch.no_grad():
+        random_conf = parent(reduce_to(norm(xte[:16]), random_masks)).softmax(1)[torch.arange(16), yte[:16]]
+    assert fm.confidence["parent"]["parent"] > float(random_conf.mean()) + 0.1
+    assert fm.accuracy["parent"]["parent"] >= 0.9
