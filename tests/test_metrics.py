@@ -130,7 +130,7 @@ def test_grid_makes_each_shifted_set_once(monkeypatch):
     shifts = [nominal(), corruption_shift("contrast", 3), corruption_shift("gaussian_noise", 2)]
     grid = evaluate_grid(models, shifts, (x, y), batch_size=10, progress=False)
     assert len(calls) == 2 * 3  # two corruptions × three batches, whatever the number of models
-    assert all(grid.error(m, "contrast:5") == grid.error("m0", "contrast:5") for m in models)
+    assert all(grid.error(m, "contrast:3") == grid.error("m0", "contrast:3") for m in models)
 
 
 def test_grid_noise_draws_and_reproducibility():
