@@ -113,9 +113,12 @@ def ours_with_reference_draws(x: torch.Tensor, name: str, severity: int, table: 
 
 
 def parity_rows(worker: ReferenceWorker, images: np.ndarray, table: str, severities=(1, 2, 3, 4, 5),
-                seeds=(0, 1, 2, 3), names=NAMES) -> list[tuple]:
+                draws: int = 8, names=NAMES) -> list[tuple]:
     """One row per corruption and severity. Pixel-by-pixel (MAD) where the two can share the
-    random draws, else statistics of the change pooled over ``seeds``."""
+    random draws, else statistics of the change pooled over ``draws`` runs. The reference
+    seeds image i of a run with seed + i, so runs are len(images) seeds apart: no image
+    shares its random numbers with another."""
+    seeds = [k * len(images) for k in range(draws)]
     worker.load(images)
     x = to_tensor(images)
     clean = x.float()
@@ -187,6 +190,9 @@ def test_corrupt_severity3(benchmark, cifar_batch, name):
 
 
 def main() -> None:
+    # the package runs on one core (NumPy, per image); measure lostprune on one thread as well,
+    # which also keeps the ratio stable on a shared machine
+    torch.set_num_threads(int(os.environ.get("LOSTPRUNE_BENCH_THREADS", "1")))
     if reference_python() is None:
         sys.exit("no imagecorruptions venv: run benchmarks/make_imagecorruptions_venv.sh and set IMAGECORRUPTIONS_PYTHON")
     cifar = cifar_test_images(1000)
@@ -194,9 +200,10 @@ def main() -> None:
     with ReferenceWorker() as worker:
         # the stand-in textures first, then the package's photographs for everything else
         os.environ.pop("LOSTPRUNE_FROST_DIR", None)
-        procedural = [(f"frost, procedural textures ({table})", 3, *row[2:]) for table, imgs in
-                      (("imagenet", photos), ("cifar", cifar[:200]))
-                      for row in parity_rows(worker, imgs, table, (3,), names=("frost",))]
+        procedural = [] if frost_textures.texture_dir() is not None else [
+            (f"frost, procedural textures ({table})", 3, *row[2:]) for table, imgs in
+            (("imagenet", photos), ("cifar", cifar[:200]))
+            for row in parity_rows(worker, imgs, table, (3,), names=("frost",))]
         if frost_textures.texture_dir() is None and frost_dir():
             os.environ["LOSTPRUNE_FROST_DIR"] = frost_dir()
         speed, total = throughput(worker, cifar)
@@ -213,7 +220,8 @@ def main() -> None:
 All 19 corruptions at severity 3 on 1,000 CIFAR-10 test images (32×32, uint8). `imagecorruptions`
 1.1.2 runs image by image in its own venv (NumPy 1.23, scikit-image 0.18) and has only the
 ImageNet parameters; lostprune runs the batch with the CIFAR table (its default at 32 px) and
-with the ImageNet table (the same parameters as the package). Median of 3 interleaved rounds.
+with the ImageNet table (the same parameters as the package), on one thread like the package
+(`LOSTPRUNE_BENCH_THREADS` changes that). Median of 3 interleaved rounds.
 
 {chr(10).join(speed)}
 

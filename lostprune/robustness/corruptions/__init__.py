@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import blur, digital, noise, weather
+from ._ops import rgb_to_gray
 
 FAMILIES = {"noise": noise, "blur": blur, "weather": weather, "digital": digital}
 
@@ -125,18 +126,12 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int | None = None, *
         x = x.expand(-1, 3, -1, -1)
     out = spec.function(x.contiguous(), params, make_generator(seed, x.device), table=table) if x.numel() else x
     if gray:
-        out = _luma(out)
-    if is_uint8:
+        out = rgb_to_gray(out)
+    if is_uint8:  # truncated like the scripts' np.uint8; the 1e-4 absorbs float32 round-off
         out = torch.floor(out.clamp(0, 1) * 255 + 1e-4).to(torch.uint8)
     else:
         out = out.to(images.dtype)
     return out[0] if squeeze else out
-
-
-def _luma(x: Tensor) -> Tensor:
-    from ._ops import rgb_to_gray
-
-    return rgb_to_gray(x)
 
 
 __all__ = ["Corruption", "NAMES", "REGISTRY", "TABLES", "corrupt", "corruption_names", "corruption_params",
