@@ -314,12 +314,23 @@ def canny(image: Tensor, low: float, high: float) -> Tensor:
                          (mag > _shift(mag, -1, 1, 0)) & (mag > _shift(mag, 1, -1, 0)))
     candidate = (mag > low) & torch.where(horizontal, keep_h, torch.where(vertical, keep_v, keep_d))
     edges = candidate & (mag > high)
-    weak = candidate.to(image.dtype)
     while True:
-        grown = (F.max_pool2d(edges.to(image.dtype), 3, stride=1, padding=1) * weak) > 0
+        grown = dilate3(edges) & candidate
         if torch.equal(grown, edges):
             return edges
         edges = grown
+
+
+def dilate3(mask: Tensor) -> Tensor:
+    """3×3 binary dilation of a boolean (…, H, W) mask: OR of nine shifted slices."""
+    h, w = mask.shape[-2:]
+    p = F.pad(mask.to(torch.uint8), (1, 1, 1, 1))
+    out = p[..., 1:h + 1, 1:w + 1].clone()
+    for dy in range(3):
+        for dx in range(3):
+            if dy != 1 or dx != 1:
+                out |= p[..., dy:dy + h, dx:dx + w]
+    return out.bool()
 
 
 def distance_to(zero: Tensor, cap: float) -> Tensor:
