@@ -106,21 +106,32 @@ def correlate2d(x: Tensor, kernel: Tensor, mode: str = "reflect101") -> Tensor:
     kh, kw = kernel.shape
     rh, rw = kh // 2, kw // 2
     h, w = x.shape[-2:]
-    xp = x[..., border_index(torch.arange(-rh, h + rh, device=x.device), h, mode), :]
-    xp = xp[..., border_index(torch.arange(-rw, w + rw, device=x.device), w, mode)]
+    xp = pad2d(x, rh, rw, mode)
     nonzero = kernel.nonzero().tolist()
     if len(nonzero) <= 64:
         out = torch.zeros_like(x)
         for i, j in nonzero:
             out.add_(xp[..., i:i + h, j:j + w], alpha=float(kernel[i, j]))
         return out
-    # correlation = convolution with the flipped kernel; pad to avoid wrap-around.
-    # linear (not circular) correlation needs xp + k - 1 points; powers of two are the fast FFT sizes
-    fh, fw = (1 << (xp.shape[-2] + kh - 2).bit_length(), 1 << (xp.shape[-1] + kw - 2).bit_length())
+    # correlation = convolution with the flipped kernel. A circular convolution over the padded
+    # image wraps around only into its first k - 1 outputs, which are not kept.
+    fh, fw = xp.shape[-2:]
     k = torch.flip(kernel, (0, 1)).to(device=x.device, dtype=x.dtype)
-    spec = torch.fft.rfft2(xp, s=(fh, fw)) * torch.fft.rfft2(k, s=(fh, fw))
+    spec = torch.fft.rfft2(xp) * torch.fft.rfft2(k, s=(fh, fw))
     full = torch.fft.irfft2(spec, s=(fh, fw))
     return full[..., kh - 1:kh - 1 + h, kw - 1:kw - 1 + w].contiguous()
+
+
+_TORCH_PAD = {"reflect101": "reflect", "nearest": "replicate"}
+
+
+def pad2d(x: Tensor, rh: int, rw: int, mode: str) -> Tensor:
+    """Pad the last two dimensions by rh, rw pixels with a border rule of ``border_index``."""
+    h, w = x.shape[-2:]
+    if x.dim() == 4 and mode in _TORCH_PAD and (mode != "reflect101" or (rh < h and rw < w)):
+        return F.pad(x, (rw, rw, rh, rh), mode=_TORCH_PAD[mode])
+    xp = x[..., border_index(torch.arange(-rh, h + rh, device=x.device), h, mode), :]
+    return xp[..., border_index(torch.arange(-rw, w + rw, device=x.device), w, mode)]
 
 
 def grid_sample_pixels(x: Tensor, ys: Tensor, xs: Tensor, mode: str) -> Tensor:

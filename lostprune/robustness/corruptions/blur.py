@@ -80,7 +80,10 @@ def glass_sources(n: int, h: int, w: int, delta: int, offsets: Tensor) -> Tensor
     nxt = ident.clone()
     nxt[:, visited] = torch.where(chained, targets, visited.unsqueeze(0).expand_as(targets))
     for _ in range(max(1, math.ceil(math.log2(max(visited.numel(), 2)))) + 1):
-        nxt = nxt.gather(1, nxt)
+        jumped = nxt.gather(1, nxt)
+        if torch.equal(jumped, nxt):  # every chain has reached its end (chains are short)
+            break
+        nxt = jumped
     return target.gather(1, nxt)
 
 
