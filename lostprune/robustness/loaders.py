@@ -48,7 +48,7 @@ class ArrayImageDataset(Dataset):
     def tensors(self) -> tuple[Tensor, Tensor]:
         """All images as one N×C×H×W uint8 tensor, and the labels as int64."""
         images = torch.from_numpy(np.array(self.images)).permute(0, 3, 1, 2)  # a copy: memmaps are read-only
-        return images, torch.as_tensor(self.labels, dtype=torch.long)
+        return images, torch.from_numpy(np.array(self.labels, dtype=np.int64))
 
 
 def _need(path: Path, what: str) -> Path:
