@@ -1,0 +1,271 @@
+"""Experiment configs: YAML → validated dataclasses. Every error names the bad key (dotted
+path) and what is allowed; unknown keys get a did-you-mean suggestion."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or out of range."""
+
+
+def _choice(*values):
+    return {"choices": values}
+
+
+def _range(low=None, high=None, *, low_open=False):
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+@dataclass
+class DataConfig:
+    name: str = field(default="digits", metadata=_choice("digits", "cifar10", "imagefolder", "imagenet", "voc"))
+    root: str | None = None  # dataset location (not needed for the built-in digits)
+    s_size: int = field(default=256, metadata=_range(2))  # images in S, held out from the training split
+    batch_size: int = field(default=128, metadata=_range(1))
+    test_size: int | None = field(default=None, metadata=_range(1))  # evaluate on the first N test images
+    workers: int = field(default=0, metadata=_range(0))
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = field(default=10, metadata=_range(0, low_open=True))
+    lr: float = field(default=0.1, metadata=_range(0, low_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0, 1))
+    weight_decay: float = field(default=1e-4, metadata=_range(0))
+    batch_size: int = field(default=128, metadata=_range(1))
+    warmup_epochs: float = field(default=0, metadata=_range(0))
+    schedule: str = field(default="multistep", metadata=_choice("multistep", "cosine", "constant"))
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
+    gamma: float = field(default=0.1, metadata=_range(0, 1, low_open=True))
+    augment: bool = True  # random crop + flip (CIFAR-style)
+    robust: dict | None = None  # shift-aware training (noise / corruption augmentation)
+
+
+@dataclass
+class ScheduleConfig:
+    mode: str = field(default="cascade", metadata=_choice("cascade", "oneshot", "rewind"))
+    ratios: list[float] | None = None  # prune ratios, explicit
+    # keep-ratio segments: [{"geometric": [start, stop, steps]}, {"linear": [start, stop, steps]}]
+    keep_segments: list[dict] | None = None
+    rewind_epoch: float = field(default=1, metadata=_range(0))
+
+
+@dataclass
+class NoiseConfig:
+    kind: str = field(default="gaussian", metadata=_choice("gaussian", "uniform"))
+    levels: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.4])
+    draws: int = field(default=2, metadata=_range(1))
+
+
+@dataclass
+class CorruptionConfig:
+    names: list[str] = field(default_factory=list)
+    severities: list[int] = field(default_factory=lambda: [3])
+
+
+@dataclass
+class TestConfig:
+    nominal: bool = True
+    noise: NoiseConfig | None = None
+    corruptions: CorruptionConfig | None = None
+    allow_training_corruptions: bool = False
+
+
+@dataclass
+class MetricsConfig:
+    delta: float = field(default=0.005, metadata=_range(0, 1))
+    similarity: bool = True  # functional similarity vs parent and a separately trained network
+    informative_features: bool = False
+    feature_images: int = field(default=16, metadata=_range(1))
+    feature_fraction: float = field(default=0.1, metadata=_range(0, 1, low_open=True))
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    network: str
+    data: DataConfig = field(default_factory=DataConfig)
+    methods: list[str] = field(default_factory=lambda: ["wt", "sipp", "ft", "pfp"])
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    retrain: dict = field(default_factory=dict)  # overrides of `train` for retraining (LR rewinding)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    test: TestConfig = field(default_factory=TestConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    num_classes: int | None = field(default=None, metadata=_range(1))
+    device: str = "auto"
+
+    # ---- derived
+    def retrain_config(self) -> TrainConfig:
+        merged = {**dataclasses.asdict(self.train), **self.retrain}
+        return _build(TrainConfig, merged, "retrain")
+
+    def prune_ratios(self) -> list[float]:
+        from ..train.schedules import prune_ratios
+
+        return prune_ratios(self.schedule)
+
+    def digest(self) -> str:
+        """Hash of everything that changes results (not the name)."""
+        data = dataclasses.asdict(self)
+        data.pop("name")
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- validation
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _check_value(value, tp, meta: dict, path: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(value, inner[0], meta, path)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, "
+                              f"got {value!r}")
+        return _build(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        return [_check_value(v, args[0], meta, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not float(value).is_integer()):
+            raise ConfigError(f"{path} must be {'an integer' if tp is int else 'a number'}, got {value!r}")
+        value = tp(value)
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None and (value < low or (meta.get("low_open") and value == low)):
+            bound = f"> {low}" if meta.get("low_open") else f">= {low}"
+            raise ConfigError(f"{path} must be {bound}" + (f" and <= {high}" if high is not None else "") + f", got {value}")
+        if high is not None and value > high:
+            raise ConfigError(f"{path} must be <= {high}, got {value}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{path} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: dict, path: str = ""):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {_join(path, key)!r}{hint} (allowed: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name in data:
+            values[name] = _check_value(data[name], hints[name], dict(f.metadata), key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key {key!r}")
+    return cls(**values)
+
+
+def _join(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _validate_semantics(config: ExperimentConfig) -> None:
+    from .. import models
+    from ..methods import available_methods
+
+    if config.network.lower() not in models.available():
+        raise ConfigError(f"network must be one of {', '.join(models.available())}; got {config.network!r}")
+    for i, method in enumerate(config.methods):
+        if method.lower() not in available_methods():
+            raise ConfigError(f"methods[{i}] must be one of {', '.join(available_methods())}; got {method!r}")
+    if not config.methods:
+        raise ConfigError("methods must list at least one pruning method")
+    if not config.seeds:
+        raise ConfigError("seeds must list at least one seed")
+    if config.data.name != "digits" and not config.data.root:
+        raise ConfigError(f"data.root is required for data.name={config.data.name!r} (the dataset's location)")
+    ratios = config.prune_ratios()  # validates the schedule
+    if not ratios:
+        raise ConfigError("schedule yields no prune ratios")
+    if config.test.noise is not None:
+        for i, level in enumerate(config.test.noise.levels):
+            if level < 0:
+                raise ConfigError(f"test.noise.levels[{i}] must be >= 0, got {level}")
+    if config.test.corruptions is not None:
+        from ..robustness import CORRUPTIONS
+
+        for i, name in enumerate(config.test.corruptions.names):
+            if name not in CORRUPTIONS:
+                raise ConfigError(f"test.corruptions.names[{i}] must be one of {', '.join(CORRUPTIONS)}; got {name!r}")
+        for i, sev in enumerate(config.test.corruptions.severities):
+            if not 1 <= sev <= 5:
+                raise ConfigError(f"test.corruptions.severities[{i}] must be in 1..5, got {sev}")
+    _build(TrainConfig, {**dataclasses.asdict(config.train), **config.retrain}, "retrain")
+
+
+def parse_config(data: dict, source: str = "config") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    config = _build(ExperimentConfig, data)
+    _validate_semantics(config)
+    return config
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML experiment config (a shipped config's name works too)."""
+    path = resolve_config_path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_config(data, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    shipped = SHIPPED / f"{candidate.stem}.yaml"
+    if shipped.is_file() and candidate.suffix in ("", ".yaml") and len(candidate.parts) == 1:
+        return shipped
+    raise ConfigError(f"config {str(path)!r} not found (shipped configs: {', '.join(shipped_configs())})")
