@@ -35,30 +35,51 @@ class DataConfig:
     batch_size: int = field(default=128, metadata=_range(1))
     test_size: int | None = field(default=None, metadata=_range(1))  # evaluate on the first N test images
     workers: int = field(default=0, metadata=_range(0))
-
-
-@dataclass
-class TrainConfig:
-    epochs: float = field(default=10, metadata=_range(0, low_open=True))
-    lr: float = field(default=0.1, metadata=_range(0, low_open=True))
-    momentum: float = field(default=0.9, metadata=_range(0, 1))
-    weight_decay: float = field(default=1e-4, metadata=_range(0))
-    batch_size: int = field(default=128, metadata=_range(1))
-    warmup_epochs: float = field(default=0, metadata=_range(0))
-    schedule: str = field(default="multistep", metadata=_choice("multistep", "cosine", "constant"))
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
-    gamma: float = field(default=0.1, metadata=_range(0, 1, low_open=True))
-    augment: bool = True  # random crop + flip (CIFAR-style)
-    robust: dict | None = None  # shift-aware training (noise / corruption augmentation)
+    augment: bool = True  # training augmentation (random crop + flip)
 
 
 @dataclass
 class ScheduleConfig:
+    """Which networks the prune–retrain cycles produce (SPEC §4). Give exactly one of
+    ``ratios`` (prune ratios), ``keep`` (keep-ratio segments, e.g.
+    ``[{geometric: [0.85, 0.15, 16]}, {linear: [0.15, 0.02, 8]}]``) or ``paper`` (the paper's
+    schedule with that many networks)."""
+
     mode: str = field(default="cascade", metadata=_choice("cascade", "oneshot", "rewind"))
-    ratios: list[float] | None = None  # prune ratios, explicit
-    # keep-ratio segments: [{"geometric": [start, stop, steps]}, {"linear": [start, stop, steps]}]
-    keep_segments: list[dict] | None = None
-    rewind_epoch: float = field(default=1, metadata=_range(0))
+    ratios: list[float] | None = None
+    keep: list[dict] | None = None
+    paper: int | None = field(default=None, metadata=_range(3))
+    rewind_epoch: int = field(default=1, metadata=_range(0))
+
+    def keep_ratios(self) -> list[float]:
+        from ..train.schedules import Geometric, Linear, keep_ratio_schedule, paper_keep_ratios
+
+        given = [k for k in ("ratios", "keep", "paper") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ConfigError("schedule needs exactly one of ratios, keep or paper"
+                              + (f" (got {', '.join(given)})" if given else ""))
+        if self.paper is not None:
+            return paper_keep_ratios(self.paper)
+        if self.ratios is not None:
+            for i, r in enumerate(self.ratios):
+                if not 0 < r < 1:
+                    raise ConfigError(f"schedule.ratios[{i}] must be a prune ratio in (0, 1), got {r}")
+            return [1.0 - r for r in self.ratios]
+        segments = []
+        kinds = {"geometric": Geometric, "linear": Linear}
+        for i, segment in enumerate(self.keep):
+            if not isinstance(segment, dict) or len(segment) != 1 or next(iter(segment)) not in kinds:
+                raise ConfigError(f"schedule.keep[{i}] must be {{geometric: [start, stop, num]}} or "
+                                  f"{{linear: [start, stop, num]}}, got {segment!r}")
+            kind, args = next(iter(segment.items()))
+            if not isinstance(args, list) or len(args) != 3:
+                raise ConfigError(f"schedule.keep[{i}].{kind} must be [start, stop, num], got {args!r}")
+            try:
+                segments.append(kinds[kind](float(args[0]), float(args[1]), int(args[2])))
+                segments[-1].points()
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"schedule.keep[{i}].{kind}: {exc}") from None
+        return keep_ratio_schedule(*segments)
 
 
 @dataclass
@@ -97,9 +118,10 @@ class ExperimentConfig:
     network: str
     data: DataConfig = field(default_factory=DataConfig)
     methods: list[str] = field(default_factory=lambda: ["wt", "sipp", "ft", "pfp"])
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(ratios=[0.5, 0.7, 0.8, 0.9]))
+    train: dict = field(default_factory=dict)  # lostprune.train.TrainConfig fields (parent training)
     retrain: dict = field(default_factory=dict)  # overrides of `train` for retraining (LR rewinding)
+    robust: dict | None = None  # shift-aware training and retraining (noise / corruption augmentation)
     seeds: list[int] = field(default_factory=lambda: [0])
     test: TestConfig = field(default_factory=TestConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -107,14 +129,19 @@ class ExperimentConfig:
     device: str = "auto"
 
     # ---- derived
-    def retrain_config(self) -> TrainConfig:
-        merged = {**dataclasses.asdict(self.train), **self.retrain}
-        return _build(TrainConfig, merged, "retrain")
+    def train_config(self, seed: int = 0):
+        """The parent's lostprune.train.TrainConfig."""
+        return _train_config(self.train, "train", seed)
+
+    def retrain_config(self, seed: int = 0):
+        """The retraining schedule: ``train`` with ``retrain``'s overrides."""
+        return _train_config({**self.train, **self.retrain}, "retrain", seed)
+
+    def keep_ratios(self) -> list[float]:
+        return self.schedule.keep_ratios()
 
     def prune_ratios(self) -> list[float]:
-        from ..train.schedules import prune_ratios
-
-        return prune_ratios(self.schedule)
+        return [1.0 - k for k in self.keep_ratios()]
 
     def digest(self) -> str:
         """Hash of everything that changes results (not the name)."""
@@ -124,6 +151,21 @@ class ExperimentConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _train_config(values: dict, key: str, seed: int):
+    from ..train.loop import TrainConfig
+
+    allowed = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
+    for name in values:
+        if name not in allowed:
+            close = difflib.get_close_matches(str(name), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {key}.{name}{hint} (allowed: {', '.join(sorted(allowed))})")
+    try:
+        return TrainConfig(**values, seed=seed)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- validation
@@ -212,25 +254,27 @@ def _validate_semantics(config: ExperimentConfig) -> None:
         raise ConfigError("methods must list at least one pruning method")
     if not config.seeds:
         raise ConfigError("seeds must list at least one seed")
+    config.train_config()
+    config.retrain_config()
     if config.data.name != "digits" and not config.data.root:
         raise ConfigError(f"data.root is required for data.name={config.data.name!r} (the dataset's location)")
-    ratios = config.prune_ratios()  # validates the schedule
-    if not ratios:
-        raise ConfigError("schedule yields no prune ratios")
+    keep = config.keep_ratios()  # validates the schedule
+    if config.schedule.mode != "oneshot" and any(b >= a for a, b in zip(keep, keep[1:])):
+        raise ConfigError(f"schedule: prune ratios must increase in {config.schedule.mode} mode "
+                          f"(each cycle prunes further), got {[round(1 - k, 4) for k in keep]}")
     if config.test.noise is not None:
         for i, level in enumerate(config.test.noise.levels):
             if level < 0:
                 raise ConfigError(f"test.noise.levels[{i}] must be >= 0, got {level}")
     if config.test.corruptions is not None:
-        from ..robustness import CORRUPTIONS
+        from ..robustness.corruptions import NAMES
 
         for i, name in enumerate(config.test.corruptions.names):
-            if name not in CORRUPTIONS:
-                raise ConfigError(f"test.corruptions.names[{i}] must be one of {', '.join(CORRUPTIONS)}; got {name!r}")
+            if name not in NAMES:
+                raise ConfigError(f"test.corruptions.names[{i}] must be one of {', '.join(NAMES)}; got {name!r}")
         for i, sev in enumerate(config.test.corruptions.severities):
             if not 1 <= sev <= 5:
                 raise ConfigError(f"test.corruptions.severities[{i}] must be in 1..5, got {sev}")
-    _build(TrainConfig, {**dataclasses.asdict(config.train), **config.retrain}, "retrain")
 
 
 def parse_config(data: dict, source: str = "config") -> ExperimentConfig:

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 
+PLACEHOLDER_KIND = "network"  # done by the task that produces the network, never claimed
 STALE_AFTER = 600.0  # seconds without a heartbeat before a running task is presumed dead
 
 
@@ -170,7 +171,9 @@ class Store:
         owner = owner or worker_id()
         with self.transaction() as db:
             done = {r[0] for r in db.execute("SELECT key FROM tasks WHERE status = 'done'")}
-            for row in db.execute("SELECT * FROM tasks WHERE status = 'pending' ORDER BY priority DESC, rowid").fetchall():
+            pending = db.execute("SELECT * FROM tasks WHERE status = 'pending' AND kind != ? "
+                                 "ORDER BY priority DESC, rowid", (PLACEHOLDER_KIND,)).fetchall()
+            for row in pending:
                 deps = json.loads(row["deps"])
                 if all(d in done for d in deps):
                     db.execute("UPDATE tasks SET status = 'running', owner = ?, heartbeat = ?, started = ?, "
