@@ -15,6 +15,15 @@ from .config import ExperimentConfig
 from .store import Store
 
 
+def noise_name(kind: str, level: float) -> str:
+    """Distribution names in the store: 'nominal', 'noise:<kind>:<level>', 'corruption:<name>:<severity>'."""
+    return f"noise:{kind}:{level:g}"
+
+
+def corruption_name(name: str, severity: int) -> str:
+    return f"corruption:{name}:{severity}"
+
+
 class Environment:
     def __init__(self, config: ExperimentConfig, store: Store, device: str | None = None):
         self.config = config
@@ -78,7 +87,8 @@ class Environment:
         shifts = [nominal()] if self.config.test.nominal else []
         noise = self.config.test.noise
         if noise is not None:
-            shifts += [noise_shift(noise.kind, level, noise.draws) for level in noise.levels]
+            shifts += [noise_shift(noise.kind, level, noise.draws, name=noise_name(noise.kind, level))
+                       for level in noise.levels]
         return shifts
 
     def corruption_shifts(self) -> list:
@@ -87,7 +97,8 @@ class Environment:
         corruptions = self.config.test.corruptions
         if corruptions is None:
             return []
-        return [corruption_shift(name, sev) for name in corruptions.names for sev in corruptions.severities]
+        return [corruption_shift(name, sev, name=corruption_name(name, sev))
+                for name in corruptions.names for sev in corruptions.severities]
 
     def corrupted(self, shift) -> tuple[torch.Tensor, torch.Tensor]:
         """The test set under one corruption, made once per experiment and kept on disk as
