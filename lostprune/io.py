@@ -6,31 +6,27 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from . import models
+from ._io import save_atomic
 from .core.masks import load_pruned
 
 FORMAT = "lostprune-network/1"
 
 
 def save_network(path: str | Path, model: nn.Module, network: str, num_classes: int | None = None,
-                 **meta) -> Path:
-    """Write atomically (temporary file + rename): a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+                 options: dict | None = None, **meta) -> Path:
+    """Write atomically (a crash never leaves half a file). ``options`` are the keyword
+    arguments ``lostprune.models.create`` needs to rebuild the architecture (e.g. width)."""
     if num_classes is None:
         num_classes = _num_classes(model)
-    payload = {"format": FORMAT, "network": network, "num_classes": num_classes,
+    payload = {"format": FORMAT, "network": network, "num_classes": num_classes, "options": dict(options or {}),
                "input_size": getattr(model, "input_size", None), "state_dict": model.state_dict(), "meta": meta}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_atomic(payload, path)
 
 
 def read_network_file(path: str | Path) -> dict:
@@ -47,7 +43,7 @@ def read_network_file(path: str | Path) -> dict:
 def load_network(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the network by name and load weights and masks."""
     payload = read_network_file(path)
-    model = models.create(payload["network"], num_classes=payload["num_classes"])
+    model = models.create(payload["network"], num_classes=payload["num_classes"], **payload.get("options", {}))
     load_pruned(model, payload["state_dict"])
     model.meta = payload.get("meta", {})
     model.network_name = payload["network"]

@@ -110,12 +110,14 @@ class MetricsConfig:
     informative_features: bool = False
     feature_images: int = field(default=16, metadata=_range(1))
     feature_fraction: float = field(default=0.1, metadata=_range(0, 1, low_open=True))
+    feature_step: float = field(default=0.01, metadata=_range(0, 1, low_open=True))  # pixels removed per round
 
 
 @dataclass
 class ExperimentConfig:
     name: str
     network: str
+    network_options: dict = field(default_factory=dict)  # keyword arguments of lostprune.models.create
     data: DataConfig = field(default_factory=DataConfig)
     methods: list[str] = field(default_factory=lambda: ["wt", "sipp", "ft", "pfp"])
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(ratios=[0.5, 0.7, 0.8, 0.9]))
@@ -202,12 +204,14 @@ def _check_value(value, tp, meta: dict, path: str):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not float(value).is_integer()):
             raise ConfigError(f"{path} must be {'an integer' if tp is int else 'a number'}, got {value!r}")
         value = tp(value)
-        low, high = meta.get("low"), meta.get("high")
-        if low is not None and (value < low or (meta.get("low_open") and value == low)):
-            bound = f"> {low}" if meta.get("low_open") else f">= {low}"
-            raise ConfigError(f"{path} must be {bound}" + (f" and <= {high}" if high is not None else "") + f", got {value}")
-        if high is not None and value > high:
-            raise ConfigError(f"{path} must be <= {high}, got {value}")
+        low, high, open_low = meta.get("low"), meta.get("high"), meta.get("low_open")
+        too_low = low is not None and (value < low or (open_low and value == low))
+        if too_low or (high is not None and value > high):
+            if high is None:
+                allowed = f"> {low}" if open_low else f">= {low}"
+            else:
+                allowed = f"in {'(' if open_low else '['}{low}, {high}]"
+            raise ConfigError(f"{path} must be {allowed}, got {value:g}")
         return value
     if tp is str:
         if not isinstance(value, str):
@@ -247,6 +251,10 @@ def _validate_semantics(config: ExperimentConfig) -> None:
 
     if config.network.lower() not in models.available():
         raise ConfigError(f"network must be one of {', '.join(models.available())}; got {config.network!r}")
+    try:
+        models.create(config.network, **config.network_options)
+    except TypeError as exc:
+        raise ConfigError(f"network_options: {exc}") from None
     for i, method in enumerate(config.methods):
         if method.lower() not in available_methods():
             raise ConfigError(f"methods[{i}] must be one of {', '.join(available_methods())}; got {method!r}")

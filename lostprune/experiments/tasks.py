@@ -36,13 +36,15 @@ def run_train(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
     seed, arm, role = task.payload["seed"], task.payload["arm"], task.payload["role"]
     run_seed = seed + (REFERENCE_SEED_OFFSET if role == "reference" else 0)
     torch.manual_seed(run_seed)
-    model = models.create(config.network, num_classes=config.num_classes or env.splits.num_classes).to(env.device)
+    model = models.create(config.network, num_classes=config.num_classes or env.splits.num_classes,
+                          **config.network_options).to(env.device)
     rewind = config.schedule.mode == "rewind" and role == "parent"
     snapshot = [config.schedule.rewind_epoch] if rewind else []
     result = train(model, env.splits.train, config.train_config(seed=run_seed), device=env.device,
                    checkpoint=env.checkpoint_path(task.key).with_suffix(".train.pt"), snapshot_epochs=snapshot,
                    progress=False, desc=task.key, **_train_options(env, arm))
-    path = save_network(env.network_path(task.key), model, config.network, key=task.key, final=result.final)
+    path = save_network(env.network_path(task.key), model, config.network, options=config.network_options,
+                        key=task.key, final=result.final)
     if rewind:
         save_atomic(result.snapshots[config.schedule.rewind_epoch], path.with_suffix(".rewind.pt"))
     row = NetworkRow(task.key, role, seed, 0.0, 0.0, arm=arm, checkpoint=str(path), paper_ratio=0.0,
@@ -74,8 +76,8 @@ def run_chain(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
                            **rewind)
     for network in cycles:
         key = pruned_key(seed, arm, method, network.index)
-        path = save_network(env.network_path(key), network.model, config.network, key=key,
-                            final=network.history[-1] if network.history else {})
+        path = save_network(env.network_path(key), network.model, config.network, options=config.network_options,
+                            key=key, final=network.history[-1] if network.history else {})
         stats = network.stats
         publish(key, [NetworkRow(key, "pruned", seed, network.target_ratio, stats.achieved_ratio, method=method,
                                  step=network.index, paper_ratio=stats.paper_prune_ratio,
@@ -139,8 +141,10 @@ def run_features(env: Environment, task: Task, publish: Publish) -> tuple[list[N
         mean = torch.tensor(env.normalize[0]).view(-1, 1, 1)
         std = torch.tensor(env.normalize[1]).view(-1, 1, 1)
         images = (images - mean) / std
+    step = max(1, round(env.config.metrics.feature_step * images.shape[-1] * images.shape[-2]))
     matrix = informative_feature_matrix(nets, images.to(env.device), labels[:count].to(env.device),
-                                        fraction=env.config.metrics.feature_fraction, progress=False)
+                                        fraction=env.config.metrics.feature_fraction, pixels_per_step=step,
+                                        progress=False)
     rows = []
     for a in names:
         for b in names:
