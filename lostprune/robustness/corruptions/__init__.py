@@ -42,6 +42,9 @@ NAMES = (
     "spatter",
     "saturate",
 )
+# the corruptions that draw no random numbers
+DETERMINISTIC = ("defocus_blur", "zoom_blur", "gaussian_blur", "brightness", "contrast", "saturate",
+                 "jpeg_compression", "pixelate")
 TABLES = ("cifar", "imagenet")
 CIFAR_MAX_SIDE = 64
 
@@ -159,6 +162,7 @@ def corrupt(
 
 
 __all__ = [
+    "DETERMINISTIC",
     "Corruption",
     "NAMES",
     "REGISTRY",
