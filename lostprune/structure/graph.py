@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .folded_conv import FoldedConv2d  # a sliced model's conv: a leaf like nn.Conv2d
 
 # --------------------------------------------------------------------------- public types
 OUT, IN, NORM, DEPTHWISE = "out", "in", "norm", "depthwise"
@@ -188,7 +189,7 @@ class _Tracer(fx.Tracer):
         self.leaf_names = leaf_names
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        if isinstance(m, self.leaf_modules) or qualified_name in self.leaf_names:
+        if isinstance(m, (FoldedConv2d, *self.leaf_modules)) or qualified_name in self.leaf_names:
             return True
         return super().is_leaf_module(m, qualified_name)
 

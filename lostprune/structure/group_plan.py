@@ -126,12 +126,14 @@ class _WeightCounter:
         self.inner: dict[str, int] = {}
         self.numel: dict[str, int] = {}
         for name, mask in masks.items():
-            nonzero = (mask.detach() != 0).cpu()
+            nonzero = mask.detach() != 0
             inner = int(np.prod(nonzero.shape[2:])) if nonzero.dim() > 2 else 1
-            matrix = nonzero.flatten(2).sum(2) if nonzero.dim() > 2 else nonzero.reshape(nonzero.shape[0], -1)
-            rows, cols = matrix.any(1), matrix.any(0)
-            outer = inner * (rows[:, None] & cols[None, :])
-            self.matrix[name] = None if torch.equal(matrix, outer) else matrix.to(torch.float64).numpy()
+            rows = nonzero.flatten(1).any(1).cpu()
+            cols = nonzero.any(0).reshape(nonzero.shape[1], -1).any(1).cpu()
+            # every live (row, column) pair full <=> as many nonzeros as the outer product holds
+            full = int(nonzero.sum()) == inner * int(rows.sum()) * int(cols.sum())
+            self.matrix[name] = None if full else nonzero.flatten(2).sum(2).cpu().to(torch.float64).numpy() \
+                if nonzero.dim() > 2 else nonzero.cpu().to(torch.float64).numpy()
             self.live_rows[name], self.live_cols[name] = rows.numpy(), cols.numpy()
             self.inner[name] = inner
             self.numel[name] = mask.numel()

@@ -51,6 +51,7 @@ class SliceReport:
     params_after: int
     channels_removed: int = 0  # group channels dropped
     channels_folded: int = 0  # of those, constants folded into consumers
+    channels_kept: int = 0  # removed channels slicing had to keep (see ``kept``)
     folded_layers: dict[str, str] = field(default_factory=dict)  # consumer -> "bias" / "border"
     kept: list[str] = field(default_factory=list)  # removed channels kept, with the reason
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -143,6 +144,7 @@ class _Decision:
         self.rows, self.cols = rows, cols
         self.constants = constants
         self.kept: list[str] = []
+        self.kept_channels = 0
 
     def alive(self, group: ChannelGroup) -> tuple[Tensor, Tensor | None]:
         alive_out = torch.zeros(group.size, dtype=torch.bool)
@@ -190,10 +192,12 @@ class _Decision:
             refused &= constant
             if refused.any():
                 drop &= ~refused
+                self.kept_channels += int(refused.sum())
                 self.kept.append(f"{int(refused.sum())} channels of group {group.id} ({_producer_names(group)}): "
                                  + "; ".join(reasons))
         if drop.all():  # a layer needs at least one channel: keep one, unchanged
             drop[0] = False
+            self.kept_channels += 1
             self.kept.append(f"channel 0 of group {group.id} ({_producer_names(group)}): every channel of the "
                              "group was removed; one is kept so its layers keep a channel")
         return drop
@@ -272,7 +276,7 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     report.params_after = _count_params(dense)
     report.shapes = {name: tuple(p.shape) for name, p in dense.named_parameters()}
     if report.kept:
-        warnings.warn(f"slice_model kept {len(report.kept)} removed channels to keep the model's function: "
+        warnings.warn(f"slice_model kept {report.channels_kept} removed channels to keep the model's function: "
                       + "; ".join(report.kept[:3]) + (" …" if len(report.kept) > 3 else ""), SlicingWarning,
                       stacklevel=2)
     dense.slice_report = report
@@ -311,7 +315,7 @@ def _plan(graph, modules, rows, cols, removed, report: SliceReport) -> _Plan:
             target[m.module][m.select(drop)] = False
             if m.role == IN and constant.any():
                 fold_columns.setdefault(m.module, []).append(m.select(constant))
-    report.kept = decision.kept
+    report.kept, report.channels_kept = decision.kept, decision.kept_channels
     plan = _Plan(modules, keep_rows, keep_cols)
     for name, columns in fold_columns.items():
         module = modules[name]
