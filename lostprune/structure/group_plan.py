@@ -126,8 +126,15 @@ class _WeightCounter:
         self.inner: dict[str, int] = {}
         self.numel: dict[str, int] = {}
         for name, mask in masks.items():
+            inner = int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1
+            self.inner[name] = inner
+            self.numel[name] = mask.numel()
+            if int(torch.count_nonzero(mask)) == mask.numel():  # dense: the common first step
+                self.matrix[name] = None
+                self.live_rows[name] = np.ones(mask.shape[0], dtype=bool)
+                self.live_cols[name] = np.ones(mask.shape[1] if mask.dim() > 1 else 1, dtype=bool)
+                continue
             nonzero = mask.detach() != 0
-            inner = int(np.prod(nonzero.shape[2:])) if nonzero.dim() > 2 else 1
             rows = nonzero.flatten(1).any(1).cpu()
             cols = nonzero.any(0).reshape(nonzero.shape[1], -1).any(1).cpu()
             # every live (row, column) pair full <=> as many nonzeros as the outer product holds
@@ -135,8 +142,6 @@ class _WeightCounter:
             self.matrix[name] = None if full else nonzero.flatten(2).sum(2).cpu().to(torch.float64).numpy() \
                 if nonzero.dim() > 2 else nonzero.cpu().to(torch.float64).numpy()
             self.live_rows[name], self.live_cols[name] = rows.numpy(), cols.numpy()
-            self.inner[name] = inner
-            self.numel[name] = mask.numel()
         self.groups = [g for g in graph.groups if g.prunable]
         self.index = {id(m): m.index.numpy() for g in self.groups for m in g.members}
 
