@@ -101,6 +101,19 @@ def test_sliced_model_is_independent_of_the_input_model():
     assert all(hasattr(m, "weight_mask") for m in prunable_layers(result.model).values())
 
 
+def test_sliced_model_trains():
+    result = lostprune.prune(with_nonzero_constants(models.create("resnet20")), "ft", 0.5, progress=False)
+    sliced = slice_model(result.model).train()
+    opt = torch.optim.SGD(sliced.parameters(), lr=0.1)
+    before = sliced.layer1[0].conv1.weight.detach().clone()
+    loss = F.cross_entropy(sliced(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    opt.step()
+    assert isinstance(sliced.layer1[0].conv1, FoldedConv2d)
+    assert not torch.equal(sliced.layer1[0].conv1.weight, before)
+    assert all(p.grad is not None for p in sliced.parameters())
+
+
 def test_training_modes_are_kept():
     result = lostprune.prune(with_nonzero_constants(models.create("resnet20")), "ft", 0.5, progress=False)
     model = result.model.train()
@@ -228,38 +241,35 @@ def test_depthwise_conv_changes_groups():
     assert_same_function(pruned, sliced, x)
 
 
-class Reuse(nn.Module):
+class SharedTwice(nn.Module):
+    """One conv applied to two different views of the same channels."""
+
     def __init__(self):
         super().__init__()
         self.stem, self.shared, self.head = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 2, 1)
 
     def forward(self, x):
-        x = torch.relu(self.stem(x))
-        return self.head(self.shared(torch.relu(self.shared(x))))
+        x = self.stem(x)
+        return self.head(self.shared(torch.relu(x)) + self.shared(torch.sigmoid(x)))
 
 
 def test_module_reused_twice_is_sliced_once():
-    model = Reuse()
-    with torch.no_grad():  # both calls of `shared` see relu(negative bias) = 0 on the removed channel
-        model.stem.bias[4] = -1.0
-        model.shared.bias[4] = -2.0
-    pruned = masked(model, {"stem": [4], "shared": [4]})
+    model = with_nonzero_constants(SharedTwice())
+    pruned = masked(model, {"shared": [4]})  # both calls output shared.bias[4]: head folds their sum
     x = torch.randn(2, 3, 6, 6)
     sliced = slice_model(pruned, x[:1])
-    assert (sliced.shared.in_channels, sliced.shared.out_channels, sliced.head.in_channels) == (5, 5, 5)
+    assert (sliced.shared.in_channels, sliced.shared.out_channels, sliced.head.in_channels) == (6, 5, 5)
+    assert sliced.slice_report.folded_layers == {"head": "bias"}
     assert_same_function(pruned, sliced, x)
 
 
 def test_module_reused_with_different_constants_keeps_the_channel():
-    model = Reuse()
-    with torch.no_grad():
-        model.stem.bias[4] = 1.0
-        model.shared.bias[4] = 2.0  # the two calls of `shared` see 1.0 and 2.0: one bias cannot fold both
-    pruned = masked(model, {"stem": [4], "shared": [4]})
+    model = with_nonzero_constants(SharedTwice())
+    pruned = masked(model, {"stem": [4]})  # `shared` sees relu(c) and sigmoid(c): one weight cannot fold both
     x = torch.randn(2, 3, 6, 6)
     with pytest.warns(SlicingWarning, match="different inputs"):
         sliced = slice_model(pruned, x[:1])
-    assert sliced.shared.out_channels == 6
+    assert sliced.stem.out_channels == 6 and sliced.shared.in_channels == 6
     assert_same_function(pruned, sliced, x)
 
 

@@ -84,6 +84,8 @@ class _Probes:
         self.gm = gm
         self.modules = modules
         self.dead_rows = dead_rows
+        reference = next(iter(gm.parameters()), None)  # probes live where the modules do
+        self.device = reference.device if reference is not None else torch.device("cpu")
         self.values: dict[fx.Node, object] = {}
         self.inputs: dict[str, list[Tensor | None]] = {}  # layer -> probe of its input, per call
 
@@ -104,7 +106,7 @@ class _Probes:
         shape = self.shape(node)
         if shape is None or len(shape) < 2:
             return None
-        return torch.full((1, shape[1], *([1] * (len(shape) - 2))), math.nan, dtype=dtype)
+        return torch.full((1, shape[1], *([1] * (len(shape) - 2))), math.nan, dtype=dtype, device=self.device)
 
     def probe(self, arg) -> Tensor | None:
         value = self.values.get(arg) if isinstance(arg, fx.Node) else None
@@ -153,13 +155,13 @@ class _Probes:
         if token_linear:
             return None
         constant = self.dead_rows.get(node.target)
-        constant = zero_rows(module.weight) if constant is None else constant.clone()
+        constant = zero_rows(module.weight) if constant is None else constant.to(module.weight.device)
         if isinstance(module, FoldedConv2d):  # its fold term varies at the borders
             constant &= zero_rows(module.fold_weight)
         bias = module.bias.detach() if module.bias is not None else torch.zeros(constant.shape[0],
                                                                                  dtype=module.weight.dtype)
         values = torch.where(constant.to(bias.device), bias, torch.full_like(bias, math.nan))
-        return self.shaped(values.cpu(), node)
+        return self.shaped(values, node)
 
     def flatten(self, node: fx.Node, arg, start_dim: int, end_dim: int = -1):
         probe, shape = self.probe(arg), self.shape(arg)
@@ -294,7 +296,7 @@ def input_constants(gm: fx.GraphModule, modules: dict[str, nn.Module],
             if probe is None or probe.numel() != width:
                 merged = torch.full((width,), math.nan)
                 break
-            probe = probe.to(torch.float64)
+            probe = probe.to(torch.float64).cpu()
             merged = probe if merged is None else torch.where(merged == probe, merged, torch.full_like(probe, math.nan))
         result[name] = merged
     return result

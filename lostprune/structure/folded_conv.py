@@ -42,7 +42,8 @@ class FoldedConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         out = self._conv_forward(x, self.weight, self.bias)
         ones = torch.ones_like(x[:1, :1] if x.dim() == 4 else x[:1])  # one image: the term is the same for all
-        return out + F.conv2d(ones, self.fold_weight, None, self.stride, self.padding, self.dilation)
+        # in place: conv's backward does not need its output, and inference saves a tensor
+        return out.add_(F.conv2d(ones, self.fold_weight, None, self.stride, self.padding, self.dilation))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", folded constant inputs"
