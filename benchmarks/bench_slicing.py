@@ -25,10 +25,10 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._util import interleaved_ratio, time_call, write_section  # noqa: E402
-import lostprune  # noqa: E402
-import lostprune.models as models  # noqa: E402
-from lostprune.core.layers import prunable_layers  # noqa: E402
+import lostprune
+import lostprune.models as models
+from benchmarks._util import interleaved_ratio, write_section
+from lostprune.core.layers import prunable_layers
 
 SIZE = 224
 RATIOS = (0.3, 0.5, 0.7)
@@ -47,9 +47,11 @@ def masked_dense(model: nn.Module) -> nn.Module:
     return lostprune.remove_masks(copy.deepcopy(model)).eval()
 
 
-def pruned_and_sliced(name: str, method: str, ratio: float):
-    result = lostprune.prune(models.create(name), method, ratio, example_input=example(), progress=False,
-                             **({"data": example(8)} if method == "pfp" else {}))
+def pruned_and_sliced(name: str, method: str, ratio: float, **options):
+    if method == "pfp":
+        options["data"] = example(8)
+    model = models.randomize_norm_statistics(models.create(name))  # trained-like: removed filters leave constants
+    result = lostprune.prune(model, method, ratio, example_input=example(), progress=False, **options)
     return result, lostprune.slice_model(result.model, example()).eval()
 
 
@@ -105,36 +107,37 @@ def test_torch_pruning_resnet18(benchmark):
 
 # ----------------------------------------------------------------------------- report
 def latency_table() -> str:
-    methods = [m for m in ("ft", "pfp") if m in lostprune.available_methods()]
-    lines = ["| method | ratio | FLOPs dense/pruned | params sliced | batch | masked (ms) | sliced (ms) | speedup "
-             "| speedup / FLOP reduction |", "|---|---|---|---|---|---|---|---|---|"]
-    for method in methods:
+    variants = [("ft", {}), ("ft", {"round_to": 8})] + ([("pfp", {})] if "pfp" in lostprune.available_methods() else [])
+    lines = [("| method | ratio | FLOPs dense/pruned | params sliced | batch | masked (ms) | sliced (ms) | speedup "
+              "| speedup / FLOP reduction |"), "|---|---|---|---|---|---|---|---|---|"]
+    for method, options in variants:
+        label = method.upper() + "".join(f", {k}={v}" for k, v in options.items())
         for ratio in RATIOS:
-            result, sliced = pruned_and_sliced("resnet18", method, ratio)
+            result, sliced = pruned_and_sliced("resnet18", method, ratio, **options)
             baseline = masked_dense(result.model)
             flop_factor = result.stats.flops_dense / result.stats.flops_pruned
             for batch in (1, 32):
                 tb, tc, speedup = latency_ratio(baseline, sliced, batch)
-                lines.append(f"| {method.upper()} | {ratio:.0%} | {flop_factor:.2f}× | "
-                             f"{sliced.slice_report.params_after:,} | {batch} | {tb * 1e3:.1f} | {tc * 1e3:.1f} | "
-                             f"{speedup:.2f}× | {speedup / flop_factor:.2f} |")
-            print(lines[-1], flush=True)
-    missing = "" if "pfp" in methods else "\n\nPFP is not registered on this branch yet; its rows appear once it is."
+                lines.append(f"| {label} | {ratio:.0%} | {flop_factor:.2f}× | {sliced.slice_report.params_after:,} | "
+                             f"{batch} | {tb * 1e3:.1f} | {tc * 1e3:.1f} | {speedup:.2f}× | {speedup / flop_factor:.2f} |")
+                print(lines[-1], flush=True)
+    missing = "" if any(m == "pfp" for m, _ in variants) else \
+        "\n\nPFP is not registered on this branch yet; its rows appear once it is (rerun this script)."
     return "\n".join(lines) + missing
 
 
 def torch_pruning_table() -> str:
-    lines = ["| model | tool | channel ratio | prunable weights kept | graph + prune (+ slice) (s) | "
-             "latency batch 32 (ms) | same function |", "|---|---|---|---|---|---|---|"]
+    lines = [("| model | tool | channel ratio | prunable weights kept | graph + prune (+ slice) (s) | "
+              "latency batch 32 (ms) | same function |"), "|---|---|---|---|---|---|---|"]
     for name, channel_ratio in (("resnet18", 0.3), ("resnet50", 0.3), ("resnet101", 0.3)):
         model = models.create(name).eval()
         dense = weights(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t_tp = median_time(lambda: torch_pruning_step(model, channel_ratio))
+            t_tp = median_time(lambda model=model, r=channel_ratio: torch_pruning_step(model, r))
             theirs = torch_pruning_step(model, channel_ratio).eval()
             ratio = 1 - weights(theirs) / dense  # our FT at the weight ratio Torch-Pruning reached
-            t_ours = median_time(lambda: ours_step(model, ratio))
+            t_ours = median_time(lambda model=model, r=ratio: ours_step(model, r))
             ours = ours_step(model, ratio).eval()
         latency = {}
         if name == "resnet18":
@@ -154,7 +157,7 @@ def slicing_time() -> str:
         start = time.perf_counter()
         result = lostprune.prune(models.create(name), "ft", 0.5, example_input=example(), progress=False)
         t_prune = time.perf_counter() - start
-        t_slice = median_time(lambda: lostprune.slice_model(result.model, example()))
+        t_slice = median_time(lambda pruned=result.model: lostprune.slice_model(pruned, example()))
         rows.append(f"| {name} | {t_prune:.2f} | {t_slice:.2f} |")
         print(rows[-1], flush=True)
     return "\n".join(rows)
@@ -162,10 +165,15 @@ def slicing_time() -> str:
 
 def main() -> None:
     torch.manual_seed(0)
-    body = (f"CPU float32, input 3×{SIZE}×{SIZE}, eval mode, `torch.inference_mode`. *Masked* = the pruned "
-            "model with zeros in dense tensors (pruning hooks removed); *sliced* = `lostprune.slice_model` of it "
-            "(same outputs within float32 rounding). Speedups are medians of interleaved runs in the same "
-            "process (`interleaved_ratio`).\n\n### Sliced vs masked ResNet18\n\n" + latency_table()
+    # One thread: on a shared 2-core machine two OpenMP threads stall on each other whenever
+    # one is descheduled, which drowns the ratios in noise.
+    torch.set_num_threads(1)
+    body = (f"CPU float32, one thread, input 3×{SIZE}×{SIZE}, eval mode, `torch.inference_mode`. *Masked* = "
+            "the pruned model with zeros in dense tensors (pruning hooks removed); *sliced* = "
+            "`lostprune.slice_model` of it (same outputs within float32 rounding). BN statistics are randomized "
+            "like a trained network's, so removed filters leave constants that slicing folds (border terms "
+            "included). Speedups are medians of interleaved runs in the same process (`interleaved_ratio`)."
+            "\n\n### Sliced vs masked ResNet18\n\n" + latency_table()
             + "\n\n### Torch-Pruning side by side\n\nBoth tools start from the same randomly initialized "
             "torchvision model and example input; times include copying the model (Torch-Pruning prunes in "
             "place) and, for lostprune, accounting and slicing. Torch-Pruning removes the same fraction of "

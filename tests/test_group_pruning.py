@@ -154,7 +154,7 @@ def test_removed_weights_match_the_accounting_also_after_unstructured_pruning():
 def test_by_input_channels_and_counts_from_kept():
     """The PFP path: scores per input column, kept columns per layer → removal per group."""
     model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 9, 2))
-    plan, layers = plan_for(model, torch.randn(1, 3, 3, 3), by="in")
+    plan, _ = plan_for(model, torch.randn(1, 3, 3, 3), by="in")
     scores = {"2": torch.tensor([6.0, 1, 5, 2, 4, 3]), "5": torch.arange(36.0)}
     plan.rank(scores)
     counts = plan.counts_from_kept({"2": 3, "5": 9}, scores)  # "5": its top 9 columns are all of channel 3

@@ -16,23 +16,13 @@ from lostprune.structure import FoldedConv2d, SlicingWarning, slice_model
 
 CIFAR = ("resnet20", "resnet56", "vgg16_bn")
 IMAGENET = ("resnet18", "resnet50", "resnet101", "mobilenet_v2", "densenet121", "deeplabv3_resnet50")
+SLOW = {"resnet50", "resnet101", "densenet121", "deeplabv3_resnet50"}  # tens of millions of weights to prune
 
 
 def with_nonzero_constants(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and shifts (and biases): a removed filter then leaves a nonzero
-    constant behind, which slicing must fold (fresh models would leave exact zeros)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
-                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=gen) * 0.5)
-            elif isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
-                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.5)
-    return model
+    """Trained-like BN statistics: a removed filter then leaves a nonzero constant behind,
+    which slicing must fold (a fresh model would leave exact zeros)."""
+    return models.randomize_norm_statistics(model, seed)
 
 
 def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +47,7 @@ def weight_count(model: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- real architectures
-@pytest.mark.parametrize("name", CIFAR + IMAGENET)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CIFAR + IMAGENET])
 def test_sliced_model_equals_masked_model(name):
     model = with_nonzero_constants(models.create(name))
     size = model.input_size if name in CIFAR else (3, 64, 64)

@@ -27,8 +27,15 @@ from torch import Tensor
 
 from .folded_conv import FoldedConv2d
 from .graph import (
-    _ACTIVATION_MODULES, _BINARY_FUNCTIONS, _BINARY_METHODS, _ELEMENTWISE_FUNCTIONS, _ELEMENTWISE_METHODS,
-    _FLATTEN_FUNCTIONS, _NORM_MODULES, _REDUCE_FUNCTIONS, _REDUCE_METHODS,
+    _ACTIVATION_MODULES,
+    _BINARY_FUNCTIONS,
+    _BINARY_METHODS,
+    _ELEMENTWISE_FUNCTIONS,
+    _ELEMENTWISE_METHODS,
+    _FLATTEN_FUNCTIONS,
+    _NORM_MODULES,
+    _REDUCE_FUNCTIONS,
+    _REDUCE_METHODS,
 )
 
 # Spatial ops whose output is constant wherever the input is (no padding with zeros).
@@ -72,6 +79,10 @@ def _function_preserves(node: fx.Node) -> bool:
         mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
         return mode != "constant"
     return False
+
+
+class _NotConstant(Exception):
+    """An operand of a per-channel op is not known to be constant."""
 
 
 def zero_rows(weight: Tensor) -> Tensor:
@@ -212,7 +223,7 @@ class _Probes:
             if isinstance(value, fx.Node):
                 probe = self.values.get(value)
                 if not isinstance(probe, Tensor):
-                    raise ValueError("operand is not known to be constant")
+                    raise _NotConstant
                 return probe.clone()
             if isinstance(value, (tuple, list)):
                 return type(value)(substitute(v) for v in value)
@@ -221,7 +232,7 @@ class _Probes:
         try:
             args = substitute(node.args)
             kwargs = {k: substitute(v) for k, v in node.kwargs.items()}
-        except ValueError:
+        except _NotConstant:
             return None
         if node.op == "call_method":
             result = getattr(args[0], node.target)(*args[1:], **kwargs)

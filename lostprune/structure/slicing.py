@@ -271,7 +271,7 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     finally:
         for module, mode in training.items():
             module.training = mode
-    for name, conv in plan.folded.items():  # after the modes are restored: the new module copies its own
+    for conv in plan.folded.values():  # after the modes are restored: the new module copies its own
         _replace(dense, conv, FoldedConv2d.from_conv(conv, conv._buffers.pop("fold_weight")))
     report.params_after = _count_params(dense)
     report.shapes = {name: tuple(p.shape) for name, p in dense.named_parameters()}
