@@ -9,11 +9,17 @@ rows, BN entries, consumer columns), so what the masks remove is what slicing re
     counts = plan.fit_uniform(target)              # same fraction of every unit (FT)
     masks = plan.masks(counts)                     # {layer: 0/1 weight mask}
 
-A method with its own allocation (PFP: kept input channels per layer from its error
-analysis) ranks with ``by="in"`` and per-input-channel scores, turns its per-layer kept
-counts into per-unit removal counts with ``plan.counts_from_kept`` (rounded by ``snap``),
-searches its own parameter with ``plan.fit(candidates, counts_of, target)`` and counts what
-it removes with ``plan.removed_weights`` (exactly the weights accounting counts).
+A method with its own allocation (PFP: c_ℓ(ε) kept input channels per layer from its error
+analysis) works the same way with ``by="in"``:
+
+    plan = GroupPlan(ctx.graph(), ctx.layers, ctx.current_masks, by="in", coupled=..., round_to=...)
+    plan.rank(s)                                   # s = {layer: sensitivity per input column}
+    counts_of = lambda eps: plan.counts_from_kept({layer: c_l(eps)}, s)   # snapped, rounded
+    counts = plan.fit(eps_grid, counts_of, ctx.remove_budget())   # ascending ε: removal grows
+    masks = plan.masks(counts)
+
+``plan.removed_weights(counts)`` is exactly the number ``PruneStats`` will report, so a root
+search on it hits the ratio on what is really removed.
 
 ``coupled``: how the members' scores of a channel combine into the unit's score — ``"sum"``
 (default), ``"mean"``, ``"max"``, ``"min"`` or a callable ``[members, size] -> [size]`` — or
