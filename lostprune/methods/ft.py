@@ -30,7 +30,8 @@ def filter_masks(ctx: PruneContext, norm: int) -> dict[str, Tensor]:
                          "network output, grouped convolution or unsupported op"
                          + (f"; coupled='skip' leaves {len(plan.skipped)} coupled groups alone" if plan.skipped else "")
                          + ")")
-    plan.rank({name: (layer.weight.detach() * ctx.current_masks[name]).flatten(1).norm(p=norm, dim=1)
+    # layer.weight is already the masked weight (orig * mask) of a pruned layer
+    plan.rank({name: layer.weight.detach().flatten(1).norm(p=norm, dim=1)
                for name, layer in ctx.layers.items()})
     target = ctx.remove_budget()
     counts = plan.fit_uniform(target)
