@@ -27,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._util import interleaved_ratio, write_section  # noqa: E402
+import lostprune.sparse  # noqa: E402
 from lostprune.ops import pack_weight, sparse_conv2d  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -96,9 +97,9 @@ def test_layer(benchmark, case, impl):
 
 @pytest.mark.parametrize("impl", ["dense", "sparse"])
 def test_resnet18_wt90(benchmark, impl):
-    dense, result, x = resnet18_wt90()
+    dense, sparse, x = resnet18_wt90()
     with torch.inference_mode():
-        benchmark(dense if impl == "dense" else result.model, x)
+        benchmark(dense if impl == "dense" else sparse, x)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -111,8 +112,8 @@ def resnet18_wt90(batch: int = 1, calibrate: bool = True):
     pruned = lostprune.prune(model, "wt", 0.9, progress=False).model
     lostprune.remove_masks(pruned)  # the dense baseline runs without mask hooks
     x = torch.randn(batch, 3, 224, 224)
-    result = lostprune.sparse.convert(pruned, example_input=x, calibrate=calibrate, progress=False)
-    return pruned, result, x
+    sparse = lostprune.sparse.convert(pruned, example_input=x, calibrate=calibrate, progress=False)
+    return pruned, sparse, x
 
 
 # --------------------------------------------------------------------------- GPU
@@ -214,10 +215,11 @@ def main() -> None:
 
     e2e = []
     for batch in (1, 32):
-        dense, result, x = resnet18_wt90(batch)
+        dense, sparse, x = resnet18_wt90(batch)
         with torch.inference_mode():
-            tb, tc, ratio = interleaved_ratio(lambda: dense(x), lambda: result.model(x), rounds=args.rounds,
+            tb, tc, ratio = interleaved_ratio(lambda: dense(x), lambda: sparse(x), rounds=args.rounds,
                                               min_time=0.5)
+        result = lostprune.sparse.report(sparse)
         converted = len(result.converted)
         e2e.append(f"| resnet18, WT 90 % | {batch} | {converted} of {len(result.layers)} | {tb * 1e3:.2f} | "
                    f"{tc * 1e3:.2f} | **{ratio:.2f}×** |")

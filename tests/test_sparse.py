@@ -11,7 +11,7 @@ import lostprune
 import lostprune.models as models
 from lostprune.ops import (PackedWeight, pack_weight, sparse_conv2d, sparse_conv2d_reference, sparse_linear,
                            sparse_linear_reference)
-from lostprune.sparse import SparseConv2d, SparseLinear, convert
+from lostprune.sparse import SparseConv2d, SparseLinear, convert, report
 
 
 def _sparse_weight(shape, sparsity, gen, dtype=torch.float64):
@@ -313,7 +313,7 @@ def test_torch_compile_traces_the_ops(compiled):
         for m in model:
             if hasattr(m, "weight"):
                 m.weight.mul_((torch.rand(m.weight.shape, generator=gen) > 0.85).float())
-    sparse = convert(model, 0.0, calibrate=False, progress=False).model
+    sparse = convert(model, 0.0, calibrate=False, progress=False)
     assert sum(isinstance(m, (SparseConv2d, SparseLinear)) for m in sparse.modules()) == 2
     x = torch.randn(2, 3, 6, 6, generator=gen)
     compiled_model = torch.compile(sparse, backend="aot_eager", fullgraph=True)
@@ -367,38 +367,46 @@ def test_module_errors():
 
 
 # --------------------------------------------------------------------------- convert
+# lostprune.prune() leaves FakeTensor `weight` attributes (from counting FLOPs on fake tensors)
+# on pruned modules until their next forward; convert()'s deepcopy then warns. Reported.
+FAKE_WEIGHT_WARNING = "ignore:Accessing the data pointer of FakeTensor"
+
+
 @pytest.fixture(scope="module")
 def pruned_resnet20():
     torch.manual_seed(0)
     return lostprune.prune(models.create("resnet20").eval(), "wt", 0.9, progress=False).model
 
 
+@pytest.mark.filterwarnings(FAKE_WEIGHT_WARNING)
 def test_convert_pruned_model_matches_dense(compiled, pruned_resnet20):
     x = torch.randn(2, 3, 32, 32)
-    result = convert(pruned_resnet20, min_sparsity=0.5, calibrate=False, progress=False)
-    assert result.model is not pruned_resnet20  # deep copy by default
-    kinds = {type(m) for m in result.model.modules()}
-    assert SparseConv2d in kinds
-    for d in result.layers:
-        module = result.model.get_submodule(d.name)
-        assert isinstance(module, (SparseConv2d, SparseLinear)) == d.converted
+    sparse = convert(pruned_resnet20, min_sparsity=0.5, calibrate=False, progress=False)
+    assert sparse is not pruned_resnet20  # deep copy by default
+    assert SparseConv2d in {type(m) for m in sparse.modules()}
+    decisions = report(sparse).layers
+    assert len(decisions) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in pruned_resnet20.modules())
+    for d in decisions:
+        assert isinstance(sparse.get_submodule(d.name), (SparseConv2d, SparseLinear)) == d.converted
         if d.sparsity < 0.5:
             assert not d.converted and "min_sparsity" in d.reason
     with torch.no_grad():
-        _assert_close(result.model(x), pruned_resnet20(x), 1e-5)
-    assert "layers sparse" in str(result)
+        _assert_close(sparse(x), pruned_resnet20(x), 1e-5)
+    assert "layers sparse" in str(report(sparse)) and report(pruned_resnet20) is None
+    assert "sparse_conversion" not in str(sparse.state_dict().keys())
 
 
+@pytest.mark.filterwarnings(FAKE_WEIGHT_WARNING)
 def test_convert_calibrates_on_example_input(compiled, pruned_resnet20):
     x = torch.randn(1, 3, 32, 32)
-    result = convert(pruned_resnet20, min_sparsity=0.8, example_input=x, rounds=1, min_time=1e-3, progress=False)
-    timed = [d for d in result.layers if d.dense_ms is not None]
+    sparse = convert(pruned_resnet20, min_sparsity=0.8, example_input=x, rounds=1, min_time=1e-3, progress=False)
+    timed = [d for d in report(sparse).layers if d.dense_ms is not None]
     assert timed and all(d.sparse_ms > 0 and d.sparsity >= 0.8 for d in timed)
     for d in timed:  # the decision follows the measurement
         assert d.converted == (d.sparse_ms < d.dense_ms)
     with torch.no_grad():
-        _assert_close(result.model(x), pruned_resnet20(x), 1e-5)
-    assert pruned_resnet20.training is False and result.model.training is False
+        _assert_close(sparse(x), pruned_resnet20(x), 1e-5)
+    assert pruned_resnet20.training is False and sparse.training is False
 
 
 def test_convert_plain_zeros_inplace_and_layer_selection(compiled):
@@ -410,12 +418,12 @@ def test_convert_plain_zeros_inplace_and_layer_selection(compiled):
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         expected = model(x)
-    result = convert(model, 0.5, calibrate=False, inplace=True, layers=["0", "2"], progress=False)
-    assert result.model is model
-    assert [d.name for d in result.layers] == ["0", "2"]
-    assert isinstance(model[0], SparseConv2d) and result.layers[0].sparsity == pytest.approx(8 / 9)
-    assert "cost model" in result.layers[0].reason
-    assert isinstance(model[2], nn.Conv2d) and "min_sparsity" in result.layers[1].reason
+    assert convert(model, 0.5, calibrate=False, inplace=True, layers=["0", "2"], progress=False) is model
+    decisions = report(model).layers
+    assert [d.name for d in decisions] == ["0", "2"]
+    assert isinstance(model[0], SparseConv2d) and decisions[0].sparsity == pytest.approx(8 / 9)
+    assert "cost model" in decisions[0].reason
+    assert isinstance(model[2], nn.Conv2d) and "min_sparsity" in decisions[1].reason
     assert isinstance(model[4], nn.Linear)  # sparse, but not selected
     with torch.no_grad():
         _assert_close(model(x), expected, 1e-5)
@@ -429,8 +437,24 @@ def test_convert_leaves_unsupported_layers_dense(compiled):
     model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular"))
     with torch.no_grad():
         model[0].weight.zero_()
-    result = convert(model, 0.0, calibrate=False, progress=False)
-    assert not result.layers[0].converted and "padding_mode" in result.layers[0].reason
+    decision = report(convert(model, 0.0, calibrate=False, progress=False)).layers[0]
+    assert not decision.converted and "padding_mode" in decision.reason
+
+
+@pytest.mark.filterwarnings("ignore:slice_model")
+@pytest.mark.filterwarnings(FAKE_WEIGHT_WARNING)
+def test_bench_network_variants_include_sparse(compiled):
+    """`lostprune bench` runs the converted model (calibrated at model.input_size) as its
+    'sparse' variant."""
+    from lostprune.bench import _variants
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
+    model.input_size = (3, 16, 16)
+    pruned = lostprune.prune(model, "wt", 0.97, progress=False).model
+    sparse = _variants(pruned)["sparse"]
+    assert [d.name for d in report(sparse).layers] == ["0", "2"]
+    assert all(d.dense_ms is not None for d in report(sparse).layers)  # calibrated
 
 
 # --------------------------------------------------------------------------- CUDA

@@ -11,7 +11,6 @@ where the kernels break even on typical layers.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..bench import time_call
 from ..core.masks import effective_weight
 from .modules import SparseConv2d, SparseLinear
 
@@ -49,10 +49,9 @@ class LayerDecision:
 
 
 @dataclass
-class SparseConversion:
-    """The converted model and one decision per conv / linear layer."""
+class ConversionReport:
+    """One decision per conv / linear layer that convert() considered."""
 
-    model: nn.Module
     layers: list[LayerDecision] = field(default_factory=list)
 
     @property
@@ -126,15 +125,8 @@ def _best_ms(fn: Callable[[], object], other: Callable[[], object], rounds: int,
     fn(), other()
     a, b = [], []
     for _ in range(rounds):
-        for samples, f in ((a, fn), (b, other)):
-            n, start = 0, time.perf_counter()
-            while True:
-                f()
-                n += 1
-                elapsed = time.perf_counter() - start
-                if elapsed >= min_time:
-                    break
-            samples.append(elapsed / n * 1e3)
+        a.append(time_call(fn, repeat=1, warmup=0, min_time=min_time) * 1e3)
+        b.append(time_call(other, repeat=1, warmup=0, min_time=min_time) * 1e3)
     return min(a), min(b)
 
 
@@ -152,9 +144,18 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+REPORT_ATTRIBUTE = "sparse_conversion"
+
+
+def report(model: nn.Module) -> ConversionReport | None:
+    """The decisions ``convert()`` made for ``model`` (None if it did not convert it);
+    ``print(report(model))`` shows the table."""
+    return getattr(model, REPORT_ATTRIBUTE, None)
+
+
 def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, calibrate: bool = True,
             layers: Iterable[str] | None = None, inplace: bool = False, rounds: int = 3,
-            min_time: float = 0.01, progress: bool = True) -> SparseConversion:
+            min_time: float = 0.01, progress: bool = True) -> nn.Module:
     """Replace sparse Conv2d / Linear layers of ``model`` by SparseConv2d / SparseLinear where
     that is faster; the others stay dense.
 
@@ -168,9 +169,8 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
       ``BREAK_EVEN_SPARSITY`` (and ``min_sparsity``).
     - ``layers``: restrict to these layer names.
 
-    Returns a ``SparseConversion``: ``.model`` and one ``LayerDecision`` per layer
-    (``print(result)`` shows the table). The converted model's outputs equal the dense
-    model's up to float rounding.
+    Returns the converted model; its outputs equal the dense model's up to float rounding.
+    ``report(model)`` gives one ``LayerDecision`` per layer (``print`` shows the table).
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"convert: min_sparsity must lie in [0, 1], got {min_sparsity}")
@@ -231,4 +231,5 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
         if decision.converted:
             sparse.train(module.training)
             _set_module(model, name, sparse)
-    return SparseConversion(model, decisions)
+    setattr(model, REPORT_ATTRIBUTE, ConversionReport(decisions))  # a plain attribute: not in state_dict
+    return model
