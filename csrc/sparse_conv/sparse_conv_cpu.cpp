@@ -1,7 +1,8 @@
 // CPU masked sparse conv2d / linear (SPEC §6): work proportional to the nonzeros.
 //
-// Per image, the input is copied once into phase planes (sparse_conv.h): zero padding,
-// stride and dilation become one constant offset per nonzero. The output, numbered on the
+// Per image (or per group of 16 small images, interleaved pixel by pixel), the input is
+// copied once into phase planes (sparse_conv.h): zero padding, stride and dilation become
+// one constant offset per nonzero. The output, numbered on the
 // Wq-wide grid, is cut into tiles of up to kTileVectors SIMD vectors. For one tile and one
 // output channel the tile lives in registers while the channel's nonzeros stream past,
 // each one a broadcast and a fused multiply-add per vector on contiguous input.
@@ -16,7 +17,8 @@
 // shifted by r lanes (one vpermt2ps per vector) instead of paying a cache-line-split load
 // per vector and nonzero; with small buckets that fold costs more than it saves.
 //
-// Threads split images (batch >= threads), else tiles, then output-channel blocks.
+// Threads: one parallel region per call, no barrier. A thread owns whole images (or image
+// groups) when there are enough, else an nnz-balanced block of output channels.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -239,43 +241,98 @@ int64_t planes_numel(const SparseConvArgs& a, int64_t G) {
   return (a.Cin * a.g.channel_stride + a.g.max_dx + 3 * kPlaneAlign) * G;
 }
 
-// Planes of input channels [c_begin, c_end) of the G images at x (each [Cin, H, W],
-// image_stride elements apart).
+#if defined(__AVX512F__)
+// Lanes e of a 16-float load at in_row[first ..] whose column first + e lies in [0, W).
+inline __mmask16 columns_inside(int64_t first, int64_t W) {
+  const int64_t lo = std::clamp<int64_t>(-first, 0, 16), hi = std::clamp<int64_t>(W - first, 0, 16);
+  const uint32_t below_hi = (uint32_t(1) << hi) - 1, below_lo = (uint32_t(1) << lo) - 1;
+  return __mmask16(below_hi & ~below_lo);
+}
+#endif
+
+// One plane row: row[x] = in_row[v0 + x * stride] where that column lies in [0, W), else 0
+// (padding), for x < Wq. With AVX-512, strides 1 and 2 run as masked loads (columns outside
+// the row read as zero and never touch memory) plus, for stride 2, one permute that keeps
+// the even lanes; gathers would be much slower on current x86 cores.
+// With `odd_row` (stride 2 only), also odd_row[x] = in_row[v0 + 2x + 1]: the next column
+// phase's plane row comes from the same two loads.
 template <typename S>
-void fill_planes(const S* x, int64_t image_stride, int64_t G, const SparseConvGeometry& g,
-                 int64_t c_begin, int64_t c_end, S* planes) {
-  const int64_t nplanes = g.ny * g.nx;
-  for (int64_t ci = c_begin; ci < c_end; ++ci) {
-    const S* src = x + ci * g.H * g.W;
-    for (int64_t p = 0; p < nplanes; ++p) {
-      S* dst = planes + (ci * g.channel_stride + p * g.plane_stride) * G;
-      int64_t u0, v0;  // source of element (0, 0); (y, x) reads (u0 + y * sh, v0 + x * sw)
-      plane_source(g, p, 0, 0, &u0, &v0);
-      // Columns x whose source v0 + x * sw lies in [0, W).
-      int64_t x_lo = v0 >= 0 ? 0 : (-v0 + g.sw - 1) / g.sw;
-      int64_t x_hi = g.W - 1 - v0 >= 0 ? (g.W - 1 - v0) / g.sw + 1 : 0;
-      x_hi = std::min(x_hi, g.Wq);
-      x_lo = std::min(x_lo, x_hi);
-      for (int64_t y = 0; y < g.Hq; ++y) {
-        S* row = dst + y * g.Wq * G;
-        const int64_t u = u0 + y * g.sh;
-        if (u < 0 || u >= g.H) {
-          std::fill(row, row + g.Wq * G, S(0));
+void fill_row(S* row, const S* in_row, int64_t W, int64_t v0, int64_t Wq, int64_t stride,
+              S* odd_row = nullptr) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    if (stride <= 2) {
+      const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+      for (int64_t x = 0; x < Wq; x += 16) {
+        const __mmask16 out = Wq - x >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (Wq - x)) - 1);
+        const int64_t first = v0 + x * stride;
+        const __m512 lo = _mm512_maskz_loadu_ps(columns_inside(first, W), in_row + first);
+        if (stride == 1) {
+          _mm512_mask_storeu_ps(row + x, out, lo);
           continue;
         }
-        std::fill(row, row + x_lo * G, S(0));
-        for (int64_t j = 0; j < G; ++j) {
-          const S* in_row = src + j * image_stride + u * g.W + v0;
-          if (G == 1 && g.sw == 1) {
-            std::memcpy(row + x_lo, in_row + x_lo, (x_hi - x_lo) * sizeof(S));
-          } else {
-            for (int64_t x = x_lo; x < x_hi; ++x) row[x * G + j] = in_row[x * g.sw];
-          }
-        }
-        std::fill(row + x_hi * G, row + g.Wq * G, S(0));
+        const __m512 hi = _mm512_maskz_loadu_ps(columns_inside(first + 16, W), in_row + first + 16);
+        _mm512_mask_storeu_ps(row + x, out, _mm512_permutex2var_ps(lo, even, hi));
+        if (odd_row != nullptr) _mm512_mask_storeu_ps(odd_row + x, out, _mm512_permutex2var_ps(lo, odd, hi));
       }
-      // alignment gap: read as garbage columns
-      std::fill(dst + g.plane * G, dst + g.plane_stride * G, S(0));
+      return;
+    }
+  }
+#endif
+  if (odd_row != nullptr) fill_row(odd_row, in_row, W, v0 + 1, Wq, stride);
+  for (int64_t x = 0; x < Wq; ++x) {
+    const int64_t v = v0 + x * stride;
+    row[x] = v >= 0 && v < W ? in_row[v] : S(0);
+  }
+}
+
+// Planes of input channels [c_begin, c_end) of the G images at x (each [Cin, H, W],
+// image_stride elements apart). Geometry in locals: stores to the planes could otherwise
+// alias it and force reloads on every row.
+template <typename S>
+__attribute__((noinline)) void fill_planes(const S* x, int64_t image_stride, int64_t G,
+                                           const SparseConvGeometry& geometry, int64_t c_begin,
+                                           int64_t c_end, S* planes) {
+  const int64_t H = geometry.H, W = geometry.W, Hq = geometry.Hq, Wq = geometry.Wq;
+  const int64_t sh = geometry.sh, sw = geometry.sw, plane = geometry.plane;
+  const int64_t plane_stride = geometry.plane_stride, channel_stride = geometry.channel_stride;
+  const int64_t nplanes = geometry.ny * geometry.nx;
+  int64_t origin[2 * 64];  // per plane: source (u0, v0) of element (0, 0)
+  TORCH_CHECK(nplanes <= 64, "lostprune.sparse_conv2d: at most 64 stride phases, got ", nplanes);
+  for (int64_t p = 0; p < nplanes; ++p) plane_source(geometry, p, 0, 0, &origin[2 * p], &origin[2 * p + 1]);
+  // Stride 2 with both column phases: planes p (even columns) and p + 1 (odd) share rows.
+  const bool pairs = G == 1 && sw == 2 && geometry.nx == 2 && origin[3] == origin[1] + 1;
+  for (int64_t ci = c_begin; ci < c_end; ++ci) {
+    const S* src = x + ci * H * W;
+    for (int64_t p = 0; p < nplanes; p += pairs ? 2 : 1) {
+      S* dst = planes + (ci * channel_stride + p * plane_stride) * G;
+      S* odd = pairs ? dst + plane_stride : nullptr;
+      const int64_t u0 = origin[2 * p], v0 = origin[2 * p + 1];  // (y, x) reads (u0 + y * sh, v0 + x * sw)
+      // Columns x whose source v0 + x * sw lies in [0, W) (interleaved groups).
+      int64_t x_lo = v0 >= 0 ? 0 : (-v0 + sw - 1) / sw;
+      int64_t x_hi = W - 1 - v0 >= 0 ? (W - 1 - v0) / sw + 1 : 0;
+      x_hi = std::min(x_hi, Wq);
+      x_lo = std::min(x_lo, x_hi);
+      for (int64_t y = 0; y < Hq; ++y) {
+        S* row = dst + y * Wq * G;
+        const int64_t u = u0 + y * sh;
+        if (u < 0 || u >= H) {
+          std::fill(row, row + Wq * G, S(0));
+          if (odd != nullptr) std::fill(odd + y * Wq, odd + (y + 1) * Wq, S(0));
+        } else if (G == 1) {
+          fill_row(row, src + u * W, W, v0, Wq, sw, odd != nullptr ? odd + y * Wq : nullptr);
+        } else {
+          std::fill(row, row + x_lo * G, S(0));
+          for (int64_t j = 0; j < G; ++j) {
+            const S* in_row = src + j * image_stride + u * W + v0;
+            for (int64_t c = x_lo; c < x_hi; ++c) row[c * G + j] = in_row[c * sw];
+          }
+          std::fill(row + x_hi * G, row + Wq * G, S(0));
+        }
+      }
+      std::fill(dst + plane * G, dst + plane_stride * G, S(0));  // alignment gap: read as garbage columns
+      if (odd != nullptr) std::fill(odd + plane, odd + plane_stride, S(0));
     }
   }
 }
@@ -403,7 +460,7 @@ struct PlanErrors {
 // their nonzeros (invalid rows become empty: the kernel never reads outside the planes).
 // Per nonzero only table lookups and, for sorted plans, a counting sort.
 template <typename S>
-ConvPlan<S> build_plan(const PlanLayout& layout, const SparseConvArgs& a, const int32_t* col,
+__attribute__((noinline)) ConvPlan<S> build_plan(const PlanLayout& layout, const SparseConvArgs& a, const int32_t* col,
                        const int32_t* row_ptr, const S* values, int64_t co_begin, int64_t co_end,
                        PlanErrors& errors) {
   const int64_t codes = a.Cin_g * a.g.KH * a.g.KW, stride = layout.bucket_stride();
@@ -468,7 +525,7 @@ ConvPlan<S> build_plan(const PlanLayout& layout, const SparseConvArgs& a, const 
 // Output channels [plan.co_begin, co_end), every tile, of one group of G images (image j's
 // output at out + j * out_image).
 template <typename S>
-void conv_tiles(const S* planes, const ConvPlan<S>& plan, const S* bias, const SparseConvArgs& a,
+__attribute__((noinline)) void conv_tiles(const S* planes, const ConvPlan<S>& plan, const S* bias, const SparseConvArgs& a,
                 int64_t co_end, int64_t G, S* out, int64_t out_image) {
   constexpr int L = Simd<S>::L;
   constexpr int64_t tile_len = kTileVectors * L;
