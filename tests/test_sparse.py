@@ -4,13 +4,18 @@ op checks, autograd, torch.compile, SparseConv2d / SparseLinear and convert().""
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import lostprune
-import lostprune.models as models
-from lostprune.ops import (PackedWeight, pack_weight, sparse_conv2d, sparse_conv2d_reference, sparse_linear,
-                           sparse_linear_reference)
+from lostprune import models
+from lostprune.ops import (
+    PackedWeight,
+    pack_weight,
+    sparse_conv2d,
+    sparse_conv2d_reference,
+    sparse_linear,
+)
 from lostprune.sparse import SparseConv2d, SparseLinear, convert, report
 
 

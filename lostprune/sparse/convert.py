@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..bench import time_call
 from ..core.masks import effective_weight
@@ -130,6 +129,16 @@ def _best_ms(fn: Callable[[], object], other: Callable[[], object], rounds: int,
     return min(a), min(b)
 
 
+def _time_layer(dense: Callable[[Tensor], Tensor], sparse: nn.Module, shape: torch.Size, rounds: int,
+                min_time: float) -> tuple[float, float]:
+    """(dense ms, sparse ms) on a random input of ``shape``, synchronizing CUDA."""
+    weight = sparse.values
+    x = torch.randn(shape, device=weight.device, dtype=weight.dtype)
+    sync = torch.cuda.synchronize if weight.device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        return _best_ms(lambda: (dense(x), sync()), lambda: (sparse(x), sync()), rounds, min_time)
+
+
 def _dense_call(module: nn.Module) -> Callable[[Tensor], Tensor]:
     weight = effective_weight(module).detach()
     bias = module.bias.detach() if module.bias is not None else None
@@ -219,13 +228,7 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
                    else " (layer not reached by example_input)")
             decision.reason = f"cost model: sparsity {'>=' if decision.converted else '<'} {threshold:g}{why}"
         else:
-            weight = sparse.values
-            x = torch.randn(shape, device=weight.device, dtype=weight.dtype)
-            dense_fn = _dense_call(module)
-            sync = torch.cuda.synchronize if weight.device.type == "cuda" else (lambda: None)
-            with torch.inference_mode():
-                decision.dense_ms, decision.sparse_ms = _best_ms(lambda: (dense_fn(x), sync()),
-                                                                 lambda: (sparse(x), sync()), rounds, min_time)
+            decision.dense_ms, decision.sparse_ms = _time_layer(_dense_call(module), sparse, shape, rounds, min_time)
             decision.converted = decision.sparse_ms < decision.dense_ms
             decision.reason = "calibrated: " + ("sparse faster" if decision.converted else "dense faster")
         if decision.converted:

@@ -10,12 +10,17 @@ fine-tuning keeps the sparsity pattern.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..core.masks import effective_weight
-from ..ops.sparse import (PackedWeight, conv_arguments, dense_weight, pack_weight, run_sparse_conv2d,
-                          run_sparse_linear)
+from ..ops.sparse import (
+    PackedWeight,
+    conv_arguments,
+    dense_weight,
+    pack_weight,
+    run_sparse_conv2d,
+    run_sparse_linear,
+)
 
 
 class _SparseBase(nn.Module):
