@@ -7,6 +7,7 @@ from .evaluation import (EvaluationGrid, Shift, corruption_shift, corruption_shi
 from .features import FeatureMatrix, informative_feature_matrix, informative_features, reduce_to
 from .potential import (ExcessErrorFit, SeedSummary, excess_error, fit_excess_error, prune_potential,
                         prune_potential_over_seeds, summarize)
+from .recommend import recommend_ratio
 from .segmentation import confusion_matrix, iou_from_confusion, mean_iou
 from .similarity import Similarity, functional_similarity, similarity_table
 
@@ -15,5 +16,5 @@ __all__ = [
     "corruption_shift", "corruption_shifts", "evaluate_grid", "excess_error", "fit_excess_error",
     "functional_similarity", "informative_feature_matrix", "informative_features", "iou_from_confusion",
     "iter_labeled_batches", "mean_iou", "noise_shift", "nominal", "prune_potential", "prune_potential_over_seeds",
-    "reduce_to", "similarity_table", "summarize",
+    "recommend_ratio", "reduce_to", "similarity_table", "summarize",
 ]
