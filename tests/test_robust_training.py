@@ -91,6 +91,20 @@ def test_noise_has_the_drawn_level_per_sample(kind):
             assert float(delta[i].abs().max()) <= level + 1e-6
 
 
+@pytest.mark.cuda
+def test_augmentation_on_the_gpu_draws_what_the_cpu_draws():
+    x = normalized_batch(32)
+    augment = ShiftAugmentation(["contrast", "gaussian_blur"], noise="gaussian", mean=MEAN, std=STD, seed=0)
+    draw = augment.draw(len(x))
+    no_noise = ShiftAugmentation(["contrast", "gaussian_blur"], noise=None, mean=MEAN, std=STD, seed=0)
+    cpu = no_noise.apply(x, draw)
+    gpu = no_noise.apply(x.cuda(), draw)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
+    noisy = augment.apply(x.cuda(), draw)
+    assert noisy.device.type == "cuda" and noisy.shape == x.shape
+
+
 def test_pixel_inputs_without_normalization():
     pixels = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     out = ShiftAugmentation(["contrast"], severities=[5], noise=None, seed=0)(pixels)

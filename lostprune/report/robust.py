@@ -90,9 +90,14 @@ def recommendation_rows(results: ExperimentResults) -> list[list[str]]:
         for arm in results.arms:
             if not results.curves(method, arm):
                 continue
-            nominal = recommend_ratio(results, [], method=method, arm=arm)
-            every = recommend_ratio(results, shifts, method=method, arm=arm)
-            own = {d: recommend_ratio(results, [d], method=method, arm=arm, include_nominal=False) for d in shifts}
+            try:
+                nominal = recommend_ratio(results, [], method=method, arm=arm)
+                every = recommend_ratio(results, shifts, method=method, arm=arm)
+                own = {d: recommend_ratio(results, [d], method=method, arm=arm, include_nominal=False)
+                       for d in shifts}
+            except ValueError:  # an unfinished run: some network is not evaluated yet
+                rows.append([method.upper(), _arm_label(arm), "–", "–", "not evaluated yet"])
+                continue
             limiting = sorted((v, d) for d, v in own.items() if v < nominal)
             lowest = [label(d) for v, d in limiting if v == limiting[0][0]] if limiting else []
             rows.append([method.upper(), _arm_label(arm), f"{100 * nominal:.1f}", f"{100 * every:.1f}",
@@ -122,7 +127,7 @@ def comparison_figure(results: ExperimentResults, path: Path) -> Path | None:
     methods = results.methods
     if not methods or not groups:
         return None
-    fig, axes = plt.subplots(1, len(methods), figsize=(max(4.0, 0.55 * len(groups)) * len(methods), 3.8),
+    fig, axes = plt.subplots(len(methods), 1, figsize=(max(5.0, 0.5 * len(groups) + 1.5), 3.0 * len(methods) + 0.8),
                              squeeze=False, sharey=True)
     x = np.arange(len(groups))
     for ax, method in zip(axes.flat, methods):
@@ -134,7 +139,8 @@ def comparison_figure(results: ExperimentResults, path: Path) -> Path | None:
         ax.set_xticks(x, [name for name, _ in groups], rotation=45, ha="right", fontsize=8)
         ax.set_title(method.upper())
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel(f"prune potential P (%), δ = {100 * results.delta:g} %")
+    for ax in axes.flat:
+        ax.set_ylabel(f"P (%), δ = {100 * results.delta:g} %")
     axes[0, 0].legend(fontsize=8)
     return _save(fig, path)
 
