@@ -156,17 +156,15 @@ def test_robust_training_is_reproducible_and_resumes_identically(tmp_path):
     def trained(**kwargs):
         torch.manual_seed(0)
         model = models.create("small_cnn", num_classes=10, width=4)
-        train(model, subset, config, batch_transform=transform, progress=False, **kwargs)
-        return model.state_dict()
+        result = train(model, subset, config, batch_transform=transform, progress=False, **kwargs)
+        return model.state_dict(), result
 
-    a, b = trained(), trained()
+    (a, _), (b, _) = trained(), trained()
     assert all(torch.equal(a[k], b[k]) for k in a)
     checkpoint = tmp_path / "ck.pt"
-    torch.manual_seed(0)
-    model = models.create("small_cnn", num_classes=10, width=4)
-    train(model, subset, config, batch_transform=transform, progress=False, checkpoint=checkpoint,
-          callbacks=[lambda record: record["epoch"] == 1])  # stop after epoch 1
-    resumed = trained(checkpoint=checkpoint)
+    trained(checkpoint=checkpoint, callbacks=[lambda record: record["epoch"] == 1])  # stops after epoch 1
+    resumed, result = trained(checkpoint=checkpoint)
+    assert result.resumed_from == 1
     assert all(torch.equal(a[k], resumed[k]) for k in a)
     torch.manual_seed(0)
     clean = models.create("small_cnn", num_classes=10, width=4)

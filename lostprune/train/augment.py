@@ -194,23 +194,24 @@ def _check_corruptions(names: Sequence[str]) -> list[str]:
     return names
 
 
+def _check_each(values: Sequence, name: str, valid, allowed: str) -> list:
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} must list at least one value: {allowed}")
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not valid(value):
+            raise ValueError(f"{name}[{i}] must be {allowed}, got {value!r}")
+    return values
+
+
 def _check_severities(severities: Sequence[int]) -> list[int]:
-    severities = list(severities)
-    if not severities:
-        raise ValueError("severities must list at least one severity in 0..5 (0 = clean)")
-    for i, s in enumerate(severities):
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEVERITY:
-            raise ValueError(f"severities[{i}] must be an integer in 0..5 (0 = clean), got {s!r}")
-    return severities
+    return _check_each(severities, "severities", lambda s: isinstance(s, int) and 0 <= s <= MAX_SEVERITY,
+                       "an integer in 0..5 (0 = clean)")
 
 
 def _check_levels(levels: Sequence[float]) -> list[float]:
-    levels = list(levels)
-    if not levels:
-        raise ValueError("noise_levels must list at least one level >= 0 (0 = no noise)")
-    for i, level in enumerate(levels):
-        if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level) or level < 0:
-            raise ValueError(f"noise_levels[{i}] must be a finite number >= 0, got {level!r}")
+    levels = _check_each(levels, "noise_levels", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+                         "a finite number >= 0 (0 = no noise)")
     return [float(level) for level in levels]
 
 
