@@ -38,23 +38,12 @@ MIXES = {
 
 
 def experiment_config(seeds: list[int], methods: list[str]) -> dict:
-    return {
-        "name": "bench_robust_training",
-        "network": "small_cnn",
-        "network_options": {"width": 16},
-        "data": {"name": "digits"},
-        "methods": methods,
-        "schedule": {"mode": "cascade", "ratios": [0.3, 0.5, 0.7, 0.8, 0.9]},
-        "train": {"epochs": 12, "lr": 0.05, "batch_size": 64, "warmup_epochs": 1, "schedule": "cosine",
-                  "weight_decay": 5.0e-4},
-        "retrain": {"epochs": 3},
-        "robust": {"corruptions": list(DEFAULT_TRAINING_CORRUPTIONS), "severities": [0, 1, 2, 3, 4, 5],
-                   "noise": {"kind": "gaussian", "levels": [0.0, 0.1, 0.2, 0.3]}},
-        "seeds": seeds,
-        "test": {"noise": {"kind": "gaussian", "levels": [0.1, 0.3], "draws": 2},
-                 "corruptions": {"names": HELD_OUT, "severities": [3]}},
-        "metrics": {"delta": 0.005, "similarity": False, "informative_features": False},
-    }
+    """The shipped robust demo (`lostprune demo --robust` is its seed 0) over more seeds."""
+    from lostprune.experiments.config import resolve_config_path
+
+    config = yaml.safe_load(resolve_config_path("demo_robust").read_text())
+    assert config["test"]["corruptions"]["names"] == HELD_OUT
+    return {**config, "name": "bench_robust_training", "seeds": seeds, "methods": methods}
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
