@@ -3,8 +3,8 @@
 1. Overhead: one training epoch on the built-in digits (small CNN, batch 64, CPU) with the
    ``ShiftAugmentation`` batch transform against the clean pipeline, sampled alternately
    (``interleaved_ratio``), for the default mix, the robust demo's mix and a heavy one.
-2. Effect: the experiment runner with both training arms (nominal and shift-aware) over
-   several seeds; mean prune potential over the held-out corruptions (the 15 benchmark
+2. Effect: the experiment runner on the shipped ``demo_robust`` config (both training arms,
+   nominal and shift-aware) over several seeds; mean prune potential over the held-out corruptions (the 15 benchmark
    corruptions at severity 3, none of them trained on) per method and arm.
 
     python benchmarks/bench_robust_training.py            # writes benchmarks/results/robust_training.md
@@ -143,7 +143,8 @@ def main() -> None:
             ("Built-in digits (1,129 training images), small CNN (width 16), batch 64, one CPU thread; "
             "medians of 5 interleaved epochs each."), ""] + (overhead or ["(not measured in this run)"])
     body += ["", "### Effect: prune potential on held-out corruptions",
-             (f"Experiment runner, digits, small CNN (width 16), methods {', '.join(m.upper() for m in methods)}, "
+             ("The shipped `demo_robust` config (`lostprune demo --robust` is seed 0) run by the experiment "
+              f"runner: digits, small CNN (width 16), methods {', '.join(m.upper() for m in methods)}, "
              "cascade to prune ratios 0.3/0.5/0.7/0.8/0.9, parent 12 epochs, retraining 3 epochs per cycle, "
              f"seeds {', '.join(map(str, args.seeds))}. Shift-aware arm: parent and retraining on the default "
              f"mix ({', '.join(DEFAULT_TRAINING_CORRUPTIONS)} at severities 0–5, Gaussian noise 0–0.3). "
