@@ -95,7 +95,7 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     missing = set(selected) - set(masks)
     if missing:
         raise RuntimeError(f"method {pruning_method.name!r} returned no mask for {sorted(missing)}")
-    apply_masks(selected, masks)
+    apply_masks(selected, masks, validate=False)  # the method's own masks; shapes are still checked
     if pruning_method.structured:
         removed = ctx.graph().effective_masks(masks)
     else:

@@ -35,35 +35,50 @@ def effective_weight(module: nn.Module, name: str = "weight") -> Tensor:
     return getattr(module, name)
 
 
-def _check_mask(name: str, module: nn.Module, mask: Tensor, param: str) -> Tensor:
+def _check_mask(name: str, module: nn.Module, mask: Tensor, param: str, values: bool = True) -> Tensor:
     target = getattr(module, f"{param}_orig", None)
     if target is None:
         target = getattr(module, param)
     if tuple(mask.shape) != tuple(target.shape):
         raise ValueError(f"mask for {name}.{param} has shape {tuple(mask.shape)} but the parameter has "
                          f"shape {tuple(target.shape)}")
-    if not torch.isin(mask.unique(), torch.tensor([0.0, 1.0], device=mask.device)).all():
+    if values and not bool(((mask == 0) | (mask == 1)).all()):  # elementwise: a sort (unique) is 10x slower
         raise ValueError(f"mask for {name}.{param} must contain only 0 and 1")
     return mask.to(device=target.device, dtype=target.dtype)
 
 
-def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, Tensor], param: str = "weight") -> None:
+def _install(module: nn.Module, name: str, mask: Tensor) -> None:
+    """What ``torch.nn.utils.prune.custom_from_mask`` sets up — ``<name>_orig`` parameter,
+    ``<name>_mask`` buffer, the pruning method as forward pre-hook — without its extra passes
+    over the tensor (it recomputes and combines the mask several times)."""
+    method = torch_prune.CustomFromMask(mask)
+    method._tensor_name = name
+    orig = getattr(module, name)
+    del module._parameters[name]
+    module.register_parameter(f"{name}_orig", orig)
+    module.register_buffer(f"{name}_mask", mask)
+    module.register_forward_pre_hook(method)
+
+
+def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, Tensor], param: str = "weight",
+                validate: bool = True) -> None:
     """Install ``masks`` on the layers' ``param`` in nn.utils.prune format.
 
     A layer that is already pruned keeps its hook: the new mask is combined with the old one
     (elementwise product), so removed weights are never revived. The masked-out entries of
     ``<param>_orig`` are zeroed too, so zeros stay zero even where an optimizer's weight decay
     or momentum touches the raw parameter, and ``prune.remove`` leaves exact zeros.
+    ``validate=False`` skips the 0/1 check (for masks lostprune's own methods made).
     """
     for name, mask in masks.items():
         if name not in layers:
             raise KeyError(f"mask given for {name!r}, which is not among the prunable layers")
         module = layers[name]
-        mask = _check_mask(name, module, mask, param)
+        mask = _check_mask(name, module, mask, param, values=validate)
         if is_pruned(module, param):
             getattr(module, f"{param}_mask").mul_(mask)
         else:
-            torch_prune.custom_from_mask(module, param, mask)
+            _install(module, param, mask.clone())
         _refresh(module, param)
 
 
