@@ -10,7 +10,9 @@
 
 Samples that drew the same (corruption, severity) are corrupted together in one batched
 call, on the batch's device. The per-sample draws come from a CPU generator, so the same
-seed makes the same choices on a CPU and a GPU.
+seed makes the same choices on a CPU and a GPU. Targets are left alone: for segmentation,
+train on photometric corruptions (noise, blur, weather, brightness/contrast), not on the
+ones that move pixels (elastic_transform, zoom_blur, glass_blur).
 
 Seeding: with ``seed=None`` every batch draws its randomness from torch's global generator,
 which ``train`` seeds per epoch inside a forked RNG — so a training run with this transform
