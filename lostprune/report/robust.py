@@ -56,7 +56,7 @@ def _slope(results: ExperimentResults, method: str, distributions: list[str], ar
 
 
 def _gain(a, b) -> str:
-    return "–" if a is None or b is None else f"{100 * (b.mean - a.mean):+.1f}"
+    return "–" if a is None or b is None else f"{round(100 * (b.mean - a.mean), 1) + 0.0:+.1f}"  # no "-0.0"
 
 
 def comparison_table(results: ExperimentResults) -> Table:
