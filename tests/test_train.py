@@ -86,9 +86,12 @@ def test_batch_transform_sees_every_batch_on_the_device():
     assert sum(seen) == 96
 
 
-def test_callbacks_stop_early():
-    result = train(tiny_cnn(), blobs(), FAST, callbacks=[lambda record: record["epoch"] == 2], progress=False)
+def test_callbacks_stop_early_for_good(tmp_path):
+    result = train(tiny_cnn(), blobs(), FAST, callbacks=[lambda record: record["epoch"] == 2],
+                   checkpoint=tmp_path / "c.pt", progress=False)
     assert result.stopped_early and len(result.history) == 2
+    again = train(tiny_cnn(), blobs(), FAST, checkpoint=tmp_path / "c.pt", progress=False)
+    assert again.stopped_early and len(again.history) == 2
 
 
 def test_snapshots_keep_the_rewind_points():

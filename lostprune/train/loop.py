@@ -275,9 +275,10 @@ def _make_loader(data, config: TrainConfig, device: torch.device, generator: tor
         raise ValueError("data is empty")
     # A last batch of one image would break BatchNorm in training mode.
     drop_last = len(data) > config.batch_size and len(data) % config.batch_size == 1
+    # Workers are not persistent: each epoch starts them from the reseeded generator, which
+    # keeps augmentation in workers reproducible per epoch (and resume exact).
     return DataLoader(data, batch_size=config.batch_size, shuffle=True, generator=generator,
-                      num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=drop_last,
-                      persistent_workers=config.num_workers > 0)
+                      num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=drop_last)
 
 
 def _read_checkpoint(path: Path, config: TrainConfig) -> dict:
@@ -313,7 +314,10 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
     - ``snapshot_epochs``: keep CPU copies of the model state after these epochs (0 = before
       training) in ``result.snapshots``, e.g. the rewind point of lottery-ticket cycles.
     - ``batch_transform``: applied to each input batch on the device (noise, corruptions).
-    - ``callbacks``: called with each epoch's record; returning True stops training.
+    - ``callbacks``: called with each epoch's record; returning True stops training (for good:
+      resuming that checkpoint returns at once).
+
+    The model is left in eval mode, its masked weights current.
     """
     from tqdm.auto import tqdm
 
@@ -360,6 +364,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
         result.history = list(state["history"])
         result.snapshots = dict(state.get("snapshots", {}))
         first = result.resumed_from = state["epoch"]
+        result.stopped_early = bool(state.get("stopped_early", False))
     pruned = _mask_pairs(model)
     _zero_masked(pruned, refresh=True)
     if first == start_epoch and start_epoch in snapshot_epochs:
@@ -369,14 +374,15 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
         save_atomic({"format": CHECKPOINT_FORMAT, "epoch": epoch, "config": dataclasses.asdict(config),
                      "model": state_on_cpu(model), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                     "history": result.history, "snapshots": result.snapshots}, checkpoint)
+                     "history": result.history, "snapshots": result.snapshots,
+                     "stopped_early": result.stopped_early}, checkpoint)
 
     rng_devices = [device] if device.type == "cuda" else []
     bar = tqdm(total=(config.epochs - start_epoch) * steps, initial=(first - start_epoch) * steps, desc=desc,
                unit="step", leave=False, disable=not progress, dynamic_ncols=True)
     model.train()
     try:
-        for epoch in range(first, config.epochs):
+        for epoch in range(first, config.epochs if not result.stopped_early else first):
             started = time.perf_counter()
             seed = _epoch_seed(config.seed, epoch)
             generator.manual_seed(seed)
@@ -397,11 +403,10 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
                 result.snapshots[epoch + 1] = state_on_cpu(model)
             bar.set_postfix(epoch=epoch + 1, loss=f"{stats['train_loss']:.3f}",
                             acc=f"{stats['train_accuracy']:.3f}", refresh=False)
-            stop = any([bool(callback(record)) for callback in callbacks])
+            stop = result.stopped_early = any([bool(callback(record)) for callback in callbacks])
             if checkpoint is not None and (stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs):
                 save(epoch + 1)
             if stop:
-                result.stopped_early = True
                 break
     finally:
         bar.close()
