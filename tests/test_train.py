@@ -54,9 +54,10 @@ def test_training_learns_a_separable_task():
 def test_training_accepts_data_splits_and_dataloaders():
     from lostprune.data.splits import DataSplits
 
-    splits = DataSplits("blobs", train=blobs(), test=blobs(seed=1), s=blobs(8), validation=None,
+    splits = DataSplits("blobs", train=blobs(), test=blobs(seed=1), s=blobs(8), validation=blobs(12, seed=2),
                         classes=["a", "b", "c"], input_size=(3, 8, 8), mean=(0,) * 3, std=(1,) * 3)
-    train(tiny_cnn(), splits, dataclasses.replace(FAST, epochs=1), progress=False)
+    result = train(tiny_cnn(), splits, dataclasses.replace(FAST, epochs=1), val_data=splits, progress=False)
+    assert result.final["val_accuracy"] == evaluate(result.model, splits.validation)["accuracy"]
     history = train(tiny_cnn(), DataLoader(blobs(), batch_size=32), dataclasses.replace(FAST, epochs=1),
                     progress=False).history
     assert len(history) == 1

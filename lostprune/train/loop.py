@@ -192,11 +192,12 @@ def _check_targets(targets: torch.Tensor, logits: torch.Tensor, argument: str) -
                          f"outputs {logits.shape[1]} classes")
 
 
-def _as_dataset(data, argument: str):
+def _as_dataset(data, argument: str, split: str):
+    """``data`` as a Dataset or DataLoader; DataSplits stand for their ``split``."""
     from ..data.splits import DataSplits
 
     if isinstance(data, DataSplits):
-        return data.train if argument == "data" else data.test
+        return data.split(split)
     if isinstance(data, (Dataset, DataLoader)):
         return data
     raise TypeError(f"{argument} must be a Dataset, a DataLoader or DataSplits, got {type(data).__name__}")
@@ -233,7 +234,7 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | tor
     segmentation outputs (N x K x H x W; label 255 ignored)."""
     from tqdm.auto import tqdm
 
-    data = _as_dataset(data, "data_eval")
+    data = _as_dataset(data, "data", "test")
     device = torch.device(device) if device is not None else model_device(model)
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
     use_amp, amp_dtype = _autocast(device, amp)
@@ -304,8 +305,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
           batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None, loss_fn: Callable | None = None,
           callbacks: Sequence[Callable[[dict], bool | None]] = (), progress: bool = True,
           desc: str = "train") -> TrainResult:
-    """Train ``model`` in place on ``data`` (a Dataset, a DataLoader or DataSplits) and return
-    its per-epoch history.
+    """Train ``model`` in place on ``data`` (a Dataset, a DataLoader or DataSplits, whose train
+    split is used) and return its per-epoch history. ``val_data`` (DataSplits: the validation
+    split) is evaluated after every epoch.
 
     - ``start_epoch``: begin the schedule there (weight rewinding retrains from epoch k).
     - ``checkpoint``: file written every ``checkpoint_every`` epochs (atomically) and, with
@@ -331,8 +333,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
     bad = [e for e in snapshot_epochs if not (isinstance(e, int) and start_epoch <= e <= config.epochs)]
     if bad:
         raise ValueError(f"snapshot_epochs must lie in [start_epoch={start_epoch}, epochs={config.epochs}], got {bad}")
-    data = _as_dataset(data, "data")
-    val_data = _as_dataset(val_data, "val_data") if val_data is not None else None
+    data = _as_dataset(data, "data", "train")
+    val_data = _as_dataset(val_data, "val_data", "validation") if val_data is not None else None
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
 
