@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from .._io import save_atomic
-from ..core.masks import load_pruned, masked_parameters
+from ..core.masks import load_pruned, masked_parameters, settle_masks  # noqa: F401  (settle_masks: public here too)
 from .schedules import LRSchedule
 
 CHECKPOINT_FORMAT = "lostprune.train/1"
@@ -127,15 +127,6 @@ def _zero_masked(pairs, *, refresh: bool = False) -> None:
         orig.mul_(mask)
         if refresh:  # the forward pre-hook recomputes it anyway; this keeps it right between forwards
             setattr(module, name, orig * mask)
-
-
-def settle_masks(model: nn.Module) -> nn.Module:
-    """Zero the raw weights under every mask and recompute the masked tensors without an
-    autograd graph. A masked tensor left over from a forward with gradients (or from
-    ``load_pruned``) is not a graph leaf, and ``copy.deepcopy`` — which ``lostprune.prune``
-    uses — refuses such modules."""
-    _zero_masked(_mask_pairs(model), refresh=True)
-    return model
 
 
 # --------------------------------------------------------------------------- helpers
