@@ -25,9 +25,16 @@ def frost_dir(python: str | None = None) -> str | None:
     python = python or reference_python()
     if python is None:
         return None
-    out = subprocess.run([python, "-c", "import imagecorruptions, os; "
-                          "print(os.path.join(os.path.dirname(imagecorruptions.__file__), 'frost'))"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            python,
+            "-c",
+            "import imagecorruptions, os; "
+            "print(os.path.join(os.path.dirname(imagecorruptions.__file__), 'frost'))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip() or None
 
 
@@ -37,11 +44,14 @@ class ReferenceWorker:
     def __init__(self, python: str | None = None):
         python = python or reference_python()
         if python is None:
-            raise RuntimeError("no imagecorruptions venv: run benchmarks/make_imagecorruptions_venv.sh "
-                               "and set IMAGECORRUPTIONS_PYTHON")
+            raise RuntimeError(
+                "no imagecorruptions venv: run benchmarks/make_imagecorruptions_venv.sh "
+                "and set IMAGECORRUPTIONS_PYTHON"
+            )
         self.tmp = tempfile.TemporaryDirectory(prefix="lp-ic-")
-        self.proc = subprocess.Popen([python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
 
     def _ask(self, **cmd) -> dict:
         self.proc.stdin.write(json.dumps(cmd) + "\n")

@@ -39,9 +39,9 @@ def _clipped_zoom_centered(img, factor):
     h = img.shape[0]
     ch = int(np.ceil(h / factor))
     top = (h - ch) // 2
-    img = scizoom(img[top:top + ch, top:top + ch], (factor, factor, 1), order=1)
+    img = scizoom(img[top : top + ch, top : top + ch], (factor, factor, 1), order=1)
     trim = (img.shape[0] - h) // 2
-    return img[trim:trim + h, trim:trim + h]
+    return img[trim : trim + h, trim : trim + h]
 
 
 def _hsv(x, fn):
@@ -56,16 +56,22 @@ def cifar(img: Image.Image, name: str, severity: int) -> np.ndarray:
     x = np.array(img) / 255.0
     h, w = x.shape[:2]
     if name == "gaussian_noise":
-        return np.clip(x + np.random.normal(size=x.shape, scale=[0.04, 0.06, .08, .09, .10][s]), 0, 1) * 255
+        return (
+            np.clip(x + np.random.normal(size=x.shape, scale=[0.04, 0.06, 0.08, 0.09, 0.10][s]), 0, 1) * 255
+        )
     if name == "shot_noise":
         c = [500, 250, 100, 75, 50][s]
         return np.clip(np.random.poisson(x * c) / c, 0, 1) * 255
     if name == "impulse_noise":
-        return np.clip(sk.util.random_noise(x, mode="s&p", amount=[.01, .02, .03, .05, .07][s]), 0, 1) * 255
+        return (
+            np.clip(sk.util.random_noise(x, mode="s&p", amount=[0.01, 0.02, 0.03, 0.05, 0.07][s]), 0, 1) * 255
+        )
     if name == "speckle_noise":
-        return np.clip(x + x * np.random.normal(size=x.shape, scale=[.06, .1, .12, .16, .2][s]), 0, 1) * 255
+        return (
+            np.clip(x + x * np.random.normal(size=x.shape, scale=[0.06, 0.1, 0.12, 0.16, 0.2][s]), 0, 1) * 255
+        )
     if name == "gaussian_blur":
-        return np.clip(gaussian(x, sigma=[.4, .6, 0.7, .8, 1][s], multichannel=True), 0, 1) * 255
+        return np.clip(gaussian(x, sigma=[0.4, 0.6, 0.7, 0.8, 1][s], multichannel=True), 0, 1) * 255
     if name == "glass_blur":
         sigma, d, iters = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)][s]
         y = np.uint8(gaussian(x, sigma=sigma, multichannel=True) * 255)
@@ -81,7 +87,9 @@ def cifar(img: Image.Image, name: str, severity: int) -> np.ndarray:
         return np.clip(np.stack([cv2.filter2D(x[:, :, c], -1, k) for c in range(3)], 2), 0, 1) * 255
     if name == "motion_blur":
         r, sig = [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)][s]
-        return np.clip(ic._motion_blur(np.array(img), radius=r, sigma=sig, angle=np.random.uniform(-45, 45)), 0, 255)
+        return np.clip(
+            ic._motion_blur(np.array(img), radius=r, sigma=sig, angle=np.random.uniform(-45, 45)), 0, 255
+        )
     if name == "zoom_blur":
         factors = np.arange(1, [1.06, 1.11, 1.16, 1.21, 1.26][s], 0.01)
         xf = x.astype(np.float32)
@@ -90,8 +98,13 @@ def cifar(img: Image.Image, name: str, severity: int) -> np.ndarray:
             out += _clipped_zoom_centered(xf, z)
         return np.clip((xf + out) / (len(factors) + 1), 0, 1) * 255
     if name == "snow":
-        c = [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
-             (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)][s]
+        c = [
+            (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+            (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+            (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+            (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+            (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+        ][s]
         xf = x.astype(np.float32)
         layer = np.random.normal(size=(h, w), loc=c[0], scale=c[1])
         layer = _clipped_zoom_centered(layer[..., None], c[2])
@@ -109,30 +122,32 @@ def cifar(img: Image.Image, name: str, severity: int) -> np.ndarray:
         frost = cv2.imread(str(__import__("pathlib").Path(ic.__file__).parent / "frost" / fname))
         frost = cv2.resize(frost, (0, 0), fx=0.2, fy=0.2)
         xs, ys = np.random.randint(0, frost.shape[0] - h), np.random.randint(0, frost.shape[1] - w)
-        frost = frost[xs:xs + h, ys:ys + w][..., [2, 1, 0]]
+        frost = frost[xs : xs + h, ys : ys + w][..., [2, 1, 0]]
         return np.clip(c[0] * np.array(img) + c[1] * frost, 0, 255)
     if name == "fog":
-        c = [(.2, 3), (.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)][s]
+        c = [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)][s]
         peak = x.max()
         x = x + c[0] * ic.plasma_fractal(mapsize=32, wibbledecay=c[1])[:h, :w][..., None]
         return np.clip(x * peak / (peak + c[0]), 0, 1) * 255
     if name == "spatter":
         return _spatter_cifar(x.astype(np.float32), s)
     if name == "contrast":
-        c = [.75, .5, .4, .3, 0.15][s]
+        c = [0.75, 0.5, 0.4, 0.3, 0.15][s]
         m = x.mean(axis=(0, 1), keepdims=True)
         return np.clip((x - m) * c + m, 0, 1) * 255
     if name == "brightness":
-        c = [.05, .1, .15, .2, .3][s]
+        c = [0.05, 0.1, 0.15, 0.2, 0.3][s]
 
         def shift(v):
             v[:, :, 2] = np.clip(v[:, :, 2] + c, 0, 1)
+
         return _hsv(img, shift)
     if name == "saturate":
         c = [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)][s]
 
         def scale(v):
             v[:, :, 1] = np.clip(v[:, :, 1] * c[0] + c[1], 0, 1)
+
         return _hsv(img, scale)
     if name == "jpeg_compression":
         out = BytesIO()
@@ -147,8 +162,13 @@ def cifar(img: Image.Image, name: str, severity: int) -> np.ndarray:
 
 
 def _spatter_cifar(x, s):
-    c = [(0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0), (0.65, 0.3, 1, 0.69, 0.5, 0),
-         (0.65, 0.1, 0.7, 0.69, 0.6, 1), (0.65, 0.1, 0.5, 0.68, 0.6, 1)][s]
+    c = [
+        (0.62, 0.1, 0.7, 0.7, 0.5, 0),
+        (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+        (0.65, 0.3, 1, 0.69, 0.5, 0),
+        (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+        (0.65, 0.1, 0.5, 0.68, 0.6, 1),
+    ][s]
     liquid = gaussian(np.random.normal(size=x.shape[:2], loc=c[0], scale=c[1]), sigma=c[2])
     liquid[liquid < c[3]] = 0
     if c[5] == 0:
@@ -167,25 +187,41 @@ def _spatter_cifar(x, s):
         return cv2.cvtColor(np.clip(x + m * color, 0, 1), cv2.COLOR_BGRA2BGR) * 255
     m = gaussian(np.where(liquid > c[3], 1, 0).astype(np.float32), sigma=c[4])
     m[m < 0.8] = 0
-    color = np.concatenate([v / 255.0 * np.ones_like(x[..., :1]) for v in (63, 42, 20)], axis=2) * m[..., None]
+    color = (
+        np.concatenate([v / 255.0 * np.ones_like(x[..., :1]) for v in (63, 42, 20)], axis=2) * m[..., None]
+    )
     return np.clip(x * (1 - m[..., None]) + color, 0, 1) * 255
 
 
 def _elastic_cifar(image, s):
     size = image.shape[0]
-    c = [(size * 0, size * 0, size * 0.08), (size * 0.05, size * 0.2, size * 0.07), (size * 0.08, size * 0.06, size * 0.06),
-         (size * 0.1, size * 0.04, size * 0.05), (size * 0.1, size * 0.03, size * 0.03)][s]
+    c = [
+        (size * 0, size * 0, size * 0.08),
+        (size * 0.05, size * 0.2, size * 0.07),
+        (size * 0.08, size * 0.06, size * 0.06),
+        (size * 0.1, size * 0.04, size * 0.05),
+        (size * 0.1, size * 0.03, size * 0.03),
+    ][s]
     shape = image.shape
     center = np.float32(shape[:2]) // 2
     sq = min(shape[:2]) // 3
     pts1 = np.float32([center + sq, [center[0] + sq, center[1] - sq], center - sq])
     pts2 = pts1 + np.random.uniform(-c[2], c[2], size=pts1.shape).astype(np.float32)
-    image = cv2.warpAffine(image, cv2.getAffineTransform(pts1, pts2), shape[:2][::-1],
-                           borderMode=cv2.BORDER_REFLECT_101)
-    dx = (gaussian(np.random.uniform(-1, 1, size=shape[:2]), c[1], mode="reflect", truncate=3) * c[0]).astype(np.float32)
-    dy = (gaussian(np.random.uniform(-1, 1, size=shape[:2]), c[1], mode="reflect", truncate=3) * c[0]).astype(np.float32)
+    image = cv2.warpAffine(
+        image, cv2.getAffineTransform(pts1, pts2), shape[:2][::-1], borderMode=cv2.BORDER_REFLECT_101
+    )
+    dx = (gaussian(np.random.uniform(-1, 1, size=shape[:2]), c[1], mode="reflect", truncate=3) * c[0]).astype(
+        np.float32
+    )
+    dy = (gaussian(np.random.uniform(-1, 1, size=shape[:2]), c[1], mode="reflect", truncate=3) * c[0]).astype(
+        np.float32
+    )
     xx, yy, zz = np.meshgrid(np.arange(shape[1]), np.arange(shape[0]), np.arange(shape[2]))
-    idx = (np.reshape(yy + dy[..., None], (-1, 1)), np.reshape(xx + dx[..., None], (-1, 1)), np.reshape(zz, (-1, 1)))
+    idx = (
+        np.reshape(yy + dy[..., None], (-1, 1)),
+        np.reshape(xx + dx[..., None], (-1, 1)),
+        np.reshape(zz, (-1, 1)),
+    )
     return np.clip(map_coordinates(image, idx, order=1, mode="reflect").reshape(shape), 0, 1) * 255
 
 
@@ -211,7 +247,9 @@ def main() -> None:
             answer = {"n": len(images)}
         elif cmd["op"] == "run":
             start = time.perf_counter()
-            result = run(images, cmd["name"], cmd["severity"], cmd.get("table", "imagenet"), cmd.get("seed", 0))
+            result = run(
+                images, cmd["name"], cmd["severity"], cmd.get("table", "imagenet"), cmd.get("seed", 0)
+            )
             answer = {"seconds": time.perf_counter() - start}
             if cmd.get("out"):
                 np.save(cmd["out"], result)

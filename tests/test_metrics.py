@@ -7,10 +7,23 @@ import pytest
 import torch
 from torch import nn
 
-from lostprune.metrics import (confusion_matrix, corruption_shift, evaluate_grid, excess_error, fit_excess_error,
-                               functional_similarity, informative_feature_matrix, informative_features, mean_iou,
-                               noise_shift, nominal, prune_potential, prune_potential_over_seeds, reduce_to,
-                               similarity_table)
+from lostprune.metrics import (
+    confusion_matrix,
+    corruption_shift,
+    evaluate_grid,
+    excess_error,
+    fit_excess_error,
+    functional_similarity,
+    informative_feature_matrix,
+    informative_features,
+    mean_iou,
+    noise_shift,
+    nominal,
+    prune_potential,
+    prune_potential_over_seeds,
+    reduce_to,
+    similarity_table,
+)
 from lostprune.metrics import evaluation as evaluation_module
 
 # ---------------------------------------------------------------- prune potential
@@ -20,12 +33,15 @@ ERRORS = [0.100, 0.104, 0.120, 0.105]  # the 0.6 network fails, the 0.8 one pass
 PARENT = 0.100
 
 
-@pytest.mark.parametrize("delta, any_, prefix", [
-    (0.0, 0.2, 0.2),       # only the first network is no worse than the parent
-    (0.004, 0.4, 0.4),
-    (0.005, 0.8, 0.4),     # default δ: the 0.8 network qualifies, the prefix stops at 0.6
-    (0.02, 0.8, 0.8),
-])
+@pytest.mark.parametrize(
+    "delta, any_, prefix",
+    [
+        (0.0, 0.2, 0.2),  # only the first network is no worse than the parent
+        (0.004, 0.4, 0.4),
+        (0.005, 0.8, 0.4),  # default δ: the 0.8 network qualifies, the prefix stops at 0.6
+        (0.02, 0.8, 0.8),
+    ],
+)
 def test_prune_potential_both_readings(delta, any_, prefix):
     assert prune_potential(RATIOS, ERRORS, PARENT, delta, "any") == any_
     assert prune_potential(RATIOS, ERRORS, PARENT, delta, "prefix") == prefix
@@ -45,21 +61,25 @@ def test_prune_potential_over_seeds():
     assert s.values == (0.5, 0.9)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: prune_potential([0.1, 0.2], [0.1], 0.1), "same length"),
-    (lambda: prune_potential([1.0], [0.1], 0.1), r"prune ratios in \[0, 1\)"),
-    (lambda: prune_potential([0.5], [1.5], 0.1), r"error rates in \[0, 1\]"),
-    (lambda: prune_potential([0.5], [0.1], float("nan")), "parent_error"),
-    (lambda: prune_potential([0.5], [0.1], 0.1, delta=-0.1), r"delta must be in \[0, 1\)"),
-    (lambda: prune_potential([0.5], [0.1], 0.1, reading="max"), "reading must be one of"),
-    (lambda: prune_potential_over_seeds(RATIOS, [ERRORS], [0.1, 0.1]), "one per seed"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: prune_potential([0.1, 0.2], [0.1], 0.1), "same length"),
+        (lambda: prune_potential([1.0], [0.1], 0.1), r"prune ratios in \[0, 1\)"),
+        (lambda: prune_potential([0.5], [1.5], 0.1), r"error rates in \[0, 1\]"),
+        (lambda: prune_potential([0.5], [0.1], float("nan")), "parent_error"),
+        (lambda: prune_potential([0.5], [0.1], 0.1, delta=-0.1), r"delta must be in \[0, 1\)"),
+        (lambda: prune_potential([0.5], [0.1], 0.1, reading="max"), "reading must be one of"),
+        (lambda: prune_potential_over_seeds(RATIOS, [ERRORS], [0.1, 0.1]), "one per seed"),
+    ],
+)
 def test_prune_potential_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
 
 
 # ---------------------------------------------------------------- excess error
+
 
 def test_excess_error_of_constructed_errors():
     # pruned: 10 % → 30 % on D′ (gap 0.20); parent: 8 % → 20 % (gap 0.12)
@@ -83,6 +103,7 @@ def test_excess_error_line_through_origin():
 
 
 # ---------------------------------------------------------------- hand-made models and data
+
 
 class ChannelVote(nn.Module):
     """Predicts the channel with the largest mean: error rates are computable by hand."""
@@ -138,15 +159,24 @@ def test_grid_noise_draws_and_reproducibility():
     models = {"parent": ChannelVote(), "other": ChannelVote((0, 2, 1))}
     shifts = [nominal(), noise_shift("gaussian", 20.0, draws=4), noise_shift("uniform", 30.0, draws=2)]
     g1 = evaluate_grid(models, shifts, (x, y), normalize=((0.5,) * 3, (0.25,) * 3), seed=3, progress=False)
-    g2 = evaluate_grid({"parent": models["parent"]}, shifts[::-1], (x, y), normalize=((0.5,) * 3, (0.25,) * 3),
-                       seed=3, progress=False)
+    g2 = evaluate_grid(
+        {"parent": models["parent"]},
+        shifts[::-1],
+        (x, y),
+        normalize=((0.5,) * 3, (0.25,) * 3),
+        seed=3,
+        progress=False,
+    )
     name = shifts[1].name
-    assert g1.error("parent", name) == g2.error("parent", name)  # independent of the shifts' order and the models
+    assert g1.error("parent", name) == g2.error(
+        "parent", name
+    )  # independent of the shifts' order and the models
     assert g1.error_std["parent"][name] > 0 and g1.error_std["parent"]["nominal"] == 0
     assert g1.error("parent", name) > g1.error("parent")
     assert g1.prune_potential("parent", {"other": 0.5}, name, delta=0.99) == 0.5
     assert g1.excess_error("other", "parent", [name]) == pytest.approx(
-        (g1.error("other", name) - g1.error("other")) - (g1.error("parent", name) - g1.error("parent")))
+        (g1.error("other", name) - g1.error("other")) - (g1.error("parent", name) - g1.error("parent"))
+    )
 
 
 def test_grid_bad_input():
@@ -165,6 +195,7 @@ def test_grid_bad_input():
 
 # ---------------------------------------------------------------- functional similarity
 
+
 def test_similarity_of_a_model_with_itself_and_another():
     x, y = vote_data(50)
     model = ChannelVote()
@@ -172,12 +203,14 @@ def test_similarity_of_a_model_with_itself_and_another():
     assert same.agreement == 1.0 and same.softmax_l2 == 0.0 and same.agreement_std == 0.0
     other = functional_similarity(ChannelVote((1, 0, 2)), model, (x, y), level=0.3, draws=3)
     assert other.agreement < 0.8 and other.softmax_l2 > 0.1
-    table = similarity_table({"p": model, "q": ChannelVote((1, 0, 2))}, "p", (x, y), levels=(0.0, 0.3),
-                             draws=2, progress=False)
+    table = similarity_table(
+        {"p": model, "q": ChannelVote((1, 0, 2))}, "p", (x, y), levels=(0.0, 0.3), draws=2, progress=False
+    )
     assert table["p"][0.0].agreement == 1.0 and table["q"][0.3].draws == 2
 
 
 # ---------------------------------------------------------------- informative features
+
 
 class RegionModel(nn.Module):
     """Class 0's logit = sum of a fixed pixel region (positive inputs), class 1's = 0: only that
@@ -207,16 +240,20 @@ def test_exact_mode_is_the_greedy_selection():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
     images = torch.randn(2, 3, 4, 4)
-    masks = informative_features(model, images, fraction=0.25, mode="exact", pixels_per_step=1, progress=False)
+    masks = informative_features(
+        model, images, fraction=0.25, mode="exact", pixels_per_step=1, progress=False
+    )
     for i in range(2):  # plain greedy, one forward pass at a time
-        x = images[i:i + 1]
+        x = images[i : i + 1]
         target = int(model(x).argmax())
         kept = set(range(16))
         while len(kept) > 4:
+
             def conf_without(p):
                 m = torch.zeros(16, dtype=torch.bool)
                 m[list(kept - {p})] = True
                 return float(model(x * m.view(1, 1, 4, 4)).softmax(1)[0, target].detach())
+
             kept.remove(max(sorted(kept), key=conf_without))
         assert set(masks[i].flatten().nonzero().flatten().tolist()) == kept
 
@@ -226,8 +263,15 @@ def test_informative_feature_matrix():
     bottom = RegionModel(slice(6, 8), slice(0, 8))
     images = torch.rand(4, 3, 8, 8) + 0.1
     labels = torch.zeros(4, dtype=torch.long)
-    fm = informative_feature_matrix({"top": top, "bottom": bottom}, images, labels, fraction=0.25,
-                                    mode="gradient", pixels_per_step=2, progress=False)
+    fm = informative_feature_matrix(
+        {"top": top, "bottom": bottom},
+        images,
+        labels,
+        fraction=0.25,
+        mode="gradient",
+        pixels_per_step=2,
+        progress=False,
+    )
     assert fm.masks["top"][:, :2].all() and not fm.masks["top"][:, 2:].any()
     assert fm.accuracy["top"]["top"] == 1.0 and fm.confidence["top"]["top"] > 0.9
     # bottom sees only zeros on top's pixels: logits (0, 0), confidence 1/2
@@ -240,6 +284,7 @@ def test_informative_feature_matrix():
 
 
 # ---------------------------------------------------------------- segmentation
+
 
 def test_mean_iou_known_value():
     target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 1]])
@@ -279,6 +324,7 @@ def test_grid_scores_segmentation_by_miou():
 
 # ---------------------------------------------------------------- end to end with the pruning core
 
+
 def quadrant_data(n, seed):
     """Class = the bright quadrant of a noisy 3×16×16 image."""
     g = torch.Generator().manual_seed(seed)
@@ -286,7 +332,7 @@ def quadrant_data(n, seed):
     y = torch.randint(0, 4, (n,), generator=g)
     for q in range(4):
         r, c = divmod(q, 2)
-        x[y == q, :, 8 * r:8 * r + 8, 8 * c:8 * c + 8] += 0.5
+        x[y == q, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] += 0.5
     return x.clamp(0, 1), y
 
 
@@ -295,8 +341,9 @@ def test_end_to_end_pruned_networks_under_shift():
 
     # a hand-set network: box-filtered brightness, ReLU, quadrant means, linear vote (no training)
     g = torch.Generator().manual_seed(0)
-    parent = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                           nn.Linear(16, 4))
+    parent = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 4)
+    )
     with torch.no_grad():
         parent[0].weight.copy_(0.3 + 0.2 * torch.rand(4, 3, 3, 3, generator=g))
         parent[0].bias.zero_()
@@ -307,11 +354,20 @@ def test_end_to_end_pruned_networks_under_shift():
     mean, std = (0.45,) * 3, (0.25,) * 3
     norm = lambda t: (t - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)  # noqa: E731
     ratios = {"wt50": 0.5, "wt80": 0.8, "wt95": 0.95}
-    models = {"parent": parent, **{k: lostprune.prune(parent, "wt", r, progress=False).model for k, r in ratios.items()}}
-    shifts = [nominal(), noise_shift("gaussian", 1.0, draws=2), corruption_shift("contrast", 3),
-              corruption_shift("gaussian_blur", 3)]
+    models = {
+        "parent": parent,
+        **{k: lostprune.prune(parent, "wt", r, progress=False).model for k, r in ratios.items()},
+    }
+    shifts = [
+        nominal(),
+        noise_shift("gaussian", 1.0, draws=2),
+        corruption_shift("contrast", 3),
+        corruption_shift("gaussian_blur", 3),
+    ]
     xte, yte = quadrant_data(200, 1)
-    grid = evaluate_grid(models, shifts, (xte, yte), normalize=(mean, std), reference="parent", progress=False)
+    grid = evaluate_grid(
+        models, shifts, (xte, yte), normalize=(mean, std), reference="parent", progress=False
+    )
     assert grid.error("parent") < 0.1
     assert grid.agreement["parent"]["nominal"] == 1.0 and grid.softmax_l2["parent"]["nominal"] == 0.0
     errors = {k: grid.error(k) for k in ratios}
@@ -321,8 +377,9 @@ def test_end_to_end_pruned_networks_under_shift():
     fit = grid.excess_error_fit("parent", ratios, ["contrast:3", "gaussian_blur:3"])
     assert len(fit.values) == 3 and math.isfinite(fit.slope)
     # on its own informative 10 % of the pixels the parent stays far more confident than on random 10 %
-    fm = informative_feature_matrix({"parent": parent, "wt50": models["wt50"]}, norm(xte[:16]), yte[:16],
-                                    fraction=0.1, progress=False)
+    fm = informative_feature_matrix(
+        {"parent": parent, "wt50": models["wt50"]}, norm(xte[:16]), yte[:16], fraction=0.1, progress=False
+    )
     random_masks = torch.rand(16, 16, 16).flatten(1).argsort(1).argsort(1).view(16, 16, 16) < 26
     with torch.no_grad():
         random_conf = parent(reduce_to(norm(xte[:16]), random_masks)).softmax(1)[torch.arange(16), yte[:16]]

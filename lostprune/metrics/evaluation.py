@@ -28,6 +28,7 @@ from .segmentation import confusion_matrix, iou_from_confusion
 class Shift:
     """A test distribution: the nominal test set, optionally corrupted (pixels, before
     normalization) and/or with input noise (after normalization) averaged over ``draws``."""
+
     name: str
     corruption: str | None = None
     severity: int = 0
@@ -61,7 +62,9 @@ def corruption_shift(corruption: str, severity: int, name: str | None = None) ->
     return Shift(name or f"{corruption}:{severity}", corruption=corruption, severity=severity)
 
 
-def corruption_shifts(severities: Iterable[int] = (1, 2, 3, 4, 5), names: Iterable[str] | None = None) -> list[Shift]:
+def corruption_shifts(
+    severities: Iterable[int] = (1, 2, 3, 4, 5), names: Iterable[str] | None = None
+) -> list[Shift]:
     """Every corruption (default: all 19) at every given severity."""
     from ..robustness.corruptions import NAMES
 
@@ -83,7 +86,7 @@ def iter_labeled_batches(data, batch_size: int = 256) -> Iterator[tuple[Tensor, 
         if len(images) != len(labels):
             raise ValueError(f"data: {len(images)} images but {len(labels)} labels")
         for i in range(0, len(images), batch_size):
-            yield images[i:i + batch_size], labels[i:i + batch_size]
+            yield images[i : i + batch_size], labels[i : i + batch_size]
         return
     if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
         data = DataLoader(data, batch_size=batch_size, shuffle=False)
@@ -159,6 +162,7 @@ class _Accumulator:
 class EvaluationGrid:
     """Results of ``evaluate_grid``; every value is the mean over the shift's noise draws,
     ``*_std`` the std over them (0 for deterministic shifts)."""
+
     models: list[str]
     shifts: list[Shift]
     errors: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -173,21 +177,42 @@ class EvaluationGrid:
     def error(self, model: str, shift: str = "nominal") -> float:
         return self.errors[model][shift]
 
-    def prune_potential(self, parent: str, ratios: Mapping[str, float], shift: str = "nominal",
-                        delta: float = DEFAULT_DELTA, reading: str = "any") -> float:
+    def prune_potential(
+        self,
+        parent: str,
+        ratios: Mapping[str, float],
+        shift: str = "nominal",
+        delta: float = DEFAULT_DELTA,
+        reading: str = "any",
+    ) -> float:
         """P_δ on one shift; ``ratios`` maps the pruned models' names to their prune ratios."""
         names = list(ratios)
-        return prune_potential([ratios[n] for n in names], [self.errors[n][shift] for n in names],
-                               self.errors[parent][shift], delta, reading)
+        return prune_potential(
+            [ratios[n] for n in names],
+            [self.errors[n][shift] for n in names],
+            self.errors[parent][shift],
+            delta,
+            reading,
+        )
 
-    def excess_error(self, model: str, parent: str, shifts: str | Sequence[str],
-                     nominal_shift: str = "nominal") -> float:
+    def excess_error(
+        self, model: str, parent: str, shifts: str | Sequence[str], nominal_shift: str = "nominal"
+    ) -> float:
         shifts = [shifts] if isinstance(shifts, str) else list(shifts)
-        return excess_error(self.errors[model][nominal_shift], [self.errors[model][s] for s in shifts],
-                            self.errors[parent][nominal_shift], [self.errors[parent][s] for s in shifts])
+        return excess_error(
+            self.errors[model][nominal_shift],
+            [self.errors[model][s] for s in shifts],
+            self.errors[parent][nominal_shift],
+            [self.errors[parent][s] for s in shifts],
+        )
 
-    def excess_error_fit(self, parent: str, ratios: Mapping[str, float], shifts: str | Sequence[str],
-                         nominal_shift: str = "nominal"):
+    def excess_error_fit(
+        self,
+        parent: str,
+        ratios: Mapping[str, float],
+        shifts: str | Sequence[str],
+        nominal_shift: str = "nominal",
+    ):
         names = list(ratios)
         values = [self.excess_error(n, parent, shifts, nominal_shift) for n in names]
         return fit_excess_error([ratios[n] for n in names], values)
@@ -197,8 +222,13 @@ class EvaluationGrid:
         out = []
         for m in self.models:
             for s in self.shifts:
-                row = {"model": m, "shift": s.name, "error": self.errors[m][s.name],
-                       "error_std": self.error_std[m][s.name], "draws": s.draws}
+                row = {
+                    "model": m,
+                    "shift": s.name,
+                    "error": self.errors[m][s.name],
+                    "error_std": self.error_std[m][s.name],
+                    "draws": s.draws,
+                }
                 if self.reference is not None:
                     row.update(agreement=self.agreement[m][s.name], softmax_l2=self.softmax_l2[m][s.name])
                 out.append(row)
@@ -210,10 +240,18 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def evaluate_grid(models: Mapping[str, nn.Module], shifts: Sequence[Shift] | None = None, data=None, *,
-                  normalize: tuple[Sequence[float], Sequence[float]] | None = None, reference: str | None = None,
-                  batch_size: int = 256, seed: int = 0, ignore_index: int = 255,
-                  progress: bool = True) -> EvaluationGrid:
+def evaluate_grid(
+    models: Mapping[str, nn.Module],
+    shifts: Sequence[Shift] | None = None,
+    data=None,
+    *,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    reference: str | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    ignore_index: int = 255,
+    progress: bool = True,
+) -> EvaluationGrid:
     """Errors of every model on every shift, each shifted batch made once and shared.
 
     models: name -> model (put in eval mode here; each stays on its device).
@@ -242,8 +280,13 @@ def evaluate_grid(models: Mapping[str, nn.Module], shifts: Sequence[Shift] | Non
     try:
         from tqdm.auto import tqdm
 
-        batches = tqdm(iter_labeled_batches(data, batch_size), desc="evaluate", unit="batch",
-                       disable=not progress, leave=False)
+        batches = tqdm(
+            iter_labeled_batches(data, batch_size),
+            desc="evaluate",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
         samples = 0
         with torch.inference_mode():
             for b, (x, y) in enumerate(batches):
@@ -258,7 +301,14 @@ def evaluate_grid(models: Mapping[str, nn.Module], shifts: Sequence[Shift] | Non
             model.train(was_training[m])
     grid = EvaluationGrid(list(models), shifts, reference=reference, samples=samples)
     for m in models:
-        for field_name in ("errors", "error_std", "agreement", "agreement_std", "softmax_l2", "softmax_l2_std"):
+        for field_name in (
+            "errors",
+            "error_std",
+            "agreement",
+            "agreement_std",
+            "softmax_l2",
+            "softmax_l2_std",
+        ):
             getattr(grid, field_name)[m] = {}
         for s in shifts:
             runs = [acc[(m, s.name, d)] for d in range(s.draws)]
@@ -272,8 +322,18 @@ def evaluate_grid(models: Mapping[str, nn.Module], shifts: Sequence[Shift] | Non
     return grid
 
 
-def _run_shift(models, shift: Shift, pixels: Tensor, labels: Tensor, batch: int, seed: int, normalize,
-               reference, ignore_index, acc) -> None:
+def _run_shift(
+    models,
+    shift: Shift,
+    pixels: Tensor,
+    labels: Tensor,
+    batch: int,
+    seed: int,
+    normalize,
+    reference,
+    ignore_index,
+    acc,
+) -> None:
     base = pixels
     if shift.corruption is not None:
         base = corrupt(pixels, shift.corruption, shift.severity, seed=_seed(seed, shift.name, batch))

@@ -41,9 +41,18 @@ def _confidence(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
     return model_outputs(model, x).float().softmax(1).gather(1, target.view(-1, 1)).squeeze(1)
 
 
-def informative_features(model: nn.Module, images: Tensor, fraction: float = 0.1, *, mode: str = "gradient",
-                         pixels_per_step: int | None = None, baseline: float = 0.0, target: Tensor | None = None,
-                         batch_size: int = 1024, progress: bool = True) -> Tensor:
+def informative_features(
+    model: nn.Module,
+    images: Tensor,
+    fraction: float = 0.1,
+    *,
+    mode: str = "gradient",
+    pixels_per_step: int | None = None,
+    baseline: float = 0.0,
+    target: Tensor | None = None,
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> Tensor:
     """Boolean N×H×W masks of the kept (most informative) pixels, round(f·H·W) per image.
 
     target: the class whose confidence is kept high (default: the model's prediction on the
@@ -71,7 +80,8 @@ def informative_features(model: nn.Module, images: Tensor, fraction: float = 0.1
         for r in trange(rounds, desc=f"informative features ({mode})", disable=not progress, leave=False):
             remove = min(step, hw - keep - r * step)
             scores = (_exact_scores if mode == "exact" else _gradient_scores)(
-                model, x, kept, target, baseline, batch_size)
+                model, x, kept, target, baseline, batch_size
+            )
             scores = scores.masked_fill(~kept, float("-inf"))
             drop = scores.topk(remove, dim=1).indices  # highest confidence after removal = least loss
             kept.scatter_(1, drop, False)
@@ -94,7 +104,7 @@ def _exact_scores(model, x, kept, target, baseline, batch_size) -> Tensor:
     candidates = kept.nonzero()  # (image, pixel) pairs still present
     with torch.no_grad():
         for start in range(0, len(candidates), batch_size):
-            img, pix = candidates[start:start + batch_size].unbind(1)
+            img, pix = candidates[start : start + batch_size].unbind(1)
             trial = current[img].clone().view(len(img), c, hw)
             trial[torch.arange(len(img), device=x.device), :, pix] = baseline
             scores[img, pix] = _confidence(model, trial.view(-1, c, h, w), target[img])
@@ -121,6 +131,7 @@ class FeatureMatrix:
     """confidence[a][b], accuracy[a][b]: model b on the images reduced to model a's
     informative pixels. Confidence = b's softmax probability of the label (the true label
     when given, else b's prediction on the full image)."""
+
     names: list[str]
     confidence: dict[str, dict[str, float]]
     accuracy: dict[str, dict[str, float]]
@@ -131,16 +142,34 @@ class FeatureMatrix:
         return torch.tensor([[table[a][b] for b in self.names] for a in self.names])
 
 
-def informative_feature_matrix(models: Mapping[str, nn.Module], images: Tensor, labels: Tensor | None = None, *,
-                               fraction: float = 0.1, mode: str = "gradient", pixels_per_step: int | None = None,
-                               baseline: float = 0.0, batch_size: int = 1024,
-                               progress: bool = True) -> FeatureMatrix:
+def informative_feature_matrix(
+    models: Mapping[str, nn.Module],
+    images: Tensor,
+    labels: Tensor | None = None,
+    *,
+    fraction: float = 0.1,
+    mode: str = "gradient",
+    pixels_per_step: int | None = None,
+    baseline: float = 0.0,
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> FeatureMatrix:
     """Informative pixels of every model (e.g. parent, pruned networks, a separately
     trained network), and every model evaluated on every other model's pixels."""
     names = list(models)
-    masks = {a: informative_features(models[a], images, fraction, mode=mode, pixels_per_step=pixels_per_step,
-                                     baseline=baseline, batch_size=batch_size, progress=progress)
-             for a in names}
+    masks = {
+        a: informative_features(
+            models[a],
+            images,
+            fraction,
+            mode=mode,
+            pixels_per_step=pixels_per_step,
+            baseline=baseline,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        for a in names
+    }
     confidence: dict[str, dict[str, float]] = {a: {} for a in names}
     accuracy: dict[str, dict[str, float]] = {a: {} for a in names}
     for b in names:

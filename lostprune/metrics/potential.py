@@ -29,6 +29,7 @@ DEFAULT_DELTA = 0.005
 @dataclass(frozen=True)
 class SeedSummary:
     """mean ± std (population std, ddof = 0) of one value over seeds."""
+
     mean: float
     std: float
     values: tuple[float, ...]
@@ -63,8 +64,13 @@ def _check_curve(ratios: Sequence[float], errors: Sequence[float]) -> tuple[np.n
     return r, e
 
 
-def prune_potential(ratios: Sequence[float], errors: Sequence[float], parent_error: float,
-                    delta: float = DEFAULT_DELTA, reading: str = "any") -> float:
+def prune_potential(
+    ratios: Sequence[float],
+    errors: Sequence[float],
+    parent_error: float,
+    delta: float = DEFAULT_DELTA,
+    reading: str = "any",
+) -> float:
     """P_δ of one prune curve: ``ratios[i]`` and ``errors[i]`` describe the i-th pruned network
     (error on the test distribution of interest), ``parent_error`` the parent on the same one."""
     if reading not in READINGS:
@@ -85,19 +91,28 @@ def prune_potential(ratios: Sequence[float], errors: Sequence[float], parent_err
     return best
 
 
-def prune_potential_over_seeds(ratios, errors: Sequence[Sequence[float]], parent_errors: Sequence[float],
-                               delta: float = DEFAULT_DELTA, reading: str = "any") -> SeedSummary:
+def prune_potential_over_seeds(
+    ratios,
+    errors: Sequence[Sequence[float]],
+    parent_errors: Sequence[float],
+    delta: float = DEFAULT_DELTA,
+    reading: str = "any",
+) -> SeedSummary:
     """P_δ per seed, then mean ± std. ``ratios`` is one list shared by all seeds or one list
     per seed; ``errors[s]`` and ``parent_errors[s]`` belong to seed s."""
     errors = [list(e) for e in errors]
     if len(errors) != len(parent_errors):
         raise ValueError(f"{len(errors)} error curves but {len(parent_errors)} parent errors (one per seed)")
-    per_seed_ratios = (list(ratios) if len(ratios) and isinstance(ratios[0], (list, tuple, np.ndarray))
-                       else [ratios] * len(errors))
+    per_seed_ratios = (
+        list(ratios)
+        if len(ratios) and isinstance(ratios[0], (list, tuple, np.ndarray))
+        else [ratios] * len(errors)
+    )
     if len(per_seed_ratios) != len(errors):
         raise ValueError(f"{len(per_seed_ratios)} ratio lists but {len(errors)} error curves")
-    return summarize([prune_potential(r, e, p, delta, reading)
-                      for r, e, p in zip(per_seed_ratios, errors, parent_errors)])
+    return summarize(
+        [prune_potential(r, e, p, delta, reading) for r, e, p in zip(per_seed_ratios, errors, parent_errors)]
+    )
 
 
 def _mean_rate(value, name: str) -> float:
@@ -120,6 +135,7 @@ def excess_error(pruned_nominal: float, pruned_shifted, parent_nominal: float, p
 @dataclass(frozen=True)
 class ExcessErrorFit:
     """Least-squares line through the origin, excess ≈ slope · ratio."""
+
     slope: float
     ratios: tuple[float, ...]
     values: tuple[float, ...]
@@ -134,12 +150,16 @@ def fit_excess_error(ratios: Sequence[float], excess: Sequence[float]) -> Excess
     r = np.asarray(ratios, dtype=np.float64).reshape(-1)
     e = np.asarray(excess, dtype=np.float64).reshape(-1)
     if r.shape != e.shape or r.size == 0:
-        raise ValueError(f"ratios and excess must be non-empty and of equal length, got {r.size} and {e.size}")
+        raise ValueError(
+            f"ratios and excess must be non-empty and of equal length, got {r.size} and {e.size}"
+        )
     if not (np.all(np.isfinite(r)) and np.all(np.isfinite(e))):
         raise ValueError("ratios and excess must be finite")
     denom = float(r @ r)
     if denom == 0:
-        raise ValueError("fit_excess_error: all ratios are 0; a line through the origin needs a pruned network")
+        raise ValueError(
+            "fit_excess_error: all ratios are 0; a line through the origin needs a pruned network"
+        )
     slope = float(r @ e) / denom
     total = float(e @ e)
     residual = float(((e - slope * r) ** 2).sum())

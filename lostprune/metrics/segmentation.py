@@ -8,11 +8,15 @@ import torch
 from torch import Tensor
 
 
-def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255) -> Tensor:
+def confusion_matrix(
+    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255
+) -> Tensor:
     """(K, K) int64 counts, rows = true class, columns = predicted class; pixels whose target
     is ``ignore_index`` (or outside 0..K-1) are skipped."""
     if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     pred, target = pred.reshape(-1).long(), target.reshape(-1).long()

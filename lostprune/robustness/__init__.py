@@ -7,6 +7,19 @@ from .corruptions import corrupt, corruption_names, corruption_params, table_for
 from .loaders import ArrayImageDataset, cifar10_1, cifar10c, imagenet_c
 from .noise import GaussianNoise, InputNoise, UniformNoise, add_noise, noise_like
 
-__all__ = ["CORRUPTIONS", "ArrayImageDataset", "GaussianNoise", "InputNoise", "UniformNoise", "add_noise",
-           "cifar10_1", "cifar10c", "corrupt", "corruption_names", "corruption_params", "imagenet_c",
-           "noise_like", "table_for"]
+__all__ = [
+    "CORRUPTIONS",
+    "ArrayImageDataset",
+    "GaussianNoise",
+    "InputNoise",
+    "UniformNoise",
+    "add_noise",
+    "cifar10_1",
+    "cifar10c",
+    "corrupt",
+    "corruption_names",
+    "corruption_params",
+    "imagenet_c",
+    "noise_like",
+    "table_for",
+]

@@ -30,8 +30,10 @@ class ArrayImageDataset(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None):
         if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
-            raise ValueError(f"images must be an N×H×W×C uint8 array with C in (1, 3), got shape "
-                             f"{images.shape} and dtype {images.dtype}")
+            raise ValueError(
+                f"images must be an N×H×W×C uint8 array with C in (1, 3), got shape "
+                f"{images.shape} and dtype {images.dtype}"
+            )
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels, self.transform = images, np.asarray(labels), transform
@@ -48,16 +50,22 @@ class ArrayImageDataset(Dataset):
     def tensors(self) -> tuple[Tensor, Tensor]:
         """All images as one N×C×H×W uint8 tensor, and the labels as int64."""
         images = torch.from_numpy(np.array(self.images)).permute(0, 3, 1, 2)  # a copy: memmaps are read-only
-        return images, torch.as_tensor(self.labels, dtype=torch.long)
+        return images, torch.from_numpy(np.array(self.labels, dtype=np.int64))
 
 
 def _need(path: Path, what: str) -> Path:
     if not path.is_file():
         found = sorted(p.name for p in path.parent.glob("*.npy")) if path.parent.is_dir() else []
-        raise FileNotFoundError(f"{what}: {path} not found"
-                                + (f"; the folder has {', '.join(found)}" if found else
-                                   f"; {path.parent} has no .npy files" if path.parent.is_dir() else
-                                   f"; {path.parent} does not exist"))
+        raise FileNotFoundError(
+            f"{what}: {path} not found"
+            + (
+                f"; the folder has {', '.join(found)}"
+                if found
+                else f"; {path.parent} has no .npy files"
+                if path.parent.is_dir()
+                else f"; {path.parent} does not exist"
+            )
+        )
     return path
 
 
@@ -71,7 +79,9 @@ def _check_severity(severity: int) -> None:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
 
 
-def cifar10c(root: str | Path, corruption: str, severity: int, transform: Callable | None = None) -> ArrayImageDataset:
+def cifar10c(
+    root: str | Path, corruption: str, severity: int, transform: Callable | None = None
+) -> ArrayImageDataset:
     """One corruption at one severity of the official CIFAR-10-C arrays (10,000 images)."""
     root = Path(root)
     _check_corruption(corruption)
@@ -80,8 +90,10 @@ def cifar10c(root: str | Path, corruption: str, severity: int, transform: Callab
     labels = np.load(_need(root / "labels.npy", "CIFAR-10-C"), mmap_mode="r")
     per = len(images) // 5
     if len(images) % 5 or len(labels) != len(images):
-        raise ValueError(f"CIFAR-10-C: {corruption}.npy holds {len(images)} images and labels.npy "
-                         f"{len(labels)}; expected 5 equal severity blocks with one label each")
+        raise ValueError(
+            f"CIFAR-10-C: {corruption}.npy holds {len(images)} images and labels.npy "
+            f"{len(labels)}; expected 5 equal severity blocks with one label each"
+        )
     block = slice((severity - 1) * per, severity * per)
     return ArrayImageDataset(images[block], labels[block], transform)
 
@@ -108,5 +120,7 @@ def imagenet_c(root: str | Path, corruption: str, severity: int, transform: Call
     _check_corruption(corruption, present or NAMES)
     folder = root / corruption / str(severity)
     if not folder.is_dir():
-        raise FileNotFoundError(f"ImageNet-C: {folder} not found (expected <root>/<corruption>/<1..5>/<class>/)")
+        raise FileNotFoundError(
+            f"ImageNet-C: {folder} not found (expected <root>/<corruption>/<1..5>/<class>/)"
+        )
     return ImageFolder(str(folder), transform=transform)

@@ -27,8 +27,9 @@ def noise_like(x: Tensor, kind: str, level: float, generator: torch.Generator | 
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * level
 
 
-def add_noise(x: Tensor, kind: str, level: float, seed: int | None = None,
-              generator: torch.Generator | None = None) -> Tensor:
+def add_noise(
+    x: Tensor, kind: str, level: float, seed: int | None = None, generator: torch.Generator | None = None
+) -> Tensor:
     """x + noise, x already normalized. ``seed`` (or a ``generator``) makes it reproducible."""
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("add_noise: x must be a floating-point tensor of normalized inputs")

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from .._io import save_atomic
-from ..core.masks import load_pruned, masked_parameters
+from ..core.masks import load_pruned, masked_parameters, settle_masks
 from .schedules import LRSchedule
 
 CHECKPOINT_FORMAT = "lostprune.train/1"
@@ -114,28 +114,17 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- masks
 
-def _mask_pairs(model: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]]:
-    """(module, name, raw parameter, mask) of every masked tensor, gathered once per run so the
-    per-step re-zeroing is one in-place multiply per tensor."""
-    return [(module, name, getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask"))
+def _mask_pairs(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(raw parameter, mask) of every masked tensor, gathered once per run so the per-step
+    re-zeroing is one in-place multiply per tensor."""
+    return [(getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask"))
             for module in model.modules() for name in masked_parameters(module)]
 
 
 @torch.no_grad()
-def _zero_masked(pairs, *, refresh: bool = False) -> None:
-    for module, name, orig, mask in pairs:
+def _zero_masked(pairs) -> None:
+    for orig, mask in pairs:
         orig.mul_(mask)
-        if refresh:  # the forward pre-hook recomputes it anyway; this keeps it right between forwards
-            setattr(module, name, orig * mask)
-
-
-def settle_masks(model: nn.Module) -> nn.Module:
-    """Zero the raw weights under every mask and recompute the masked tensors without an
-    autograd graph. A masked tensor left over from a forward with gradients (or from
-    ``load_pruned``) is not a graph leaf, and ``copy.deepcopy`` — which ``lostprune.prune``
-    uses — refuses such modules."""
-    _zero_masked(_mask_pairs(model), refresh=True)
-    return model
 
 
 # --------------------------------------------------------------------------- helpers
@@ -367,8 +356,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
         result.snapshots = dict(state.get("snapshots", {}))
         first = result.resumed_from = state["epoch"]
         result.stopped_early = bool(state.get("stopped_early", False))
+    settle_masks(model)
     pruned = _mask_pairs(model)
-    _zero_masked(pruned, refresh=True)
     if first == start_epoch and start_epoch in snapshot_epochs:
         result.snapshots[start_epoch] = state_on_cpu(model)
 
@@ -412,7 +401,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
                 break
     finally:
         bar.close()
-        _zero_masked(pruned, refresh=True)
+        settle_masks(model)  # masked tensors current (not those of the last forward), deep-copyable
     model.eval()
     return result
 

@@ -16,13 +16,35 @@ import torch
 from torch import Tensor
 
 from . import blur, digital, noise, weather
+from ._ops import rgb_to_gray
 
 FAMILIES = {"noise": noise, "blur": blur, "weather": weather, "digital": digital}
 
 # the benchmark's order: the 15 of the papers' mean corruption error, then the 4 held-out ones
-NAMES = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-         "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-         "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate")
+NAMES = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+    "speckle_noise",
+    "gaussian_blur",
+    "spatter",
+    "saturate",
+)
+# the corruptions that draw no random numbers
+DETERMINISTIC = ("defocus_blur", "zoom_blur", "gaussian_blur", "brightness", "contrast", "saturate",
+                 "jpeg_compression", "pixelate")
 TABLES = ("cifar", "imagenet")
 CIFAR_MAX_SIDE = 64
 
@@ -37,7 +59,8 @@ class Corruption:
 
 REGISTRY: dict[str, Corruption] = {
     name: Corruption(name, family, module.FUNCTIONS[name], module.PARAMS[name])
-    for family, module in FAMILIES.items() for name in module.FUNCTIONS
+    for family, module in FAMILIES.items()
+    for name in module.FUNCTIONS
 }
 assert set(REGISTRY) == set(NAMES)
 
@@ -94,8 +117,10 @@ def _as_float_batch(images: Tensor) -> tuple[Tensor, bool, bool]:
     if x.numel():
         lo, hi = float(x.amin()), float(x.amax())
         if not (lo >= 0.0 and hi <= 1.0):  # also rejects NaN
-            raise ValueError(f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
-                             "(pass pixels before normalization, or uint8)")
+            raise ValueError(
+                f"float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                "(pass pixels before normalization, or uint8)"
+            )
     return x.float(), False, squeeze
 
 
@@ -107,8 +132,9 @@ def make_generator(seed: int | None, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def corrupt(images: Tensor, name: str, severity: int, seed: int | None = None, *,
-            table: str | None = None) -> Tensor:
+def corrupt(
+    images: Tensor, name: str, severity: int, seed: int | None = None, *, table: str | None = None
+) -> Tensor:
     """Corrupt a batch of images with one of the 19 corruptions at severity 1..5.
 
     images: N×C×H×W or C×H×W, float in [0, 1] or uint8, C in {1, 3}, any device.
@@ -123,21 +149,27 @@ def corrupt(images: Tensor, name: str, severity: int, seed: int | None = None, *
     gray = x.shape[1] == 1
     if gray:
         x = x.expand(-1, 3, -1, -1)
-    out = spec.function(x.contiguous(), params, make_generator(seed, x.device), table=table) if x.numel() else x
+    out = (
+        spec.function(x.contiguous(), params, make_generator(seed, x.device), table=table) if x.numel() else x
+    )
     if gray:
-        out = _luma(out)
-    if is_uint8:
+        out = rgb_to_gray(out)
+    if is_uint8:  # truncated like the scripts' np.uint8; the 1e-4 absorbs float32 round-off
         out = torch.floor(out.clamp(0, 1) * 255 + 1e-4).to(torch.uint8)
     else:
         out = out.to(images.dtype)
     return out[0] if squeeze else out
 
 
-def _luma(x: Tensor) -> Tensor:
-    from ._ops import rgb_to_gray
-
-    return rgb_to_gray(x)
-
-
-__all__ = ["Corruption", "NAMES", "REGISTRY", "TABLES", "corrupt", "corruption_names", "corruption_params",
-           "make_generator", "table_for"]
+__all__ = [
+    "DETERMINISTIC",
+    "Corruption",
+    "NAMES",
+    "REGISTRY",
+    "TABLES",
+    "corrupt",
+    "corruption_names",
+    "corruption_params",
+    "make_generator",
+    "table_for",
+]

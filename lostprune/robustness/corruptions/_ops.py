@@ -65,8 +65,9 @@ def _filter_matrix_cached(n: int, taps: tuple[float, ...], mode: str) -> Tensor:
     offsets = torch.arange(-radius, radius + 1).unsqueeze(0)
     cols = border_index(rows + offsets, n, mode)
     m = torch.zeros(n, n, dtype=torch.float64)
-    m.index_put_((rows.expand_as(cols), cols), torch.tensor(taps, dtype=torch.float64).expand_as(cols),
-                 accumulate=True)
+    m.index_put_(
+        (rows.expand_as(cols), cols), torch.tensor(taps, dtype=torch.float64).expand_as(cols), accumulate=True
+    )
     return m
 
 
@@ -80,22 +81,29 @@ def apply_separable(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
 
 
-def gaussian_filter(x: Tensor, sigma: float | tuple[float, float], mode: str = "nearest",
-                    truncate: float = 4.0) -> Tensor:
+def gaussian_filter(
+    x: Tensor, sigma: float | tuple[float, float], mode: str = "nearest", truncate: float = 4.0
+) -> Tensor:
     """skimage.filters.gaussian / scipy.ndimage.gaussian_filter over H and W (channels apart);
     ``sigma`` one value or (sigma_h, sigma_w)."""
     sh, sw = sigma if isinstance(sigma, tuple) else (sigma, sigma)
     h, w = x.shape[-2:]
-    return apply_separable(x, filter_matrix(h, gaussian_taps(sh, truncate), mode, x.device, x.dtype),
-                           filter_matrix(w, gaussian_taps(sw, truncate), mode, x.device, x.dtype))
+    return apply_separable(
+        x,
+        filter_matrix(h, gaussian_taps(sh, truncate), mode, x.device, x.dtype),
+        filter_matrix(w, gaussian_taps(sw, truncate), mode, x.device, x.dtype),
+    )
 
 
 def box_blur3(x: Tensor) -> Tensor:
     """cv2.blur(x, (3, 3)): 3×3 mean, BORDER_REFLECT_101."""
     taps = torch.full((3,), 1 / 3, dtype=torch.float64)
     h, w = x.shape[-2:]
-    return apply_separable(x, filter_matrix(h, taps, "reflect101", x.device, x.dtype),
-                           filter_matrix(w, taps, "reflect101", x.device, x.dtype))
+    return apply_separable(
+        x,
+        filter_matrix(h, taps, "reflect101", x.device, x.dtype),
+        filter_matrix(w, taps, "reflect101", x.device, x.dtype),
+    )
 
 
 def correlate2d(x: Tensor, kernel: Tensor, mode: str = "reflect101") -> Tensor:
@@ -106,21 +114,32 @@ def correlate2d(x: Tensor, kernel: Tensor, mode: str = "reflect101") -> Tensor:
     kh, kw = kernel.shape
     rh, rw = kh // 2, kw // 2
     h, w = x.shape[-2:]
-    xp = x[..., border_index(torch.arange(-rh, h + rh, device=x.device), h, mode), :]
-    xp = xp[..., border_index(torch.arange(-rw, w + rw, device=x.device), w, mode)]
+    xp = pad2d(x, rh, rw, mode)
     nonzero = kernel.nonzero().tolist()
     if len(nonzero) <= 64:
         out = torch.zeros_like(x)
         for i, j in nonzero:
-            out.add_(xp[..., i:i + h, j:j + w], alpha=float(kernel[i, j]))
+            out.add_(xp[..., i : i + h, j : j + w], alpha=float(kernel[i, j]))
         return out
-    # correlation = convolution with the flipped kernel; pad to avoid wrap-around.
-    # linear (not circular) correlation needs xp + k - 1 points; powers of two are the fast FFT sizes
-    fh, fw = (1 << (xp.shape[-2] + kh - 2).bit_length(), 1 << (xp.shape[-1] + kw - 2).bit_length())
+    # correlation = convolution with the flipped kernel. A circular convolution over the padded
+    # image wraps around only into its first k - 1 outputs, which are not kept.
+    fh, fw = xp.shape[-2:]
     k = torch.flip(kernel, (0, 1)).to(device=x.device, dtype=x.dtype)
-    spec = torch.fft.rfft2(xp, s=(fh, fw)) * torch.fft.rfft2(k, s=(fh, fw))
+    spec = torch.fft.rfft2(xp) * torch.fft.rfft2(k, s=(fh, fw))
     full = torch.fft.irfft2(spec, s=(fh, fw))
-    return full[..., kh - 1:kh - 1 + h, kw - 1:kw - 1 + w].contiguous()
+    return full[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w].contiguous()
+
+
+_TORCH_PAD = {"reflect101": "reflect", "nearest": "replicate"}
+
+
+def pad2d(x: Tensor, rh: int, rw: int, mode: str) -> Tensor:
+    """Pad the last two dimensions by rh, rw pixels with a border rule of ``border_index``."""
+    h, w = x.shape[-2:]
+    if x.dim() == 4 and mode in _TORCH_PAD and (mode != "reflect101" or (rh < h and rw < w)):
+        return F.pad(x, (rw, rw, rh, rh), mode=_TORCH_PAD[mode])
+    xp = x[..., border_index(torch.arange(-rh, h + rh, device=x.device), h, mode), :]
+    return xp[..., border_index(torch.arange(-rw, w + rw, device=x.device), w, mode)]
 
 
 def grid_sample_pixels(x: Tensor, ys: Tensor, xs: Tensor, mode: str) -> Tensor:
@@ -219,7 +238,7 @@ def motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
     copies whose shift reaches the image size are dropped (weights not renormalized)."""
     n, c, h, w = x.shape
     width = 2 * radius + 1
-    k = torch.exp(-torch.arange(width, dtype=torch.float64) ** 2 / (2 * sigma**2))
+    k = torch.exp(-(torch.arange(width, dtype=torch.float64) ** 2) / (2 * sigma**2))
     k = k / k.sum()
     rad = torch.deg2rad(angles.to(torch.float64))
     i = torch.arange(width, dtype=torch.float64, device=angles.device).unsqueeze(0)
@@ -236,8 +255,8 @@ def motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
     for t in range(width):
         if not bool(inside[:, t].any()):
             break
-        r = (rows.unsqueeze(0) - dy[:, t:t + 1]).clamp(0, h - 1)  # (N, H)
-        q = (cols.unsqueeze(0) - dx[:, t:t + 1]).clamp(0, w - 1)  # (N, W)
+        r = (rows.unsqueeze(0) - dy[:, t : t + 1]).clamp(0, h - 1)  # (N, H)
+        q = (cols.unsqueeze(0) - dx[:, t : t + 1]).clamp(0, w - 1)  # (N, W)
         index = (r.unsqueeze(2) * w + q.unsqueeze(1)).reshape(n, 1, h * w).expand(n, c, h * w)
         out.addcmul_(flat.gather(2, index), weights[:, t].view(n, 1, 1))
     return out.view(n, c, h, w)
@@ -310,16 +329,30 @@ def canny(image: Tensor, low: float, high: float) -> Tensor:
     keep_h = (mag > _shift(mag, 0, -1, 0)) & (mag >= _shift(mag, 0, 1, 0))
     keep_v = (mag > _shift(mag, -1, 0, 0)) & (mag >= _shift(mag, 1, 0, 0))
     # diagonal: previous row at x - s, next row at x + s
-    keep_d = torch.where(s > 0, (mag > _shift(mag, -1, -1, 0)) & (mag > _shift(mag, 1, 1, 0)),
-                         (mag > _shift(mag, -1, 1, 0)) & (mag > _shift(mag, 1, -1, 0)))
+    keep_d = torch.where(
+        s > 0,
+        (mag > _shift(mag, -1, -1, 0)) & (mag > _shift(mag, 1, 1, 0)),
+        (mag > _shift(mag, -1, 1, 0)) & (mag > _shift(mag, 1, -1, 0)),
+    )
     candidate = (mag > low) & torch.where(horizontal, keep_h, torch.where(vertical, keep_v, keep_d))
     edges = candidate & (mag > high)
-    weak = candidate.to(image.dtype)
     while True:
-        grown = (F.max_pool2d(edges.to(image.dtype), 3, stride=1, padding=1) * weak) > 0
+        grown = dilate3(edges) & candidate
         if torch.equal(grown, edges):
             return edges
         edges = grown
+
+
+def dilate3(mask: Tensor) -> Tensor:
+    """3×3 binary dilation of a boolean (…, H, W) mask: OR of nine shifted slices."""
+    h, w = mask.shape[-2:]
+    p = F.pad(mask.to(torch.uint8), (1, 1, 1, 1))
+    out = p[..., 1 : h + 1, 1 : w + 1].clone()
+    for dy in range(3):
+        for dx in range(3):
+            if dy != 1 or dx != 1:
+                out |= p[..., dy : dy + h, dx : dx + w]
+    return out.bool()
 
 
 def distance_to(zero: Tensor, cap: float) -> Tensor:
@@ -349,7 +382,8 @@ def equalize_hist(v: Tensor) -> Tensor:
     flat = v.reshape(n, -1).long()
     total = flat.shape[1]
     hist = torch.zeros(n, 256, device=v.device, dtype=torch.float64).scatter_add_(
-        1, flat, torch.ones_like(flat, dtype=torch.float64))
+        1, flat, torch.ones_like(flat, dtype=torch.float64)
+    )
     first = (hist > 0).to(torch.uint8).argmax(1, keepdim=True)
     first_count = hist.gather(1, first)
     scale = 255.0 / (total - first_count).clamp_min(1)

@@ -12,17 +12,25 @@ from . import _ops
 
 PARAMS = {
     # (disk radius, alias blur sigma)
-    "defocus_blur": {"cifar": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
-                     "imagenet": [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)]},
+    "defocus_blur": {
+        "cifar": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
+        "imagenet": [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)],
+    },
     # (sigma, max shift, iterations)
-    "glass_blur": {"cifar": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
-                   "imagenet": [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)]},
+    "glass_blur": {
+        "cifar": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
+        "imagenet": [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)],
+    },
     # (radius, sigma); the angle is uniform in [-45, 45] degrees per image
-    "motion_blur": {"cifar": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
-                    "imagenet": [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)]},
+    "motion_blur": {
+        "cifar": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
+        "imagenet": [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)],
+    },
     # zoom factors np.arange(1, stop, step): (stop, step)
-    "zoom_blur": {"cifar": [(1.06, 0.01), (1.11, 0.01), (1.16, 0.01), (1.21, 0.01), (1.26, 0.01)],
-                  "imagenet": [(1.11, 0.01), (1.16, 0.01), (1.21, 0.02), (1.26, 0.02), (1.31, 0.03)]},
+    "zoom_blur": {
+        "cifar": [(1.06, 0.01), (1.11, 0.01), (1.16, 0.01), (1.21, 0.01), (1.26, 0.01)],
+        "imagenet": [(1.11, 0.01), (1.16, 0.01), (1.21, 0.02), (1.26, 0.02), (1.31, 0.03)],
+    },
     "gaussian_blur": {"cifar": [0.4, 0.6, 0.7, 0.8, 1], "imagenet": [1, 2, 3, 4, 6]},
 }
 
@@ -44,7 +52,7 @@ def disk_kernel(radius: float, alias_blur: float) -> Tensor:
     # trim all-zero borders: same correlation, fewer taps
     rows = kernel.abs().sum(1).nonzero().flatten()
     r = int(max(half - int(rows.min()), int(rows.max()) - half))
-    return kernel[half - r:half + r + 1, half - r:half + r + 1].to(torch.float32)
+    return kernel[half - r : half + r + 1, half - r : half + r + 1].to(torch.float32)
 
 
 def defocus_blur(x: Tensor, params, gen: torch.Generator, table: str = "cifar") -> Tensor:
@@ -80,12 +88,16 @@ def glass_sources(n: int, h: int, w: int, delta: int, offsets: Tensor) -> Tensor
     nxt = ident.clone()
     nxt[:, visited] = torch.where(chained, targets, visited.unsqueeze(0).expand_as(targets))
     for _ in range(max(1, math.ceil(math.log2(max(visited.numel(), 2)))) + 1):
-        nxt = nxt.gather(1, nxt)
+        jumped = nxt.gather(1, nxt)
+        if torch.equal(jumped, nxt):  # every chain has reached its end (chains are short)
+            break
+        nxt = jumped
     return target.gather(1, nxt)
 
 
-def glass_blur(x: Tensor, params, gen: torch.Generator, table: str = "cifar",
-               offsets: list[Tensor] | None = None) -> Tensor:
+def glass_blur(
+    x: Tensor, params, gen: torch.Generator, table: str = "cifar", offsets: list[Tensor] | None = None
+) -> Tensor:
     """Gaussian blur, 8-bit truncation, ``iterations`` passes of the local shuffle, blur again.
 
     ``offsets`` (one (N, visited, 2) tensor per pass) replaces the random draws, for tests."""
@@ -96,16 +108,20 @@ def glass_blur(x: Tensor, params, gen: torch.Generator, table: str = "cifar",
         visited = (h - 2 * delta) * (w - 2 * delta)
         flat = y.reshape(n, c, h * w)
         for it in range(iterations):
-            off = (offsets[it] if offsets is not None else
-                   torch.randint(-delta, delta, (n, visited, 2), generator=gen, device=x.device))
+            off = (
+                offsets[it]
+                if offsets is not None
+                else torch.randint(-delta, delta, (n, visited, 2), generator=gen, device=x.device)
+            )
             src = glass_sources(n, h, w, delta, off.to(x.device))
             flat = flat.gather(2, src.unsqueeze(1).expand(n, c, h * w))
         y = flat.view(n, c, h, w)
     return _ops.gaussian_filter(y, sigma).clamp_(0, 1)
 
 
-def motion_blur(x: Tensor, params, gen: torch.Generator, table: str = "cifar",
-                angles: Tensor | None = None) -> Tensor:
+def motion_blur(
+    x: Tensor, params, gen: torch.Generator, table: str = "cifar", angles: Tensor | None = None
+) -> Tensor:
     radius, sigma = params
     if angles is None:
         angles = _ops.uniform((x.shape[0],), -45, 45, gen, x.device)
@@ -131,5 +147,10 @@ def gaussian_blur(x: Tensor, sigma: float, gen: torch.Generator, table: str = "c
     return _ops.gaussian_filter(x, sigma).clamp_(0, 1)
 
 
-FUNCTIONS = {"defocus_blur": defocus_blur, "glass_blur": glass_blur, "motion_blur": motion_blur,
-             "zoom_blur": zoom_blur, "gaussian_blur": gaussian_blur}
+FUNCTIONS = {
+    "defocus_blur": defocus_blur,
+    "glass_blur": glass_blur,
+    "motion_blur": motion_blur,
+    "zoom_blur": zoom_blur,
+    "gaussian_blur": gaussian_blur,
+}

@@ -12,15 +12,18 @@ PARAMS = {
     "brightness": {"cifar": [0.05, 0.1, 0.15, 0.2, 0.3], "imagenet": [0.1, 0.2, 0.3, 0.4, 0.5]},
     "contrast": {"cifar": [0.75, 0.5, 0.4, 0.3, 0.15], "imagenet": [0.4, 0.3, 0.2, 0.1, 0.05]},
     # (saturation factor, saturation offset)
-    "saturate": {"cifar": [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
-                 "imagenet": [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)]},
+    "saturate": {
+        "cifar": [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
+        "imagenet": [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)],
+    },
     "jpeg_compression": {"cifar": [80, 65, 58, 50, 40], "imagenet": [25, 18, 15, 10, 7]},
     "pixelate": {"cifar": [0.95, 0.9, 0.85, 0.75, 0.65], "imagenet": [0.6, 0.5, 0.4, 0.3, 0.25]},
     # CIFAR: (alpha, sigma, affine jitter) as fractions of the image size;
     # ImageNet (imagecorruptions): alpha, with sigma = 1 % and jitter 0.5 % of the size
-    "elastic_transform": {"cifar": [(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06),
-                                    (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)],
-                          "imagenet": [12.5, 16.25, 21.25, 25.0, 30.0]},
+    "elastic_transform": {
+        "cifar": [(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)],
+        "imagenet": [12.5, 16.25, 21.25, 25.0, 30.0],
+    },
 }
 
 
@@ -64,7 +67,7 @@ def jpeg_compression(x: Tensor, quality: int, gen: torch.Generator, table: str =
 
     images = list(torch.round(x.clamp(0, 1) * 255).to(torch.uint8).cpu())
     decoded = decode_jpeg(encode_jpeg(images, quality=int(quality)))
-    return (torch.stack(decoded).to(device=x.device, dtype=x.dtype) / 255)
+    return torch.stack(decoded).to(device=x.device, dtype=x.dtype) / 255
 
 
 def pixelate(x: Tensor, factor: float, gen: torch.Generator, table: str = "cifar") -> Tensor:
@@ -74,7 +77,9 @@ def pixelate(x: Tensor, factor: float, gen: torch.Generator, table: str = "cifar
     return _ops.pil_resize(small, (h, w), "box" if table == "cifar" else "nearest")
 
 
-def _affine_sources(n: int, h: int, w: int, jitter: float, gen: torch.Generator, device) -> tuple[Tensor, Tensor]:
+def _affine_sources(
+    n: int, h: int, w: int, jitter: float, gen: torch.Generator, device
+) -> tuple[Tensor, Tensor]:
     """Source coordinates of cv2.warpAffine under the CIFAR script's random affine: three
     points around the centre moved by U(−jitter, jitter) each."""
     center = torch.tensor([h // 2, w // 2], dtype=torch.float64)
@@ -87,8 +92,9 @@ def _affine_sources(n: int, h: int, w: int, jitter: float, gen: torch.Generator,
     M = A.transpose(1, 2)  # (n, 2, 3): dst = M @ [x, y, 1]
     lin_inv = torch.linalg.inv(M[:, :, :2])
     shift = -(lin_inv @ M[:, :, 2:])
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     pts = torch.stack([xs.flatten(), ys.flatten()])  # (2, HW) as (x, y)
     srcs = lin_inv @ pts + shift  # (n, 2, HW)
     return srcs[:, 1].view(n, h, w).to(device), srcs[:, 0].view(n, h, w).to(device)
@@ -108,14 +114,27 @@ def elastic_transform(x: Tensor, params, gen: torch.Generator, table: str = "cif
     else:
         alpha, sigma = params, (0.01 * h, 0.01 * w)
         amplitude = 0.005 * h
-    fields = [_ops.gaussian_filter(_ops.uniform((n, 1, h, w), -amplitude, amplitude, gen, x.device),
-                                   sigma, mode="reflect", truncate=3) * alpha for _ in range(2)]
+    fields = [
+        _ops.gaussian_filter(
+            _ops.uniform((n, 1, h, w), -amplitude, amplitude, gen, x.device),
+            sigma,
+            mode="reflect",
+            truncate=3,
+        )
+        * alpha
+        for _ in range(2)
+    ]
     dx, dy = (f[:, 0].to(dtype) for f in fields)
     grid_y = torch.arange(h, device=x.device, dtype=dtype).view(1, h, 1)
     grid_x = torch.arange(w, device=x.device, dtype=dtype).view(1, 1, w)
     return _ops.grid_sample_pixels(x, grid_y + dy, grid_x + dx, "reflect").clamp_(0, 1)
 
 
-FUNCTIONS = {"brightness": brightness, "contrast": contrast, "saturate": saturate,
-             "jpeg_compression": jpeg_compression, "pixelate": pixelate,
-             "elastic_transform": elastic_transform}
+FUNCTIONS = {
+    "brightness": brightness,
+    "contrast": contrast,
+    "saturate": saturate,
+    "jpeg_compression": jpeg_compression,
+    "pixelate": pixelate,
+    "elastic_transform": elastic_transform,
+}

@@ -62,7 +62,7 @@ def _procedural(index: int) -> Tensor:
     size = 1 << max(h - 1, w - 1).bit_length()
     smooth = _ops.plasma_fractal(3, size, 1.6, gen, "cpu")[:, :h, :w]
     ridged = 1 - (2 * _ops.plasma_fractal(3, size, 2.2, gen, "cpu")[:, :h, :w] - 1).abs()
-    t = 0.5 * smooth + 0.5 * ridged ** 4
+    t = 0.5 * smooth + 0.5 * ridged**4
     t = (t - t.mean((1, 2), keepdim=True)) / t.std((1, 2), keepdim=True)
     t = t * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
     return _ops.quantize(t)

@@ -43,5 +43,9 @@ def speckle_noise(x: Tensor, scale: float, gen: torch.Generator, table: str = "c
     return (x + x * noise).clamp_(0, 1)
 
 
-FUNCTIONS = {"gaussian_noise": gaussian_noise, "shot_noise": shot_noise,
-             "impulse_noise": impulse_noise, "speckle_noise": speckle_noise}
+FUNCTIONS = {
+    "gaussian_noise": gaussian_noise,
+    "shot_noise": shot_noise,
+    "impulse_noise": impulse_noise,
+    "speckle_noise": speckle_noise,
+}
