@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .._io import save_atomic
 from ..core.masks import load_pruned, masked_parameters, settle_masks
+from . import distributed
 from .schedules import LRSchedule
 
 CHECKPOINT_FORMAT = "lostprune.train/1"
@@ -263,6 +264,15 @@ def _make_loader(data, config: TrainConfig, device: torch.device, generator: tor
         return data
     if len(data) == 0:
         raise ValueError("data is empty")
+    world = distributed.world_size()
+    if world > 1:
+        # Each process reads its shard; the configured batch stays the global batch.
+        if config.batch_size % world:
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
+        sampler = DistributedSampler(data, num_replicas=world, rank=distributed.rank(), shuffle=True,
+                                     seed=config.seed, drop_last=True)
+        return DataLoader(data, batch_size=config.batch_size // world, sampler=sampler,
+                          num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=True)
     # A last batch of one image would break BatchNorm in training mode.
     drop_last = len(data) > config.batch_size and len(data) % config.batch_size == 1
     # Workers are not persistent: each epoch starts them from the reseeded generator, which
@@ -362,6 +372,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
         result.snapshots[start_epoch] = state_on_cpu(model)
 
     def save(epoch: int) -> None:
+        if not distributed.is_main():
+            return
         save_atomic({"format": CHECKPOINT_FORMAT, "epoch": epoch, "config": dataclasses.asdict(config),
                      "model": state_on_cpu(model), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -370,16 +382,22 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
 
     rng_devices = [device] if device.type == "cuda" else []
     bar = tqdm(total=(config.epochs - start_epoch) * steps, initial=(first - start_epoch) * steps, desc=desc,
-               unit="step", leave=False, disable=not progress, dynamic_ncols=True)
+               unit="step", leave=False, disable=not progress or not distributed.is_main(), dynamic_ncols=True)
+    # Under torchrun the forward/backward runs through DDP (gradients averaged across
+    # processes); the bare model keeps its masks, checkpoints and snapshots.
+    runner = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if distributed.active() else model
     model.train()
     try:
         for epoch in range(first, config.epochs if not result.stopped_early else first):
             started = time.perf_counter()
             seed = _epoch_seed(config.seed, epoch)
             generator.manual_seed(seed)
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
             with torch.random.fork_rng(devices=rng_devices):
                 torch.manual_seed(seed)
-                stats = _run_epoch(model, loader, optimizer, scaler, schedule, epoch, steps, device, use_amp,
+                stats = _run_epoch(runner, loader, optimizer, scaler, schedule, epoch, steps, device, use_amp,
                                    amp_dtype, config, loss_fn, batch_transform, pruned, bar,
                                    check=epoch == first)
             record = {"epoch": epoch + 1, **stats, "seconds": 0.0}
@@ -397,6 +415,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
             stop = result.stopped_early = any([bool(callback(record)) for callback in callbacks])
             if checkpoint is not None and (stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs):
                 save(epoch + 1)
+                distributed.barrier()
             if stop:
                 break
     finally:
@@ -441,6 +460,9 @@ def _run_epoch(model, loader, optimizer, scaler, schedule, epoch, steps, device,
         counted += n
         samples += inputs.shape[0]
         bar.update()
+        if step == steps - 1:  # epoch totals over every process
+            distributed.all_reduce_sum(loss_sum, correct, counted)
+            samples *= distributed.world_size()
         if step % 25 == 24 or step == steps - 1:
             mean_loss = loss_sum.item() / samples
             if not math.isfinite(mean_loss):
