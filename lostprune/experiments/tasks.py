@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from .. import models
-from .._io import save_atomic
+from .._files import save_atomic
 from ..io import read_network_file, save_network
 from ..train import distributed
 from .environment import Environment

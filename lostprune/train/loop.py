@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .._io import save_atomic
+from .._files import save_atomic
 from ..core.masks import load_pruned, masked_parameters, settle_masks
 from . import distributed
 from .schedules import LRSchedule
