@@ -141,8 +141,8 @@ def test_augmentation_input_errors():
 
 
 def test_robust_training_is_reproducible_and_resumes_identically(tmp_path):
-    """train() seeds the unseeded transform per epoch: same seed, same weights; a run resumed
-    from its checkpoint after epoch 1 ends where the uninterrupted run does."""
+    """train() seeds the unseeded transform per epoch: same seed, same weights; a run that
+    crashed in epoch 2 and resumed from its checkpoint ends where the uninterrupted run does."""
     from torch.utils.data import Subset
 
     from lostprune import data, models
@@ -162,7 +162,13 @@ def test_robust_training_is_reproducible_and_resumes_identically(tmp_path):
     (a, _), (b, _) = trained(), trained()
     assert all(torch.equal(a[k], b[k]) for k in a)
     checkpoint = tmp_path / "ck.pt"
-    trained(checkpoint=checkpoint, callbacks=[lambda record: record["epoch"] == 1])  # stops after epoch 1
+
+    def crash(record):
+        if record["epoch"] == 2:  # before epoch 2's checkpoint is written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trained(checkpoint=checkpoint, callbacks=[crash])
     resumed, result = trained(checkpoint=checkpoint)
     assert result.resumed_from == 1
     assert all(torch.equal(a[k], resumed[k]) for k in a)

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from ..robustness.corruptions import NAMES, corrupt, table_for
 from ..robustness.noise import KINDS, noise_like
+from . import distributed
 
 # Hendrycks & Dietterich's four extra corruptions, kept out of the 15 of the CIFAR-10-C /
 # ImageNet-C benchmark: train on these, and the 15 remain held-out test shifts.
@@ -118,6 +119,8 @@ class ShiftAugmentation:
             seed = int(torch.randint(0, _SEED_SPACE, (1,), generator=self._generator))
         else:
             seed = int(torch.randint(0, _SEED_SPACE, (1,)))
+            # Under torchrun every process seeds its epoch alike: give each its own draws.
+            seed = (seed + distributed.rank() * 0x9E3779B97F4A7C15) % _SEED_SPACE
         gen = torch.Generator().manual_seed(seed)
         corruption = torch.randint(max(1, len(self.corruptions)), (n,), generator=gen)
         severity = torch.tensor(self.severities)[torch.randint(len(self.severities), (n,), generator=gen)]
