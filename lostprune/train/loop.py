@@ -396,7 +396,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
             with torch.random.fork_rng(devices=rng_devices):
-                torch.manual_seed(seed)
+                torch.manual_seed(seed + distributed.rank())  # each process its own augmentation draws
                 stats = _run_epoch(runner, loader, optimizer, scaler, schedule, epoch, steps, device, use_amp,
                                    amp_dtype, config, loss_fn, batch_transform, pruned, bar,
                                    check=epoch == first)
