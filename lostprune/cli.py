@@ -66,22 +66,30 @@ def _console():
 
 
 def print_potential_table(results_dir, console=None) -> None:
-    """The prune-potential table of an experiment (methods × test distributions)."""
-    from rich.table import Table
-
+    """The prune-potential table of an experiment (methods × test distributions) per training
+    arm, and where to stop pruning (``lostprune.metrics.recommend_ratio``)."""
     from .report import ExperimentResults
     from .report.render import potential_table
+    from .report.robust import recommendation_table
 
     results = ExperimentResults(results_dir)
     console = console or _console()
     for arm in results.arms:
-        data = potential_table(results, arm)
-        table = Table(title=f"prune potential (%), δ = {100 * results.delta:g} %"
-                      + ("" if arm == "nominal" else f", {arm} training"))
-        for column in data.header:
-            table.add_column(column, justify="left" if column == "method" else "right")
-        for row in data.rows:
-            table.add_row(*row)
+        _print_table(console, potential_table(results, arm), f"prune potential (%), δ = {100 * results.delta:g} %"
+                     + ("" if arm == "nominal" else f", {arm} training"))
+    _print_table(console, recommendation_table(results),
+                 f"where to stop pruning: within δ = {100 * results.delta:g} % of the parent (%)")
+
+
+def _print_table(console, data, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, column in enumerate(data.header):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in data.rows:
+        table.add_row(*row)
+    if data.rows:
         console.print(table)
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from . import models
-from ._io import save_atomic
+from ._files import save_atomic
 from .core.masks import load_pruned
 
 FORMAT = "lostprune-network/1"

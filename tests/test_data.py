@@ -43,9 +43,11 @@ def test_digits_splits_are_disjoint_stratified_and_cover_everything():
     assert not set(index["s"].tolist()) & set(index["test"].tolist())
 
 
-def test_digits_are_real_labelled_digits(digits):
+def test_digits_are_real_labelled_digits():
     # A nearest-class-mean classifier fit on train must reach high test accuracy only if
     # images and labels belong together: the data are real digits, not noise.
+    digits = data.load("digits", augment=False)
+
     def xy(split):
         x, y = split.batch(range(len(split)))
         return x.flatten(1), y

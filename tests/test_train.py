@@ -54,9 +54,10 @@ def test_training_learns_a_separable_task():
 def test_training_accepts_data_splits_and_dataloaders():
     from lostprune.data.splits import DataSplits
 
-    splits = DataSplits("blobs", train=blobs(), test=blobs(seed=1), s=blobs(8), validation=None,
+    splits = DataSplits("blobs", train=blobs(), test=blobs(seed=1), s=blobs(8), validation=blobs(12, seed=2),
                         classes=["a", "b", "c"], input_size=(3, 8, 8), mean=(0,) * 3, std=(1,) * 3)
-    train(tiny_cnn(), splits, dataclasses.replace(FAST, epochs=1), progress=False)
+    result = train(tiny_cnn(), splits, dataclasses.replace(FAST, epochs=1), val_data=splits, progress=False)
+    assert result.final["val_accuracy"] == evaluate(result.model, splits.validation)["accuracy"]
     history = train(tiny_cnn(), DataLoader(blobs(), batch_size=32), dataclasses.replace(FAST, epochs=1),
                     progress=False).history
     assert len(history) == 1
@@ -86,9 +87,12 @@ def test_batch_transform_sees_every_batch_on_the_device():
     assert sum(seen) == 96
 
 
-def test_callbacks_stop_early():
-    result = train(tiny_cnn(), blobs(), FAST, callbacks=[lambda record: record["epoch"] == 2], progress=False)
+def test_callbacks_stop_early_for_good(tmp_path):
+    result = train(tiny_cnn(), blobs(), FAST, callbacks=[lambda record: record["epoch"] == 2],
+                   checkpoint=tmp_path / "c.pt", progress=False)
     assert result.stopped_early and len(result.history) == 2
+    again = train(tiny_cnn(), blobs(), FAST, checkpoint=tmp_path / "c.pt", progress=False)
+    assert again.stopped_early and len(again.history) == 2
 
 
 def test_snapshots_keep_the_rewind_points():

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .shapes import shape_only_forward
+
 
 @dataclass
 class LayerStats:
@@ -80,28 +82,12 @@ def output_positions(model: nn.Module, example_input: Tensor) -> tuple[dict[str,
         elif isinstance(module, _ELEMENTWISE):
             hooks.append(module.register_forward_hook(
                 lambda m, i, o, name=name: elements.__setitem__(name, elements.get(name, 0) + o[0].numel())))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            _shape_only_forward(model, example_input[:1])
+        shape_only_forward(model, example_input[:1])
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return positions, elements
-
-
-def _shape_only_forward(model: nn.Module, x: Tensor) -> None:
-    """A forward pass that only needs shapes: on fake tensors (no arithmetic) when possible."""
-    try:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
-        with mode:
-            model(mode.from_tensor(x))
-    except Exception:  # an op without a fake kernel: pay for one real pass
-        model(x)
 
 
 def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[str, Tensor], *,

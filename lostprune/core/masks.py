@@ -94,21 +94,22 @@ def masked_parameters(module: nn.Module) -> list[str]:
 
 
 def _refresh(module: nn.Module, name: str) -> None:
-    """Zero the masked-out raw entries and recompute the masked attribute now."""
+    """Zero the masked-out raw entries and recompute the masked attribute now, without an
+    autograd graph: a masked tensor left over from a forward with gradients is not a graph
+    leaf, and ``copy.deepcopy`` refuses modules holding one."""
     orig, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
     with torch.no_grad():
         orig.mul_(mask)
-    setattr(module, name, orig * mask)
+        setattr(module, name, orig * mask)
 
 
-def enforce_masks(model: nn.Module) -> None:
-    """Re-zero every masked-out raw parameter entry (cheap; after optimizer steps whose
-    weight decay or momentum moved them, so ``weight_orig`` agrees with the masked weight)."""
+def settle_masks(model: nn.Module) -> nn.Module:
+    """Refresh every masked parameter of ``model`` (see ``_refresh``): raw entries under the
+    masks are zero and the model can be deep-copied. Returns ``model``."""
     for module in model.modules():
         for name in masked_parameters(module):
-            orig, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
-            with torch.no_grad():
-                orig.mul_(mask)
+            _refresh(module, name)
+    return model
 
 
 def remove_masks(model: nn.Module) -> nn.Module:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import data_cache_dir, save_atomic
+from .._files import data_cache_dir, save_atomic
 from .splits import DataSplits, check_split_size, stratified_split
 from .tensor_images import ImageTensorDataset
 

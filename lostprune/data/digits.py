@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .._io import data_cache_dir, save_atomic
+from .._files import data_cache_dir, save_atomic
 from .splits import DataSplits, stratified_split
 from .tensor_images import ImageTensorDataset
 

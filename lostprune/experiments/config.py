@@ -104,6 +104,31 @@ class TestConfig:
 
 
 @dataclass
+class RobustNoiseConfig:
+    kind: str = field(default="gaussian", metadata=_choice("gaussian", "uniform"))
+    levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3])  # a sample draws one; 0 = none
+
+
+def _training_corruptions() -> list[str]:
+    from ..train.augment import DEFAULT_TRAINING_CORRUPTIONS
+
+    return list(DEFAULT_TRAINING_CORRUPTIONS)
+
+
+@dataclass
+class RobustConfig:
+    """Shift-aware training of the parent and retraining of the pruned networks (SPEC §7):
+    each training sample draws one of ``corruptions`` at one of ``severities`` (0 = clean)
+    and, independently, one input-noise level. The corruptions listed here are the training
+    ones; ``test.corruptions`` must hold others (held out) unless
+    ``test.allow_training_corruptions`` is true."""
+
+    corruptions: list[str] = field(default_factory=_training_corruptions)
+    severities: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+    noise: RobustNoiseConfig | None = field(default_factory=RobustNoiseConfig)
+
+
+@dataclass
 class MetricsConfig:
     delta: float = field(default=0.005, metadata=_range(0, 1))
     similarity: bool = True  # functional similarity vs parent and a separately trained network
@@ -123,7 +148,7 @@ class ExperimentConfig:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(ratios=[0.5, 0.7, 0.8, 0.9]))
     train: dict = field(default_factory=dict)  # lostprune.train.TrainConfig fields (parent training)
     retrain: dict = field(default_factory=dict)  # overrides of `train` for retraining (LR rewinding)
-    robust: dict | None = None  # shift-aware training and retraining (noise / corruption augmentation)
+    robust: RobustConfig | None = None  # shift-aware training and retraining: a second training arm
     seeds: list[int] = field(default_factory=lambda: [0])
     test: TestConfig = field(default_factory=TestConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -283,6 +308,39 @@ def _validate_semantics(config: ExperimentConfig) -> None:
         for i, sev in enumerate(config.test.corruptions.severities):
             if not 1 <= sev <= 5:
                 raise ConfigError(f"test.corruptions.severities[{i}] must be in 1..5, got {sev}")
+    if config.robust is not None:
+        _validate_robust(config)
+
+
+def _validate_robust(config: ExperimentConfig) -> None:
+    from ..robustness.corruptions import NAMES
+
+    robust = config.robust
+    for i, name in enumerate(robust.corruptions):
+        if name not in NAMES:
+            raise ConfigError(f"robust.corruptions[{i}] must be one of {', '.join(NAMES)}; got {name!r}")
+    if not robust.severities:
+        raise ConfigError("robust.severities must list at least one severity in 0..5 (0 = clean)")
+    for i, sev in enumerate(robust.severities):
+        if not 0 <= sev <= 5:
+            raise ConfigError(f"robust.severities[{i}] must be in 0..5 (0 = clean), got {sev}")
+    if robust.noise is not None:
+        if not robust.noise.levels:
+            raise ConfigError("robust.noise.levels must list at least one level >= 0 (0 = no noise)")
+        for i, level in enumerate(robust.noise.levels):
+            if level < 0:
+                raise ConfigError(f"robust.noise.levels[{i}] must be >= 0, got {level}")
+    corrupts = bool(robust.corruptions) and max(robust.severities) > 0
+    if not corrupts and (robust.noise is None or max(robust.noise.levels) == 0):
+        raise ConfigError("robust augments nothing: list robust.corruptions with a severity > 0 in "
+                          "robust.severities, or robust.noise levels > 0")
+    tested = config.test.corruptions.names if config.test.corruptions is not None else []
+    overlap = [(i, name) for i, name in enumerate(tested) if name in robust.corruptions]
+    if overlap and not config.test.allow_training_corruptions:
+        listed = ", ".join(f"test.corruptions.names[{i}]={name!r}" for i, name in overlap)
+        raise ConfigError(f"{listed} also in robust.corruptions: held-out test corruptions must differ from the "
+                          "training ones. Remove them from one list, or set test.allow_training_corruptions: true "
+                          "to test on training corruptions on purpose")
 
 
 def parse_config(data: dict, source: str = "config") -> ExperimentConfig:

@@ -103,7 +103,7 @@ class Environment:
     def corrupted(self, shift) -> tuple[torch.Tensor, torch.Tensor]:
         """The test set under one corruption, made once per experiment and kept on disk as
         uint8 pixels (seeded by the shift's name: every worker makes the same set)."""
-        from .._io import save_atomic
+        from .._files import save_atomic
         from ..robustness.corruptions import corrupt
 
         path = self.root / "shifts" / f"{shift.name.replace(':', '_')}.pt"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..train import distributed
 from .config import ExperimentConfig, load_config
 from .environment import Environment
 from .plan import build_plan
@@ -77,38 +78,55 @@ class _Heartbeat:
         self._stop.set()
 
 
-def worker_loop(config: ExperimentConfig, root: Path, on_task=None, stop_when_idle: bool = True) -> int:
-    """Claim and run tasks until none is left (or, with other workers, none can start).
-    Returns the number of tasks this worker ran."""
-    store = Store(root / "results.sqlite")
-    env = Environment(config, store)
-    heartbeat = _Heartbeat(store.path)
-    owner = worker_id()
-    ran = 0
-    try:
+def _next_task(store: Store, owner: str):
+    """The next task to run, or None when there is nothing left. Under torchrun the main
+    process claims and every process gets the same task (they train it together)."""
+    task = None
+    if distributed.is_main():
         while True:
             task = store.claim(owner)
-            if task is None:
-                counts = store.counts()
-                if counts["running"] == 0 or not stop_when_idle:
-                    break
-                time.sleep(POLL_SECONDS)  # others run tasks this one may depend on
-                continue
-            heartbeat.key = task.key
+            if task is not None or store.counts()["running"] == 0:
+                break
+            time.sleep(POLL_SECONDS)  # other workers run tasks this one may depend on
+    return distributed.broadcast(task)
+
+
+def worker_loop(config: ExperimentConfig, root: Path, on_task=None) -> int:
+    """Claim and run tasks until none is left. Returns the number of tasks this worker ran."""
+    store = Store(root / "results.sqlite")
+    env = Environment(config, store, device=str(distributed.device()) if distributed.active() else None)
+    main = distributed.is_main()
+    heartbeat = _Heartbeat(store.path) if main else None
+    owner = worker_id()
+    ran = 0
+
+    def publish(key, networks, results):
+        if main:
+            store.complete(key, networks, results)
+
+    try:
+        while (task := _next_task(store, owner)) is not None:
+            if heartbeat is not None:
+                heartbeat.key = task.key
             started = time.perf_counter()
-            if on_task is not None:
+            if on_task is not None and main:
                 on_task(task)
             try:
-                networks, results = EXECUTORS[task.kind](env, task, lambda k, n, r: store.complete(k, n, r))
+                networks, results = EXECUTORS[task.kind](env, task, publish)
             except Exception:
-                store.fail(task.key, traceback.format_exc())
+                if main:
+                    store.fail(task.key, traceback.format_exc())
             else:
-                store.complete(task.key, networks, results, seconds=time.perf_counter() - started)
+                if main:
+                    store.complete(task.key, networks, results, seconds=time.perf_counter() - started)
             finally:
-                heartbeat.key = None
+                if heartbeat is not None:
+                    heartbeat.key = None
+            distributed.barrier()
             ran += 1
     finally:
-        heartbeat.stop()
+        if heartbeat is not None:
+            heartbeat.stop()
         store.close()
     return ran
 
@@ -128,10 +146,21 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     root = results_dir(config, out)
+    if distributed.init():  # under torchrun: one worker group training data-parallel
+        if ray_address is not None or workers != 1:
+            raise ValueError("under torchrun, run with one worker (no --workers or --ray)")
+        if distributed.is_main():
+            prepare(config, root, retry_failed).close()
+        distributed.barrier()
+        worker_loop(config, root)
+        if not distributed.is_main():
+            return root
     store = prepare(config, root, retry_failed)
     bar = _Progress(store, config.name, enabled=progress)
     try:
-        if ray_address is not None:
+        if distributed.active():
+            pass  # the work is done above
+        elif ray_address is not None:
             _run_ray(config, config_path, root, workers, ray_address, bar)
         elif workers == 1:
             worker_loop(config, root, on_task=bar.show)

@@ -9,8 +9,9 @@ from collections.abc import Callable
 import torch
 
 from .. import models
-from .._io import save_atomic
+from .._files import save_atomic
 from ..io import read_network_file, save_network
+from ..train import distributed
 from .environment import Environment
 from .plan import parent_key, pruned_key
 from .store import NetworkRow, ResultRow, Task
@@ -43,10 +44,11 @@ def run_train(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
     result = train(model, env.splits.train, config.train_config(seed=run_seed), device=env.device,
                    checkpoint=env.checkpoint_path(task.key).with_suffix(".train.pt"), snapshot_epochs=snapshot,
                    progress=False, desc=task.key, **_train_options(env, arm))
-    path = save_network(env.network_path(task.key), model, config.network, options=config.network_options,
-                        key=task.key, final=result.final)
-    if rewind:
-        save_atomic(result.snapshots[config.schedule.rewind_epoch], path.with_suffix(".rewind.pt"))
+    path = env.network_path(task.key)
+    if distributed.is_main():
+        save_network(path, model, config.network, options=config.network_options, key=task.key, final=result.final)
+        if rewind:
+            save_atomic(result.snapshots[config.schedule.rewind_epoch], path.with_suffix(".rewind.pt"))
     row = NetworkRow(task.key, role, seed, 0.0, 0.0, arm=arm, checkpoint=str(path), paper_ratio=0.0,
                      flop_reduction=0.0, stats={"final": result.final})
     return [row], []
@@ -76,8 +78,10 @@ def run_chain(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
                            **rewind)
     for network in cycles:
         key = pruned_key(seed, arm, method, network.index)
-        path = save_network(env.network_path(key), network.model, config.network, options=config.network_options,
-                            key=key, final=network.history[-1] if network.history else {})
+        path = env.network_path(key)
+        if distributed.is_main():
+            save_network(path, network.model, config.network, options=config.network_options, key=key,
+                         final=network.history[-1] if network.history else {})
         stats = network.stats
         publish(key, [NetworkRow(key, "pruned", seed, network.target_ratio, stats.achieved_ratio, method=method,
                                  step=network.index, paper_ratio=stats.paper_prune_ratio,

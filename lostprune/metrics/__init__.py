@@ -22,6 +22,7 @@ from .potential import (
     prune_potential_over_seeds,
     summarize,
 )
+from .recommend import recommend_ratio
 from .segmentation import confusion_matrix, iou_from_confusion, mean_iou
 from .similarity import Similarity, functional_similarity, similarity_table
 
@@ -48,6 +49,7 @@ __all__ = [
     "nominal",
     "prune_potential",
     "prune_potential_over_seeds",
+    "recommend_ratio",
     "reduce_to",
     "similarity_table",
     "summarize",

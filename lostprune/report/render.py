@@ -124,6 +124,9 @@ def build(results: ExperimentResults, out: Path) -> list[Block]:
                 blocks.append(f"## Informative features (seed {seed}){suffix}")
                 blocks.append(Image(_rel(heat, out), "Confidence of model B on images reduced to model A's "
                                                      "most informative pixels."))
+    from .robust import robust_blocks  # imports this module
+
+    blocks += robust_blocks(results, fig_dir, out)
     blocks.append("## Guidelines")
     flags = guideline_flags(results)
     blocks += flags or ["No method lost much prune potential under the shifts tested."]

@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.shapes import shape_only_forward
+
 from .folded_conv import FoldedConv2d  # a sliced model's conv: a leaf like nn.Conv2d
 
 # --------------------------------------------------------------------------- public types
@@ -587,47 +589,12 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
-def _propagate_shapes(gm: fx.GraphModule, model: nn.Module, example_input: Tensor) -> None:
-    """Annotate every node with its output shape. Runs on meta tensors swapped in for the
-    parameters (no arithmetic, no copy: a ResNet-101 at 224 px takes tens of milliseconds),
-    else on fake tensors, else as a real eval-mode forward."""
+def _propagate_shapes(gm: fx.GraphModule, example_input: Tensor) -> None:
+    """Annotate every node with its output shape (on meta tensors: a ResNet-101 at 224 px
+    takes tens of milliseconds)."""
     from torch.fx.passes.shape_prop import ShapeProp
 
-    training = {m: m.training for m in model.modules()}
-    model.eval()  # never update BN statistics
-    try:
-        with torch.no_grad():
-            try:
-                _meta_shapes(gm, example_input)
-            except Exception:
-                try:
-                    from torch._subclasses.fake_tensor import FakeTensorMode
-
-                    mode = FakeTensorMode(allow_non_fake_inputs=True)
-                    with mode:
-                        ShapeProp(gm).propagate(mode.from_tensor(example_input))
-                except Exception:
-                    ShapeProp(gm).propagate(example_input)
-    finally:
-        for module, mode in training.items():  # per module: a frozen BN stays frozen
-            module.training = mode
-
-
-def _meta_shapes(gm: fx.GraphModule, example_input: Tensor) -> None:
-    from torch.fx.passes.shape_prop import ShapeProp
-    from torch.nn.utils.stateless import _reparametrize_module
-
-    tensors = dict(gm.named_parameters(remove_duplicate=False))
-    tensors.update(gm.named_buffers(remove_duplicate=False))
-    meta = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
-    # Plain tensor attributes that forward hooks rewrite (nn.utils.prune's masked weights).
-    cached = [(m, k, v) for m in gm.modules() for k, v in m.__dict__.items() if isinstance(v, Tensor)]
-    try:
-        with _reparametrize_module(gm, meta):
-            ShapeProp(gm).propagate(example_input.to("meta"))
-    finally:
-        for module, key, value in cached:
-            module.__dict__[key] = value
+    shape_only_forward(gm, example_input, call=lambda x: ShapeProp(gm).propagate(x))
 
 
 def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=()) -> DependencyGraph:
@@ -642,7 +609,7 @@ def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=()) -> Dep
     modules = dict(model.named_modules())
     from torch.fx.passes.shape_prop import ShapeProp
 
-    _propagate_shapes(gm, model, example_input)
+    _propagate_shapes(gm, example_input)
     analysis = _Analysis(gm, modules)
     analysis.run()
     return DependencyGraph(model, gm, analysis.groups(), modules)

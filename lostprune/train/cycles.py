@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..core.masks import load_pruned
-from .loop import TrainConfig, settle_masks, state_on_cpu, train
+from .loop import TrainConfig, state_on_cpu, train
 
 MODES = ("oneshot", "cascade", "rewind")
 
@@ -110,7 +110,7 @@ def _rewind(model: nn.Module, rewind_state: Mapping[str, torch.Tensor]) -> None:
             raise KeyError(f"rewind_state has no entry {source!r}; pass the parent's state_dict from an early "
                            f"epoch (train(..., snapshot_epochs=[k]).snapshots[k])")
         state[key] = rewind_state[source]
-    settle_masks(load_pruned(model, state))  # also re-zeroes the rewound weights under the masks
+    load_pruned(model, state)  # also re-zeroes the rewound weights under the masks
 
 
 def prune_retrain(parent: nn.Module, method: str, keep_ratios: Sequence[float], data,
@@ -174,11 +174,10 @@ def prune_retrain(parent: nn.Module, method: str, keep_ratios: Sequence[float], 
     prune_options, train_options = dict(prune_options or {}), dict(train_options or {})
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
-    settle_masks(parent)  # a pruned parent fresh from a training forward could not be deep-copied
     current, todo = parent, list(range(len(ratios)))
     if mode != "oneshot" and completed:
         last = max(completed)
-        current = settle_masks(load_pruned(copy.deepcopy(parent), completed[last]))
+        current = load_pruned(copy.deepcopy(parent), completed[last])
         todo = todo[last + 1:]
     elif mode == "oneshot":
         todo = [i for i in todo if i not in completed]

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .._io import save_atomic
-from ..core.masks import load_pruned, masked_parameters
+from .._files import save_atomic
+from ..core.masks import load_pruned, masked_parameters, settle_masks
+from . import distributed
 from .schedules import LRSchedule
 
 CHECKPOINT_FORMAT = "lostprune.train/1"
@@ -114,28 +115,17 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- masks
 
-def _mask_pairs(model: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]]:
-    """(module, name, raw parameter, mask) of every masked tensor, gathered once per run so the
-    per-step re-zeroing is one in-place multiply per tensor."""
-    return [(module, name, getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask"))
+def _mask_pairs(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(raw parameter, mask) of every masked tensor, gathered once per run so the per-step
+    re-zeroing is one in-place multiply per tensor."""
+    return [(getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask"))
             for module in model.modules() for name in masked_parameters(module)]
 
 
 @torch.no_grad()
-def _zero_masked(pairs, *, refresh: bool = False) -> None:
-    for module, name, orig, mask in pairs:
+def _zero_masked(pairs) -> None:
+    for orig, mask in pairs:
         orig.mul_(mask)
-        if refresh:  # the forward pre-hook recomputes it anyway; this keeps it right between forwards
-            setattr(module, name, orig * mask)
-
-
-def settle_masks(model: nn.Module) -> nn.Module:
-    """Zero the raw weights under every mask and recompute the masked tensors without an
-    autograd graph. A masked tensor left over from a forward with gradients (or from
-    ``load_pruned``) is not a graph leaf, and ``copy.deepcopy`` — which ``lostprune.prune``
-    uses — refuses such modules."""
-    _zero_masked(_mask_pairs(model), refresh=True)
-    return model
 
 
 # --------------------------------------------------------------------------- helpers
@@ -192,11 +182,12 @@ def _check_targets(targets: torch.Tensor, logits: torch.Tensor, argument: str) -
                          f"outputs {logits.shape[1]} classes")
 
 
-def _as_dataset(data, argument: str):
+def _as_dataset(data, argument: str, split: str):
+    """``data`` as a Dataset or DataLoader; DataSplits stand for their ``split``."""
     from ..data.splits import DataSplits
 
     if isinstance(data, DataSplits):
-        return data.train if argument == "data" else data.test
+        return data.split(split)
     if isinstance(data, (Dataset, DataLoader)):
         return data
     raise TypeError(f"{argument} must be a Dataset, a DataLoader or DataSplits, got {type(data).__name__}")
@@ -233,7 +224,7 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | tor
     segmentation outputs (N x K x H x W; label 255 ignored)."""
     from tqdm.auto import tqdm
 
-    data = _as_dataset(data, "data_eval")
+    data = _as_dataset(data, "data", "test")
     device = torch.device(device) if device is not None else model_device(model)
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
     use_amp, amp_dtype = _autocast(device, amp)
@@ -273,11 +264,21 @@ def _make_loader(data, config: TrainConfig, device: torch.device, generator: tor
         return data
     if len(data) == 0:
         raise ValueError("data is empty")
+    world = distributed.world_size()
+    if world > 1:
+        # Each process reads its shard; the configured batch stays the global batch.
+        if config.batch_size % world:
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
+        sampler = DistributedSampler(data, num_replicas=world, rank=distributed.rank(), shuffle=True,
+                                     seed=config.seed, drop_last=True)
+        return DataLoader(data, batch_size=config.batch_size // world, sampler=sampler,
+                          num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=True)
     # A last batch of one image would break BatchNorm in training mode.
     drop_last = len(data) > config.batch_size and len(data) % config.batch_size == 1
+    # Workers are not persistent: each epoch starts them from the reseeded generator, which
+    # keeps augmentation in workers reproducible per epoch (and resume exact).
     return DataLoader(data, batch_size=config.batch_size, shuffle=True, generator=generator,
-                      num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=drop_last,
-                      persistent_workers=config.num_workers > 0)
+                      num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=drop_last)
 
 
 def _read_checkpoint(path: Path, config: TrainConfig) -> dict:
@@ -303,8 +304,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
           batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None, loss_fn: Callable | None = None,
           callbacks: Sequence[Callable[[dict], bool | None]] = (), progress: bool = True,
           desc: str = "train") -> TrainResult:
-    """Train ``model`` in place on ``data`` (a Dataset, a DataLoader or DataSplits) and return
-    its per-epoch history.
+    """Train ``model`` in place on ``data`` (a Dataset, a DataLoader or DataSplits, whose train
+    split is used) and return its per-epoch history. ``val_data`` (DataSplits: the validation
+    split) is evaluated after every epoch.
 
     - ``start_epoch``: begin the schedule there (weight rewinding retrains from epoch k).
     - ``checkpoint``: file written every ``checkpoint_every`` epochs (atomically) and, with
@@ -313,7 +315,10 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
     - ``snapshot_epochs``: keep CPU copies of the model state after these epochs (0 = before
       training) in ``result.snapshots``, e.g. the rewind point of lottery-ticket cycles.
     - ``batch_transform``: applied to each input batch on the device (noise, corruptions).
-    - ``callbacks``: called with each epoch's record; returning True stops training.
+    - ``callbacks``: called with each epoch's record; returning True stops training (for good:
+      resuming that checkpoint returns at once).
+
+    The model is left in eval mode, its masked weights current.
     """
     from tqdm.auto import tqdm
 
@@ -327,8 +332,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
     bad = [e for e in snapshot_epochs if not (isinstance(e, int) and start_epoch <= e <= config.epochs)]
     if bad:
         raise ValueError(f"snapshot_epochs must lie in [start_epoch={start_epoch}, epochs={config.epochs}], got {bad}")
-    data = _as_dataset(data, "data")
-    val_data = _as_dataset(val_data, "val_data") if val_data is not None else None
+    data = _as_dataset(data, "data", "train")
+    val_data = _as_dataset(val_data, "val_data", "validation") if val_data is not None else None
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
 
@@ -360,29 +365,39 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
         result.history = list(state["history"])
         result.snapshots = dict(state.get("snapshots", {}))
         first = result.resumed_from = state["epoch"]
+        result.stopped_early = bool(state.get("stopped_early", False))
+    settle_masks(model)
     pruned = _mask_pairs(model)
-    _zero_masked(pruned, refresh=True)
     if first == start_epoch and start_epoch in snapshot_epochs:
         result.snapshots[start_epoch] = state_on_cpu(model)
 
     def save(epoch: int) -> None:
+        if not distributed.is_main():
+            return
         save_atomic({"format": CHECKPOINT_FORMAT, "epoch": epoch, "config": dataclasses.asdict(config),
                      "model": state_on_cpu(model), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                     "history": result.history, "snapshots": result.snapshots}, checkpoint)
+                     "history": result.history, "snapshots": result.snapshots,
+                     "stopped_early": result.stopped_early}, checkpoint)
 
     rng_devices = [device] if device.type == "cuda" else []
     bar = tqdm(total=(config.epochs - start_epoch) * steps, initial=(first - start_epoch) * steps, desc=desc,
-               unit="step", leave=False, disable=not progress, dynamic_ncols=True)
+               unit="step", leave=False, disable=not progress or not distributed.is_main(), dynamic_ncols=True)
+    # Under torchrun the forward/backward runs through DDP (gradients averaged across
+    # processes); the bare model keeps its masks, checkpoints and snapshots.
+    runner = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if distributed.active() else model
     model.train()
     try:
-        for epoch in range(first, config.epochs):
+        for epoch in range(first, config.epochs if not result.stopped_early else first):
             started = time.perf_counter()
             seed = _epoch_seed(config.seed, epoch)
             generator.manual_seed(seed)
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
             with torch.random.fork_rng(devices=rng_devices):
-                torch.manual_seed(seed)
-                stats = _run_epoch(model, loader, optimizer, scaler, schedule, epoch, steps, device, use_amp,
+                torch.manual_seed(seed + distributed.rank())  # each process its own augmentation draws
+                stats = _run_epoch(runner, loader, optimizer, scaler, schedule, epoch, steps, device, use_amp,
                                    amp_dtype, config, loss_fn, batch_transform, pruned, bar,
                                    check=epoch == first)
             record = {"epoch": epoch + 1, **stats, "seconds": 0.0}
@@ -397,15 +412,15 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
                 result.snapshots[epoch + 1] = state_on_cpu(model)
             bar.set_postfix(epoch=epoch + 1, loss=f"{stats['train_loss']:.3f}",
                             acc=f"{stats['train_accuracy']:.3f}", refresh=False)
-            stop = any([bool(callback(record)) for callback in callbacks])
+            stop = result.stopped_early = any([bool(callback(record)) for callback in callbacks])
             if checkpoint is not None and (stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs):
                 save(epoch + 1)
+                distributed.barrier()
             if stop:
-                result.stopped_early = True
                 break
     finally:
         bar.close()
-        _zero_masked(pruned, refresh=True)
+        settle_masks(model)  # masked tensors current (not those of the last forward), deep-copyable
     model.eval()
     return result
 
@@ -445,6 +460,9 @@ def _run_epoch(model, loader, optimizer, scaler, schedule, epoch, steps, device,
         counted += n
         samples += inputs.shape[0]
         bar.update()
+        if step == steps - 1:  # epoch totals over every process
+            distributed.all_reduce_sum(loss_sum, correct, counted)
+            samples *= distributed.world_size()
         if step % 25 == 24 or step == steps - 1:
             mean_loss = loss_sum.item() / samples
             if not math.isfinite(mean_loss):

@@ -80,34 +80,33 @@ class LRSchedule:
 
 
 @dataclass(frozen=True)
-class Geometric:
+class _Segment:
+    start: float
+    stop: float
+    num: int
+
+    def points(self) -> list[float]:
+        _check_segment(self)
+        if self.num == 1:
+            return [self.start]
+        return [self._at(i / (self.num - 1)) for i in range(self.num - 1)] + [self.stop]
+
+    def _at(self, fraction: float) -> float:
+        raise NotImplementedError
+
+
+class Geometric(_Segment):
     """``num`` keep ratios from ``start`` to ``stop`` (both included), evenly spaced in log scale."""
 
-    start: float
-    stop: float
-    num: int
-
-    def points(self) -> list[float]:
-        _check_segment(self)
-        if self.num == 1:
-            return [self.start]
-        step = (self.stop / self.start) ** (1 / (self.num - 1))
-        return [self.start * step ** i for i in range(self.num - 1)] + [self.stop]
+    def _at(self, fraction: float) -> float:
+        return self.start * (self.stop / self.start) ** fraction
 
 
-@dataclass(frozen=True)
-class Linear:
+class Linear(_Segment):
     """``num`` keep ratios from ``start`` to ``stop`` (both included), evenly spaced."""
 
-    start: float
-    stop: float
-    num: int
-
-    def points(self) -> list[float]:
-        _check_segment(self)
-        if self.num == 1:
-            return [self.start]
-        return [self.start + (self.stop - self.start) * i / (self.num - 1) for i in range(self.num)]
+    def _at(self, fraction: float) -> float:
+        return self.start + (self.stop - self.start) * fraction
 
 
 def _check_segment(segment) -> None:
@@ -134,7 +133,7 @@ def keep_ratio_schedule(*segments: Geometric | Linear | Iterable[Geometric | Lin
         raise ValueError("keep_ratio_schedule needs at least one segment")
     ratios: list[float] = []
     for segment in flat:
-        if not isinstance(segment, (Geometric, Linear)):
+        if not isinstance(segment, _Segment):
             raise TypeError(f"segments must be Geometric or Linear, got {type(segment).__name__}")
         points = [round(p, 12) for p in segment.points()]
         if ratios and math.isclose(points[0], ratios[-1], rel_tol=1e-9):
