@@ -9,5 +9,8 @@ from .api import PruneResult, prune
 from .core.accounting import PruneStats
 from .core.masks import load_pruned, remove_masks
 from .methods import available_methods
+from .structure.slicing import SliceReport, slice_model
+from . import sparse  # lostprune.sparse.convert
 
-__all__ = ["PruneResult", "PruneStats", "__version__", "available_methods", "load_pruned", "prune", "remove_masks"]
+__all__ = ["PruneResult", "PruneStats", "__version__", "available_methods", "load_pruned", "prune", "remove_masks",
+           "SliceReport", "slice_model"]

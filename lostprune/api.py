@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .core.accounting import PruneStats, compute_stats
 from .core.layers import prunable_layers
-from .core.masks import apply_masks, current_masks
+from .core.masks import apply_masks, current_masks, settle_masks
 from .data.batches import first_batch, iter_inputs
 from .methods import PruneContext, available_methods, get_method
 
@@ -75,7 +75,7 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     pruning_method = get_method(method)
     ratio = _check_ratio(ratio)
     prunable_layers(model, layers, exclude)  # validate before copying
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else copy.deepcopy(settle_masks(model))
     selected = prunable_layers(target, layers, exclude)
     device = next(iter(selected.values())).weight.device
     if pruning_method.data_informed:
@@ -95,7 +95,7 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     missing = set(selected) - set(masks)
     if missing:
         raise RuntimeError(f"method {pruning_method.name!r} returned no mask for {sorted(missing)}")
-    apply_masks(selected, masks)
+    apply_masks(selected, masks, validate=False)  # the method's own masks; shapes are still checked
     if pruning_method.structured:
         removed = ctx.graph().effective_masks(masks)
     else:

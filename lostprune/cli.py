@@ -59,6 +59,139 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console():
+    from rich.console import Console
+
+    return Console(width=max(120, shutil.get_terminal_size().columns))
+
+
+def print_potential_table(results_dir, console=None) -> None:
+    """The prune-potential table of an experiment (methods × test distributions) per training
+    arm, and where to stop pruning (``lostprune.metrics.recommend_ratio``)."""
+    from .report import ExperimentResults
+    from .report.render import potential_table
+    from .report.robust import recommendation_table
+
+    results = ExperimentResults(results_dir)
+    console = console or _console()
+    for arm in results.arms:
+        _print_table(console, potential_table(results, arm), f"prune potential (%), δ = {100 * results.delta:g} %"
+                     + ("" if arm == "nominal" else f", {arm} training"))
+    _print_table(console, recommendation_table(results),
+                 f"where to stop pruning: within δ = {100 * results.delta:g} % of the parent (%)")
+
+
+def _print_table(console, data, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, column in enumerate(data.header):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in data.rows:
+        table.add_row(*row)
+    if data.rows:
+        console.print(table)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiments import ExperimentError, run
+    from .report import write_report
+
+    console = _console()
+    try:
+        root = run(args.config, args.out, workers=args.workers, ray_address=args.ray, retry_failed=args.retry_failed)
+    except ExperimentError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
+    print_potential_table(root, console)
+    if not args.no_report:
+        console.print(f"report: {write_report(root)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.results, args.out)
+    print_potential_table(args.results)
+    print(f"report: {path} (and {path.with_suffix('.html')})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments.config import resolve_config_path
+
+    args.config = str(resolve_config_path("demo_robust" if args.robust else "demo"))
+    args.out = args.out or ("runs/demo_robust" if args.robust else "runs/demo")
+    args.ray, args.retry_failed, args.no_report = None, False, False
+    return cmd_run(args)
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    from .experiments.config import SHIPPED, shipped_configs
+
+    for name in shipped_configs():
+        first = (SHIPPED / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+        print(f"{name:24s} {first}")
+    return 0
+
+
+def _load_data(spec: str | None, model):
+    """--data: a built-in/loader name ('digits'), or a tensor file (N x C x H x W)."""
+    if spec is None:
+        return None
+    from pathlib import Path
+
+    import torch
+
+    if Path(spec).is_file():
+        return torch.load(spec, map_location="cpu")
+    from . import data
+
+    return data.load(spec).s  # S: held out of training, never the test set
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    import lostprune
+
+    from .io import load_network, read_network_file, save_network
+
+    meta = read_network_file(args.model)
+    model = load_network(args.model)
+    result = lostprune.prune(model, args.method, args.ratio, data=_load_data(args.data, model))
+    out = args.out or str(args.model).replace(".pt", f"-{args.method}{int(round(100 * args.ratio))}.pt")
+    save_network(out, result.model, meta["network"], meta["num_classes"], options=meta.get("options"),
+                 pruned_by=args.method, ratio=args.ratio)
+    print(result.stats.summary())
+    print(f"saved: {out}")
+    return 0
+
+
+def cmd_slice(args: argparse.Namespace) -> int:
+    import torch
+
+    import lostprune
+
+    from .io import load_network
+
+    model = load_network(args.model).eval()
+    sliced = lostprune.slice_model(model)
+    out = args.out or str(args.model).replace(".pt", "-sliced.pt")
+    torch.save({"format": "lostprune-sliced/1", "module": sliced}, out)
+    before = sum(p.numel() for p in model.parameters())
+    after = sum(p.numel() for p in sliced.parameters())
+    print(f"sliced: {before:,} -> {after:,} parameters ({100 * (1 - after / before):.1f} % smaller); saved: {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_network
+
+    console = _console()
+    console.print(bench_network(args.model, batches=args.batch, repeat=args.repeat))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
@@ -72,6 +205,48 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--check", action="store_true",
                        help="exit 1 unless every op has its CPU kernel (and CUDA kernel when CUDA is built)")
     build.set_defaults(func=cmd_build)
+
+    run = sub.add_parser("run", help="run (or resume) an experiment config, then write its report")
+    run.add_argument("config", help="a YAML config file, or the name of a shipped one (see `lostprune configs`)")
+    run.add_argument("--out", help="results directory (default runs/<name>)")
+    run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    run.add_argument("--ray", metavar="ADDRESS", help="spread the work over a Ray cluster (needs lostprune[dist])")
+    run.add_argument("--retry-failed", action="store_true", help="run failed tasks again")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="write the Markdown/HTML report of a results directory")
+    report.add_argument("results", help="results directory of `lostprune run`")
+    report.add_argument("--out", help="report directory (default RESULTS/report)")
+    report.set_defaults(func=cmd_report)
+
+    demo = sub.add_parser("demo", help="the whole study on the built-in data in a few minutes")
+    demo.add_argument("--out", help="results directory (default runs/demo)")
+    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--robust", action="store_true", help="add a shift-aware training arm")
+    demo.set_defaults(func=cmd_demo)
+
+    configs = sub.add_parser("configs", help="list the shipped experiment configs")
+    configs.set_defaults(func=cmd_configs)
+
+    prune = sub.add_parser("prune", help="prune a saved network")
+    prune.add_argument("model", help="network file (lostprune.io.save_network)")
+    prune.add_argument("--method", required=True)
+    prune.add_argument("--ratio", type=float, required=True, help="fraction of prunable weights removed, [0, 1)")
+    prune.add_argument("--data", help="S for data-informed methods: a data set name (its S split) or a tensor file")
+    prune.add_argument("--out", help="output network file")
+    prune.set_defaults(func=cmd_prune)
+
+    slice_ = sub.add_parser("slice", help="physically remove pruned channels of a saved network")
+    slice_.add_argument("model")
+    slice_.add_argument("--out")
+    slice_.set_defaults(func=cmd_slice)
+
+    bench = sub.add_parser("bench", help="CPU latency of a saved network: dense, masked, sliced, sparse")
+    bench.add_argument("model")
+    bench.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    bench.add_argument("--repeat", type=int, default=5)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

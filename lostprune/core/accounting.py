@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .shapes import shape_only_forward
+
 
 @dataclass
 class LayerStats:
@@ -80,13 +82,9 @@ def output_positions(model: nn.Module, example_input: Tensor) -> tuple[dict[str,
         elif isinstance(module, _ELEMENTWISE):
             hooks.append(module.register_forward_hook(
                 lambda m, i, o, name=name: elements.__setitem__(name, elements.get(name, 0) + o[0].numel())))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            model(example_input[:1])
+        shape_only_forward(model, example_input[:1])
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return positions, elements

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .cifar_resnet import CifarResNet
 from .small_cnn import SmallCNN
+from .statistics import randomize_norm_statistics
 from .vgg import CifarVGG
 
 _CIFAR = (3, 32, 32)
@@ -63,4 +64,4 @@ def create(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
     return model
 
 
-__all__ = ["CifarResNet", "CifarVGG", "REGISTRY", "SmallCNN", "available", "create"]
+__all__ = ["CifarResNet", "CifarVGG", "REGISTRY", "SmallCNN", "available", "create", "randomize_norm_statistics"]

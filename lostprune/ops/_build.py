@@ -341,6 +341,7 @@ def ensure_loaded(force: bool = False, verbose: bool = False) -> BuildState:
                 raise RuntimeError("lostprune: kernels are already loaded in this process; "
                                    "run the build in a fresh process to rebuild")
             _state = _load(force, verbose)
+            _kernel_answers.clear()
             if _state.backend == "compiled":
                 from . import _registry  # fake and autograd kernels need the schemas
 
@@ -354,14 +355,25 @@ def ensure_loaded(force: bool = False, verbose: bool = False) -> BuildState:
     return _state
 
 
+# (op, device type) -> use_kernel's answer; asking the dispatcher costs microseconds per call.
+_kernel_answers: dict[tuple[str, str], bool] = {}
+
+
 @torch.compiler.assume_constant_result
 def use_kernel(op: str, device: torch.device | str) -> bool:
     """True when ``torch.ops.lostprune.<op>`` has a compiled kernel for this device.
     A constant for torch.compile: the answer cannot change within a process."""
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    answer = _kernel_answers.get((op, device_type))
+    if answer is None:
+        answer = _kernel_answers[(op, device_type)] = _has_kernel(op, device_type)
+    return answer
+
+
+def _has_kernel(op: str, device_type: str) -> bool:
     state = ensure_loaded()
     if state.backend != "compiled":
         return False
-    device_type = torch.device(device).type
     if device_type == "meta":
         return True
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)

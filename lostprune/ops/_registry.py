@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("gather", "sensitivity")
+FAMILIES = ("gather", "sparse", "sensitivity")
 
 
 def family_modules():

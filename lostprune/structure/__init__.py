@@ -1,5 +1,10 @@
-"""Structure: the torch.fx dependency graph of coupled channels (and, built on it, slicing)."""
+"""Structure: the torch.fx dependency graph of coupled channels, group-aware structured
+pruning (``GroupPlan``) and physical channel slicing (``slice_model``)."""
 
+from .folded_conv import FoldedConv2d
 from .graph import ChannelGroup, DependencyGraph, GraphError, Member, build_graph, trace
+from .group_plan import GroupPlan, Unit, allowed_kept, snap
+from .slicing import SliceReport, SlicingWarning, slice_model
 
-__all__ = ["ChannelGroup", "DependencyGraph", "GraphError", "Member", "build_graph", "trace"]
+__all__ = ["ChannelGroup", "DependencyGraph", "FoldedConv2d", "GraphError", "GroupPlan", "Member", "SliceReport",
+           "SlicingWarning", "Unit", "allowed_kept", "build_graph", "slice_model", "snap", "trace"]

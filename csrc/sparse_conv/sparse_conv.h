@@ -1,0 +1,140 @@
+// Masked sparse convolution: the arithmetic shared by the CPU kernel, the CUDA kernel and
+// the C++ unit tests.
+//
+// Packed weight (built once per layer, see lostprune/ops/sparse.py): CSR over the weight
+// viewed as [Cout, Cin/g * KH * KW]. row_ptr[Cout + 1] (int32) delimits each output
+// channel's nonzeros, col_index[nnz] (int32) is the tap code ci * KH * KW + kh * KW + kw
+// (ci local to the group), values[nnz] the weights.
+//
+// CPU input layout ("phase planes"): the zero-padded input of every channel is split into
+// stride phases, plane (a, b) holding xpad[y * sh + a][x * sw + b], each plane Hq x Wq.
+// Output position (oh, ow) then reads, for tap (kh, kw), element
+//     tap_offset(kh, kw) + oh * Wq + ow
+// of its channel's planes: one constant offset per nonzero, whatever the stride, padding or
+// dilation. Numbering the outputs on the Wq-wide grid (q = oh * Wq + ow, the columns
+// ow >= OW being discarded) makes every nonzero an axpy over one contiguous run of q.
+#pragma once
+
+#include "../common/macros.h"
+
+namespace lostprune {
+
+// Planes start on multiples of this many elements (64 bytes of float32: one AVX-512 vector).
+constexpr int64_t kPlaneAlign = 16;
+
+LP_HD int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dil) {
+  return (in + 2 * pad - dil * (kernel - 1) - 1) / stride + 1;
+}
+
+// Phases along one axis: the distinct values of (k * dil) % stride over taps k < kernel.
+// Only the phases some tap reads get a plane (a 1x1 stride-2 conv reads one of four).
+LP_HD bool phase_used(int64_t kernel, int64_t stride, int64_t dil, int64_t phase) {
+  for (int64_t k = 0; k < kernel; ++k) {
+    if ((k * dil) % stride == phase) return true;
+  }
+  return false;
+}
+
+// Index of `phase` among the used phases (number of used phases below it).
+LP_HD int64_t phase_index(int64_t kernel, int64_t stride, int64_t dil, int64_t phase) {
+  int64_t index = 0;
+  for (int64_t a = 0; a < phase; ++a) index += phase_used(kernel, stride, dil, a) ? 1 : 0;
+  return index;
+}
+
+LP_HD int64_t phase_count(int64_t kernel, int64_t stride, int64_t dil) {
+  return phase_index(kernel, stride, dil, stride);
+}
+
+// The `index`-th used phase (inverse of phase_index).
+LP_HD int64_t nth_phase(int64_t kernel, int64_t stride, int64_t dil, int64_t index) {
+  for (int64_t a = 0; a < stride; ++a) {
+    if (phase_used(kernel, stride, dil, a)) {
+      if (index == 0) return a;
+      --index;
+    }
+  }
+  return -1;
+}
+
+struct SparseConvGeometry {
+  int64_t H, W;            // input size
+  int64_t KH, KW;          // kernel size
+  int64_t sh, sw, ph, pw, dh, dw;
+  int64_t OH, OW;          // output size
+  int64_t ny, nx;          // used phases along rows / columns
+  int64_t Hq, Wq;          // phase-plane size
+  int64_t plane;           // Hq * Wq
+  int64_t plane_stride;    // plane rounded up to kPlaneAlign elements, so planes start aligned
+  int64_t channel_stride;  // elements per input channel in the phase layout: ny * nx * plane_stride
+  int64_t max_dx;          // largest column shift of a tap (over-read past a channel's last row)
+};
+
+LP_HD SparseConvGeometry make_geometry(int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh,
+                                       int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+  SparseConvGeometry g{};
+  g.H = H; g.W = W; g.KH = KH; g.KW = KW;
+  g.sh = sh; g.sw = sw; g.ph = ph; g.pw = pw; g.dh = dh; g.dw = dw;
+  g.OH = conv_out_size(H, KH, sh, ph, dh);
+  g.OW = conv_out_size(W, KW, sw, pw, dw);
+  g.ny = phase_count(KH, sh, dh);
+  g.nx = phase_count(KW, sw, dw);
+  g.Hq = g.OH + (KH - 1) * dh / sh;
+  g.max_dx = (KW - 1) * dw / sw;
+  g.Wq = g.OW + g.max_dx;
+  g.plane = g.Hq * g.Wq;
+  g.plane_stride = (g.plane + kPlaneAlign - 1) / kPlaneAlign * kPlaneAlign;
+  g.channel_stride = g.ny * g.nx * g.plane_stride;
+  return g;
+}
+
+// Rounds the plane rows up to whole kPlaneAlign-element vectors when that widens them by at
+// most 1/8: every row then starts aligned, so a tap's offset residue is its column shift
+// alone (3 residue classes for a 3x3 kernel instead of up to 9).
+LP_HD void align_plane_rows(SparseConvGeometry* g) {
+  const int64_t aligned = (g->Wq + kPlaneAlign - 1) / kPlaneAlign * kPlaneAlign;
+  if ((aligned - g->Wq) * 8 > g->Wq) return;
+  g->Wq = aligned;
+  g->plane = g->Hq * g->Wq;
+  g->plane_stride = g->plane;  // already a multiple of kPlaneAlign
+  g->channel_stride = g->ny * g->nx * g->plane_stride;
+}
+
+// Offset of tap (kh, kw) within its input channel's phase planes.
+LP_HD int64_t tap_offset(const SparseConvGeometry& g, int64_t kh, int64_t kw) {
+  const int64_t r = kh * g.dh, c = kw * g.dw;
+  const int64_t plane_index = phase_index(g.KH, g.sh, g.dh, r % g.sh) * g.nx +
+                              phase_index(g.KW, g.sw, g.dw, c % g.sw);
+  return plane_index * g.plane_stride + (r / g.sh) * g.Wq + c / g.sw;
+}
+
+// Input coordinates (row u, column v, in the unpadded input; may be out of range = zero)
+// that element (y, x) of plane `plane_index` holds.
+LP_HD void plane_source(const SparseConvGeometry& g, int64_t plane_index, int64_t y, int64_t x,
+                        int64_t* u, int64_t* v) {
+  const int64_t a = nth_phase(g.KH, g.sh, g.dh, plane_index / g.nx);
+  const int64_t b = nth_phase(g.KW, g.sw, g.dw, plane_index % g.nx);
+  *u = y * g.sh + a - g.ph;
+  *v = x * g.sw + b - g.pw;
+}
+
+// Tap code of the packed format -> (local input channel, kh, kw).
+LP_HD void decode_tap(int64_t code, int64_t KH, int64_t KW, int64_t* ci, int64_t* kh, int64_t* kw) {
+  const int64_t taps = KH * KW;
+  *ci = code / taps;
+  const int64_t t = code - *ci * taps;
+  *kh = t / KW;
+  *kw = t - *kh * KW;
+}
+
+// Index of the first row whose CSR pointers are inconsistent (row_ptr[0] != 0, decreasing,
+// or the last one != nnz), or -1 when row_ptr is valid.
+LP_HD int64_t first_bad_row(const int32_t* row_ptr, int64_t rows, int64_t nnz) {
+  if (row_ptr[0] != 0) return 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (row_ptr[r + 1] < row_ptr[r]) return r;
+  }
+  return row_ptr[rows] == nnz ? -1 : rows;
+}
+
+}  // namespace lostprune

@@ -1,0 +1,47 @@
+"""Forward passes that only need shapes: parameters swapped for meta tensors (no arithmetic,
+no copy of the model), with the plain tensor attributes that forward hooks rewrite (the
+masked weights of nn.utils.prune) restored afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+@contextmanager
+def meta_parameters(module: nn.Module):
+    """Inside, every parameter and buffer of ``module`` is a meta tensor of the same shape."""
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    tensors = dict(module.named_parameters(remove_duplicate=False))
+    tensors.update(module.named_buffers(remove_duplicate=False))
+    meta = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
+    cached = [(m, k, v) for m in module.modules() for k, v in m.__dict__.items() if isinstance(v, Tensor)]
+    try:
+        with _reparametrize_module(module, meta):
+            yield
+    finally:
+        for owner, key, value in cached:
+            owner.__dict__[key] = value
+
+
+def shape_only_forward(module: nn.Module, x: Tensor, call: Callable | None = None) -> None:
+    """Run ``call(x)`` (default ``module(x)``) for its shapes, in eval mode and without
+    gradients: on meta tensors when every op supports them, else for real."""
+    call = call or module
+    training = {m: m.training for m in module.modules()}
+    module.eval()  # never update BN statistics
+    try:
+        with torch.no_grad():
+            try:
+                with meta_parameters(module):
+                    call(x.to("meta"))
+            except Exception:  # an op without a meta kernel: pay for one real pass
+                call(x)
+    finally:
+        for m, mode in training.items():  # per module: a frozen BN stays frozen
+            m.training = mode

@@ -1,0 +1,381 @@
+"""Experiment configs: YAML → validated dataclasses. Every error names the bad key (dotted
+path) and what is allowed; unknown keys get a did-you-mean suggestion."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or out of range."""
+
+
+def _choice(*values):
+    return {"choices": values}
+
+
+def _range(low=None, high=None, *, low_open=False):
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+@dataclass
+class DataConfig:
+    name: str = field(default="digits", metadata=_choice("digits", "cifar10", "imagefolder", "imagenet", "voc"))
+    root: str | None = None  # dataset location (not needed for the built-in digits)
+    s_size: int = field(default=256, metadata=_range(2))  # images in S, held out from the training split
+    batch_size: int = field(default=128, metadata=_range(1))
+    test_size: int | None = field(default=None, metadata=_range(1))  # evaluate on the first N test images
+    workers: int = field(default=0, metadata=_range(0))
+    augment: bool = True  # training augmentation (random crop + flip)
+
+
+@dataclass
+class ScheduleConfig:
+    """Which networks the prune–retrain cycles produce (SPEC §4). Give exactly one of
+    ``ratios`` (prune ratios), ``keep`` (keep-ratio segments, e.g.
+    ``[{geometric: [0.85, 0.15, 16]}, {linear: [0.15, 0.02, 8]}]``) or ``paper`` (the paper's
+    schedule with that many networks)."""
+
+    mode: str = field(default="cascade", metadata=_choice("cascade", "oneshot", "rewind"))
+    ratios: list[float] | None = None
+    keep: list[dict] | None = None
+    paper: int | None = field(default=None, metadata=_range(3))
+    rewind_epoch: int = field(default=1, metadata=_range(0))
+
+    def keep_ratios(self) -> list[float]:
+        from ..train.schedules import Geometric, Linear, keep_ratio_schedule, paper_keep_ratios
+
+        given = [k for k in ("ratios", "keep", "paper") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ConfigError("schedule needs exactly one of ratios, keep or paper"
+                              + (f" (got {', '.join(given)})" if given else ""))
+        if self.paper is not None:
+            return paper_keep_ratios(self.paper)
+        if self.ratios is not None:
+            for i, r in enumerate(self.ratios):
+                if not 0 < r < 1:
+                    raise ConfigError(f"schedule.ratios[{i}] must be a prune ratio in (0, 1), got {r}")
+            return [1.0 - r for r in self.ratios]
+        segments = []
+        kinds = {"geometric": Geometric, "linear": Linear}
+        for i, segment in enumerate(self.keep):
+            if not isinstance(segment, dict) or len(segment) != 1 or next(iter(segment)) not in kinds:
+                raise ConfigError(f"schedule.keep[{i}] must be {{geometric: [start, stop, num]}} or "
+                                  f"{{linear: [start, stop, num]}}, got {segment!r}")
+            kind, args = next(iter(segment.items()))
+            if not isinstance(args, list) or len(args) != 3:
+                raise ConfigError(f"schedule.keep[{i}].{kind} must be [start, stop, num], got {args!r}")
+            try:
+                segments.append(kinds[kind](float(args[0]), float(args[1]), int(args[2])))
+                segments[-1].points()
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"schedule.keep[{i}].{kind}: {exc}") from None
+        return keep_ratio_schedule(*segments)
+
+
+@dataclass
+class NoiseConfig:
+    kind: str = field(default="gaussian", metadata=_choice("gaussian", "uniform"))
+    levels: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.4])
+    draws: int = field(default=2, metadata=_range(1))
+
+
+@dataclass
+class CorruptionConfig:
+    names: list[str] = field(default_factory=list)
+    severities: list[int] = field(default_factory=lambda: [3])
+
+
+@dataclass
+class TestConfig:
+    nominal: bool = True
+    noise: NoiseConfig | None = None
+    corruptions: CorruptionConfig | None = None
+    allow_training_corruptions: bool = False
+
+
+@dataclass
+class RobustNoiseConfig:
+    kind: str = field(default="gaussian", metadata=_choice("gaussian", "uniform"))
+    levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3])  # a sample draws one; 0 = none
+
+
+def _training_corruptions() -> list[str]:
+    from ..train.augment import DEFAULT_TRAINING_CORRUPTIONS
+
+    return list(DEFAULT_TRAINING_CORRUPTIONS)
+
+
+@dataclass
+class RobustConfig:
+    """Shift-aware training of the parent and retraining of the pruned networks (SPEC §7):
+    each training sample draws one of ``corruptions`` at one of ``severities`` (0 = clean)
+    and, independently, one input-noise level. The corruptions listed here are the training
+    ones; ``test.corruptions`` must hold others (held out) unless
+    ``test.allow_training_corruptions`` is true."""
+
+    corruptions: list[str] = field(default_factory=_training_corruptions)
+    severities: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+    noise: RobustNoiseConfig | None = field(default_factory=RobustNoiseConfig)
+
+
+@dataclass
+class MetricsConfig:
+    delta: float = field(default=0.005, metadata=_range(0, 1))
+    similarity: bool = True  # functional similarity vs parent and a separately trained network
+    informative_features: bool = False
+    feature_images: int = field(default=16, metadata=_range(1))
+    feature_fraction: float = field(default=0.1, metadata=_range(0, 1, low_open=True))
+    feature_step: float = field(default=0.01, metadata=_range(0, 1, low_open=True))  # pixels removed per round
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    network: str
+    network_options: dict = field(default_factory=dict)  # keyword arguments of lostprune.models.create
+    data: DataConfig = field(default_factory=DataConfig)
+    methods: list[str] = field(default_factory=lambda: ["wt", "sipp", "ft", "pfp"])
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(ratios=[0.5, 0.7, 0.8, 0.9]))
+    train: dict = field(default_factory=dict)  # lostprune.train.TrainConfig fields (parent training)
+    retrain: dict = field(default_factory=dict)  # overrides of `train` for retraining (LR rewinding)
+    robust: RobustConfig | None = None  # shift-aware training and retraining: a second training arm
+    seeds: list[int] = field(default_factory=lambda: [0])
+    test: TestConfig = field(default_factory=TestConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    num_classes: int | None = field(default=None, metadata=_range(1))
+    device: str = "auto"
+
+    # ---- derived
+    def train_config(self, seed: int = 0):
+        """The parent's lostprune.train.TrainConfig."""
+        return _train_config(self.train, "train", seed)
+
+    def retrain_config(self, seed: int = 0):
+        """The retraining schedule: ``train`` with ``retrain``'s overrides."""
+        return _train_config({**self.train, **self.retrain}, "retrain", seed)
+
+    def keep_ratios(self) -> list[float]:
+        return self.schedule.keep_ratios()
+
+    def prune_ratios(self) -> list[float]:
+        return [1.0 - k for k in self.keep_ratios()]
+
+    def digest(self) -> str:
+        """Hash of everything that changes results (not the name)."""
+        data = dataclasses.asdict(self)
+        data.pop("name")
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _train_config(values: dict, key: str, seed: int):
+    from ..train.loop import TrainConfig
+
+    allowed = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
+    for name in values:
+        if name not in allowed:
+            close = difflib.get_close_matches(str(name), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {key}.{name}{hint} (allowed: {', '.join(sorted(allowed))})")
+    try:
+        return TrainConfig(**values, seed=seed)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- validation
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _check_value(value, tp, meta: dict, path: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(value, inner[0], meta, path)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, "
+                              f"got {value!r}")
+        return _build(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        return [_check_value(v, args[0], meta, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not float(value).is_integer()):
+            raise ConfigError(f"{path} must be {'an integer' if tp is int else 'a number'}, got {value!r}")
+        value = tp(value)
+        low, high, open_low = meta.get("low"), meta.get("high"), meta.get("low_open")
+        too_low = low is not None and (value < low or (open_low and value == low))
+        if too_low or (high is not None and value > high):
+            if high is None:
+                allowed = f"> {low}" if open_low else f">= {low}"
+            else:
+                allowed = f"in {'(' if open_low else '['}{low}, {high}]"
+            raise ConfigError(f"{path} must be {allowed}, got {value:g}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{path} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: dict, path: str = ""):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {_join(path, key)!r}{hint} (allowed: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name in data:
+            values[name] = _check_value(data[name], hints[name], dict(f.metadata), key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required key {key!r}")
+    return cls(**values)
+
+
+def _join(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _validate_semantics(config: ExperimentConfig) -> None:
+    from .. import models
+    from ..methods import available_methods
+
+    if config.network.lower() not in models.available():
+        raise ConfigError(f"network must be one of {', '.join(models.available())}; got {config.network!r}")
+    try:
+        models.create(config.network, **config.network_options)
+    except TypeError as exc:
+        raise ConfigError(f"network_options: {exc}") from None
+    for i, method in enumerate(config.methods):
+        if method.lower() not in available_methods():
+            raise ConfigError(f"methods[{i}] must be one of {', '.join(available_methods())}; got {method!r}")
+    if not config.methods:
+        raise ConfigError("methods must list at least one pruning method")
+    if not config.seeds:
+        raise ConfigError("seeds must list at least one seed")
+    config.train_config()
+    config.retrain_config()
+    if config.data.name != "digits" and not config.data.root:
+        raise ConfigError(f"data.root is required for data.name={config.data.name!r} (the dataset's location)")
+    keep = config.keep_ratios()  # validates the schedule
+    if config.schedule.mode != "oneshot" and any(b >= a for a, b in zip(keep, keep[1:])):
+        raise ConfigError(f"schedule: prune ratios must increase in {config.schedule.mode} mode "
+                          f"(each cycle prunes further), got {[round(1 - k, 4) for k in keep]}")
+    if config.test.noise is not None:
+        for i, level in enumerate(config.test.noise.levels):
+            if level < 0:
+                raise ConfigError(f"test.noise.levels[{i}] must be >= 0, got {level}")
+    if config.test.corruptions is not None:
+        from ..robustness.corruptions import NAMES
+
+        for i, name in enumerate(config.test.corruptions.names):
+            if name not in NAMES:
+                raise ConfigError(f"test.corruptions.names[{i}] must be one of {', '.join(NAMES)}; got {name!r}")
+        for i, sev in enumerate(config.test.corruptions.severities):
+            if not 1 <= sev <= 5:
+                raise ConfigError(f"test.corruptions.severities[{i}] must be in 1..5, got {sev}")
+    if config.robust is not None:
+        _validate_robust(config)
+
+
+def _validate_robust(config: ExperimentConfig) -> None:
+    from ..robustness.corruptions import NAMES
+
+    robust = config.robust
+    for i, name in enumerate(robust.corruptions):
+        if name not in NAMES:
+            raise ConfigError(f"robust.corruptions[{i}] must be one of {', '.join(NAMES)}; got {name!r}")
+    if not robust.severities:
+        raise ConfigError("robust.severities must list at least one severity in 0..5 (0 = clean)")
+    for i, sev in enumerate(robust.severities):
+        if not 0 <= sev <= 5:
+            raise ConfigError(f"robust.severities[{i}] must be in 0..5 (0 = clean), got {sev}")
+    if robust.noise is not None:
+        if not robust.noise.levels:
+            raise ConfigError("robust.noise.levels must list at least one level >= 0 (0 = no noise)")
+        for i, level in enumerate(robust.noise.levels):
+            if level < 0:
+                raise ConfigError(f"robust.noise.levels[{i}] must be >= 0, got {level}")
+    corrupts = bool(robust.corruptions) and max(robust.severities) > 0
+    if not corrupts and (robust.noise is None or max(robust.noise.levels) == 0):
+        raise ConfigError("robust augments nothing: list robust.corruptions with a severity > 0 in "
+                          "robust.severities, or robust.noise levels > 0")
+    tested = config.test.corruptions.names if config.test.corruptions is not None else []
+    overlap = [(i, name) for i, name in enumerate(tested) if name in robust.corruptions]
+    if overlap and not config.test.allow_training_corruptions:
+        listed = ", ".join(f"test.corruptions.names[{i}]={name!r}" for i, name in overlap)
+        raise ConfigError(f"{listed} also in robust.corruptions: held-out test corruptions must differ from the "
+                          "training ones. Remove them from one list, or set test.allow_training_corruptions: true "
+                          "to test on training corruptions on purpose")
+
+
+def parse_config(data: dict, source: str = "config") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    config = _build(ExperimentConfig, data)
+    _validate_semantics(config)
+    return config
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML experiment config (a shipped config's name works too)."""
+    path = resolve_config_path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_config(data, str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    shipped = SHIPPED / f"{candidate.stem}.yaml"
+    if shipped.is_file() and candidate.suffix in ("", ".yaml") and len(candidate.parts) == 1:
+        return shipped
+    raise ConfigError(f"config {str(path)!r} not found (shipped configs: {', '.join(shipped_configs())})")

@@ -1,0 +1,247 @@
+"""Run an experiment's task graph with one or more workers, resumably.
+
+    lostprune run CONFIG [--out DIR] [--workers N] [--ray ADDRESS]
+
+Every worker — this process, local processes, or Ray tasks on other machines sharing the
+results directory — repeats: claim a ready task, run it, record its outputs. The main
+process shows a progress bar with an ETA. Rerunning the same command after an interruption
+(Ctrl-C, kill -9, a crash) continues where the store says it stopped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from ..train import distributed
+from .config import ExperimentConfig, load_config
+from .environment import Environment
+from .plan import build_plan
+from .store import Store, worker_id
+from .tasks import EXECUTORS
+
+HEARTBEAT_SECONDS = 30.0
+POLL_SECONDS = 0.5
+
+
+class ExperimentError(RuntimeError):
+    """Some tasks failed; the store keeps their errors."""
+
+
+def results_dir(config: ExperimentConfig, out: str | Path | None) -> Path:
+    return Path(out) if out is not None else Path("runs") / config.name
+
+
+def prepare(config: ExperimentConfig, root: Path, retry_failed: bool = False) -> Store:
+    """Open (or create) the store, check it belongs to this config, add missing tasks."""
+    store = Store(root / "results.sqlite")
+    digest = store.get_meta("config_digest")
+    if digest is not None and digest != config.digest():
+        store.close()
+        raise ExperimentError(f"{root} holds results of a different configuration (digest {digest}, this config "
+                              f"{config.digest()}); pass another --out directory")
+    if digest is None:
+        store.set_meta("config_digest", config.digest())
+        store.set_meta("config", config.to_yaml())
+        store.set_meta("created", time.strftime("%Y-%m-%d %H:%M:%S"))
+    store.add_tasks(build_plan(config))
+    store.release_orphans()
+    if retry_failed:
+        store.retry_failed()
+    return store
+
+
+class _Heartbeat:
+    """Keeps the claimed task's heartbeat fresh while it runs (so others know it is alive)."""
+
+    def __init__(self, store_path: Path):
+        self.store_path = store_path
+        self.key: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        store = Store(self.store_path)
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            if self.key is not None:
+                store.heartbeat(self.key)
+        store.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _next_task(store: Store, owner: str):
+    """The next task to run, or None when there is nothing left. Under torchrun the main
+    process claims and every process gets the same task (they train it together)."""
+    task = None
+    if distributed.is_main():
+        while True:
+            task = store.claim(owner)
+            if task is not None or store.counts()["running"] == 0:
+                break
+            time.sleep(POLL_SECONDS)  # other workers run tasks this one may depend on
+    return distributed.broadcast(task)
+
+
+def worker_loop(config: ExperimentConfig, root: Path, on_task=None) -> int:
+    """Claim and run tasks until none is left. Returns the number of tasks this worker ran."""
+    store = Store(root / "results.sqlite")
+    env = Environment(config, store, device=str(distributed.device()) if distributed.active() else None)
+    main = distributed.is_main()
+    heartbeat = _Heartbeat(store.path) if main else None
+    owner = worker_id()
+    ran = 0
+
+    def publish(key, networks, results):
+        if main:
+            store.complete(key, networks, results)
+
+    try:
+        while (task := _next_task(store, owner)) is not None:
+            if heartbeat is not None:
+                heartbeat.key = task.key
+            started = time.perf_counter()
+            if on_task is not None and main:
+                on_task(task)
+            try:
+                networks, results = EXECUTORS[task.kind](env, task, publish)
+            except Exception:
+                if main:
+                    store.fail(task.key, traceback.format_exc())
+            else:
+                if main:
+                    store.complete(task.key, networks, results, seconds=time.perf_counter() - started)
+            finally:
+                if heartbeat is not None:
+                    heartbeat.key = None
+            distributed.barrier()
+            ran += 1
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+        store.close()
+    return ran
+
+
+def _worker_process(config_path: str, root: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    worker_loop(load_config(config_path), Path(root))
+
+
+def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *, workers: int = 1,
+        ray_address: str | None = None, progress: bool = True, retry_failed: bool = False) -> Path:
+    """Run (or resume) an experiment; returns its results directory."""
+    config_path = None
+    if not isinstance(config, ExperimentConfig):
+        config_path = str(config)
+        config = load_config(config)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    root = results_dir(config, out)
+    if distributed.init():  # under torchrun: one worker group training data-parallel
+        if ray_address is not None or workers != 1:
+            raise ValueError("under torchrun, run with one worker (no --workers or --ray)")
+        if distributed.is_main():
+            prepare(config, root, retry_failed).close()
+        distributed.barrier()
+        worker_loop(config, root)
+        if not distributed.is_main():
+            return root
+    store = prepare(config, root, retry_failed)
+    bar = _Progress(store, config.name, enabled=progress)
+    try:
+        if distributed.active():
+            pass  # the work is done above
+        elif ray_address is not None:
+            _run_ray(config, config_path, root, workers, ray_address, bar)
+        elif workers == 1:
+            worker_loop(config, root, on_task=bar.show)
+        else:
+            if config_path is None:
+                raise ValueError("several local workers need the config as a file path")
+            _run_processes(config_path, root, workers, bar)
+    finally:
+        bar.close()
+    counts = store.counts()
+    failed = store.tasks("failed")
+    store.close()
+    if failed:
+        first = failed[0]
+        raise ExperimentError(f"{len(failed)} task(s) failed, e.g. {first['key']}:\n{first['error']}\n"
+                              f"Fix the cause and rerun with --retry-failed; finished work is kept in {root}")
+    if counts["pending"]:
+        raise ExperimentError(f"{counts['pending']} task(s) could not start (their inputs failed); see {root}")
+    return root
+
+
+def _run_processes(config_path: str, root: Path, workers: int, bar: _Progress) -> None:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker_process, args=(config_path, str(root), threads)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            bar.refresh()
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        for p in procs:
+            p.join()
+    bar.refresh()
+
+
+def _run_ray(config: ExperimentConfig, config_path: str | None, root: Path, workers: int, address: str,
+             bar: _Progress) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("--ray needs Ray: pip install 'lostprune[dist]'") from None
+    ray.init(address=address, ignore_reinit_error=True)
+    gpus = 1 if torch.cuda.is_available() else 0
+    remote = ray.remote(num_cpus=1, num_gpus=gpus)(worker_loop)
+    # Workers must see the same results directory (a shared filesystem).
+    refs = [remote.remote(config, root.resolve()) for _ in range(workers)]
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, timeout=POLL_SECONDS)
+        bar.refresh()
+    ray.get(refs)
+
+
+class _Progress:
+    """A tqdm bar over the experiment's tasks, fed from the store (so it also counts the
+    work of other processes), with the task in flight as its description."""
+
+    def __init__(self, store: Store, name: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.store = store
+        counts = store.counts()
+        total = sum(counts.values())
+        self.bar = tqdm(total=total, initial=counts["done"], desc=name, unit="task", disable=not enabled,
+                        dynamic_ncols=True, smoothing=0.1)
+
+    def refresh(self) -> None:
+        counts = self.store.counts()
+        self.bar.update(counts["done"] - self.bar.n)
+        self.bar.set_postfix(running=counts["running"], failed=counts["failed"], refresh=True)
+
+    def show(self, task) -> None:
+        self.refresh()
+        self.bar.set_description_str(f"{task.kind} {task.key}", refresh=True)
+
+    def close(self) -> None:
+        self.refresh()
+        self.bar.close()

@@ -1,0 +1,165 @@
+"""What each kind of task does. An executor gets the environment, the task and a
+``publish(key, networks, results)`` callback that records outputs in the store; what it
+returns is recorded when the task itself completes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .. import models
+from .._files import save_atomic
+from ..io import read_network_file, save_network
+from ..train import distributed
+from .environment import Environment
+from .plan import parent_key, pruned_key
+from .store import NetworkRow, ResultRow, Task
+
+Publish = Callable[[str, list[NetworkRow], list[ResultRow]], None]
+
+REFERENCE_SEED_OFFSET = 100_003  # the separately trained network's seed, far from the parents'
+
+
+def _train_options(env: Environment, arm: str) -> dict:
+    """Keyword arguments for lostprune.train.train: shift-aware augmentation in the robust arm."""
+    if arm != "robust":
+        return {}
+    from ..train.augment import robust_batch_transform
+
+    return {"batch_transform": robust_batch_transform(env.config.robust, env.splits)}
+
+
+def run_train(env: Environment, task: Task, publish: Publish) -> tuple[list[NetworkRow], list[ResultRow]]:
+    from ..train import train
+
+    config = env.config
+    seed, arm, role = task.payload["seed"], task.payload["arm"], task.payload["role"]
+    run_seed = seed + (REFERENCE_SEED_OFFSET if role == "reference" else 0)
+    torch.manual_seed(run_seed)
+    model = models.create(config.network, num_classes=config.num_classes or env.splits.num_classes,
+                          **config.network_options).to(env.device)
+    rewind = config.schedule.mode == "rewind" and role == "parent"
+    snapshot = [config.schedule.rewind_epoch] if rewind else []
+    result = train(model, env.splits.train, config.train_config(seed=run_seed), device=env.device,
+                   checkpoint=env.checkpoint_path(task.key).with_suffix(".train.pt"), snapshot_epochs=snapshot,
+                   progress=False, desc=task.key, **_train_options(env, arm))
+    path = env.network_path(task.key)
+    if distributed.is_main():
+        save_network(path, model, config.network, options=config.network_options, key=task.key, final=result.final)
+        if rewind:
+            save_atomic(result.snapshots[config.schedule.rewind_epoch], path.with_suffix(".rewind.pt"))
+    row = NetworkRow(task.key, role, seed, 0.0, 0.0, arm=arm, checkpoint=str(path), paper_ratio=0.0,
+                     flop_reduction=0.0, stats={"final": result.final})
+    return [row], []
+
+
+def run_chain(env: Environment, task: Task, publish: Publish) -> tuple[list[NetworkRow], list[ResultRow]]:
+    """One method's prune–retrain cycles; each network is published as soon as it exists."""
+    from ..train import prune_retrain
+
+    config = env.config
+    seed, arm, method = task.payload["seed"], task.payload["arm"], task.payload["method"]
+    parent_path = env.network_path(parent_key(seed, arm))
+    parent = env.load(parent_key(seed, arm))
+    keep_ratios = config.keep_ratios()
+    completed = {}
+    for step in range(len(keep_ratios)):
+        path = env.network_path(pruned_key(seed, arm, method, step))
+        if env.store_has_network(pruned_key(seed, arm, method, step)) and path.is_file():
+            completed[step] = read_network_file(path)["state_dict"]
+    rewind = {}
+    if config.schedule.mode == "rewind":
+        rewind = {"rewind_state": torch.load(parent_path.with_suffix(".rewind.pt"), map_location="cpu"),
+                  "rewind_epoch": config.schedule.rewind_epoch}
+    cycles = prune_retrain(parent, method, keep_ratios, env.splits, config.retrain_config(seed=seed * 1000),
+                           mode=config.schedule.mode, completed=completed, device=env.device, progress=False,
+                           checkpoint_dir=env.checkpoint_path(task.key), train_options=_train_options(env, arm),
+                           **rewind)
+    for network in cycles:
+        key = pruned_key(seed, arm, method, network.index)
+        path = env.network_path(key)
+        if distributed.is_main():
+            save_network(path, network.model, config.network, options=config.network_options, key=key,
+                         final=network.history[-1] if network.history else {})
+        stats = network.stats
+        publish(key, [NetworkRow(key, "pruned", seed, network.target_ratio, stats.achieved_ratio, method=method,
+                                 step=network.index, paper_ratio=stats.paper_prune_ratio,
+                                 flop_reduction=stats.flop_reduction, arm=arm, checkpoint=str(path),
+                                 stats=network.summary())], [])
+    return [], []
+
+
+def _grid_rows(key: str, grid, model: str, with_similarity: bool, rename: dict | None = None) -> list[ResultRow]:
+    rows = []
+    for shift in grid.shifts:
+        distribution = (rename or {}).get(shift.name, shift.name)
+        rows.append(ResultRow(key, distribution, "error", grid.errors[model][shift.name]))
+        rows.append(ResultRow(key, distribution, "error_std", grid.error_std[model][shift.name]))
+        if with_similarity:
+            for metric in ("agreement", "agreement_std", "softmax_l2", "softmax_l2_std"):
+                rows.append(ResultRow(key, distribution, metric, getattr(grid, metric)[model][shift.name]))
+    return rows
+
+
+def run_evaluate(env: Environment, task: Task, publish: Publish) -> tuple[list[NetworkRow], list[ResultRow]]:
+    """Error on every test distribution; functional similarity to the parent on the nominal
+    and noisy ones (the parent is the reference, so both see the very same inputs)."""
+    from ..metrics import Shift, evaluate_grid
+
+    key = task.payload["network"]
+    seed, arm = _seed_arm(key)
+    parent_name = parent_key(seed, arm)
+    net = env.load(key)
+    batch = env.config.data.batch_size * 2
+    rows: list[ResultRow] = []
+    shifts = env.similarity_shifts()
+    if shifts:
+        if key == parent_name:
+            grid = evaluate_grid({"network": net}, shifts, env.test_pixels, normalize=env.normalize,
+                                 batch_size=batch, progress=False)
+            rows += _grid_rows(key, grid, "network", False)
+        else:
+            parent = env.load(parent_name)
+            grid = evaluate_grid({"network": net, "parent": parent}, shifts, env.test_pixels, normalize=env.normalize,
+                                 reference="parent", batch_size=batch, progress=False)
+            rows += _grid_rows(key, grid, "network", env.config.metrics.similarity)
+    for shift in env.corruption_shifts():  # each corrupted test set is made once per experiment
+        grid = evaluate_grid({"network": net}, [Shift("clean")], env.corrupted(shift), normalize=env.normalize,
+                             batch_size=batch, progress=False)
+        rows += _grid_rows(key, grid, "network", False, rename={"clean": shift.name})
+    return [], rows
+
+
+def run_features(env: Environment, task: Task, publish: Publish) -> tuple[list[NetworkRow], list[ResultRow]]:
+    """Informative features (SPEC §5): each network's most informative pixels, and every
+    network's confidence and accuracy on every other's."""
+    from ..metrics import informative_feature_matrix
+
+    names = task.payload["networks"]
+    nets = {name: env.load(name) for name in names}
+    count = env.config.metrics.feature_images
+    pixels, labels = env.test_pixels
+    images = pixels[:count]
+    if env.normalize is not None:
+        mean = torch.tensor(env.normalize[0]).view(-1, 1, 1)
+        std = torch.tensor(env.normalize[1]).view(-1, 1, 1)
+        images = (images - mean) / std
+    step = max(1, round(env.config.metrics.feature_step * images.shape[-1] * images.shape[-2]))
+    matrix = informative_feature_matrix(nets, images.to(env.device), labels[:count].to(env.device),
+                                        fraction=env.config.metrics.feature_fraction, pixels_per_step=step,
+                                        progress=False)
+    rows = []
+    for a in names:
+        for b in names:
+            rows.append(ResultRow(b, f"features_of:{a}", "confidence", matrix.confidence[a][b]))
+            rows.append(ResultRow(b, f"features_of:{a}", "accuracy", matrix.accuracy[a][b]))
+    return [], rows
+
+
+def _seed_arm(key: str) -> tuple[int, str]:
+    parts = key.split("/")
+    return int(parts[1][1:]), parts[2]
+
+
+EXECUTORS = {"train": run_train, "chain": run_chain, "evaluate": run_evaluate, "features": run_features}

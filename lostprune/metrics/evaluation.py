@@ -1,0 +1,364 @@
+"""Evaluate many models on many test distributions in one pass over the data.
+
+``evaluate_grid(models, shifts, data)`` walks the clean test data once; for each batch it
+makes every shifted version once (corruption on the pixels, then normalization, then input
+noise, per SPEC §5) and runs every model on it. Results: error (and its std over noise
+draws) per model and shift and, against a reference model, functional similarity on the
+very same shifted inputs. Segmentation models (per-pixel labels) are scored by 1 − mIoU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..robustness.corruptions import corrupt, corruption_params
+from ..robustness.noise import noise_like
+from .potential import DEFAULT_DELTA, excess_error, fit_excess_error, prune_potential, summarize
+from .segmentation import confusion_matrix, iou_from_confusion
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A test distribution: the nominal test set, optionally corrupted (pixels, before
+    normalization) and/or with input noise (after normalization) averaged over ``draws``."""
+
+    name: str
+    corruption: str | None = None
+    severity: int = 0
+    noise: str | None = None
+    level: float = 0.0
+    draws: int = 1
+
+    def __post_init__(self):
+        if self.corruption is not None:
+            corruption_params(self.corruption, self.severity, "cifar")  # validates name and severity
+        if self.noise is not None:
+            noise_like(torch.zeros(1), self.noise, self.level)  # validates kind and level
+        if not isinstance(self.draws, int) or self.draws < 1:
+            raise ValueError(f"Shift {self.name!r}: draws must be an integer >= 1, got {self.draws!r}")
+
+    @property
+    def random(self) -> bool:
+        return self.noise is not None and self.level > 0
+
+
+def nominal() -> Shift:
+    return Shift("nominal")
+
+
+def noise_shift(kind: str, level: float, draws: int = 5, name: str | None = None) -> Shift:
+    """Input noise U[−level, level] ('uniform') or N(0, level²) ('gaussian'), normalized space."""
+    return Shift(name or f"{kind}_noise:{level:g}", noise=kind, level=float(level), draws=draws)
+
+
+def corruption_shift(corruption: str, severity: int, name: str | None = None) -> Shift:
+    return Shift(name or f"{corruption}:{severity}", corruption=corruption, severity=severity)
+
+
+def corruption_shifts(
+    severities: Iterable[int] = (1, 2, 3, 4, 5), names: Iterable[str] | None = None
+) -> list[Shift]:
+    """Every corruption (default: all 19) at every given severity."""
+    from ..robustness.corruptions import NAMES
+
+    return [corruption_shift(n, s) for n in (names or NAMES) for s in severities]
+
+
+def _seed(*parts) -> int:
+    """A stable 63-bit seed from the shift, draw and batch: results do not depend on the
+    order models or shifts are listed in."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def iter_labeled_batches(data, batch_size: int = 256) -> Iterator[tuple[Tensor, Tensor]]:
+    """(inputs, labels) batches from an (images, labels) pair of tensors, a Dataset of
+    (image, label) items, a DataLoader, or any iterable of (inputs, labels) pairs."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        images, labels = data
+        if len(images) != len(labels):
+            raise ValueError(f"data: {len(images)} images but {len(labels)} labels")
+        for i in range(0, len(images), batch_size):
+            yield images[i : i + batch_size], labels[i : i + batch_size]
+        return
+    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        data = DataLoader(data, batch_size=batch_size, shuffle=False)
+    for item in data:
+        if not (isinstance(item, (tuple, list)) and len(item) >= 2):
+            raise TypeError("data must yield (inputs, labels) pairs")
+        yield torch.as_tensor(item[0]), torch.as_tensor(item[1])
+
+
+def _pixels(x: Tensor) -> Tensor:
+    if x.dtype == torch.uint8:
+        return x.float() / 255
+    if not x.is_floating_point():
+        raise TypeError(f"data: inputs must be float or uint8 images, got {x.dtype}")
+    return x
+
+
+def _normalizer(normalize, device) -> tuple[Tensor, Tensor] | None:
+    if normalize is None:
+        return None
+    mean, std = normalize
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    if (std <= 0).any():
+        raise ValueError("normalize: std must be positive")
+    return mean, std
+
+
+def model_outputs(model: nn.Module, x: Tensor) -> Tensor:
+    """Logits of a classifier (N×K) or segmentation model (N×K×H×W; torchvision's dict
+    outputs are unpacked)."""
+    out = model(x)
+    if isinstance(out, Mapping):
+        out = out["out"]
+    return out
+
+
+class _Accumulator:
+    """Error, and agreement / softmax distance to the reference, of one model on one shift
+    and one draw, summed over batches."""
+
+    def __init__(self):
+        self.wrong = 0.0
+        self.count = 0
+        self.confusion: Tensor | None = None
+        self.agree = 0.0
+        self.l2 = 0.0
+        self.compared = 0
+
+    def add(self, logits: Tensor, labels: Tensor, ref_logits: Tensor | None, ignore_index: int) -> None:
+        pred = logits.argmax(1)
+        if logits.dim() == 2:
+            self.wrong += float((pred != labels).sum())
+            self.count += labels.numel()
+        else:
+            cm = confusion_matrix(pred, labels, logits.shape[1], ignore_index)
+            self.confusion = cm if self.confusion is None else self.confusion + cm
+        if ref_logits is not None:
+            # per sample (a segmentation sample: the mean over its pixels), summed over the batch
+            same = (pred == ref_logits.argmax(1)).float().reshape(len(pred), -1).mean(1)
+            dist = (logits.softmax(1) - ref_logits.softmax(1)).norm(dim=1).reshape(len(pred), -1).mean(1)
+            self.agree += float(same.sum())
+            self.l2 += float(dist.sum())
+            self.compared += logits.shape[0]
+
+    def error(self) -> float:
+        if self.confusion is not None:
+            return 1.0 - float(np.nanmean(iou_from_confusion(self.confusion)))
+        return self.wrong / max(self.count, 1)
+
+
+@dataclass
+class EvaluationGrid:
+    """Results of ``evaluate_grid``; every value is the mean over the shift's noise draws,
+    ``*_std`` the std over them (0 for deterministic shifts)."""
+
+    models: list[str]
+    shifts: list[Shift]
+    errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    error_std: dict[str, dict[str, float]] = field(default_factory=dict)
+    reference: str | None = None
+    agreement: dict[str, dict[str, float]] = field(default_factory=dict)
+    agreement_std: dict[str, dict[str, float]] = field(default_factory=dict)
+    softmax_l2: dict[str, dict[str, float]] = field(default_factory=dict)
+    softmax_l2_std: dict[str, dict[str, float]] = field(default_factory=dict)
+    samples: int = 0
+
+    def error(self, model: str, shift: str = "nominal") -> float:
+        return self.errors[model][shift]
+
+    def prune_potential(
+        self,
+        parent: str,
+        ratios: Mapping[str, float],
+        shift: str = "nominal",
+        delta: float = DEFAULT_DELTA,
+        reading: str = "any",
+    ) -> float:
+        """P_δ on one shift; ``ratios`` maps the pruned models' names to their prune ratios."""
+        names = list(ratios)
+        return prune_potential(
+            [ratios[n] for n in names],
+            [self.errors[n][shift] for n in names],
+            self.errors[parent][shift],
+            delta,
+            reading,
+        )
+
+    def excess_error(
+        self, model: str, parent: str, shifts: str | Sequence[str], nominal_shift: str = "nominal"
+    ) -> float:
+        shifts = [shifts] if isinstance(shifts, str) else list(shifts)
+        return excess_error(
+            self.errors[model][nominal_shift],
+            [self.errors[model][s] for s in shifts],
+            self.errors[parent][nominal_shift],
+            [self.errors[parent][s] for s in shifts],
+        )
+
+    def excess_error_fit(
+        self,
+        parent: str,
+        ratios: Mapping[str, float],
+        shifts: str | Sequence[str],
+        nominal_shift: str = "nominal",
+    ):
+        names = list(ratios)
+        values = [self.excess_error(n, parent, shifts, nominal_shift) for n in names]
+        return fit_excess_error([ratios[n] for n in names], values)
+
+    def rows(self) -> list[dict]:
+        """One dict per (model, shift), for tables and stores."""
+        out = []
+        for m in self.models:
+            for s in self.shifts:
+                row = {
+                    "model": m,
+                    "shift": s.name,
+                    "error": self.errors[m][s.name],
+                    "error_std": self.error_std[m][s.name],
+                    "draws": s.draws,
+                }
+                if self.reference is not None:
+                    row.update(agreement=self.agreement[m][s.name], softmax_l2=self.softmax_l2[m][s.name])
+                out.append(row)
+        return out
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def evaluate_grid(
+    models: Mapping[str, nn.Module],
+    shifts: Sequence[Shift] | None = None,
+    data=None,
+    *,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    reference: str | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    ignore_index: int = 255,
+    progress: bool = True,
+) -> EvaluationGrid:
+    """Errors of every model on every shift, each shifted batch made once and shared.
+
+    models: name -> model (put in eval mode here; each stays on its device).
+    shifts: test distributions (default: nominal only); names must be unique.
+    data: clean test data as pixels in [0, 1] (float) or uint8, with labels (class indices,
+        or per-pixel maps for segmentation): an (images, labels) pair, a Dataset, a DataLoader.
+    normalize: (mean, std) applied after corruption, before noise; None when the models take
+        pixels (then noise is added to pixels).
+    reference: a key of ``models``; fills agreement / softmax_l2 of every model against it.
+    seed: all randomness derives from it, the shift and the batch index.
+    """
+    if not models:
+        raise ValueError("evaluate_grid: no models")
+    if data is None:
+        raise ValueError("evaluate_grid: data is required")
+    shifts = list(shifts) if shifts is not None else [nominal()]
+    names = [s.name for s in shifts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"evaluate_grid: shift names must be unique, got {names}")
+    if reference is not None and reference not in models:
+        raise ValueError(f"evaluate_grid: reference {reference!r} is not one of the models {list(models)}")
+    acc = {(m, s.name, d): _Accumulator() for m in models for s in shifts for d in range(s.draws)}
+    was_training = {m: model.training for m, model in models.items()}
+    for model in models.values():
+        model.eval()
+    try:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(
+            iter_labeled_batches(data, batch_size),
+            desc="evaluate",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
+        samples = 0
+        with torch.inference_mode():
+            for b, (x, y) in enumerate(batches):
+                if x.dim() != 4:
+                    raise ValueError(f"data: inputs must be N×C×H×W, got shape {tuple(x.shape)}")
+                pixels = _pixels(x)
+                samples += len(x)
+                for shift in shifts:
+                    _run_shift(models, shift, pixels, y, b, seed, normalize, reference, ignore_index, acc)
+    finally:
+        for m, model in models.items():
+            model.train(was_training[m])
+    grid = EvaluationGrid(list(models), shifts, reference=reference, samples=samples)
+    for m in models:
+        for field_name in (
+            "errors",
+            "error_std",
+            "agreement",
+            "agreement_std",
+            "softmax_l2",
+            "softmax_l2_std",
+        ):
+            getattr(grid, field_name)[m] = {}
+        for s in shifts:
+            runs = [acc[(m, s.name, d)] for d in range(s.draws)]
+            err = summarize([r.error() for r in runs])
+            grid.errors[m][s.name], grid.error_std[m][s.name] = err.mean, err.std
+            if reference is not None:
+                agree = summarize([r.agree / max(r.compared, 1) for r in runs])
+                l2 = summarize([r.l2 / max(r.compared, 1) for r in runs])
+                grid.agreement[m][s.name], grid.agreement_std[m][s.name] = agree.mean, agree.std
+                grid.softmax_l2[m][s.name], grid.softmax_l2_std[m][s.name] = l2.mean, l2.std
+    return grid
+
+
+def _run_shift(
+    models,
+    shift: Shift,
+    pixels: Tensor,
+    labels: Tensor,
+    batch: int,
+    seed: int,
+    normalize,
+    reference,
+    ignore_index,
+    acc,
+) -> None:
+    base = pixels
+    if shift.corruption is not None:
+        base = corrupt(pixels, shift.corruption, shift.severity, seed=_seed(seed, shift.name, batch))
+    inputs_by_device: dict[torch.device, Tensor] = {}
+    for draw in range(shift.draws):
+        gen_seed = _seed(seed, shift.name, batch, draw)
+        inputs_by_device.clear()
+
+        def inputs_on(device: torch.device) -> Tensor:
+            if device not in inputs_by_device:
+                x = base.to(device)
+                norm = _normalizer(normalize, device)
+                if norm is not None:
+                    x = (x - norm[0]) / norm[1]
+                if shift.random:
+                    gen = torch.Generator(device=device).manual_seed(gen_seed)
+                    x = x + noise_like(x, shift.noise, shift.level, gen)
+                inputs_by_device[device] = x
+            return inputs_by_device[device]
+
+        outputs = {}
+        for name, model in models.items():
+            device = _device_of(model)
+            outputs[name] = model_outputs(model, inputs_on(device)).float().cpu()
+        ref = outputs[reference] if reference is not None else None
+        y = labels.to(torch.long).cpu()
+        for name in models:
+            acc[(name, shift.name, draw)].add(outputs[name], y, ref, ignore_index)

@@ -1,0 +1,217 @@
+"""An experiment's store as tidy Python objects, and the paper's derived metrics over it:
+prune potential per method × distribution (mean ± std over seeds), excess error with its
+line through the origin, functional similarity, informative-feature matrices."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..experiments.store import Store
+from ..metrics import excess_error, fit_excess_error, prune_potential, summarize
+
+
+@dataclass
+class Network:
+    key: str
+    role: str
+    seed: int
+    arm: str
+    method: str | None
+    step: int | None
+    ratio: float  # achieved prune ratio of the prunable weights
+    paper_ratio: float | None
+    flop_reduction: float | None
+    values: dict[tuple[str, str], float] = field(default_factory=dict)  # (distribution, metric) -> value
+
+    def error(self, distribution: str) -> float | None:
+        return self.values.get((distribution, "error"))
+
+
+@dataclass
+class Curve:
+    """One method's networks of one seed and arm, in schedule order, with their parent."""
+    method: str
+    seed: int
+    arm: str
+    parent: Network
+    networks: list[Network]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [n.ratio for n in self.networks]
+
+    def errors(self, distribution: str) -> list[float]:
+        return [n.error(distribution) for n in self.networks]
+
+
+class ExperimentResults:
+    def __init__(self, root: str | Path):
+        root = Path(root)
+        path = root / "results.sqlite" if root.is_dir() else root
+        if not path.is_file():
+            raise FileNotFoundError(f"no results store at {path} (run `lostprune run CONFIG --out {root}` first)")
+        store = Store(path)
+        try:
+            self.root = path.parent
+            self.config = yaml.safe_load(store.get_meta("config") or "{}")
+            self.counts = store.counts()
+            self.networks: dict[str, Network] = {}
+            for row in store.networks():
+                self.networks[row["key"]] = Network(row["key"], row["role"], row["seed"], row["arm"], row["method"],
+                                                    row["step"], row["achieved_ratio"], row["paper_ratio"],
+                                                    row["flop_reduction"])
+            for row in store.results():
+                if row["network"] in self.networks:
+                    self.networks[row["network"]].values[(row["distribution"], row["metric"])] = row["value"]
+            self.failed = [dict(r) for r in store.tasks("failed")]
+        finally:
+            store.close()
+        self.delta = float(self.config.get("metrics", {}).get("delta", 0.005))
+
+    # ------------------------------------------------------------------ structure
+    def parents(self) -> dict[tuple[int, str], Network]:
+        return {(n.seed, n.arm): n for n in self.networks.values() if n.role == "parent"}
+
+    def references(self) -> dict[tuple[int, str], Network]:
+        return {(n.seed, n.arm): n for n in self.networks.values() if n.role == "reference"}
+
+    @property
+    def methods(self) -> list[str]:
+        order = self.config.get("methods", [])
+        found = {n.method for n in self.networks.values() if n.method}
+        return [m for m in order if m in found] + sorted(found - set(order))
+
+    @property
+    def arms(self) -> list[str]:
+        return sorted({n.arm for n in self.networks.values()}, key=lambda a: (a != "nominal", a))
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({n.seed for n in self.networks.values()})
+
+    def distributions(self) -> list[str]:
+        """Test distributions in the order they were evaluated (nominal first)."""
+        seen: dict[str, None] = {}
+        for n in self.networks.values():
+            for dist, metric in n.values:
+                if metric == "error":
+                    seen.setdefault(dist, None)
+        names = list(seen)
+        return sorted(names, key=lambda d: (d != "nominal", _kind(d), _level(d), d))
+
+    def curves(self, method: str, arm: str = "nominal") -> list[Curve]:
+        parents = self.parents()
+        out = []
+        for seed in self.seeds:
+            if (seed, arm) not in parents:
+                continue
+            nets = sorted((n for n in self.networks.values()
+                           if n.method == method and n.seed == seed and n.arm == arm and n.role == "pruned"),
+                          key=lambda n: n.step)
+            nets = [n for n in nets if n.error("nominal") is not None]
+            if nets:
+                out.append(Curve(method, seed, arm, parents[(seed, arm)], nets))
+        return out
+
+    # ------------------------------------------------------------------ metrics
+    def prune_potential(self, method: str, distribution: str, arm: str = "nominal", delta: float | None = None,
+                        reading: str = "any"):
+        """P_δ over seeds (SeedSummary: mean, std, values) or None without data."""
+        delta = self.delta if delta is None else delta
+        values = []
+        for curve in self.curves(method, arm):
+            errors, parent = curve.errors(distribution), curve.parent.error(distribution)
+            if parent is None or any(e is None for e in errors):
+                continue
+            values.append(prune_potential(curve.ratios, errors, parent, delta, reading))
+        return summarize(values) if values else None
+
+    def excess_errors(self, method: str, distributions: list[str], arm: str = "nominal"):
+        """[(ratio, excess error over the mean of ``distributions``)] over all seeds, and the
+        line through the origin fitted to them."""
+        points = []
+        for curve in self.curves(method, arm):
+            parent = curve.parent
+            p_nom = parent.error("nominal")
+            p_shift = [parent.error(d) for d in distributions]
+            if p_nom is None or any(v is None for v in p_shift):
+                continue
+            for net in curve.networks:
+                shifted = [net.error(d) for d in distributions]
+                if net.error("nominal") is None or any(v is None for v in shifted):
+                    continue
+                points.append((net.ratio, excess_error(net.error("nominal"), shifted, p_nom, p_shift)))
+        if not points:
+            return [], None
+        fit = fit_excess_error([r for r, _ in points], [e for _, e in points]) if len(points) >= 1 else None
+        return points, fit
+
+    def similarity(self, method: str, distribution: str, metric: str = "agreement", arm: str = "nominal"):
+        """[(ratio, mean over seeds of the metric vs the parent)] along the schedule."""
+        by_step: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        for curve in self.curves(method, arm):
+            for net in curve.networks:
+                value = net.values.get((distribution, metric))
+                if value is not None:
+                    by_step[net.step].append((net.ratio, value))
+        return [(float(np.mean([r for r, _ in pts])), float(np.mean([v for _, v in pts])))
+                for _, pts in sorted(by_step.items())]
+
+    def reference_similarity(self, distribution: str, metric: str = "agreement", arm: str = "nominal"):
+        values = [ref.values.get((distribution, metric)) for (seed, a), ref in self.references().items() if a == arm]
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    def feature_matrix(self, seed: int, arm: str = "nominal", metric: str = "confidence"):
+        """(names, matrix[a][b]) of informative-feature comparisons, or None."""
+        rows = {}
+        for net in self.networks.values():
+            if net.seed != seed or net.arm != arm:
+                continue
+            for (dist, m), value in net.values.items():
+                if m == metric and dist.startswith("features_of:"):
+                    rows.setdefault(dist.split(":", 1)[1], {})[net.key] = value
+        if not rows:
+            return None
+        names = sorted(rows, key=lambda k: (not k.startswith("parent"), k.startswith("reference"), k))
+        matrix = np.array([[rows[a].get(b, np.nan) for b in names] for a in names])
+        return names, matrix
+
+    def as_json(self) -> str:
+        return json.dumps({k: {"role": n.role, "ratio": n.ratio, "values": {f"{d}|{m}": v for (d, m), v in n.values.items()}}
+                           for k, n in self.networks.items()}, indent=1)
+
+
+def _kind(distribution: str) -> int:
+    return 0 if distribution == "nominal" else 1 if is_noise(distribution) else 2
+
+
+def _level(distribution: str) -> float:
+    try:
+        return float(distribution.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return 0.0
+
+
+def is_noise(distribution: str) -> bool:
+    return distribution.startswith("noise:")
+
+
+def is_corruption(distribution: str) -> bool:
+    return distribution.startswith("corruption:")
+
+
+def label(distribution: str) -> str:
+    """'noise:gaussian:0.1' -> 'gaussian noise 0.1', 'corruption:fog:3' -> 'fog 3'."""
+    parts = distribution.split(":")
+    if parts[0] == "noise":
+        return f"{parts[1]} noise {parts[2]}"
+    if parts[0] == "corruption":
+        return f"{parts[1].replace('_', ' ')} {parts[2]}"
+    return distribution

@@ -1,0 +1,12 @@
+"""Unstructured-pruned networks that run faster: SparseConv2d / SparseLinear (masked sparse
+kernels, SPEC §6) and ``convert()``, which swaps them in where they beat the dense layer.
+
+    fast = lostprune.sparse.convert(pruned_model, example_input=x)
+    print(lostprune.sparse.report(fast))   # per layer: sparsity, dense vs sparse time, decision
+"""
+
+from .convert import BREAK_EVEN_SPARSITY, ConversionReport, LayerDecision, convert, report
+from .modules import SparseConv2d, SparseLinear
+
+__all__ = ["BREAK_EVEN_SPARSITY", "ConversionReport", "LayerDecision", "SparseConv2d", "SparseLinear", "convert",
+           "report"]

@@ -1,0 +1,238 @@
+"""``convert()``: swap pruned Conv2d / Linear layers for SparseConv2d / SparseLinear where
+that is faster (SPEC §6).
+
+Each candidate layer (sparsity >= ``min_sparsity``) is timed dense and sparse on an input of
+the shape it sees in the model — one forward pass of ``example_input`` records the shapes —
+and is converted only when the sparse kernel wins. Without an example input (and no
+``model.input_size`` to make one) a cost model decides: convert at or above the sparsity
+where the kernels break even on typical layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..bench import time_call
+from ..core.masks import effective_weight
+from .modules import SparseConv2d, SparseLinear
+
+# Sparsity from which the kernels beat oneDNN on typical layers at batch 1 (CPU, see
+# benchmarks/results/sparse.md); the cost model used when no input shape is known.
+BREAK_EVEN_SPARSITY = {"conv": 0.7, "linear": 0.7}
+
+
+@dataclass
+class LayerDecision:
+    """What convert() did with one layer, and why."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    shape: tuple[int, ...]
+    sparsity: float
+    converted: bool
+    reason: str
+    dense_ms: float | None = None
+    sparse_ms: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.dense_ms is None or self.sparse_ms is None or self.sparse_ms == 0:
+            return None
+        return self.dense_ms / self.sparse_ms
+
+
+@dataclass
+class ConversionReport:
+    """One decision per conv / linear layer that convert() considered."""
+
+    layers: list[LayerDecision] = field(default_factory=list)
+
+    @property
+    def converted(self) -> list[str]:
+        return [d.name for d in self.layers if d.converted]
+
+    def summary(self) -> str:
+        lines = [f"{'layer':<40} {'kind':<6} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>7}  decision"]
+        for d in self.layers:
+            dense = f"{d.dense_ms:9.3f}" if d.dense_ms is not None else f"{'-':>9}"
+            sparse = f"{d.sparse_ms:9.3f}" if d.sparse_ms is not None else f"{'-':>9}"
+            speed = f"{d.speedup:6.2f}x" if d.speedup is not None else f"{'-':>7}"
+            verdict = ("sparse" if d.converted else "dense") + f" ({d.reason})"
+            lines.append(f"{d.name:<40} {d.kind:<6} {d.sparsity:8.1%} {dense} {sparse} {speed}  {verdict}")
+        lines.append(f"{len(self.converted)} of {len(self.layers)} layers sparse")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Conv2d):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return None
+
+
+def _unsupported(module: nn.Module) -> str | None:
+    if not effective_weight(module).is_floating_point():
+        return "weight is not floating point"
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r}"
+        if module.padding == "same" and any((d * (k - 1)) % 2 or s != 1 for k, d, s in
+                                            zip(module.kernel_size, module.dilation, module.stride)):
+            return "asymmetric 'same' padding"
+    return None
+
+
+def _record_input_shapes(model: nn.Module, names: Iterable[str], example_input) -> dict[str, torch.Size]:
+    """Input shape of each named layer during one forward pass (eval mode, no grad)."""
+    shapes: dict[str, torch.Size] = {}
+    modules = dict(model.named_modules())
+    handles = []
+    for name in names:
+        def hook(module, args, name=name):
+            if args and isinstance(args[0], Tensor):
+                shapes.setdefault(name, args[0].shape)
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(example_input, (tuple, list)):
+                model(*example_input)
+            else:
+                model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _best_ms(fn: Callable[[], object], other: Callable[[], object], rounds: int, min_time: float) -> tuple[float, float]:
+    """Best ms per call of fn and other over alternating rounds: other processes only ever
+    slow a call down, so the minimum is the fairest estimate of each."""
+    fn(), other()
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(time_call(fn, repeat=1, warmup=0, min_time=min_time) * 1e3)
+        b.append(time_call(other, repeat=1, warmup=0, min_time=min_time) * 1e3)
+    return min(a), min(b)
+
+
+def _time_layer(dense: Callable[[Tensor], Tensor], sparse: nn.Module, shape: torch.Size, rounds: int,
+                min_time: float) -> tuple[float, float]:
+    """(dense ms, sparse ms) on a random input of ``shape``, synchronizing CUDA."""
+    weight = sparse.values
+    x = torch.randn(shape, device=weight.device, dtype=weight.dtype)
+    sync = torch.cuda.synchronize if weight.device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        return _best_ms(lambda: (dense(x), sync()), lambda: (sparse(x), sync()), rounds, min_time)
+
+
+def _dense_call(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    weight = effective_weight(module).detach()
+    bias = module.bias.detach() if module.bias is not None else None
+    if isinstance(module, nn.Conv2d):
+        return lambda x: F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+    return lambda x: F.linear(x, weight, bias)
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+REPORT_ATTRIBUTE = "sparse_conversion"
+
+
+def report(model: nn.Module) -> ConversionReport | None:
+    """The decisions ``convert()`` made for ``model`` (None if it did not convert it);
+    ``print(report(model))`` shows the table."""
+    return getattr(model, REPORT_ATTRIBUTE, None)
+
+
+def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, calibrate: bool = True,
+            layers: Iterable[str] | None = None, inplace: bool = False, rounds: int = 3,
+            min_time: float = 0.01, progress: bool = True) -> nn.Module:
+    """Replace sparse Conv2d / Linear layers of ``model`` by SparseConv2d / SparseLinear where
+    that is faster; the others stay dense.
+
+    - ``model``: any module; masks in ``torch.nn.utils.prune`` format (``weight_orig`` +
+      ``weight_mask``) or plain zeros in the weights. Deep-copied unless ``inplace``.
+    - ``min_sparsity``: layers with a smaller fraction of zero weights stay dense, untimed.
+    - ``example_input``: a batch (or tuple of model arguments) like the ones the model will
+      see; each candidate is timed dense and sparse at its input shape (batch size matters).
+      Defaults to one random sample of ``model.input_size`` when the model has it.
+    - ``calibrate=False``, or no input shape: convert where the sparsity reaches
+      ``BREAK_EVEN_SPARSITY`` (and ``min_sparsity``).
+    - ``layers``: restrict to these layer names.
+
+    Returns the converted model; its outputs equal the dense model's up to float rounding.
+    ``report(model)`` gives one ``LayerDecision`` per layer (``print`` shows the table).
+    """
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"convert: min_sparsity must lie in [0, 1], got {min_sparsity}")
+    if rounds < 1 or min_time <= 0:
+        raise ValueError(f"convert: rounds must be >= 1 and min_time > 0, got {rounds} and {min_time}")
+    model = model if inplace else copy.deepcopy(model)
+    candidates = {name: m for name, m in model.named_modules() if _kind(m) is not None}
+    if layers is not None:
+        wanted = list(layers)
+        missing = [n for n in wanted if n not in candidates]
+        if missing:
+            raise KeyError(f"convert: no Conv2d / Linear layer named {', '.join(map(repr, missing))}")
+        candidates = {n: candidates[n] for n in wanted}
+
+    decisions: list[LayerDecision] = []
+    timed: dict[str, LayerDecision] = {}
+    for name, module in candidates.items():
+        weight = effective_weight(module).detach()
+        sparsity = float((weight == 0).sum()) / max(1, weight.numel())
+        decision = LayerDecision(name, _kind(module), tuple(weight.shape), sparsity, False, "")
+        decisions.append(decision)
+        problem = _unsupported(module)
+        if problem is not None:
+            decision.reason = f"unsupported: {problem}"
+        elif sparsity < min_sparsity:
+            decision.reason = f"sparsity below min_sparsity={min_sparsity:g}"
+        else:
+            timed[name] = decision
+
+    if example_input is None and calibrate and hasattr(model, "input_size"):
+        parameter = next(model.parameters(), None)
+        example_input = torch.randn(1, *model.input_size, device=parameter.device if parameter is not None else None,
+                                    dtype=parameter.dtype if parameter is not None else None)
+    shapes = _record_input_shapes(model, timed, example_input) if calibrate and example_input is not None and timed else {}
+
+    from tqdm.auto import tqdm
+
+    for name, decision in tqdm(timed.items(), desc="sparse convert", disable=not progress or not timed):
+        module = candidates[name]
+        sparse = SparseConv2d.from_dense(module) if decision.kind == "conv" else SparseLinear.from_dense(module)
+        shape = shapes.get(name)
+        if shape is None:
+            threshold = max(min_sparsity, BREAK_EVEN_SPARSITY[decision.kind])
+            decision.converted = decision.sparsity >= threshold
+            why = ("" if not calibrate else " (no example_input to calibrate)" if example_input is None
+                   else " (layer not reached by example_input)")
+            decision.reason = f"cost model: sparsity {'>=' if decision.converted else '<'} {threshold:g}{why}"
+        else:
+            decision.dense_ms, decision.sparse_ms = _time_layer(_dense_call(module), sparse, shape, rounds, min_time)
+            decision.converted = decision.sparse_ms < decision.dense_ms
+            decision.reason = "calibrated: " + ("sparse faster" if decision.converted else "dense faster")
+        if decision.converted:
+            sparse.train(module.training)
+            _set_module(model, name, sparse)
+    setattr(model, REPORT_ATTRIBUTE, ConversionReport(decisions))  # a plain attribute: not in state_dict
+    return model

@@ -1,0 +1,483 @@
+"""Group-aware structured pruning (SPEC §3): score, allocate and remove whole channel groups.
+
+A structured method prunes *units*: the prunable channel groups of the dependency graph that
+it may touch. Removing channel k of a unit removes it from every member at once (all producer
+rows, BN entries, consumer columns), so what the masks remove is what slicing really drops.
+
+    plan = GroupPlan(graph, layers, current_masks, by="out", coupled="sum", round_to=8)
+    plan.rank({layer: score per output filter})   # unit score = reduce over its members
+    counts = plan.fit_uniform(target)              # same fraction of every unit (FT)
+    masks = plan.masks(counts)                     # {layer: 0/1 weight mask}
+
+A method with its own allocation (PFP: c_ℓ(ε) kept input channels per layer from its error
+analysis) works the same way with ``by="in"``:
+
+    plan = GroupPlan(ctx.graph(), ctx.layers, ctx.current_masks, by="in", coupled=..., round_to=...)
+    plan.rank(s)                                   # s = {layer: sensitivity per input column}
+    counts_of = lambda eps: plan.counts_from_kept({layer: c_l(eps)}, s)   # snapped, rounded
+    counts = plan.fit(eps_grid, counts_of, ctx.remove_budget())   # ascending ε: removal grows
+    masks = plan.masks(counts)
+
+``plan.removed_weights(counts)`` is exactly the number ``PruneStats`` will report, so a root
+search on it hits the ratio on what is really removed.
+
+``coupled``: how the members' scores of a channel combine into the unit's score — ``"sum"``
+(default), ``"mean"``, ``"max"``, ``"min"`` or a callable ``[members, size] -> [size]`` — or
+``"skip"`` to leave coupled groups (several producers: residual adds, depthwise convs) alone.
+``round_to``: kept channels per unit are a multiple of it (or all of the unit's live ones),
+so sliced layers run at full vector width.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .graph import DEPTHWISE, IN, OUT, ChannelGroup, DependencyGraph, GraphError
+
+Reduce = Callable[[Tensor], Tensor]
+
+REDUCES: dict[str, Reduce] = {
+    "sum": lambda s: s.sum(0),
+    "mean": lambda s: s.mean(0),
+    "max": lambda s: s.amax(0),
+    "min": lambda s: s.amin(0),
+}
+COUPLED_CHOICES = (*REDUCES, "skip")
+
+
+def check_coupled(coupled) -> str | Reduce:
+    """Validate the ``coupled`` option (a reduce name, ``"skip"`` or a callable)."""
+    if callable(coupled) or coupled in COUPLED_CHOICES:
+        return coupled
+    raise ValueError(f"coupled must be one of {', '.join(map(repr, COUPLED_CHOICES))} or a callable "
+                     f"[members, size] -> [size], got {coupled!r}")
+
+
+def check_round_to(round_to) -> int:
+    """Validate ``round_to`` (a positive integer)."""
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise ValueError(f"round_to must be a positive integer (kept channels per group are rounded to a "
+                         f"multiple of it; 1 = no rounding), got {round_to!r}")
+    return int(round_to)
+
+
+def allowed_kept(alive: int, round_to: int) -> list[int]:
+    """Kept-channel counts a unit with ``alive`` live channels may end with: multiples of
+    ``round_to`` from ``round_to`` up, and ``alive`` itself (nothing more removed)."""
+    values = list(range(round_to, alive + 1, round_to))
+    if not values or values[-1] != alive:
+        values.append(alive)
+    return values
+
+
+def snap(kept: float, allowed: Sequence[int]) -> int:
+    """The allowed count nearest to ``kept`` (ties keep more)."""
+    i = bisect.bisect_left(allowed, kept)
+    if i == 0:
+        return allowed[0]
+    if i == len(allowed):
+        return allowed[-1]
+    below, above = allowed[i - 1], allowed[i]
+    return below if kept - below < above - kept else above
+
+
+@dataclass
+class Unit:
+    """One prunable channel group, as a method sees it."""
+
+    group: ChannelGroup
+    dead: Tensor  # bool [size]: already removed by the current masks (never revived)
+    allowed: list[int]  # kept counts it may end with, ascending
+    score: Tensor | None = None  # [size] unit score per channel (after rank)
+    order: Tensor | None = None  # channels in removal order: dead first, then ascending score
+
+    @property
+    def size(self) -> int:
+        return self.group.size
+
+    @property
+    def alive(self) -> int:
+        return self.size - int(self.dead.sum())
+
+    def removed(self, count: int) -> Tensor:
+        """Bool [size]: the first ``count`` channels in removal order."""
+        gone = torch.zeros(self.size, dtype=torch.bool)
+        gone[self.order[:count]] = True
+        return gone
+
+
+class _WeightCounter:
+    """Counts the prunable weights a removal takes away — the same number as
+    ``DependencyGraph.effective_masks`` followed by accounting, without building masks.
+
+    Per layer, M[r, c] = surviving weights of row r and input column c in the current mask;
+    a removal zeroes rows (and columns); a channel is then structurally gone when all its
+    producer rows or all its consumer columns are dead; kept = rowkeep · M · colkeep. Dense
+    and structurally masked layers have M = inner · live_rows ⊗ live_cols, which makes every
+    count O(rows + cols) instead of O(rows · cols).
+    """
+
+    def __init__(self, graph: DependencyGraph, masks: Mapping[str, Tensor]):
+        self.matrix: dict[str, np.ndarray | None] = {}  # None where M is an outer product
+        self.live_rows: dict[str, np.ndarray] = {}
+        self.live_cols: dict[str, np.ndarray] = {}
+        self.inner: dict[str, int] = {}
+        self.numel: dict[str, int] = {}
+        for name, mask in masks.items():
+            inner = int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1
+            self.inner[name] = inner
+            self.numel[name] = mask.numel()
+            if int(torch.count_nonzero(mask)) == mask.numel():  # dense: the common first step
+                self.matrix[name] = None
+                self.live_rows[name] = np.ones(mask.shape[0], dtype=bool)
+                self.live_cols[name] = np.ones(mask.shape[1] if mask.dim() > 1 else 1, dtype=bool)
+                continue
+            nonzero = mask.detach() != 0
+            rows = nonzero.flatten(1).any(1).cpu()
+            cols = nonzero.any(0).reshape(nonzero.shape[1], -1).any(1).cpu()
+            # every live (row, column) pair full <=> as many nonzeros as the outer product holds
+            full = int(nonzero.sum()) == inner * int(rows.sum()) * int(cols.sum())
+            self.matrix[name] = None if full else nonzero.flatten(2).sum(2).cpu().to(torch.float64).numpy() \
+                if nonzero.dim() > 2 else nonzero.cpu().to(torch.float64).numpy()
+            self.live_rows[name], self.live_cols[name] = rows.numpy(), cols.numpy()
+        self.groups = [g for g in graph.groups if g.prunable]
+        self.index = {id(m): m.index.numpy() for g in self.groups for m in g.members}
+
+    def _fresh(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        rows = {n: np.ones(r.shape[0], dtype=bool) for n, r in self.live_rows.items()}
+        cols = {n: np.ones(c.shape[0], dtype=bool) for n, c in self.live_cols.items()}
+        return rows, cols
+
+    def _alive(self, name: str, rowmask: np.ndarray, colmask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns of ``name`` that still hold a weight after zeroing."""
+        m = self.matrix[name]
+        if m is None:
+            rows, cols = rowmask & self.live_rows[name], colmask & self.live_cols[name]
+            return rows & cols.any(), cols & rows.any()
+        return rowmask & (m @ colmask > 0), colmask & (rowmask @ m > 0)
+
+    def _kept(self, name: str, rowkeep: np.ndarray, colkeep: np.ndarray) -> float:
+        m = self.matrix[name]
+        if m is None:
+            return float(self.inner[name] * np.count_nonzero(rowkeep & self.live_rows[name])
+                         * np.count_nonzero(colkeep & self.live_cols[name]))
+        return float(rowkeep.astype(np.float64) @ m @ colkeep.astype(np.float64))
+
+    def removed_channels(self, rowmask, colmask) -> dict[int, np.ndarray]:
+        """Per prunable group: bool [size] of channels gone after zeroing rowmask/colmask."""
+        row_alive, col_alive = {}, {}
+        for name in self.matrix:
+            row_alive[name], col_alive[name] = self._alive(name, rowmask[name], colmask[name])
+        removed = {}
+        for g in self.groups:
+            alive_out = np.zeros(g.size, dtype=bool)
+            alive_in = np.zeros(g.size, dtype=bool)
+            has_in = False
+            for m in g.members:
+                if m.role in (OUT, DEPTHWISE):
+                    alive_out |= row_alive[m.module][self.index[id(m)]].any(1) if m.module in row_alive else True
+                elif m.role == IN:
+                    has_in = True
+                    alive_in |= col_alive[m.module][self.index[id(m)]].any(1) if m.module in col_alive else True
+            removed[g.id] = ~alive_out | ~alive_in if has_in else ~alive_out
+        return removed
+
+    def removed_weights(self, rowmask, colmask) -> int:
+        gone = self.removed_channels(rowmask, colmask)
+        rowkeep = {n: r.copy() for n, r in rowmask.items()}
+        colkeep = {n: c.copy() for n, c in colmask.items()}
+        for g in self.groups:
+            channels = gone[g.id]
+            if not channels.any():
+                continue
+            for m in g.members:
+                if m.module not in self.matrix:
+                    continue
+                index = self.index[id(m)][channels].reshape(-1)
+                if m.role in (OUT, DEPTHWISE):
+                    rowkeep[m.module][index] = False
+                elif m.role == IN:
+                    colkeep[m.module][index] = False
+        kept = sum(self._kept(n, rowkeep[n], colkeep[n]) for n in self.matrix)
+        return int(sum(self.numel.values()) - round(kept))
+
+
+class GroupPlan:
+    """The units a structured method may prune, their ranking, and what a removal costs.
+
+    Args:
+        graph: the model's dependency graph (``build_graph``).
+        layers: {name: module} the method may touch (a unit needs all its producers among
+            them for ``by="out"``, all its consumers for ``by="in"``).
+        current_masks: {layer: 0/1 weight mask}; channels they already remove stay removed.
+        by: ``"out"`` — scores are per output filter of the producers, masks zero producer
+            rows (FT); ``"in"`` — scores are per input channel of the consumers, masks zero
+            consumer columns and producer rows (PFP).
+        coupled, round_to: see the module docstring.
+    """
+
+    def __init__(self, graph: DependencyGraph, layers: Mapping[str, nn.Module], current_masks: Mapping[str, Tensor],
+                 *, by: str = "out", coupled="sum", round_to: int = 1):
+        if by not in (OUT, IN):
+            raise ValueError(f"by must be 'out' (filters) or 'in' (input channels), got {by!r}")
+        self.graph = graph
+        self.layers = dict(layers)
+        self.current_masks = dict(current_masks)
+        self.by = by
+        self.coupled = check_coupled(coupled)
+        self.round_to = check_round_to(round_to)
+        if self.coupled != "skip":
+            _refuse_unsupported_coupling(graph)
+        self.counter = _WeightCounter(graph, {n: self.current_masks[n] for n in self.layers})
+        rows, cols = self.counter._fresh()
+        dead = self.counter.removed_channels(rows, cols)
+        self.skipped: list[ChannelGroup] = []  # coupled groups left alone by coupled="skip"
+        self.units: list[Unit] = []
+        for group in graph.groups:
+            if not group.prunable or not self._selected(group):
+                continue
+            if group.coupled and self.coupled == "skip":
+                self.skipped.append(group)
+                continue
+            gone = torch.from_numpy(dead[group.id].copy())
+            alive = group.size - int(gone.sum())
+            self.units.append(Unit(group, gone, allowed_kept(alive, self.round_to)))
+
+    def _members(self, group: ChannelGroup):
+        if self.by == OUT:
+            return [m for m in group.members if m.role in (OUT, DEPTHWISE)]
+        return [m for m in group.members if m.role == IN]
+
+    def _selected(self, group: ChannelGroup) -> bool:
+        members = self._members(group)
+        return bool(members) and all(m.module in self.layers for m in members)
+
+    # ------------------------------------------------------------------ scores
+    def group_scores(self, scores: Mapping[str, Tensor]) -> list[Tensor]:
+        """Per unit, the score of each channel: ``coupled`` reduce over the members' scores.
+
+        ``scores[layer]``: one value per output filter (``by="out"``) or per input column
+        (``by="in"``; a channel flattened into a linear layer reduces its span of columns
+        with the same reduce). Members without scores are left out of the reduce."""
+        reduce = REDUCES["sum"] if self.coupled == "skip" else REDUCES.get(self.coupled, self.coupled)
+        result = []
+        for unit in self.units:
+            values = []
+            for m in self._members(unit.group):
+                if m.module not in scores:
+                    continue
+                layer_scores = torch.as_tensor(scores[m.module]).detach().flatten().cpu().double()
+                extent = self.layers[m.module].weight.shape[0 if self.by == OUT else 1]
+                if layer_scores.numel() != extent:
+                    raise ValueError(f"scores[{m.module!r}] has {layer_scores.numel()} values but the layer has "
+                                     f"{extent} {'output filters' if self.by == OUT else 'input columns'}")
+                spans = layer_scores[m.index]  # [size, span]
+                values.append(spans[:, 0] if m.span == 1 else reduce(spans.T))
+            if not values:
+                raise ValueError(f"no scores for any member of {unit.group!r}")
+            score = reduce(torch.stack(values))
+            if score.shape != (unit.size,):
+                raise ValueError(f"coupled reduce returned shape {tuple(score.shape)}, expected ({unit.size},)")
+            result.append(score)
+        return result
+
+    def rank(self, scores: Mapping[str, Tensor]) -> None:
+        """Set every unit's score and removal order (dead channels first, then ascending
+        score; ties by channel index)."""
+        for unit, score in zip(self.units, self.group_scores(scores)):
+            if not torch.isfinite(score[~unit.dead]).all():
+                raise ValueError(f"scores of {unit.group!r} contain NaN or inf")
+            unit.score = score
+            ranked = torch.where(unit.dead, torch.full_like(score, -math.inf), score)
+            unit.order = torch.sort(ranked, stable=True).indices
+
+    # ------------------------------------------------------------------ counts
+    def base_counts(self) -> list[int]:
+        """Removal counts that remove nothing new (the dead channels)."""
+        return [u.size - u.alive for u in self.units]
+
+    def counts_for_kept(self, kept: Sequence[float]) -> list[int]:
+        """Removal counts from wanted kept counts per unit (snapped to the allowed ones)."""
+        return [u.size - snap(k, u.allowed) for u, k in zip(self.units, kept)]
+
+    def uniform_counts(self, fraction: float) -> list[int]:
+        """The same fraction of every unit's channels removed (rounded, snapped)."""
+        return self.counts_for_kept([u.size - math.floor(fraction * u.size + 0.5) for u in self.units])
+
+    def counts_from_kept(self, kept: Mapping[str, int], scores: Mapping[str, Tensor]) -> list[int]:
+        """Per-unit removal counts from kept columns per layer (e.g. PFP's c_ℓ, ``by="in"``):
+        layer ℓ wants its top-``kept[ℓ]`` input columns by ``scores[ℓ]``; a unit keeps as many
+        channels as its most demanding member wants from it (then snapped). Which channels a
+        unit keeps follows its own ranking (``rank``)."""
+        wanted: list[int | None] = [None] * len(self.units)  # None: no member has a kept count
+        for name, count in kept.items():
+            if name not in self.layers:
+                raise KeyError(f"kept names {name!r}, which is not among the layers of this plan")
+            layer_scores = torch.as_tensor(scores[name]).detach().flatten().cpu().double()
+            top = torch.zeros(layer_scores.numel(), dtype=torch.bool)
+            top[torch.sort(layer_scores, descending=True, stable=True).indices[:max(0, int(count))]] = True
+            for i, unit in enumerate(self.units):
+                for m in self._members(unit.group):
+                    if m.module == name:
+                        wanted[i] = max(wanted[i] or 0, int(top[m.index].any(1).sum()))
+        return self.counts_for_kept([u.size if w is None else w for u, w in zip(self.units, wanted)])
+
+    # ------------------------------------------------------------------ effect
+    def _zeroed(self, counts: Sequence[int]):
+        rows, cols = self.counter._fresh()
+        for unit, count in zip(self.units, counts):
+            if count <= 0:
+                continue
+            gone = unit.removed(count).numpy()
+            for m in unit.group.members:
+                if m.module not in rows:
+                    continue
+                index = self.counter.index[id(m)][gone].reshape(-1)
+                if m.role in (OUT, DEPTHWISE):
+                    rows[m.module][index] = False
+                elif m.role == IN and self.by == IN:
+                    cols[m.module][index] = False
+        return rows, cols
+
+    def removed_weights(self, counts: Sequence[int]) -> int:
+        """Prunable weights the masks of ``counts`` remove, structure included (the count
+        ``PruneStats`` reports)."""
+        return self.counter.removed_weights(*self._zeroed(counts))
+
+    def masks(self, counts: Sequence[int]) -> dict[str, Tensor]:
+        """{layer: 0/1 weight mask}: the current masks with the removed channels zeroed."""
+        rows, cols = self._zeroed(counts)
+        masks = {}
+        for name, mask in self.current_masks.items():
+            if name not in self.layers:
+                continue
+            mask = mask.clone()
+            if name in rows and not rows[name].all():
+                mask[torch.from_numpy(~rows[name]).to(mask.device)] = 0
+            if name in cols and not cols[name].all():
+                mask[:, torch.from_numpy(~cols[name]).to(mask.device)] = 0
+            masks[name] = mask
+        return masks
+
+    # ------------------------------------------------------------------ search
+    def fit(self, candidates: Sequence, counts_of: Callable[[object], list[int]], target: int) -> list[int]:
+        """Bisect ``candidates`` (ordered so that removal grows) for the last one whose
+        counts remove at most ``target`` weights; returns its counts."""
+        lo, hi = 0, len(candidates) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.removed_weights(counts_of(candidates[mid])) <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        return counts_of(candidates[lo])
+
+    def fit_uniform(self, target: int, tolerance: float = 0.005) -> list[int]:
+        """Counts removing ``target`` weights with the same fraction of every unit; where
+        whole channels are too coarse a step, units then move one allowed step each (staying
+        within one step of the common fraction) while that brings removal closer."""
+        if not self.units:
+            raise ValueError("no channel group can be pruned (every group is frozen"
+                             + (", or coupled and skipped by coupled='skip'" if self.skipped else "") + ")")
+        if any(u.order is None for u in self.units):
+            raise RuntimeError("rank(scores) must run before fit_uniform")
+        points = sorted({0.0} | {(k - 0.5) / u.size for u in self.units for k in range(1, u.size + 1)})
+        counts = self.fit(points, self.uniform_counts, target)
+        removed = self.removed_weights(counts)
+        if abs(target - removed) > tolerance * target:
+            counts = _Refinement(self, counts).run(target, tolerance * target)
+        return counts
+
+    def summary(self, counts: Sequence[int]) -> str:
+        lines = []
+        for unit, count in zip(self.units, counts):
+            producers = ", ".join(m.module for m in unit.group.producers)
+            lines.append(f"  group {unit.group.id} [{producers}]: keep {unit.size - count}/{unit.size}")
+        return "\n".join(lines)
+
+
+class _Refinement:
+    """Moves units one allowed step off the common fraction to close the gap to the
+    target: greedily by each move's own effect (2n evaluations a round), then — in small
+    networks, where steps are coarse — by pairs (+1 here, −1 there)."""
+
+    def __init__(self, plan: GroupPlan, counts: list[int]):
+        self.plan = plan
+        self.base = [u.allowed.index(u.size - c) for u, c in zip(plan.units, counts)]
+
+    def counts(self, index: Sequence[int]) -> list[int]:
+        return [u.size - u.allowed[i] for u, i in zip(self.plan.units, index)]
+
+    def valid(self, index: Sequence[int]) -> bool:
+        return all(abs(i - b) <= 1 and 0 <= i < len(u.allowed) for i, b, u in zip(index, self.base, self.plan.units))
+
+    def moved(self, index: list[int], moves: Mapping[int, int]) -> list[int] | None:
+        trial = list(index)
+        for unit, step in moves.items():
+            trial[unit] += step
+        return trial if self.valid(trial) else None
+
+    def run(self, target: int, tolerance: float) -> list[int]:
+        removed_of = self.plan.removed_weights
+        index = list(self.base)
+        removed = removed_of(self.counts(index))
+        n = len(index)
+        for _ in range(4):  # greedy rounds on single-move effects
+            gap = target - removed
+            if abs(gap) <= tolerance:
+                return self.counts(index)
+            step = -1 if gap > 0 else 1  # one allowed kept count down = remove more
+            effects = []
+            for unit in range(n):
+                trial = self.moved(index, {unit: step})
+                if trial is not None:
+                    effects.append((removed_of(self.counts(trial)) - removed, unit))
+            chosen, total = {}, 0
+            for effect, unit in sorted(effects, key=lambda e: -abs(e[0])):
+                if abs(gap - (total + effect)) < abs(gap - total):
+                    chosen[unit], total = step, total + effect
+            trial = self.moved(index, chosen) if chosen else None
+            if trial is None:
+                break
+            trial_removed = removed_of(self.counts(trial))
+            if abs(target - trial_removed) >= abs(gap):
+                break
+            index, removed = trial, trial_removed
+        if n <= 40:  # pair moves cost O(n²) evaluations: only where steps are coarse
+            for _ in range(2 * n):
+                error = abs(target - removed)
+                if error <= tolerance:
+                    break
+                best = None
+                for a in range(n):
+                    for moves in [{a: -1}, {a: 1}] + [{a: -1, b: 1} for b in range(n) if b != a]:
+                        trial = self.moved(index, moves)
+                        if trial is None:
+                            continue
+                        trial_removed = removed_of(self.counts(trial))
+                        if abs(target - trial_removed) < error and (best is None or abs(target - trial_removed) < abs(target - best[1])):
+                            best = (trial, trial_removed)
+                if best is None:
+                    break
+                index, removed = best
+        return self.counts(index)
+
+
+def _refuse_unsupported_coupling(graph: DependencyGraph) -> None:
+    """A coupled group frozen by an op the graph does not understand would silently keep a
+    whole stage of channels: name the node and op, and the ways out."""
+    for group in graph.groups:
+        if not group.prunable and group.coupled and group.reason and group.reason.startswith("unsupported op"):
+            producers = ", ".join(m.module for m in group.producers)
+            raise GraphError(
+                f"a coupled channel group ({group.size} channels produced by {producers}) passes an {group.reason}; "
+                "its channels cannot be removed consistently. Pass coupled='skip' to leave coupled groups alone, "
+                "or leaf_modules=[...] to make the op's module opaque.")

@@ -1,0 +1,16 @@
+"""Training and prune–retrain cycles (SPEC §4).
+
+``train(model, data, TrainConfig(...))`` trains in place with masks enforced;
+``prune_retrain(parent, method, keep_ratios, data, retrain)`` yields one ``PrunedNetwork``
+per keep ratio in one-shot, cascade or rewind mode, ready to be stored as it comes;
+``ShiftAugmentation`` is their shift-aware ``batch_transform`` (SPEC §7).
+"""
+
+from .augment import ShiftAugmentation, robust_batch_transform
+from .cycles import MODES, PrunedNetwork, prune_retrain
+from .loop import TrainConfig, TrainResult, evaluate, logits_of, settle_masks, train
+from .schedules import Geometric, Linear, LRSchedule, keep_ratio_schedule, paper_keep_ratios
+
+__all__ = ["Geometric", "LRSchedule", "Linear", "MODES", "PrunedNetwork", "TrainConfig", "TrainResult", "evaluate", "keep_ratio_schedule",
+           "logits_of", "paper_keep_ratios", "prune_retrain", "robust_batch_transform", "settle_masks", "train",
+           "ShiftAugmentation"]

@@ -1,0 +1,173 @@
+"""Group-aware structured pruning: whole channel groups scored and removed (GroupPlan, FT options)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import lostprune
+import lostprune.models as models
+from lostprune.core.layers import prunable_layers
+from lostprune.core.masks import current_masks
+from lostprune.structure import GraphError, GroupPlan, allowed_kept, build_graph, slice_model, snap
+
+
+def plan_for(model, x, **options):
+    layers = prunable_layers(model)
+    return GroupPlan(build_graph(model, x), layers, current_masks(layers), **options), layers
+
+
+def l1_scores(layers):
+    return {name: layer.weight.detach().abs().flatten(1).sum(1) for name, layer in layers.items()}
+
+
+def dead_rows(result, name):
+    mask = result.model.get_submodule(name).weight_mask
+    return set((mask.flatten(1).sum(1) == 0).nonzero().flatten().tolist())
+
+
+# ----------------------------------------------------------------------------- FT on groups
+def test_ft_removes_residual_channels_from_every_producer_at_once():
+    result = lostprune.prune(models.create("resnet20"), "ft", 0.5, progress=False)
+    stage1 = ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"]
+    removed = [dead_rows(result, name) for name in stage1]
+    assert removed[0] and all(r == removed[0] for r in removed)
+
+
+def test_achieved_ratio_is_what_slicing_really_removes():
+    model = models.create("resnet20")
+    for options in ({}, {"coupled": "skip"}, {"round_to": 4}):
+        result = lostprune.prune(model, "ft", 0.45, progress=False, **options)
+        sliced = slice_model(result.model)
+        kept = sum(m.weight.numel() for m in prunable_layers(sliced).values())
+        assert kept == result.stats.prunable_params - round(result.stats.achieved_ratio * result.stats.prunable_params)
+        assert abs(result.stats.achieved_ratio - 0.45) <= 0.005 * 0.45 or options.get("round_to")
+
+
+def test_coupled_skip_leaves_coupled_groups_alone():
+    result = lostprune.prune(models.create("resnet20"), "ft", 0.4, coupled="skip", progress=False)
+    for name in ["conv1", "layer1.0.conv2", "layer2.0.shortcut.0", "layer3.2.conv2"]:
+        assert not dead_rows(result, name)
+    assert dead_rows(result, "layer1.0.conv1")
+    assert abs(result.stats.achieved_ratio - 0.4) <= 0.005 * 0.4
+
+
+def test_coupled_skip_that_cannot_reach_the_ratio_warns():
+    model = models.create("mobilenet_v2")  # every inner group is coupled through its depthwise conv
+    with pytest.warns(UserWarning, match=r"FT removes .* instead of the target 90.00 % \(coupled='skip' leaves"):
+        lostprune.prune(model, "ft", 0.9, coupled="skip", progress=False, example_input=torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+def test_round_to_keeps_multiples(round_to):
+    model = models.create("resnet20")
+    result = lostprune.prune(model, "ft", 0.5, round_to=round_to, progress=False)
+    sliced = slice_model(result.model)
+    for name, layer in prunable_layers(sliced).items():
+        if name != "fc":
+            assert layer.out_channels % round_to == 0, (name, layer.out_channels)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="coupled must be one of 'sum', 'mean', 'max', 'min', 'skip' or a callable"):
+        lostprune.prune(models.create("small_cnn"), "ft", 0.5, coupled="add", progress=False)
+    for bad in (0, -8, 2.5, True):
+        with pytest.raises(ValueError, match="round_to must be a positive integer"):
+            lostprune.prune(models.create("small_cnn"), "ft", 0.5, round_to=bad, progress=False)
+
+
+class GatedResidual(nn.Module):
+    """A residual stage whose channels pass an op the graph does not understand."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+        self.inner, self.out = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = y + self.conv(y)
+        y = torch.roll(y, 1, dims=2)
+        return self.head(y) + self.out(torch.relu(self.inner(x)))
+
+
+def test_unsupported_op_in_a_coupled_group_is_named_with_the_skip_way_out():
+    model = GatedResidual()
+    x = torch.randn(1, 3, 6, 6)
+    with pytest.raises(GraphError, match=r"coupled channel group \(8 channels produced by (conv, stem|stem, conv)\) passes an unsupported op function 'roll' at "
+                                         r"node 'roll'.*coupled='skip'"):
+        lostprune.prune(model, "ft", 0.3, example_input=x, progress=False)
+    with pytest.warns(UserWarning, match="instead of the target 30.00 %"):  # only `inner` can go
+        result = lostprune.prune(model, "ft", 0.3, example_input=x, coupled="skip", progress=False)
+    assert not dead_rows(result, "stem") and dead_rows(result, "inner")
+
+
+def test_cascade_never_revives_and_removes_dead_channels_first():
+    first = lostprune.prune(models.create("resnet20"), "ft", 0.3, progress=False)
+    second = lostprune.prune(first.model, "ft", 0.6, progress=False)
+    for name in first.masks:
+        assert torch.all(second.masks[name] <= first.masks[name])
+        assert dead_rows(first, name) <= dead_rows(second, name)
+    assert abs(second.stats.achieved_ratio - 0.6) <= 0.005 * 0.6
+
+
+# ----------------------------------------------------------------------------- GroupPlan
+class TwoProducers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(1, 3, 1, bias=False), nn.Conv2d(1, 3, 1, bias=False), nn.Conv2d(3, 1, 1)
+
+    def forward(self, x):
+        return self.head(self.a(x) + self.b(x))
+
+
+@pytest.mark.parametrize("coupled, expected", [
+    ("sum", [5.0, 5.0, 4.0]), ("mean", [2.5, 2.5, 2.0]), ("max", [4.0, 3.0, 2.0]), ("min", [1.0, 2.0, 2.0]),
+    (lambda s: s.prod(0), [4.0, 6.0, 4.0]),
+])
+def test_group_score_reduces_the_members_scores(coupled, expected):
+    model = TwoProducers()
+    with torch.no_grad():
+        model.a.weight.copy_(torch.tensor([1.0, 2.0, 2.0]).view(3, 1, 1, 1))
+        model.b.weight.copy_(torch.tensor([-4.0, 3.0, 2.0]).view(3, 1, 1, 1))
+    plan, layers = plan_for(model, torch.randn(1, 1, 2, 2), coupled=coupled)
+    (unit,) = [u for u in plan.units if u.group.coupled]
+    plan.rank(l1_scores(layers))
+    assert unit.score.tolist() == expected
+
+
+def test_removed_weights_match_the_accounting_also_after_unstructured_pruning():
+    model = models.create("resnet20")
+    wt = lostprune.prune(model, "wt", 0.6, progress=False)  # arbitrary masks: the slow, exact path
+    for source in (model, wt.model):
+        layers = prunable_layers(source)
+        masks = current_masks(layers)
+        graph = build_graph(source, torch.randn(1, 3, 32, 32))
+        plan = GroupPlan(graph, layers, masks)
+        plan.rank(l1_scores(layers))
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            counts = [int(torch.randint(0, u.size, (1,), generator=gen)) for u in plan.units]
+            effective = graph.effective_masks(plan.masks(counts))
+            expected = sum(int(layer.weight.numel() - effective[f"{name}.weight"].sum()) for name, layer in layers.items())
+            assert plan.removed_weights(counts) == expected
+
+
+def test_by_input_channels_and_counts_from_kept():
+    """The PFP path: scores per input column, kept columns per layer → removal per group."""
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 9, 2))
+    plan, _ = plan_for(model, torch.randn(1, 3, 3, 3), by="in")
+    scores = {"2": torch.tensor([6.0, 1, 5, 2, 4, 3]), "5": torch.arange(36.0)}
+    plan.rank(scores)
+    counts = plan.counts_from_kept({"2": 3, "5": 9}, scores)  # "5": its top 9 columns are all of channel 3
+    masks = plan.masks(counts)
+    assert (masks["2"][:, [1, 3, 5]] == 0).all() and masks["2"][3, [0, 2, 4]].all()  # its 3 weakest columns
+    assert (masks["2"][[0, 1, 2]] == 0).all()  # the filters whose outputs "5" no longer reads
+    assert (masks["0"][[1, 3, 5]] == 0).all()  # and with them the producing filters
+    assert (masks["5"].view(2, 4, 9)[:, :3] == 0).all() and masks["5"].view(2, 4, 9)[:, 3].all()
+
+
+def test_allowed_kept_and_snap():
+    assert allowed_kept(20, 8) == [8, 16, 20]
+    assert allowed_kept(5, 8) == [5]
+    assert allowed_kept(4, 1) == [1, 2, 3, 4]
+    assert [snap(k, [8, 16, 20]) for k in (0, 11.9, 12, 13, 19, 30)] == [8, 8, 16, 16, 20, 20]
