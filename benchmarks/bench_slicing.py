@@ -107,7 +107,9 @@ def test_torch_pruning_resnet18(benchmark):
 
 # ----------------------------------------------------------------------------- report
 def latency_table() -> str:
-    variants = [("ft", {}), ("ft", {"round_to": 8})] + ([("pfp", {})] if "pfp" in lostprune.available_methods() else [])
+    variants = [("ft", {}), ("ft", {"round_to": 8})]
+    if "pfp" in lostprune.available_methods():
+        variants += [("pfp", {}), ("pfp", {"round_to": 8})]
     lines = [("| method | ratio | FLOPs dense/pruned | params sliced | batch | masked (ms) | sliced (ms) | speedup "
               "| speedup / FLOP reduction |"), "|---|---|---|---|---|---|---|---|---|"]
     for method, options in variants:

@@ -110,6 +110,36 @@ def test_cascade_never_revives_and_removes_dead_channels_first():
     assert abs(second.stats.achieved_ratio - 0.6) <= 0.005 * 0.6
 
 
+# ----------------------------------------------------------------------------- PFP on groups
+PFP_DATA = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("options", [{"coupled": "sum"}, {"coupled": "skip"}, {"round_to": 4}])
+def test_pfp_group_options_remove_what_slicing_removes(compiled, options):
+    torch.manual_seed(0)
+    model = models.create("resnet20")
+    result = lostprune.prune(model, "pfp", 0.5, data=PFP_DATA, progress=False, **options)
+    sliced = slice_model(result.model)
+    kept = sum(m.weight.numel() for m in prunable_layers(sliced).values())
+    assert kept == result.stats.prunable_params - round(result.stats.achieved_ratio * result.stats.prunable_params)
+    assert abs(result.stats.achieved_ratio - 0.5) <= 0.005 * 0.5 or "round_to" in options
+    if options.get("coupled") == "skip":
+        for name in ["conv1", "layer1.0.conv2", "layer3.2.conv2"]:
+            assert not dead_rows(result, name)
+    if options.get("coupled") == "sum":  # a residual channel goes from every producer at once
+        removed = [dead_rows(result, name) for name in ["conv1", "layer1.0.conv2", "layer1.2.conv2"]]
+        assert all(r == removed[0] for r in removed)
+    if "round_to" in options:
+        for name, layer in prunable_layers(sliced).items():
+            if name != "fc" and name != "conv1" and layer.in_channels != 3:
+                assert layer.in_channels % 4 == 0, (name, layer.in_channels)
+
+
+def test_pfp_bad_group_option_is_named(compiled):
+    with pytest.raises(ValueError, match="coupled must be one of"):
+        lostprune.prune(models.create("resnet20"), "pfp", 0.5, data=PFP_DATA, coupled="add", progress=False)
+
+
 # ----------------------------------------------------------------------------- GroupPlan
 class TwoProducers(nn.Module):
     def __init__(self):

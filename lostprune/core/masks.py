@@ -25,7 +25,8 @@ def get_mask(module: nn.Module, name: str = "weight") -> Tensor:
 
 def current_masks(layers: Mapping[str, nn.Module]) -> dict[str, Tensor]:
     """{layer name: weight mask}, ones for unpruned layers (detached copies)."""
-    return {name: get_mask(m).detach().clone() for name, m in layers.items()}
+    return {name: get_mask(m).detach().clone() if is_pruned(m) else torch.ones_like(m.weight.detach())
+            for name, m in layers.items()}
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> Tensor:

@@ -17,6 +17,13 @@ that no layer reads any more also loses its producing filter (the dependency gra
 Channels the graph cannot remove (network input, grouped convolutions, frozen groups) are
 always kept. Channels coupled through a residual add keep their producers: when every
 consumer would drop such a channel, the consumer that scores it highest keeps it.
+
+Group options (SPEC §3), as for FT: ``coupled="sum" | "mean" | "max" | "min" | callable``
+removes whole channel groups instead — a group channel's score is the reduce of its
+consumers' s_j, a group keeps as many channels as its most demanding consumer's c_ℓ(ε) asks
+of it, and ε is searched on what slicing really removes; ``coupled="skip"`` leaves coupled
+groups alone; ``round_to=8`` keeps a multiple of 8 channels per group. Without these options
+PFP allocates per layer, exactly as SPEC §2.4.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from torch import Tensor
 from ..core.accounting import output_positions
 from ..datapass import collect_sensitivities, sample_count
 from ..structure.graph import IN, DependencyGraph
+from ..structure.group_plan import GroupPlan
 from .base import PruneContext, PruningMethod
 from .registry import register_method
 
@@ -258,6 +266,36 @@ def _refine(plan: ChannelPlan, counts: dict[str, int], kept: int, target: int,
     return counts
 
 
+def group_masks(ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, LayerErrorModel],
+                coupled, round_to: int) -> dict[str, Tensor]:
+    """Masks removing whole channel groups: the group plan's counts for c_ℓ(ε), with ε the
+    largest on a fine log grid whose removal stays within the budget, then single steps
+    (one group ±1 allowed count) where channels are too coarse to land on it."""
+    plan = GroupPlan(ctx.graph(), ctx.layers, ctx.current_masks, by="in", coupled=coupled, round_to=round_to)
+    if not plan.units:
+        raise ValueError("pfp: no input channel group can be removed (every group is frozen"
+                         + (f"; coupled='skip' leaves {len(plan.skipped)} coupled groups alone" if plan.skipped else "")
+                         + ")")
+    plan.rank(scores)
+    target = ctx.remove_budget()
+    # ascending ε: fewer channels kept, removal grows (what GroupPlan.fit bisects)
+    grid = torch.logspace(*_LOG10_EPS_RANGE, steps=2048, dtype=torch.float64).tolist()
+
+    def counts_of(eps: float) -> list[int]:
+        return plan.counts_from_kept({name: kept_channels(model, eps) for name, model in models.items()}, scores)
+
+    counts = plan.refine(plan.fit(grid, counts_of, target), target)
+    removed = plan.removed_weights(counts)
+    if abs(removed - target) > 0.005 * target:
+        why = [f"coupled='skip' leaves {len(plan.skipped)} coupled groups alone"] if plan.skipped else []
+        if plan.round_to > 1:
+            why.append(f"round_to={plan.round_to} rounds kept channels")
+        warnings.warn(f"pfp removes {removed:,} of {ctx.prunable_count:,} prunable weights "
+                      f"({100 * removed / ctx.prunable_count:.2f} %) instead of the target {100 * ctx.ratio:.2f} %"
+                      + (f" ({'; '.join(why)})" if why else ""), stacklevel=4)
+    return plan.masks(counts)
+
+
 @register_method("pfp")
 class ProvableFilterPruning(PruningMethod):
     structured = True
@@ -265,6 +303,10 @@ class ProvableFilterPruning(PruningMethod):
     description = "channel sensitivity on S, error-based per-layer allocation (structured)"
 
     def compute_masks(self, ctx: PruneContext):
+        coupled, round_to = ctx.option("coupled", None), ctx.option("round_to", None)
         scores = channel_sensitivities(ctx)
-        counts = allocate(ctx, scores, error_models(ctx, scores))
-        return channel_masks(ctx, scores, counts)
+        models = error_models(ctx, scores)
+        if coupled is not None or round_to is not None:
+            return group_masks(ctx, scores, models, "sum" if coupled is None else coupled,
+                               1 if round_to is None else round_to)
+        return channel_masks(ctx, scores, allocate(ctx, scores, models))

@@ -390,9 +390,13 @@ class GroupPlan:
         if any(u.order is None for u in self.units):
             raise RuntimeError("rank(scores) must run before fit_uniform")
         points = sorted({0.0} | {(k - 0.5) / u.size for u in self.units for k in range(1, u.size + 1)})
-        counts = self.fit(points, self.uniform_counts, target)
-        removed = self.removed_weights(counts)
-        if abs(target - removed) > tolerance * target:
+        return self.refine(self.fit(points, self.uniform_counts, target), target, tolerance)
+
+    def refine(self, counts: list[int], target: int, tolerance: float = 0.005) -> list[int]:
+        """Where whole channels are too coarse a step to land within ``tolerance·target`` of
+        ``target`` removed weights, move units one allowed step off ``counts`` while that
+        brings removal closer."""
+        if abs(target - self.removed_weights(counts)) > tolerance * target:
             counts = _Refinement(self, counts).run(target, tolerance * target)
         return counts
 
