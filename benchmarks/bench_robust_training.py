@@ -37,13 +37,14 @@ MIXES = {
 }
 
 
-def experiment_config(seeds: list[int], methods: list[str]) -> dict:
+def experiment_config(seeds: list[int], methods: list[str], prune_sample: str = "shifted") -> dict:
     """The shipped robust demo (`lostprune demo --robust` is its seed 0) over more seeds."""
     from lostprune.experiments.config import resolve_config_path
 
     config = yaml.safe_load(resolve_config_path("demo_robust").read_text())
     assert config["test"]["corruptions"]["names"] == HELD_OUT
-    return {**config, "name": "bench_robust_training", "seeds": seeds, "methods": methods}
+    robust = {**config["robust"], "prune_sample": prune_sample}
+    return {**config, "name": "bench_robust_training", "seeds": seeds, "methods": methods, "robust": robust}
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -83,14 +84,46 @@ def epoch_overhead() -> list[str]:
 
 
 # ----------------------------------------------------------------------------- effect
-def effect(seeds: list[int], methods: list[str], out: Path, workers: int) -> tuple[list[str], str]:
+def accuracy_by_ratio(results, held_out: list[str]) -> list[str]:
+    """Absolute accuracies (not relative to a parent) per method, arm and schedule step, mean
+    over seeds: what shift-aware training does to the pruned networks themselves."""
+    import statistics
+
+    steps = max(len(c.networks) for m in results.methods for a in results.arms for c in results.curves(m, a))
+    lines = ["\nAbsolute accuracy, mean over seeds — nominal test set / mean of the held-out corruptions (%); "
+             "P above compares each network with its own arm's parent:\n",
+             "| method | training | parent | " + " | ".join(f"cycle {i + 1}" for i in range(steps))
+             + " | mean of pruned, held-out |", "|---|---|---|" + "---|" * steps + "---|"]
+
+    def cell(networks) -> tuple[str, float]:
+        nominal = statistics.mean(100 * (1 - n.error("nominal")) for n in networks)
+        shifted = statistics.mean(100 * (1 - statistics.mean(n.error(d) for d in held_out)) for n in networks)
+        return f"{nominal:.1f} / {shifted:.1f}", shifted
+
+    for method in results.methods:
+        for arm in results.arms:
+            curves = results.curves(method, arm)
+            if not curves:
+                continue
+            parent, _ = cell([c.parent for c in curves])
+            steps = [cell([c.networks[i] for c in curves]) for i in range(len(curves[0].networks))]
+            pruned = statistics.mean(value for _, value in steps)
+            ratios = [statistics.mean(c.networks[i].ratio for c in curves) for i in range(len(steps))]
+            lines.append(f"| {method.upper()} | {arm} | {parent} | "
+                         + " | ".join(f"{text} ({100 * r:.0f} %)" for (text, _), r in zip(steps, ratios))
+                         + f" | {pruned:.2f} |")
+    return lines
+
+
+def effect(seeds: list[int], methods: list[str], out: Path, workers: int,
+           prune_sample: str = "shifted") -> tuple[list[str], str]:
     from lostprune.experiments import run
     from lostprune.report import ExperimentResults, write_report
     from lostprune.report.robust import held_out_corruptions, mean_potential
 
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.yaml"
-    config_path.write_text(yaml.safe_dump(experiment_config(seeds, methods), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(experiment_config(seeds, methods, prune_sample), sort_keys=False))
     root = run(config_path, out / "run", workers=workers)
     report = write_report(root)
     results = ExperimentResults(root)
@@ -121,7 +154,7 @@ def effect(seeds: list[int], methods: list[str], out: Path, workers: int) -> tup
         shifted = [parent.error(d) for d in held_out]
         parents.append(f"| {seed} | {arm} | {100 * (1 - parent.error('nominal')):.2f} | "
                        f"{100 * (1 - sum(shifted) / len(shifted)):.2f} |")
-    return parents + lines, str(report)
+    return parents + lines + accuracy_by_ratio(results, held_out), str(report)
 
 
 def main() -> None:
@@ -131,6 +164,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/lostprune-bench-robust"))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--prune-sample", choices=("shifted", "clean"), default="shifted",
+                        help="what SiPP/PFP score on in the shift-aware arm (robust.prune_sample)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread per process keeps timings stable
     from lostprune.methods import available_methods
@@ -138,7 +173,7 @@ def main() -> None:
     methods = args.methods or [m for m in ("wt", "ft", "pfp") if m in available_methods()]
     command = "python benchmarks/bench_robust_training.py" + "".join(f" {a}" for a in sys.argv[1:])
     overhead = [] if args.skip_overhead else epoch_overhead()
-    lines, report = effect(args.seeds, methods, args.out, args.workers)
+    lines, report = effect(args.seeds, methods, args.out, args.workers, args.prune_sample)
     body = ["### Cost: epoch time with the augmentation vs the clean pipeline",
             ("Built-in digits (1,129 training images), small CNN (width 16), batch 64, one CPU thread; "
             "medians of 5 interleaved epochs each."), ""] + (overhead or ["(not measured in this run)"])
@@ -149,7 +184,9 @@ def main() -> None:
              f"seeds {', '.join(map(str, args.seeds))}. Shift-aware arm: parent and retraining on the default "
              f"mix ({', '.join(DEFAULT_TRAINING_CORRUPTIONS)} at severities 0–5, Gaussian noise 0–0.3). "
              f"Held-out test corruptions: the 15 of the benchmark at severity 3 (360 test images: one image is "
-             f"0.28 %). P is measured against each arm's own parent. Report: `{report}`.")]
+             f"0.28 %). In the shift-aware arm PFP scores on S {'plus one shifted copy of it' if args.prune_sample == 'shifted' else 'alone'} "
+             f"(`robust.prune_sample: {args.prune_sample}`). P is measured against each arm's own parent. "
+             f"Report: `{report}`.")]
     body += lines
     print(write_section("robust_training", "Shift-aware training (CPU, digits)", command, "\n".join(body)))
 

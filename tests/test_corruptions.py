@@ -282,10 +282,12 @@ def test_disk_kernel():
     assert blur.disk_kernel(0.3, 0.4).shape == (3, 3)  # a point blurred by a 3×3 Gaussian
 
 
-def test_distance_and_equalization_helpers():
+def test_distance_and_equalization_helpers(monkeypatch):
     zero = torch.zeros(1, 1, 30, 30, dtype=torch.bool)
     zero[0, 0, 5, 7] = zero[0, 0, 22, 25] = True
     ref = np.minimum(ndi.distance_transform_edt(~zero[0, 0].numpy()), 20.0)
+    np.testing.assert_allclose(_ops.distance_to(zero, 20.0)[0, 0].numpy(), ref, atol=1e-5)
+    monkeypatch.setattr(_ops, "_UNFOLD_LIMIT", 0)  # the large-image path (one op per offset)
     np.testing.assert_allclose(_ops.distance_to(zero, 20.0)[0, 0].numpy(), ref, atol=1e-5)
     v = torch.tensor([[[[10.0, 10.0, 20.0, 30.0]]]])
     assert _ops.equalize_hist(v).flatten().tolist() == [0.0, 0.0, 128.0, 255.0]

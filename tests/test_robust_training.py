@@ -13,7 +13,7 @@ from lostprune.experiments.plan import arms, build_plan
 from lostprune.experiments.store import NetworkRow, ResultRow, Store
 from lostprune.metrics import recommend_ratio
 from lostprune.robustness.corruptions import corrupt
-from lostprune.train.augment import ShiftAugmentation, ShiftDraw, robust_batch_transform
+from lostprune.train.augment import ShiftAugmentation, ShiftDraw, ShiftedSample, robust_batch_transform
 
 MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
 
@@ -324,6 +324,44 @@ def test_recommend_ratio_and_report_on_experiment_results(tmp_path):
     assert "## Recommended prune ratio" in text
     assert "| WT | nominal | 80.0 | 80.0 | – |" in text
     assert (tmp_path / "report" / "figures" / "shift_aware.png").is_file()
+
+
+# ----------------------------------------------------------------------------- S for data-informed methods
+def test_shifted_sample_is_clean_then_shifted_and_the_same_on_every_pass():
+    pixels = torch.rand(10, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    labels = torch.arange(10)
+    data = torch.utils.data.TensorDataset((pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1),
+                                          labels)
+    augment = ShiftAugmentation(["contrast", "gaussian_blur"], severities=[3], noise_levels=[0.1], mean=MEAN, std=STD)
+    sample = ShiftedSample(data, augment, copies=2, seed=1, chunk=4)
+    assert len(sample) == 30
+    forward = [sample[i] for i in range(30)]
+    backward = [sample[i] for i in reversed(range(30))][::-1]  # chunks read in another order
+    for (x, y), (u, v) in zip(forward, backward):
+        assert torch.equal(x, u) and torch.equal(y, v)
+    for i in range(10):
+        assert torch.equal(forward[i][0], data[i][0])  # the clean copy first
+        assert torch.equal(forward[10 + i][1], labels[i]) and torch.equal(forward[20 + i][1], labels[i])
+        assert not torch.equal(forward[10 + i][0], data[i][0])  # severity 3 always shifts
+        assert not torch.equal(forward[10 + i][0], forward[20 + i][0])  # each copy its own draw
+    other_seed = ShiftedSample(data, augment, copies=2, seed=2, chunk=4)
+    assert not torch.equal(other_seed[10][0], forward[10][0])
+    assert len(ShiftedSample(data, augment, clean=False)) == 10
+    for kwargs, message in [({"copies": 0}, "copies must be an integer >= 1"),
+                            ({"chunk": 0}, "chunk must be an integer >= 1")]:
+        with pytest.raises(ValueError, match=message):
+            ShiftedSample(data, augment, **kwargs)
+    with pytest.raises(TypeError, match="augment must be a ShiftAugmentation"):
+        ShiftedSample(data, lambda x: x)
+    with pytest.raises(IndexError, match="index 30 out of range for 30 samples"):
+        sample[30]
+
+
+def test_prune_sample_option():
+    assert parse_config(tiny(robust={})).robust.prune_sample == "shifted"
+    assert parse_config(tiny(robust={"prune_sample": "clean"})).robust.prune_sample == "clean"
+    with pytest.raises(ConfigError, match="robust.prune_sample must be one of shifted, clean"):
+        parse_config(tiny(robust={"prune_sample": "noisy"}))
 
 
 # ----------------------------------------------------------------------------- runner smoke test

@@ -121,11 +121,14 @@ class RobustConfig:
     each training sample draws one of ``corruptions`` at one of ``severities`` (0 = clean)
     and, independently, one input-noise level. The corruptions listed here are the training
     ones; ``test.corruptions`` must hold others (held out) unless
-    ``test.allow_training_corruptions`` is true."""
+    ``test.allow_training_corruptions`` is true. ``prune_sample``: what data-informed methods
+    (SiPP, PFP) score on in this arm — ``"shifted"``: S as it is plus one shifted copy drawn
+    from the same mix (the distribution the network is trained on), ``"clean"``: S alone."""
 
     corruptions: list[str] = field(default_factory=_training_corruptions)
     severities: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
     noise: RobustNoiseConfig | None = field(default_factory=RobustNoiseConfig)
+    prune_sample: str = field(default="shifted", metadata=_choice("shifted", "clean"))
 
 
 @dataclass

@@ -72,10 +72,16 @@ def run_chain(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
     if config.schedule.mode == "rewind":
         rewind = {"rewind_state": torch.load(parent_path.with_suffix(".rewind.pt"), map_location="cpu"),
                   "rewind_epoch": config.schedule.rewind_epoch}
+    train_options = _train_options(env, arm)
+    prune_data = None  # S of the data split
+    if arm == "robust" and config.robust.prune_sample == "shifted":
+        from ..train.augment import ShiftedSample
+
+        prune_data = ShiftedSample(env.splits.s, train_options["batch_transform"], seed=seed)
     cycles = prune_retrain(parent, method, keep_ratios, env.splits, config.retrain_config(seed=seed * 1000),
                            mode=config.schedule.mode, completed=completed, device=env.device, progress=False,
-                           checkpoint_dir=env.checkpoint_path(task.key), train_options=_train_options(env, arm),
-                           **rewind)
+                           checkpoint_dir=env.checkpoint_path(task.key), train_options=train_options,
+                           prune_data=prune_data, **rewind)
     for network in cycles:
         key = pruned_key(seed, arm, method, network.index)
         path = env.network_path(key)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from ..robustness.corruptions import NAMES, corrupt, table_for
 from ..robustness.noise import KINDS, noise_like
@@ -181,6 +182,60 @@ class ShiftAugmentation:
             return pixels
         mean, std = self._stats(pixels)
         return (pixels - mean) / std
+
+
+class ShiftedSample(Dataset):
+    """S drawn from the shift-aware training distribution, for data-informed methods of a
+    robust arm: every sample of ``data`` once as it is (``clean=True``) and ``copies`` times
+    shifted by ``augment`` — so SiPP and PFP score the channels and weights the network
+    uses on the inputs it was (re)trained on, not only on clean ones.
+
+    Map-style and deterministic: shifted samples are made in chunks of ``chunk`` consecutive
+    samples, each chunk from its own seed, so any pass over it (PFP iterates S more than
+    once) sees the same images; one chunk is kept at a time."""
+
+    def __init__(self, data: Dataset, augment: ShiftAugmentation, *, copies: int = 1, clean: bool = True,
+                 seed: int = 0, chunk: int = 64):
+        if not isinstance(augment, ShiftAugmentation):
+            raise TypeError(f"augment must be a ShiftAugmentation, got {type(augment).__name__}")
+        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+            raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+        if len(data) == 0:
+            raise ValueError("data is an empty dataset")
+        self.data, self.augment, self.copies, self.clean = data, augment, copies, clean
+        self.seed, self.chunk = int(seed), chunk
+        self._cached: tuple[int, Tensor, list] | None = None
+
+    def __len__(self) -> int:
+        return len(self.data) * (self.copies + int(self.clean))
+
+    def __getitem__(self, index: int):
+        n = len(self.data)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index %= len(self)
+        if self.clean:
+            if index < n:
+                return self.data[index]
+            index -= n
+        copy, i = divmod(index, n)
+        start = i - i % self.chunk
+        key = copy * n + start
+        if self._cached is None or self._cached[0] != key:
+            items = [self.data[j] for j in range(start, min(start + self.chunk, n))]
+            x = torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+            # own draws per (copy, chunk): reproducible whatever order the chunks are read in
+            augment = ShiftAugmentation(self.augment.corruptions, self.augment.severities, self.augment.noise,
+                                        self.augment.noise_levels, mean=self.augment.mean, std=self.augment.std,
+                                        seed=self.seed * 1_000_003 + key, table=self.augment.table)
+            self._cached = (key, augment(x), items)
+        _, shifted, items = self._cached
+        item = items[i - start]
+        if isinstance(item, (tuple, list)):
+            return (shifted[i - start], *item[1:])
+        return shifted[i - start]
 
 
 def _check_inputs(inputs: Tensor) -> None:

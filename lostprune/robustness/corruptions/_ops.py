@@ -355,6 +355,9 @@ def dilate3(mask: Tensor) -> Tensor:
     return out.bool()
 
 
+_UNFOLD_LIMIT = 1 << 22  # elements of the windowed temporary distance_to may make (16 MB float32)
+
+
 def distance_to(zero: Tensor, cap: float) -> Tensor:
     """Euclidean distance of every pixel to the nearest ``zero`` pixel (N, 1, H, W), capped
     at ``cap``; cv2.distanceTransform(DIST_L2, 5) approximates the same distance with a 5×5
@@ -368,6 +371,11 @@ def distance_to(zero: Tensor, cap: float) -> Tensor:
         pad = [0, 0, 0, 0]
         pad[0 if dim == -1 else 2] = pad[1 if dim == -1 else 3] = reach
         padded = F.pad(g, pad, value=big)
+        if g.numel() * (2 * reach + 1) <= _UNFOLD_LIMIT:  # small images: one windowed min, not 2r+1 ops
+            offsets = torch.arange(-reach, reach + 1, device=g.device, dtype=g.dtype).square_()
+            windows = padded.unfold(dim if dim == -1 else 2, 2 * reach + 1, 1)  # [..., window]
+            g = (windows + offsets).amin(-1)
+            continue
         best = g.clone()
         for k in range(-reach, reach + 1):
             if k:
