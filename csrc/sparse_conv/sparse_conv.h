@@ -118,6 +118,14 @@ LP_HD void plane_source(const SparseConvGeometry& g, int64_t plane_index, int64_
   *v = x * g.sw + b - g.pw;
 }
 
+// The fused epilogue (BatchNorm already folded into the weights and bias): the residual
+// (0 when the call has none) is added, then ReLU when asked. NaN stays NaN, as in torch.relu.
+template <typename S>
+LP_HD S sparse_epilogue(S acc, S residual, bool relu) {
+  const S v = acc + residual;
+  return relu && v < S(0) ? S(0) : v;
+}
+
 // Tap code of the packed format -> (local input channel, kh, kw).
 LP_HD void decode_tap(int64_t code, int64_t KH, int64_t KW, int64_t* ci, int64_t* kh, int64_t* kw) {
   const int64_t taps = KH * KW;

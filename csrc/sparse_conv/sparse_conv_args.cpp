@@ -62,7 +62,8 @@ SparseConvArgs check_sparse_conv2d(const at::Tensor& x, const at::Tensor& values
                                    at::IntArrayRef weight_shape,
                                    const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation,
-                                   int64_t groups, c10::DeviceType device_type) {
+                                   int64_t groups, const std::optional<at::Tensor>& residual,
+                                   c10::DeviceType device_type) {
   constexpr const char* op = "lostprune.sparse_conv2d";
   TORCH_CHECK(x.device().type() == device_type, op, ": x is on ", x.device(), ", expected a ",
               c10::DeviceTypeName(device_type), " tensor");
@@ -98,6 +99,14 @@ SparseConvArgs check_sparse_conv2d(const at::Tensor& x, const at::Tensor& values
               " is too small for a ", weight_shape[2], "x", weight_shape[3],
               " kernel with padding ", padding, " and dilation ", dilation,
               " (output would be ", a.g.OH, "x", a.g.OW, ")");
+  if (residual.has_value()) {
+    check_same_device(op, "residual", *residual, "x", x);
+    check_same_dtype(op, "residual", *residual, "x", x);
+    const std::vector<int64_t> out{a.N, a.Cout, a.g.OH, a.g.OW};
+    TORCH_CHECK(residual->sizes() == at::IntArrayRef(out), op, ": residual must have the output's shape ",
+                at::IntArrayRef(out), " (it is added before the ReLU, without broadcasting), got ",
+                residual->sizes());
+  }
   return a;
 }
 
@@ -129,10 +138,12 @@ SparseLinearArgs check_sparse_linear(const at::Tensor& x, const at::Tensor& valu
 
 ContiguousInputs contiguous_inputs(const at::Tensor& x, const at::Tensor& values,
                                    const at::Tensor& col_index, const at::Tensor& row_ptr,
-                                   const std::optional<at::Tensor>& bias) {
+                                   const std::optional<at::Tensor>& bias,
+                                   const std::optional<at::Tensor>& residual) {
   ContiguousInputs c{x.contiguous(), values.contiguous(), col_index.contiguous(),
-                     row_ptr.contiguous(), std::nullopt};
+                     row_ptr.contiguous(), std::nullopt, std::nullopt};
   if (bias.has_value()) c.bias = bias->contiguous();
+  if (residual.has_value()) c.residual = residual->contiguous();
   return c;
 }
 

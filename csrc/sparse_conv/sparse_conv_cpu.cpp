@@ -337,26 +337,59 @@ __attribute__((noinline)) void fill_planes(const S* x, int64_t image_stride, int
   }
 }
 
-// Copies the valid outputs of the tile's pixels [p0, p0 + n) (Wq-wide numbering) into the
-// output channel plane [OH, OW] at out (image j of a group at out + j * image_stride).
+// The fused epilogue of a call (sparse_epilogue): `residual` has the output's layout
+// (nullptr: none), offset along with the output pointer.
+template <typename S>
+struct Epilogue {
+  const S* residual;
+  bool relu;
+
+  bool none() const { return residual == nullptr && !relu; }
+  Epilogue at(int64_t offset) const { return {residual != nullptr ? residual + offset : nullptr, relu}; }
+};
+
+// dst[r] = epilogue(src[r * step], residual[r]) for r < n. Compile-time cases keep every
+// loop branch-free, and the contiguous one (step 1) vectorized.
+template <bool kResidual, bool kRelu, typename S>
+inline void store_run_as(S* dst, const S* src, int64_t step, int64_t n, const S* residual) {
+  if (step == 1) {
+    for (int64_t r = 0; r < n; ++r) dst[r] = sparse_epilogue(src[r], kResidual ? residual[r] : S(0), kRelu);
+  } else {
+    for (int64_t r = 0; r < n; ++r) dst[r] = sparse_epilogue(src[r * step], kResidual ? residual[r] : S(0), kRelu);
+  }
+}
+
+template <typename S>
+inline void store_run(S* dst, const S* src, int64_t step, int64_t n, const Epilogue<S>& e) {
+  if (e.residual != nullptr) {
+    e.relu ? store_run_as<true, true>(dst, src, step, n, e.residual)
+           : store_run_as<true, false>(dst, src, step, n, e.residual);
+  } else if (e.relu) {
+    store_run_as<false, true>(dst, src, step, n, e.residual);
+  } else if (step == 1) {
+    std::memcpy(dst, src, n * sizeof(S));
+  } else {
+    store_run_as<false, false>(dst, src, step, n, e.residual);
+  }
+}
+
+// Writes the valid outputs of the tile's pixels [p0, p0 + n) (Wq-wide numbering) through
+// the epilogue into the output channel plane [OH, OW] at out (image j of a group at
+// out + j * image_stride; `e` is positioned like out).
 template <typename S>
 void store_tile(const S* tile, int64_t p0, int64_t n, int64_t G, const SparseConvGeometry& g,
-                S* out, int64_t image_stride) {
+                S* out, int64_t image_stride, const Epilogue<S>& e) {
   if (G == 1 && g.Wq == g.OW) {
-    std::memcpy(out + p0, tile, std::min(n, g.OH * g.OW - p0) * sizeof(S));
+    store_run(out + p0, tile, 1, std::min(n, g.OH * g.OW - p0), e.at(p0));
     return;
   }
   int64_t oh = p0 / g.Wq, ow = p0 - oh * g.Wq, i = 0;
   while (i < n && oh < g.OH) {
     const int64_t run = std::min(g.OW - ow, n - i);
     S* dst = out + oh * g.OW + ow;
-    if (run > 0 && G == 1) {
-      std::memcpy(dst, tile + i, run * sizeof(S));
-    } else if (run > 0) {
+    if (run > 0) {
       for (int64_t j = 0; j < G; ++j) {
-        const S* src = tile + i * G + j;
-        S* d = dst + j * image_stride;
-        for (int64_t r = 0; r < run; ++r) d[r] = src[r * G];
+        store_run(dst + j * image_stride, tile + i * G + j, G, run, e.at(oh * g.OW + ow + j * image_stride));
       }
     }
     i += g.Wq - ow;
@@ -526,7 +559,7 @@ __attribute__((noinline)) ConvPlan<S> build_plan(const PlanLayout& layout, const
 // output at out + j * out_image).
 template <typename S>
 __attribute__((noinline)) void conv_tiles(const S* planes, const ConvPlan<S>& plan, const S* bias, const SparseConvArgs& a,
-                int64_t co_end, int64_t G, S* out, int64_t out_image) {
+                int64_t co_end, int64_t G, S* out, int64_t out_image, const Epilogue<S>& epilogue) {
   constexpr int L = Simd<S>::L;
   constexpr int64_t tile_len = kTileVectors * L;
   const SparseConvGeometry& g = a.g;
@@ -549,7 +582,8 @@ __attribute__((noinline)) void conv_tiles(const S* planes, const ConvPlan<S>& pl
         const TileAcc<S> acc{c == 0 ? nullptr : tile, bias != nullptr ? bias[co] : S(0), tile};
         tile_n<S>(n_vec, layout.sorted, in, plan.at(co, c), acc);
         if (last) {
-          store_tile(tile, q0 / G, int64_t(n_vec) * L / G, G, g, out + co * g.OH * g.OW, out_image);
+          store_tile(tile, q0 / G, int64_t(n_vec) * L / G, G, g, out + co * g.OH * g.OW, out_image,
+                     epilogue.at(co * g.OH * g.OW));
         }
       }
     }
@@ -577,7 +611,8 @@ std::vector<int64_t> channel_blocks(const int32_t* row_ptr, int64_t rows, int64_
 // the convolution).
 template <typename S>
 void run_conv(const SparseConvArgs& a, int64_t G, const S* x, const S* values, const int32_t* col,
-              const int32_t* rp, const S* bias, S* out, int64_t images, PlanErrors& errors) {
+              const int32_t* rp, const S* bias, S* out, const Epilogue<S>& epilogue, int64_t images,
+              PlanErrors& errors) {
   constexpr int L = Simd<S>::L;
   const SparseConvGeometry& g = a.g;
   const PlanLayout layout = plan_layout<S>(a, G, images);
@@ -601,7 +636,8 @@ void run_conv(const SparseConvArgs& a, int64_t G, const S* x, const S* values, c
       std::fill(planes + a.Cin * g.channel_stride * G, planes + n_planes, S(0));  // over-read tail
       for (int64_t grp = first; grp < last; ++grp) {
         fill_planes(x + grp * G * in_image, in_image, G, g, 0, a.Cin, planes);
-        conv_tiles(planes, plan, bias, a, co_end, G, out + grp * G * out_image, out_image);
+        conv_tiles(planes, plan, bias, a, co_end, G, out + grp * G * out_image, out_image,
+                   epilogue.at(grp * G * out_image));
       }
     }
     release_large_scratch({kWorkerPlanes, kPartialTiles, kPlanOffsets, kPlanValues, kPlanBuckets,
@@ -615,8 +651,9 @@ void run_conv(const SparseConvArgs& a, int64_t G, const S* x, const S* values, c
 template <typename S>
 void sparse_conv2d_kernel(const at::Tensor& x, const at::Tensor& values,
                           const at::Tensor& col_index, const at::Tensor& row_ptr,
-                          const std::optional<at::Tensor>& bias, const SparseConvArgs& a,
-                          at::Tensor& out) {
+                          const std::optional<at::Tensor>& bias,
+                          const std::optional<at::Tensor>& residual, bool relu,
+                          const SparseConvArgs& a, at::Tensor& out) {
   constexpr const char* op = "lostprune.sparse_conv2d";
   constexpr int64_t L = Simd<S>::L;
   const SparseConvGeometry& g = a.g;
@@ -629,6 +666,7 @@ void sparse_conv2d_kernel(const at::Tensor& x, const at::Tensor& values,
   const S* vp = values.const_data_ptr<S>();
   const S* bp = bias.has_value() ? bias->const_data_ptr<S>() : nullptr;
   S* op_out = out.mutable_data_ptr<S>();
+  const Epilogue<S> epilogue{residual.has_value() ? residual->const_data_ptr<S>() : nullptr, relu};
   PlanErrors errors;
 
   // Small images leave lanes idle and too few vectors per nonzero to amortize a plan;
@@ -636,14 +674,15 @@ void sparse_conv2d_kernel(const at::Tensor& x, const at::Tensor& values,
   // tile's band over a whole group would no longer fit L1.
   const bool interleave = g.OH * g.Wq <= kMaxInterleavedPixels;
   const int64_t grouped = interleave && a.N >= L ? a.N / L * L : 0;
-  if (grouped > 0) run_conv<S>(a, L, xp, vp, col, rp, bp, op_out, grouped, errors);
+  if (grouped > 0) run_conv<S>(a, L, xp, vp, col, rp, bp, op_out, epilogue, grouped, errors);
   if (a.N > grouped || a.N == 0) {
     // Sparse layers pay per residue bucket (a fold per tile): aligned rows cut the buckets
     // to one per column shift, worth a few extra columns once nonzeros are few.
     SparseConvArgs single = a;
     if (a.nnz * kAlignRowsDensityInverse <= a.Cout * a.Cin_g * g.KH * g.KW) align_plane_rows(&single.g);
     run_conv<S>(single, 1, xp + grouped * a.Cin * g.H * g.W, vp, col, rp, bp,
-                op_out + grouped * a.Cout * g.OH * g.OW, a.N - grouped, errors);
+                op_out + grouped * a.Cout * g.OH * g.OW, epilogue.at(grouped * a.Cout * g.OH * g.OW),
+                a.N - grouped, errors);
   }
 
   const int64_t k = errors.bad.load();
@@ -661,14 +700,16 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& values,
                              const at::Tensor& col_index, const at::Tensor& row_ptr,
                              at::IntArrayRef weight_shape, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef stride, at::IntArrayRef padding,
-                             at::IntArrayRef dilation, int64_t groups) {
+                             at::IntArrayRef dilation, int64_t groups,
+                             const std::optional<at::Tensor>& residual, bool relu) {
   const SparseConvArgs a = check_sparse_conv2d(x, values, col_index, row_ptr, weight_shape, bias,
-                                               stride, padding, dilation, groups,
+                                               stride, padding, dilation, groups, residual,
                                                c10::DeviceType::CPU);
-  const ContiguousInputs in = contiguous_inputs(x, values, col_index, row_ptr, bias);
+  const ContiguousInputs in = contiguous_inputs(x, values, col_index, row_ptr, bias, residual);
   at::Tensor out = at::empty({a.N, a.Cout, a.g.OH, a.g.OW}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_conv2d_cpu", [&] {
-    sparse_conv2d_kernel<scalar_t>(in.x, in.values, in.col_index, in.row_ptr, in.bias, a, out);
+    sparse_conv2d_kernel<scalar_t>(in.x, in.values, in.col_index, in.row_ptr, in.bias, in.residual,
+                                   relu, a, out);
   });
   return out;
 }
@@ -755,7 +796,7 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
     const int64_t shape[] = {a.out, a.in, 1, 1};
     const int64_t ones[] = {1, 1}, zeros[] = {0, 0};
     const at::Tensor y = sparse_conv2d_cpu(image, in.values, in.col_index, in.row_ptr, shape, in.bias,
-                                           ones, zeros, ones, 1);
+                                           ones, zeros, ones, 1, std::nullopt, false);
     return y.reshape({a.out, a.M}).t().contiguous().reshape(out_shape);
   }
   at::Tensor y = at::empty(out_shape, x.options());

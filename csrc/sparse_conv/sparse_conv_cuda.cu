@@ -128,11 +128,16 @@ sparse_conv2d_kernel(SparseConvCudaArgs a) {
     __syncwarp();
   }
 
-  T* out = static_cast<T*>(a.out) + (n * a.Cout + co) * positions;
+  const int64_t out_offset = (n * a.Cout + co) * positions;
+  T* out = static_cast<T*>(a.out) + out_offset;
+  const T* residual = a.residual != nullptr ? static_cast<const T*>(a.residual) + out_offset : nullptr;
 #pragma unroll
   for (int i = 0; i < kPositionsPerLane; ++i) {
     const int64_t p = p0 + lane + i * kWarp;
-    if (p < positions) out[p] = store_value<T>(acc[i]);
+    if (p < positions) {
+      const A r = residual != nullptr ? A(to_acc(residual[p])) : A(0);
+      out[p] = store_value<T>(sparse_epilogue<A>(acc[i], r, a.relu));
+    }
   }
 }
 
@@ -181,6 +186,7 @@ cudaError_t launch_conv(const SparseConvCudaArgs& a, cudaStream_t stream) {
     part.N = a.N - n0 < kMaxImages ? a.N - n0 : kMaxImages;
     part.x = static_cast<const T*>(a.x) + n0 * a.Cin * a.g.H * a.g.W;
     part.out = static_cast<T*>(a.out) + n0 * a.Cout * positions;
+    if (a.residual != nullptr) part.residual = static_cast<const T*>(a.residual) + n0 * a.Cout * positions;
     const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y),
                     static_cast<unsigned>(part.N));
     sparse_conv2d_kernel<T><<<grid, kWarp * kWarpsPerBlock, 0, stream>>>(part);

@@ -27,6 +27,8 @@ struct SparseConvCudaArgs {
   int64_t N, Cin, Cout, Cin_g, Cout_g;
   SparseConvGeometry g;
   SparseDtype dtype;
+  const void* residual;  // like out, or nullptr: the fused epilogue (sparse_epilogue)
+  bool relu;
 };
 
 struct SparseLinearCudaArgs {

@@ -149,19 +149,21 @@ def conv_padding(padding, shape, stride, dilation) -> list[int]:
 
 # --------------------------------------------------------------------------- references
 def _check_conv(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor, weight_shape,
-                bias: Tensor | None, groups: int) -> None:
+                bias: Tensor | None, groups: int, residual: Tensor | None = None) -> None:
     """The reference's checks; the compiled kernels make the same ones in C++."""
     if not x.is_floating_point():
         raise TypeError(f"{CONV_OP}: x must be a floating-point tensor, got {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"{CONV_OP}: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
     for name, t in (("values (packed weight)", values), ("col_index (packed weight)", col_index),
-                    ("row_ptr (packed weight)", row_ptr), ("bias", bias)):
+                    ("row_ptr (packed weight)", row_ptr), ("bias", bias), ("residual", residual)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{CONV_OP}: {name} is on {t.device} but x is on {x.device}; "
                              "move both to the same device")
     if values.dtype != x.dtype:
         raise TypeError(f"{CONV_OP}: values has dtype {values.dtype} but x has dtype {x.dtype}")
+    if residual is not None and residual.dtype != x.dtype:
+        raise TypeError(f"{CONV_OP}: residual has dtype {residual.dtype} but x has dtype {x.dtype}")
     cin = weight_shape[1] * groups
     if x.shape[1] != cin:
         raise ValueError(f"{CONV_OP}: x has {x.shape[1]} channels but the packed weight expects {cin} "
@@ -170,11 +172,18 @@ def _check_conv(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor, w
 
 def sparse_conv2d_reference(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor,
                             weight_shape, bias: Tensor | None, stride, padding, dilation,
-                            groups: int) -> Tensor:
-    """Plain PyTorch: the dense weight rebuilt from the CSR arrays, then ``F.conv2d``."""
-    _check_conv(x, values, col_index, row_ptr, weight_shape, bias, groups)
+                            groups: int, residual: Tensor | None = None, relu: bool = False) -> Tensor:
+    """Plain PyTorch: the dense weight rebuilt from the CSR arrays, then ``F.conv2d``, then
+    the epilogue: ``+ residual`` (same shape as the output), then ReLU when ``relu``."""
+    _check_conv(x, values, col_index, row_ptr, weight_shape, bias, groups, residual)
     weight = dense_weight(values, col_index, row_ptr, weight_shape)
-    return F.conv2d(x, weight, bias, list(stride), list(padding), list(dilation), groups)
+    out = F.conv2d(x, weight, bias, list(stride), list(padding), list(dilation), groups)
+    if residual is not None:
+        if residual.shape != out.shape:
+            raise ValueError(f"{CONV_OP}: residual must have the output's shape {list(out.shape)} (it is added "
+                             f"before the ReLU, without broadcasting), got {list(residual.shape)}")
+        out = out + residual
+    return torch.relu(out) if relu else out
 
 
 def sparse_linear_reference(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor,
@@ -193,13 +202,15 @@ def sparse_linear_reference(x: Tensor, values: Tensor, col_index: Tensor, row_pt
 
 
 # --------------------------------------------------------------------------- wrappers
-def _check_device(op: str, x: Tensor, packed_values: Tensor, bias: Tensor | None) -> None:
+def _check_device(op: str, x: Tensor, packed_values: Tensor, bias: Tensor | None,
+                  residual: Tensor | None = None) -> None:
     # Before dispatch: torch would route mixed devices to one backend with a vaguer error.
     if packed_values.device != x.device:
         raise ValueError(f"{op}: the packed weight is on {packed_values.device} but x is on {x.device}; "
                          "move it with packed.to(x.device) (or module.to(device))")
-    if bias is not None and bias.device != x.device:
-        raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
+    for name, t in (("bias", bias), ("residual", residual)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
 
 
 def _kernel_ok(op: str, x: Tensor) -> bool:
@@ -209,11 +220,11 @@ def _kernel_ok(op: str, x: Tensor) -> bool:
 
 def run_sparse_conv2d(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor, weight_shape: list[int],
                       bias: Tensor | None, stride: list[int], padding: list[int], dilation: list[int],
-                      groups: int) -> Tensor:
+                      groups: int, residual: Tensor | None = None, relu: bool = False) -> Tensor:
     """The op on normalized arguments (pairs as lists): the kernel when one is compiled for
     x's device and dtype, else the reference. Modules call this with arguments prepared once."""
-    _check_device(CONV_OP, x, values, bias)
-    args = (x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups)
+    _check_device(CONV_OP, x, values, bias, residual)
+    args = (x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups, residual, relu)
     if _kernel_ok("sparse_conv2d", x):
         return torch.ops.lostprune.sparse_conv2d(*args)
     return sparse_conv2d_reference(*args)
@@ -237,9 +248,13 @@ def conv_arguments(shape, stride, padding, dilation) -> tuple[list[int], list[in
 
 
 def sparse_conv2d(x: Tensor, packed: PackedWeight, bias: Tensor | None = None, stride=1, padding=0,
-                  dilation=1, groups: int = 1) -> Tensor:
+                  dilation=1, groups: int = 1, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
     """``F.conv2d(x, packed.to_dense(), bias, stride, padding, dilation, groups)``, computed
     from the nonzeros only. ``padding`` may be an int, a pair, ``'valid'`` or ``'same'``.
+
+    Fused epilogue (one pass over the output, inside the kernel): ``residual`` (a tensor of
+    the output's shape) is added, then ReLU when ``relu`` — a BasicBlock's
+    ``relu(bn(conv(x)) + identity)`` once BatchNorm is folded into the weights and bias.
 
     Kernels: CPU float32/float64, CUDA float32/float64/float16/bfloat16; other dtypes (and
     builds without kernels) run the reference.
@@ -249,7 +264,7 @@ def sparse_conv2d(x: Tensor, packed: PackedWeight, bias: Tensor | None = None, s
                          "[Cout, Cin/groups, KH, KW] (use sparse_linear for linear weights)")
     stride_, padding_, dilation_ = conv_arguments(packed.shape, stride, padding, dilation)
     return run_sparse_conv2d(x, packed.values, packed.col_index, packed.row_ptr, list(packed.shape), bias,
-                             stride_, padding_, dilation_, int(groups))
+                             stride_, padding_, dilation_, int(groups), residual, bool(relu))
 
 
 def sparse_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -> Tensor:
@@ -265,7 +280,8 @@ def sparse_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -
 OPS = {"sparse_conv2d": sparse_conv2d_reference, "sparse_linear": sparse_linear_reference}
 
 
-def _conv_fake(x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups):
+def _conv_fake(x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups,
+               residual=None, relu=False):
     out = []
     for size, k, s, p, d in zip(x.shape[2:], weight_shape[2:], stride, padding, dilation):
         out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
@@ -277,8 +293,9 @@ def _linear_fake(x, values, col_index, row_ptr, weight_shape, bias):
 
 
 def _conv_setup(ctx, inputs, output):
-    x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(x, values, col_index, row_ptr)
+    x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups, residual, relu = inputs
+    # ReLU's gradient mask comes from the output (zero where the ReLU clamped).
+    ctx.save_for_backward(x, values, col_index, row_ptr, output if relu else None)
     ctx.conf = (list(weight_shape), list(stride), list(padding), list(dilation), groups, bias is not None)
 
 
@@ -291,10 +308,13 @@ def _grad_values(grad_weight: Tensor, col_index: Tensor, row_ptr: Tensor, rows: 
 
 
 def _conv_backward(ctx, grad):
-    x, values, col_index, row_ptr = ctx.saved_tensors
+    x, values, col_index, row_ptr, output = ctx.saved_tensors
     weight_shape, stride, padding, dilation, groups, has_bias = ctx.conf
     need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     grad_x = grad_values = grad_bias = None
+    if output is not None:  # fused ReLU
+        grad = grad * (output > 0).to(grad.dtype)
+    grad_residual = grad if ctx.needs_input_grad[10] else None
     if need_x:
         weight = dense_weight(values, col_index, row_ptr, weight_shape)
         grad_x = torch.nn.grad.conv2d_input(x.shape, weight, grad, stride, padding, dilation, groups)
@@ -303,7 +323,7 @@ def _conv_backward(ctx, grad):
         grad_values = _grad_values(grad_w, col_index, row_ptr, weight_shape[0])
     if has_bias and ctx.needs_input_grad[5]:
         grad_bias = grad.sum((0, 2, 3))
-    return grad_x, grad_values, None, None, None, grad_bias, None, None, None, None
+    return grad_x, grad_values, None, None, None, grad_bias, None, None, None, None, grad_residual, None
 
 
 def _linear_setup(ctx, inputs, output):

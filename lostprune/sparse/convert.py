@@ -6,6 +6,11 @@ the shape it sees in the model — one forward pass of ``example_input`` records
 and is converted only when the sparse kernel wins. Without an example input (and no
 ``model.input_size`` to make one) a cost model decides: convert at or above the sparsity
 where the kernels break even on typical layers.
+
+With ``fuse=True`` (the default) the model is also rewritten for inference (``fusion.py``):
+eval-mode BatchNorms fold into the conv before them (sparse or dense), and the ReLU and
+residual add after a sparse conv run in its kernel's epilogue; calibration then times each
+layer with its epilogue on both sides.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from torch import Tensor, nn
 
 from ..bench import time_call
 from ..core.masks import effective_weight
+from ..ops.sparse import pack_weight
+from . import fusion as fx_fusion
 from .modules import SparseConv2d, SparseLinear
 
 # Sparsity from which the kernels beat oneDNN on typical layers at batch 1 (CPU, see
@@ -39,6 +46,7 @@ class LayerDecision:
     reason: str
     dense_ms: float | None = None
     sparse_ms: float | None = None
+    fused: str = ""  # ops fused into the layer, e.g. "bn+add+relu" (sparse) or "bn" (dense)
 
     @property
     def speedup(self) -> float | None:
@@ -52,20 +60,24 @@ class ConversionReport:
     """One decision per conv / linear layer that convert() considered."""
 
     layers: list[LayerDecision] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # model-wide, e.g. why nothing was fused
 
     @property
     def converted(self) -> list[str]:
         return [d.name for d in self.layers if d.converted]
 
     def summary(self) -> str:
-        lines = [f"{'layer':<40} {'kind':<6} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>7}  decision"]
+        lines = [f"{'layer':<32} {'kind':<6} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>7} "
+                 f"{'fused':<12} decision"]
         for d in self.layers:
             dense = f"{d.dense_ms:9.3f}" if d.dense_ms is not None else f"{'-':>9}"
             sparse = f"{d.sparse_ms:9.3f}" if d.sparse_ms is not None else f"{'-':>9}"
             speed = f"{d.speedup:6.2f}x" if d.speedup is not None else f"{'-':>7}"
             verdict = ("sparse" if d.converted else "dense") + f" ({d.reason})"
-            lines.append(f"{d.name:<40} {d.kind:<6} {d.sparsity:8.1%} {dense} {sparse} {speed}  {verdict}")
+            lines.append(f"{d.name:<32} {d.kind:<6} {d.sparsity:8.1%} {dense} {sparse} {speed} {d.fused or '-':<12} "
+                         f"{verdict}")
         lines.append(f"{len(self.converted)} of {len(self.layers)} layers sparse")
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -129,22 +141,30 @@ def _best_ms(fn: Callable[[], object], other: Callable[[], object], rounds: int,
     return min(a), min(b)
 
 
-def _time_layer(dense: Callable[[Tensor], Tensor], sparse: nn.Module, shape: torch.Size, rounds: int,
-                min_time: float) -> tuple[float, float]:
-    """(dense ms, sparse ms) on a random input of ``shape``, synchronizing CUDA."""
+def _time_layer(dense: Callable[..., Tensor], sparse: nn.Module, shape: torch.Size, rounds: int,
+                min_time: float, residual: bool = False) -> tuple[float, float]:
+    """(dense ms, sparse ms) on a random input of ``shape`` (and a random residual of the
+    output's shape when the epilogue adds one), synchronizing CUDA."""
     weight = sparse.values
     x = torch.randn(shape, device=weight.device, dtype=weight.dtype)
     sync = torch.cuda.synchronize if weight.device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
-        return _best_ms(lambda: (dense(x), sync()), lambda: (sparse(x), sync()), rounds, min_time)
+        args = (x, torch.randn_like(dense(x))) if residual else (x,)
+        return _best_ms(lambda: (dense(*args), sync()), lambda: (sparse(*args), sync()), rounds, min_time)
 
 
-def _dense_call(module: nn.Module) -> Callable[[Tensor], Tensor]:
-    weight = effective_weight(module).detach()
-    bias = module.bias.detach() if module.bias is not None else None
-    if isinstance(module, nn.Conv2d):
-        return lambda x: F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
-    return lambda x: F.linear(x, weight, bias)
+def _dense_call(module: nn.Module, weight: Tensor, bias: Tensor | None, relu: bool = False) -> Callable[..., Tensor]:
+    """The layer run dense, then its epilogue as separate ops (what it costs left dense)."""
+    if isinstance(module, nn.Linear):
+        return lambda x: F.linear(x, weight, bias)
+
+    def call(x, residual=None):
+        out = F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+        if residual is not None:
+            out = out + residual
+        return F.relu(out) if relu else out
+
+    return call
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -162,9 +182,25 @@ def report(model: nn.Module) -> ConversionReport | None:
     return getattr(model, REPORT_ATTRIBUTE, None)
 
 
+def _prepare_fusion(model: nn.Module, example_input, inplace: bool) -> tuple[torch.fx.GraphModule | None, str | None]:
+    """The traced model with shapes recorded, or None and why fusion is skipped."""
+    if inplace:
+        return None, "not fused: fusion builds a new module (torch.fx), use inplace=False"
+    if model.training:
+        return None, "not fused: model in training mode (BatchNorm uses batch statistics); call model.eval() first"
+    try:
+        gm = fx_fusion.trace(model)
+    except Exception as error:  # noqa: BLE001  (any tracing failure: the model stays unfused)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return None, f"not fused: torch.fx cannot trace the model ({type(error).__name__}: {first})"
+    if example_input is not None:
+        fx_fusion.propagate_shapes(gm, example_input)
+    return gm, None
+
+
 def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, calibrate: bool = True,
             layers: Iterable[str] | None = None, inplace: bool = False, rounds: int = 3,
-            min_time: float = 0.01, progress: bool = True) -> nn.Module:
+            min_time: float = 0.01, progress: bool = True, fuse: bool = True) -> nn.Module:
     """Replace sparse Conv2d / Linear layers of ``model`` by SparseConv2d / SparseLinear where
     that is faster; the others stay dense.
 
@@ -177,6 +213,11 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
     - ``calibrate=False``, or no input shape: convert where the sparsity reaches
       ``BREAK_EVEN_SPARSITY`` (and ``min_sparsity``).
     - ``layers``: restrict to these layer names.
+    - ``fuse``: fold eval-mode BatchNorms into the conv before them (sparse or dense) and run
+      the ReLU / residual add after a sparse conv in its kernel's epilogue; max-pooling runs
+      channels-last on CPU. The result is then a ``torch.fx.GraphModule`` (the model's
+      plain attributes such as ``input_size`` are kept). Skipped, with a note in the report,
+      in training mode, with ``inplace=True`` or when torch.fx cannot trace the model.
 
     Returns the converted model; its outputs equal the dense model's up to float rounding.
     ``report(model)`` gives one ``LayerDecision`` per layer (``print`` shows the table).
@@ -214,12 +255,37 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
         example_input = torch.randn(1, *model.input_size, device=parameter.device if parameter is not None else None,
                                     dtype=parameter.dtype if parameter is not None else None)
     shapes = _record_input_shapes(model, timed, example_input) if calibrate and example_input is not None and timed else {}
+    notes: list[str] = []
+    gm, note = _prepare_fusion(model, example_input, inplace) if fuse else (None, None)
+    notes += [note] if note else []
+    fusions = fx_fusion.plan(gm) if gm is not None else {}
+    replacements: dict[str, nn.Module] = {}
+    for decision in decisions:
+        fusion = fusions.get(decision.name)
+        if fusion is None:
+            continue
+        decision.reason += "".join(f"; {n}" for n in fusion.notes) if decision.name not in timed else ""
+        decision.fused = fusion.label(sparse=False)
+        if fusion.bn is not None and decision.name not in timed:  # stays dense: fold its BN anyway
+            module = candidates[decision.name]
+            weight, bias = fx_fusion.fold_batchnorm(effective_weight(module).detach(), module.bias, fusion.bn)
+            replacements[decision.name] = fx_fusion.dense_conv(module, weight, bias)
 
     from tqdm.auto import tqdm
 
     for name, decision in tqdm(timed.items(), desc="sparse convert", disable=not progress or not timed):
         module = candidates[name]
-        sparse = SparseConv2d.from_dense(module) if decision.kind == "conv" else SparseLinear.from_dense(module)
+        fusion = fusions.get(name)
+        weight = effective_weight(module).detach()
+        bias = module.bias.detach() if module.bias is not None else None
+        if fusion is not None and fusion.bn is not None:
+            weight, bias = fx_fusion.fold_batchnorm(weight, bias, fusion.bn)
+        relu = fusion is not None and fusion.relu
+        if decision.kind == "conv":
+            sparse = SparseConv2d(pack_weight(weight), bias, module.stride, module.padding, module.dilation,
+                                  module.groups, relu=relu)
+        else:
+            sparse = SparseLinear(pack_weight(weight), bias)
         shape = shapes.get(name)
         if shape is None:
             threshold = max(min_sparsity, BREAK_EVEN_SPARSITY[decision.kind])
@@ -228,11 +294,24 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
                    else " (layer not reached by example_input)")
             decision.reason = f"cost model: sparsity {'>=' if decision.converted else '<'} {threshold:g}{why}"
         else:
-            decision.dense_ms, decision.sparse_ms = _time_layer(_dense_call(module), sparse, shape, rounds, min_time)
+            residual = fusion is not None and fusion.residual is not None
+            decision.dense_ms, decision.sparse_ms = _time_layer(_dense_call(module, weight, bias, relu), sparse, shape,
+                                                                rounds, min_time, residual)
             decision.converted = decision.sparse_ms < decision.dense_ms
             decision.reason = "calibrated: " + ("sparse faster" if decision.converted else "dense faster")
+        if fusion is not None:
+            decision.fused = fusion.label(sparse=decision.converted)
+            decision.reason += "".join(f"; {n}" for n in fusion.notes)
         if decision.converted:
-            sparse.train(module.training)
-            _set_module(model, name, sparse)
-    setattr(model, REPORT_ATTRIBUTE, ConversionReport(decisions))  # a plain attribute: not in state_dict
+            replacements[name] = sparse.train(module.training)
+        elif fusion is not None and fusion.bn is not None:
+            replacements[name] = fx_fusion.dense_conv(module, weight, bias)
+    if gm is not None:
+        model_out = fx_fusion.rewrite(gm, fusions, replacements)
+        fx_fusion.keep_attributes(model, model_out)
+        model = model_out
+    else:
+        for name, new in replacements.items():
+            _set_module(model, name, new)
+    setattr(model, REPORT_ATTRIBUTE, ConversionReport(decisions, notes))  # a plain attribute: not in state_dict
     return model

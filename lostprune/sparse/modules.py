@@ -75,10 +75,14 @@ class _SparseBase(nn.Module):
 
 
 class SparseConv2d(_SparseBase):
-    """``nn.Conv2d`` (zeros padding) computed from the nonzeros of its weight."""
+    """``nn.Conv2d`` (zeros padding) computed from the nonzeros of its weight.
+
+    With a fused epilogue (what ``convert(fuse=True)`` builds from conv → BatchNorm → [+ x] →
+    ReLU): ``relu=True`` applies ReLU to the output and ``forward(x, residual)`` adds
+    ``residual`` before it, inside the kernel."""
 
     def __init__(self, packed: PackedWeight, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
-                 groups: int = 1, requires_grad: bool = False):
+                 groups: int = 1, requires_grad: bool = False, relu: bool = False):
         super().__init__()
         if len(packed.shape) != 4:
             raise ValueError(f"SparseConv2d needs a conv weight [Cout, Cin/groups, KH, KW], got shape {packed.shape}")
@@ -90,6 +94,7 @@ class SparseConv2d(_SparseBase):
         self.stride, self.padding, self.dilation = tuple(stride_), tuple(padding_), tuple(dilation_)
         self._args = (stride_, padding_, dilation_)
         self.groups = int(groups)
+        self.relu = bool(relu)
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d) -> SparseConv2d:
@@ -104,20 +109,21 @@ class SparseConv2d(_SparseBase):
                    else conv.weight.requires_grad)
 
     def to_dense(self) -> nn.Conv2d:
-        """An equivalent ``nn.Conv2d`` (e.g. to export or to compare)."""
+        """An ``nn.Conv2d`` with the same weight and bias (e.g. to export or to compare); the
+        fused epilogue (``relu``, residual) is not part of it."""
         return self._filled(nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                                       self.padding, self.dilation, self.groups, bias=self.bias is not None,
                                       device=self.values.device, dtype=self.values.dtype))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         stride, padding, dilation = self._args
         return run_sparse_conv2d(x, self.values, self.col_index, self.row_ptr, self._shape_list, self.bias,
-                                 stride, padding, dilation, self.groups)
+                                 stride, padding, dilation, self.groups, residual, self.relu)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"bias={self.bias is not None}, density={self.density:.3f}")
+                f"bias={self.bias is not None}, density={self.density:.3f}" + (", relu=True" if self.relu else ""))
 
 
 class SparseLinear(_SparseBase):

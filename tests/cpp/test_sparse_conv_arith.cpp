@@ -1,5 +1,7 @@
 // Unit tests of csrc/sparse_conv/sparse_conv.h: the phase-plane layout shared by the CPU
 // kernel (planes + one offset per nonzero) and the tap decoding the CUDA kernel uses.
+#include <cmath>
+#include <limits>
 #include <cstdint>
 #include <vector>
 
@@ -100,5 +102,13 @@ int main() {
   LP_CHECK(lostprune::first_bad_row(decreasing, 3, 5) == 1);
   LP_CHECK(lostprune::first_bad_row(short_end, 3, 5) == 3);
   LP_CHECK(lostprune::first_bad_row(bad_start, 3, 5) == 0);
+
+  LP_CHECK(lostprune::sparse_epilogue(1.5f, 2.0f, false) == 3.5f);
+  LP_CHECK(lostprune::sparse_epilogue(1.5f, -2.0f, false) == -0.5f);
+  LP_CHECK(lostprune::sparse_epilogue(1.5f, -2.0f, true) == 0.0f);
+  LP_CHECK(lostprune::sparse_epilogue(-1.0, 0.0, true) == 0.0);
+  LP_CHECK(lostprune::sparse_epilogue(2.0, 0.0, true) == 2.0);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  LP_CHECK(std::isnan(lostprune::sparse_epilogue(nan, 0.0f, true)));  // like torch.relu
   LP_TEST_MAIN_END();
 }

@@ -1,0 +1,271 @@
+"""Inference fusion for ``convert(fuse=True)`` and ``fuse()``: the rewrites every inference
+converter makes, found with torch.fx.
+
+- conv → BatchNorm2d (eval mode, running statistics): the BatchNorm is folded into the
+  conv's weight and bias (a per-output-channel scale keeps the sparsity pattern);
+- conv [→ BN] [→ + residual] → ReLU, when the conv goes sparse: the residual add and the ReLU
+  run in the sparse kernel's epilogue (``SparseConv2d(relu=True)(x, residual)``);
+- max-pooling on CPU runs as two vectorized passes (``FastMaxPool2d``): torch's NCHW CPU
+  max-pool is scalar (6.6 ms vs 0.5 ms for resnet18's stem pool, one thread); exact.
+
+Nothing is folded in training mode (BatchNorm then uses batch statistics); a conv whose
+output has other readers, or a conv module called twice, is left as it is.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from .modules import SparseConv2d, SparseLinear
+
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+
+
+class FastMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that pools a CPU float NCHW input in two vectorized passes: rows
+    through torch's channels-last kernel on a view whose "channels" are the image columns,
+    then columns as a max of strided slices. Same values (padding reads as -inf, NaN
+    propagates); other devices, dilation, ceil_mode and indices take the plain path."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, s, p = (_pair(v) for v in (self.kernel_size, self.stride if self.stride else self.kernel_size,
+                                      self.padding))
+        if (x.device.type != "cpu" or x.dim() != 4 or self.return_indices or self.ceil_mode
+                or _pair(self.dilation) != (1, 1) or not x.is_floating_point()
+                or any(2 * pad > size for pad, size in zip(p, k))):  # torch's error message
+            return super().forward(x)
+        n, c, h, w = x.shape
+        rows = x.contiguous().reshape(n * c, h, 1, w).permute(0, 3, 1, 2)  # channels-last [n*c, w, h, 1]
+        rows = F.max_pool2d(rows, (k[0], 1), (s[0], 1), (p[0], 0))
+        h2 = rows.shape[2]
+        rows = rows.permute(0, 2, 3, 1).reshape(n, c, h2, w)
+        padded = F.pad(rows, (p[1], p[1]), value=float("-inf")) if p[1] else rows
+        w2 = (w + 2 * p[1] - k[1]) // s[1] + 1
+        out = padded[..., 0:(w2 - 1) * s[1] + 1:s[1]]
+        for j in range(1, k[1]):
+            out = torch.maximum(out, padded[..., j:j + (w2 - 1) * s[1] + 1:s[1]])
+        return out
+
+    @classmethod
+    def from_pool(cls, pool: nn.MaxPool2d) -> FastMaxPool2d:
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class _Tracer(fx.Tracer):
+    """Keeps already-converted sparse layers as leaves (their wrappers branch on devices)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (SparseConv2d, SparseLinear, FastMaxPool2d)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``model`` as a GraphModule whose nodes call the model's own submodules."""
+    graph = _Tracer().trace(model)
+    return fx.GraphModule(model, graph, model.__class__.__name__)
+
+
+@dataclass
+class ConvFusion:
+    """What follows one conv and can be fused into it."""
+
+    node: fx.Node                      # the conv's call_module node
+    bn: nn.BatchNorm2d | None = None   # folded into the weights
+    bn_node: fx.Node | None = None
+    residual: fx.Node | None = None    # added in the epilogue (sparse only)
+    add_node: fx.Node | None = None
+    relu_node: fx.Node | None = None   # ReLU in the epilogue (sparse only)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def relu(self) -> bool:
+        return self.relu_node is not None
+
+    def label(self, sparse: bool) -> str:
+        """The fused ops, e.g. ``bn+add+relu`` (sparse) or ``bn`` (dense)."""
+        parts = ["bn"] if self.bn is not None else []
+        if sparse:
+            parts += (["add"] if self.residual is not None else []) + (["relu"] if self.relu else [])
+        return "+".join(parts)
+
+
+def _single_user(node: fx.Node) -> fx.Node | None:
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS and len(node.args) == 1
+    return node.op == "call_method" and node.target in ("relu", "relu_") and len(node.args) == 1
+
+
+def _other_addend(node: fx.Node, current: fx.Node) -> fx.Node | None:
+    """The other tensor of ``current + other`` at ``node`` (None: not such an add)."""
+    is_add = ((node.op == "call_function" and node.target in _ADD_FUNCTIONS)
+              or (node.op == "call_method" and node.target in ("add", "add_")))
+    if not is_add or node.kwargs or len(node.args) != 2 or node.args[0] is not current:
+        return None
+    other = node.args[1]
+    return other if isinstance(other, fx.Node) and other is not current else None
+
+
+def _bn_problem(bn: nn.Module, conv: nn.Conv2d) -> str | None:
+    if not isinstance(bn, nn.BatchNorm2d):
+        return f"{type(bn).__name__} follows"
+    if bn.training:
+        return "BatchNorm in training mode (batch statistics): not folded"
+    if bn.running_mean is None or bn.running_var is None:
+        return "BatchNorm without running statistics: not folded"
+    if bn.num_features != conv.out_channels:
+        return "BatchNorm channels differ from the conv's"
+    return None
+
+
+def propagate_shapes(gm: fx.GraphModule, example_input) -> None:
+    """Record every node's output shape (``node.meta['tensor_meta']``) from one eval pass."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*args)
+    finally:
+        gm.train(was_training)
+
+
+def _shape(node: fx.Node) -> torch.Size | None:
+    meta = node.meta.get("tensor_meta")
+    return getattr(meta, "shape", None)
+
+
+def plan(gm: fx.GraphModule) -> dict[str, ConvFusion]:
+    """Per Conv2d target: the BatchNorm, residual add and ReLU that directly follow it.
+    Residual adds are fused only where recorded shapes (``propagate_shapes``) prove both
+    addends have the conv's output shape (the epilogue does not broadcast)."""
+    modules = dict(gm.named_modules())
+    calls: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    fusions: dict[str, ConvFusion] = {}
+    for target, nodes in calls.items():
+        conv = modules[target]
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        fusion = fusions[target] = ConvFusion(nodes[0])
+        if len(nodes) > 1:
+            fusion.notes.append(f"conv called {len(nodes)} times: not fused")
+            continue
+        current = nodes[0]
+        user = _single_user(current)
+        if user is not None and user.op == "call_module" and isinstance(modules.get(user.target), nn.modules.batchnorm._BatchNorm):
+            problem = _bn_problem(modules[user.target], conv)
+            if problem is not None:
+                fusion.notes.append(problem)
+                continue
+            fusion.bn, fusion.bn_node, current = modules[user.target], user, user
+            user = _single_user(current)
+        if user is None:
+            continue
+        other = _other_addend(user, current)
+        shape = _shape(fusion.node)
+        if other is not None and shape is not None and _shape(other) == shape:
+            fusion.residual, fusion.add_node, current = other, user, user
+            user = _single_user(current)
+        elif other is not None:
+            fusion.notes.append("residual add not fused (shapes unknown without example_input)")
+            continue
+        if user is not None and _is_relu(user, modules):
+            fusion.relu_node = user
+    return fusions
+
+
+def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Weight and bias of conv → ``bn`` (eval mode) as one conv, computed in float64: zeros
+    stay zeros, so the sparsity pattern is kept."""
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.double()
+        shift = -bn.running_mean.double() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.double()
+        folded_bias = shift if bias is None else bias.double() * scale + shift
+        folded = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+        return folded.to(weight.dtype), folded_bias.to(weight.dtype)
+
+
+def dense_conv(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` like ``conv`` (no prune hooks) holding ``weight`` and ``bias``."""
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, bias=bias is not None, padding_mode=conv.padding_mode,
+                    device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new.train(conv.training)
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def rewrite(gm: fx.GraphModule, fusions: dict[str, ConvFusion], replacements: dict[str, nn.Module],
+            fast_pool: bool = True) -> fx.GraphModule:
+    """Install ``replacements`` (conv target → new module: a folded dense conv, or a
+    SparseConv2d whose epilogue covers the fused ReLU / residual) and drop the fused nodes."""
+    graph = gm.graph
+    replaced: dict[fx.Node, fx.Node] = {}  # erased pattern end -> the call standing for it
+    for target, new in replacements.items():
+        _set_module(gm, target, new)
+        fusion = fusions.get(target)
+        if fusion is None:
+            continue
+        sparse = isinstance(new, SparseConv2d)
+        pattern = [fusion.node] + [n for n in (fusion.bn_node,) if n is not None]
+        residual = None
+        if sparse:
+            pattern += [n for n in (fusion.add_node, fusion.relu_node) if n is not None]
+            residual = fusion.residual
+            while residual in replaced:  # its own pattern was fused already
+                residual = replaced[residual]
+        if len(pattern) == 1:
+            continue
+        last = pattern[-1]
+        with graph.inserting_before(last):
+            call = graph.call_module(target, (fusion.node.args[0],) + ((residual,) if residual is not None else ()))
+        last.replace_all_uses_with(call)
+        replaced[last] = call
+        for node in reversed(pattern):
+            graph.erase_node(node)
+    if fast_pool:
+        for node in graph.nodes:
+            module = gm.get_submodule(node.target) if node.op == "call_module" else None
+            if type(module) is nn.MaxPool2d and not module.return_indices:
+                _set_module(gm, node.target, FastMaxPool2d.from_pool(module))
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def keep_attributes(source: nn.Module, target: nn.Module) -> None:
+    """Plain public attributes of ``source`` (``input_size``, ``task``, ...) on ``target``."""
+    for key, value in vars(source).items():
+        if not key.startswith("_") and key != "training" and not hasattr(target, key):
+            setattr(target, key, value)
