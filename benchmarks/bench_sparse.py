@@ -103,17 +103,35 @@ def test_resnet18_wt90(benchmark, impl):
 
 
 # --------------------------------------------------------------------------- end to end
-def resnet18_wt90(batch: int = 1, calibrate: bool = True):
+def resnet18_wt90(batch: int = 1, calibrate: bool = True, fuse: bool = True):
     import lostprune
     from lostprune import models
 
     torch.manual_seed(0)
-    model = models.create("resnet18").eval()
+    model = models.randomize_norm_statistics(models.create("resnet18")).eval()  # BN folding is not a no-op
     pruned = lostprune.prune(model, "wt", 0.9, progress=False).model
     lostprune.remove_masks(pruned)  # the dense baseline runs without mask hooks
     x = torch.randn(batch, 3, 224, 224)
-    sparse = lostprune.sparse.convert(pruned, example_input=x, calibrate=calibrate, progress=False)
+    sparse = lostprune.sparse.convert(pruned, example_input=x, calibrate=calibrate, progress=False, fuse=fuse)
     return pruned, sparse, x
+
+
+def dense_baselines(pruned):
+    """The pruned model run dense, optimized like convert(fuse=True) minus the sparse kernels:
+    BatchNorms folded by torch's own fx pass, then also the vectorized max-pool."""
+    import copy
+
+    from torch.fx.experimental.optimization import fuse as torch_fuse
+
+    from lostprune.sparse.fusion import FastMaxPool2d
+
+    folded = torch_fuse(copy.deepcopy(pruned))
+    pooled = copy.deepcopy(folded)
+    for name, module in list(pooled.named_modules()):
+        if type(module) is torch.nn.MaxPool2d:
+            parent, _, child = name.rpartition(".")
+            setattr(pooled.get_submodule(parent) if parent else pooled, child, FastMaxPool2d.from_pool(module))
+    return folded, pooled
 
 
 # --------------------------------------------------------------------------- GPU
@@ -210,6 +228,7 @@ def main() -> None:
     if args.quick:
         layers, sparsities = [RESNET20_LAYERS[0], RESNET18_LAYERS[1], RESNET18_LAYERS[7]], (0.7, 0.9, 0.95)
 
+    e2e_notes = []
     header = ["| layer | batch | sparsity | dense µs | CSR µs | sparse µs | vs dense | vs CSR |",
               "|---|---|---|---|---|---|---|---|"]
     rows = []
@@ -219,14 +238,26 @@ def main() -> None:
     e2e = []
     for batch in (1, 32):
         dense, sparse, x = resnet18_wt90(batch)
-        with torch.inference_mode():
-            tb, tc, ratio = interleaved_ratio(lambda: dense(x), lambda: sparse(x), rounds=args.rounds,
-                                              min_time=0.5)
+        _, unfused, _ = resnet18_wt90(batch, fuse=False)
+        folded, pooled = dense_baselines(dense)
+        with torch.no_grad():
+            err = ((sparse(x) - dense(x)).abs().max() / dense(x).abs().max()).item()
         result = lostprune.sparse.report(sparse)
-        converted = len(result.converted)
-        e2e.append(f"| resnet18, WT 90 % | {batch} | {converted} of {len(result.layers)} | {tb * 1e3:.2f} | "
-                   f"{tc * 1e3:.2f} | **{ratio:.2f}×** |")
-        print(e2e[-1], flush=True)
+        converted = f"{len(result.converted)} of {len(result.layers)}"
+        # (baseline, its label, contender, its label): the first row is the goal's ratio.
+        pairs = [(dense, "pruned model run dense (as users run it)", sparse, "convert()", True),
+                 (folded, "dense, BN folded (torch.fx fuse)", sparse, "convert()", False),
+                 (pooled, "dense, BN folded + FastMaxPool2d", sparse, "convert()", False),
+                 (dense, "pruned model run dense", unfused, "convert(fuse=False)", False)]
+        for base, base_label, ours, ours_label, goal in pairs:
+            with torch.inference_mode():
+                tb, tc, ratio = interleaved_ratio(lambda: base(x), lambda: ours(x), rounds=args.rounds, min_time=0.5)
+            bold = "**" if goal else ""
+            e2e.append(f"| {batch} | {base_label} | {ours_label} | {tb * 1e3:.2f} | {tc * 1e3:.2f} | "
+                       f"{bold}{ratio:.2f}×{bold} |")
+            print(e2e[-1], flush=True)
+        e2e_notes.append(f"batch {batch}: {converted} layers sparse; max relative difference of the converted "
+                         f"model's output vs the dense one {err:.1e}")
         if batch == 1:
             summary = result.summary()
     gpu = []
@@ -247,15 +278,22 @@ def main() -> None:
         *goal_lines(rows),
         "",
         "### End to end",
-        ("resnet18 (torchvision, random init) pruned by `lostprune.prune(model, 'wt', 0.9)` (global magnitude; "
-         "per-layer sparsity 51 % in layer1 … 95 % in layer4), `lostprune.sparse.convert(model, example_input=x)` "
-         "(per-layer calibration at that batch) vs the same pruned model run dense. Both run the same "
-         "BatchNorm/ReLU/max-pool; torch's NCHW max-pool alone took ~4.7 ms single-threaded here (about a sixth "
-         "of the dense forward), which bounds the end-to-end ratio."),
+        ("resnet18 (torchvision, random init, random BatchNorm statistics) pruned by "
+         "`lostprune.prune(model, 'wt', 0.9)` (global magnitude; per-layer sparsity 51 % in layer1 … 95 % in "
+         "layer4), `lostprune.sparse.convert(model, example_input=x)` (per-layer calibration at that batch; "
+         "`fuse=True`: eval BatchNorms folded into every conv, ReLU and residual add in the sparse kernel's "
+         "epilogue, max-pool as `FastMaxPool2d`). The first row per batch is the goal's ratio (vs the pruned "
+         "model as users run it, dense). For transparency the others split it: vs the dense model with its "
+         "BatchNorms folded by torch's own `torch.fx.experimental.optimization.fuse`; vs that plus the same "
+         "max-pool (torch's NCHW CPU max-pool is scalar: 6.6 ms of a ~26 ms dense forward at batch 1, single "
+         "thread, vs 0.5 ms) — this row is what the sparse kernels contribute; and `convert(fuse=False)` "
+         "(kernels only, BN/ReLU/add/max-pool as in the dense model)."),
         "",
-        "| model | batch | layers sparse | dense ms | sparse ms | speedup |",
+        "| batch | baseline | contender | baseline ms | contender ms | speedup |",
         "|---|---|---|---|---|---|",
         *e2e,
+        "",
+        *[f"- {note}" for note in e2e_notes],
         "",
         "<details><summary>convert() decisions at batch 1</summary>",
         "",

@@ -293,7 +293,9 @@ def _linear_fake(x, values, col_index, row_ptr, weight_shape, bias):
 
 
 def _conv_setup(ctx, inputs, output):
-    x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups, residual, relu = inputs
+    # The epilogue arguments have defaults: tracers may pass only the first ten.
+    x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups, *epilogue = inputs
+    relu = len(epilogue) > 1 and bool(epilogue[1])
     # ReLU's gradient mask comes from the output (zero where the ReLU clamped).
     ctx.save_for_backward(x, values, col_index, row_ptr, output if relu else None)
     ctx.conf = (list(weight_shape), list(stride), list(padding), list(dilation), groups, bias is not None)
@@ -314,7 +316,8 @@ def _conv_backward(ctx, grad):
     grad_x = grad_values = grad_bias = None
     if output is not None:  # fused ReLU
         grad = grad * (output > 0).to(grad.dtype)
-    grad_residual = grad if ctx.needs_input_grad[10] else None
+    inputs = len(ctx.needs_input_grad)
+    grad_residual = grad if inputs > 10 and ctx.needs_input_grad[10] else None
     if need_x:
         weight = dense_weight(values, col_index, row_ptr, weight_shape)
         grad_x = torch.nn.grad.conv2d_input(x.shape, weight, grad, stride, padding, dilation, groups)
@@ -323,7 +326,7 @@ def _conv_backward(ctx, grad):
         grad_values = _grad_values(grad_w, col_index, row_ptr, weight_shape[0])
     if has_bias and ctx.needs_input_grad[5]:
         grad_bias = grad.sum((0, 2, 3))
-    return grad_x, grad_values, None, None, None, grad_bias, None, None, None, None, grad_residual, None
+    return (grad_x, grad_values, None, None, None, grad_bias, None, None, None, None, grad_residual, None)[:inputs]
 
 
 def _linear_setup(ctx, inputs, output):

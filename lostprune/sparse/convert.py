@@ -115,16 +115,13 @@ def _record_input_shapes(model: nn.Module, names: Iterable[str], example_input) 
                 shapes.setdefault(name, args[0].shape)
 
         handles.append(modules[name].register_forward_pre_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with fx_fusion.eval_pass(model):
             if isinstance(example_input, (tuple, list)):
                 model(*example_input)
             else:
                 model(example_input)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return shapes
@@ -214,8 +211,8 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
       ``BREAK_EVEN_SPARSITY`` (and ``min_sparsity``).
     - ``layers``: restrict to these layer names.
     - ``fuse``: fold eval-mode BatchNorms into the conv before them (sparse or dense) and run
-      the ReLU / residual add after a sparse conv in its kernel's epilogue; max-pooling runs
-      channels-last on CPU. The result is then a ``torch.fx.GraphModule`` (the model's
+      the ReLU / residual add after a sparse conv in its kernel's epilogue; CPU max-pooling
+      runs vectorized (``FastMaxPool2d``). The result is then a ``torch.fx.GraphModule`` (the model's
       plain attributes such as ``input_size`` are kept). Skipped, with a note in the report,
       in training mode, with ``inplace=True`` or when torch.fx cannot trace the model.
 
@@ -250,7 +247,7 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
         else:
             timed[name] = decision
 
-    if example_input is None and calibrate and hasattr(model, "input_size"):
+    if example_input is None and (calibrate or fuse) and hasattr(model, "input_size"):  # fusion: shapes
         parameter = next(model.parameters(), None)
         example_input = torch.randn(1, *model.input_size, device=parameter.device if parameter is not None else None,
                                     dtype=parameter.dtype if parameter is not None else None)

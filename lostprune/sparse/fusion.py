@@ -15,6 +15,8 @@ output has other readers, or a conv module called twice, is left as it is.
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -132,18 +134,27 @@ def _bn_problem(bn: nn.Module, conv: nn.Conv2d) -> str | None:
     return None
 
 
+@contextmanager
+def eval_pass(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no grad for one recording pass (BatchNorm statistics untouched), then
+    every submodule's own training flag back (``model.train(flag)`` would overwrite them)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 def propagate_shapes(gm: fx.GraphModule, example_input) -> None:
     """Record every node's output shape (``node.meta['tensor_meta']``) from one eval pass."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
-    was_training = gm.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*args)
-    finally:
-        gm.train(was_training)
+    with eval_pass(gm):
+        ShapeProp(gm).propagate(*args)
 
 
 def _shape(node: fx.Node) -> torch.Size | None:
