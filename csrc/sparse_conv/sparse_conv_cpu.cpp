@@ -387,7 +387,9 @@ void store_tile(const S* tile, int64_t p0, int64_t n, int64_t G, const SparseCon
   while (i < n && oh < g.OH) {
     const int64_t run = std::min(g.OW - ow, n - i);
     S* dst = out + oh * g.OW + ow;
-    if (run > 0) {
+    if (run > 0 && G == 1 && e.none()) {
+      std::memcpy(dst, tile + i, run * sizeof(S));  // the common case, kept a plain copy
+    } else if (run > 0) {
       for (int64_t j = 0; j < G; ++j) {
         store_run(dst + j * image_stride, tile + i * G + j, G, run, e.at(oh * g.OW + ow + j * image_stride));
       }

@@ -208,9 +208,10 @@ def _check_device(op: str, x: Tensor, packed_values: Tensor, bias: Tensor | None
     if packed_values.device != x.device:
         raise ValueError(f"{op}: the packed weight is on {packed_values.device} but x is on {x.device}; "
                          "move it with packed.to(x.device) (or module.to(device))")
-    for name, t in (("bias", bias), ("residual", residual)):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+    if bias is not None and bias.device != x.device:
+        raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
+    if residual is not None and residual.device != x.device:
+        raise ValueError(f"{op}: residual is on {residual.device} but x is on {x.device}")
 
 
 def _kernel_ok(op: str, x: Tensor) -> bool:
@@ -224,7 +225,9 @@ def run_sparse_conv2d(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Ten
     """The op on normalized arguments (pairs as lists): the kernel when one is compiled for
     x's device and dtype, else the reference. Modules call this with arguments prepared once."""
     _check_device(CONV_OP, x, values, bias, residual)
-    args = (x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups, residual, relu)
+    args = (x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups)
+    if residual is not None or relu:  # the defaults cost argument parsing on every call
+        args += (residual, relu)
     if _kernel_ok("sparse_conv2d", x):
         return torch.ops.lostprune.sparse_conv2d(*args)
     return sparse_conv2d_reference(*args)

@@ -2,11 +2,15 @@
 kernels, SPEC §6) and ``convert()``, which swaps them in where they beat the dense layer.
 
     fast = lostprune.sparse.convert(pruned_model, example_input=x)
-    print(lostprune.sparse.report(fast))   # per layer: sparsity, dense vs sparse time, decision
+    print(lostprune.sparse.report(fast))   # per layer: sparsity, dense vs sparse time, fused ops, decision
+
+``convert`` folds eval BatchNorms and fuses ReLU / residual adds into the sparse kernels
+(``fuse=True``, torch.fx; the result is a GraphModule).
 """
 
 from .convert import BREAK_EVEN_SPARSITY, ConversionReport, LayerDecision, convert, report
+from .fusion import FastMaxPool2d
 from .modules import SparseConv2d, SparseLinear
 
-__all__ = ["BREAK_EVEN_SPARSITY", "ConversionReport", "LayerDecision", "SparseConv2d", "SparseLinear", "convert",
-           "report"]
+__all__ = ["BREAK_EVEN_SPARSITY", "ConversionReport", "FastMaxPool2d", "LayerDecision", "SparseConv2d",
+           "SparseLinear", "convert", "report"]
