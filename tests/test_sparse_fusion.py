@@ -263,3 +263,27 @@ def test_fast_max_pool_falls_back():
         torch.testing.assert_close(FastMaxPool2d.from_pool(pool)(x), pool(x), rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="pad should be"):
         FastMaxPool2d(2, 1, 2)(x)
+
+
+# --------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 5e-3),
+                                        (torch.bfloat16, 3e-2)])
+def test_cuda_epilogue_matches_reference(compiled, dtype, tol):
+    for case in EPILOGUE_CASES:
+        n, cin, cout, h, w, k, s, p, d, g = case
+        gen = torch.Generator().manual_seed(sum(case))
+        weight = _sparse_weight((cout, cin // g, k, k), 0.8, gen, torch.float64)
+        x = torch.randn(n, cin, h, w, generator=gen, dtype=torch.float64)
+        bias = torch.randn(cout, generator=gen, dtype=torch.float64)
+        dense = F.conv2d(x, weight, bias, s, p, d, g)
+        residual = torch.randn(dense.shape, generator=gen, dtype=torch.float64)
+        out = sparse_conv2d(x.to("cuda", dtype), pack_weight(weight).to("cuda", dtype), bias.to("cuda", dtype),
+                            s, p, d, g, residual=residual.to("cuda", dtype), relu=True)
+        assert _rel_err(out.double().cpu(), (dense + residual).relu()) <= tol
+    gen = torch.Generator().manual_seed(5)
+    packed = pack_weight(_sparse_weight((6, 4, 3, 3), 0.6, gen, torch.float64)).to("cuda")
+    args = (torch.randn(2, 4, 7, 7, dtype=torch.float64, device="cuda", requires_grad=True),
+            packed.values.clone().requires_grad_(), packed.col_index, packed.row_ptr, list(packed.shape), None,
+            [1, 1], [1, 1], [1, 1], 1, torch.randn(2, 6, 7, 7, dtype=torch.float64, device="cuda"), True)
+    torch.library.opcheck(torch.ops.lostprune.sparse_conv2d.default, args)
