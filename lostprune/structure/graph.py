@@ -1,6 +1,7 @@
 """Dependency graph of coupled channels (SPEC §3), from a ``torch.fx`` trace.
 
-Every channel of every intermediate tensor is an element of a union-find. A conv or linear
+Every channel of every intermediate tensor is an element; unions between elements are resolved
+at the end as connected components (scipy). A conv or linear
 layer creates fresh elements for its output channels ("out" rows of its weight) and records
 that it reads the elements of its input ("in" columns). Ops that keep channels aligned pass
 elements through (BN, activations, pooling, interpolation, flatten — which widens each
@@ -16,8 +17,9 @@ channels, with, per member module, the index of each channel in that module.
 
 from __future__ import annotations
 
+import copy
+import functools
 import operator
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,11 +27,15 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from torch import Tensor
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from ..core.shapes import shape_only_forward
 
 from .folded_conv import FoldedConv2d  # a sliced model's conv: a leaf like nn.Conv2d
+from .trace_cache import TraceCache, structure_key
 
 # --------------------------------------------------------------------------- public types
 OUT, IN, NORM, DEPTHWISE = "out", "in", "norm", "depthwise"
@@ -94,39 +100,37 @@ class GraphError(RuntimeError):
     """The model cannot be traced or analysed."""
 
 
-# --------------------------------------------------------------------------- union-find
+# --------------------------------------------------------------------------- channel elements
 class _Elements:
+    """Channel elements and the unions between them, resolved at once by ``components``."""
+
     def __init__(self):
-        self.parent: list[int] = []
+        self.count = 0
+        self.unions: list[tuple[np.ndarray, np.ndarray]] = []
         self.frozen: dict[int, str] = {}
 
     def new(self, n: int, frozen: str | None = None) -> np.ndarray:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
-        ids = np.arange(start, start + n)
+        ids = np.arange(self.count, self.count + n)
+        self.count += n
         if frozen:
-            for i in ids:
-                self.frozen.setdefault(int(i), frozen)
+            self.freeze(ids, frozen)
         return ids
 
-    def find(self, i: int) -> int:
-        parent = self.parent
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
-        for x, y in zip(a.tolist(), b.tolist()):
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                self.parent[ry] = rx
+        self.unions.append((np.asarray(a), np.asarray(b)))
 
     def freeze(self, ids: np.ndarray, reason: str) -> None:
         for i in ids.tolist():
             self.frozen.setdefault(i, reason)
+
+    def components(self) -> np.ndarray:
+        """Component label of every element."""
+        if not self.unions:
+            return np.arange(self.count)
+        a = np.concatenate([a for a, _ in self.unions])
+        b = np.concatenate([b for _, b in self.unions])
+        edges = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(self.count, self.count))
+        return connected_components(edges, directed=False)[1]
 
 
 @dataclass
@@ -198,6 +202,10 @@ class _Tracer(fx.Tracer):
 
 def trace(model: nn.Module, leaf_modules=()) -> fx.GraphModule:
     """fx-trace ``model`` (Conv/Linear/BN and other torch.nn modules are leaves)."""
+    return fx.GraphModule(model, _trace_graph(model, leaf_modules))
+
+
+def _trace_graph(model: nn.Module, leaf_modules=()) -> fx.Graph:
     types = tuple(m for m in leaf_modules if isinstance(m, type))
     names = tuple(m for m in leaf_modules if isinstance(m, str))
     tracer = _Tracer(types, names)
@@ -212,7 +220,7 @@ def trace(model: nn.Module, leaf_modules=()) -> fx.GraphModule:
             "Pass leaf_modules=[ModuleType or 'qualified.name'] to treat the offending submodule as "
             "an opaque leaf (its channels are then left unpruned), or make its forward traceable."
         ) from exc
-    return fx.GraphModule(tracer.root, graph)
+    return graph
 
 
 def _failing_module(exc: Exception) -> str | None:
@@ -229,8 +237,8 @@ def _failing_module(exc: Exception) -> str | None:
 
 # --------------------------------------------------------------------------- analysis
 class _Analysis:
-    def __init__(self, gm: fx.GraphModule, modules: dict[str, nn.Module]):
-        self.gm = gm
+    def __init__(self, graph: fx.Graph, modules: dict[str, nn.Module]):
+        self.graph = graph
         self.modules = modules
         self.elements = _Elements()
         self.members: dict[tuple[str, str], np.ndarray] = {}  # (module, role) -> ids [n, ...]
@@ -276,7 +284,7 @@ class _Analysis:
 
     # ---- the walk
     def run(self) -> None:
-        for node in self.gm.graph.nodes:
+        for node in self.graph.nodes:
             self.values[node] = self.visit(node)
 
     def visit(self, node: fx.Node):
@@ -460,47 +468,106 @@ class _Analysis:
 
     # ---- groups
     def groups(self) -> list[ChannelGroup]:
-        find = self.elements.find
-        # component root -> {(module, role): position of the component's channel in that member}
-        comp_positions: dict[int, dict[tuple[str, str], int]] = defaultdict(dict)
-        comp_frozen: dict[int, str] = {}
-        for (module, role), ids in self.members.items():
-            for pos, i in enumerate(ids.tolist()):
-                positions = comp_positions[find(i)]
-                if (module, role) in positions:
-                    comp_frozen.setdefault(find(i), f"two channels of '{module}' ({role}) are coupled to each other")
-                else:
-                    positions[(module, role)] = pos
-        for i, reason in self.elements.frozen.items():
-            comp_frozen.setdefault(find(i), reason)
-        by_signature: dict[tuple, list[int]] = defaultdict(list)
-        for root, positions in comp_positions.items():
-            by_signature[tuple(sorted(positions))].append(root)
-        groups = []
-        for signature, roots in by_signature.items():
-            roots.sort(key=lambda root: comp_positions[root][signature[0]])  # natural channel order
-            members = []
-            for key in signature:
-                span = self.spans[key]
-                pos = torch.tensor([comp_positions[root][key] for root in roots], dtype=torch.long)
-                members.append(Member(key[0], key[1], pos[:, None] * span + torch.arange(span)[None, :]))
-            reasons = [comp_frozen[r] for r in roots if r in comp_frozen]
-            has_producer = any(role in (OUT, DEPTHWISE) for _, role in signature)
-            # A group is frozen as a whole when any of its channels is (they share members).
-            reason = reasons[0] if reasons else (None if has_producer else "no layer produces these channels")
-            groups.append(ChannelGroup(len(groups), len(roots), members, reason is None, reason))
-        return groups
+        """Components of channel elements gathered by the members they appear in (their
+        *signature*), vectorized over all (component, member, position) entries. Group order:
+        the order in which the walk first recorded a component of the signature; member
+        order: sorted (module, role); channel order: position in the first member."""
+        keys = list(self.members)  # (module, role), in recording order
+        if not keys:
+            return []
+        labels = self.elements.components()
+        sizes = np.array([len(self.members[k]) for k in keys])
+        roots = labels[np.concatenate([self.members[k] for k in keys])]  # one entry per member channel
+        positions = np.arange(len(roots)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        sorted_keys = sorted(range(len(keys)), key=keys.__getitem__)
+        rank = np.empty(len(keys), dtype=np.int64)
+        rank[sorted_keys] = np.arange(len(keys))
+        entry_rank = np.repeat(rank, sizes)
 
+        # entries by (component, member, visit): the first of each run is the component's
+        # channel in that member; a later one means two channels of one member are coupled
+        order = np.lexsort((np.arange(len(roots)), entry_rank, roots))
+        r, k = roots[order], entry_rank[order]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (r[1:] != r[:-1]) | (k[1:] != k[:-1])
+        reason_of = np.full(int(labels.max()) + 1, -1)
+        reasons: list[str] = []
+
+        def set_reasons(entry_roots: np.ndarray, texts) -> None:  # the first reason of a component wins
+            unique, index = np.unique(entry_roots, return_index=True)
+            for root, i in zip(unique.tolist(), index.tolist()):
+                if reason_of[root] < 0:
+                    reason_of[root] = len(reasons)
+                    reasons.append(texts(i))
+
+        coupled = np.sort(order[~first])  # in visiting order
+        if len(coupled):
+            key_of = np.repeat(np.arange(len(keys)), sizes)[coupled]
+            set_reasons(roots[coupled], lambda i: "two channels of '{}' ({}) are coupled to each other".format(
+                *keys[key_of[i]]))
+        if self.elements.frozen:
+            frozen_texts = list(self.elements.frozen.values())
+            set_reasons(labels[np.fromiter(self.elements.frozen, dtype=np.int64)], frozen_texts.__getitem__)
+
+        kept = order[first]  # by component, then member rank
+        kept_root, kept_rank, kept_pos = roots[kept], entry_rank[kept], positions[kept]
+        starts = np.flatnonzero(np.r_[True, kept_root[1:] != kept_root[:-1]])
+        counts = np.diff(np.r_[starts, len(kept)])
+        components = kept_root[starts]
+        signature = np.full((len(components), int(counts.max())), -1, dtype=np.int64)
+        signature[np.repeat(np.arange(len(components)), counts), np.arange(len(kept)) - np.repeat(starts, counts)] = \
+            kept_rank
+        unique_roots, first_visit = np.unique(roots, return_index=True)
+        visit_order = np.argsort(first_visit[np.searchsorted(unique_roots, components)], kind="stable")
+        rows = np.ascontiguousarray(signature[visit_order])
+        _, first_row, inverse = np.unique(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel(),
+                                          return_index=True, return_inverse=True)
+        group_of_signature = np.empty(len(first_row), dtype=np.int64)
+        group_of_signature[np.argsort(first_row)] = np.arange(len(first_row))
+        group_of = np.empty(len(components), dtype=np.int64)
+        group_of[visit_order] = group_of_signature[inverse.ravel()]
+
+        # entries by (group, position in the group's first member, member rank): each group
+        # is then a [channels, members] block of positions
+        block_order = np.lexsort((kept_rank, np.repeat(kept_pos[starts], counts), np.repeat(group_of, counts)))
+        block_pos, block_root = kept_pos[block_order], kept_root[block_order]
+        group_entries = np.bincount(group_of, weights=counts, minlength=len(first_row)).astype(np.int64)
+        group_starts = np.cumsum(group_entries) - group_entries
+        groups = []
+        for row, start, entries in zip(rows[np.sort(first_row)], group_starts.tolist(), group_entries.tolist()):
+            signature_keys = [keys[sorted_keys[i]] for i in row[row >= 0].tolist()]
+            width = len(signature_keys)
+            block = torch.from_numpy(block_pos[start:start + entries].reshape(-1, width))
+            members = []
+            for j, key in enumerate(signature_keys):
+                span = self.spans[key]
+                members.append(Member(key[0], key[1], block[:, j, None] * span + torch.arange(span)[None, :]))
+            group_reasons = reason_of[block_root[start:start + entries:width]]
+            has_reason = np.flatnonzero(group_reasons >= 0)
+            has_producer = any(role in (OUT, DEPTHWISE) for _, role in signature_keys)
+            # A group is frozen as a whole when any of its channels is (they share members).
+            reason = reasons[group_reasons[has_reason[0]]] if len(has_reason) else \
+                (None if has_producer else "no layer produces these channels")
+            groups.append(ChannelGroup(len(groups), block.shape[0], members, reason is None, reason))
+        return groups
 
 # --------------------------------------------------------------------------- the graph
 @dataclass
 class DependencyGraph:
-    """Channel groups of a model, and what a set of weight masks removes structurally."""
+    """Channel groups of a model, and what a set of weight masks removes structurally.
+
+    ``fx_graph``: the trace, each node's ``meta["tensor_meta"]`` holding its output shape on
+    the example input (shared with graphs of structurally identical models)."""
 
     model: nn.Module
-    gm: fx.GraphModule
+    fx_graph: fx.Graph
     groups: list[ChannelGroup]
     modules: dict[str, nn.Module] = field(repr=False, default_factory=dict)
+
+    @functools.cached_property
+    def gm(self) -> fx.GraphModule:
+        """The trace as a ``GraphModule`` of ``model`` (built on first use)."""
+        return fx.GraphModule(self.model, copy.deepcopy(self.fx_graph))
 
     def groups_of(self, module: str, role: str | None = None) -> list[ChannelGroup]:
         return [g for g in self.groups if any(m.module == module and (role is None or m.role == role)
@@ -589,27 +656,95 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
-def _propagate_shapes(gm: fx.GraphModule, example_input: Tensor) -> None:
-    """Annotate every node with its output shape (on meta tensors: a ResNet-101 at 224 px
-    takes tens of milliseconds)."""
-    from torch.fx.passes.shape_prop import ShapeProp
+def _propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_input: Tensor) -> None:
+    """Annotate every node with ``meta["tensor_meta"]`` as fx's ``ShapeProp`` does, running
+    the graph on meta tensors where every op has a meta kernel. Modules that keep their
+    input's shape (BN, activations) are not run on meta tensors: BN's meta kernel alone is a
+    decomposition into dozens of Python ops, most of the time of a ResNet's pass."""
+    root = modules[""]
 
-    shape_only_forward(gm, example_input, call=lambda x: ShapeProp(gm).propagate(x))
+    def run(x: Tensor) -> None:
+        env: dict[fx.Node, object] = {}
+        inputs = iter([x])
+        for node in graph.nodes:
+            if node.op == "output":
+                return
+            args = fx.node.map_arg(node.args, env.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+            if node.op == "placeholder":
+                value = next(inputs, args[0] if args else _MISSING)
+                if value is _MISSING:
+                    raise GraphError(f"forward of {type(root).__name__} takes more than one input "
+                                     f"('{node.target}'); build_graph traces it on one example input")
+            elif node.op == "get_attr":
+                value = root
+                for part in node.target.split("."):
+                    value = getattr(value, part)
+            elif node.op == "call_module":
+                module = modules[node.target]
+                keeps_shape = x.is_meta and isinstance(module, _SHAPE_KEEPING_MODULES) and len(args) == 1 \
+                    and not kwargs and isinstance(args[0], Tensor)
+                value = args[0] if keeps_shape else module(*args, **kwargs)
+            elif node.op == "call_method":
+                value = getattr(args[0], node.target)(*args[1:], **kwargs)
+            else:
+                value = node.target(*args, **kwargs)
+            env[node] = value
+            _annotate(node, value)
+
+    shape_only_forward(root, example_input, call=run)
 
 
-def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=()) -> DependencyGraph:
+_MISSING = object()
+_SHAPE_KEEPING_MODULES = _NORM_MODULES + _ACTIVATION_MODULES
+
+
+def _annotate(node: fx.Node, value) -> None:
+    found = False
+
+    def metadata(obj):
+        nonlocal found
+        if isinstance(obj, Tensor):
+            found = True
+            return _extract_tensor_metadata(obj)
+        return obj
+
+    meta = fx.node.map_aggregate(value, metadata)
+    if found:
+        node.meta["tensor_meta"] = meta
+    node.meta["type"] = type(value)
+
+
+_TRACES = TraceCache()  # model -> its trace and groups, reused while the structure key matches
+
+
+def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=(), *,
+                reuse_from: nn.Module | None = None) -> DependencyGraph:
     """Trace ``model`` on ``example_input`` (N x C x H x W, N >= 1) and group its coupled channels.
 
     ``leaf_modules``: module types or qualified names to keep opaque when the model's own
     forward cannot be traced; channels entering and leaving them are frozen.
+    ``reuse_from``: a model ``model`` was copied from (e.g. ``slice_model``'s working copy).
+
+    The trace and groups of a model are kept (weakly, per model object) and reused by the
+    next call on that model — or on a copy naming it in ``reuse_from`` — as long as
+    ``structure_key`` (module names, types, attributes, tensor shapes, hooks, training
+    modes, input shape, ``leaf_modules``) is unchanged.
     """
     if not isinstance(example_input, Tensor):
         raise TypeError("example_input must be a tensor batch (N x C x H x W)")
-    gm = trace(model, leaf_modules)
     modules = dict(model.named_modules())
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    _propagate_shapes(gm, example_input)
-    analysis = _Analysis(gm, modules)
-    analysis.run()
-    return DependencyGraph(model, gm, analysis.groups(), modules)
+    key = structure_key(model, example_input, leaf_modules)
+    cached = _TRACES.get(key, model, reuse_from)
+    if cached is None:
+        fx_graph = _trace_graph(model, leaf_modules)
+        _propagate_shapes(fx_graph, modules, example_input)
+        analysis = _Analysis(fx_graph, modules)
+        analysis.run()
+        cached = (fx_graph, analysis.groups())
+        _TRACES.put(key, model, cached)
+    fx_graph, groups = cached
+    # Fresh group objects: a caller may edit its groups without touching the cached ones.
+    groups = [ChannelGroup(g.id, g.size, [Member(m.module, m.role, m.index) for m in g.members], g.prunable,
+                           g.reason) for g in groups]
+    return DependencyGraph(model, fx_graph, groups, modules)

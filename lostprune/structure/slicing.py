@@ -250,7 +250,7 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     training = {m: m.training for m in dense.modules()}
     dense.eval()  # BN folds with running statistics; shape propagation never updates them
     try:
-        graph = build_graph(dense, example_input[:1], leaf_modules)
+        graph = build_graph(dense, example_input[:1], leaf_modules, reuse_from=model)
         modules = graph.modules
         rows, cols = _live_rows_and_columns(modules)
         removed = {}
@@ -293,7 +293,7 @@ class _Plan:
 
 
 def _plan(graph, modules, rows, cols, removed, report: SliceReport) -> _Plan:
-    constants = input_constants(graph.gm, modules, {n: ~r for n, r in rows.items()})
+    constants = input_constants(graph.fx_graph, modules, {n: ~r for n, r in rows.items()})
     decision = _Decision(modules, rows, cols, constants)
     keep_rows: dict[str, Tensor] = {}
     keep_cols: dict[str, Tensor] = {}
