@@ -86,7 +86,8 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
         if count < 2:
             raise ValueError(f"data has {count} input; method {pruning_method.name!r} needs at least 2")
     sample = _example_input(target, data, example_input, device)
-    ctx = PruneContext(model=target, layers=selected, ratio=ratio, current_masks=current_masks(selected), data=data,
+    current = current_masks(selected, materialize=False)  # unpruned layers: a view of one, no memory
+    ctx = PruneContext(model=target, layers=selected, ratio=ratio, current_masks=current, data=data,
                        example_input=sample, options=dict(options), progress=progress, batch_size=batch_size,
                        leaf_modules=tuple(leaf_modules))
     masks = pruning_method.compute_masks(ctx)
@@ -97,12 +98,13 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
         raise RuntimeError(f"method {pruning_method.name!r} returned no mask for {sorted(missing)}")
     apply_masks(selected, masks, validate=False)  # the method's own masks; shapes are still checked
     if pruning_method.structured:
-        removed = ctx.graph().effective_masks(masks)
+        kept = ctx.graph().kept_counts(masks)
     else:
-        removed = {f"{name}.weight": (mask != 0).float().cpu() for name, mask in masks.items()}
-    stats = compute_stats(target, selected, removed, method=pruning_method.name, target_ratio=ratio,
+        kept = {f"{name}.weight": int(torch.count_nonzero(mask)) for name, mask in masks.items()}
+    stats = compute_stats(target, selected, kept=kept, method=pruning_method.name, target_ratio=ratio,
                           example_input=sample)
-    return PruneResult(target, {n: m.detach() for n, m in masks.items()}, stats, pruning_method.name)
+    # a method may hand back a current mask unchanged: a ones_view becomes a real tensor here
+    return PruneResult(target, {n: m.detach().contiguous() for n, m in masks.items()}, stats, pruning_method.name)
 
 
 __all__ = ["PruneResult", "available_methods", "prune"]

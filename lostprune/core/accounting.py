@@ -90,16 +90,21 @@ def output_positions(model: nn.Module, example_input: Tensor) -> tuple[dict[str,
     return positions, elements
 
 
-def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[str, Tensor], *,
-                  method: str = "", target_ratio: float = 0.0, example_input: Tensor | None = None) -> PruneStats:
+def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[str, Tensor] | None = None, *,
+                  kept: dict[str, int] | None = None, method: str = "", target_ratio: float = 0.0,
+                  example_input: Tensor | None = None) -> PruneStats:
     """Stats of ``model`` where ``removed`` maps parameter names to 0/1 keep masks (weights of
     pruned layers; for structured pruning also biases, BN parameters and consumer columns,
-    see ``DependencyGraph.effective_masks``). Parameters without a mask count as kept."""
+    see ``DependencyGraph.effective_masks``) — or ``kept`` maps them to the number of entries
+    kept (``DependencyGraph.kept_counts``, no masks built). Parameters without either count
+    as kept."""
+    if (removed is None) == (kept is None):
+        raise TypeError("compute_stats takes either removed= (masks) or kept= (counts)")
     params = {name: p for name, p in model.named_parameters()}
     # A pruned module exposes weight_orig; count it under its plain name.
     params = {(name[:-5] if name.endswith("_orig") else name): p for name, p in params.items()}
     total = sum(p.numel() for p in params.values())
-    kept_of = {name: int(mask.sum()) for name, mask in removed.items()}
+    kept_of = {name: int(mask.sum()) for name, mask in removed.items()} if removed is not None else dict(kept)
     removed_total = sum(params[name].numel() - k for name, k in kept_of.items() if name in params)
     positions, elements = output_positions(model, example_input) if example_input is not None else ({}, {})
     layer_stats = []
@@ -124,8 +129,10 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
         other_dense = sum(elements.values())
         other_pruned = 0
         for name, count in elements.items():
-            bn_mask = removed.get(f"{name}.weight")
-            share = float(bn_mask.mean()) if bn_mask is not None else 1.0
+            share = 1.0
+            if f"{name}.weight" in kept_of:  # a BN with removed channels: its kept fraction (float32, like a mask mean)
+                share = float(torch.tensor(kept_of[f"{name}.weight"], dtype=torch.float32)
+                              / modules[name].weight.numel())
             other_pruned += int(round(count * share))
     return PruneStats(
         method=method, target_ratio=float(target_ratio),

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.masks import nonzero_rows_and_columns
 from .folded_conv import FoldedConv2d
 from .graph import (
     _ACTIVATION_MODULES,
@@ -87,7 +88,7 @@ class _NotConstant(Exception):
 
 def zero_rows(weight: Tensor) -> Tensor:
     """Bool [rows]: weight rows that are all zero."""
-    return ~(weight.detach() != 0).flatten(1).any(1)
+    return ~nonzero_rows_and_columns(weight)[0]
 
 
 class _Probes:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +34,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
+from ..core.masks import nonzero_rows_and_columns, single_value
 from ..core.shapes import shape_only_forward
 
 from .folded_conv import FoldedConv2d  # a sliced model's conv: a leaf like nn.Conv2d
@@ -589,10 +592,10 @@ class DependencyGraph:
         """Per masked module: which weight rows (dim 0) and columns (dim 1) hold a nonzero."""
         rows, cols = {}, {}
         for name, mask in masks.items():
-            nonzero = (mask != 0).cpu()
-            rows[name] = nonzero.flatten(1).any(1) if nonzero.dim() > 1 else nonzero
-            if nonzero.dim() > 1:
-                cols[name] = nonzero.transpose(0, 1).flatten(1).any(1)
+            live_rows, live_cols = nonzero_rows_and_columns(mask)
+            rows[name] = live_rows.cpu()
+            if live_cols is not None:
+                cols[name] = live_cols.cpu()
         return rows, cols
 
     @staticmethod
@@ -608,12 +611,27 @@ class DependencyGraph:
                 alive_in |= cols[m.module][m.index].any(1) if m.module in cols else True
         return ~alive_out | ~alive_in if has_in else ~alive_out
 
-    def removed_channels(self, masks: dict[str, Tensor]) -> dict[int, Tensor]:
+    def removed_channels(self, masks: dict[str, Tensor], alive=None) -> dict[int, Tensor]:
         """Per prunable group: bool [size], True where the channel is structurally gone — every
         producer row is zero (the channel is constant) or every consumer column is zero (nobody
-        reads it). Modules without a mask count as dense."""
-        rows, cols = self._alive(masks)
+        reads it). Modules without a mask count as dense. ``alive``: ``_alive(masks)`` if known."""
+        rows, cols = alive if alive is not None else self._alive(masks)
         return {g.id: self._removed(g, rows, cols) for g in self.groups if g.prunable}
+
+    def _structural_removals(self, masks: dict[str, Tensor], alive=None) -> Iterator[tuple[str, str, int, Tensor]]:
+        """(module, parameter, dim, indices) zeroed for the removed channels: dim 1 of the
+        consumers' weights; dim 0 of the producers', depthwise and BN weights and biases."""
+        for group_id, gone in self.removed_channels(masks, alive).items():
+            if not gone.any():
+                continue
+            for m in self.groups[group_id].members:
+                index = m.select(gone)
+                if m.role == IN:
+                    yield m.module, "weight", 1, index
+                    continue
+                for param in ("weight", "bias"):
+                    if isinstance(getattr(self.modules[m.module], param, None), Tensor):
+                        yield m.module, param, 0, index
 
     def effective_masks(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
         """{parameter name: 0/1 mask} of everything the masks remove, structure included: the
@@ -625,29 +643,37 @@ class DependencyGraph:
         the consumer's bias."""
         result: dict[str, Tensor] = {f"{name}.weight": (mask != 0).to(torch.float32).cpu()
                                      for name, mask in masks.items()}
-
-        def param_mask(module: str, param: str) -> Tensor | None:
-            tensor = getattr(self.modules[module], param, None)
-            if not isinstance(tensor, Tensor):
-                return None
+        for module, param, dim, index in self._structural_removals(masks):
             key = f"{module}.{param}"
             if key not in result:
-                result[key] = torch.ones(tensor.shape, dtype=torch.float32)
-            return result[key]
-
-        for group_id, gone in self.removed_channels(masks).items():
-            if not gone.any():
-                continue
-            for m in self.groups[group_id].members:
-                index = m.select(gone)
-                if m.role == IN:
-                    param_mask(m.module, "weight")[:, index] = 0
-                    continue
-                for param in ("weight", "bias"):
-                    pm = param_mask(m.module, param)
-                    if pm is not None:
-                        pm[index] = 0
+                result[key] = torch.ones(getattr(self.modules[module], param).shape, dtype=torch.float32)
+            result[key].index_fill_(dim, index, 0)
         return result
+
+    def kept_counts(self, masks: dict[str, Tensor]) -> dict[str, int]:
+        """{parameter name: entries kept} for every parameter ``effective_masks(masks)`` has a
+        mask for — the nonzeros of that mask, counted without building it."""
+        alive = self._alive(masks)
+        keep: dict[str, list[Tensor | None]] = {}  # parameter -> [rows kept, columns kept]
+        for module, param, dim, index in self._structural_removals(masks, alive):
+            key = f"{module}.{param}"
+            entry = keep.setdefault(key, [None, None])
+            if entry[dim] is None:
+                entry[dim] = torch.ones(getattr(self.modules[module], param).shape[dim], dtype=torch.bool)
+            entry[dim][index] = False
+        counts = {}
+        for name, mask in masks.items():
+            key = f"{name}.weight"
+            rows, cols = keep.pop(key, (None, None))
+            counts[key] = _kept_entries(mask.detach(), rows, cols, alive[0][name], alive[1].get(name))
+        for key, vectors in keep.items():  # unmasked parameters: dense but for the removed channels
+            module, _, param = key.rpartition(".")
+            shape = list(getattr(self.modules[module], param).shape)
+            for dim, vector in enumerate(vectors):
+                if vector is not None:
+                    shape[dim] = int(vector.sum())
+            counts[key] = math.prod(shape)
+        return counts
 
     def summary(self) -> str:
         lines = [f"{len(self.groups)} channel groups "
@@ -656,11 +682,29 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
+def _kept_entries(mask: Tensor, rows: Tensor | None, cols: Tensor | None, live_rows: Tensor,
+                  live_cols: Tensor | None) -> int:
+    """Nonzeros of ``mask`` in the kept ``rows`` and ``cols`` (bool, None = all), given the
+    mask's rows and columns holding a nonzero. A mask whose nonzeros fill every live
+    (row, column) pair — any structured mask — is counted from the vectors alone."""
+    value = single_value(mask)
+    nonzeros = (mask.numel() if bool(value != 0) else 0) if value is not None else int(torch.count_nonzero(mask))
+    if live_cols is not None and mask.numel():
+        inner = mask.numel() // (mask.shape[0] * mask.shape[1])
+        if nonzeros == inner * int(live_rows.sum()) * int(live_cols.sum()):
+            kept_rows = live_rows if rows is None else live_rows & rows
+            kept_cols = live_cols if cols is None else live_cols & cols
+            return inner * int(kept_rows.sum()) * int(kept_cols.sum())
+    kept = mask
+    for dim, vector in ((0, rows), (1, cols)):
+        if vector is not None:
+            kept = kept.index_select(dim, vector.nonzero().flatten().to(kept.device))
+    return int(torch.count_nonzero(kept))
+
+
 def _propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_input: Tensor) -> None:
     """Annotate every node with ``meta["tensor_meta"]`` as fx's ``ShapeProp`` does, running
-    the graph on meta tensors where every op has a meta kernel. Modules that keep their
-    input's shape (BN, activations) are not run on meta tensors: BN's meta kernel alone is a
-    decomposition into dozens of Python ops, most of the time of a ResNet's pass."""
+    the graph (not a ``GraphModule``: no code generation) in ``shape_only_forward``."""
     root = modules[""]
 
     def run(x: Tensor) -> None:
@@ -681,10 +725,7 @@ def _propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_in
                 for part in node.target.split("."):
                     value = getattr(value, part)
             elif node.op == "call_module":
-                module = modules[node.target]
-                keeps_shape = x.is_meta and isinstance(module, _SHAPE_KEEPING_MODULES) and len(args) == 1 \
-                    and not kwargs and isinstance(args[0], Tensor)
-                value = args[0] if keeps_shape else module(*args, **kwargs)
+                value = modules[node.target](*args, **kwargs)
             elif node.op == "call_method":
                 value = getattr(args[0], node.target)(*args[1:], **kwargs)
             else:
@@ -696,7 +737,6 @@ def _propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_in
 
 
 _MISSING = object()
-_SHAPE_KEEPING_MODULES = _NORM_MODULES + _ACTIVATION_MODULES
 
 
 def _annotate(node: fx.Node, value) -> None:

@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..core.masks import nonzero_rows_and_columns, single_value
 from .graph import DEPTHWISE, IN, OUT, ChannelGroup, DependencyGraph, GraphError
 
 Reduce = Callable[[Tensor], Tensor]
@@ -135,14 +136,15 @@ class _WeightCounter:
             inner = int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1
             self.inner[name] = inner
             self.numel[name] = mask.numel()
-            if int(torch.count_nonzero(mask)) == mask.numel():  # dense: the common first step
+            value = single_value(mask)  # an unpruned layer's ones_view
+            if (bool(value != 0) if value is not None else int(torch.count_nonzero(mask)) == mask.numel()):
+                # dense: the common first step
                 self.matrix[name] = None
                 self.live_rows[name] = np.ones(mask.shape[0], dtype=bool)
                 self.live_cols[name] = np.ones(mask.shape[1] if mask.dim() > 1 else 1, dtype=bool)
                 continue
             nonzero = mask.detach() != 0
-            rows = nonzero.flatten(1).any(1).cpu()
-            cols = nonzero.any(0).reshape(nonzero.shape[1], -1).any(1).cpu()
+            rows, cols = (t.cpu() for t in nonzero_rows_and_columns(mask))
             # every live (row, column) pair full <=> as many nonzeros as the outer product holds
             full = int(nonzero.sum()) == inner * int(rows.sum()) * int(cols.sum())
             self.matrix[name] = None if full else nonzero.flatten(2).sum(2).cpu().to(torch.float64).numpy() \
@@ -359,12 +361,22 @@ class GroupPlan:
         for name, mask in self.current_masks.items():
             if name not in self.layers:
                 continue
-            mask = mask.clone()
-            if name in rows and not rows[name].all():
-                mask[torch.from_numpy(~rows[name]).to(mask.device)] = 0
-            if name in cols and not cols[name].all():
-                mask[:, torch.from_numpy(~cols[name]).to(mask.device)] = 0
-            masks[name] = mask
+            # times 0/1 row and column vectors: a broadcast multiply is several times faster on
+            # CPU than a copy followed by an indexed zero fill
+            factor = None
+            for dim, keep in ((0, rows.get(name)), (1, cols.get(name))):
+                if keep is not None and dim < mask.dim() and not keep.all():
+                    shape = [1] * mask.dim()
+                    shape[dim] = -1
+                    vector = torch.from_numpy(keep).to(device=mask.device, dtype=mask.dtype).view(shape)
+                    factor = vector if factor is None else factor * vector
+            value = single_value(mask)
+            if factor is None:
+                masks[name] = mask.clone()  # (a ones_view comes out materialized)
+            elif value is not None and bool(value == 1):  # an unpruned layer: the factor is its mask
+                masks[name] = factor.expand(mask.shape).contiguous()
+            else:
+                masks[name] = mask * factor
         return masks
 
     # ------------------------------------------------------------------ search

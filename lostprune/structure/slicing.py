@@ -32,7 +32,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils import prune as torch_prune
 
-from ..core.masks import effective_weight, masked_parameters
+from ..core.masks import effective_weight, masked_parameters, nonzero_rows_and_columns
 from ..ops import gather_channels
 from .constants import input_constants
 from .folded_conv import FoldedConv2d
@@ -115,10 +115,8 @@ def _live_rows_and_columns(modules: dict[str, nn.Module]) -> tuple[dict[str, Ten
     rows, cols = {}, {}
     for name, module in modules.items():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nonzero = module.weight.detach() != 0
-            # reductions over contiguous runs (dim 0, then whole rows) are the fast ones
-            rows[name] = nonzero.flatten(1).any(1).cpu()
-            cols[name] = nonzero.any(0).reshape(nonzero.shape[1], -1).any(1).cpu()
+            live_rows, live_cols = nonzero_rows_and_columns(module.weight)
+            rows[name], cols[name] = live_rows.cpu(), live_cols.cpu()
     return rows, cols
 
 
