@@ -489,7 +489,7 @@ class _Analysis:
 
         # entries by (component, member, visit): the first of each run is the component's
         # channel in that member; a later one means two channels of one member are coupled
-        order = np.lexsort((np.arange(len(roots)), entry_rank, roots))
+        order = _sort_order(roots, entry_rank, np.arange(len(roots)))
         r, k = roots[order], entry_rank[order]
         first = np.ones(len(order), dtype=bool)
         first[1:] = (r[1:] != r[:-1]) | (k[1:] != k[:-1])
@@ -517,29 +517,37 @@ class _Analysis:
         starts = np.flatnonzero(np.r_[True, kept_root[1:] != kept_root[:-1]])
         counts = np.diff(np.r_[starts, len(kept)])
         components = kept_root[starts]
-        signature = np.full((len(components), int(counts.max())), -1, dtype=np.int64)
-        signature[np.repeat(np.arange(len(components)), counts), np.arange(len(kept)) - np.repeat(starts, counts)] = \
-            kept_rank
-        unique_roots, first_visit = np.unique(roots, return_index=True)
-        visit_order = np.argsort(first_visit[np.searchsorted(unique_roots, components)], kind="stable")
-        rows = np.ascontiguousarray(signature[visit_order])
-        _, first_row, inverse = np.unique(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel(),
-                                          return_index=True, return_inverse=True)
-        group_of_signature = np.empty(len(first_row), dtype=np.int64)
-        group_of_signature[np.argsort(first_row)] = np.arange(len(first_row))
-        group_of = np.empty(len(components), dtype=np.int64)
-        group_of[visit_order] = group_of_signature[inverse.ravel()]
+        # signature ids per member count, one column of member ranks at a time
+        signature_of = np.empty(len(components), dtype=np.int64)
+        signatures = 0
+        for count in np.unique(counts).tolist():
+            chosen = np.flatnonzero(counts == count)
+            ids = np.zeros(len(chosen), dtype=np.int64)
+            for j in range(count):
+                ids = np.unique(ids * len(keys) + kept_rank[starts[chosen] + j], return_inverse=True)[1].ravel()
+            signature_of[chosen] = signatures + ids
+            signatures += int(ids.max()) + 1
+        # groups in the order the walk first recorded one of their components
+        component_visit = np.minimum.reduceat(order, np.flatnonzero(np.r_[True, r[1:] != r[:-1]]))
+        signature_visit = np.full(signatures, len(roots), dtype=np.int64)
+        np.minimum.at(signature_visit, signature_of, component_visit)
+        group_of_signature = np.empty(signatures, dtype=np.int64)
+        group_of_signature[np.argsort(signature_visit)] = np.arange(signatures)
+        group_of = group_of_signature[signature_of]
+        first_component = np.empty(signatures, dtype=np.int64)  # one component per group
+        first_component[group_of] = np.arange(len(components))
 
         # entries by (group, position in the group's first member, member rank): each group
         # is then a [channels, members] block of positions
-        block_order = np.lexsort((kept_rank, np.repeat(kept_pos[starts], counts), np.repeat(group_of, counts)))
+        block_order = _sort_order(np.repeat(group_of, counts), np.repeat(kept_pos[starts], counts), kept_rank)
         block_pos, block_root = kept_pos[block_order], kept_root[block_order]
-        group_entries = np.bincount(group_of, weights=counts, minlength=len(first_row)).astype(np.int64)
+        group_entries = np.bincount(group_of, weights=counts, minlength=signatures).astype(np.int64)
         group_starts = np.cumsum(group_entries) - group_entries
         groups = []
-        for row, start, entries in zip(rows[np.sort(first_row)], group_starts.tolist(), group_entries.tolist()):
-            signature_keys = [keys[sorted_keys[i]] for i in row[row >= 0].tolist()]
-            width = len(signature_keys)
+        for component, start, entries in zip(first_component.tolist(), group_starts.tolist(), group_entries.tolist()):
+            width = int(counts[component])
+            ranks = kept_rank[starts[component]:starts[component] + width].tolist()
+            signature_keys = [keys[sorted_keys[i]] for i in ranks]
             block = torch.from_numpy(block_pos[start:start + entries].reshape(-1, width))
             members = []
             for j, key in enumerate(signature_keys):
@@ -680,6 +688,21 @@ class DependencyGraph:
                  f"({sum(g.prunable for g in self.groups)} prunable, {sum(g.coupled for g in self.groups)} coupled)"]
         lines += [f"  {g!r}" for g in self.groups]
         return "\n".join(lines)
+
+
+def _sort_order(*keys: np.ndarray) -> np.ndarray:
+    """Indices sorting non-negative integer ``keys`` lexicographically (first key first); the
+    keys together must be unique. One argsort of a mixed-radix code, ~10x faster than
+    ``np.lexsort``, where the code fits in 62 bits."""
+    code = np.zeros(len(keys[0]), dtype=np.int64)
+    bound = 1
+    for key in keys:
+        size = int(key.max()) + 1 if len(key) else 1
+        bound *= size
+        if bound >= 2 ** 62:
+            return np.lexsort(keys[::-1])
+        code = code * size + key
+    return np.argsort(code)
 
 
 def _kept_entries(mask: Tensor, rows: Tensor | None, cols: Tensor | None, live_rows: Tensor,
