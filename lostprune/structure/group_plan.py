@@ -210,15 +210,19 @@ class _WeightCounter:
         """Row and column masks that zero nothing."""
         return np.ones(len(self.live_rows), dtype=bool), np.ones(len(self.live_cols), dtype=bool)
 
-    def _per_layer(self, layer_of: np.ndarray, values: np.ndarray) -> np.ndarray:
-        return np.bincount(layer_of, weights=values, minlength=len(self.inner))
+    @staticmethod
+    def _per_layer(start: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Per layer: how many of its entries of bool ``values`` are set (int64)."""
+        if len(start) == 1:
+            return np.zeros(0, dtype=np.int64)
+        return np.add.reduceat(values, start[:-1], dtype=np.int64)  # every layer has rows and columns
 
     def removed_channels(self, rowmask: np.ndarray, colmask: np.ndarray) -> np.ndarray:
         """Bool over the groups' channels (group g at ``offset[g.id]``): gone after zeroing
         rowmask / colmask."""
         rows, cols = rowmask & self.live_rows, colmask & self.live_cols
-        row_alive = rows & (self._per_layer(self.col_layer, cols) > 0)[self.row_layer]
-        col_alive = cols & (self._per_layer(self.row_layer, rows) > 0)[self.col_layer]
+        row_alive = rows & (self._per_layer(self.col_start, cols) > 0)[self.row_layer]
+        col_alive = cols & (self._per_layer(self.row_start, rows) > 0)[self.col_layer]
         for layer, m in self.matrix.items():
             r = slice(int(self.row_start[layer]), int(self.row_start[layer + 1]))
             c = slice(int(self.col_start[layer]), int(self.col_start[layer + 1]))
@@ -235,9 +239,9 @@ class _WeightCounter:
         rowkeep, colkeep = rowmask.copy(), colmask.copy()
         rowkeep[self.producer_rows[gone[self.producer_channels]]] = False
         colkeep[self.consumer_cols[gone[self.consumer_channels]]] = False
-        rows = self._per_layer(self.row_layer, rowkeep & self.live_rows)
-        cols = self._per_layer(self.col_layer, colkeep & self.live_cols)
-        kept = float((self.inner * rows * cols)[self.outer].sum())  # exact: integers below 2^53
+        rows = self._per_layer(self.row_start, rowkeep & self.live_rows)
+        cols = self._per_layer(self.col_start, colkeep & self.live_cols)
+        kept = float((self.inner * rows * cols)[self.outer].sum())
         for layer, m in self.matrix.items():
             r = slice(int(self.row_start[layer]), int(self.row_start[layer + 1]))
             c = slice(int(self.col_start[layer]), int(self.col_start[layer + 1]))
@@ -457,7 +461,9 @@ class GroupPlan:
                              + (", or coupled and skipped by coupled='skip'" if self.skipped else "") + ")")
         if any(u.order is None for u in self.units):
             raise RuntimeError("rank(scores) must run before fit_uniform")
-        points = sorted({0.0} | {(k - 0.5) / u.size for u in self.units for k in range(1, u.size + 1)})
+        # every fraction where some unit's rounded count steps: (k - 0.5) / size
+        points = np.unique(np.concatenate([[0.0]] + [(np.arange(1, u.size + 1) - 0.5) / u.size
+                                                     for u in self.units])).tolist()
         return self.refine(self.fit(points, self.uniform_counts, target), target, tolerance)
 
     def refine(self, counts: list[int], target: int, tolerance: float = 0.005) -> list[int]:
