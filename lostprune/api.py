@@ -20,7 +20,9 @@ from .methods import PruneContext, available_methods, get_method
 @dataclass
 class PruneResult:
     model: nn.Module  # the pruned model (masks in torch.nn.utils.prune format)
-    masks: dict[str, Tensor]  # layer name -> 0/1 weight mask
+    # layer name -> 0/1 weight mask; a layer pruned for the first time holds this very tensor as
+    # its weight_mask buffer (no copy): change a clone, not the mask itself
+    masks: dict[str, Tensor]
     stats: PruneStats
     method: str
 
@@ -96,15 +98,17 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     missing = set(selected) - set(masks)
     if missing:
         raise RuntimeError(f"method {pruning_method.name!r} returned no mask for {sorted(missing)}")
-    apply_masks(selected, masks, validate=False)  # the method's own masks; shapes are still checked
+    # a method may hand back a current mask unchanged: a ones_view becomes a real tensor here
+    masks = {n: (m.detach() if m.requires_grad else m).contiguous() for n, m in masks.items()}
+    # the method's own masks (shapes are still checked), installed as the masks of the copy
+    apply_masks(selected, masks, validate=False, copy=False)
     if pruning_method.structured:
         kept = ctx.graph().kept_counts(masks)
     else:
         kept = {f"{name}.weight": int(torch.count_nonzero(mask)) for name, mask in masks.items()}
     stats = compute_stats(target, selected, kept=kept, method=pruning_method.name, target_ratio=ratio,
                           example_input=sample)
-    # a method may hand back a current mask unchanged: a ones_view becomes a real tensor here
-    return PruneResult(target, {n: m.detach().contiguous() for n, m in masks.items()}, stats, pruning_method.name)
+    return PruneResult(target, masks, stats, pruning_method.name)
 
 
 __all__ = ["PruneResult", "available_methods", "prune"]

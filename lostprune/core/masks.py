@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils import prune as torch_prune
+from torch.utils.weak import WeakIdKeyDictionary
 
 
 def is_pruned(module: nn.Module, name: str = "weight") -> bool:
@@ -40,6 +41,33 @@ def ones_view(like: Tensor) -> Tensor:
     return torch.ones((), dtype=like.dtype, device=like.device).expand(like.shape)
 
 
+# Masks made as outer products of 0/1 row and column vectors (GroupPlan's structured masks),
+# with the tensor version they were made at: their live rows / columns and nonzero counts
+# need no pass over the mask. An in-place change bumps the version and retires the entry.
+_OUTER_MASKS = WeakIdKeyDictionary()
+
+
+def outer_mask(rows: Tensor, cols: Tensor, like: Tensor) -> Tensor:
+    """A new 0/1 mask shaped like ``like`` (``[rows, cols, *kernel]``) equal to
+    ``rows[r] * cols[c]`` everywhere, from bool vectors; ``mask_factors`` returns them."""
+    shape = [1] * like.dim()
+    row_shape, col_shape = list(shape), list(shape)
+    row_shape[0] = col_shape[1] = -1
+    factor = rows.to(device=like.device, dtype=like.dtype).view(row_shape) \
+        * cols.to(device=like.device, dtype=like.dtype).view(col_shape)
+    mask = factor.expand(like.shape).contiguous()
+    _OUTER_MASKS[mask] = (mask._version, rows.detach().cpu().bool(), cols.detach().cpu().bool())
+    return mask
+
+
+def mask_factors(mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The bool row and column vectors of an unchanged ``outer_mask``, else None."""
+    entry = _OUTER_MASKS.get(mask)
+    if entry is None or entry[0] != mask._version:
+        return None
+    return entry[1], entry[2]
+
+
 def single_value(tensor: Tensor) -> Tensor | None:
     """The one value a broadcast view of a scalar (every stride 0, e.g. ``ones_view``) holds,
     else None."""
@@ -53,6 +81,10 @@ def nonzero_rows_and_columns(tensor: Tensor) -> tuple[Tensor, Tensor | None]:
     channels of a conv/linear weight) holding one, None for a 1-d tensor. On the tensor's
     device. Uses max/min reductions: on CPU a ``tensor != 0`` pass is several times slower
     than both together (and ``aminmax`` slower still)."""
+    factors = mask_factors(tensor)
+    if factors is not None:
+        rows, cols = factors
+        return (rows & cols.any()).to(tensor.device), (cols & rows.any()).to(tensor.device)
     t = tensor.detach()
     if t.dim() < 2:
         return t != 0, None
@@ -98,14 +130,16 @@ def _install(module: nn.Module, name: str, mask: Tensor) -> None:
 
 
 def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, Tensor], param: str = "weight",
-                validate: bool = True) -> None:
+                validate: bool = True, copy: bool = True) -> None:
     """Install ``masks`` on the layers' ``param`` in nn.utils.prune format.
 
     A layer that is already pruned keeps its hook: the new mask is combined with the old one
-    (elementwise product), so removed weights are never revived. The masked-out entries of
-    ``<param>_orig`` are zeroed too, so zeros stay zero even where an optimizer's weight decay
-    or momentum touches the raw parameter, and ``prune.remove`` leaves exact zeros.
-    ``validate=False`` skips the 0/1 check (for masks lostprune's own methods made).
+    (elementwise product, into a new buffer), so removed weights are never revived. The
+    masked-out entries of ``<param>_orig`` are zeroed too, so zeros stay zero even where an
+    optimizer's weight decay or momentum touches the raw parameter, and ``prune.remove``
+    leaves exact zeros. ``validate=False`` skips the 0/1 check (for masks lostprune's own
+    methods made). ``copy=False`` installs the given (contiguous) tensors themselves as the
+    mask buffers of layers pruned for the first time, instead of copies.
     """
     for name, mask in masks.items():
         if name not in layers:
@@ -113,9 +147,9 @@ def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, Tensor], pa
         module = layers[name]
         mask = _check_mask(name, module, mask, param, values=validate)
         if is_pruned(module, param):
-            getattr(module, f"{param}_mask").mul_(mask)
+            module._buffers[f"{param}_mask"] = getattr(module, f"{param}_mask") * mask
         else:
-            _install(module, param, mask.clone())
+            _install(module, param, mask.clone() if copy or not mask.is_contiguous() else mask)
         _refresh(module, param)
 
 

@@ -34,7 +34,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from ..core.masks import nonzero_rows_and_columns, single_value
+from ..core.masks import mask_factors, nonzero_rows_and_columns, single_value
 from ..core.shapes import shape_only_forward
 
 from .folded_conv import FoldedConv2d  # a sliced model's conv: a leaf like nn.Conv2d
@@ -673,7 +673,7 @@ class DependencyGraph:
         for name, mask in masks.items():
             key = f"{name}.weight"
             rows, cols = keep.pop(key, (None, None))
-            counts[key] = _kept_entries(mask.detach(), rows, cols, alive[0][name], alive[1].get(name))
+            counts[key] = _kept_entries(mask, rows, cols, alive[0][name], alive[1].get(name))
         for key, vectors in keep.items():  # unmasked parameters: dense but for the removed channels
             module, _, param = key.rpartition(".")
             shape = list(getattr(self.modules[module], param).shape)
@@ -710,8 +710,14 @@ def _kept_entries(mask: Tensor, rows: Tensor | None, cols: Tensor | None, live_r
     """Nonzeros of ``mask`` in the kept ``rows`` and ``cols`` (bool, None = all), given the
     mask's rows and columns holding a nonzero. A mask whose nonzeros fill every live
     (row, column) pair — any structured mask — is counted from the vectors alone."""
-    value = single_value(mask)
-    nonzeros = (mask.numel() if bool(value != 0) else 0) if value is not None else int(torch.count_nonzero(mask))
+    value, factors = single_value(mask), mask_factors(mask)
+    mask = mask.detach()
+    if factors is not None:
+        nonzeros = mask.numel() // (mask.shape[0] * mask.shape[1]) * int(factors[0].sum()) * int(factors[1].sum())
+    elif value is not None:
+        nonzeros = mask.numel() if bool(value != 0) else 0
+    else:
+        nonzeros = int(torch.count_nonzero(mask))
     if live_cols is not None and mask.numel():
         inner = mask.numel() // (mask.shape[0] * mask.shape[1])
         if nonzeros == inner * int(live_rows.sum()) * int(live_cols.sum()):

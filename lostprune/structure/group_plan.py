@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..core.masks import nonzero_rows_and_columns, single_value
+from ..core.masks import nonzero_rows_and_columns, outer_mask, single_value
 from .graph import DEPTHWISE, IN, OUT, ChannelGroup, DependencyGraph, GraphError
 
 Reduce = Callable[[Tensor], Tensor]
@@ -433,8 +433,8 @@ class GroupPlan:
             value = single_value(mask)
             if factor is None:
                 masks[name] = mask.clone()  # (a ones_view comes out materialized)
-            elif value is not None and bool(value == 1):  # an unpruned layer: the factor is its mask
-                masks[name] = factor.expand(mask.shape).contiguous()
+            elif value is not None and bool(value == 1) and mask.dim() >= 2:  # an unpruned layer
+                masks[name] = outer_mask(torch.from_numpy(layer_rows), torch.from_numpy(layer_cols), mask)
             else:
                 masks[name] = mask * factor
         return masks
