@@ -102,12 +102,14 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     masks = {n: (m.detach() if m.requires_grad else m).contiguous() for n, m in masks.items()}
     # the method's own masks (shapes are still checked), installed as the masks of the copy
     apply_masks(selected, masks, validate=False, copy=False)
+    positions = None
     if pruning_method.structured:
         kept = ctx.graph().kept_counts(masks)
+        positions = ctx.graph().output_positions()  # the trace's shapes: no second shape pass
     else:
         kept = {f"{name}.weight": int(torch.count_nonzero(mask)) for name, mask in masks.items()}
     stats = compute_stats(target, selected, kept=kept, method=pruning_method.name, target_ratio=ratio,
-                          example_input=sample)
+                          example_input=sample, positions=positions)
     return PruneResult(target, masks, stats, pruning_method.name)
 
 

@@ -169,9 +169,18 @@ def _refresh(module: nn.Module, name: str) -> None:
     autograd graph: a masked tensor left over from a forward with gradients is not a graph
     leaf, and ``copy.deepcopy`` refuses modules holding one."""
     orig, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
+    factors = mask_factors(mask) if orig.dim() >= 2 else None
     with torch.no_grad():
-        orig.mul_(mask)
-        setattr(module, name, orig * mask)
+        if factors is None:
+            orig.mul_(mask)
+            setattr(module, name, orig * mask)
+            return
+        # a 0/1 outer-product mask (outer_mask): zero the removed rows and columns only; the
+        # masked weight then equals the raw one, and shares it instead of copying it
+        for dim, keep in enumerate(factors):
+            if not keep.all():
+                orig.index_fill_(dim, (~keep).nonzero().flatten().to(orig.device), 0)
+        setattr(module, name, orig.detach())
 
 
 def settle_masks(model: nn.Module) -> nn.Module:

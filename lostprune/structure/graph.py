@@ -34,6 +34,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
+from ..core.accounting import COUNTED_MODULES, output_count
 from ..core.masks import mask_factors, nonzero_rows_and_columns, single_value
 from ..core.shapes import shape_only_forward
 
@@ -208,10 +209,13 @@ def trace(model: nn.Module, leaf_modules=()) -> fx.GraphModule:
     return fx.GraphModule(model, _trace_graph(model, leaf_modules))
 
 
+def _leaf_spec(leaf_modules) -> tuple[tuple[type, ...], tuple[str, ...]]:
+    return (tuple(m for m in leaf_modules if isinstance(m, type)),
+            tuple(m for m in leaf_modules if isinstance(m, str)))
+
+
 def _trace_graph(model: nn.Module, leaf_modules=()) -> fx.Graph:
-    types = tuple(m for m in leaf_modules if isinstance(m, type))
-    names = tuple(m for m in leaf_modules if isinstance(m, str))
-    tracer = _Tracer(types, names)
+    tracer = _Tracer(*_leaf_spec(leaf_modules))
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types for data-dependent control flow
@@ -574,11 +578,49 @@ class DependencyGraph:
     fx_graph: fx.Graph
     groups: list[ChannelGroup]
     modules: dict[str, nn.Module] = field(repr=False, default_factory=dict)
+    leaf_modules: tuple = ()  # as given to build_graph
+    traced_training: bool = False  # some module was in training mode when traced
 
     @functools.cached_property
     def gm(self) -> fx.GraphModule:
         """The trace as a ``GraphModule`` of ``model`` (built on first use)."""
         return fx.GraphModule(self.model, copy.deepcopy(self.fx_graph))
+
+    def output_positions(self) -> tuple[dict[str, int], dict[str, int]] | None:
+        """``core.accounting.output_positions`` of the model on the example input, read off
+        the trace's shapes instead of another forward pass — or None where the trace may
+        not see every call that function's hooks see: a model traced in training mode (its
+        forward may branch on it), a counted module fx traces through or that sits inside
+        an opaque leaf, an output that is not one tensor."""
+        if self.traced_training:
+            return None
+        tracer = _Tracer(*_leaf_spec(self.leaf_modules))
+
+        def hidden(module: nn.Module, prefix: str, inside_leaf: bool) -> bool:
+            for name, child in module.named_children():
+                qualified = f"{prefix}.{name}" if prefix else name
+                # containers are never called: fx's leaf rule does not apply to them
+                leaf = tracer.is_leaf_module(child, qualified) and not isinstance(child, (nn.ModuleList, nn.ModuleDict))
+                if isinstance(child, COUNTED_MODULES) and (inside_leaf or not leaf):
+                    return True
+                if hidden(child, qualified, inside_leaf or leaf):
+                    return True
+            return False
+
+        if hidden(self.model, "", False):
+            return None
+        positions: dict[str, int] = {}
+        elements: dict[str, int] = {}
+        for node in self.fx_graph.nodes:
+            if node.op != "call_module" or not isinstance(self.modules[node.target], COUNTED_MODULES):
+                continue
+            meta = node.meta.get("tensor_meta")
+            if not isinstance(getattr(meta, "shape", None), torch.Size):
+                return None
+            is_layer, n = output_count(self.modules[node.target], tuple(meta.shape))
+            target = positions if is_layer else elements
+            target[node.target] = target.get(node.target, 0) + n
+        return positions, elements
 
     def groups_of(self, module: str, role: str | None = None) -> list[ChannelGroup]:
         return [g for g in self.groups if any(m.module == module and (role is None or m.role == role)
@@ -795,10 +837,10 @@ def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=(), *,
     forward cannot be traced; channels entering and leaving them are frozen.
     ``reuse_from``: a model ``model`` was copied from (e.g. ``slice_model``'s working copy).
 
-    The trace and groups of a model are kept (weakly, per model object) and reused by the
-    next call on that model — or on a copy naming it in ``reuse_from`` — as long as
-    ``structure_key`` (module names, types, attributes, tensor shapes, hooks, training
-    modes, input shape, ``leaf_modules``) is unchanged.
+    The trace and groups are kept (weakly, with ``model`` — or with ``reuse_from``, which
+    outlives a working copy) and reused by the next call on that model or on a copy naming
+    it in ``reuse_from``, as long as ``structure_key`` (module names, types, attributes,
+    tensor shapes, training modes, input shape, ``leaf_modules``) is unchanged.
     """
     if not isinstance(example_input, Tensor):
         raise TypeError("example_input must be a tensor batch (N x C x H x W)")
@@ -811,9 +853,10 @@ def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=(), *,
         analysis = _Analysis(fx_graph, modules)
         analysis.run()
         cached = (fx_graph, analysis.groups())
-        _TRACES.put(key, model, cached)
+        _TRACES.put(key, reuse_from if reuse_from is not None else model, cached)
     fx_graph, groups = cached
     # Fresh group objects: a caller may edit its groups without touching the cached ones.
     groups = [ChannelGroup(g.id, g.size, [Member(m.module, m.role, m.index) for m in g.members], g.prunable,
                            g.reason) for g in groups]
-    return DependencyGraph(model, fx_graph, groups, modules)
+    return DependencyGraph(model, fx_graph, groups, modules, tuple(leaf_modules),
+                           any(m.training for m in modules.values()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import types
 import weakref
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
@@ -87,21 +88,29 @@ def structure_key(model: nn.Module, example_input: Tensor, leaf_modules=()) -> t
 
 
 class TraceCache:
-    """Per model object (held weakly): the last value stored, with its structure key."""
+    """Per model object (held weakly): the values stored under its last few structure keys
+    (a model is typically traced in train mode by ``prune`` and in eval mode by ``slice_model``)."""
 
-    def __init__(self):
-        self._entries: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, object]] = weakref.WeakKeyDictionary()
+    def __init__(self, per_model: int = 2):
+        self.per_model = per_model
+        self._entries: weakref.WeakKeyDictionary[nn.Module, OrderedDict] = weakref.WeakKeyDictionary()
 
     def get(self, key: tuple | None, *owners: nn.Module | None):
-        """The value stored for the first owner whose entry has this key, else None."""
+        """The value stored under ``key`` for the first owner that has one, else None."""
         if key is None:
             return None
         for owner in owners:
-            entry = self._entries.get(owner) if owner is not None else None
-            if entry is not None and entry[0] == key:
-                return entry[1]
+            entries = self._entries.get(owner) if owner is not None else None
+            if entries is not None and key in entries:
+                entries.move_to_end(key)
+                return entries[key]
         return None
 
     def put(self, key: tuple | None, owner: nn.Module, value) -> None:
-        if key is not None:
-            self._entries[owner] = (key, value)
+        if key is None:
+            return
+        entries = self._entries.setdefault(owner, OrderedDict())
+        entries[key] = value
+        entries.move_to_end(key)
+        while len(entries) > self.per_model:
+            entries.popitem(last=False)
