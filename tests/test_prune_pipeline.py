@@ -14,10 +14,18 @@ import lostprune
 import lostprune.models as models
 from lostprune.core.accounting import compute_stats, output_positions
 from lostprune.core.layers import prunable_layers
-from lostprune.core.masks import (apply_masks, current_masks, mask_factors, nonzero_rows_and_columns, ones_view,
-                                  outer_mask, single_value)
+from lostprune.core.masks import (
+    apply_masks,
+    current_masks,
+    mask_factors,
+    nonzero_rows_and_columns,
+    ones_view,
+    outer_mask,
+    single_value,
+)
 from lostprune.core.shapes import shape_keeping_skipped, shape_only_forward
-from lostprune.structure import build_graph, graph as graph_module
+from lostprune.structure import build_graph
+from lostprune.structure import graph as graph_module
 from lostprune.structure.graph import _sort_order
 from lostprune.structure.trace_cache import structure_key
 

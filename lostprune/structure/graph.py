@@ -1,9 +1,9 @@
 """Dependency graph of coupled channels (SPEC §3), from a ``torch.fx`` trace.
 
-Every channel of every intermediate tensor is an element; unions between elements are resolved
-at the end as connected components (scipy). A conv or linear
-layer creates fresh elements for its output channels ("out" rows of its weight) and records
-that it reads the elements of its input ("in" columns). Ops that keep channels aligned pass
+Every channel of every intermediate tensor is an element; unions between elements are
+resolved at the end as connected components (scipy). A conv or linear layer creates fresh
+elements for its output channels ("out" rows of its weight) and records that it reads the
+elements of its input ("in" columns). Ops that keep channels aligned pass
 elements through (BN, activations, pooling, interpolation, flatten — which widens each
 channel into a span of features); ops that combine tensors channel by channel (residual add,
 multiply) unite elements; a channel concat joins element lists; a depthwise conv unites its
@@ -37,7 +37,6 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from ..core.accounting import COUNTED_MODULES, output_count
 from ..core.masks import mask_factors, nonzero_rows_and_columns, single_value
 from ..core.shapes import shape_only_forward
-
 from .folded_conv import FoldedConv2d  # a sliced model's conv: a leaf like nn.Conv2d
 from .trace_cache import TraceCache, structure_key
 
