@@ -20,7 +20,9 @@ from .methods import PruneContext, available_methods, get_method
 @dataclass
 class PruneResult:
     model: nn.Module  # the pruned model (masks in torch.nn.utils.prune format)
-    masks: dict[str, Tensor]  # layer name -> 0/1 weight mask
+    # layer name -> 0/1 weight mask; a layer pruned for the first time holds this very tensor as
+    # its weight_mask buffer (no copy): change a clone, not the mask itself
+    masks: dict[str, Tensor]
     stats: PruneStats
     method: str
 
@@ -86,7 +88,8 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
         if count < 2:
             raise ValueError(f"data has {count} input; method {pruning_method.name!r} needs at least 2")
     sample = _example_input(target, data, example_input, device)
-    ctx = PruneContext(model=target, layers=selected, ratio=ratio, current_masks=current_masks(selected), data=data,
+    current = current_masks(selected, materialize=False)  # unpruned layers: a view of one, no memory
+    ctx = PruneContext(model=target, layers=selected, ratio=ratio, current_masks=current, data=data,
                        example_input=sample, options=dict(options), progress=progress, batch_size=batch_size,
                        leaf_modules=tuple(leaf_modules))
     masks = pruning_method.compute_masks(ctx)
@@ -95,14 +98,19 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     missing = set(selected) - set(masks)
     if missing:
         raise RuntimeError(f"method {pruning_method.name!r} returned no mask for {sorted(missing)}")
-    apply_masks(selected, masks, validate=False)  # the method's own masks; shapes are still checked
+    # a method may hand back a current mask unchanged: a ones_view becomes a real tensor here
+    masks = {n: (m.detach() if m.requires_grad else m).contiguous() for n, m in masks.items()}
+    # the method's own masks (shapes are still checked), installed as the masks of the copy
+    apply_masks(selected, masks, validate=False, copy=False)
+    positions = None
     if pruning_method.structured:
-        removed = ctx.graph().effective_masks(masks)
+        kept = ctx.graph().kept_counts(masks)
+        positions = ctx.graph().output_positions()  # the trace's shapes: no second shape pass
     else:
-        removed = {f"{name}.weight": (mask != 0).float().cpu() for name, mask in masks.items()}
-    stats = compute_stats(target, selected, removed, method=pruning_method.name, target_ratio=ratio,
-                          example_input=sample)
-    return PruneResult(target, {n: m.detach() for n, m in masks.items()}, stats, pruning_method.name)
+        kept = {f"{name}.weight": int(torch.count_nonzero(mask)) for name, mask in masks.items()}
+    stats = compute_stats(target, selected, kept=kept, method=pruning_method.name, target_ratio=ratio,
+                          example_input=sample, positions=positions)
+    return PruneResult(target, masks, stats, pruning_method.name)
 
 
 __all__ = ["PruneResult", "available_methods", "prune"]

@@ -39,6 +39,12 @@ LP_HD int64_t gather_source_index(const GatherJob& j, int64_t out) {
   return (src_r * j.d1 + src_c) * j.inner + k;
 }
 
+// Source element index where output row r's data starts: kept column c, element k of it,
+// lies at gather_row_base(j, r) + cols[c] * inner + k (the CPU kernel's unit with columns).
+LP_HD int64_t gather_row_base(const GatherJob& j, int64_t r) {
+  return (j.rows != nullptr ? j.rows[r] : r) * j.d1 * j.inner;
+}
+
 // Index of the first out-of-range entry of idx[0..n) for an extent of `size`, or -1.
 LP_HD int64_t first_out_of_range(const int64_t* idx, int64_t n, int64_t size) {
   for (int64_t i = 0; i < n; ++i) {

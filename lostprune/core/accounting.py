@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -64,6 +66,20 @@ class PruneStats:
 
 
 _ELEMENTWISE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish)
+COUNTED_MODULES = (nn.Conv2d, nn.Linear, *_ELEMENTWISE)  # what output_positions counts
+
+
+def output_count(module: nn.Module, shape: tuple[int, ...]) -> tuple[bool, int] | None:
+    """What one call of ``module`` with an output of ``shape`` adds to ``output_positions``:
+    (True, output positions per sample) for a conv / linear layer, (False, output elements
+    per sample) for a BN / activation, None for any other module."""
+    if isinstance(module, nn.Conv2d):
+        return True, math.prod(shape[2:])
+    if isinstance(module, nn.Linear):
+        return True, math.prod(shape[1:]) // shape[-1]
+    if isinstance(module, _ELEMENTWISE):
+        return False, math.prod(shape[1:])
+    return None
 
 
 def output_positions(model: nn.Module, example_input: Tensor) -> tuple[dict[str, int], dict[str, int]]:
@@ -71,17 +87,14 @@ def output_positions(model: nn.Module, example_input: Tensor) -> tuple[dict[str,
     output elements of every BN/activation module, from one eval-mode forward pass."""
     positions: dict[str, int] = {}
     elements: dict[str, int] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: positions.__setitem__(name, positions.get(name, 0) + o[0, 0].numel())))
-        elif isinstance(module, nn.Linear):
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: positions.__setitem__(name, positions.get(name, 0) + o[0].numel() // o.shape[-1])))
-        elif isinstance(module, _ELEMENTWISE):
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: elements.__setitem__(name, elements.get(name, 0) + o[0].numel())))
+
+    def count(module, inputs, output, name):
+        is_layer, n = output_count(module, tuple(output.shape))
+        target = positions if is_layer else elements
+        target[name] = target.get(name, 0) + n
+
+    hooks = [module.register_forward_hook(functools.partial(count, name=name))
+             for name, module in model.named_modules() if isinstance(module, COUNTED_MODULES)]
     try:
         shape_only_forward(model, example_input[:1])
     finally:
@@ -90,18 +103,28 @@ def output_positions(model: nn.Module, example_input: Tensor) -> tuple[dict[str,
     return positions, elements
 
 
-def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[str, Tensor], *,
-                  method: str = "", target_ratio: float = 0.0, example_input: Tensor | None = None) -> PruneStats:
+def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[str, Tensor] | None = None, *,
+                  kept: dict[str, int] | None = None, method: str = "", target_ratio: float = 0.0,
+                  example_input: Tensor | None = None,
+                  positions: tuple[dict[str, int], dict[str, int]] | None = None) -> PruneStats:
     """Stats of ``model`` where ``removed`` maps parameter names to 0/1 keep masks (weights of
     pruned layers; for structured pruning also biases, BN parameters and consumer columns,
-    see ``DependencyGraph.effective_masks``). Parameters without a mask count as kept."""
+    see ``DependencyGraph.effective_masks``) — or ``kept`` maps them to the number of entries
+    kept (``DependencyGraph.kept_counts``, no masks built). Parameters without either count
+    as kept. ``positions``: ``output_positions(model, example_input)`` where already known
+    (``DependencyGraph.output_positions``)."""
+    if (removed is None) == (kept is None):
+        raise TypeError("compute_stats takes either removed= (masks) or kept= (counts)")
     params = {name: p for name, p in model.named_parameters()}
     # A pruned module exposes weight_orig; count it under its plain name.
     params = {(name[:-5] if name.endswith("_orig") else name): p for name, p in params.items()}
     total = sum(p.numel() for p in params.values())
-    kept_of = {name: int(mask.sum()) for name, mask in removed.items()}
+    kept_of = {name: int(mask.sum()) for name, mask in removed.items()} if removed is not None else dict(kept)
     removed_total = sum(params[name].numel() - k for name, k in kept_of.items() if name in params)
-    positions, elements = output_positions(model, example_input) if example_input is not None else ({}, {})
+    if example_input is None:
+        positions, elements = {}, {}
+    else:
+        positions, elements = positions if positions is not None else output_positions(model, example_input)
     layer_stats = []
     for name, layer in layers.items():
         weights = layer.weight.numel()
@@ -124,8 +147,10 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
         other_dense = sum(elements.values())
         other_pruned = 0
         for name, count in elements.items():
-            bn_mask = removed.get(f"{name}.weight")
-            share = float(bn_mask.mean()) if bn_mask is not None else 1.0
+            share = 1.0
+            if f"{name}.weight" in kept_of:  # a BN with removed channels: its kept fraction (float32, like a mask mean)
+                share = float(torch.tensor(kept_of[f"{name}.weight"], dtype=torch.float32)
+                              / modules[name].weight.numel())
             other_pruned += int(round(count * share))
     return PruneStats(
         method=method, target_ratio=float(target_ratio),

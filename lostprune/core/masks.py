@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils import prune as torch_prune
+from torch.utils.weak import WeakIdKeyDictionary
 
 
 def is_pruned(module: nn.Module, name: str = "weight") -> bool:
@@ -23,10 +24,77 @@ def get_mask(module: nn.Module, name: str = "weight") -> Tensor:
     return torch.ones_like(getattr(module, name))
 
 
-def current_masks(layers: Mapping[str, nn.Module]) -> dict[str, Tensor]:
-    """{layer name: weight mask}, ones for unpruned layers (detached copies)."""
-    return {name: get_mask(m).detach().clone() if is_pruned(m) else torch.ones_like(m.weight.detach())
+def current_masks(layers: Mapping[str, nn.Module], materialize: bool = True) -> dict[str, Tensor]:
+    """{layer name: weight mask}, ones for unpruned layers (detached copies).
+
+    ``materialize=False``: an unpruned layer's mask is a read-only broadcast view of a single
+    one (``ones_view``) instead of a tensor of the weight's size."""
+    def ones(weight: Tensor) -> Tensor:
+        return torch.ones_like(weight) if materialize else ones_view(weight)
+
+    return {name: get_mask(m).detach().clone() if is_pruned(m) else ones(m.weight.detach())
             for name, m in layers.items()}
+
+
+def ones_view(like: Tensor) -> Tensor:
+    """A broadcast view of a single one, shaped like ``like`` (no memory per element)."""
+    return torch.ones((), dtype=like.dtype, device=like.device).expand(like.shape)
+
+
+# Masks made as outer products of 0/1 row and column vectors (GroupPlan's structured masks),
+# with the tensor version they were made at: their live rows / columns and nonzero counts
+# need no pass over the mask. An in-place change bumps the version and retires the entry.
+_OUTER_MASKS = WeakIdKeyDictionary()
+
+
+def outer_mask(rows: Tensor, cols: Tensor, like: Tensor) -> Tensor:
+    """A new 0/1 mask shaped like ``like`` (``[rows, cols, *kernel]``) equal to
+    ``rows[r] * cols[c]`` everywhere, from bool vectors; ``mask_factors`` returns them."""
+    shape = [1] * like.dim()
+    row_shape, col_shape = list(shape), list(shape)
+    row_shape[0] = col_shape[1] = -1
+    factor = rows.to(device=like.device, dtype=like.dtype).view(row_shape) \
+        * cols.to(device=like.device, dtype=like.dtype).view(col_shape)
+    mask = factor.expand(like.shape).contiguous()
+    _OUTER_MASKS[mask] = (mask._version, rows.detach().cpu().bool(), cols.detach().cpu().bool())
+    return mask
+
+
+def mask_factors(mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The bool row and column vectors of an unchanged ``outer_mask``, else None."""
+    entry = _OUTER_MASKS.get(mask)
+    if entry is None or entry[0] != mask._version:
+        return None
+    return entry[1], entry[2]
+
+
+def single_value(tensor: Tensor) -> Tensor | None:
+    """The one value a broadcast view of a scalar (every stride 0, e.g. ``ones_view``) holds,
+    else None."""
+    if tensor.numel() == 0 or any(stride != 0 for stride in tensor.stride()):
+        return None
+    return tensor[(0,) * tensor.dim()]
+
+
+def nonzero_rows_and_columns(tensor: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Bool [dim 0]: rows of ``tensor`` holding a nonzero; bool [dim 1]: columns (input
+    channels of a conv/linear weight) holding one, None for a 1-d tensor. On the tensor's
+    device. Uses max/min reductions: on CPU a ``tensor != 0`` pass is several times slower
+    than both together (and ``aminmax`` slower still)."""
+    factors = mask_factors(tensor)
+    if factors is not None:
+        rows, cols = factors
+        return (rows & cols.any()).to(tensor.device), (cols & rows.any()).to(tensor.device)
+    t = tensor.detach()
+    if t.dim() < 2:
+        return t != 0, None
+    if t.numel() == 0 or t.dtype == torch.bool or t.is_complex():
+        nonzero = t != 0
+        return nonzero.flatten(1).any(1), nonzero.any(0).reshape(t.shape[1], -1).any(1)
+    flat = t.flatten(1)
+    rows = (flat.amax(1) != 0) | (flat.amin(1) != 0)  # NaN counts as nonzero, as with != 0
+    cols = ((t.amax(0) != 0) | (t.amin(0) != 0)).reshape(t.shape[1], -1).any(1)
+    return rows, cols
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> Tensor:
@@ -62,14 +130,16 @@ def _install(module: nn.Module, name: str, mask: Tensor) -> None:
 
 
 def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, Tensor], param: str = "weight",
-                validate: bool = True) -> None:
+                validate: bool = True, copy: bool = True) -> None:
     """Install ``masks`` on the layers' ``param`` in nn.utils.prune format.
 
     A layer that is already pruned keeps its hook: the new mask is combined with the old one
-    (elementwise product), so removed weights are never revived. The masked-out entries of
-    ``<param>_orig`` are zeroed too, so zeros stay zero even where an optimizer's weight decay
-    or momentum touches the raw parameter, and ``prune.remove`` leaves exact zeros.
-    ``validate=False`` skips the 0/1 check (for masks lostprune's own methods made).
+    (elementwise product, into a new buffer), so removed weights are never revived. The
+    masked-out entries of ``<param>_orig`` are zeroed too, so zeros stay zero even where an
+    optimizer's weight decay or momentum touches the raw parameter, and ``prune.remove``
+    leaves exact zeros. ``validate=False`` skips the 0/1 check (for masks lostprune's own
+    methods made). ``copy=False`` installs the given (contiguous) tensors themselves as the
+    mask buffers of layers pruned for the first time, instead of copies.
     """
     for name, mask in masks.items():
         if name not in layers:
@@ -77,9 +147,9 @@ def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, Tensor], pa
         module = layers[name]
         mask = _check_mask(name, module, mask, param, values=validate)
         if is_pruned(module, param):
-            getattr(module, f"{param}_mask").mul_(mask)
+            module._buffers[f"{param}_mask"] = getattr(module, f"{param}_mask") * mask
         else:
-            _install(module, param, mask.clone())
+            _install(module, param, mask.clone() if copy or not mask.is_contiguous() else mask)
         _refresh(module, param)
 
 
@@ -99,9 +169,18 @@ def _refresh(module: nn.Module, name: str) -> None:
     autograd graph: a masked tensor left over from a forward with gradients is not a graph
     leaf, and ``copy.deepcopy`` refuses modules holding one."""
     orig, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
+    factors = mask_factors(mask) if orig.dim() >= 2 else None
     with torch.no_grad():
-        orig.mul_(mask)
-        setattr(module, name, orig * mask)
+        if factors is None:
+            orig.mul_(mask)
+            setattr(module, name, orig * mask)
+            return
+        # a 0/1 outer-product mask (outer_mask): zero the removed rows and columns only; the
+        # masked weight then equals the raw one, and shares it instead of copying it
+        for dim, keep in enumerate(factors):
+            if not keep.all():
+                orig.index_fill_(dim, (~keep).nonzero().flatten().to(orig.device), 0)
+        setattr(module, name, orig.detach())
 
 
 def settle_masks(model: nn.Module) -> nn.Module:

@@ -29,16 +29,45 @@ def meta_parameters(module: nn.Module):
             owner.__dict__[key] = value
 
 
+# Modules whose output has their input's shape and dtype. A shape-only pass on meta tensors
+# passes their input through: BN's meta kernel alone decomposes into dozens of Python-level
+# ops, most of the time of a ResNet's meta pass. Exact types only (a subclass may reshape).
+SHAPE_KEEPING_MODULES = frozenset({
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d,
+    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+})
+
+
+def _same(input: Tensor) -> Tensor:
+    return input
+
+
+@contextmanager
+def shape_keeping_skipped(module: nn.Module):
+    """Inside, the shape-keeping submodules of ``module`` return their input (hooks still run)."""
+    skipped = [m for m in module.modules() if type(m) in SHAPE_KEEPING_MODULES and "forward" not in m.__dict__]
+    for m in skipped:
+        m.forward = _same
+    try:
+        yield
+    finally:
+        for m in skipped:
+            m.__dict__.pop("forward", None)
+
+
 def shape_only_forward(module: nn.Module, x: Tensor, call: Callable | None = None) -> None:
     """Run ``call(x)`` (default ``module(x)``) for its shapes, in eval mode and without
-    gradients: on meta tensors when every op supports them, else for real."""
+    gradients: on meta tensors when every op supports them (shape-keeping modules skipped),
+    else for real."""
     call = call or module
     training = {m: m.training for m in module.modules()}
     module.eval()  # never update BN statistics
     try:
         with torch.no_grad():
             try:
-                with meta_parameters(module):
+                with meta_parameters(module), shape_keeping_skipped(module):
                     call(x.to("meta"))
             except Exception:  # an op without a meta kernel: pay for one real pass
                 call(x)

@@ -23,7 +23,7 @@ class PruneContext:
     model: nn.Module
     layers: dict[str, nn.Module]  # prunable layers, name -> module (definition order)
     ratio: float  # target fraction of the prunable weights removed, in [0, 1)
-    current_masks: dict[str, Tensor]  # 0/1 per weight, ones where nothing is pruned yet
+    current_masks: dict[str, Tensor]  # 0/1 per weight, read-only; unpruned layers: core.masks.ones_view
     data: object = None  # S for data-informed methods (tensor, Dataset, DataLoader, iterable)
     example_input: Tensor | None = None  # 1 x C x H x W
     options: dict = field(default_factory=dict)

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.masks import nonzero_rows_and_columns
 from .folded_conv import FoldedConv2d
 from .graph import (
     _ACTIVATION_MODULES,
@@ -87,15 +88,16 @@ class _NotConstant(Exception):
 
 def zero_rows(weight: Tensor) -> Tensor:
     """Bool [rows]: weight rows that are all zero."""
-    return ~(weight.detach() != 0).flatten(1).any(1)
+    return ~nonzero_rows_and_columns(weight)[0]
 
 
 class _Probes:
-    def __init__(self, gm: fx.GraphModule, modules: dict[str, nn.Module], dead_rows: dict[str, Tensor]):
-        self.gm = gm
+    def __init__(self, graph: fx.Graph, modules: dict[str, nn.Module], dead_rows: dict[str, Tensor]):
+        self.graph = graph
+        self.root = modules[""]
         self.modules = modules
         self.dead_rows = dead_rows
-        reference = next(iter(gm.parameters()), None)  # probes live where the modules do
+        reference = next(iter(self.root.parameters()), None)  # probes live where the modules do
         self.device = reference.device if reference is not None else torch.device("cpu")
         self.values: dict[fx.Node, object] = {}
         self.inputs: dict[str, list[Tensor | None]] = {}  # layer -> probe of its input, per call
@@ -126,7 +128,7 @@ class _Probes:
     # ---- walk
     def run(self) -> None:
         with torch.no_grad():
-            for node in self.gm.graph.nodes:
+            for node in self.graph.nodes:
                 try:
                     self.values[node] = self.visit(node)
                 except (RuntimeError, TypeError, ValueError, IndexError):
@@ -136,7 +138,7 @@ class _Probes:
         if node.op in ("placeholder", "output"):
             return None
         if node.op == "get_attr":
-            value = self.gm
+            value = self.root
             for part in node.target.split("."):
                 value = getattr(value, part)
             return value if isinstance(value, Tensor) and value.numel() == 1 else None
@@ -290,13 +292,15 @@ class _Probes:
         return getattr(meta, "dtype", torch.float32) or torch.float32
 
 
-def input_constants(gm: fx.GraphModule, modules: dict[str, nn.Module],
+def input_constants(graph: fx.Graph, modules: dict[str, nn.Module],
                     dead_rows: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """{conv/linear name: [in channels or features]} — the constant value of each input
     column, NaN where it is not a known constant. A layer called more than once has a
-    constant only where every call sees the same one. The model must be in eval mode.
+    constant only where every call sees the same one. ``graph``: the model's trace with
+    shapes (``DependencyGraph.fx_graph``); ``modules``: ``dict(model.named_modules())``.
+    The model must be in eval mode.
     ``dead_rows``: {layer: bool [out]} of all-zero weight rows, when already known."""
-    probes = _Probes(gm, modules, dead_rows or {})
+    probes = _Probes(graph, modules, dead_rows or {})
     probes.run()
     result = {}
     for name, calls in probes.inputs.items():

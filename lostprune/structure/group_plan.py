@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..core.masks import nonzero_rows_and_columns, outer_mask, single_value
 from .graph import DEPTHWISE, IN, OUT, ChannelGroup, DependencyGraph, GraphError
 
 Reduce = Callable[[Tensor], Tensor]
@@ -123,91 +124,133 @@ class _WeightCounter:
     producer rows or all its consumer columns are dead; kept = rowkeep · M · colkeep. Dense
     and structurally masked layers have M = inner · live_rows ⊗ live_cols, which makes every
     count O(rows + cols) instead of O(rows · cols).
+
+    Rows and columns of all layers live in two flat arrays (layer ℓ at ``row_slice(ℓ)`` /
+    ``col_slice(ℓ)``), the channels of all prunable groups in one (group g from
+    ``offset[g.id]``), so that an evaluation is a handful of vectorized numpy operations.
     """
 
     def __init__(self, graph: DependencyGraph, masks: Mapping[str, Tensor]):
-        self.matrix: dict[str, np.ndarray | None] = {}  # None where M is an outer product
-        self.live_rows: dict[str, np.ndarray] = {}
-        self.live_cols: dict[str, np.ndarray] = {}
-        self.inner: dict[str, int] = {}
-        self.numel: dict[str, int] = {}
-        for name, mask in masks.items():
-            inner = int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1
-            self.inner[name] = inner
-            self.numel[name] = mask.numel()
-            if int(torch.count_nonzero(mask)) == mask.numel():  # dense: the common first step
-                self.matrix[name] = None
-                self.live_rows[name] = np.ones(mask.shape[0], dtype=bool)
-                self.live_cols[name] = np.ones(mask.shape[1] if mask.dim() > 1 else 1, dtype=bool)
+        self.layer = {name: i for i, name in enumerate(masks)}
+        self.matrix: dict[int, np.ndarray] = {}  # layer -> M, where M is not an outer product
+        inner, live_rows, live_cols = [], [], []
+        for i, mask in enumerate(masks.values()):
+            inner.append(int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1)
+            value = single_value(mask)  # an unpruned layer's ones_view
+            if (bool(value != 0) if value is not None else int(torch.count_nonzero(mask)) == mask.numel()):
+                # dense: the common first step
+                live_rows.append(np.ones(mask.shape[0], dtype=bool))
+                live_cols.append(np.ones(mask.shape[1] if mask.dim() > 1 else 1, dtype=bool))
                 continue
-            nonzero = mask.detach() != 0
-            rows = nonzero.flatten(1).any(1).cpu()
-            cols = nonzero.any(0).reshape(nonzero.shape[1], -1).any(1).cpu()
+            rows, cols = (t.cpu() for t in nonzero_rows_and_columns(mask))
             # every live (row, column) pair full <=> as many nonzeros as the outer product holds
-            full = int(nonzero.sum()) == inner * int(rows.sum()) * int(cols.sum())
-            self.matrix[name] = None if full else nonzero.flatten(2).sum(2).cpu().to(torch.float64).numpy() \
-                if nonzero.dim() > 2 else nonzero.cpu().to(torch.float64).numpy()
-            self.live_rows[name], self.live_cols[name] = rows.numpy(), cols.numpy()
+            if int(torch.count_nonzero(mask)) != inner[-1] * int(rows.sum()) * int(cols.sum()):
+                nonzero = mask.detach() != 0
+                self.matrix[i] = (nonzero.flatten(2).sum(2) if nonzero.dim() > 2 else nonzero).cpu().to(
+                    torch.float64).numpy()
+            live_rows.append(rows.numpy())
+            live_cols.append(cols.numpy())
+        self.inner = np.array(inner, dtype=np.int64)
+        self.outer = np.array([i not in self.matrix for i in range(len(inner))], dtype=bool)
+        self.total = sum(mask.numel() for mask in masks.values())
+        self.live_rows = np.concatenate(live_rows) if live_rows else np.zeros(0, dtype=bool)
+        self.live_cols = np.concatenate(live_cols) if live_cols else np.zeros(0, dtype=bool)
+        self.row_layer = np.repeat(np.arange(len(inner)), [len(r) for r in live_rows])
+        self.col_layer = np.repeat(np.arange(len(inner)), [len(c) for c in live_cols])
+        self.row_start = np.r_[0, np.cumsum([len(r) for r in live_rows])].astype(np.int64)
+        self.col_start = np.r_[0, np.cumsum([len(c) for c in live_cols])].astype(np.int64)
+
+        # channels of the prunable groups and the rows / columns of their members
         self.groups = [g for g in graph.groups if g.prunable]
-        self.index = {id(m): m.index.numpy() for g in self.groups for m in g.members}
-
-    def _fresh(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        rows = {n: np.ones(r.shape[0], dtype=bool) for n, r in self.live_rows.items()}
-        cols = {n: np.ones(c.shape[0], dtype=bool) for n, c in self.live_cols.items()}
-        return rows, cols
-
-    def _alive(self, name: str, rowmask: np.ndarray, colmask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and columns of ``name`` that still hold a weight after zeroing."""
-        m = self.matrix[name]
-        if m is None:
-            rows, cols = rowmask & self.live_rows[name], colmask & self.live_cols[name]
-            return rows & cols.any(), cols & rows.any()
-        return rowmask & (m @ colmask > 0), colmask & (rowmask @ m > 0)
-
-    def _kept(self, name: str, rowkeep: np.ndarray, colkeep: np.ndarray) -> float:
-        m = self.matrix[name]
-        if m is None:
-            return float(self.inner[name] * np.count_nonzero(rowkeep & self.live_rows[name])
-                         * np.count_nonzero(colkeep & self.live_cols[name]))
-        return float(rowkeep.astype(np.float64) @ m @ colkeep.astype(np.float64))
-
-    def removed_channels(self, rowmask, colmask) -> dict[int, np.ndarray]:
-        """Per prunable group: bool [size] of channels gone after zeroing rowmask/colmask."""
-        row_alive, col_alive = {}, {}
-        for name in self.matrix:
-            row_alive[name], col_alive[name] = self._alive(name, rowmask[name], colmask[name])
-        removed = {}
+        self.offset: dict[int, int] = {}
+        sizes = [g.size for g in self.groups]
+        channels = int(sum(sizes))
+        self.forced_out = np.zeros(channels, dtype=bool)  # a producer outside the counted layers
+        self.forced_in = np.zeros(channels, dtype=bool)
+        self.has_in = np.zeros(channels, dtype=bool)
+        self.member_rows: dict[int, np.ndarray] = {}  # id(member) -> global rows / columns [size, span]
+        self.member_cols: dict[int, np.ndarray] = {}
+        producer_rows, producer_channels, consumer_cols, consumer_channels = [], [], [], []
+        base = 0
         for g in self.groups:
-            alive_out = np.zeros(g.size, dtype=bool)
-            alive_in = np.zeros(g.size, dtype=bool)
-            has_in = False
+            self.offset[g.id] = base
+            span_channels = np.arange(base, base + g.size)
             for m in g.members:
-                if m.role in (OUT, DEPTHWISE):
-                    alive_out |= row_alive[m.module][self.index[id(m)]].any(1) if m.module in row_alive else True
-                elif m.role == IN:
-                    has_in = True
-                    alive_in |= col_alive[m.module][self.index[id(m)]].any(1) if m.module in col_alive else True
-            removed[g.id] = ~alive_out | ~alive_in if has_in else ~alive_out
-        return removed
-
-    def removed_weights(self, rowmask, colmask) -> int:
-        gone = self.removed_channels(rowmask, colmask)
-        rowkeep = {n: r.copy() for n, r in rowmask.items()}
-        colkeep = {n: c.copy() for n, c in colmask.items()}
-        for g in self.groups:
-            channels = gone[g.id]
-            if not channels.any():
-                continue
-            for m in g.members:
-                if m.module not in self.matrix:
+                if m.role == IN:
+                    self.has_in[base:base + g.size] = True
+                if m.role not in (OUT, DEPTHWISE, IN):
                     continue
-                index = self.index[id(m)][channels].reshape(-1)
-                if m.role in (OUT, DEPTHWISE):
-                    rowkeep[m.module][index] = False
-                elif m.role == IN:
-                    colkeep[m.module][index] = False
-        kept = sum(self._kept(n, rowkeep[n], colkeep[n]) for n in self.matrix)
-        return int(sum(self.numel.values()) - round(kept))
+                if m.module not in self.layer:
+                    (self.forced_in if m.role == IN else self.forced_out)[base:base + g.size] = True
+                    continue
+                layer = self.layer[m.module]
+                index = m.index.numpy()
+                channel = np.repeat(span_channels, index.shape[1])
+                if m.role == IN:
+                    self.member_cols[id(m)] = self.col_start[layer] + index
+                    consumer_cols.append(self.member_cols[id(m)].reshape(-1))
+                    consumer_channels.append(channel)
+                else:
+                    self.member_rows[id(m)] = self.row_start[layer] + index
+                    producer_rows.append(self.member_rows[id(m)].reshape(-1))
+                    producer_channels.append(channel)
+            base += g.size
+        self.producer_rows, self.producer_channels = _flat(producer_rows), _flat(producer_channels)
+        self.consumer_cols, self.consumer_channels = _flat(consumer_cols), _flat(consumer_channels)
+
+    def row_slice(self, name: str) -> slice:
+        layer = self.layer[name]
+        return slice(int(self.row_start[layer]), int(self.row_start[layer + 1]))
+
+    def col_slice(self, name: str) -> slice:
+        layer = self.layer[name]
+        return slice(int(self.col_start[layer]), int(self.col_start[layer + 1]))
+
+    def fresh(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column masks that zero nothing."""
+        return np.ones(len(self.live_rows), dtype=bool), np.ones(len(self.live_cols), dtype=bool)
+
+    @staticmethod
+    def _per_layer(start: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Per layer: how many of its entries of bool ``values`` are set (int64)."""
+        if len(start) == 1:
+            return np.zeros(0, dtype=np.int64)
+        return np.add.reduceat(values, start[:-1], dtype=np.int64)  # every layer has rows and columns
+
+    def removed_channels(self, rowmask: np.ndarray, colmask: np.ndarray) -> np.ndarray:
+        """Bool over the groups' channels (group g at ``offset[g.id]``): gone after zeroing
+        rowmask / colmask."""
+        rows, cols = rowmask & self.live_rows, colmask & self.live_cols
+        row_alive = rows & (self._per_layer(self.col_start, cols) > 0)[self.row_layer]
+        col_alive = cols & (self._per_layer(self.row_start, rows) > 0)[self.col_layer]
+        for layer, m in self.matrix.items():
+            r = slice(int(self.row_start[layer]), int(self.row_start[layer + 1]))
+            c = slice(int(self.col_start[layer]), int(self.col_start[layer + 1]))
+            row_alive[r] = rowmask[r] & (m @ colmask[c] > 0)
+            col_alive[c] = colmask[c] & (rowmask[r] @ m > 0)
+        alive_out = self.forced_out.copy()
+        alive_out[self.producer_channels[row_alive[self.producer_rows]]] = True
+        alive_in = self.forced_in.copy()
+        alive_in[self.consumer_channels[col_alive[self.consumer_cols]]] = True
+        return ~alive_out | (self.has_in & ~alive_in)
+
+    def removed_weights(self, rowmask: np.ndarray, colmask: np.ndarray) -> int:
+        gone = self.removed_channels(rowmask, colmask)
+        rowkeep, colkeep = rowmask.copy(), colmask.copy()
+        rowkeep[self.producer_rows[gone[self.producer_channels]]] = False
+        colkeep[self.consumer_cols[gone[self.consumer_channels]]] = False
+        rows = self._per_layer(self.row_start, rowkeep & self.live_rows)
+        cols = self._per_layer(self.col_start, colkeep & self.live_cols)
+        kept = float((self.inner * rows * cols)[self.outer].sum())
+        for layer, m in self.matrix.items():
+            r = slice(int(self.row_start[layer]), int(self.row_start[layer + 1]))
+            c = slice(int(self.col_start[layer]), int(self.col_start[layer + 1]))
+            kept += float(rowkeep[r].astype(np.float64) @ m @ colkeep[c].astype(np.float64))
+        return int(self.total - round(kept))
+
+
+def _flat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
 class GroupPlan:
@@ -237,8 +280,7 @@ class GroupPlan:
         if self.coupled != "skip":
             _refuse_unsupported_coupling(graph)
         self.counter = _WeightCounter(graph, {n: self.current_masks[n] for n in self.layers})
-        rows, cols = self.counter._fresh()
-        dead = self.counter.removed_channels(rows, cols)
+        dead = self.counter.removed_channels(*self.counter.fresh())
         self.skipped: list[ChannelGroup] = []  # coupled groups left alone by coupled="skip"
         self.units: list[Unit] = []
         for group in graph.groups:
@@ -247,9 +289,13 @@ class GroupPlan:
             if group.coupled and self.coupled == "skip":
                 self.skipped.append(group)
                 continue
-            gone = torch.from_numpy(dead[group.id].copy())
+            start = self.counter.offset[group.id]
+            gone = torch.from_numpy(dead[start:start + group.size].copy())
             alive = group.size - int(gone.sum())
             self.units.append(Unit(group, gone, allowed_kept(alive, self.round_to)))
+        # the units' channels in the counter's numbering, and their removal ranks (see rank)
+        self._unit_channels = _flat([self.counter.offset[u.group.id] + np.arange(u.size) for u in self.units])
+        self._ranks: tuple[list, np.ndarray] | None = None
 
     def _members(self, group: ChannelGroup):
         if self.by == OUT:
@@ -331,20 +377,35 @@ class GroupPlan:
         return self.counts_for_kept([u.size if w is None else w for u, w in zip(self.units, wanted)])
 
     # ------------------------------------------------------------------ effect
-    def _zeroed(self, counts: Sequence[int]):
-        rows, cols = self.counter._fresh()
-        for unit, count in zip(self.units, counts):
-            if count <= 0:
-                continue
-            gone = unit.removed(count).numpy()
-            for m in unit.group.members:
-                if m.module not in rows:
-                    continue
-                index = self.counter.index[id(m)][gone].reshape(-1)
-                if m.role in (OUT, DEPTHWISE):
-                    rows[m.module][index] = False
-                elif m.role == IN and self.by == IN:
-                    cols[m.module][index] = False
+    def _removal_ranks(self) -> np.ndarray:
+        """Per unit channel (units concatenated): its place in the unit's removal order."""
+        orders = [u.order for u in self.units]
+        if self._ranks is None or any(a is not b for a, b in zip(self._ranks[0], orders)):
+            ranks = np.empty(sum(u.size for u in self.units), dtype=np.int64)
+            start = 0
+            for unit in self.units:
+                if unit.order is None:
+                    ranks[start:start + unit.size] = unit.size  # never removed; counts > 0 are refused
+                else:
+                    ranks[start + unit.order.numpy()] = np.arange(unit.size)
+                start += unit.size
+            self._ranks = (orders, ranks)
+        return self._ranks[1]
+
+    def _zeroed(self, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat row and column masks (see ``_WeightCounter``) with the rows of the removed
+        channels' producers zeroed, and with ``by="in"`` their consumers' columns."""
+        counts = np.asarray(counts, dtype=np.int64).reshape(len(self.units))
+        if any(u.order is None and c > 0 for u, c in zip(self.units, counts.tolist())):
+            raise RuntimeError("rank(scores) must run before removal counts are evaluated")
+        gone = self._removal_ranks() < np.repeat(counts, [u.size for u in self.units])
+        marked = np.zeros(len(self.counter.forced_out), dtype=bool)
+        marked[self._unit_channels[gone]] = True
+        counter = self.counter
+        rows, cols = counter.fresh()
+        rows[counter.producer_rows[marked[counter.producer_channels]]] = False
+        if self.by == IN:
+            cols[counter.consumer_cols[marked[counter.consumer_channels]]] = False
         return rows, cols
 
     def removed_weights(self, counts: Sequence[int]) -> int:
@@ -359,12 +420,23 @@ class GroupPlan:
         for name, mask in self.current_masks.items():
             if name not in self.layers:
                 continue
-            mask = mask.clone()
-            if name in rows and not rows[name].all():
-                mask[torch.from_numpy(~rows[name]).to(mask.device)] = 0
-            if name in cols and not cols[name].all():
-                mask[:, torch.from_numpy(~cols[name]).to(mask.device)] = 0
-            masks[name] = mask
+            # times 0/1 row and column vectors: a broadcast multiply is several times faster on
+            # CPU than a copy followed by an indexed zero fill
+            factor = None
+            layer_rows, layer_cols = rows[self.counter.row_slice(name)], cols[self.counter.col_slice(name)]
+            for dim, keep in ((0, layer_rows), (1, layer_cols)):
+                if keep is not None and dim < mask.dim() and not keep.all():
+                    shape = [1] * mask.dim()
+                    shape[dim] = -1
+                    vector = torch.from_numpy(keep).to(device=mask.device, dtype=mask.dtype).view(shape)
+                    factor = vector if factor is None else factor * vector
+            value = single_value(mask)
+            if factor is None:
+                masks[name] = mask.clone()  # (a ones_view comes out materialized)
+            elif value is not None and bool(value == 1) and mask.dim() >= 2:  # an unpruned layer
+                masks[name] = outer_mask(torch.from_numpy(layer_rows), torch.from_numpy(layer_cols), mask)
+            else:
+                masks[name] = mask * factor
         return masks
 
     # ------------------------------------------------------------------ search
@@ -389,7 +461,9 @@ class GroupPlan:
                              + (", or coupled and skipped by coupled='skip'" if self.skipped else "") + ")")
         if any(u.order is None for u in self.units):
             raise RuntimeError("rank(scores) must run before fit_uniform")
-        points = sorted({0.0} | {(k - 0.5) / u.size for u in self.units for k in range(1, u.size + 1)})
+        # every fraction where some unit's rounded count steps: (k - 0.5) / size
+        points = np.unique(np.concatenate([[0.0]] + [(np.arange(1, u.size + 1) - 0.5) / u.size
+                                                     for u in self.units])).tolist()
         return self.refine(self.fit(points, self.uniform_counts, target), target, tolerance)
 
     def refine(self, counts: list[int], target: int, tolerance: float = 0.005) -> list[int]:

@@ -32,7 +32,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils import prune as torch_prune
 
-from ..core.masks import effective_weight, masked_parameters
+from ..core.masks import mask_factors, masked_parameters, nonzero_rows_and_columns
 from ..ops import gather_channels
 from .constants import input_constants
 from .folded_conv import FoldedConv2d
@@ -72,11 +72,12 @@ class SliceReport:
 
 
 # --------------------------------------------------------------------------- the copy
-def _dense_copy(model: nn.Module) -> tuple[nn.Module, set[int]]:
+def _dense_copy(model: nn.Module) -> tuple[nn.Module, set[int], dict[nn.Module, tuple[Tensor, Tensor]]]:
     """A copy of the module tree whose parameters and buffers are, for now, the user's own
     tensors (copying them here would copy every weight twice: the single gather at the end
     writes all new tensors). Pruning hooks are replaced by plain parameters holding
-    ``orig * mask``. Returns the copy and the ids of the shared tensors."""
+    ``orig * mask`` (see ``_masked_weight``). Returns the copy, the ids of the tensors shared
+    with the user's model, and the live rows and columns of weights already known."""
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     memo = dict(shared)
     for module in model.modules():  # pruning's cached masked weights and hooks: replaced below
@@ -88,20 +89,40 @@ def _dense_copy(model: nn.Module) -> tuple[nn.Module, set[int]]:
             if isinstance(hook, (torch_prune.PruningContainer, torch_prune.BasePruningMethod)):
                 memo[id(hook)] = hook  # dropped from the copy, never copied
     dense = copy.deepcopy(model, memo)
+    shared_ids, live = set(shared), {}
     for module in dense.modules():
         names = masked_parameters(module)
         if not names:
             continue
         for name in names:
-            weight = effective_weight(module, name).detach()
+            weight, live_rows_and_columns = _masked_weight(module, name)
             orig = module._parameters.pop(f"{name}_orig")
             module._buffers.pop(f"{name}_mask")
             module.__dict__.pop(name, None)
             module.register_parameter(name, nn.Parameter(weight, requires_grad=orig.requires_grad))
+            if live_rows_and_columns is not None:  # the user's raw weight itself: still shared
+                shared_ids.add(id(module._parameters[name]))
+                if name == "weight":
+                    live[module] = live_rows_and_columns
         for key, hook in list(module._forward_pre_hooks.items()):
             if isinstance(hook, (torch_prune.PruningContainer, torch_prune.BasePruningMethod)):
                 del module._forward_pre_hooks[key]
-    return dense, set(shared)
+    return dense, shared_ids, live
+
+
+def _masked_weight(module: nn.Module, name: str) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """``orig * mask`` of a masked parameter — or ``orig`` itself, not a product, where the
+    mask is a known 0/1 outer product (``outer_mask``) and ``orig`` is zero outside it
+    already (no live row or column of ``orig`` outside the mask's): then with the live rows
+    and columns found on the way."""
+    orig, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
+    factors = mask_factors(mask) if orig.dim() >= 2 else None
+    if factors is not None:
+        rows, cols = (t.cpu() for t in nonzero_rows_and_columns(orig))
+        if not (rows & ~factors[0]).any() and not (cols & ~factors[1]).any():
+            return orig.detach(), (rows, cols)
+    with torch.no_grad():
+        return orig * mask, None
 
 
 def _count_params(model: nn.Module) -> int:
@@ -109,16 +130,16 @@ def _count_params(model: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------- decisions
-def _live_rows_and_columns(modules: dict[str, nn.Module]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def _live_rows_and_columns(modules: dict[str, nn.Module], known: dict[nn.Module, tuple[Tensor, Tensor]]
+                           ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Per conv/linear layer: which weight rows and input columns hold a nonzero (one pass
-    over the weights; a zero weight is a removed weight, masked or not)."""
+    over the weights; a zero weight is a removed weight, masked or not). ``known``: those
+    already found, per module."""
     rows, cols = {}, {}
     for name, module in modules.items():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nonzero = module.weight.detach() != 0
-            # reductions over contiguous runs (dim 0, then whole rows) are the fast ones
-            rows[name] = nonzero.flatten(1).any(1).cpu()
-            cols[name] = nonzero.any(0).reshape(nonzero.shape[1], -1).any(1).cpu()
+            live_rows, live_cols = known.get(module) or nonzero_rows_and_columns(module.weight)
+            rows[name], cols[name] = live_rows.cpu(), live_cols.cpu()
     return rows, cols
 
 
@@ -246,13 +267,13 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
         raise ValueError("example_input must be a batch tensor (N x C x H x W or N x features)")
     params_before = _count_params(model)
 
-    dense, shared = _dense_copy(model)
+    dense, shared, live = _dense_copy(model)
     training = {m: m.training for m in dense.modules()}
     dense.eval()  # BN folds with running statistics; shape propagation never updates them
     try:
-        graph = build_graph(dense, example_input[:1], leaf_modules)
+        graph = build_graph(dense, example_input[:1], leaf_modules, reuse_from=model)
         modules = graph.modules
-        rows, cols = _live_rows_and_columns(modules)
+        rows, cols = _live_rows_and_columns(modules, live)
         removed = {}
         for group in graph.groups:
             if group.prunable:
@@ -293,7 +314,7 @@ class _Plan:
 
 
 def _plan(graph, modules, rows, cols, removed, report: SliceReport) -> _Plan:
-    constants = input_constants(graph.gm, modules, {n: ~r for n, r in rows.items()})
+    constants = input_constants(graph.fx_graph, modules, {n: ~r for n, r in rows.items()})
     decision = _Decision(modules, rows, cols, constants)
     keep_rows: dict[str, Tensor] = {}
     keep_cols: dict[str, Tensor] = {}

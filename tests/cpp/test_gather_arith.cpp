@@ -33,6 +33,17 @@ int main() {
   LP_CHECK(out.size() == 8);
   for (int i = 0; i < 8; ++i) LP_CHECK(out[i] == expect_both[i]);
 
+  // Row-wise with columns (the CPU kernel's unit): row base + kept column * inner.
+  for (int64_t r = 0; r < 2; ++r) {
+    for (int64_t c = 0; c < 2; ++c) {
+      for (int64_t k = 0; k < 2; ++k) {
+        LP_CHECK(lostprune::gather_row_base(both, r) + cols[c] * 2 + k ==
+                 lostprune::gather_source_index(both, (r * 2 + c) * 2 + k));
+      }
+    }
+  }
+  LP_CHECK(lostprune::gather_row_base(both, 0) == 18);
+
   GatherJob rows_only{nullptr, nullptr, rows, nullptr, 4, 3, 2, 2, 3, 4};
   LP_CHECK(lostprune::gather_run_length(rows_only) == 6);  // whole rows are contiguous
   out = run(src, rows_only);

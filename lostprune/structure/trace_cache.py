@@ -1,0 +1,116 @@
+"""Reuse of a model's trace: ``prune`` builds the dependency graph, ``slice_model`` and the
+accounting need the same one a moment later (on the same model or on a copy of it).
+
+``structure_key`` summarizes everything the trace and the channel groups depend on — module
+names and types, their plain attributes (conv strides, groups, flags a forward may branch
+on), parameter and buffer shapes (pruned ``weight_orig`` counted as ``weight``), training
+modes, the example input's shape, ``leaf_modules`` — so a stored trace is reused only while
+the structure is unchanged. A model holding anything the key cannot summarize safely (an
+arbitrary object attribute, a closure, a forward hook) gets no key and is always traced anew.
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.nn.utils import prune as torch_prune
+
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__)  # _parameters, _buffers, hook dicts, training …
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.memory_format)
+
+
+class _Unkeyable(Exception):
+    """A value the key cannot summarize safely."""
+
+
+def _summary(value):
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (tuple, list, set, frozenset)):
+        items = tuple(_summary(v) for v in value)
+        return type(value).__name__, (tuple(sorted(items, key=repr)) if isinstance(value, (set, frozenset))
+                                      else items)
+    if isinstance(value, dict):
+        return "dict", tuple((_summary(k), _summary(v)) for k, v in value.items())
+    if isinstance(value, Tensor):  # a plain tensor attribute: its shape
+        return "tensor", tuple(value.shape), value.dtype
+    if isinstance(value, types.MethodType):  # e.g. an instance-level forward: the function
+        value = value.__func__
+    if isinstance(value, types.FunctionType) and value.__closure__ is None:
+        return value
+    if isinstance(value, (type, types.BuiltinFunctionType)):
+        return value
+    raise _Unkeyable
+
+
+def _tensors(module: nn.Module) -> tuple:
+    """(name, shape, dtype) of parameters and buffers, pruning's weight_orig/weight_mask
+    counted as the plain weight."""
+    masked = {name[:-5] for name in module._parameters if name.endswith("_orig")
+              and f"{name[:-5]}_mask" in module._buffers}
+    entries = []
+    for name, tensor in module._parameters.items():
+        if tensor is not None:
+            entries.append((name[:-5] if name[:-5] in masked else name, tuple(tensor.shape), tensor.dtype))
+    for name, tensor in module._buffers.items():
+        if tensor is not None and not (name.endswith("_mask") and name[:-5] in masked):
+            entries.append((name, tuple(tensor.shape), tensor.dtype))
+    return tuple(sorted(entries))
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    pre_hooks = [h for h in module._forward_pre_hooks.values()
+                 if not isinstance(h, (torch_prune.BasePruningMethod, torch_prune.PruningContainer))]
+    return bool(pre_hooks or module._forward_hooks)
+
+
+def structure_key(model: nn.Module, example_input: Tensor, leaf_modules=()) -> tuple | None:
+    """What the trace of ``model`` on ``example_input`` depends on, or None where the model
+    holds something this key cannot summarize."""
+    parts: list = [tuple(example_input.shape), example_input.dtype, example_input.device.type]
+    try:
+        parts.append(_summary(tuple(leaf_modules)))
+        for name, module in model.named_modules(remove_duplicate=False):
+            if _has_hooks(module):
+                return None
+            # pruning's masked weight attribute is counted with the parameters (_tensors)
+            attributes = tuple((k, _summary(v)) for k, v in module.__dict__.items()
+                               if k not in _MODULE_INTERNALS and f"{k}_orig" not in module._parameters)
+            parts.append((name, type(module), module.training, attributes, _tensors(module)))
+    except _Unkeyable:
+        return None
+    return tuple(parts)
+
+
+class TraceCache:
+    """Per model object (held weakly): the values stored under its last few structure keys
+    (a model is typically traced in train mode by ``prune`` and in eval mode by ``slice_model``)."""
+
+    def __init__(self, per_model: int = 2):
+        self.per_model = per_model
+        self._entries: weakref.WeakKeyDictionary[nn.Module, OrderedDict] = weakref.WeakKeyDictionary()
+
+    def get(self, key: tuple | None, *owners: nn.Module | None):
+        """The value stored under ``key`` for the first owner that has one, else None."""
+        if key is None:
+            return None
+        for owner in owners:
+            entries = self._entries.get(owner) if owner is not None else None
+            if entries is not None and key in entries:
+                entries.move_to_end(key)
+                return entries[key]
+        return None
+
+    def put(self, key: tuple | None, owner: nn.Module, value) -> None:
+        if key is None:
+            return
+        entries = self._entries.setdefault(owner, OrderedDict())
+        entries[key] = value
+        entries.move_to_end(key)
+        while len(entries) > self.per_model:
+            entries.popitem(last=False)

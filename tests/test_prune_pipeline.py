@@ -1,0 +1,283 @@
+"""The shortcuts that make prune → slice fast give the same answers as the long way round:
+trace reuse (and its invalidation), counts without masks, liveness by max/min reductions,
+structured masks that remember their factors, positions read off the trace."""
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import lostprune
+import lostprune.models as models
+from lostprune.core.accounting import compute_stats, output_positions
+from lostprune.core.layers import prunable_layers
+from lostprune.core.masks import (
+    apply_masks,
+    current_masks,
+    mask_factors,
+    nonzero_rows_and_columns,
+    ones_view,
+    outer_mask,
+    single_value,
+)
+from lostprune.core.shapes import shape_keeping_skipped, shape_only_forward
+from lostprune.structure import build_graph
+from lostprune.structure import graph as graph_module
+from lostprune.structure.graph import _sort_order
+from lostprune.structure.trace_cache import structure_key
+
+
+def cifar_resnet():
+    torch.manual_seed(0)
+    return models.create("resnet20").eval()
+
+
+X = torch.randn(1, 3, 32, 32)
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """Counts fx traces."""
+    calls = []
+    trace = graph_module._trace_graph
+    monkeypatch.setattr(graph_module, "_trace_graph", lambda *a, **k: calls.append(1) or trace(*a, **k))
+    return calls
+
+
+# ----------------------------------------------------------------------------- trace reuse
+def test_prune_then_slice_traces_once(traces):
+    result = lostprune.prune(cifar_resnet(), "ft", 0.5, example_input=X, progress=False)
+    sliced = lostprune.slice_model(result.model, X)
+    assert len(traces) == 1
+    # the slice of a reused trace equals the slice of a fresh one
+    graph_module._TRACES._entries.clear()
+    fresh = lostprune.slice_model(result.model, X)
+    assert len(traces) == 2
+    with torch.no_grad():
+        assert torch.equal(sliced(X), fresh(X))
+
+
+def test_trace_is_not_reused_once_the_structure_changes(traces):
+    model = cifar_resnet()
+    build_graph(model, X)
+    build_graph(model, X)
+    assert len(traces) == 1
+    model.conv1.stride = (2, 2)  # a plain attribute the trace depends on
+    changed = build_graph(model, X)
+    assert len(traces) == 2
+    shape = changed.fx_graph.find_nodes(op="call_module", target="layer1.0.conv1")[0].meta["tensor_meta"].shape
+    assert tuple(shape) == (1, 16, 16, 16)
+    model.layer1[0].conv1 = nn.Conv2d(16, 16, 3, padding=1, bias=False).eval()  # same structure: same key
+    build_graph(model, X)
+    assert len(traces) == 2
+    model.train()  # training mode may change the trace
+    build_graph(model, X)
+    build_graph(model, torch.randn(1, 3, 16, 16))  # another input shape
+    assert len(traces) == 4
+
+
+def test_edited_groups_do_not_leak_into_the_cache():
+    model = cifar_resnet()
+    first = build_graph(model, X)
+    before = repr(first.groups)
+    for group in first.groups:
+        group.prunable = False
+        group.members.clear()
+    assert repr(build_graph(model, X).groups) == before
+
+
+def test_structure_key_normalizes_pruning_and_refuses_what_it_cannot_summarize():
+    model = cifar_resnet()
+    pruned = lostprune.prune(model, "ft", 0.3, example_input=X, progress=False).model
+    # pruning's weight_orig / weight_mask / masked weight count as the plain weight
+    assert structure_key(pruned, X) == structure_key(model, X)
+    hooked = copy.deepcopy(model)
+    hooked.layer1.register_forward_hook(lambda m, i, o: o)
+    assert structure_key(hooked, X) is None  # a hook may change what is traced
+    odd = copy.deepcopy(model)
+    odd.layer2.config = object()
+    assert structure_key(odd, X) is None
+
+
+def test_model_without_key_is_traced_every_time(traces):
+    model = cifar_resnet()
+    model.layer1.register_forward_hook(lambda m, i, o: o)
+    build_graph(model, X)
+    build_graph(model, X)
+    assert len(traces) == 2
+
+
+def test_cache_does_not_keep_models_alive():
+    import gc
+    import weakref
+
+    model = cifar_resnet()
+    build_graph(model, X)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+# ----------------------------------------------------------------------------- channel groups
+def test_sort_order_matches_lexsort_and_falls_back_for_wide_keys():
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 50, 500), rng.integers(0, 7, 500)
+    c = np.arange(500)
+    assert np.array_equal(_sort_order(a, b, c), np.lexsort((c, b, a)))
+    wide = rng.integers(0, 2 ** 40, 500)
+    assert np.array_equal(_sort_order(wide, wide, c), np.lexsort((c, wide, wide)))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2", "densenet121"])
+def test_output_positions_from_the_trace_equal_the_hooks(name):
+    model = models.create(name).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert build_graph(model, x).output_positions() == output_positions(model, x)
+
+
+def test_output_positions_refuse_when_the_trace_may_miss_calls():
+    model = models.create("resnet20")  # training mode: the forward may branch on it
+    assert build_graph(model, X).output_positions() is None
+    inner = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    wrapped = nn.Sequential(inner, nn.Flatten(), nn.LazyLinear(2)).eval()
+    wrapped(torch.randn(1, 3, 8, 8))
+    opaque = build_graph(wrapped, torch.randn(1, 3, 8, 8), leaf_modules=["0"])  # its conv runs inside a leaf
+    assert opaque.output_positions() is None
+
+
+# ----------------------------------------------------------------------------- counting
+def reference_rows_and_columns(t):
+    nonzero = t != 0
+    return nonzero.flatten(1).any(1), nonzero.transpose(0, 1).flatten(1).any(1)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 3, 3), (7, 4), (6, 2, 1, 1), (3, 1, 5, 5)])
+def test_nonzero_rows_and_columns(shape):
+    torch.manual_seed(0)
+    t = torch.randn(shape)
+    t[1] = 0
+    t[:, 0] = 0
+    t[2].view(-1)[0] = -0.0 if t[2].numel() > 1 else t[2].view(-1)[0]
+    t[-1].view(-1)[-1] = float("nan")  # NaN is nonzero, as with != 0
+    for tensor in (t, -t, t.bool(), t.double(), t.to(torch.int32)):
+        rows, cols = nonzero_rows_and_columns(tensor)
+        expected_rows, expected_cols = reference_rows_and_columns(tensor)
+        assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
+    rows, cols = nonzero_rows_and_columns(torch.tensor([0.0, 2.0]))
+    assert rows.tolist() == [False, True] and cols is None
+
+
+def test_outer_mask_remembers_its_factors_until_changed():
+    like = torch.ones(4, 3, 2, 2)
+    rows, cols = torch.tensor([True, False, True, True]), torch.tensor([False, True, True])
+    mask = outer_mask(rows, cols, like)
+    assert torch.equal(mask, (rows[:, None, None, None] & cols[None, :, None, None]).expand(4, 3, 2, 2).float())
+    assert mask_factors(mask) is not None
+    live_rows, live_cols = nonzero_rows_and_columns(mask)
+    assert torch.equal(live_rows, rows) and torch.equal(live_cols, cols)
+    mask[0, 0, 0, 0] = 1  # an in-place change: the factors no longer describe it
+    assert mask_factors(mask) is None
+    assert nonzero_rows_and_columns(mask)[1].tolist() == [True, True, True]
+
+
+def test_ones_view_takes_no_memory_and_reads_like_ones():
+    weight = torch.randn(8, 4, 3, 3)
+    view = ones_view(weight)
+    assert view.shape == weight.shape and view.stride() == (0, 0, 0, 0)
+    assert single_value(view) == 1 and single_value(torch.ones(2, 2)) is None
+    layers = {"conv": nn.Conv2d(4, 8, 3)}
+    assert single_value(current_masks(layers, materialize=False)["conv"]) == 1
+    assert current_masks(layers)["conv"].stride() != (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("pre", [None, "wt", "ft"])
+def test_kept_counts_equal_the_effective_masks(pre):
+    model = cifar_resnet()
+    if pre:
+        model = lostprune.prune(model, pre, 0.3, example_input=X, progress=False).model.eval()
+    result = lostprune.prune(model, "ft", 0.4, example_input=X, progress=False)
+    graph = build_graph(result.model, X)
+    effective = graph.effective_masks(result.masks)
+    assert graph.kept_counts(result.masks) == {name: int(mask.sum()) for name, mask in effective.items()}
+    # plain (factor-less) copies of the masks count the same
+    plain = {name: mask.clone() for name, mask in result.masks.items()}
+    assert graph.kept_counts(plain) == graph.kept_counts(result.masks)
+    layers = prunable_layers(result.model)
+    by_masks = compute_stats(result.model, layers, effective, example_input=X)
+    by_counts = compute_stats(result.model, layers, kept=graph.kept_counts(plain), example_input=X,
+                              positions=graph.output_positions())
+    assert by_masks == by_counts == dataclasses.replace(result.stats, method="", target_ratio=0.0)
+
+
+def test_compute_stats_takes_masks_or_counts():
+    model = cifar_resnet()
+    layers = prunable_layers(model)
+    with pytest.raises(TypeError, match="either removed= .* or kept="):
+        compute_stats(model, layers)
+    with pytest.raises(TypeError, match="either removed= .* or kept="):
+        compute_stats(model, layers, {}, kept={})
+
+
+# ----------------------------------------------------------------------------- masks
+def test_masks_handed_out_never_change_when_pruning_further():
+    result = lostprune.prune(cifar_resnet(), "ft", 0.3, example_input=X, progress=False)
+    name = "layer1.0.conv1"
+    module = result.model.get_submodule(name)
+    assert module.weight_mask is result.masks[name]  # installed, not copied
+    before = result.masks[name].clone()
+    second = torch.zeros_like(before)
+    apply_masks({name: module}, {name: second})
+    assert torch.equal(result.masks[name], before)  # combined into a new buffer
+    assert not module.weight_mask.any() and not module.weight_orig.any() and not module.weight.any()
+
+
+def test_structured_mask_shares_the_zeroed_raw_weight():
+    result = lostprune.prune(cifar_resnet(), "ft", 0.5, example_input=X, progress=False)
+    module = result.model.get_submodule("layer2.0.conv1")
+    assert mask_factors(module.weight_mask) is not None
+    assert torch.equal(module.weight, module.weight_orig * module.weight_mask)
+    assert module.weight.data_ptr() == module.weight_orig.data_ptr()
+    with torch.no_grad():
+        out = result.model(X)  # the pruning hook recomputes the masked weight as usual
+    assert torch.isfinite(out).all() and torch.equal(module.weight, module.weight_orig * module.weight_mask)
+
+
+def test_slicing_never_shares_storage_with_the_pruned_model():
+    result = lostprune.prune(cifar_resnet(), "ft", 0.5, example_input=X, progress=False)
+    sliced = lostprune.slice_model(result.model, X)
+    theirs = {t.untyped_storage().data_ptr() for t in result.model.state_dict().values()}
+    ours = {t.untyped_storage().data_ptr() for t in sliced.state_dict().values()}
+    assert not theirs & ours
+
+
+def test_raw_weight_changed_after_pruning_still_slices_exactly():
+    """orig no longer zero outside the mask (an optimizer step without re-zeroing): slicing
+    multiplies by the mask instead of sharing the raw weight."""
+    result = lostprune.prune(models.randomize_norm_statistics(cifar_resnet()), "ft", 0.5, example_input=X,
+                             progress=False)
+    with torch.no_grad():
+        for module in prunable_layers(result.model).values():
+            module.weight_orig.add_(0.01)
+    masked = copy.deepcopy(result.model).eval()
+    sliced = lostprune.slice_model(result.model, X).eval()
+    with torch.no_grad():
+        expected, got = masked(X), sliced(X)
+    assert float((got - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+# ----------------------------------------------------------------------------- shapes
+def test_shape_keeping_modules_skipped_on_meta_only_and_hooks_still_fire():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout())
+    seen = []
+    model[1].register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    shape_only_forward(model, torch.randn(2, 3, 8, 8))
+    assert seen == [(2, 4, 6, 6)]
+    assert "forward" not in model[1].__dict__  # restored
+    with shape_keeping_skipped(model):
+        x = torch.randn(1, 4, 2, 2)
+        assert model[1](x) is x
+    assert not torch.equal(model.eval()[1](x), x)  # running statistics: not the identity
