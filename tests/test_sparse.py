@@ -372,10 +372,6 @@ def test_module_errors():
 
 
 # --------------------------------------------------------------------------- convert
-# lostprune.prune() leaves FakeTensor `weight` attributes (from counting FLOPs on fake tensors)
-# on pruned modules until their next forward; convert()'s deepcopy then warns. Reported.
-FAKE_WEIGHT_WARNING = "ignore:Accessing the data pointer of FakeTensor"
-
 
 @pytest.fixture(scope="module")
 def pruned_resnet20():
@@ -383,7 +379,6 @@ def pruned_resnet20():
     return lostprune.prune(models.create("resnet20").eval(), "wt", 0.9, progress=False).model
 
 
-@pytest.mark.filterwarnings(FAKE_WEIGHT_WARNING)
 def test_convert_pruned_model_matches_dense(compiled, pruned_resnet20):
     x = torch.randn(2, 3, 32, 32)
     sparse = convert(pruned_resnet20, min_sparsity=0.5, calibrate=False, progress=False)
@@ -401,7 +396,6 @@ def test_convert_pruned_model_matches_dense(compiled, pruned_resnet20):
     assert "sparse_conversion" not in str(sparse.state_dict().keys())
 
 
-@pytest.mark.filterwarnings(FAKE_WEIGHT_WARNING)
 def test_convert_calibrates_on_example_input(compiled, pruned_resnet20):
     x = torch.randn(1, 3, 32, 32)
     sparse = convert(pruned_resnet20, min_sparsity=0.8, example_input=x, rounds=1, min_time=1e-3, progress=False)
@@ -447,7 +441,6 @@ def test_convert_leaves_unsupported_layers_dense(compiled):
 
 
 @pytest.mark.filterwarnings("ignore:slice_model")
-@pytest.mark.filterwarnings(FAKE_WEIGHT_WARNING)
 def test_bench_network_variants_include_sparse(compiled):
     """`lostprune bench` runs the converted model (calibrated at model.input_size) as its
     'sparse' variant."""

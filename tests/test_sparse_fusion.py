@@ -15,8 +15,6 @@ from lostprune.ops.sparse import sparse_conv2d_reference
 from lostprune.sparse import SparseConv2d, convert, report
 from lostprune.sparse.fusion import FastMaxPool2d, fold_batchnorm
 
-FAKE_WEIGHT_WARNING = "ignore:Accessing the data pointer of FakeTensor"
-
 
 def _rel_err(out, ref):
     return ((out.double() - ref.double()).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
@@ -116,7 +114,6 @@ def _pruned(name, ratio=0.9, seed=0):
     return pruned
 
 
-@pytest.mark.filterwarnings(FAKE_WEIGHT_WARNING)
 @pytest.mark.parametrize("name,size", [("resnet20", 32), ("resnet18", 64), ("small_cnn", 32)])
 def test_fused_model_matches_dense(compiled, name, size):
     pruned = _pruned(name)
@@ -137,7 +134,6 @@ def test_fused_model_matches_dense(compiled, name, size):
     assert "fused" in str(report(fused))
 
 
-@pytest.mark.filterwarnings(FAKE_WEIGHT_WARNING)
 def test_fuse_false_and_training_mode_keep_batchnorm(compiled):
     pruned = _pruned("resnet20")
     x = torch.randn(2, 3, 32, 32)
@@ -184,7 +180,6 @@ class _Odd(nn.Module):
         return self.pool(y)
 
 
-@pytest.mark.filterwarnings(FAKE_WEIGHT_WARNING)
 def test_fusion_refuses_what_it_cannot_fold(compiled):
     torch.manual_seed(0)
     model = randomize_norm_statistics(_Odd()).eval()
@@ -207,7 +202,6 @@ def test_fusion_refuses_what_it_cannot_fold(compiled):
     assert {"bn_in", "bn_c", "bn_train"} <= {n for n, m in fused.named_modules() if isinstance(m, nn.BatchNorm2d)}
 
 
-@pytest.mark.filterwarnings(FAKE_WEIGHT_WARNING)
 def test_fusion_outputs_with_untraceable_model(compiled):
     class Branchy(nn.Module):
         input_size = (3, 8, 8)
