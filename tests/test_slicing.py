@@ -71,6 +71,19 @@ def test_sliced_model_equals_masked_model(name):
     assert all(torch.equal(v, state[k]) for k, v in result.model.state_dict().items())
 
 
+def test_sliced_model_runs_in_channels_last():
+    """The layout README recommends for CPU inference: same function as NCHW."""
+    model = with_nonzero_constants(models.create("resnet18")).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    result = lostprune.prune(model, "ft", 0.5, example_input=x[:1], progress=False)
+    sliced = slice_model(result.model, x[:1]).eval()
+    with torch.no_grad():
+        expected = sliced(x)
+        sliced = sliced.to(memory_format=torch.channels_last)
+        got = sliced(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_border_term_and_bias_folds_on_resnet():
     model = with_nonzero_constants(models.create("resnet20"))
     result = lostprune.prune(model, "ft", 0.4, progress=False)
