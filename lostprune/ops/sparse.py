@@ -219,6 +219,17 @@ def _kernel_ok(op: str, x: Tensor) -> bool:
     return x.dtype in supported and use_kernel(op, x.device)
 
 
+def _call_kernel(op, args: tuple, *tensors: Tensor | None) -> Tensor:
+    """The compiled kernel. With no gradient to record (inference, frozen weights) it is
+    called below the Autograd key: the Python-registered autograd formula otherwise costs
+    about 4 µs a call, a third of a small sparse layer's time at batch 1."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled()
+                                         and any(t is not None and t.requires_grad for t in tensors)):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def run_sparse_conv2d(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor, weight_shape: list[int],
                       bias: Tensor | None, stride: list[int], padding: list[int], dilation: list[int],
                       groups: int, residual: Tensor | None = None, relu: bool = False) -> Tensor:
@@ -229,7 +240,7 @@ def run_sparse_conv2d(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Ten
     if residual is not None or relu:  # the defaults cost argument parsing on every call
         args += (residual, relu)
     if _kernel_ok("sparse_conv2d", x):
-        return torch.ops.lostprune.sparse_conv2d(*args)
+        return _call_kernel(torch.ops.lostprune.sparse_conv2d.default, args, x, values, bias, residual)
     return sparse_conv2d_reference(*args)
 
 
@@ -239,7 +250,7 @@ def run_sparse_linear(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Ten
     _check_device(LINEAR_OP, x, values, bias)
     args = (x, values, col_index, row_ptr, weight_shape, bias)
     if _kernel_ok("sparse_linear", x):
-        return torch.ops.lostprune.sparse_linear(*args)
+        return _call_kernel(torch.ops.lostprune.sparse_linear.default, args, x, values, bias)
     return sparse_linear_reference(*args)
 
 
