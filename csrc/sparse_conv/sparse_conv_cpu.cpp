@@ -287,6 +287,60 @@ void fill_row(S* row, const S* in_row, int64_t W, int64_t v0, int64_t Wq, int64_
   }
 }
 
+#if defined(__AVX512F__)
+constexpr int64_t kMaskedFillBlocks = 8;  // rows of up to 8 vectors take the masked fill
+
+// fill_planes for one image (G = 1) at column stride 1 or 2 and rows of at most
+// kMaskedFillBlocks vectors: per row and 16-column block, masked loads, a permute that keeps
+// every other column (stride 2) and a masked store. The masks depend on the plane and block
+// only, so they are made once per call; small layers would otherwise spend more on the
+// per-row bookkeeping than on the copy.
+__attribute__((noinline)) void fill_planes_masked(const float* x, const SparseConvGeometry& geometry,
+                                                  const int64_t* origin, int64_t c_begin, int64_t c_end,
+                                                  float* planes) {
+  const int64_t H = geometry.H, W = geometry.W, Hq = geometry.Hq, Wq = geometry.Wq;
+  const int64_t sh = geometry.sh, sw = geometry.sw, plane = geometry.plane;
+  const int64_t plane_stride = geometry.plane_stride, channel_stride = geometry.channel_stride;
+  const int64_t nplanes = geometry.ny * geometry.nx, blocks = (Wq + 15) / 16;
+  __mmask16 lo[64 * kMaskedFillBlocks], hi[64 * kMaskedFillBlocks], keep[kMaskedFillBlocks];
+  for (int64_t b = 0; b < blocks; ++b) keep[b] = __mmask16((uint32_t(1) << std::min<int64_t>(16, Wq - 16 * b)) - 1);
+  for (int64_t p = 0; p < nplanes; ++p) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t first = origin[2 * p + 1] + 16 * b * sw;
+      lo[p * kMaskedFillBlocks + b] = columns_inside(first, W);
+      hi[p * kMaskedFillBlocks + b] = sw == 2 ? columns_inside(first + 16, W) : __mmask16(0);
+    }
+  }
+  const __mmask16 gap = __mmask16((uint32_t(1) << (plane_stride - plane)) - 1);  // < kPlaneAlign
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t ci = c_begin; ci < c_end; ++ci) {
+    const float* src = x + ci * H * W;
+    for (int64_t p = 0; p < nplanes; ++p) {
+      float* dst = planes + ci * channel_stride + p * plane_stride;
+      const int64_t u0 = origin[2 * p], v0 = origin[2 * p + 1];
+      const __mmask16* lo_p = lo + p * kMaskedFillBlocks;
+      const __mmask16* hi_p = hi + p * kMaskedFillBlocks;
+      for (int64_t y = 0; y < Hq; ++y) {
+        float* row = dst + y * Wq;
+        const int64_t u = u0 + y * sh;
+        if (u < 0 || u >= H) {
+          for (int64_t b = 0; b < blocks; ++b) _mm512_mask_storeu_ps(row + 16 * b, keep[b], zero);
+          continue;
+        }
+        const float* in_row = src + u * W + v0;  // may point before the row: masked lanes only
+        for (int64_t b = 0; b < blocks; ++b) {
+          __m512 v = _mm512_maskz_loadu_ps(lo_p[b], in_row + 16 * b * sw);
+          if (sw == 2) v = _mm512_permutex2var_ps(v, even, _mm512_maskz_loadu_ps(hi_p[b], in_row + 32 * b + 16));
+          _mm512_mask_storeu_ps(row + 16 * b, keep[b], v);
+        }
+      }
+      _mm512_mask_storeu_ps(dst + plane, gap, zero);  // alignment gap: read as garbage columns
+    }
+  }
+}
+#endif
+
 // Planes of input channels [c_begin, c_end) of the G images at x (each [Cin, H, W],
 // image_stride elements apart). Geometry in locals: stores to the planes could otherwise
 // alias it and force reloads on every row.
@@ -301,6 +355,13 @@ __attribute__((noinline)) void fill_planes(const S* x, int64_t image_stride, int
   int64_t origin[2 * 64];  // per plane: source (u0, v0) of element (0, 0)
   TORCH_CHECK(nplanes <= 64, "lostprune.sparse_conv2d: at most 64 stride phases, got ", nplanes);
   for (int64_t p = 0; p < nplanes; ++p) plane_source(geometry, p, 0, 0, &origin[2 * p], &origin[2 * p + 1]);
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    if (G == 1 && sw <= 2 && Wq <= 16 * kMaskedFillBlocks) {
+      return fill_planes_masked(x, geometry, origin, c_begin, c_end, planes);
+    }
+  }
+#endif
   // Stride 2 with both column phases: planes p (even columns) and p + 1 (odd) share rows.
   const bool pairs = G == 1 && sw == 2 && geometry.nx == 2 && origin[3] == origin[1] + 1;
   for (int64_t ci = c_begin; ci < c_end; ++ci) {
