@@ -313,29 +313,43 @@ __attribute__((noinline)) void fill_planes_masked(const float* x, const SparseCo
   }
   const __mmask16 gap = __mmask16((uint32_t(1) << (plane_stride - plane)) - 1);  // < kPlaneAlign
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512 zero = _mm512_setzero_ps();
+  // Stride 2 with both column phases: plane p + 1 (odd columns) comes from p's loads.
+  const bool pairs = sw == 2 && geometry.nx == 2 && origin[3] == origin[1] + 1;
   for (int64_t ci = c_begin; ci < c_end; ++ci) {
     const float* src = x + ci * H * W;
-    for (int64_t p = 0; p < nplanes; ++p) {
+    for (int64_t p = 0; p < nplanes; p += pairs ? 2 : 1) {
       float* dst = planes + ci * channel_stride + p * plane_stride;
+      float* dst_odd = dst + plane_stride;
       const int64_t u0 = origin[2 * p], v0 = origin[2 * p + 1];
       const __mmask16* lo_p = lo + p * kMaskedFillBlocks;
       const __mmask16* hi_p = hi + p * kMaskedFillBlocks;
       for (int64_t y = 0; y < Hq; ++y) {
         float* row = dst + y * Wq;
+        float* row_odd = dst_odd + y * Wq;
         const int64_t u = u0 + y * sh;
         if (u < 0 || u >= H) {
-          for (int64_t b = 0; b < blocks; ++b) _mm512_mask_storeu_ps(row + 16 * b, keep[b], zero);
+          for (int64_t b = 0; b < blocks; ++b) {
+            _mm512_mask_storeu_ps(row + 16 * b, keep[b], zero);
+            if (pairs) _mm512_mask_storeu_ps(row_odd + 16 * b, keep[b], zero);
+          }
           continue;
         }
         const float* in_row = src + u * W + v0;  // may point before the row: masked lanes only
         for (int64_t b = 0; b < blocks; ++b) {
-          __m512 v = _mm512_maskz_loadu_ps(lo_p[b], in_row + 16 * b * sw);
-          if (sw == 2) v = _mm512_permutex2var_ps(v, even, _mm512_maskz_loadu_ps(hi_p[b], in_row + 32 * b + 16));
-          _mm512_mask_storeu_ps(row + 16 * b, keep[b], v);
+          const __m512 v = _mm512_maskz_loadu_ps(lo_p[b], in_row + 16 * b * sw);
+          if (sw == 1) {
+            _mm512_mask_storeu_ps(row + 16 * b, keep[b], v);
+            continue;
+          }
+          const __m512 w = _mm512_maskz_loadu_ps(hi_p[b], in_row + 32 * b + 16);
+          _mm512_mask_storeu_ps(row + 16 * b, keep[b], _mm512_permutex2var_ps(v, even, w));
+          if (pairs) _mm512_mask_storeu_ps(row_odd + 16 * b, keep[b], _mm512_permutex2var_ps(v, odd, w));
         }
       }
       _mm512_mask_storeu_ps(dst + plane, gap, zero);  // alignment gap: read as garbage columns
+      if (pairs) _mm512_mask_storeu_ps(dst_odd + plane, gap, zero);
     }
   }
 }
@@ -409,6 +423,24 @@ struct Epilogue {
   Epilogue at(int64_t offset) const { return {residual != nullptr ? residual + offset : nullptr, relu}; }
 };
 
+// dst[0 .. n) = src[0 .. n): with AVX-512, whole and masked vectors inline (tile rows are
+// short, and a libc memcpy call per row costs more than the copy).
+template <typename S>
+inline void copy_run(S* dst, const S* src, int64_t n) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_loadu_ps(src + i));
+    if (i < n) {
+      const __mmask16 m = __mmask16((uint32_t(1) << (n - i)) - 1);
+      _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+    }
+    return;
+  }
+#endif
+  std::memcpy(dst, src, n * sizeof(S));
+}
+
 // dst[r] = epilogue(src[r * step], residual[r]) for r < n. Compile-time cases keep every
 // loop branch-free, and the contiguous one (step 1) vectorized.
 template <bool kResidual, bool kRelu, typename S>
@@ -428,7 +460,7 @@ inline void store_run(S* dst, const S* src, int64_t step, int64_t n, const Epilo
   } else if (e.relu) {
     store_run_as<false, true>(dst, src, step, n, e.residual);
   } else if (step == 1) {
-    std::memcpy(dst, src, n * sizeof(S));
+    copy_run(dst, src, n);
   } else {
     store_run_as<false, false>(dst, src, step, n, e.residual);
   }
@@ -449,7 +481,7 @@ void store_tile(const S* tile, int64_t p0, int64_t n, int64_t G, const SparseCon
     const int64_t run = std::min(g.OW - ow, n - i);
     S* dst = out + oh * g.OW + ow;
     if (run > 0 && G == 1 && e.none()) {
-      std::memcpy(dst, tile + i, run * sizeof(S));  // the common case, kept a plain copy
+      copy_run(dst, tile + i, run);  // the common case, kept a plain copy
     } else if (run > 0) {
       for (int64_t j = 0; j < G; ++j) {
         store_run(dst + j * image_stride, tile + i * G + j, G, run, e.at(oh * g.OW + ow + j * image_stride));
