@@ -94,8 +94,9 @@ struct TileAcc {
   S* out;
 };
 
-// Portable tile (natural-order plans):
-// out[0 .. T*L) = start + sum_k val[k] * in[table[code[k]] + r .. + T*L).
+// Portable tile (natural-order plans, whose bucket 0 holds the whole chunk: the table's
+// offsets include the residue):
+// out[0 .. T*L) = start + sum_k val[k] * in[table[code[k]] .. + T*L).
 template <typename S, int T>
 void unaligned_tile(const S* in, const Nonzeros<S>& nz, const TileAcc<S>& acc_io) {
   using V = typename Simd<S>::V;
@@ -109,17 +110,14 @@ void unaligned_tile(const S* in, const Nonzeros<S>& nz, const TileAcc<S>& acc_io
       std::memcpy(&acc[t], acc_io.in + t * L, sizeof(V));
     }
   }
-  for (int r = 0; r < kResidues; ++r) {
-    const S* base = in + r;
-    for (int64_t k = nz.bucket[r]; k < nz.bucket[r + 1]; ++k) {
-      const S* src = base + nz.table[nz.code[k]];
-      const S w = nz.val[k];
+  for (int64_t k = nz.bucket[0]; k < nz.bucket[1]; ++k) {
+    const S* src = in + nz.table[nz.code[k]];
+    const S w = nz.val[k];
 #pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) {
-        V v;
-        std::memcpy(&v, src + t * L, sizeof(V));  // unaligned load
-        acc[t] += w * v;
-      }
+    for (int t = 0; t < T; ++t) {
+      V v;
+      std::memcpy(&v, src + t * L, sizeof(V));  // unaligned load
+      acc[t] += w * v;
     }
   }
 #pragma GCC unroll 16
@@ -466,17 +464,19 @@ inline void store_run(S* dst, const S* src, int64_t step, int64_t n, const Epilo
   }
 }
 
-// Writes the valid outputs of the tile's pixels [p0, p0 + n) (Wq-wide numbering) through
-// the epilogue into the output channel plane [OH, OW] at out (image j of a group at
+// Writes the valid outputs of the tile's pixels [p0, p0 + n) (Wq-wide numbering, p0 at
+// row oh, column ow: the caller divides once per tile, not per channel) through the
+// epilogue into the output channel plane [OH, OW] at out (image j of a group at
 // out + j * image_stride; `e` is positioned like out).
 template <typename S>
-void store_tile(const S* tile, int64_t p0, int64_t n, int64_t G, const SparseConvGeometry& g,
+void store_tile(const S* tile, int64_t oh, int64_t ow, int64_t n, int64_t G, const SparseConvGeometry& g,
                 S* out, int64_t image_stride, const Epilogue<S>& e) {
   if (G == 1 && g.Wq == g.OW) {
+    const int64_t p0 = oh * g.Wq + ow;
     store_run(out + p0, tile, 1, std::min(n, g.OH * g.OW - p0), e.at(p0));
     return;
   }
-  int64_t oh = p0 / g.Wq, ow = p0 - oh * g.Wq, i = 0;
+  int64_t i = 0;
   while (i < n && oh < g.OH) {
     const int64_t run = std::min(g.OW - ow, n - i);
     S* dst = out + oh * g.OW + ow;
@@ -504,7 +504,7 @@ struct PlanLayout {
   int64_t chunks = 1;   // chunks per group
   bool sorted = false;  // residue buckets + aligned kernel
   const int32_t* code_off = nullptr;  // per tap code: offset from its chunk's first channel
-  const int32_t* code_key = nullptr;  // per tap code: bucket (chunk * kResidues + residue)
+  const int32_t* code_key = nullptr;  // sorted plans, per tap code: bucket (chunk * kResidues + residue)
 
   int64_t bucket_stride() const { return chunks * kResidues + 1; }
 };
@@ -554,27 +554,35 @@ PlanLayout plan_layout(const SparseConvArgs& a, int64_t G, int64_t images) {
   layout.chunks = (a.Cin_g + layout.chunk - 1) / layout.chunk;
   const int64_t taps = g.KH * g.KW, codes = a.Cin_g * taps;
   int32_t* code_off = scratch<int32_t>(kPlanTable, codes);
-  int32_t* code_key = scratch<int32_t>(kPlanKeys, codes);
   int used = 0;  // residues the taps produce (channel and chunk bases are aligned)
   for (int64_t kh = 0; kh < g.KH; ++kh) {
     for (int64_t kw = 0; kw < g.KW; ++kw) {
-      const int64_t tap = kh * g.KW + kw, off = tap_offset(g, kh, kw) * G;
+      const int64_t off = tap_offset(g, kh, kw) * G;
       used |= 1 << (off & (kResidues - 1));
-      for (int64_t ci = 0; ci < a.Cin_g; ++ci) {
-        const int64_t c = ci / layout.chunk;
-        code_off[ci * taps + tap] = static_cast<int32_t>((ci - c * layout.chunk) * g.channel_stride * G + off);
-        code_key[ci * taps + tap] = static_cast<int32_t>(c * kResidues + (off & (kResidues - 1)));
-      }
+      code_off[kh * g.KW + kw] = static_cast<int32_t>(off);  // channel 0's codes: the tap offsets
     }
   }
-  layout.code_off = code_off;
-  layout.code_key = code_key;
   // The aligned kernel pays a sort per call and a fold per bucket: worth it when every
   // nonzero feeds many vectors and buckets are large (interleaved groups need neither).
   const int64_t vectors = images * ((g.OH * g.Wq + L - 1) / L);
   const double buckets = double(a.Cout) * layout.chunks * __builtin_popcount(used);
   layout.sorted = G == 1 && std::is_same_v<S, float> && kVecBytes == 64 && vectors >= kMinSortedVectors &&
                   a.nnz >= kMinAlignedBucket * buckets;
+  // Only sorted plans bucket by key; natural-order ones read the offsets alone.
+  int32_t* code_key = layout.sorted ? scratch<int32_t>(kPlanKeys, codes) : nullptr;
+  for (int64_t ci = 0, c = 0, in_chunk = 0; ci < a.Cin_g; ++ci) {
+    const int32_t base = static_cast<int32_t>(in_chunk * g.channel_stride * G);
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      if (ci > 0) code_off[ci * taps + tap] = base + code_off[tap];
+      if (code_key != nullptr) code_key[ci * taps + tap] = static_cast<int32_t>(c * kResidues + (code_off[tap] & (kResidues - 1)));
+    }
+    if (++in_chunk == layout.chunk) {
+      ++c;
+      in_chunk = 0;
+    }
+  }
+  layout.code_off = code_off;
+  layout.code_key = code_key;
   return layout;
 }
 
@@ -669,15 +677,22 @@ __attribute__((noinline)) void conv_tiles(const S* planes, const ConvPlan<S>& pl
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t q0 = t * tile_len;
     const int n_vec = static_cast<int>(std::min<int64_t>(kTileVectors, vectors - t * kTileVectors));
+    const int64_t oh0 = q0 / G / g.Wq, ow0 = q0 / G - oh0 * g.Wq;
     for (int64_t c = 0; c < layout.chunks; ++c) {
       const bool last = c + 1 == layout.chunks;
+      // Input group of output channel co, stepped along (no division per channel).
+      int64_t group = co_begin / a.Cout_g, in_group = co_begin - group * a.Cout_g;
       for (int64_t co = co_begin; co < co_end; ++co) {
-        const S* in = planes + (co / a.Cout_g) * group_stride + c * chunk_stride + q0;
+        const S* in = planes + group * group_stride + c * chunk_stride + q0;
+        if (++in_group == a.Cout_g) {
+          ++group;
+          in_group = 0;
+        }
         S* tile = layout.chunks > 1 ? partial + (co - co_begin) * tile_len : partial;
         const TileAcc<S> acc{c == 0 ? nullptr : tile, bias != nullptr ? bias[co] : S(0), tile};
         tile_n<S>(n_vec, layout.sorted, in, plan.at(co, c), acc);
         if (last) {
-          store_tile(tile, q0 / G, int64_t(n_vec) * L / G, G, g, out + co * g.OH * g.OW, out_image,
+          store_tile(tile, oh0, ow0, int64_t(n_vec) * L / G, G, g, out + co * g.OH * g.OW, out_image,
                      epilogue.at(co * g.OH * g.OW));
         }
       }
