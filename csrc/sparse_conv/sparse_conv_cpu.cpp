@@ -658,6 +658,46 @@ __attribute__((noinline)) ConvPlan<S> build_plan(const PlanLayout& layout, const
   return plan;
 }
 
+#if defined(__AVX512F__)
+// A tile's valid pixels (column < OW, row < OH) are consecutive outputs of its channel:
+// per vector, the mask of valid lanes and where the compressed lanes go.
+struct CompactStore {
+  __mmask16 keep[kTileVectors];
+  int64_t first;  // output index of the tile's first valid pixel
+  int vectors;
+};
+
+CompactStore compact_store_plan(const SparseConvGeometry& g, int64_t p0, int vectors) {
+  CompactStore c{};
+  c.vectors = vectors;
+  int64_t oh = p0 / g.Wq, ow = p0 - oh * g.Wq;
+  c.first = oh * g.OW + std::min(ow, g.OW);
+  for (int v = 0; v < vectors; ++v) {
+    uint32_t bits = 0;
+    for (int lane = 0; lane < 16; ++lane) {
+      if (oh < g.OH && ow < g.OW) bits |= uint32_t(1) << lane;
+      if (++ow == g.Wq) {
+        ow = 0;
+        ++oh;
+      }
+    }
+    c.keep[v] = __mmask16(bits);
+  }
+  return c;
+}
+
+// out[c.first ..] = the tile's valid pixels, one compress and masked store per vector.
+inline void store_tile_compact(const float* tile, const CompactStore& c, float* out) {
+  float* dst = out + c.first;
+  for (int v = 0; v < c.vectors; ++v) {
+    const int n = __builtin_popcount(c.keep[v]);
+    _mm512_mask_storeu_ps(dst, __mmask16((uint32_t(1) << n) - 1),
+                          _mm512_maskz_compress_ps(c.keep[v], _mm512_loadu_ps(tile + 16 * v)));
+    dst += n;
+  }
+}
+#endif
+
 // Output channels [plan.co_begin, co_end), every tile, of one group of G images (image j's
 // output at out + j * out_image).
 template <typename S>
@@ -678,6 +718,12 @@ __attribute__((noinline)) void conv_tiles(const S* planes, const ConvPlan<S>& pl
     const int64_t q0 = t * tile_len;
     const int n_vec = static_cast<int>(std::min<int64_t>(kTileVectors, vectors - t * kTileVectors));
     const int64_t oh0 = q0 / G / g.Wq, ow0 = q0 / G - oh0 * g.Wq;
+#if defined(__AVX512F__)
+    // One image with garbage columns and no epilogue: compress the valid lanes instead of
+    // copying row by row (small planes have short rows).
+    const bool compact = std::is_same_v<S, float> && G == 1 && g.Wq != g.OW && epilogue.none();
+    const CompactStore compact_plan = compact ? compact_store_plan(g, q0, n_vec) : CompactStore{};
+#endif
     for (int64_t c = 0; c < layout.chunks; ++c) {
       const bool last = c + 1 == layout.chunks;
       // Input group of output channel co, stepped along (no division per channel).
@@ -691,6 +737,14 @@ __attribute__((noinline)) void conv_tiles(const S* planes, const ConvPlan<S>& pl
         S* tile = layout.chunks > 1 ? partial + (co - co_begin) * tile_len : partial;
         const TileAcc<S> acc{c == 0 ? nullptr : tile, bias != nullptr ? bias[co] : S(0), tile};
         tile_n<S>(n_vec, layout.sorted, in, plan.at(co, c), acc);
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<S, float>) {
+          if (last && compact) {
+            store_tile_compact(tile, compact_plan, out + co * g.OH * g.OW);
+            continue;
+          }
+        }
+#endif
         if (last) {
           store_tile(tile, oh0, ow0, int64_t(n_vec) * L / G, G, g, out + co * g.OH * g.OW, out_image,
                      epilogue.at(co * g.OH * g.OW));
