@@ -94,8 +94,9 @@ struct TileAcc {
   S* out;
 };
 
-// Portable tile (natural-order plans):
-// out[0 .. T*L) = start + sum_k val[k] * in[table[code[k]] + r .. + T*L).
+// Portable tile (natural-order plans, whose bucket 0 holds the whole chunk: the table's
+// offsets include the residue):
+// out[0 .. T*L) = start + sum_k val[k] * in[table[code[k]] .. + T*L).
 template <typename S, int T>
 void unaligned_tile(const S* in, const Nonzeros<S>& nz, const TileAcc<S>& acc_io) {
   using V = typename Simd<S>::V;
@@ -109,17 +110,14 @@ void unaligned_tile(const S* in, const Nonzeros<S>& nz, const TileAcc<S>& acc_io
       std::memcpy(&acc[t], acc_io.in + t * L, sizeof(V));
     }
   }
-  for (int r = 0; r < kResidues; ++r) {
-    const S* base = in + r;
-    for (int64_t k = nz.bucket[r]; k < nz.bucket[r + 1]; ++k) {
-      const S* src = base + nz.table[nz.code[k]];
-      const S w = nz.val[k];
+  for (int64_t k = nz.bucket[0]; k < nz.bucket[1]; ++k) {
+    const S* src = in + nz.table[nz.code[k]];
+    const S w = nz.val[k];
 #pragma GCC unroll 16
-      for (int t = 0; t < T; ++t) {
-        V v;
-        std::memcpy(&v, src + t * L, sizeof(V));  // unaligned load
-        acc[t] += w * v;
-      }
+    for (int t = 0; t < T; ++t) {
+      V v;
+      std::memcpy(&v, src + t * L, sizeof(V));  // unaligned load
+      acc[t] += w * v;
     }
   }
 #pragma GCC unroll 16
@@ -287,6 +285,74 @@ void fill_row(S* row, const S* in_row, int64_t W, int64_t v0, int64_t Wq, int64_
   }
 }
 
+#if defined(__AVX512F__)
+constexpr int64_t kMaskedFillBlocks = 8;  // rows of up to 8 vectors take the masked fill
+
+// fill_planes for one image (G = 1) at column stride 1 or 2 and rows of at most
+// kMaskedFillBlocks vectors: per row and 16-column block, masked loads, a permute that keeps
+// every other column (stride 2) and a masked store. The masks depend on the plane and block
+// only, so they are made once per call; small layers would otherwise spend more on the
+// per-row bookkeeping than on the copy.
+__attribute__((noinline)) void fill_planes_masked(const float* x, const SparseConvGeometry& geometry,
+                                                  const int64_t* origin, int64_t c_begin, int64_t c_end,
+                                                  float* planes) {
+  const int64_t H = geometry.H, W = geometry.W, Hq = geometry.Hq, Wq = geometry.Wq;
+  const int64_t sh = geometry.sh, sw = geometry.sw, plane = geometry.plane;
+  const int64_t plane_stride = geometry.plane_stride, channel_stride = geometry.channel_stride;
+  const int64_t nplanes = geometry.ny * geometry.nx, blocks = (Wq + 15) / 16;
+  __mmask16 lo[64 * kMaskedFillBlocks], hi[64 * kMaskedFillBlocks], keep[kMaskedFillBlocks];
+  for (int64_t b = 0; b < blocks; ++b) keep[b] = __mmask16((uint32_t(1) << std::min<int64_t>(16, Wq - 16 * b)) - 1);
+  for (int64_t p = 0; p < nplanes; ++p) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t first = origin[2 * p + 1] + 16 * b * sw;
+      lo[p * kMaskedFillBlocks + b] = columns_inside(first, W);
+      hi[p * kMaskedFillBlocks + b] = sw == 2 ? columns_inside(first + 16, W) : __mmask16(0);
+    }
+  }
+  const __mmask16 gap = __mmask16((uint32_t(1) << (plane_stride - plane)) - 1);  // < kPlaneAlign
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512 zero = _mm512_setzero_ps();
+  // Stride 2 with both column phases: plane p + 1 (odd columns) comes from p's loads.
+  const bool pairs = sw == 2 && geometry.nx == 2 && origin[3] == origin[1] + 1;
+  for (int64_t ci = c_begin; ci < c_end; ++ci) {
+    const float* src = x + ci * H * W;
+    for (int64_t p = 0; p < nplanes; p += pairs ? 2 : 1) {
+      float* dst = planes + ci * channel_stride + p * plane_stride;
+      float* dst_odd = dst + plane_stride;
+      const int64_t u0 = origin[2 * p], v0 = origin[2 * p + 1];
+      const __mmask16* lo_p = lo + p * kMaskedFillBlocks;
+      const __mmask16* hi_p = hi + p * kMaskedFillBlocks;
+      for (int64_t y = 0; y < Hq; ++y) {
+        float* row = dst + y * Wq;
+        float* row_odd = dst_odd + y * Wq;
+        const int64_t u = u0 + y * sh;
+        if (u < 0 || u >= H) {
+          for (int64_t b = 0; b < blocks; ++b) {
+            _mm512_mask_storeu_ps(row + 16 * b, keep[b], zero);
+            if (pairs) _mm512_mask_storeu_ps(row_odd + 16 * b, keep[b], zero);
+          }
+          continue;
+        }
+        const float* in_row = src + u * W + v0;  // may point before the row: masked lanes only
+        for (int64_t b = 0; b < blocks; ++b) {
+          const __m512 v = _mm512_maskz_loadu_ps(lo_p[b], in_row + 16 * b * sw);
+          if (sw == 1) {
+            _mm512_mask_storeu_ps(row + 16 * b, keep[b], v);
+            continue;
+          }
+          const __m512 w = _mm512_maskz_loadu_ps(hi_p[b], in_row + 32 * b + 16);
+          _mm512_mask_storeu_ps(row + 16 * b, keep[b], _mm512_permutex2var_ps(v, even, w));
+          if (pairs) _mm512_mask_storeu_ps(row_odd + 16 * b, keep[b], _mm512_permutex2var_ps(v, odd, w));
+        }
+      }
+      _mm512_mask_storeu_ps(dst + plane, gap, zero);  // alignment gap: read as garbage columns
+      if (pairs) _mm512_mask_storeu_ps(dst_odd + plane, gap, zero);
+    }
+  }
+}
+#endif
+
 // Planes of input channels [c_begin, c_end) of the G images at x (each [Cin, H, W],
 // image_stride elements apart). Geometry in locals: stores to the planes could otherwise
 // alias it and force reloads on every row.
@@ -301,6 +367,13 @@ __attribute__((noinline)) void fill_planes(const S* x, int64_t image_stride, int
   int64_t origin[2 * 64];  // per plane: source (u0, v0) of element (0, 0)
   TORCH_CHECK(nplanes <= 64, "lostprune.sparse_conv2d: at most 64 stride phases, got ", nplanes);
   for (int64_t p = 0; p < nplanes; ++p) plane_source(geometry, p, 0, 0, &origin[2 * p], &origin[2 * p + 1]);
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    if (G == 1 && sw <= 2 && Wq <= 16 * kMaskedFillBlocks) {
+      return fill_planes_masked(x, geometry, origin, c_begin, c_end, planes);
+    }
+  }
+#endif
   // Stride 2 with both column phases: planes p (even columns) and p + 1 (odd) share rows.
   const bool pairs = G == 1 && sw == 2 && geometry.nx == 2 && origin[3] == origin[1] + 1;
   for (int64_t ci = c_begin; ci < c_end; ++ci) {
@@ -348,6 +421,24 @@ struct Epilogue {
   Epilogue at(int64_t offset) const { return {residual != nullptr ? residual + offset : nullptr, relu}; }
 };
 
+// dst[0 .. n) = src[0 .. n): with AVX-512, whole and masked vectors inline (tile rows are
+// short, and a libc memcpy call per row costs more than the copy).
+template <typename S>
+inline void copy_run(S* dst, const S* src, int64_t n) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<S, float>) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_loadu_ps(src + i));
+    if (i < n) {
+      const __mmask16 m = __mmask16((uint32_t(1) << (n - i)) - 1);
+      _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+    }
+    return;
+  }
+#endif
+  std::memcpy(dst, src, n * sizeof(S));
+}
+
 // dst[r] = epilogue(src[r * step], residual[r]) for r < n. Compile-time cases keep every
 // loop branch-free, and the contiguous one (step 1) vectorized.
 template <bool kResidual, bool kRelu, typename S>
@@ -367,28 +458,30 @@ inline void store_run(S* dst, const S* src, int64_t step, int64_t n, const Epilo
   } else if (e.relu) {
     store_run_as<false, true>(dst, src, step, n, e.residual);
   } else if (step == 1) {
-    std::memcpy(dst, src, n * sizeof(S));
+    copy_run(dst, src, n);
   } else {
     store_run_as<false, false>(dst, src, step, n, e.residual);
   }
 }
 
-// Writes the valid outputs of the tile's pixels [p0, p0 + n) (Wq-wide numbering) through
-// the epilogue into the output channel plane [OH, OW] at out (image j of a group at
+// Writes the valid outputs of the tile's pixels [p0, p0 + n) (Wq-wide numbering, p0 at
+// row oh, column ow: the caller divides once per tile, not per channel) through the
+// epilogue into the output channel plane [OH, OW] at out (image j of a group at
 // out + j * image_stride; `e` is positioned like out).
 template <typename S>
-void store_tile(const S* tile, int64_t p0, int64_t n, int64_t G, const SparseConvGeometry& g,
+void store_tile(const S* tile, int64_t oh, int64_t ow, int64_t n, int64_t G, const SparseConvGeometry& g,
                 S* out, int64_t image_stride, const Epilogue<S>& e) {
   if (G == 1 && g.Wq == g.OW) {
+    const int64_t p0 = oh * g.Wq + ow;
     store_run(out + p0, tile, 1, std::min(n, g.OH * g.OW - p0), e.at(p0));
     return;
   }
-  int64_t oh = p0 / g.Wq, ow = p0 - oh * g.Wq, i = 0;
+  int64_t i = 0;
   while (i < n && oh < g.OH) {
     const int64_t run = std::min(g.OW - ow, n - i);
     S* dst = out + oh * g.OW + ow;
     if (run > 0 && G == 1 && e.none()) {
-      std::memcpy(dst, tile + i, run * sizeof(S));  // the common case, kept a plain copy
+      copy_run(dst, tile + i, run);  // the common case, kept a plain copy
     } else if (run > 0) {
       for (int64_t j = 0; j < G; ++j) {
         store_run(dst + j * image_stride, tile + i * G + j, G, run, e.at(oh * g.OW + ow + j * image_stride));
@@ -411,7 +504,7 @@ struct PlanLayout {
   int64_t chunks = 1;   // chunks per group
   bool sorted = false;  // residue buckets + aligned kernel
   const int32_t* code_off = nullptr;  // per tap code: offset from its chunk's first channel
-  const int32_t* code_key = nullptr;  // per tap code: bucket (chunk * kResidues + residue)
+  const int32_t* code_key = nullptr;  // sorted plans, per tap code: bucket (chunk * kResidues + residue)
 
   int64_t bucket_stride() const { return chunks * kResidues + 1; }
 };
@@ -461,27 +554,35 @@ PlanLayout plan_layout(const SparseConvArgs& a, int64_t G, int64_t images) {
   layout.chunks = (a.Cin_g + layout.chunk - 1) / layout.chunk;
   const int64_t taps = g.KH * g.KW, codes = a.Cin_g * taps;
   int32_t* code_off = scratch<int32_t>(kPlanTable, codes);
-  int32_t* code_key = scratch<int32_t>(kPlanKeys, codes);
   int used = 0;  // residues the taps produce (channel and chunk bases are aligned)
   for (int64_t kh = 0; kh < g.KH; ++kh) {
     for (int64_t kw = 0; kw < g.KW; ++kw) {
-      const int64_t tap = kh * g.KW + kw, off = tap_offset(g, kh, kw) * G;
+      const int64_t off = tap_offset(g, kh, kw) * G;
       used |= 1 << (off & (kResidues - 1));
-      for (int64_t ci = 0; ci < a.Cin_g; ++ci) {
-        const int64_t c = ci / layout.chunk;
-        code_off[ci * taps + tap] = static_cast<int32_t>((ci - c * layout.chunk) * g.channel_stride * G + off);
-        code_key[ci * taps + tap] = static_cast<int32_t>(c * kResidues + (off & (kResidues - 1)));
-      }
+      code_off[kh * g.KW + kw] = static_cast<int32_t>(off);  // channel 0's codes: the tap offsets
     }
   }
-  layout.code_off = code_off;
-  layout.code_key = code_key;
   // The aligned kernel pays a sort per call and a fold per bucket: worth it when every
   // nonzero feeds many vectors and buckets are large (interleaved groups need neither).
   const int64_t vectors = images * ((g.OH * g.Wq + L - 1) / L);
   const double buckets = double(a.Cout) * layout.chunks * __builtin_popcount(used);
   layout.sorted = G == 1 && std::is_same_v<S, float> && kVecBytes == 64 && vectors >= kMinSortedVectors &&
                   a.nnz >= kMinAlignedBucket * buckets;
+  // Only sorted plans bucket by key; natural-order ones read the offsets alone.
+  int32_t* code_key = layout.sorted ? scratch<int32_t>(kPlanKeys, codes) : nullptr;
+  for (int64_t ci = 0, c = 0, in_chunk = 0; ci < a.Cin_g; ++ci) {
+    const int32_t base = static_cast<int32_t>(in_chunk * g.channel_stride * G);
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      if (ci > 0) code_off[ci * taps + tap] = base + code_off[tap];
+      if (code_key != nullptr) code_key[ci * taps + tap] = static_cast<int32_t>(c * kResidues + (code_off[tap] & (kResidues - 1)));
+    }
+    if (++in_chunk == layout.chunk) {
+      ++c;
+      in_chunk = 0;
+    }
+  }
+  layout.code_off = code_off;
+  layout.code_key = code_key;
   return layout;
 }
 
@@ -557,6 +658,46 @@ __attribute__((noinline)) ConvPlan<S> build_plan(const PlanLayout& layout, const
   return plan;
 }
 
+#if defined(__AVX512F__)
+// A tile's valid pixels (column < OW, row < OH) are consecutive outputs of its channel:
+// per vector, the mask of valid lanes and where the compressed lanes go.
+struct CompactStore {
+  __mmask16 keep[kTileVectors];
+  int64_t first;  // output index of the tile's first valid pixel
+  int vectors;
+};
+
+CompactStore compact_store_plan(const SparseConvGeometry& g, int64_t p0, int vectors) {
+  CompactStore c{};
+  c.vectors = vectors;
+  int64_t oh = p0 / g.Wq, ow = p0 - oh * g.Wq;
+  c.first = oh * g.OW + std::min(ow, g.OW);
+  for (int v = 0; v < vectors; ++v) {
+    uint32_t bits = 0;
+    for (int lane = 0; lane < 16; ++lane) {
+      if (oh < g.OH && ow < g.OW) bits |= uint32_t(1) << lane;
+      if (++ow == g.Wq) {
+        ow = 0;
+        ++oh;
+      }
+    }
+    c.keep[v] = __mmask16(bits);
+  }
+  return c;
+}
+
+// out[c.first ..] = the tile's valid pixels, one compress and masked store per vector.
+inline void store_tile_compact(const float* tile, const CompactStore& c, float* out) {
+  float* dst = out + c.first;
+  for (int v = 0; v < c.vectors; ++v) {
+    const int n = __builtin_popcount(c.keep[v]);
+    _mm512_mask_storeu_ps(dst, __mmask16((uint32_t(1) << n) - 1),
+                          _mm512_maskz_compress_ps(c.keep[v], _mm512_loadu_ps(tile + 16 * v)));
+    dst += n;
+  }
+}
+#endif
+
 // Output channels [plan.co_begin, co_end), every tile, of one group of G images (image j's
 // output at out + j * out_image).
 template <typename S>
@@ -576,15 +717,36 @@ __attribute__((noinline)) void conv_tiles(const S* planes, const ConvPlan<S>& pl
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t q0 = t * tile_len;
     const int n_vec = static_cast<int>(std::min<int64_t>(kTileVectors, vectors - t * kTileVectors));
+    const int64_t oh0 = q0 / G / g.Wq, ow0 = q0 / G - oh0 * g.Wq;
+#if defined(__AVX512F__)
+    // One image with garbage columns and no epilogue: compress the valid lanes instead of
+    // copying row by row (small planes have short rows).
+    const bool compact = std::is_same_v<S, float> && G == 1 && g.Wq != g.OW && epilogue.none();
+    const CompactStore compact_plan = compact ? compact_store_plan(g, q0, n_vec) : CompactStore{};
+#endif
     for (int64_t c = 0; c < layout.chunks; ++c) {
       const bool last = c + 1 == layout.chunks;
+      // Input group of output channel co, stepped along (no division per channel).
+      int64_t group = co_begin / a.Cout_g, in_group = co_begin - group * a.Cout_g;
       for (int64_t co = co_begin; co < co_end; ++co) {
-        const S* in = planes + (co / a.Cout_g) * group_stride + c * chunk_stride + q0;
+        const S* in = planes + group * group_stride + c * chunk_stride + q0;
+        if (++in_group == a.Cout_g) {
+          ++group;
+          in_group = 0;
+        }
         S* tile = layout.chunks > 1 ? partial + (co - co_begin) * tile_len : partial;
         const TileAcc<S> acc{c == 0 ? nullptr : tile, bias != nullptr ? bias[co] : S(0), tile};
         tile_n<S>(n_vec, layout.sorted, in, plan.at(co, c), acc);
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<S, float>) {
+          if (last && compact) {
+            store_tile_compact(tile, compact_plan, out + co * g.OH * g.OW);
+            continue;
+          }
+        }
+#endif
         if (last) {
-          store_tile(tile, q0 / G, int64_t(n_vec) * L / G, G, g, out + co * g.OH * g.OW, out_image,
+          store_tile(tile, oh0, ow0, int64_t(n_vec) * L / G, G, g, out + co * g.OH * g.OW, out_image,
                      epilogue.at(co * g.OH * g.OW));
         }
       }
