@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,17 @@ class PruneContext:
 
     def remove_budget(self) -> int:
         return self.prunable_count - self.keep_budget()
+
+    def warn_off_target(self, method: str, removed: int, why: Sequence[str] = (), tolerance: float = 0.005) -> None:
+        """One warning when the ``removed`` prunable weights miss ``remove_budget()`` by more
+        than ``tolerance`` of it (coarse structured steps); ``why`` names the options to blame.
+        Call it from a method's ``compute_masks`` or one function below it."""
+        target = self.remove_budget()
+        if abs(removed - target) <= tolerance * target:
+            return
+        warnings.warn(f"{method} removes {removed:,} of {self.prunable_count:,} prunable weights "
+                      f"({100 * removed / self.prunable_count:.2f} %) instead of the target {100 * self.ratio:.2f} %"
+                      + (f" ({'; '.join(why)})" if why else ""), stacklevel=5)
 
     @property
     def device(self) -> torch.device:

@@ -13,8 +13,6 @@ scores, allocation, rounding, exact removal counts) is ``lostprune.structure.Gro
 
 from __future__ import annotations
 
-import warnings
-
 from torch import Tensor
 
 from ..structure.group_plan import GroupPlan
@@ -28,23 +26,12 @@ def filter_masks(ctx: PruneContext, norm: int) -> dict[str, Tensor]:
     if not plan.units:
         raise ValueError("no layer has filters that can be removed (every output channel is frozen: "
                          "network output, grouped convolution or unsupported op"
-                         + (f"; coupled='skip' leaves {len(plan.skipped)} coupled groups alone" if plan.skipped else "")
-                         + ")")
+                         + (f"; {plan.skipped_note()}" if plan.skipped else "") + ")")
     # layer.weight is already the masked weight (orig * mask) of a pruned layer
     plan.rank({name: layer.weight.detach().flatten(1).norm(p=norm, dim=1)
                for name, layer in ctx.layers.items()})
-    target = ctx.remove_budget()
-    counts = plan.fit_uniform(target)
-    removed = plan.removed_weights(counts)
-    if abs(removed - target) > 0.005 * target:
-        why = []
-        if plan.skipped:
-            why.append(f"coupled='skip' leaves {len(plan.skipped)} coupled groups alone")
-        if plan.round_to > 1:
-            why.append(f"round_to={plan.round_to} rounds kept channels")
-        warnings.warn(f"FT removes {removed:,} of {ctx.prunable_count:,} prunable "
-                      f"weights ({100 * removed / ctx.prunable_count:.2f} %) instead of the target "
-                      f"{100 * ctx.ratio:.2f} %" + (f" ({'; '.join(why)})" if why else ""), stacklevel=4)
+    counts = plan.fit_uniform(ctx.remove_budget())
+    ctx.warn_off_target("FT", plan.removed_weights(counts), plan.constraints())
     return plan.masks(counts)
 
 

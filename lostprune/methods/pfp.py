@@ -225,7 +225,7 @@ def allocate(ctx: PruneContext, scores: dict[str, Tensor],
     if hi_kept > target:
         warnings.warn(f"pfp: the budget keeps {target:,} prunable weights but one channel per layer (plus "
                       f"the channels that cannot be removed) keeps {hi_kept:,}; pruning as far as PFP can",
-                      stacklevel=3)
+                      stacklevel=4)
         return hi_counts
     # Bisect until the bracketing allocations differ by a single channel (or ε converges).
     while sum(abs(lo_counts[n] - hi_counts[n]) for n in lo_counts) > 1 and hi - lo > 1e-12:
@@ -274,8 +274,7 @@ def group_masks(ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, 
     plan = GroupPlan(ctx.graph(), ctx.layers, ctx.current_masks, by="in", coupled=coupled, round_to=round_to)
     if not plan.units:
         raise ValueError("pfp: no input channel group can be removed (every group is frozen"
-                         + (f"; coupled='skip' leaves {len(plan.skipped)} coupled groups alone" if plan.skipped else "")
-                         + ")")
+                         + (f"; {plan.skipped_note()}" if plan.skipped else "") + ")")
     plan.rank(scores)
     target = ctx.remove_budget()
     # ascending ε: fewer channels kept, removal grows (what GroupPlan.fit bisects)
@@ -285,14 +284,7 @@ def group_masks(ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, 
         return plan.counts_from_kept({name: kept_channels(model, eps) for name, model in models.items()}, scores)
 
     counts = plan.refine(plan.fit(grid, counts_of, target), target)
-    removed = plan.removed_weights(counts)
-    if abs(removed - target) > 0.005 * target:
-        why = [f"coupled='skip' leaves {len(plan.skipped)} coupled groups alone"] if plan.skipped else []
-        if plan.round_to > 1:
-            why.append(f"round_to={plan.round_to} rounds kept channels")
-        warnings.warn(f"pfp removes {removed:,} of {ctx.prunable_count:,} prunable weights "
-                      f"({100 * removed / ctx.prunable_count:.2f} %) instead of the target {100 * ctx.ratio:.2f} %"
-                      + (f" ({'; '.join(why)})" if why else ""), stacklevel=4)
+    ctx.warn_off_target("pfp", plan.removed_weights(counts), plan.constraints())
     return plan.masks(counts)
 
 

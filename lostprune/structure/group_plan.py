@@ -474,6 +474,16 @@ class GroupPlan:
             counts = _Refinement(self, counts).run(target, tolerance * target)
         return counts
 
+    def constraints(self) -> list[str]:
+        """The options that may keep this plan off a removal target, for warnings."""
+        why = [self.skipped_note()] if self.skipped else []
+        if self.round_to > 1:
+            why.append(f"round_to={self.round_to} rounds kept channels")
+        return why
+
+    def skipped_note(self) -> str:
+        return f"coupled='skip' leaves {len(self.skipped)} coupled groups alone"
+
     def summary(self, counts: Sequence[int]) -> str:
         lines = []
         for unit, count in zip(self.units, counts):

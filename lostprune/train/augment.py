@@ -23,6 +23,7 @@ sequence of batches from that seed wherever it is called.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,6 +113,12 @@ class ShiftAugmentation:
         noise = f"{self.noise} {list(self.noise_levels)}" if self.adds_noise else "none"
         return (f"ShiftAugmentation(corruptions={list(self.corruptions)}, severities={list(self.severities)}, "
                 f"noise={noise}, seed={self.seed})")
+
+    def with_seed(self, seed: int) -> ShiftAugmentation:
+        """The same mix drawing from its own generator, seeded by ``seed``."""
+        other = copy.copy(self)
+        other.seed, other._generator = seed, torch.Generator().manual_seed(seed)
+        return other
 
     # ------------------------------------------------------------------ draws
     def draw(self, n: int) -> ShiftDraw:
@@ -227,9 +234,7 @@ class ShiftedSample(Dataset):
             items = [self.data[j] for j in range(start, min(start + self.chunk, n))]
             x = torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
             # own draws per (copy, chunk): reproducible whatever order the chunks are read in
-            augment = ShiftAugmentation(self.augment.corruptions, self.augment.severities, self.augment.noise,
-                                        self.augment.noise_levels, mean=self.augment.mean, std=self.augment.std,
-                                        seed=self.seed * 1_000_003 + key, table=self.augment.table)
+            augment = self.augment.with_seed(self.seed * 1_000_003 + key)
             self._cached = (key, augment(x), items)
         _, shifted, items = self._cached
         item = items[i - start]
