@@ -37,6 +37,8 @@ def test_augmentation_is_reproducible_from_a_seed():
         assert torch.equal(u, v)
     assert not torch.equal(first[0], first[1])  # the sequence moves on batch after batch
     assert not torch.equal(ShiftAugmentation(mean=MEAN, std=STD, seed=8)(x), first[0])
+    reseeded = ShiftAugmentation(mean=MEAN, std=STD).with_seed(7)  # the same mix, its own generator
+    assert torch.equal(reseeded(x), first[0]) and reseeded.seed == 7
     # Unseeded: torch's global generator (which train() seeds per epoch) decides.
     unseeded = ShiftAugmentation(mean=MEAN, std=STD)
     torch.manual_seed(3)
