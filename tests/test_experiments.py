@@ -15,6 +15,7 @@ from lostprune.experiments import ConfigError, load_config, parse_config, run
 from lostprune.experiments.config import SHIPPED
 from lostprune.experiments.plan import build_plan
 from lostprune.experiments.store import NetworkRow, ResultRow, Store, Task
+from lostprune.io import read_network_file
 
 TINY = yaml.safe_load((SHIPPED / "tiny.yaml").read_text())
 
@@ -50,6 +51,11 @@ def tiny(**changes) -> dict:
     ({"metrics.delta": 2}, r"metrics.delta must be in \[0, 1\], got 2"),
     ({"seeds": []}, r"seeds must list at least one seed"),
     ({"network_options": {"depth": 3}}, r"network_options: "),
+    ({"method_options": {"sipp": {"reduce": "max"}}}, r"method_options.sipp: not in methods \(wt, ft\)"),
+    ({"method_options": {"ft": {"roundto": 8}}}, r"unknown option method_options.ft.roundto \(options of ft: "
+                                                 r"coupled, round_to\)"),
+    ({"method_options": {"wt": {"seed": 1}}}, r"unknown option method_options.wt.seed \(options of wt: none\)"),
+    ({"method_options": {"ft": 8}}, r"method_options.ft must map option names to values"),
 ])
 def test_config_errors_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -115,13 +121,18 @@ def test_tiny_experiment_end_to_end(tmp_path):
     from lostprune.report import ExperimentResults, write_report
 
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(tiny()))
+    config_path.write_text(yaml.safe_dump(tiny(method_options={"ft": {"round_to": 4}})))
     root = run(config_path, tmp_path / "run", progress=False)
     results = ExperimentResults(root)
     assert results.counts["done"] == results.counts["pending"] + results.counts["done"]  # everything ran
     assert {n.role for n in results.networks.values()} == {"parent", "reference", "pruned"}
     pruned = [n for n in results.networks.values() if n.role == "pruned"]
     assert sorted((n.method, n.step) for n in pruned) == [("ft", 0), ("ft", 1), ("wt", 0), ("wt", 1)]
+    checkpoints = {r["key"]: r["checkpoint"] for r in Store(root / "results.sqlite").networks()}
+    for net in (n for n in pruned if n.method == "ft"):  # method_options reach prune: filters in multiples of 4
+        state = read_network_file(checkpoints[net.key])["state_dict"]
+        kept = [int(m.flatten(1).any(1).sum()) for k, m in state.items() if k.endswith("weight_mask") and m.dim() == 4]
+        assert kept and all(k % 4 == 0 for k in kept), (net.key, kept)
     for net in pruned:
         assert {"nominal", "noise:gaussian:0.2", "corruption:contrast:3"} <= {d for d, m in net.values}
         assert 0 <= net.error("nominal") <= 1 and 0 <= net.values[("nominal", "agreement")] <= 1

@@ -8,7 +8,7 @@ import lostprune
 import lostprune.models as models
 from lostprune.core.layers import prunable_layers
 from lostprune.core.masks import current_masks
-from lostprune.structure import GraphError, GroupPlan, allowed_kept, build_graph, slice_model, snap
+from lostprune.structure import GraphError, GroupPlan, allowed_kept, build_graph, channel_multiple, slice_model, snap
 
 
 def plan_for(model, x, **options):
@@ -67,12 +67,45 @@ def test_round_to_keeps_multiples(round_to):
             assert layer.out_channels % round_to == 0, (name, layer.out_channels)
 
 
+@pytest.mark.parametrize("capability, multiple", [("AVX512", 16), ("AVX512_BF16", 16), ("AVX2", 8), ("DEFAULT", 8)])
+def test_channel_multiple_follows_the_cpu_vector_width(monkeypatch, capability, multiple):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert channel_multiple("cpu") == channel_multiple() == multiple
+    assert channel_multiple("cuda") == 8
+
+
+def test_round_to_auto_keeps_the_kernels_channel_multiple(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # any CPU: 8
+    result = lostprune.prune(models.create("resnet20"), "ft", 0.5, round_to="auto", progress=False)
+    sliced = slice_model(result.model)
+    assert {layer.out_channels % 8 for name, layer in prunable_layers(sliced).items() if name != "fc"} == {0}
+    assert sliced.slice_report.channel_multiple == 8 and sliced.slice_report.padding_share == 0
+    assert not sliced.slice_report.unaligned
+
+
+def test_slice_report_counts_the_work_on_channel_padding(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 16, 3, stride=2, padding=1))
+    conv = model[0]
+    prune = torch.nn.utils.prune
+    prune.custom_from_mask(conv, "weight", (torch.arange(32) < 18).float().view(32, 1, 1, 1).expand_as(conv.weight))
+    report = slice_model(model, torch.randn(1, 3, 10, 10)).slice_report
+    # conv 0: 18 of 32 filters kept, computed as 32 at 10x10; conv 2: 16 outputs at 5x5 over 18 inputs
+    kept, padded_work = 18 * 27 * 100 + 16 * 18 * 9 * 25, 32 * 27 * 100 + 16 * 18 * 9 * 25
+    assert (report.conv_macs, report.conv_macs_padded, report.unaligned) == (kept, padded_work, ["0"])
+    assert report.padding_share == pytest.approx(1 - kept / padded_work)
+    assert "runs on channel padding: 1 convs keep output channel counts that are not a multiple of 16" \
+        in report.summary()
+
+
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match="coupled must be one of 'sum', 'mean', 'max', 'min', 'skip' or a callable"):
         lostprune.prune(models.create("small_cnn"), "ft", 0.5, coupled="add", progress=False)
     for bad in (0, -8, 2.5, True):
         with pytest.raises(ValueError, match="round_to must be a positive integer"):
             lostprune.prune(models.create("small_cnn"), "ft", 0.5, round_to=bad, progress=False)
+    with pytest.raises(ValueError, match="round_to must be .* or 'auto'"):
+        lostprune.prune(models.create("small_cnn"), "ft", 0.5, round_to="fast", progress=False)
 
 
 class GatedResidual(nn.Module):
@@ -114,7 +147,7 @@ def test_cascade_never_revives_and_removes_dead_channels_first():
 PFP_DATA = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
 
-@pytest.mark.parametrize("options", [{"coupled": "sum"}, {"coupled": "skip"}, {"round_to": 4}])
+@pytest.mark.parametrize("options", [{"coupled": "sum"}, {"coupled": "skip"}, {"round_to": 4}, {"round_to": "auto"}])
 def test_pfp_group_options_remove_what_slicing_removes(compiled, options):
     torch.manual_seed(0)
     model = models.create("resnet20")
@@ -130,14 +163,19 @@ def test_pfp_group_options_remove_what_slicing_removes(compiled, options):
         removed = [dead_rows(result, name) for name in ["conv1", "layer1.0.conv2", "layer1.2.conv2"]]
         assert all(r == removed[0] for r in removed)
     if "round_to" in options:
+        multiple = channel_multiple() if options["round_to"] == "auto" else options["round_to"]
         for name, layer in prunable_layers(sliced).items():
             if name != "fc" and name != "conv1" and layer.in_channels != 3:
-                assert layer.in_channels % 4 == 0, (name, layer.in_channels)
+                assert layer.in_channels % multiple == 0, (name, layer.in_channels)
 
 
 def test_pfp_bad_group_option_is_named(compiled):
-    with pytest.raises(ValueError, match="coupled must be one of"):
+    with pytest.raises(ValueError, match="coupled must be one of 'sum', .*'skip', 'per_layer' or a callable"):
         lostprune.prune(models.create("resnet20"), "pfp", 0.5, data=PFP_DATA, coupled="add", progress=False)
+    with pytest.raises(ValueError, match="round_to=8 rounds whole channel groups and cannot be combined with "
+                                         "coupled='per_layer'"):
+        lostprune.prune(models.create("resnet20"), "pfp", 0.5, data=PFP_DATA, coupled="per_layer", round_to=8,
+                        progress=False)
 
 
 # ----------------------------------------------------------------------------- GroupPlan

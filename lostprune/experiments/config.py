@@ -148,6 +148,9 @@ class ExperimentConfig:
     network_options: dict = field(default_factory=dict)  # keyword arguments of lostprune.models.create
     data: DataConfig = field(default_factory=DataConfig)
     methods: list[str] = field(default_factory=lambda: ["wt", "sipp", "ft", "pfp"])
+    # {method: {option: value}}: keyword options of lostprune.prune per method, e.g.
+    # {pfp: {coupled: per_layer}} or {ft: {round_to: auto}}
+    method_options: dict = field(default_factory=dict)
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(ratios=[0.5, 0.7, 0.8, 0.9]))
     train: dict = field(default_factory=dict)  # lostprune.train.TrainConfig fields (parent training)
     retrain: dict = field(default_factory=dict)  # overrides of `train` for retraining (LR rewinding)
@@ -177,6 +180,8 @@ class ExperimentConfig:
         """Hash of everything that changes results (not the name)."""
         data = dataclasses.asdict(self)
         data.pop("name")
+        if not data["method_options"]:  # absent before method options existed: same digest as then
+            data.pop("method_options")
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
@@ -273,6 +278,29 @@ def _join(path: str, key) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def _validate_method_options(config: ExperimentConfig) -> None:
+    from ..methods import get_method
+
+    if not isinstance(config.method_options, dict):
+        raise ConfigError("method_options must map a method to its options, e.g. {pfp: {coupled: per_layer}}")
+    listed = {m.lower() for m in config.methods}
+    for method, options in config.method_options.items():
+        if str(method).lower() not in listed:
+            raise ConfigError(f"method_options.{method}: not in methods ({', '.join(config.methods)})")
+        if not isinstance(options, dict):
+            raise ConfigError(f"method_options.{method} must map option names to values, got {options!r}")
+        known = get_method(str(method)).option_names
+        for name in options:
+            if known is not None and name not in known:
+                allowed = ", ".join(known) if known else "none"
+                raise ConfigError(f"unknown option method_options.{method}.{name} (options of {method}: {allowed})")
+
+
+def method_options(config: ExperimentConfig, method: str) -> dict:
+    """The keyword options ``lostprune.prune`` gets for ``method`` in this study."""
+    return next((dict(o) for m, o in config.method_options.items() if str(m).lower() == method.lower()), {})
+
+
 def _validate_semantics(config: ExperimentConfig) -> None:
     from .. import models
     from ..methods import available_methods
@@ -288,6 +316,7 @@ def _validate_semantics(config: ExperimentConfig) -> None:
             raise ConfigError(f"methods[{i}] must be one of {', '.join(available_methods())}; got {method!r}")
     if not config.methods:
         raise ConfigError("methods must list at least one pruning method")
+    _validate_method_options(config)
     if not config.seeds:
         raise ConfigError("seeds must list at least one seed")
     config.train_config()

@@ -93,6 +93,9 @@ class PruningMethod:
     structured: bool = False  # removes whole channels (filters / input channels)
     data_informed: bool = False  # needs data S
     description: str = ""
+    # the keyword options compute_masks reads (ctx.option), so configs can be checked before a
+    # run; None: not declared (an unknown option then fails when the method runs)
+    option_names: tuple[str, ...] | None = None
 
     def compute_masks(self, ctx: PruneContext) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -7,7 +7,8 @@ members' filter norms (``coupled="sum"``; ``"mean"``, ``"max"``, ``"min"`` or a 
 removed in every group (at least one kept; the network's output layer and other frozen
 channels keep all), with the fraction chosen so that the prunable weights *actually removed*
 — a removed filter also removes the matching input channel of every consumer — meet the
-ratio; ``round_to=8`` keeps a multiple of 8 channels per group. The shared machinery (group
+ratio; ``round_to=8`` keeps a multiple of 8 channels per group (``"auto"``: the convolution
+kernels' channel tile on the model's device, see ``structure.channel_multiple``). The shared machinery (group
 scores, allocation, rounding, exact removal counts) is ``lostprune.structure.GroupPlan``.
 """
 
@@ -38,6 +39,7 @@ def filter_masks(ctx: PruneContext, norm: int) -> dict[str, Tensor]:
 @register_method("ft")
 class FilterThresholding(PruningMethod):
     structured = True
+    option_names = ("coupled", "round_to")
     description = "filter L1 norm, same fraction of every channel group (structured)"
     norm = 1
 

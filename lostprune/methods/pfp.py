@@ -1,8 +1,9 @@
 """PFP — provable filter pruning (Liebenwein et al. 2020), deterministic variant (SPEC §2.4).
 
-Structured: PFP removes *input channels* of every prunable layer (weight columns); a channel
-that no layer reads any more also loses its producing filter (the dependency graph's
-``effective_masks`` says what is really removed).
+Structured: PFP removes *input channels* (weight columns) and with them the producing filters.
+By default it removes whole channel groups (SPEC §3, ``coupled="sum"``), so that what the
+masks remove is what ``slice_model`` really drops; ``coupled="per_layer"`` is SPEC §2.4 read
+one layer at a time (below).
 
 1. Scores (:func:`channel_sensitivities`): per layer and input channel j, s_j = the max over S,
    output units, edges of channel j and positions of the relative contribution g.
@@ -11,19 +12,22 @@ that no layer reads any more also loses its producing filter (the dependency gra
    p_j = s_j / S_ℓ, S_ℓ = Σ_j s_j, m_ℓ(ε) = ⌈K(6 + 2ε) α_ℓ S_ℓ / ε²⌉,
    α_ℓ = 2C ln(8 (P_ℓ + 1) κ_ℓ / δ), κ_ℓ = kh·kw, C = 3, K = 3, δ = 1e-16, P_ℓ = output positions.
    Layers whose sensitivities are spread (hard to approximate) thus keep more channels.
-3. A root search on ε (:func:`allocate`) meets the budget on the prunable weights really kept;
-   then each layer keeps its top-c_ℓ channels by s_j (:func:`channel_masks`). No reweighting.
+3. A root search on ε meets the budget on the prunable weights really removed. No reweighting.
 
-Channels the graph cannot remove (network input, grouped convolutions, frozen groups) are
-always kept. Channels coupled through a residual add keep their producers: when every
-consumer would drop such a channel, the consumer that scores it highest keeps it.
+Whole channel groups (default; :func:`group_masks`), as for FT: a group channel's score is
+the reduce of its consumers' s_j (``coupled="sum" | "mean" | "max" | "min" | callable``), a
+group keeps as many channels as its most demanding consumer's c_ℓ(ε) asks of it, and ε is
+searched on what slicing really removes; ``coupled="skip"`` leaves coupled groups (residual
+adds, depthwise convs) alone; ``round_to=8`` keeps a multiple of 8 channels per group
+(``"auto"``: the convolution kernels' channel tile on the model's device).
 
-Group options (SPEC §3), as for FT: ``coupled="sum" | "mean" | "max" | "min" | callable``
-removes whole channel groups instead — a group channel's score is the reduce of its
-consumers' s_j, a group keeps as many channels as its most demanding consumer's c_ℓ(ε) asks
-of it, and ε is searched on what slicing really removes; ``coupled="skip"`` leaves coupled
-groups alone; ``round_to=8`` keeps a multiple of 8 channels per group. Without these options
-PFP allocates per layer, exactly as SPEC §2.4.
+Per layer (``coupled="per_layer"``; :func:`allocate`, :func:`channel_masks`): each layer keeps
+its own top-c_ℓ input channels by s_j. A channel no layer reads any more loses its producing
+filter (the dependency graph's ``effective_masks``); a channel coupled through a residual add
+keeps its producers (when every consumer would drop it, the consumer that scores it highest
+keeps it). Columns one consumer drops while another still reads the channel are zeros in the
+masked model but stay in a sliced one (a randomly initialized ResNet18 at 70 % keeps 1.16× the conv work the masks
+count, after slicing).
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ from torch import Tensor
 from ..core.accounting import output_positions
 from ..datapass import collect_sensitivities, sample_count
 from ..structure.graph import IN, DependencyGraph
-from ..structure.group_plan import GroupPlan
+from ..structure.group_plan import COUPLED_CHOICES, GroupPlan
 from .base import PruneContext, PruningMethod
 from .registry import register_method
 
 C, K, DELTA = 3.0, 3.0, 1e-16
+PER_LAYER = "per_layer"  # coupled= value: SPEC §2.4 one layer at a time, not whole groups
 _LOG10_EPS_RANGE = (-8.0, 20.0)  # ε from "keep everything" to "one channel per layer"
 
 
@@ -292,13 +297,20 @@ def group_masks(ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, 
 class ProvableFilterPruning(PruningMethod):
     structured = True
     data_informed = True
-    description = "channel sensitivity on S, error-based per-layer allocation (structured)"
+    description = "channel sensitivity on S, error-based allocation over whole channel groups (structured)"
+    option_names = ("coupled", "round_to")
 
     def compute_masks(self, ctx: PruneContext):
-        coupled, round_to = ctx.option("coupled", None), ctx.option("round_to", None)
+        coupled, round_to = ctx.option("coupled", "sum"), ctx.option("round_to", 1)
+        if coupled == PER_LAYER:
+            if round_to != 1:
+                raise ValueError(f"pfp: round_to={round_to!r} rounds whole channel groups and cannot be combined "
+                                 "with coupled='per_layer' (use coupled='sum')")
+        elif not (callable(coupled) or coupled in COUPLED_CHOICES):
+            raise ValueError(f"coupled must be one of {', '.join(map(repr, (*COUPLED_CHOICES, PER_LAYER)))} or a "
+                             f"callable [members, size] -> [size], got {coupled!r}")
         scores = channel_sensitivities(ctx)
         models = error_models(ctx, scores)
-        if coupled is not None or round_to is not None:
-            return group_masks(ctx, scores, models, "sum" if coupled is None else coupled,
-                               1 if round_to is None else round_to)
-        return channel_masks(ctx, scores, allocate(ctx, scores, models))
+        if coupled == PER_LAYER:
+            return channel_masks(ctx, scores, allocate(ctx, scores, models))
+        return group_masks(ctx, scores, models, coupled, round_to)

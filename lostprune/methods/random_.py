@@ -12,6 +12,7 @@ from .registry import register_method
 @register_method("random")
 class RandomPruning(PruningMethod):
     description = "uniform random weights, same fraction per layer (baseline)"
+    option_names = ("seed",)
 
     def compute_masks(self, ctx: PruneContext):
         generator = torch.Generator().manual_seed(int(ctx.option("seed", 0)))

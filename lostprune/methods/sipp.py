@@ -24,6 +24,7 @@ def weight_sensitivities(ctx: PruneContext, reduce: str = "mean"):
 class SiPP(PruningMethod):
     data_informed = True
     description = "weight sensitivity on S (max over S of mean relative contribution), global (unstructured)"
+    option_names = ("reduce",)
 
     def compute_masks(self, ctx: PruneContext):
         reduce = ctx.option("reduce", "mean")  # "max": max over positions instead of the paper's mean

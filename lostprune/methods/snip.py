@@ -16,6 +16,7 @@ from .registry import register_method
 class SNIP(PruningMethod):
     data_informed = True
     description = "connection sensitivity |grad * w| on S, global (baseline)"
+    option_names = ()
 
     def compute_masks(self, ctx: PruneContext):
         model = ctx.model

@@ -11,6 +11,7 @@ from .registry import register_method
 @register_method("wt")
 class WeightThresholding(PruningMethod):
     description = "global weight magnitude |w| (unstructured)"
+    option_names = ()
 
     def compute_masks(self, ctx: PruneContext):
         scores = {name: layer.weight.detach().abs() for name, layer in ctx.layers.items()}

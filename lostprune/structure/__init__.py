@@ -2,9 +2,10 @@
 pruning (``GroupPlan``) and physical channel slicing (``slice_model``)."""
 
 from .folded_conv import FoldedConv2d
+from .granularity import channel_multiple
 from .graph import ChannelGroup, DependencyGraph, GraphError, Member, build_graph, trace
 from .group_plan import GroupPlan, Unit, allowed_kept, snap
 from .slicing import SliceReport, SlicingWarning, slice_model
 
 __all__ = ["ChannelGroup", "DependencyGraph", "FoldedConv2d", "GraphError", "GroupPlan", "Member", "SliceReport",
-           "SlicingWarning", "Unit", "allowed_kept", "build_graph", "slice_model", "snap", "trace"]
+           "SlicingWarning", "Unit", "allowed_kept", "build_graph", "channel_multiple", "slice_model", "snap", "trace"]

@@ -36,6 +36,7 @@ from ..core.masks import mask_factors, masked_parameters, nonzero_rows_and_colum
 from ..ops import gather_channels
 from .constants import input_constants
 from .folded_conv import FoldedConv2d
+from .granularity import channel_multiple, padded
 from .graph import DEPTHWISE, IN, NORM, OUT, ChannelGroup, build_graph
 
 
@@ -55,10 +56,21 @@ class SliceReport:
     folded_layers: dict[str, str] = field(default_factory=dict)  # consumer -> "bias" / "border"
     kept: list[str] = field(default_factory=list)  # removed channels kept, with the reason
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Convolution work per sample (MACs of the sliced dense convs), and what the kernels really
+    # compute with output channels padded to ``channel_multiple`` (``granularity.py``)
+    conv_macs: int = 0
+    conv_macs_padded: int = 0
+    channel_multiple: int = 1
+    unaligned: list[str] = field(default_factory=list)  # convs whose output channels are not a multiple
 
     @property
     def param_reduction(self) -> float:
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+    @property
+    def padding_share(self) -> float:
+        """Fraction of the convolution kernels' work that falls on channel padding."""
+        return 1.0 - self.conv_macs / self.conv_macs_padded if self.conv_macs_padded else 0.0
 
     def summary(self) -> str:
         borders = sum(kind == "border" for kind in self.folded_layers.values())
@@ -66,6 +78,11 @@ class SliceReport:
                 f"(−{100 * self.param_reduction:.2f} %), {self.channels_removed:,} channels removed, "
                 f"{self.channels_folded:,} constant channels folded into {len(self.folded_layers)} layers "
                 f"({borders} with a border term)")
+        if self.padding_share >= 0.05:
+            text += (f"\n  {self.padding_share:.0%} of the convolution work runs on channel padding: "
+                     f"{len(self.unaligned)} convs keep output channel counts that are not a multiple of "
+                     f"{self.channel_multiple}, the kernels' channel tile on this device; prune with "
+                     f"round_to='auto' to keep multiples of it")
         if self.kept:
             text += "\n  kept: " + "\n  kept: ".join(self.kept)
         return text
@@ -295,6 +312,7 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     for conv in plan.folded.values():  # after the modes are restored: the new module copies its own
         _replace(dense, conv, FoldedConv2d.from_conv(conv, conv._buffers.pop("fold_weight")))
     report.params_after = _count_params(dense)
+    _count_conv_work(graph, modules, report, example_input.device)
     report.shapes = {name: tuple(p.shape) for name, p in dense.named_parameters()}
     if report.kept:
         warnings.warn(f"slice_model kept {report.channels_kept} removed channels to keep the model's function: "
@@ -302,6 +320,22 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
                       stacklevel=2)
     dense.slice_report = report
     return dense
+
+
+def _count_conv_work(graph, modules: dict[str, nn.Module], report: SliceReport, device: torch.device) -> None:
+    """Fill ``report.conv_macs*``: per sample, over dense (groups=1) convs, each call counted."""
+    report.channel_multiple = multiple = channel_multiple(device)
+    for node in graph.fx_graph.nodes:
+        module = modules.get(node.target) if node.op == "call_module" else None
+        meta = node.meta.get("tensor_meta")
+        if not isinstance(module, nn.Conv2d) or module.groups != 1 or meta is None or len(meta.shape) != 4:
+            continue
+        positions = meta.shape[2] * meta.shape[3]
+        per_channel = module.weight[0].numel() * positions
+        report.conv_macs += module.out_channels * per_channel
+        report.conv_macs_padded += padded(module.out_channels, multiple) * per_channel
+        if module.out_channels % multiple and node.target not in report.unaligned:
+            report.unaligned.append(node.target)
 
 
 @dataclass
