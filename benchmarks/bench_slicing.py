@@ -68,9 +68,13 @@ def pruned_and_sliced(name: str, method: str, ratio: float, **options):
 
 
 def latency_ratio(baseline: nn.Module, candidate: nn.Module, batch: int,
-                  memory_format: torch.memory_format = torch.contiguous_format) -> tuple[float, float, float]:
+                  memory_format: torch.memory_format = torch.contiguous_format,
+                  fused: bool = False) -> tuple[float, float, float]:
     """Both models and the input in ``memory_format`` (channels_last: oneDNN's own layout, no
-    reorder around every convolution)."""
+    reorder around every convolution); ``fused``: both through ``lostprune.sparse.fuse`` (BN
+    folded into the convs, vectorized max-pool)."""
+    if fused:
+        baseline, candidate = lostprune.sparse.fuse(baseline), lostprune.sparse.fuse(candidate)
     x = example(batch).contiguous(memory_format=memory_format)
     baseline, candidate = baseline.to(memory_format=memory_format), candidate.to(memory_format=memory_format)
     with torch.inference_mode():
@@ -137,9 +141,9 @@ def latency_table() -> str:
             baseline = masked_dense(result.model)
             flop_factor = result.stats.flops_dense / result.stats.flops_pruned
             sliced_factor = result.stats.flops_dense / macs(sliced)
-            for batch, layout in ((1, "NCHW"), (32, "NCHW"), (32, "channels_last")):
-                memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-                tb, tc, speedup = latency_ratio(baseline, sliced, batch, memory_format)
+            for batch, layout in ((1, "NCHW"), (32, "NCHW"), (32, "channels_last"), (32, "channels_last, fused")):
+                memory_format = torch.channels_last if layout.startswith("channels_last") else torch.contiguous_format
+                tb, tc, speedup = latency_ratio(baseline, sliced, batch, memory_format, fused="fused" in layout)
                 report = sliced.slice_report
                 lines.append(f"| {label} | {ratio:.0%} | {flop_factor:.2f}× | {sliced_factor:.2f}× | "
                              f"{report.padding_share:.0%} | "
@@ -244,7 +248,10 @@ def main() -> None:
             "*FLOPs dense/pruned*: the reduction the masks count (the goal's yardstick); *dense/sliced*: conv/linear "
             "MACs the sliced model really computes. They agree wherever whole channels go; with PFP "
             "`coupled=\"per_layer\"` a column one reader of a residual channel drops stays (as zeros) in the sliced "
-            "model. *conv work on padding*: see the output-channel tile below. `round_to=auto` is 16 on this CPU."
+            "model. *conv work on padding*: see the output-channel tile below. `round_to=auto` is 16 on this CPU. "
+            "*fused*: both models through `lostprune.sparse.fuse` (eval BatchNorms folded into the convs — into "
+            "a sliced model's border terms too — and vectorized max-pooling), the memory-bound work deployment "
+            "removes anyway, which otherwise shrinks with channels, not FLOPs."
             "\n\n### Sliced vs masked ResNet18\n\n" + latency_table()
             + "\n\n### Torch-Pruning side by side\n\nBoth tools start from the same randomly initialized "
             "torchvision model (eval mode) and example input; times include copying the model (Torch-Pruning "

@@ -151,6 +151,19 @@ def _load_data(spec: str | None, model):
     return data.load(spec).s  # S: held out of training, never the test set
 
 
+def _method_options(pairs: list[str] | None) -> dict:
+    """--option KEY=VALUE, repeatable; values read as YAML scalars (8 -> int, auto -> str)."""
+    import yaml
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--option takes KEY=VALUE (e.g. round_to=auto), got {pair!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     import lostprune
 
@@ -158,7 +171,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     meta = read_network_file(args.model)
     model = load_network(args.model)
-    result = lostprune.prune(model, args.method, args.ratio, data=_load_data(args.data, model))
+    result = lostprune.prune(model, args.method, args.ratio, data=_load_data(args.data, model),
+                             **_method_options(args.option))
     out = args.out or str(args.model).replace(".pt", f"-{args.method}{int(round(100 * args.ratio))}.pt")
     save_network(out, result.model, meta["network"], meta["num_classes"], options=meta.get("options"),
                  pruned_by=args.method, ratio=args.ratio)
@@ -178,9 +192,8 @@ def cmd_slice(args: argparse.Namespace) -> int:
     sliced = lostprune.slice_model(model)
     out = args.out or str(args.model).replace(".pt", "-sliced.pt")
     torch.save({"format": "lostprune-sliced/1", "module": sliced}, out)
-    before = sum(p.numel() for p in model.parameters())
-    after = sum(p.numel() for p in sliced.parameters())
-    print(f"sliced: {before:,} -> {after:,} parameters ({100 * (1 - after / before):.1f} % smaller); saved: {out}")
+    print(sliced.slice_report.summary())
+    print(f"saved: {out}")
     return 0
 
 
@@ -234,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--method", required=True)
     prune.add_argument("--ratio", type=float, required=True, help="fraction of prunable weights removed, [0, 1)")
     prune.add_argument("--data", help="S for data-informed methods: a data set name (its S split) or a tensor file")
+    prune.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="a method option, repeatable (e.g. round_to=auto, coupled=per_layer)")
     prune.add_argument("--out", help="output network file")
     prune.set_defaults(func=cmd_prune)
 

@@ -281,3 +281,4 @@ def test_shape_keeping_modules_skipped_on_meta_only_and_hooks_still_fire():
         x = torch.randn(1, 4, 2, 2)
         assert model[1](x) is x
     assert not torch.equal(model.eval()[1](x), x)  # running statistics: not the identity
+

@@ -12,8 +12,9 @@ from lostprune import models
 from lostprune.models import randomize_norm_statistics
 from lostprune.ops import pack_weight, sparse_conv2d
 from lostprune.ops.sparse import sparse_conv2d_reference
-from lostprune.sparse import SparseConv2d, convert, report
+from lostprune.sparse import SparseConv2d, convert, fuse, report
 from lostprune.sparse.fusion import FastMaxPool2d, fold_batchnorm
+from lostprune.structure import FoldedConv2d
 
 
 def _rel_err(out, ref):
@@ -240,6 +241,43 @@ def test_fold_batchnorm_keeps_pattern_and_matches():
         assert _rel_err(F.conv2d(x, weight, bias, 1, 1), bn(conv(x))) <= 1e-6
 
 
+@pytest.fixture(scope="module")
+def sliced_with_border_terms():
+    torch.manual_seed(0)
+    model = randomize_norm_statistics(models.create("resnet20"))  # removed filters leave BN shifts
+    sliced = lostprune.slice_model(lostprune.prune(model, "ft", 0.5, progress=False).model).eval()
+    assert any(isinstance(m, FoldedConv2d) for m in sliced.modules())
+    return sliced
+
+
+def test_fuse_folds_batchnorm_into_sliced_convs_and_their_border_terms(sliced_with_border_terms):
+    sliced = sliced_with_border_terms
+    fused = fuse(sliced)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    folded = [m for m in fused.modules() if isinstance(m, FoldedConv2d)]
+    assert len(folded) == sum(isinstance(m, FoldedConv2d) for m in sliced.modules())
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert _rel_err(fused(x), sliced(x)) <= 1e-5
+    assert fused.input_size == sliced.input_size  # plain attributes kept
+    with pytest.raises(ValueError, match="fuse: the model is in training mode"):
+        fuse(sliced.train())
+    sliced.eval()
+
+
+def test_convert_keeps_border_folding_convs_dense(compiled, sliced_with_border_terms):
+    sliced = lostprune.prune(sliced_with_border_terms, "wt", 0.9, progress=False).model.eval()  # sparse enough
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    converted = convert(sliced, example_input=x, calibrate=False, progress=False)
+    assert report(converted).converted  # the plain convs go sparse
+    decisions = {d.name: d for d in report(converted).layers}
+    for name, module in sliced.named_modules():
+        if isinstance(module, FoldedConv2d):
+            assert not decisions[name].converted and "FoldedConv2d" in decisions[name].reason
+    with torch.no_grad():
+        assert _rel_err(converted(x), sliced(x)) <= 1e-5
+
+
 @pytest.mark.parametrize("args", [(3, 2, 1), (2, 2, 0), (3, 1, 1), ((3, 2), (2, 1), (1, 0)), (5, 3, 2), (2, None, 0)])
 @pytest.mark.parametrize("shape", [(1, 64, 112, 112), (3, 5, 17, 13), (2, 1, 4, 4)])
 def test_fast_max_pool_is_exact(args, shape):
@@ -257,6 +295,11 @@ def test_fast_max_pool_falls_back():
         torch.testing.assert_close(FastMaxPool2d.from_pool(pool)(x), pool(x), rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="pad should be"):
         FastMaxPool2d(2, 1, 2)(x)
+    # channels_last stays channels_last (torch's kernel for that layout is vectorized already)
+    x = torch.randn(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    out = FastMaxPool2d(3, 2, 1)(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, nn.MaxPool2d(3, 2, 1)(x), rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- CUDA

@@ -8,8 +8,9 @@ removed in every group (at least one kept; the network's output layer and other 
 channels keep all), with the fraction chosen so that the prunable weights *actually removed*
 — a removed filter also removes the matching input channel of every consumer — meet the
 ratio; ``round_to=8`` keeps a multiple of 8 channels per group (``"auto"``: the convolution
-kernels' channel tile on the model's device, see ``structure.channel_multiple``). The shared machinery (group
-scores, allocation, rounding, exact removal counts) is ``lostprune.structure.GroupPlan``.
+kernels' channel tile on the model's device, see ``structure.channel_multiple``). The shared
+machinery (group scores, allocation, rounding, exact removal counts) is
+``lostprune.structure.GroupPlan``.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ its own top-c_ℓ input channels by s_j. A channel no layer reads any more loses
 filter (the dependency graph's ``effective_masks``); a channel coupled through a residual add
 keeps its producers (when every consumer would drop it, the consumer that scores it highest
 keeps it). Columns one consumer drops while another still reads the channel are zeros in the
-masked model but stay in a sliced one (a randomly initialized ResNet18 at 70 % keeps 1.16× the conv work the masks
-count, after slicing).
+masked model but stay in a sliced one: a randomly initialized ResNet18 at 70 % computes 1.16×
+the conv work the masks count after slicing.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..bench import time_call
 from ..core.masks import effective_weight
 from ..ops.sparse import pack_weight
+from ..structure.folded_conv import FoldedConv2d
 from . import fusion as fx_fusion
 from .modules import SparseConv2d, SparseLinear
 
@@ -95,6 +96,8 @@ def _kind(module: nn.Module) -> str | None:
 def _unsupported(module: nn.Module) -> str | None:
     if not effective_weight(module).is_floating_point():
         return "weight is not floating point"
+    if isinstance(module, FoldedConv2d):
+        return "FoldedConv2d (a sliced model's border term of folded constants; the sparse kernel has none)"
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros":
             return f"padding_mode={module.padding_mode!r}"
@@ -266,7 +269,7 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
         if fusion.bn is not None and decision.name not in timed:  # stays dense: fold its BN anyway
             module = candidates[decision.name]
             weight, bias = fx_fusion.fold_batchnorm(effective_weight(module).detach(), module.bias, fusion.bn)
-            replacements[decision.name] = fx_fusion.dense_conv(module, weight, bias)
+            replacements[decision.name] = fx_fusion.dense_conv(module, weight, bias, fusion.bn)
 
     from tqdm.auto import tqdm
 
@@ -302,7 +305,7 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
         if decision.converted:
             replacements[name] = sparse.train(module.training)
         elif fusion is not None and fusion.bn is not None:
-            replacements[name] = fx_fusion.dense_conv(module, weight, bias)
+            replacements[name] = fx_fusion.dense_conv(module, weight, bias, fusion.bn)
     if gm is not None:
         model_out = fx_fusion.rewrite(gm, fusions, replacements)
         fx_fusion.keep_attributes(model, model_out)

@@ -14,6 +14,7 @@ output has other readers, or a conv module called twice, is left as it is.
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ..core.masks import effective_weight
+from ..structure.folded_conv import FoldedConv2d
 from .modules import SparseConv2d, SparseLinear
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
@@ -33,14 +36,16 @@ class FastMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that pools a CPU float NCHW input in two vectorized passes: rows
     through torch's channels-last kernel on a view whose "channels" are the image columns,
     then columns as a max of strided slices. Same values (padding reads as -inf, NaN
-    propagates); other devices, dilation, ceil_mode and indices take the plain path."""
+    propagates); channels-last inputs, other devices, dilation, ceil_mode and indices take
+    the plain path."""
 
     def forward(self, x: Tensor) -> Tensor:
         k, s, p = (_pair(v) for v in (self.kernel_size, self.stride if self.stride else self.kernel_size,
                                       self.padding))
         if (x.device.type != "cpu" or x.dim() != 4 or self.return_indices or self.ceil_mode
                 or _pair(self.dilation) != (1, 1) or not x.is_floating_point()
-                or any(2 * pad > size for pad, size in zip(p, k))):  # torch's error message
+                or any(2 * pad > size for pad, size in zip(p, k))  # torch's error message
+                or _channels_last(x)):  # torch's channels-last kernel is vectorized already; keep the layout
             return super().forward(x)
         n, c, h, w = x.shape
         rows = x.contiguous().reshape(n * c, h, 1, w).permute(0, 3, 1, 2)  # channels-last [n*c, w, h, 1]
@@ -59,15 +64,21 @@ class FastMaxPool2d(nn.MaxPool2d):
         return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)
 
 
+def _channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
 class _Tracer(fx.Tracer):
-    """Keeps already-converted sparse layers as leaves (their wrappers branch on devices)."""
+    """Keeps already-converted sparse layers (their wrappers branch on devices) and sliced
+    models' border-folding convs (convs to fuse into) as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (SparseConv2d, SparseLinear, FastMaxPool2d)) or super().is_leaf_module(m, qualname)
+        return (isinstance(m, (SparseConv2d, SparseLinear, FastMaxPool2d, FoldedConv2d))
+                or super().is_leaf_module(m, qualname))
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -219,8 +230,10 @@ def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> t
         return folded.to(weight.dtype), folded_bias.to(weight.dtype)
 
 
-def dense_conv(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> nn.Conv2d:
-    """A plain ``nn.Conv2d`` like ``conv`` (no prune hooks) holding ``weight`` and ``bias``."""
+def dense_conv(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d | None = None) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` like ``conv`` (no prune hooks) holding ``weight`` and ``bias`` —
+    a ``FoldedConv2d`` if ``conv`` is one, its border term scaled by ``bn`` (folded into
+    ``weight`` and ``bias`` already) where given."""
     new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, conv.groups, bias=bias is not None, padding_mode=conv.padding_mode,
                     device=weight.device, dtype=weight.dtype)
@@ -228,7 +241,34 @@ def dense_conv(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> nn.Conv2
         new.weight.copy_(weight)
         if bias is not None:
             new.bias.copy_(bias)
+    if isinstance(conv, FoldedConv2d):  # the border term goes through the BN's scale like the weight
+        fold_weight = conv.fold_weight if bn is None else fold_batchnorm(conv.fold_weight, None, bn)[0]
+        new = FoldedConv2d.from_conv(new, fold_weight.clone())
     return new.train(conv.training)
+
+
+def fuse(model: nn.Module) -> fx.GraphModule:
+    """``model`` rewritten for dense inference: every eval-mode BatchNorm2d folded into the
+    conv before it and CPU max-pooling vectorized (``FastMaxPool2d``) — ``convert(fuse=True)``
+    without sparse layers. Outputs equal the model's up to float rounding. For eval mode only
+    (raises in training mode, where BatchNorm uses batch statistics); the model must trace
+    with torch.fx. Returns a GraphModule keeping the model's plain attributes."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise ValueError("fuse: the model is in training mode (BatchNorm uses batch statistics there); "
+                         "call model.eval() first")
+    gm = trace(copy.deepcopy(model))
+    fusions = plan(gm)
+    replacements = {}
+    for target, fusion in fusions.items():
+        if fusion.bn is not None:
+            conv = gm.get_submodule(target)
+            weight, bias = fold_batchnorm(effective_weight(conv).detach(), conv.bias, fusion.bn)
+            replacements[target] = dense_conv(conv, weight, bias, fusion.bn)
+    fused = rewrite(gm, fusions, replacements)
+    keep_attributes(model, fused)
+    return fused
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -41,7 +41,9 @@ class FoldedConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self._conv_forward(x, self.weight, self.bias)
-        ones = torch.ones_like(x[:1, :1] if x.dim() == 4 else x[:1])  # one image: the term is the same for all
+        # One unbatched 1-channel ones image [1, H, W]: the term [out, H', W'] is the same for every
+        # image and broadcasts over the batch (no branch on x.dim(), so torch.fx traces it).
+        ones = x.new_ones(x.shape[-2:]).unsqueeze(0)
         # in place: conv's backward does not need its output, and inference saves a tensor
         return out.add_(F.conv2d(ones, self.fold_weight, None, self.stride, self.padding, self.dilation))
 
