@@ -47,12 +47,14 @@ def weight_count(model: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- real architectures
+@pytest.mark.parametrize("method", ["ft", "pfp"])
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CIFAR + IMAGENET])
-def test_sliced_model_equals_masked_model(name):
+def test_sliced_model_equals_masked_model(name, method):
     model = with_nonzero_constants(models.create(name))
     size = model.input_size if name in CIFAR else (3, 64, 64)
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(1))
-    result = lostprune.prune(model, "ft", 0.5, example_input=x[:1], progress=False)
+    data = {"data": x} if method == "pfp" else {}  # PFP: whole channel groups by default
+    result = lostprune.prune(model, method, 0.5, example_input=x[:1], progress=False, **data)
     state = {k: v.clone() for k, v in result.model.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error", SlicingWarning)  # every removed channel goes
