@@ -52,8 +52,8 @@ def tiny(**changes) -> dict:
     ({"seeds": []}, r"seeds must list at least one seed"),
     ({"network_options": {"depth": 3}}, r"network_options: "),
     ({"method_options": {"sipp": {"reduce": "max"}}}, r"method_options.sipp: not in methods \(wt, ft\)"),
-    ({"method_options": {"ft": {"roundto": 8}}}, r"unknown option method_options.ft.roundto \(options of ft: "
-                                                 r"coupled, round_to\)"),
+    ({"method_options": {"ft": {"roundto": 8}}},
+     r"unknown option method_options.ft.roundto \(options of ft: coupled, round_to\)"),
     ({"method_options": {"wt": {"seed": 1}}}, r"unknown option method_options.wt.seed \(options of wt: none\)"),
     ({"method_options": {"ft": 8}}, r"method_options.ft must map option names to values"),
 ])

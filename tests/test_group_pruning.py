@@ -8,7 +8,15 @@ import lostprune
 import lostprune.models as models
 from lostprune.core.layers import prunable_layers
 from lostprune.core.masks import current_masks
-from lostprune.structure import GraphError, GroupPlan, allowed_kept, build_graph, channel_multiple, slice_model, snap
+from lostprune.structure import (
+    GraphError,
+    GroupPlan,
+    allowed_kept,
+    build_graph,
+    channel_multiple,
+    slice_model,
+    snap,
+)
 
 
 def plan_for(model, x, **options):

@@ -296,7 +296,7 @@ def _validate_method_options(config: ExperimentConfig) -> None:
                 raise ConfigError(f"unknown option method_options.{method}.{name} (options of {method}: {allowed})")
 
 
-def method_options(config: ExperimentConfig, method: str) -> dict:
+def prune_options_for(config: ExperimentConfig, method: str) -> dict:
     """The keyword options ``lostprune.prune`` gets for ``method`` in this study."""
     return next((dict(o) for m, o in config.method_options.items() if str(m).lower() == method.lower()), {})
 

@@ -12,7 +12,7 @@ from .. import models
 from .._files import save_atomic
 from ..io import read_network_file, save_network
 from ..train import distributed
-from .config import method_options
+from .config import prune_options_for
 from .environment import Environment
 from .plan import parent_key, pruned_key
 from .store import NetworkRow, ResultRow, Task
@@ -82,7 +82,7 @@ def run_chain(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
     cycles = prune_retrain(parent, method, keep_ratios, env.splits, config.retrain_config(seed=seed * 1000),
                            mode=config.schedule.mode, completed=completed, device=env.device, progress=False,
                            checkpoint_dir=env.checkpoint_path(task.key), train_options=train_options,
-                           prune_data=prune_data, prune_options=method_options(config, method), **rewind)
+                           prune_data=prune_data, prune_options=prune_options_for(config, method), **rewind)
     for network in cycles:
         key = pruned_key(seed, arm, method, network.index)
         path = env.network_path(key)
