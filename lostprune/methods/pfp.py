@@ -43,7 +43,7 @@ from torch import Tensor
 from ..core.accounting import output_positions
 from ..datapass import collect_sensitivities, sample_count
 from ..structure.graph import IN, DependencyGraph
-from ..structure.group_plan import COUPLED_CHOICES, GroupPlan
+from ..structure.group_plan import GroupPlan, check_coupled
 from .base import PruneContext, PruningMethod
 from .registry import register_method
 
@@ -301,14 +301,11 @@ class ProvableFilterPruning(PruningMethod):
     option_names = ("coupled", "round_to")
 
     def compute_masks(self, ctx: PruneContext):
-        coupled, round_to = ctx.option("coupled", "sum"), ctx.option("round_to", 1)
-        if coupled == PER_LAYER:
-            if round_to != 1:
-                raise ValueError(f"pfp: round_to={round_to!r} rounds whole channel groups and cannot be combined "
-                                 "with coupled='per_layer' (use coupled='sum')")
-        elif not (callable(coupled) or coupled in COUPLED_CHOICES):
-            raise ValueError(f"coupled must be one of {', '.join(map(repr, (*COUPLED_CHOICES, PER_LAYER)))} or a "
-                             f"callable [members, size] -> [size], got {coupled!r}")
+        coupled = check_coupled(ctx.option("coupled", "sum"), extra=(PER_LAYER,))
+        round_to = ctx.option("round_to", 1)
+        if coupled == PER_LAYER and round_to != 1:
+            raise ValueError(f"pfp: round_to={round_to!r} rounds whole channel groups and cannot be combined "
+                             "with coupled='per_layer' (use coupled='sum')")
         scores = channel_sensitivities(ctx)
         models = error_models(ctx, scores)
         if coupled == PER_LAYER:

@@ -267,9 +267,7 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
         decision.reason += "".join(f"; {n}" for n in fusion.notes) if decision.name not in timed else ""
         decision.fused = fusion.label(sparse=False)
         if fusion.bn is not None and decision.name not in timed:  # stays dense: fold its BN anyway
-            module = candidates[decision.name]
-            weight, bias = fx_fusion.fold_batchnorm(effective_weight(module).detach(), module.bias, fusion.bn)
-            replacements[decision.name] = fx_fusion.dense_conv(module, weight, bias, fusion.bn)
+            replacements[decision.name] = fx_fusion.bn_folded_conv(candidates[decision.name], fusion.bn)
 
     from tqdm.auto import tqdm
 

@@ -247,6 +247,12 @@ def dense_conv(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, bn: nn.Batc
     return new.train(conv.training)
 
 
+def bn_folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A dense conv computing ``bn(conv(x))`` (eval mode): ``dense_conv`` of the folded weights."""
+    weight, bias = fold_batchnorm(effective_weight(conv).detach(), conv.bias, bn)
+    return dense_conv(conv, weight, bias, bn)
+
+
 def fuse(model: nn.Module) -> fx.GraphModule:
     """``model`` rewritten for dense inference: every eval-mode BatchNorm2d folded into the
     conv before it and CPU max-pooling vectorized (``FastMaxPool2d``) — ``convert(fuse=True)``
@@ -260,12 +266,8 @@ def fuse(model: nn.Module) -> fx.GraphModule:
                          "call model.eval() first")
     gm = trace(copy.deepcopy(model))
     fusions = plan(gm)
-    replacements = {}
-    for target, fusion in fusions.items():
-        if fusion.bn is not None:
-            conv = gm.get_submodule(target)
-            weight, bias = fold_batchnorm(effective_weight(conv).detach(), conv.bias, fusion.bn)
-            replacements[target] = dense_conv(conv, weight, bias, fusion.bn)
+    replacements = {target: bn_folded_conv(gm.get_submodule(target), fusion.bn)
+                    for target, fusion in fusions.items() if fusion.bn is not None}
     fused = rewrite(gm, fusions, replacements)
     keep_attributes(model, fused)
     return fused

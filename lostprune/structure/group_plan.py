@@ -56,11 +56,13 @@ REDUCES: dict[str, Reduce] = {
 COUPLED_CHOICES = (*REDUCES, "skip")
 
 
-def check_coupled(coupled) -> str | Reduce:
-    """Validate the ``coupled`` option (a reduce name, ``"skip"`` or a callable)."""
-    if callable(coupled) or coupled in COUPLED_CHOICES:
+def check_coupled(coupled, extra: tuple[str, ...] = ()) -> str | Reduce:
+    """Validate the ``coupled`` option (a reduce name, ``"skip"``, a callable, or one of a
+    method's ``extra`` choices)."""
+    choices = (*COUPLED_CHOICES, *extra)
+    if callable(coupled) or coupled in choices:
         return coupled
-    raise ValueError(f"coupled must be one of {', '.join(map(repr, COUPLED_CHOICES))} or a callable "
+    raise ValueError(f"coupled must be one of {', '.join(map(repr, choices))} or a callable "
                      f"[members, size] -> [size], got {coupled!r}")
 
 
@@ -130,8 +132,8 @@ class _WeightCounter:
     and structurally masked layers have M = inner · live_rows ⊗ live_cols, which makes every
     count O(rows + cols) instead of O(rows · cols).
 
-    Rows and columns of all layers live in two flat arrays (layer ℓ at ``row_slice(ℓ)`` /
-    ``col_slice(ℓ)``), the channels of all prunable groups in one (group g from
+    Rows and columns of all layers live in two flat arrays (layer ℓ at ``slices(ℓ)``), the
+    channels of all prunable groups in one (group g from
     ``offset[g.id]``), so that an evaluation is a handful of vectorized numpy operations.
     """
 
@@ -203,13 +205,11 @@ class _WeightCounter:
         self.producer_rows, self.producer_channels = _flat(producer_rows), _flat(producer_channels)
         self.consumer_cols, self.consumer_channels = _flat(consumer_cols), _flat(consumer_channels)
 
-    def row_slice(self, name: str) -> slice:
-        layer = self.layer[name]
-        return slice(int(self.row_start[layer]), int(self.row_start[layer + 1]))
-
-    def col_slice(self, name: str) -> slice:
-        layer = self.layer[name]
-        return slice(int(self.col_start[layer]), int(self.col_start[layer + 1]))
+    def slices(self, layer: str | int) -> tuple[slice, slice]:
+        """Where a layer (name or index) sits in the flat row and column arrays."""
+        i = self.layer[layer] if isinstance(layer, str) else layer
+        return (slice(int(self.row_start[i]), int(self.row_start[i + 1])),
+                slice(int(self.col_start[i]), int(self.col_start[i + 1])))
 
     def fresh(self) -> tuple[np.ndarray, np.ndarray]:
         """Row and column masks that zero nothing."""
@@ -229,8 +229,7 @@ class _WeightCounter:
         row_alive = rows & (self._per_layer(self.col_start, cols) > 0)[self.row_layer]
         col_alive = cols & (self._per_layer(self.row_start, rows) > 0)[self.col_layer]
         for layer, m in self.matrix.items():
-            r = slice(int(self.row_start[layer]), int(self.row_start[layer + 1]))
-            c = slice(int(self.col_start[layer]), int(self.col_start[layer + 1]))
+            r, c = self.slices(layer)
             row_alive[r] = rowmask[r] & (m @ colmask[c] > 0)
             col_alive[c] = colmask[c] & (rowmask[r] @ m > 0)
         alive_out = self.forced_out.copy()
@@ -248,8 +247,7 @@ class _WeightCounter:
         cols = self._per_layer(self.col_start, colkeep & self.live_cols)
         kept = float((self.inner * rows * cols)[self.outer].sum())
         for layer, m in self.matrix.items():
-            r = slice(int(self.row_start[layer]), int(self.row_start[layer + 1]))
-            c = slice(int(self.col_start[layer]), int(self.col_start[layer + 1]))
+            r, c = self.slices(layer)
             kept += float(rowkeep[r].astype(np.float64) @ m @ colkeep[c].astype(np.float64))
         return int(self.total - round(kept))
 
@@ -430,7 +428,8 @@ class GroupPlan:
             # times 0/1 row and column vectors: a broadcast multiply is several times faster on
             # CPU than a copy followed by an indexed zero fill
             factor = None
-            layer_rows, layer_cols = rows[self.counter.row_slice(name)], cols[self.counter.col_slice(name)]
+            row_slice, col_slice = self.counter.slices(name)
+            layer_rows, layer_cols = rows[row_slice], cols[col_slice]
             for dim, keep in ((0, layer_rows), (1, layer_cols)):
                 if keep is not None and dim < mask.dim() and not keep.all():
                     shape = [1] * mask.dim()

@@ -32,6 +32,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils import prune as torch_prune
 
+from ..core.accounting import output_positions
 from ..core.masks import mask_factors, masked_parameters, nonzero_rows_and_columns
 from ..ops import gather_channels
 from .constants import input_constants
@@ -312,7 +313,7 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     for conv in plan.folded.values():  # after the modes are restored: the new module copies its own
         _replace(dense, conv, FoldedConv2d.from_conv(conv, conv._buffers.pop("fold_weight")))
     report.params_after = _count_params(dense)
-    _count_conv_work(graph, modules, report, example_input.device)
+    _count_conv_work(dense, graph, report, example_input)
     report.shapes = {name: tuple(p.shape) for name, p in dense.named_parameters()}
     if report.kept:
         warnings.warn(f"slice_model kept {report.channels_kept} removed channels to keep the model's function: "
@@ -322,20 +323,20 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     return dense
 
 
-def _count_conv_work(graph, modules: dict[str, nn.Module], report: SliceReport, device: torch.device) -> None:
-    """Fill ``report.conv_macs*``: per sample, over dense (groups=1) convs, each call counted."""
-    report.channel_multiple = multiple = channel_multiple(device)
-    for node in graph.fx_graph.nodes:
-        module = modules.get(node.target) if node.op == "call_module" else None
-        meta = node.meta.get("tensor_meta")
-        if not isinstance(module, nn.Conv2d) or module.groups != 1 or meta is None or len(meta.shape) != 4:
+def _count_conv_work(sliced: nn.Module, graph, report: SliceReport, example_input: Tensor) -> None:
+    """Fill ``report.conv_macs*``: per sample, over dense (groups=1) convs, each call counted
+    (output positions read off the trace where it sees every call, else one shape pass)."""
+    report.channel_multiple = multiple = channel_multiple(example_input.device)
+    positions, _ = graph.output_positions() or output_positions(sliced, example_input)
+    for name, count in positions.items():
+        module = sliced.get_submodule(name)
+        if not isinstance(module, nn.Conv2d) or module.groups != 1:
             continue
-        positions = meta.shape[2] * meta.shape[3]
-        per_channel = module.weight[0].numel() * positions
+        per_channel = module.weight[0].numel() * count
         report.conv_macs += module.out_channels * per_channel
         report.conv_macs_padded += padded(module.out_channels, multiple) * per_channel
-        if module.out_channels % multiple and node.target not in report.unaligned:
-            report.unaligned.append(node.target)
+        if module.out_channels % multiple:
+            report.unaligned.append(name)
 
 
 @dataclass
