@@ -76,6 +76,12 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     """
     pruning_method = get_method(method)
     ratio = _check_ratio(ratio)
+    if pruning_method.option_names is not None:
+        unknown = sorted(set(options) - set(pruning_method.option_names))
+        if unknown:  # before any expensive pass
+            allowed = ", ".join(pruning_method.option_names) or "none"
+            raise TypeError(f"method {pruning_method.name!r} got unexpected options: {', '.join(unknown)} "
+                            f"(it takes: {allowed})")
     prunable_layers(model, layers, exclude)  # validate before copying
     target = model if inplace else copy.deepcopy(settle_masks(model))
     selected = prunable_layers(target, layers, exclude)
@@ -102,12 +108,9 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     masks = {n: (m.detach() if m.requires_grad else m).contiguous() for n, m in masks.items()}
     # the method's own masks (shapes are still checked), installed as the masks of the copy
     apply_masks(selected, masks, validate=False, copy=False)
-    positions = None
-    if pruning_method.structured:
-        kept = ctx.graph().kept_counts(masks)
-        positions = ctx.graph().output_positions()  # the trace's shapes: no second shape pass
-    else:
-        kept = {f"{name}.weight": int(torch.count_nonzero(mask)) for name, mask in masks.items()}
+    # the masks are the truth: what the statistics count as removed is what they zero
+    kept = {f"{name}.weight": int(torch.count_nonzero(mask)) for name, mask in masks.items()}
+    positions = ctx.graph().output_positions() if ctx._graph is not None else None  # the trace's shapes
     stats = compute_stats(target, selected, kept=kept, method=pruning_method.name, target_ratio=ratio,
                           example_input=sample, positions=positions)
     return PruneResult(target, masks, stats, pruning_method.name)

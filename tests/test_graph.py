@@ -122,18 +122,26 @@ def test_untraceable_model_names_module_and_suggests_leaf_modules():
     assert all(not g.prunable for g in graph.groups if any(m.module == "head" for m in g.members))
 
 
-def test_effective_masks_propagate_removed_filters():
+def test_propagation_drops_constant_columns_and_unread_filters():
+    from lostprune.core.layers import prunable_layers
+    from lostprune.structure.propagation import Propagation
+
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.Flatten(),
                           nn.Linear(5 * 2 * 2, 3))
     graph = build_graph(model, torch.randn(1, 3, 6, 6))
+    layers = prunable_layers(model)
     masks = {"0": torch.ones(4, 3, 3, 3), "3": torch.ones(5, 4, 3, 3), "5": torch.ones(3, 20)}
-    masks["0"][1] = 0  # filter 1 of conv 0: its BN entry and conv 3's column 1 go too
-    masks["5"][:, 8:12] = 0  # every column of channel 2 of conv 3: that filter is unused
-    eff = graph.effective_masks(masks)
-    assert eff["1.weight"].tolist() == [1, 0, 1, 1] and eff["1.bias"].tolist() == [1, 0, 1, 1]
-    assert eff["3.weight"][:, 1].sum() == 0 and eff["3.weight"][2].sum() == 0
-    assert eff["3.weight"].sum() == (5 - 1) * (4 - 1) * 9
-    assert eff["0.bias"].tolist() == [1, 0, 1, 1] and eff["3.bias"].tolist() == [1, 1, 0, 1, 1]
+    masks["0"][1] = 0  # filter 1 of conv 0: conv 3's column 1 reads only its BN shift
+    masks["5"][:, 8:12] = 0  # every column of channel 2 of conv 3: that filter is unread
+    prop = Propagation(graph, layers, masks)
+    final = prop.masks(*prop.propagate(*prop.fresh()), masks)
+    assert final["3"][:, 1].sum() == 0 and final["3"][2].sum() == 0
+    assert final["3"].sum() == (5 - 1) * (4 - 1) * 9
+    assert torch.equal(final["0"], masks["0"]) and torch.equal(final["5"], masks["5"])
+    assert prop.kept_weights(*prop.propagate(*prop.fresh())) == sum(int(m.sum()) for m in final.values())
+    # with drop_constants=False the constant channel stays read: only the unread filter goes
+    kept = prop.masks(*prop.propagate(*prop.fresh(), drop_constants=False), masks)
+    assert kept["3"][:, 1].sum() > 0 and kept["3"][2].sum() == 0
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "densenet121", "deeplabv3_resnet50"])

@@ -107,11 +107,9 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
                   kept: dict[str, int] | None = None, method: str = "", target_ratio: float = 0.0,
                   example_input: Tensor | None = None,
                   positions: tuple[dict[str, int], dict[str, int]] | None = None) -> PruneStats:
-    """Stats of ``model`` where ``removed`` maps parameter names to 0/1 keep masks (weights of
-    pruned layers; for structured pruning also biases, BN parameters and consumer columns,
-    see ``DependencyGraph.effective_masks``) — or ``kept`` maps them to the number of entries
-    kept (``DependencyGraph.kept_counts``, no masks built). Parameters without either count
-    as kept. ``positions``: ``output_positions(model, example_input)`` where already known
+    """Stats of ``model`` where ``removed`` maps parameter names to 0/1 keep masks (the
+    weight masks of pruned layers) — or ``kept`` maps them to the number of entries kept (the
+    masks' nonzeros, no masks needed). Parameters without either count as kept. ``positions``: ``output_positions(model, example_input)`` where already known
     (``DependencyGraph.output_positions``)."""
     if (removed is None) == (kept is None):
         raise TypeError("compute_stats takes either removed= (masks) or kept= (counts)")

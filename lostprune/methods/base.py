@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data.batches import iter_inputs_and_labels
+from ..structure.group_plan import check_coupled, check_round_to
 
 if TYPE_CHECKING:
     from ..structure.graph import DependencyGraph
+
+# coupled= value of the structured methods: each layer on its own, as in the paper (the default)
+PER_LAYER = "per_layer"
 
 
 @dataclass
@@ -99,3 +102,17 @@ class PruningMethod:
 
     def compute_masks(self, ctx: PruneContext) -> dict[str, Tensor]:
         raise NotImplementedError
+
+
+def structured_options(ctx: PruneContext, method: str):
+    """(coupled, round_to) of a structured method: ``coupled="per_layer"`` (default) is the
+    paper's variant, any other value (``"sum"``, ``"skip"``, ...) the group-aware one, which
+    alone can round kept channels (``round_to``)."""
+    coupled = check_coupled(ctx.option("coupled", PER_LAYER), extra=(PER_LAYER,))
+    round_to = ctx.option("round_to", 1)
+    if coupled == PER_LAYER and round_to != 1:
+        check_round_to(round_to)  # a bad value gets its own message first
+        raise ValueError(f"{method}: round_to={round_to!r} rounds the kept channels of whole channel groups, "
+                         "which the paper's per-layer variant (coupled='per_layer', the default) does not "
+                         "form: pass a group-aware variant too, e.g. coupled='sum'")
+    return coupled, round_to

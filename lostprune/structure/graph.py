@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import operator
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +33,7 @@ from torch import Tensor
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from ..core.accounting import COUNTED_MODULES, output_count
-from ..core.masks import mask_factors, nonzero_rows_and_columns, single_value
+from ..core.masks import nonzero_rows_and_columns
 from ..core.shapes import shape_only_forward
 from .folded_conv import FoldedConv2d  # a sliced model's conv: a leaf like nn.Conv2d
 from .trace_cache import TraceCache, structure_key
@@ -625,17 +623,6 @@ class DependencyGraph:
         return [g for g in self.groups if any(m.module == module and (role is None or m.role == role)
                                               for m in g.members)]
 
-    def removable_outputs(self, module: str) -> Tensor:
-        """Bool [out channels]: which output channels of a conv/linear belong to prunable groups."""
-        weight = self.modules[module].weight
-        keep = torch.zeros(weight.shape[0], dtype=torch.bool)
-        for group in self.groups_of(module):
-            if group.prunable:
-                for m in group.members:
-                    if m.module == module and m.role in (OUT, DEPTHWISE):
-                        keep[m.index.reshape(-1)] = True
-        return keep
-
     @staticmethod
     def _alive(masks: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Per masked module: which weight rows (dim 0) and columns (dim 1) hold a nonzero."""
@@ -667,63 +654,6 @@ class DependencyGraph:
         rows, cols = alive if alive is not None else self._alive(masks)
         return {g.id: self._removed(g, rows, cols) for g in self.groups if g.prunable}
 
-    def _structural_removals(self, masks: dict[str, Tensor], alive=None) -> Iterator[tuple[str, str, int, Tensor]]:
-        """(module, parameter, dim, indices) zeroed for the removed channels: dim 1 of the
-        consumers' weights; dim 0 of the producers', depthwise and BN weights and biases."""
-        for group_id, gone in self.removed_channels(masks, alive).items():
-            if not gone.any():
-                continue
-            for m in self.groups[group_id].members:
-                index = m.select(gone)
-                if m.role == IN:
-                    yield m.module, "weight", 1, index
-                    continue
-                for param in ("weight", "bias"):
-                    if isinstance(getattr(self.modules[m.module], param, None), Tensor):
-                        yield m.module, param, 0, index
-
-    def effective_masks(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
-        """{parameter name: 0/1 mask} of everything the masks remove, structure included: the
-        given weight masks, plus for each removed channel the producers' rows and bias entries,
-        the consumers' input columns, BN parameters and depthwise rows.
-
-        A removed channel whose producers are all zero still carries a constant (e.g. a BN
-        shift); its consumer columns count as removed because slicing folds that constant into
-        the consumer's bias."""
-        result: dict[str, Tensor] = {f"{name}.weight": (mask != 0).to(torch.float32).cpu()
-                                     for name, mask in masks.items()}
-        for module, param, dim, index in self._structural_removals(masks):
-            key = f"{module}.{param}"
-            if key not in result:
-                result[key] = torch.ones(getattr(self.modules[module], param).shape, dtype=torch.float32)
-            result[key].index_fill_(dim, index, 0)
-        return result
-
-    def kept_counts(self, masks: dict[str, Tensor]) -> dict[str, int]:
-        """{parameter name: entries kept} for every parameter ``effective_masks(masks)`` has a
-        mask for — the nonzeros of that mask, counted without building it."""
-        alive = self._alive(masks)
-        keep: dict[str, list[Tensor | None]] = {}  # parameter -> [rows kept, columns kept]
-        for module, param, dim, index in self._structural_removals(masks, alive):
-            key = f"{module}.{param}"
-            entry = keep.setdefault(key, [None, None])
-            if entry[dim] is None:
-                entry[dim] = torch.ones(getattr(self.modules[module], param).shape[dim], dtype=torch.bool)
-            entry[dim][index] = False
-        counts = {}
-        for name, mask in masks.items():
-            key = f"{name}.weight"
-            rows, cols = keep.pop(key, (None, None))
-            counts[key] = _kept_entries(mask, rows, cols, alive[0][name], alive[1].get(name))
-        for key, vectors in keep.items():  # unmasked parameters: dense but for the removed channels
-            module, _, param = key.rpartition(".")
-            shape = list(getattr(self.modules[module], param).shape)
-            for dim, vector in enumerate(vectors):
-                if vector is not None:
-                    shape[dim] = int(vector.sum())
-            counts[key] = math.prod(shape)
-        return counts
-
     def summary(self) -> str:
         lines = [f"{len(self.groups)} channel groups "
                  f"({sum(g.prunable for g in self.groups)} prunable, {sum(g.coupled for g in self.groups)} coupled)"]
@@ -744,32 +674,6 @@ def _sort_order(*keys: np.ndarray) -> np.ndarray:
             return np.lexsort(keys[::-1])
         code = code * size + key
     return np.argsort(code)
-
-
-def _kept_entries(mask: Tensor, rows: Tensor | None, cols: Tensor | None, live_rows: Tensor,
-                  live_cols: Tensor | None) -> int:
-    """Nonzeros of ``mask`` in the kept ``rows`` and ``cols`` (bool, None = all), given the
-    mask's rows and columns holding a nonzero. A mask whose nonzeros fill every live
-    (row, column) pair — any structured mask — is counted from the vectors alone."""
-    value, factors = single_value(mask), mask_factors(mask)
-    mask = mask.detach()
-    if factors is not None:
-        nonzeros = mask.numel() // (mask.shape[0] * mask.shape[1]) * int(factors[0].sum()) * int(factors[1].sum())
-    elif value is not None:
-        nonzeros = mask.numel() if bool(value != 0) else 0
-    else:
-        nonzeros = int(torch.count_nonzero(mask))
-    if live_cols is not None and mask.numel():
-        inner = mask.numel() // (mask.shape[0] * mask.shape[1])
-        if nonzeros == inner * int(live_rows.sum()) * int(live_cols.sum()):
-            kept_rows = live_rows if rows is None else live_rows & rows
-            kept_cols = live_cols if cols is None else live_cols & cols
-            return inner * int(kept_rows.sum()) * int(kept_cols.sum())
-    kept = mask
-    for dim, vector in ((0, rows), (1, cols)):
-        if vector is not None:
-            kept = kept.index_select(dim, vector.nonzero().flatten().to(kept.device))
-    return int(torch.count_nonzero(kept))
 
 
 def _propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_input: Tensor) -> None:

@@ -1,4 +1,5 @@
-"""Group-aware structured pruning (SPEC §3): score, allocate and remove whole channel groups.
+"""Group-aware structured pruning (docs/methods.md §Group-aware variants): score, allocate and
+remove whole channel groups.
 
 A structured method prunes *units*: the prunable channel groups of the dependency graph that
 it may touch. Removing channel k of a unit removes it from every member at once (all producer
@@ -123,8 +124,8 @@ class Unit:
 
 
 class _WeightCounter:
-    """Counts the prunable weights a removal takes away — the same number as
-    ``DependencyGraph.effective_masks`` followed by accounting, without building masks.
+    """Counts the prunable weights a removal takes away — the zeros of the masks
+    ``GroupPlan.masks`` builds from the same keep vectors — without building masks.
 
     Per layer, M[r, c] = surviving weights of row r and input column c in the current mask;
     a removal zeroes rows (and columns); a channel is then structurally gone when all its
@@ -238,13 +239,20 @@ class _WeightCounter:
         alive_in[self.consumer_channels[col_alive[self.consumer_cols]]] = True
         return ~alive_out | (self.has_in & ~alive_in)
 
-    def removed_weights(self, rowmask: np.ndarray, colmask: np.ndarray) -> int:
+    def final(self, rowmask: np.ndarray, colmask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column keep vectors once the channels that zeroing rowmask / colmask
+        removes structurally are gone from every member: their producer rows and their
+        consumer columns (a constant channel's columns too — the constant is dropped)."""
         gone = self.removed_channels(rowmask, colmask)
-        rowkeep, colkeep = rowmask.copy(), colmask.copy()
+        rowkeep, colkeep = rowmask & self.live_rows, colmask & self.live_cols
         rowkeep[self.producer_rows[gone[self.producer_channels]]] = False
         colkeep[self.consumer_cols[gone[self.consumer_channels]]] = False
-        rows = self._per_layer(self.row_start, rowkeep & self.live_rows)
-        cols = self._per_layer(self.col_start, colkeep & self.live_cols)
+        return rowkeep, colkeep
+
+    def removed_weights(self, rowkeep: np.ndarray, colkeep: np.ndarray) -> int:
+        """Prunable weights that final keep vectors (``final``) remove."""
+        rows = self._per_layer(self.row_start, rowkeep)
+        cols = self._per_layer(self.col_start, colkeep)
         kept = float((self.inner * rows * cols)[self.outer].sum())
         for layer, m in self.matrix.items():
             r, c = self.slices(layer)
@@ -264,9 +272,9 @@ class GroupPlan:
         layers: {name: module} the method may touch (a unit needs all its producers among
             them for ``by="out"``, all its consumers for ``by="in"``).
         current_masks: {layer: 0/1 weight mask}; channels they already remove stay removed.
-        by: ``"out"`` — scores are per output filter of the producers, masks zero producer
-            rows (FT); ``"in"`` — scores are per input channel of the consumers, masks zero
-            consumer columns and producer rows (PFP).
+        by: ``"out"`` — scores are per output filter of the producers (FT); ``"in"`` —
+            scores are per input channel of the consumers (PFP). Either way a removed
+            channel's producer rows and consumer columns are zeroed.
         coupled, round_to: see the module docstring.
     """
 
@@ -398,8 +406,9 @@ class GroupPlan:
         return self._ranks[1]
 
     def _zeroed(self, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Flat row and column masks (see ``_WeightCounter``) with the rows of the removed
-        channels' producers zeroed, and with ``by="in"`` their consumers' columns."""
+        """Final flat row and column keep vectors (see ``_WeightCounter``): the removed
+        channels' producer rows and consumer columns zeroed, with what that removes
+        structurally."""
         counts = np.asarray(counts, dtype=np.int64).reshape(len(self.units))
         if any(u.order is None and c > 0 for u, c in zip(self.units, counts.tolist())):
             raise RuntimeError("rank(scores) must run before removal counts are evaluated")
@@ -409,17 +418,18 @@ class GroupPlan:
         counter = self.counter
         rows, cols = counter.fresh()
         rows[counter.producer_rows[marked[counter.producer_channels]]] = False
-        if self.by == IN:
-            cols[counter.consumer_cols[marked[counter.consumer_channels]]] = False
-        return rows, cols
+        cols[counter.consumer_cols[marked[counter.consumer_channels]]] = False
+        return counter.final(rows, cols)
 
     def removed_weights(self, counts: Sequence[int]) -> int:
-        """Prunable weights the masks of ``counts`` remove, structure included (the count
-        ``PruneStats`` reports)."""
+        """Prunable weights the masks of ``counts`` remove: the zeros ``masks(counts)`` adds,
+        the count ``PruneStats`` reports."""
         return self.counter.removed_weights(*self._zeroed(counts))
 
     def masks(self, counts: Sequence[int]) -> dict[str, Tensor]:
-        """{layer: 0/1 weight mask}: the current masks with the removed channels zeroed."""
+        """{layer: 0/1 weight mask}: the current masks with the removed channels zeroed in
+        every member (producer rows and consumer columns: a removed filter's constant is
+        dropped, not left for slicing to fold)."""
         rows, cols = self._zeroed(counts)
         masks = {}
         for name, mask in self.current_masks.items():
@@ -449,6 +459,10 @@ class GroupPlan:
     def fit(self, candidates: Sequence, counts_of: Callable[[object], list[int]], target: int) -> list[int]:
         """Bisect ``candidates`` (ordered so that removal grows) for the last one whose
         counts remove at most ``target`` weights; returns its counts."""
+        return counts_of(candidates[self.fit_index(candidates, counts_of, target)])
+
+    def fit_index(self, candidates: Sequence, counts_of: Callable[[object], list[int]], target: int) -> int:
+        """The index ``fit`` chooses."""
         lo, hi = 0, len(candidates) - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -456,7 +470,7 @@ class GroupPlan:
                 lo = mid
             else:
                 hi = mid - 1
-        return counts_of(candidates[lo])
+        return lo
 
     def fit_uniform(self, target: int, tolerance: float = 0.005) -> list[int]:
         """Counts removing ``target`` weights with the same fraction of every unit; where

@@ -63,6 +63,9 @@ class SliceReport:
     conv_macs_padded: int = 0
     channel_multiple: int = 1
     unaligned: list[str] = field(default_factory=list)  # convs whose output channels are not a multiple
+    # masked weights that stay, as zeros, in sliced conv / linear layers: a channel that one
+    # layer dropped and another still reads or produces (the paper's per-layer FT / PFP)
+    zeros_kept: int = 0
 
     @property
     def param_reduction(self) -> float:
@@ -84,6 +87,10 @@ class SliceReport:
                      f"{len(self.unaligned)} convs keep output channel counts that are not a multiple of "
                      f"{self.channel_multiple}, the kernels' channel tile on this device; prune with "
                      f"round_to='auto' to keep multiples of it")
+        if self.zeros_kept:
+            text += (f"\n  {self.zeros_kept:,} masked weights stay as zeros: their channels are still read or "
+                     f"produced by another layer (per-layer pruning, the paper's FT / PFP); a group-aware "
+                     f"variant (coupled='sum') removes whole channels")
         if self.kept:
             text += "\n  kept: " + "\n  kept: ".join(self.kept)
         return text
@@ -284,6 +291,10 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     if not isinstance(example_input, Tensor) or example_input.dim() < 2:
         raise ValueError("example_input must be a batch tensor (N x C x H x W or N x features)")
     params_before = _count_params(model)
+    # masked layers: weights their masks keep (slicing drops only masked ones; the rest of a
+    # sliced layer's weights are masked weights that stay, as zeros)
+    pruned = {name: int(torch.count_nonzero(m.weight_mask)) for name, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear)) and "weight" in masked_parameters(m)}
 
     dense, shared, live = _dense_copy(model)
     training = {m: m.training for m in dense.modules()}
@@ -313,6 +324,7 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     for conv in plan.folded.values():  # after the modes are restored: the new module copies its own
         _replace(dense, conv, FoldedConv2d.from_conv(conv, conv._buffers.pop("fold_weight")))
     report.params_after = _count_params(dense)
+    report.zeros_kept = sum(dense.get_submodule(name).weight.numel() - kept for name, kept in pruned.items())
     _count_conv_work(dense, graph, report, example_input)
     report.shapes = {name: tuple(p.shape) for name, p in dense.named_parameters()}
     if report.kept:
@@ -360,8 +372,10 @@ def _plan(graph, modules, rows, cols, removed, report: SliceReport) -> _Plan:
         drop = decision.dropped(group, removed[group.id])
         if not drop.any():
             continue
-        alive_out, _ = decision.alive(group)
-        constant = drop & ~alive_out
+        alive_out, alive_in = decision.alive(group)
+        constant = drop & ~alive_out  # a constant some consumer column still reads: folded
+        if alive_in is not None:
+            constant &= alive_in
         report.channels_removed += int(drop.sum())
         report.channels_folded += int(constant.sum())
         for m in group.members:
