@@ -99,7 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console = _console()
     try:
-        root = run(args.config, args.out, workers=args.workers, ray_address=args.ray, retry_failed=args.retry_failed)
+        root = run(args.config, args.out, workers=args.workers, ray_address=args.ray, retry_failed=args.retry_failed,
+                   threads=args.threads)
     except ExperimentError as exc:
         console.print(f"[red]{exc}[/red]")
         return 1
@@ -225,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     run.add_argument("--ray", metavar="ADDRESS", help="spread the work over a Ray cluster (needs lostprune[dist])")
     run.add_argument("--retry-failed", action="store_true", help="run failed tasks again")
+    run.add_argument("--threads", type=int, help="torch threads, all workers together (default: the config's "
+                                                 "threads, else the physical cores)")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.set_defaults(func=cmd_run)
 
@@ -237,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="results directory (default runs/demo)")
     demo.add_argument("--workers", type=int, default=1)
     demo.add_argument("--robust", action="store_true", help="add a shift-aware training arm")
+    demo.add_argument("--threads", type=int, help="torch threads (default: the physical cores)")
     demo.set_defaults(func=cmd_demo)
 
     configs = sub.add_parser("configs", help="list the shipped experiment configs")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lostprune.experiments import ConfigError, load_config, parse_config, run
@@ -56,6 +57,17 @@ def tiny(**changes) -> dict:
      r"unknown option method_options.ft.roundto \(options of ft: coupled, round_to\)"),
     ({"method_options": {"wt": {"seed": 1}}}, r"unknown option method_options.wt.seed \(options of wt: none\)"),
     ({"method_options": {"ft": 8}}, r"method_options.ft must map option names to values"),
+    ({"schedule.ratios": []}, r"schedule.ratios is empty; list at least one prune ratio"),
+    ({"schedule.keep": [], "schedule.ratios": None}, r"schedule.keep is empty"),
+    ({"threads": 0}, r"threads must be >= 1, got 0"),
+    ({"data.test_size": 0}, r"data.test_size must be >= 1, got 0"),
+    ({"data.train_size": -5}, r"data.train_size must be >= 1, got -5"),
+    ({"data.s_size": 1}, r"data.s_size must be >= 2, got 1"),
+    ({"eval.shift_test_size": 0}, r"eval.shift_test_size must be >= 1, got 0"),
+    ({"train.steps": 10}, r"train: give epochs or steps, not both"),
+    ({"train.schedule": "onecycle", "train.warmup_epochs": 0.5}, r"train: warmup_epochs must be 0 with the onecycle"),
+    ({"metrics.boundary": "loose"}, r"metrics.boundary must be one of inclusive, strict"),
+    ({"metrics.feature_mode": "fast"}, r"metrics.feature_mode must be one of gradient, exact"),
 ])
 def test_config_errors_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -80,6 +92,67 @@ def test_shipped_configs_parse(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found .*shipped configs: .*tiny"):
         load_config("no-such-config")
+
+
+def test_config_files_that_are_not_utf8_yaml(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: x\n\x00\x01\x02")
+    with pytest.raises(ConfigError, match="a binary file, not a YAML config"):
+        load_config(binary)
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 9"):
+        load_config(latin)
+
+
+def test_digest_unchanged_by_options_added_later():
+    # Stores written before these options existed must still resume: the digests of the
+    # shipped configs that do not use them are those of the earlier code.
+    assert load_config("cifar10_resnet20").digest() == "72e6a80f1ac4e2e3"
+    assert load_config("demo").digest() == "457beeb576ba12f1"
+    config = parse_config(tiny())
+    assert parse_config(tiny(threads=1)).digest() == config.digest()  # threads do not change results
+    for change in ({"data.train_size": 500}, {"data.seed": 1}, {"eval.shift_test_size": 50},
+                   {"metrics.boundary": "strict"}, {"metrics.noise_potential": "per_draw"},
+                   {"metrics.excess_bootstrap": 100}, {"metrics.feature_mode": "exact"}):
+        assert parse_config(tiny(**change)).digest() != config.digest(), change
+
+
+def test_retrain_length_overrides_the_other_length_of_train():
+    config = parse_config(tiny(train={"steps": 7, "lr": 0.05}, retrain={"epochs": 2}))
+    assert config.train_config().steps == 7 and config.retrain_config().steps is None
+    assert config.retrain_config().epochs == 2
+    config = parse_config(tiny(train={"epochs": 3}, retrain={"steps": 5}))
+    assert config.retrain_config().steps == 5
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data.test_size": 1000}, r"data.test_size=1000 is larger than the split it is drawn from \(360 items\)"),
+    ({"data.train_size": 5000}, r"data.train_size=5000 is larger than the split"),
+    ({"data.test_size": None, "eval.shift_test_size": 500}, r"eval.shift_test_size=500 is larger than the split"),
+    ({"data.s_size": 1500}, r"data.s_size=1500 leaves no training images"),
+    ({"data.name": "imagefolder", "data.root": "/no/such/folder"}, r"data.root: /no/such/folder is not a folder"),
+    ({"data.name": "cifar10", "data.root": "/no/such/folder"}, r"data.root: /no/such/folder does not exist"),
+])
+def test_bad_data_fails_before_any_training(tmp_path, change, message):
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text(yaml.safe_dump(tiny(**change)))
+    with pytest.raises(ConfigError, match=message):
+        run(config_path, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_environment_test_sets_are_balanced_subsets(tmp_path):
+    from lostprune.experiments.environment import Environment
+
+    config = parse_config(tiny(**{"data.test_size": 200, "eval.shift_test_size": 50}))
+    env = Environment(config)
+    pixels, labels = env.test_pixels
+    assert pixels.shape[0] == 200 and torch.bincount(labels, minlength=10).tolist() == [20] * 10
+    shifted, shifted_labels = env.shift_pixels
+    assert shifted.shape[0] == 50 and torch.bincount(shifted_labels, minlength=10).tolist() == [5] * 10
+    # the shift subset is drawn from the test subset: every shifted image is a test image
+    assert all((pixels == image).all((1, 2, 3)).any() for image in shifted)
 
 
 def test_plan_dependencies():
@@ -150,6 +223,62 @@ def test_tiny_experiment_end_to_end(tmp_path):
     other.write_text(yaml.safe_dump(tiny(seeds=[1])))
     with pytest.raises(RuntimeError, match="holds results of a different configuration"):
         run(other, root, progress=False)
+
+
+def test_parent_runs_once_per_test_distribution(tmp_path, monkeypatch):
+    """Counted, not timed: the images the parent is run on while networks are evaluated."""
+    from lostprune.experiments import tasks
+    from lostprune.experiments.environment import Environment
+    from lostprune.metrics import Shift, evaluate_grid
+    from lostprune.report import ExperimentResults
+
+    evaluating, seen = [False], {"parent": 0, "others": 0}
+    load = Environment.load
+
+    def counting_load(self, key):
+        model = load(self, key)
+        role = "parent" if key.startswith("parent/") else "others"
+
+        def count(module, inputs, output):
+            if evaluating[0]:
+                seen[role] += inputs[0].shape[0]
+        model.register_forward_hook(count)
+        return model
+
+    def counting_evaluate(env, task, publish):
+        evaluating[0] = True
+        try:
+            return tasks.run_evaluate(env, task, publish)
+        finally:
+            evaluating[0] = False
+
+    monkeypatch.setattr(Environment, "load", counting_load)
+    monkeypatch.setitem(tasks.EXECUTORS, "evaluate", counting_evaluate)
+    config = tiny(**{"methods": ["wt"], "metrics.informative_features": False, "test.noise.draws": 2,
+                     "eval.shift_test_size": 40})
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    root = run(config_path, tmp_path / "run", progress=False)
+    # nominal (96 images) once, noise on the 40-image shift subset once per draw, the
+    # corruption on it once for the parent's own error: not once per compared network
+    assert seen["parent"] == 96 + 2 * 40 + 40
+    assert seen["others"] == 3 * (96 + 2 * 40 + 40)  # two pruned networks and the reference
+    # the reused outputs give what running the parent beside the network gives
+    results = ExperimentResults(root)
+    env = Environment(parse_config(config), Store(root / "results.sqlite"))
+    net, parent = env.load("pruned/s0/nominal/wt/01"), env.load("parent/s0/nominal")
+    shifts = env.noise_shifts()
+    joint = evaluate_grid({"network": net, "parent": parent}, shifts, env.shift_pixels, normalize=env.normalize,
+                          reference="parent", batch_size=env.eval_batch_size, progress=False)
+    stored = results.networks["pruned/s0/nominal/wt/01"].values
+    name = shifts[0].name
+    assert stored[(name, "agreement")] == joint.agreement["network"][name]
+    assert stored[(name, "softmax_l2")] == pytest.approx(joint.softmax_l2["network"][name], abs=1e-12)
+    assert stored[(name, "error")] == joint.errors["network"][name]
+    assert results.networks["parent/s0/nominal"].values[(name, "error")] == joint.errors["parent"][name]
+    clean = evaluate_grid({"parent": parent}, [Shift("nominal")], env.test_pixels, normalize=env.normalize,
+                          progress=False)
+    assert results.networks["parent/s0/nominal"].error("nominal") == clean.errors["parent"]["nominal"]
 
 
 def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):

@@ -11,7 +11,6 @@ process shows a progress bar with an ETA. Rerunning the same command after an in
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import threading
 import time
 import traceback
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .._threads import physical_cores, set_threads
 from ..train import distributed
 from .config import ExperimentConfig, load_config
 from .environment import Environment
@@ -91,10 +91,12 @@ def _next_task(store: Store, owner: str):
     return distributed.broadcast(task)
 
 
-def worker_loop(config: ExperimentConfig, root: Path, on_task=None) -> int:
-    """Claim and run tasks until none is left. Returns the number of tasks this worker ran."""
+def worker_loop(config: ExperimentConfig, root: Path, on_task=None, splits=None) -> int:
+    """Claim and run tasks until none is left. Returns the number of tasks this worker ran.
+    ``splits``: the experiment's data when already loaded."""
     store = Store(root / "results.sqlite")
-    env = Environment(config, store, device=str(distributed.device()) if distributed.active() else None)
+    env = Environment(config, store, device=str(distributed.device()) if distributed.active() else None,
+                      splits=splits)
     main = distributed.is_main()
     heartbeat = _Heartbeat(store.path) if main else None
     owner = worker_id()
@@ -132,20 +134,37 @@ def worker_loop(config: ExperimentConfig, root: Path, on_task=None) -> int:
 
 
 def _worker_process(config_path: str, root: str, threads: int) -> None:
-    torch.set_num_threads(threads)
+    set_threads(threads)
     worker_loop(load_config(config_path), Path(root))
 
 
+def check_inputs(config: ExperimentConfig):
+    """Load the data and the test subsets the config asks for, so bad input (a missing data
+    folder, a subset larger than its split, S overlapping the test set) raises ConfigError
+    before any training starts. Returns the data splits."""
+    from .environment import load_splits
+
+    splits = load_splits(config)
+    Environment(config, splits=splits).check()
+    return splits
+
+
 def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *, workers: int = 1,
-        ray_address: str | None = None, progress: bool = True, retry_failed: bool = False) -> Path:
-    """Run (or resume) an experiment; returns its results directory."""
+        ray_address: str | None = None, progress: bool = True, retry_failed: bool = False,
+        threads: int | None = None) -> Path:
+    """Run (or resume) an experiment; returns its results directory. ``threads``: torch
+    threads of this process (all workers together), overriding the config's ``threads``."""
     config_path = None
     if not isinstance(config, ExperimentConfig):
         config_path = str(config)
         config = load_config(config)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    threads = threads if threads is not None else config.threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     root = results_dir(config, out)
+    splits = check_inputs(config) if ray_address is None else None  # Ray workers may see other paths
     if distributed.init():  # under torchrun: one worker group training data-parallel
         if ray_address is not None or workers != 1:
             raise ValueError("under torchrun, run with one worker (no --workers or --ray)")
@@ -163,11 +182,12 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
         elif ray_address is not None:
             _run_ray(config, config_path, root, workers, ray_address, bar)
         elif workers == 1:
-            worker_loop(config, root, on_task=bar.show)
+            set_threads(threads)
+            worker_loop(config, root, on_task=bar.show, splits=splits)
         else:
             if config_path is None:
                 raise ValueError("several local workers need the config as a file path")
-            _run_processes(config_path, root, workers, bar)
+            _run_processes(config_path, root, workers, bar, threads)
     finally:
         bar.close()
     counts = store.counts()
@@ -182,8 +202,8 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
     return root
 
 
-def _run_processes(config_path: str, root: Path, workers: int, bar: _Progress) -> None:
-    threads = max(1, (os.cpu_count() or 1) // workers)
+def _run_processes(config_path: str, root: Path, workers: int, bar: _Progress, threads: int | None) -> None:
+    threads = max(1, (threads or physical_cores()) // workers)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_worker_process, args=(config_path, str(root), threads)) for _ in range(workers)]
     for p in procs:

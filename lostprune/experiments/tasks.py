@@ -97,12 +97,20 @@ def run_chain(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
     return [], []
 
 
+def _error_rows(key: str, distribution: str, draws: list[float]) -> list[ResultRow]:
+    """Error (mean over noise draws, each draw's in ``extra``) and its std over the draws."""
+    from ..metrics import summarize
+
+    error = summarize(draws)
+    extra = {"draws": list(draws)} if len(draws) > 1 else None
+    return [ResultRow(key, distribution, "error", error.mean, extra), ResultRow(key, distribution, "error_std", error.std)]
+
+
 def _grid_rows(key: str, grid, model: str, with_similarity: bool, rename: dict | None = None) -> list[ResultRow]:
     rows = []
     for shift in grid.shifts:
         distribution = (rename or {}).get(shift.name, shift.name)
-        rows.append(ResultRow(key, distribution, "error", grid.errors[model][shift.name]))
-        rows.append(ResultRow(key, distribution, "error_std", grid.error_std[model][shift.name]))
+        rows += _error_rows(key, distribution, grid.error_draws[model][shift.name])
         if with_similarity:
             for metric in ("agreement", "agreement_std", "softmax_l2", "softmax_l2_std"):
                 rows.append(ResultRow(key, distribution, metric, getattr(grid, metric)[model][shift.name]))
@@ -111,26 +119,31 @@ def _grid_rows(key: str, grid, model: str, with_similarity: bool, rename: dict |
 
 def run_evaluate(env: Environment, task: Task, publish: Publish) -> tuple[list[NetworkRow], list[ResultRow]]:
     """Error on every test distribution; functional similarity to the parent on the nominal
-    and noisy ones (the parent is the reference, so both see the very same inputs)."""
+    and noisy ones, on the very same inputs. The parent runs once per test distribution in
+    the whole experiment: its outputs are kept (``Environment.parent_results``) and every
+    network compared with it reuses them."""
     from ..metrics import Shift, evaluate_grid
 
     key = task.payload["network"]
     seed, arm = _seed_arm(key)
     parent_name = parent_key(seed, arm)
-    net = env.load(key)
-    batch = env.config.data.batch_size * 2
+    batch = env.eval_batch_size
     rows: list[ResultRow] = []
-    shifts = env.similarity_shifts()
-    if shifts:
-        if key == parent_name:
-            grid = evaluate_grid({"network": net}, shifts, env.test_pixels, normalize=env.normalize,
-                                 batch_size=batch, progress=False)
-            rows += _grid_rows(key, grid, "network", False)
-        else:
-            parent = env.load(parent_name)
-            grid = evaluate_grid({"network": net, "parent": parent}, shifts, env.test_pixels, normalize=env.normalize,
-                                 reference="parent", batch_size=batch, progress=False)
+    net = env.load(key) if key != parent_name else None
+    for shifts, pixels in env.similarity_groups():
+        if net is None:
+            _, errors = env.parent_results(key, shifts, pixels)
+            rows += [row for shift in shifts for row in _error_rows(key, shift.name, errors[shift.name])]
+        elif env.splits.task == "classification":
+            outputs, _ = env.parent_results(parent_name, shifts, pixels)
+            grid = evaluate_grid({"network": net}, shifts, pixels, normalize=env.normalize, reference=parent_name,
+                                 reference_outputs=outputs, batch_size=batch, progress=False)
             rows += _grid_rows(key, grid, "network", env.config.metrics.similarity)
+        else:  # segmentation outputs are too large to keep: run the parent beside the network
+            grid = evaluate_grid({"network": net, "parent": env.load(parent_name)}, shifts, pixels,
+                                 normalize=env.normalize, reference="parent", batch_size=batch, progress=False)
+            rows += _grid_rows(key, grid, "network", env.config.metrics.similarity)
+    net = net if net is not None else env.load(key)
     for shift in env.corruption_shifts():  # each corrupted test set is made once per experiment
         grid = evaluate_grid({"network": net}, [Shift("clean")], env.corrupted(shift), normalize=env.normalize,
                              batch_size=batch, progress=False)
@@ -155,7 +168,7 @@ def run_features(env: Environment, task: Task, publish: Publish) -> tuple[list[N
     step = max(1, round(env.config.metrics.feature_step * images.shape[-1] * images.shape[-2]))
     matrix = informative_feature_matrix(nets, images.to(env.device), labels[:count].to(env.device),
                                         fraction=env.config.metrics.feature_fraction, pixels_per_step=step,
-                                        progress=False)
+                                        mode=env.config.metrics.feature_mode, progress=False)
     rows = []
     for a in names:
         for b in names:

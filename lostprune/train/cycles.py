@@ -161,7 +161,8 @@ def prune_retrain(parent: nn.Module, method: str, keep_ratios: Sequence[float], 
         if rewind_state is None:
             raise ValueError("rewind mode needs rewind_state: the parent's state_dict at an early epoch "
                              "(train(..., snapshot_epochs=[k]).snapshots[k])")
-        if not isinstance(rewind_epoch, int) or not 0 <= rewind_epoch < retrain.epochs:
+        if not isinstance(rewind_epoch, int) or rewind_epoch < 0 or (retrain.steps is None
+                                                                     and rewind_epoch >= retrain.epochs):
             raise ValueError(f"rewind_epoch must be an integer in [0, retrain.epochs={retrain.epochs}), "
                              f"got {rewind_epoch!r}")
         start_epoch = rewind_epoch
