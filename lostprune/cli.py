@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = _console()
     try:
         root = run(args.config, args.out, workers=args.workers, ray_address=args.ray, retry_failed=args.retry_failed,
-                   threads=args.threads)
+                   threads=args.threads, data_root=getattr(args, "data", None))
     except ExperimentError as exc:
         console.print(f"[red]{exc}[/red]")
         return 1
@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or resume) an experiment config, then write its report")
     run.add_argument("config", help="a YAML config file, or the name of a shipped one (see `lostprune configs`)")
     run.add_argument("--out", help="results directory (default runs/<name>)")
+    run.add_argument("--data", help="where the data set is (overrides the config's data.root): e.g. the CIFAR-10 "
+                                    "folder with train/ and test/, or its .tar.gz")
     run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     run.add_argument("--ray", metavar="ADDRESS", help="spread the work over a Ray cluster (needs lostprune[dist])")
     run.add_argument("--retry-failed", action="store_true", help="run failed tasks again")

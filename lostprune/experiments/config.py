@@ -234,10 +234,22 @@ class ExperimentConfig:
             data["data"]["s_size"] = 256  # the old default (the digits ignored it): same digest as then
         if data["data"].get("test_size") is not None:
             data["data"]["test_subset"] = "balanced"  # was the first N images: not the same results
+        versions = _method_versions(self.methods)
+        if versions:  # a method that now computes something else: its old results do not resume
+            data["method_versions"] = versions
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _method_versions(methods: list[str]) -> dict[str, int]:
+    """{method: version} of the methods whose version is not 1 (unknown names are left to
+    validation)."""
+    from ..methods import available_methods, get_method
+
+    known = set(available_methods())
+    return {m: get_method(m).version for m in methods if m in known and get_method(m).version != 1}
 
 
 # Fields added after stores existed, with the value that reproduces the old behaviour.

@@ -10,6 +10,7 @@ process shows a progress bar with an ETA. Rerunning the same command after an in
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import threading
 import time
@@ -151,13 +152,16 @@ def check_inputs(config: ExperimentConfig):
 
 def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *, workers: int = 1,
         ray_address: str | None = None, progress: bool = True, retry_failed: bool = False,
-        threads: int | None = None) -> Path:
+        threads: int | None = None, data_root: str | Path | None = None) -> Path:
     """Run (or resume) an experiment; returns its results directory. ``threads``: torch
-    threads of this process (all workers together), overriding the config's ``threads``."""
+    threads of this process (all workers together), overriding the config's ``threads``;
+    ``data_root``: where the data set is, overriding the config's ``data.root``."""
     config_path = None
     if not isinstance(config, ExperimentConfig):
         config_path = str(config)
         config = load_config(config)
+    if data_root is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_root)))
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     threads = threads if threads is not None else config.threads
@@ -185,8 +189,11 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
             set_threads(threads)
             worker_loop(config, root, on_task=bar.show, splits=splits)
         else:
-            if config_path is None:
-                raise ValueError("several local workers need the config as a file path")
+            if config_path is None or data_root is not None:  # the workers read the config as it is now
+                config_path = str(root / "config.yaml")
+                tmp = root / "config.yaml.tmp"
+                tmp.write_text(config.to_yaml())
+                tmp.replace(config_path)
             _run_processes(config_path, root, workers, bar, threads)
     finally:
         bar.close()

@@ -1,6 +1,6 @@
 """Pruning methods, one file each, registered by name (SPEC §2)."""
 
-from . import ft, pfp, random_, sipp, snip, wt  # noqa: F401  (registration)
+from . import control, ft, pfp, random_, sipp, snip, wt  # noqa: F401  (registration)
 from .allocation import keep_top_global
 from .base import PruneContext, PruningMethod
 from .registry import available_methods, get_method, register_method

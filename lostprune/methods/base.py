@@ -99,6 +99,10 @@ class PruningMethod:
     # the keyword options compute_masks reads (ctx.option), so configs can be checked before a
     # run; None: not declared (an unknown option then fails when the method runs)
     option_names: tuple[str, ...] | None = None
+    # bumped when what the method computes changes, so stored results of the old one are not
+    # resumed as if they were the new one's (experiment config digests include it)
+    version: int = 1
+    control: bool = False  # removes nothing: a baseline of the study, not a pruning method
 
     def compute_masks(self, ctx: PruneContext) -> dict[str, Tensor]:
         raise NotImplementedError

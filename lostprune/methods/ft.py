@@ -69,6 +69,7 @@ def group_filter_masks(ctx: PruneContext, scores: dict[str, Tensor], coupled, ro
 @register_method("ft")
 class FilterThresholding(PruningMethod):
     structured = True
+    version = 2  # 2: the paper's per-layer variant by default (1: whole channel groups)
     option_names = ("coupled", "round_to")
     description = "filter L1 norm, same fraction of every layer's filters (structured; paper)"
     norm = 1

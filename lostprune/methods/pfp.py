@@ -189,6 +189,7 @@ def _note_zeros(ctx: PruneContext, note: list[str]) -> None:
 @register_method("pfp")
 class ProvableFilterPruning(PruningMethod):
     structured = True
+    version = 2  # 2: the paper's per-layer variant by default (1: whole channel groups)
     data_informed = True
     description = "channel sensitivity on S, error-based allocation of input channels per layer (structured; paper)"
     option_names = ("coupled", "round_to")
