@@ -255,7 +255,8 @@ def test_parent_runs_once_per_test_distribution(tmp_path, monkeypatch):
     monkeypatch.setattr(Environment, "load", counting_load)
     monkeypatch.setitem(tasks.EXECUTORS, "evaluate", counting_evaluate)
     config = tiny(**{"methods": ["wt"], "metrics.informative_features": False, "test.noise.draws": 2,
-                     "eval.shift_test_size": 40})
+                     "eval.shift_test_size": 40, "metrics.boundary": "strict", "metrics.noise_potential": "per_draw",
+                     "metrics.excess_bootstrap": 50})
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config))
     root = run(config_path, tmp_path / "run", progress=False)
@@ -279,6 +280,53 @@ def test_parent_runs_once_per_test_distribution(tmp_path, monkeypatch):
     clean = evaluate_grid({"parent": parent}, [Shift("nominal")], env.test_pixels, normalize=env.normalize,
                           progress=False)
     assert results.networks["parent/s0/nominal"].error("nominal") == clean.errors["parent"]["nominal"]
+    # the original's readings, chosen in the config, are used and named in the report
+    from lostprune.metrics import prune_potential, prune_potential_over_draws
+    from lostprune.report import write_report
+
+    curve = results.curves("wt")[0]
+    draws = [n.draws[name] for n in curve.networks]
+    assert all(len(d) == 2 for d in draws) and draws[1] == joint.error_draws["network"][name]
+    expected = prune_potential_over_draws(curve.ratios, draws, curve.parent.draws[name], 0.005, boundary="strict")
+    assert results.prune_potential("wt", name).mean == expected.mean
+    nominal_errors = curve.errors("nominal")
+    assert results.prune_potential("wt", "nominal").mean == prune_potential(
+        curve.ratios, nominal_errors, curve.parent.error("nominal"), 0.005, boundary="strict")
+    _, fit = results.excess_errors("wt", [name])
+    assert fit.resamples == 50 and fit.band[0] <= fit.slope <= fit.band[1]
+    text = write_report(root).read_text()
+    assert "## How the numbers are computed" in text
+    assert "below the parent's + δ (strict, the original implementation's acc + δ > acc_parent)" in text
+    assert "P of each draw (parent and pruned network on the same noisy inputs), averaged over the draws" in text
+    assert "Nominal errors on 96 test images (an equal share per class); noisy and corrupted test sets on a " \
+           "class-balanced subset of 40 of them." in text
+    assert "with a 95 % bootstrap band (50 resamples of the networks)" in text
+
+
+def test_corrupted_test_sets_are_kept_as_truncated_uint8(tmp_path, monkeypatch):
+    from lostprune.experiments import environment
+    from lostprune.robustness import corruptions
+
+    calls, corrupt = [], corruptions.corrupt
+
+    def recording_corrupt(images, name, severity, seed=None):
+        calls.append((images.clone(), name, severity, seed))
+        return corrupt(images, name, severity, seed=seed)
+
+    monkeypatch.setattr(corruptions, "corrupt", recording_corrupt)
+    env = environment.Environment(parse_config(tiny()), Store(tmp_path / "r.sqlite"))
+    shift = env.corruption_shifts()[0]
+    pixels, labels = env.corrupted(shift)
+    images, name, severity, seed = calls[0]
+    # the 8-bit test images go in as they are; the result is corrupt()'s uint8 (truncated, as CIFAR-10-C's
+    # np.uint8), not a rounding of float output
+    assert images.dtype == torch.uint8 and torch.equal(images, env.shift_pixels[0].mul(255).round().to(torch.uint8))
+    assert torch.equal(pixels.mul(255).round().to(torch.uint8), corrupt(images, name, severity, seed=seed))
+    float_rounded = corrupt(images.float() / 255, name, severity, seed=seed).mul(255).round()
+    assert not torch.equal(pixels.mul(255).round(), float_rounded)  # rounding would move values up a level
+    calls.clear()
+    again, _ = env.corrupted(shift)  # from the disk cache
+    assert not calls and torch.equal(again, pixels)
 
 
 def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
