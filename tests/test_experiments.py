@@ -1,6 +1,7 @@
 """Experiment configs, the results store, the runner (incl. kill -9 and resume) and the report."""
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -327,6 +328,47 @@ def test_corrupted_test_sets_are_kept_as_truncated_uint8(tmp_path, monkeypatch):
     calls.clear()
     again, _ = env.corrupted(shift)  # from the disk cache
     assert not calls and torch.equal(again, pixels)
+
+
+def test_damaged_store_is_kept_aside_and_its_backup_restored(tmp_path):
+    from lostprune.experiments.store import StoreDamaged, StoreRecoveredWarning
+    from lostprune.report import ExperimentResults
+
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(tiny(**{"methods": ["wt"], "schedule.ratios": [0.5],
+                                                  "metrics.informative_features": False})))
+    out = tmp_path / "run"
+    root = run(config_path, out, progress=False)
+    path = root / "results.sqlite"
+
+    def snapshot():
+        store = Store(path)
+        try:
+            return [tuple(r) for r in store.results()], {r["key"]: r["finished"] for r in store.tasks("done")}
+        finally:
+            store.close()
+
+    before = snapshot()
+    assert (root / "results.sqlite.backup").is_file()
+    faults = {"it is empty (0 bytes): truncated": lambda data: b"",
+              "SQLite cannot read it": lambda data: data[: len(data) // 2],
+              "not a database": lambda data: b"\x00" * 100 + data[100:]}
+    for reason, fault in faults.items():
+        path.write_bytes(fault(path.read_bytes()))
+        with pytest.raises(StoreDamaged, match=f"is damaged \\(.*{re.escape(reason)}"):
+            ExperimentResults(root)  # the report says so too, and changes nothing
+        with pytest.warns(StoreRecoveredWarning, match=f"was damaged \\(.*{re.escape(reason)}.*\\); kept it as "
+                                                       r"results.sqlite.damaged-\S+ and restored the backup"):
+            run(config_path, out, progress=False)
+        assert snapshot() == before  # nothing lost, nothing redone
+    kept = sorted(root.glob("results.sqlite.damaged-*"))
+    assert len(kept) == 3 and kept[0].stat().st_size == 0  # kept aside, never deleted
+    (root / "results.sqlite.backup").unlink()
+    path.write_bytes(b"")
+    with pytest.raises(StoreDamaged, match=r"found no usable backup .* To start this experiment over in the same "
+                                           r"directory, rerun `lostprune run` with the same config"):
+        run(config_path, out, progress=False)
+    assert not path.exists() and len(list(root.glob("results.sqlite.damaged-*"))) == 4
 
 
 def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..experiments.store import Store
+from ..experiments.store import Store, StoreDamaged, damage
 from ..metrics import excess_error, fit_excess_error, prune_potential, prune_potential_over_draws, summarize
 
 
@@ -64,6 +64,10 @@ class ExperimentResults:
         path = root / "results.sqlite" if root.is_dir() else root
         if not path.is_file():
             raise FileNotFoundError(f"no results store at {path} (run `lostprune run CONFIG --out {root}` first)")
+        reason = damage(path)
+        if reason is not None:
+            raise StoreDamaged(f"{path} is damaged ({reason}); `lostprune run CONFIG --out {path.parent}` with the "
+                               "experiment's config keeps it aside and restores its backup")
         store = Store(path)
         try:
             self.root = path.parent
