@@ -191,7 +191,7 @@ def test_store_releases_tasks_of_dead_workers(tmp_path):
 
 
 # ----------------------------------------------------------------------------- runner + report
-def test_tiny_experiment_end_to_end(tmp_path):
+def test_tiny_experiment_end_to_end(tmp_path, capsys):
     from lostprune.report import ExperimentResults, write_report
 
     config_path = tmp_path / "tiny.yaml"
@@ -218,8 +218,11 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert "<table>" in report.with_suffix(".html").read_text()
     # Same config, same directory: nothing left to do, nothing redone.
     finished = {r["key"]: r["finished"] for r in Store(root / "results.sqlite").tasks("done")}
-    run(config_path, root, progress=False)
+    capsys.readouterr()
+    run(config_path, root, progress=True)
     assert {r["key"]: r["finished"] for r in Store(root / "results.sqlite").tasks("done")} == finished
+    last = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert "100%" in last and "left≈0:00" in last, last  # the bar's last state: nothing left
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(tiny(seeds=[1])))
     with pytest.raises(RuntimeError, match="holds results of a different configuration"):

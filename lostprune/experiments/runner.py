@@ -4,8 +4,9 @@
 
 Every worker — this process, local processes, or Ray tasks on other machines sharing the
 results directory — repeats: claim a ready task, run it, record its outputs. The main
-process shows a progress bar with an ETA. Rerunning the same command after an interruption
-(Ctrl-C, kill -9, a crash) continues where the store says it stopped.
+process shows a progress bar with an estimate of the time left (``progress.py``).
+Rerunning the same command after an interruption (Ctrl-C, kill -9, a crash) continues where
+the store says it stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..train import distributed
 from .config import ExperimentConfig, load_config
 from .environment import Environment
 from .plan import build_plan
+from .progress import Progress
 from .store import Store, open_or_recover, worker_id
 from .tasks import EXECUTORS
 
@@ -184,7 +186,7 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
         if not distributed.is_main():
             return root
     store = prepare(config, root, retry_failed)
-    bar = _Progress(store, config.name, enabled=progress)
+    bar = Progress(store, config.name, enabled=progress, workers=workers)
     try:
         if distributed.active():
             pass  # the work is done above
@@ -214,7 +216,7 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
     return root
 
 
-def _run_processes(config_path: str, root: Path, workers: int, bar: _Progress, threads: int | None) -> None:
+def _run_processes(config_path: str, root: Path, workers: int, bar: Progress, threads: int | None) -> None:
     threads = max(1, (threads or physical_cores()) // workers)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_worker_process, args=(config_path, str(root), threads)) for _ in range(workers)]
@@ -236,7 +238,7 @@ def _run_processes(config_path: str, root: Path, workers: int, bar: _Progress, t
 
 
 def _run_ray(config: ExperimentConfig, config_path: str | None, root: Path, workers: int, address: str,
-             bar: _Progress) -> None:
+             bar: Progress) -> None:
     try:
         import ray
     except ImportError:
@@ -252,30 +254,3 @@ def _run_ray(config: ExperimentConfig, config_path: str | None, root: Path, work
         bar.refresh()
         bar.store.backup_if_due()
     ray.get(refs)
-
-
-class _Progress:
-    """A tqdm bar over the experiment's tasks, fed from the store (so it also counts the
-    work of other processes), with the task in flight as its description."""
-
-    def __init__(self, store: Store, name: str, enabled: bool = True):
-        from tqdm.auto import tqdm
-
-        self.store = store
-        counts = store.counts()
-        total = sum(counts.values())
-        self.bar = tqdm(total=total, initial=counts["done"], desc=name, unit="task", disable=not enabled,
-                        dynamic_ncols=True, smoothing=0.1)
-
-    def refresh(self) -> None:
-        counts = self.store.counts()
-        self.bar.update(counts["done"] - self.bar.n)
-        self.bar.set_postfix(running=counts["running"], failed=counts["failed"], refresh=True)
-
-    def show(self, task) -> None:
-        self.refresh()
-        self.bar.set_description_str(f"{task.kind} {task.key}", refresh=True)
-
-    def close(self) -> None:
-        self.refresh()
-        self.bar.close()

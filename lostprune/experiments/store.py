@@ -268,12 +268,6 @@ class Store:
     def results(self) -> list[sqlite3.Row]:
         return self._conn.execute("SELECT * FROM results ORDER BY network, distribution, metric").fetchall()
 
-    def task_seconds(self) -> dict[str, float]:
-        """Mean seconds of finished tasks per kind (for the ETA)."""
-        rows = self._conn.execute("SELECT kind, AVG(seconds) AS s FROM tasks WHERE status = 'done' "
-                                  "AND seconds IS NOT NULL GROUP BY kind").fetchall()
-        return {r["kind"]: r["s"] for r in rows}
-
 
 def backup_path(path: str | Path) -> Path:
     path = Path(path)
