@@ -135,6 +135,7 @@ def test_retrain_length_overrides_the_other_length_of_train():
     ({"data.train_size": 5000}, r"data.train_size=5000 is larger than the split"),
     ({"data.test_size": None, "eval.shift_test_size": 500}, r"eval.shift_test_size=500 is larger than the split"),
     ({"data.s_size": 1500}, r"data.s_size=1500 leaves no training images"),
+    ({"metrics.feature_images": 97}, r"metrics.feature_images=97 is larger than the split"),
     ({"data.name": "imagefolder", "data.root": "/no/such/folder"}, r"data.root: /no/such/folder is not a folder"),
     ({"data.name": "cifar10", "data.root": "/no/such/folder"}, r"data.root: /no/such/folder does not exist"),
 ])
@@ -149,8 +150,9 @@ def test_bad_data_fails_before_any_training(tmp_path, change, message):
 def test_environment_test_sets_are_balanced_subsets(tmp_path):
     from lostprune.experiments.environment import Environment
 
-    config = parse_config(tiny(**{"data.test_size": 200, "eval.shift_test_size": 50}))
+    config = parse_config(tiny(**{"data.test_size": 200, "eval.shift_test_size": 50, "metrics.feature_images": 20}))
     env = Environment(config)
+    assert torch.bincount(env.feature_pixels[1], minlength=10).tolist() == [2] * 10
     pixels, labels = env.test_pixels
     assert pixels.shape[0] == 200 and torch.bincount(labels, minlength=10).tolist() == [20] * 10
     shifted, shifted_labels = env.shift_pixels

@@ -198,7 +198,7 @@ class ExperimentResults:
                 "exact backward selection (one forward pass per candidate pixel" if mode == "exact" else
                 "the gradient approximation of backward selection (first-order estimate of each pixel's removal")
                 + f"), {100 * step:g} % of the pixels a round, ranked by log-probability; "
-                f"{metrics.get('feature_images', 16)} test images.")
+                f"{metrics.get('feature_images', 16)} test images, an equal share per class.")
         return text
 
     def excess_errors(self, method: str, distributions: list[str], arm: str = "nominal"):
