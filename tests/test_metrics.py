@@ -213,6 +213,11 @@ def test_grid_noise_draws_and_reproducibility():
     assert g1.error_std["parent"][name] > 0 and g1.error_std["parent"]["nominal"] == 0
     assert g1.error("parent", name) > g1.error("parent")
     assert g1.prune_potential("parent", {"other": 0.5}, name, delta=0.99) == 0.5
+    assert len(g1.error_draws["other"][name]) == 4
+    per_draw = [0.5 if o <= p + 0.01 + 1e-12 else 0.0 for o, p in zip(g1.error_draws["other"][name],
+                                                                        g1.error_draws["parent"][name])]
+    assert g1.prune_potential("parent", {"other": 0.5}, name, delta=0.01, per_draw=True) == pytest.approx(
+        sum(per_draw) / 4)
     assert g1.excess_error("other", "parent", [name]) == pytest.approx(
         (g1.error("other", name) - g1.error("other")) - (g1.error("parent", name) - g1.error("parent"))
     )

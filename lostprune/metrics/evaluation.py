@@ -205,23 +205,11 @@ class EvaluationGrid:
         ``per_draw``: the mean over noise draws of each draw's P_δ (the original's reading)
         instead of P_δ of the errors averaged over the draws."""
         names = list(ratios)
+        table = self.error_draws if per_draw else self.errors
+        curve = [ratios[n] for n in names], [table[n][shift] for n in names], table[parent][shift]
         if per_draw:
-            return prune_potential_over_draws(
-                [ratios[n] for n in names],
-                [self.error_draws[n][shift] for n in names],
-                self.error_draws[parent][shift],
-                delta,
-                reading,
-                boundary,
-            ).mean
-        return prune_potential(
-            [ratios[n] for n in names],
-            [self.errors[n][shift] for n in names],
-            self.errors[parent][shift],
-            delta,
-            reading,
-            boundary,
-        )
+            return prune_potential_over_draws(*curve, delta, reading, boundary).mean
+        return prune_potential(*curve, delta, reading, boundary)
 
     def excess_error(
         self, model: str, parent: str, shifts: str | Sequence[str], nominal_shift: str = "nominal"
