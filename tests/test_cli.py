@@ -58,9 +58,9 @@ def test_cli_bad_config_file_is_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"\xff\xfe name: x")
     result = subprocess.run([sys.executable, "-m", "lostprune.cli", "run", str(bad)], capture_output=True, text=True,
-                            timeout=300)
+                            check=False, timeout=300)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "not UTF-8 text" in result.stderr
     debug = subprocess.run([sys.executable, "-m", "lostprune.cli", "run", str(bad), "--debug"], capture_output=True,
-                           text=True, timeout=300)
+                           text=True, check=False, timeout=300)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr

@@ -325,7 +325,7 @@ def test_corrupted_test_sets_are_kept_as_truncated_uint8(tmp_path, monkeypatch):
     monkeypatch.setattr(corruptions, "corrupt", recording_corrupt)
     env = environment.Environment(parse_config(tiny()), Store(tmp_path / "r.sqlite"))
     shift = env.corruption_shifts()[0]
-    pixels, labels = env.corrupted(shift)
+    pixels, _ = env.corrupted(shift)
     images, name, severity, seed = calls[0]
     # the 8-bit test images go in as they are; the result is corrupt()'s uint8 (truncated, as CIFAR-10-C's
     # np.uint8), not a rounding of float output

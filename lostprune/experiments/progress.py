@@ -65,7 +65,7 @@ def seconds_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> floa
 def format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "estimating"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 

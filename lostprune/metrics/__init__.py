@@ -12,7 +12,13 @@ from .evaluation import (
     noise_shift,
     nominal,
 )
-from .features import FeatureMatrix, informative_feature_matrix, informative_features, log_confidence, reduce_to
+from .features import (
+    FeatureMatrix,
+    informative_feature_matrix,
+    informative_features,
+    log_confidence,
+    reduce_to,
+)
 from .potential import (
     ExcessErrorFit,
     SeedSummary,
