@@ -68,6 +68,7 @@ def main() -> None:
             rows.append(f"| {name} | 1 thread vs {cores} (channels-last) | {1e3 * base:.0f} | {1e3 * cand:.0f} | "
                         f"**{ratio:.2f}x** |")
             print(rows[-1], flush=True)
+    torch.set_num_threads(logical)  # the machine line reports torch's default
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = (f"One SGD step (batch 128, 3×32×32) on the CPU; {cores} physical core(s), torch's default "
             f"{logical} thread(s), load average {load:.1f} at the end of the run. Ratio = baseline ms / "
