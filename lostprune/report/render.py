@@ -83,8 +83,9 @@ def build(results: ExperimentResults, out: Path) -> list[Block]:
     blocks.append(f"Network **{config.get('network')}** on **{config.get('data', {}).get('name')}**, methods "
                   f"{', '.join(m.upper() for m in results.methods)}, {schedule.get('mode', 'cascade')} prune–retrain "
                   f"cycles, seeds {', '.join(map(str, results.seeds))}. Prune ratios are fractions of the prunable "
-                  f"weights removed; prune potential P uses δ = {100 * results.delta:g} % and the 'any network' "
-                  "reading (SPEC §5). Results: `" + str(results.root) + "`.")
+                  "weights removed. Results: `" + str(results.root) + "`.")
+    blocks.append("## How the numbers are computed")
+    blocks += [f"* {line}" for line in results.readings()]
     if results.failed:
         blocks.append(f"⚠ {len(results.failed)} task(s) failed; their networks are missing below "
                       f"(first: `{results.failed[0]['key']}`).")
@@ -143,9 +144,11 @@ def _excess_table(results: ExperimentResults, arm: str) -> Table:
         row = [method.upper()]
         for _, ds in groups:
             _, fit = results.excess_errors(method, ds, arm)
-            row.append(f"{100 * fit.slope:+.2f}" if fit else "–")
+            band = f" [{100 * fit.band[0]:+.2f}, {100 * fit.band[1]:+.2f}]" if fit and fit.band else ""
+            row.append(f"{100 * fit.slope:+.2f}{band}" if fit else "–")
         rows.append(row)
-    return Table(["method"] + [f"slope, {n} (% error per 100 % pruned)" for n, _ in groups], rows)
+    unit = "% error per 100 % pruned" + (", 95 % bootstrap band" if results.excess_bootstrap else "")
+    return Table(["method"] + [f"slope, {n} ({unit})" for n, _ in groups], rows)
 
 
 def _first_noise(results: ExperimentResults) -> str:
@@ -201,6 +204,8 @@ def to_html(blocks: list[Block], title: str) -> str:
             body.append(f"<h2>{_inline(block[3:])}</h2>")
         elif block.startswith("# "):
             body.append(f"<h1>{_inline(block[2:])}</h1>")
+        elif block.startswith("* "):
+            body.append(f"<ul><li>{_inline(block[2:])}</li></ul>")
         else:
             body.append(f"<p>{_inline(block)}</p>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
