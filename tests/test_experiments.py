@@ -1,5 +1,6 @@
 """Experiment configs, the results store, the runner (incl. kill -9 and resume) and the report."""
 
+import csv
 import os
 import re
 import signal
@@ -200,12 +201,16 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     from lostprune.report import ExperimentResults, write_report
 
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(tiny(method_options={"ft": {"round_to": 4}})))
+    config_path.write_text(yaml.safe_dump(tiny(methods=["wt", "ft", "unpruned"],
+                                               method_options={"ft": {"coupled": "sum", "round_to": 4}})))
     root = run(config_path, tmp_path / "run", progress=False)
     results = ExperimentResults(root)
     assert results.counts["done"] == results.counts["pending"] + results.counts["done"]  # everything ran
     assert {n.role for n in results.networks.values()} == {"parent", "reference", "pruned"}
-    pruned = [n for n in results.networks.values() if n.role == "pruned"]
+    assert results.methods == ["wt", "ft"] and results.controls == ["unpruned"]
+    control = [n for n in results.networks.values() if n.method == "unpruned"]
+    assert len(control) == 2 and all(n.ratio == 0 for n in control)  # retrained, never pruned
+    pruned = [n for n in results.networks.values() if n.role == "pruned" and n.method != "unpruned"]
     assert sorted((n.method, n.step) for n in pruned) == [("ft", 0), ("ft", 1), ("wt", 0), ("wt", 1)]
     checkpoints = {r["key"]: r["checkpoint"] for r in Store(root / "results.sqlite").networks()}
     for net in (n for n in pruned if n.method == "ft"):  # method_options reach prune: filters in multiples of 4
@@ -220,6 +225,11 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     report = write_report(root)
     text = report.read_text()
     assert "## Prune potential" in text and "| WT |" in text and (report.parent / "figures" / "accuracy.png").is_file()
+    assert "## Control: unpruned" in text and "| UNPRUNED |" not in text  # no prune potential of nothing
+    with (report.parent / "results.csv").open() as handle:  # every stored value, once
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(len(n.values) for n in results.networks.values())
+    assert {r["network"] for r in rows} == set(results.networks)
     assert "<table>" in report.with_suffix(".html").read_text()
     # Same config, same directory: nothing left to do, nothing redone.
     finished = {r["key"]: r["finished"] for r in Store(root / "results.sqlite").tasks("done")}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import figures
+from .export import write_csv
 from .results import ExperimentResults, is_corruption, is_noise, label
 
 # Guideline 1 flags a method when its prune potential under a shift falls this far below
@@ -46,6 +47,17 @@ def potential_table(results: ExperimentResults, arm: str) -> Table:
     for method in results.methods:
         rows.append([method.upper()] + [_pm(results.prune_potential(method, d, arm)) for d in dists])
     return Table(["method"] + [label(d) for d in dists], rows)
+
+
+def control_table(results: ExperimentResults, control: str) -> Table:
+    """Nominal accuracy of the control's networks per cycle, beside their parent's."""
+    rows = []
+    for arm in results.arms:
+        for curve in results.curves(control, arm):
+            rows.append([str(curve.seed), arm, _acc(curve.parent.error("nominal"))]
+                        + [_acc(n.error("nominal")) for n in curve.networks])
+    cycles = max((len(r) - 3 for r in rows), default=0)
+    return Table(["seed", "training", "parent (%)"] + [f"cycle {i + 1} (%)" for i in range(cycles)], rows)
 
 
 def guideline_flags(results: ExperimentResults, arm: str = "nominal") -> list[str]:
@@ -94,6 +106,12 @@ def build(results: ExperimentResults, out: Path) -> list[Block]:
                for (seed, arm), p in sorted(results.parents().items())]
     blocks += ["## Parent networks", Table(["seed", "training", "nominal accuracy (%)",
                                             f"accuracy, {label(_first_noise(results))} (%)"], parents)]
+    for control in results.controls:
+        blocks += [f"## Control: {control}",
+                   "The parent retrained on the same prune–retrain cycles as the pruned networks, pruned by "
+                   "nothing: how much of a pruned network's accuracy comes from the extra training alone. Prune "
+                   "potentials below compare with the parent itself, as the paper does.",
+                   control_table(results, control)]
 
     for arm in results.arms:
         suffix = "" if arm == "nominal" else f" ({arm} training)"
@@ -223,6 +241,9 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path
     out.mkdir(parents=True, exist_ok=True)
     blocks = build(results, out)
     markdown = out / "report.md"
+    write_csv(results, out / "results.csv")
+    blocks.append("Every measurement of this report, one row per network, test distribution and metric: "
+                  "[results.csv](results.csv).")
     markdown.write_text(to_markdown(blocks))
     (out / "report.html").write_text(to_html(blocks, f"lostprune report: {results.config.get('name', '')}"))
     return markdown

@@ -105,6 +105,16 @@ class ExperimentResults:
 
     @property
     def methods(self) -> list[str]:
+        """The pruning methods with networks, in config order (controls left out: they prune
+        nothing, so they have no prune potential or excess error)."""
+        return [m for m in self._found_methods() if not _is_control(m)]
+
+    @property
+    def controls(self) -> list[str]:
+        """Control methods with networks (e.g. ``unpruned``: the parent retrained on the cycles)."""
+        return [m for m in self._found_methods() if _is_control(m)]
+
+    def _found_methods(self) -> list[str]:
         order = self.config.get("methods", [])
         found = {n.method for n in self.networks.values() if n.method}
         return [m for m in order if m in found] + sorted(found - set(order))
@@ -284,3 +294,9 @@ def label(distribution: str) -> str:
     if parts[0] == "corruption":
         return f"{parts[1].replace('_', ' ')} {parts[2]}"
     return distribution
+
+
+def _is_control(method: str) -> bool:
+    from ..methods import available_methods, get_method
+
+    return method in available_methods() and get_method(method).control
