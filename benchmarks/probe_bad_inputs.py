@@ -15,9 +15,7 @@ are tests/test_bad_inputs.py; this script is the survey (re-run it after changin
 from __future__ import annotations
 
 import argparse
-import copy
 import math
-import os
 import sys
 import tempfile
 import traceback
@@ -28,12 +26,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lostprune
 from lostprune import io as lpio
 from lostprune import models
+
+# the models and data of the tests (run from the repository root: PYTHONPATH=$PWD)
+from tests.test_bad_inputs import (
+    LABELS,
+    S,
+    Tiny,
+    bad_state,
+    meta_model,
+    no_input_size,
+    prune,
+    tampered,
+    wrong_input_size,
+)
+from tests.test_shared_weights import Reused, TiedEmbedding, TiedPair
 
 PACKAGE = str(Path(lostprune.__file__).resolve().parent)
 
@@ -48,70 +60,6 @@ class Case:
 
 
 # ----------------------------------------------------------------------------- fixtures
-class Tiny(nn.Module):
-    def __init__(self, channels: int = 3):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 4)
-        self.input_size = (channels, 8, 8)
-
-    def forward(self, x):
-        x = torch.relu(self.bn(self.conv1(x)))
-        x = torch.relu(self.conv2(x))
-        return self.fc(x.mean((2, 3)))
-
-
-def tiny(**kw) -> Tiny:
-    torch.manual_seed(0)
-    return Tiny(**kw)
-
-
-class TiedPair(nn.Module):
-    """Two Linear layers sharing one weight Parameter (a weight reused under two names)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.a = nn.Linear(16, 16)
-        self.b = nn.Linear(16, 16)
-        self.b.weight = self.a.weight
-        self.head = nn.Linear(16, 4)
-        self.input_size = (16,)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
-
-
-class TiedEmbedding(nn.Module):
-    """A language-model style tie: the classifier's weight is the embedding's."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb = nn.Embedding(32, 16)
-        self.hidden = nn.Linear(16, 16)
-        self.out = nn.Linear(16, 32, bias=False)
-        self.out.weight = self.emb.weight
-
-    def forward(self, tokens):
-        return self.out(torch.relu(self.hidden(self.emb(tokens))))
-
-
-class Reused(nn.Module):
-    """One Conv2d module registered under two names and called twice."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(4, 4, 3, padding=1)
-        self.again = self.conv
-        self.fc = nn.Linear(4, 2)
-        self.input_size = (4, 6, 6)
-
-    def forward(self, x):
-        return self.fc(self.again(torch.relu(self.conv(x))).mean((2, 3)))
 
 
 class TinyFc(nn.Module):
@@ -131,18 +79,7 @@ class TinyFc(nn.Module):
         return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
 
 
-S = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-LABELS = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(2))
 S16 = torch.randn(16, 16, generator=torch.Generator().manual_seed(3))
-
-
-def prune(model=None, method="wt", ratio=0.5, **kw):
-    return lostprune.prune(tiny() if model is None else model, method, ratio, progress=False, **kw)
-
-
-def meta_model():
-    with torch.device("meta"):
-        return Tiny()
 
 
 # ----------------------------------------------------------------------------- checks
@@ -244,7 +181,7 @@ def training_kept(result) -> str | None:
 
 
 def frozen_snip(result) -> str | None:
-    ref = lostprune.prune(tiny(), "snip", 0.5, data=S, progress=False)
+    ref = lostprune.prune(Tiny(), "snip", 0.5, data=S, progress=False)
     for name, mask in ref.masks.items():
         if not torch.equal(mask, result.masks[name]):
             return f"frozen parameters changed SNIP's masks (layer {name}: no gradients, scores of nothing)"
@@ -303,7 +240,7 @@ def empty_file() -> Path:
 
 def state_dict_file() -> Path:
     p = TMP / "sd.pt"
-    torch.save(tiny().state_dict(), p)
+    torch.save(Tiny().state_dict(), p)
     return p
 
 
@@ -330,25 +267,19 @@ def tied_load():
     return lostprune.load_pruned(TiedPair(), state)
 
 
-def tampered_mask():
-    model = prune().model
-    model.conv1.weight_mask.fill_(0.5)
-    return lostprune.prune(model, "wt", 0.7, progress=False)
-
-
 def data_generator():
     return (S[i:i + 4] for i in range(0, 16, 4))
 
 
 def frozen():
-    model = tiny()
+    model = Tiny()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
 def training_mode_sipp():
-    model = tiny().train()
+    model = Tiny().train()
     return lostprune.prune(model, "sipp", 0.5, data=S, progress=False)
 
 
@@ -394,13 +325,13 @@ def cases() -> list[Case]:
           ("model",)),
         C("model on meta device", lambda: prune(meta_model()), "error", ("meta device",)),
         C("model with NaN weights", lambda: prune(_nan_model()), "error", ("nan",)),
-        C("float64 model, float32 S (sipp)", lambda: prune(tiny().double(), "sipp", data=S), "error",
+        C("float64 model, float32 S (sipp)", lambda: prune(Tiny().double(), "sipp", data=S), "error",
           ("float64",)),
         C("training-mode model (sipp)", training_mode_sipp, "ok", check=training_kept),
         C("frozen parameters (snip)", lambda: prune(frozen(), "snip", data=S), "ok", check=frozen_snip),
         C("frozen parameters (wt)", lambda: prune(frozen()), "ok", check=achieved(0.5)),
         C("already pruned model", lambda: prune(prune().model, ratio=0.7), "ok", check=pruned_further),
-        C("pruned model with a tampered 0.5 mask", tampered_mask, "error", ("mask",)),
+        C("pruned model with a tampered 0.5 mask", lambda: prune(tampered(), ratio=0.7), "error", ("mask",)),
         # tied / reused weights
         C("tied Linear pair (wt)", lambda: prune(TiedPair()), "ok", check=tied_ok),
         C("tied Linear pair (random)", lambda: prune(TiedPair(), "random"), "ok", check=tied_ok),
@@ -464,9 +395,9 @@ def cases() -> list[Case]:
         C("example_input int64", lambda: prune(example_input=torch.zeros(1, 3, 8, 8, dtype=torch.long)), "error",
           ("example_input",)),
         C("example_input numpy", lambda: prune(example_input=S[:1].numpy()), "error", ("example_input",)),
-        C("model.input_size wrong", lambda: prune(_wrong_input_size()), "error", ("input_size",)),
-        C("no input at all (wt)", lambda: prune(_no_input_size()), "ok", check=achieved(0.5)),
-        C("no input at all (ft)", lambda: prune(_no_input_size(), "ft"), "error", ("example_input",)),
+        C("model.input_size wrong", lambda: prune(wrong_input_size()), "error", ("input_size",)),
+        C("no input at all (wt)", lambda: prune(no_input_size()), "ok", check=achieved(0.5)),
+        C("no input at all (ft)", lambda: prune(no_input_size(), "ft"), "error", ("example_input",)),
         # layers / exclude
         C("layers='conv1' (one name)", lambda: prune(layers="conv1"), "ok", check=only_layers({"conv1"})),
         C("exclude='fc' (one name)", lambda: prune(exclude="fc"), "ok", check=only_layers({"conv1", "conv2"})),
@@ -481,27 +412,27 @@ def cases() -> list[Case]:
         C("exclude every layer", lambda: prune(exclude=[nn.Conv2d, nn.Linear]), "error", ("exclude",)),
         C("exclude=['nope'] (typo)", lambda: prune(exclude=["nope"]), "error", ("exclude",)),
         # masks, load_pruned, remove_masks
-        C("load_pruned(model, None)", lambda: lostprune.load_pruned(tiny(), None), "error", ("state_dict",)),
-        C("load_pruned(model, 'file.pt')", lambda: lostprune.load_pruned(tiny(), "net.pt"), "error",
+        C("load_pruned(model, None)", lambda: lostprune.load_pruned(Tiny(), None), "error", ("state_dict",)),
+        C("load_pruned(model, 'file.pt')", lambda: lostprune.load_pruned(Tiny(), "net.pt"), "error",
           ("state_dict",)),
         C("load_pruned(None, state)", lambda: lostprune.load_pruned(None, prune().model.state_dict()), "error",
           ("model",)),
-        C("load_pruned mask of wrong shape", lambda: lostprune.load_pruned(tiny(), _bad_mask_state("shape")), "error",
+        C("load_pruned mask of wrong shape", lambda: lostprune.load_pruned(Tiny(), bad_state("shape")), "error",
           ("mask",)),
-        C("load_pruned mask with 0.5", lambda: lostprune.load_pruned(tiny(), _bad_mask_state("values")), "error",
+        C("load_pruned mask with 0.5", lambda: lostprune.load_pruned(Tiny(), bad_state("values")), "error",
           ("mask",)),
-        C("load_pruned mask for a missing layer", lambda: lostprune.load_pruned(tiny(), _bad_mask_state("name")),
+        C("load_pruned mask for a missing layer", lambda: lostprune.load_pruned(Tiny(), bad_state("name")),
           "error", ("conv9",)),
-        C("load_pruned other architecture", lambda: lostprune.load_pruned(tiny(channels=1), prune().model.state_dict()),
+        C("load_pruned other architecture", lambda: lostprune.load_pruned(Tiny(channels=1), prune().model.state_dict()),
           "error", ("state_dict", "shape")),
         C("remove_masks(None)", lambda: lostprune.remove_masks(None), "error", ("model",)),
-        C("remove_masks on an unpruned model", lambda: lostprune.remove_masks(tiny()), "ok", check=lambda m: None),
+        C("remove_masks on an unpruned model", lambda: lostprune.remove_masks(Tiny()), "ok", check=lambda m: None),
         # slice_model
         C("slice_model(None)", lambda: lostprune.slice_model(None), "error", ("model",)),
-        C("slice_model of an unpruned model", lambda: lostprune.slice_model(tiny()), "warn", ("no channel",)),
+        C("slice_model of an unpruned model", lambda: lostprune.slice_model(Tiny()), "warn", ("no channel",)),
         C("slice_model example_input wrong channels",
           lambda: lostprune.slice_model(prune(method="ft").model, torch.randn(1, 1, 8, 8)), "error", ("example_input",)),
-        C("slice_model without any input", lambda: lostprune.slice_model(prune(_no_input_size(), example_input=S[:1],
+        C("slice_model without any input", lambda: lostprune.slice_model(prune(no_input_size(), example_input=S[:1],
                                                                                method="ft").model), "error",
           ("example_input",)),
         C("slice_model example_input a list", lambda: lostprune.slice_model(prune(method="ft").model, [1]), "error",
@@ -516,7 +447,7 @@ def cases() -> list[Case]:
         C("convert layers=['nope']", lambda: convert(layers=["nope"]), "error", ("nope",)),
         C("convert example_input wrong channels", lambda: convert(example_input=torch.randn(1, 1, 8, 8)), "error",
           ("example_input",)),
-        C("convert an unpruned model", lambda: convert(tiny()), "ok", check=lambda m: None),
+        C("convert an unpruned model", lambda: convert(Tiny()), "ok", check=lambda m: None),
         # io
         C("load_network missing file", lambda: lpio.load_network(TMP / "missing.pt"), "error", ("missing.pt",)),
         C("load_network text file", lambda: lpio.load_network(text_file()), "error", ("notes.pt",)),
@@ -529,7 +460,7 @@ def cases() -> list[Case]:
             TMP / "n2.pt", models.create("small_cnn"), network="small_cnn"), device="nope"), "error", ("device", "nope")),
         C("save_network(model=None)", lambda: lpio.save_network(TMP / "x.pt", None, network="small_cnn"), "error",
           ("model",)),
-        C("save_network unknown network name", lambda: lpio.save_network(TMP / "y.pt", tiny(), network="tiny"),
+        C("save_network unknown network name", lambda: lpio.save_network(TMP / "y.pt", Tiny(), network="tiny"),
           "error", ("network",)),
         C("save/load round trip of a pruned net", round_trip, "ok", check=masks_restored),
     ]
@@ -543,33 +474,10 @@ def _shape_pass(model):
 
 
 def _nan_model():
-    model = tiny()
+    model = Tiny()
     with torch.no_grad():
         model.conv1.weight[0, 0, 0, 0] = math.nan
     return model
-
-
-def _wrong_input_size():
-    model = tiny()
-    model.input_size = (1, 8, 8)
-    return model
-
-
-def _no_input_size():
-    model = tiny()
-    del model.input_size
-    return model
-
-
-def _bad_mask_state(kind: str) -> dict:
-    state = prune().model.state_dict()
-    if kind == "shape":
-        state["conv1.weight_mask"] = torch.ones(2, 2)
-    elif kind == "values":
-        state["conv1.weight_mask"] = torch.full_like(state["conv1.weight_mask"], 0.5)
-    else:
-        state["conv9.weight_mask"] = torch.ones(2)
-    return state
 
 
 # ----------------------------------------------------------------------------- running

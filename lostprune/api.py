@@ -6,6 +6,7 @@ import contextlib
 import copy
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +50,7 @@ def _reusable(data):
     example input and the scoring pass, so a one-shot iterator (a generator) is collected into
     a list of its batches; an (inputs, labels) pair of tensors becomes a TensorDataset."""
     data = as_pair_dataset(data)
-    try:
-        one_shot = iter(data) is data
-    except TypeError:
-        return data  # not iterable: iter_inputs names the problem
-    return list(data) if one_shot else data
+    return list(data) if isinstance(data, Iterator) else data  # never iter(): a DataLoader would start workers
 
 
 def _example_input(model: nn.Module, data, example_input, device, dtype) -> tuple[Tensor | None, str]:

@@ -43,7 +43,7 @@ def read_network_file(path: str | Path) -> dict:
         raise FileNotFoundError(f"network file {str(path)!r} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 — pickle, zip and EOF errors alike: not a checkpoint
+    except Exception as exc:  # pickle, zip and EOF errors alike: not a checkpoint
         lines = str(exc).strip().splitlines()
         raise ValueError(f"network file {str(path)!r} is not a torch checkpoint ({type(exc).__name__}: "
                          f"{lines[0] if lines else 'empty file' if path.stat().st_size == 0 else ''}); expected a "
