@@ -226,7 +226,7 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"convert: min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
+        raise ValueError(f"convert: min_sparsity must lie in [0, 1] (a number), got {min_sparsity!r}")
     if rounds < 1 or min_time <= 0:
         raise ValueError(f"convert: rounds must be >= 1 and min_time > 0, got {rounds} and {min_time}")
     if isinstance(example_input, Tensor):
