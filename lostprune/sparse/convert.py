@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..bench import time_call
 from ..core.masks import effective_weight
+from ..core.shapes import check_input
 from ..ops.sparse import pack_weight
 from ..structure.folded_conv import FoldedConv2d
 from . import fusion as fx_fusion
@@ -222,10 +223,14 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
     Returns the converted model; its outputs equal the dense model's up to float rounding.
     ``report(model)`` gives one ``LayerDecision`` per layer (``print`` shows the table).
     """
-    if not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"convert: min_sparsity must lie in [0, 1], got {min_sparsity}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"convert: min_sparsity must lie in [0, 1] (a number), got {min_sparsity!r}")
     if rounds < 1 or min_time <= 0:
         raise ValueError(f"convert: rounds must be >= 1 and min_time > 0, got {rounds} and {min_time}")
+    if isinstance(example_input, Tensor):
+        check_input(model, example_input, "example_input")
     model = model if inplace else copy.deepcopy(model)
     candidates = {name: m for name, m in model.named_modules() if _kind(m) is not None}
     if layers is not None:
