@@ -26,7 +26,7 @@ SLOW_FIRST = ["test_build.py", "test_experiments.py", "test_cli.py", "test_slici
               "test_robust_training.py", "test_sipp_pfp.py", "test_group_pruning.py", "test_cycles.py"]
 # Files whose tests each compile the kernels: one job per test.
 SPLIT_BY_TEST = ["test_build.py"]
-SUMMARY = re.compile(r"^=* ?(\d+ (?:passed|failed|skipped|deselected|errors?)\b.*?) in [\d.]+s", re.M)
+SUMMARY = re.compile(r"^=* ?(\d+ (?:passed|failed|skipped|deselected|errors?)\b.*?) in [\d.]+s", re.MULTILINE)
 
 
 def order(files: list[Path]) -> list[Path]:
@@ -106,8 +106,9 @@ def main() -> int:
     for name, (status, detail) in sorted(bad.items()):
         if status == "NOT RUN":
             print(f"  {status:7} {name}: {detail}")
-    print(f"{len(results) - len(bad)} of {len(results)} test jobs passed"
-          + (f"; not passed: {', '.join(sorted(bad))}" if bad else ""))
+    names = sorted(bad)
+    listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    print(f"{len(results) - len(bad)} of {len(results)} test jobs passed" + (f"; not passed: {listed}" if bad else ""))
     return 1 if bad else 0
 
 
