@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lostprune._process import pid_alive
 from lostprune.ops import _build
 
 PROBE = textwrap.dedent(
@@ -216,7 +217,7 @@ def _unwritable(tmp_path: Path) -> Path:
 
 def _dead_pid() -> int:
     pid = 4_000_000
-    while _build._pid_alive(pid):
+    while pid_alive(pid):
         pid += 1
     return pid
 

@@ -25,7 +25,6 @@ import functools
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,23 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import lostprune
 from benchmarks._util import write_section
-from benchmarks.bench_sparse import dense_baselines, layer_callables, resnet18_wt90
+from benchmarks.bench_sparse import RESNET18_LAYERS, dense_baselines, layer_callables, resnet18_wt90
 from lostprune import models
 from lostprune.datapass import sensitivity_pass
 from lostprune.ops import pack_weight, sparse_linear
 from lostprune.ops._precision import exact_fp32
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-
-# (name, Cin, Cout, input size, kernel, stride, padding): resnet18's convolutions at 224x224.
-CONV_LAYERS = [
-    ("resnet18 stem 7x7 s2", 3, 64, 224, 7, 2, 3),
-    ("resnet18 64@56", 64, 64, 56, 3, 1, 1),
-    ("resnet18 64->128 s2", 64, 128, 56, 3, 2, 1),
-    ("resnet18 128@28", 128, 128, 28, 3, 1, 1),
-    ("resnet18 256@14", 256, 256, 14, 3, 1, 1),
-    ("resnet18 512@7", 512, 512, 7, 3, 1, 1),
-]
+# resnet18's convolutions at 224x224: the stem, one per stage and one strided.
+CONV_LAYERS = [layer for layer in RESNET18_LAYERS if layer[0] in (
+    "resnet18 stem 7x7 s2", "resnet18 64@56", "resnet18 64->128 s2", "resnet18 128@28", "resnet18 256@14",
+    "resnet18 512@7")]
 LINEAR_LAYERS = [("resnet18 fc 512->1000", 512, 1000), ("4096->4096", 4096, 4096)]
 SMOKE_CONV = [("smoke 8@9", 8, 8, 9, 3, 1, 1)]
 SMOKE_LINEAR = [("smoke 24->10", 24, 10)]

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from .._process import pid_alive
 from .._version import __version__
 
 LIBRARY_NAME = "lostprune_C"
@@ -381,22 +382,12 @@ def _remove_stale_scratch(root: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
 def _remove_stale_private_caches() -> None:
     """Private caches (``lostprune-kernels-<pid>-*`` in the temporary directory) of processes
     that are gone (killed before their exit handler removed them)."""
     for stale in Path(tempfile.gettempdir()).glob(_PRIVATE_PREFIX + "*"):
         pid = stale.name[len(_PRIVATE_PREFIX):].split("-", 1)[0]
-        if stale.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+        if stale.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
 
