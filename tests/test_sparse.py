@@ -491,7 +491,8 @@ CUDA_TILE_CASES = [
     (2, 48, 48, 9, 9, 3, 1, 1, 1, 48),       # depthwise
     (2, 2, 2, 40, 40, 3, 1, 0, 12, 1),       # dilation 12: small tiles
     (1, 2, 3, 120, 120, 3, 1, 0, 50, 1),     # dilation 50: nothing fits shared memory
-    (32, 64, 64, 14, 14, 3, 1, 1, 1, 1),     # batch 32: four channels per warp
+    (32, 64, 64, 14, 14, 3, 1, 1, 1, 1),     # batch 32, 14x14 maps
+    (800, 4, 80, 4, 4, 3, 1, 1, 1, 1),       # 100 tiles x 3 channel blocks: four channels per warp
 ]
 
 

@@ -69,7 +69,7 @@ CONV_CASES = [
     (5, 3, 40, 3, 5, 1, 1, 0, 1, 1),      # two blocks of output channels
     (2, 8, 8, 9, 9, 3, 1, 1, 1, 8),       # depthwise
     (1, 2, 3, 110, 105, 3, 1, 0, 50, 1),  # dilation 50: unstaged path
-    (40, 16, 32, 6, 6, 3, 1, 1, 1, 1),    # many tiles: four output channels per warp
+    (800, 4, 80, 4, 4, 3, 1, 1, 1, 1),    # 300 blocks, the last channel block partial: four channels per warp
 ]
 
 
