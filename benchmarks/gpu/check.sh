@@ -67,8 +67,9 @@ step() {
 skip() { say "SKIP  $1: $2"; }
 
 # ----------------------------------------------------------------------------- env
-GPU=$("$PY" - <<'PY' 2>/dev/null
+{ read -r TORCH_CUDA; read -r GPU; } < <("$PY" - <<'PY' 2>/dev/null
 import torch
+print(torch.version.cuda or "")
 print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 PY
 )
@@ -100,7 +101,9 @@ fi
 
 # ----------------------------------------------------------------------------- compile
 NVCC=$(command -v nvcc || true)
-if [[ -z "$NVCC" && -z "${CUDA_HOME:-}" && ! -x /usr/local/cuda/bin/nvcc ]]; then
+if [[ -z "$TORCH_CUDA" ]]; then  # cannot happen with a GPU visible to torch
+  skip compile "torch is a CPU-only build: no CUDA kernels to compile"
+elif [[ -z "$NVCC" && -z "${CUDA_HOME:-}" && ! -x /usr/local/cuda/bin/nvcc ]]; then
   if [[ -n "$GPU" ]]; then
     say "FAIL  compile: nvcc not found (set CUDA_HOME or put nvcc on PATH)"
     FAILED+=(compile)
