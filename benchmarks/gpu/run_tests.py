@@ -1,10 +1,10 @@
 """Run the test suite as parallel pytest processes within a deadline.
 
 The GPU check has minutes, not the suite's single-process runtime, and the GPU machine has no
-pytest-xdist: test files (and each test of the files that compile kernels, which take longest)
-are handed to ``--jobs`` workers, the slowest-known first, each worker with its share of the
-CPU threads. Prints one line per job and a total; exit 1 when a job fails or does not finish
-before the deadline (its log says how far it got).
+pytest-xdist: test files (and each test of the files whose tests take minutes) are handed to
+``--jobs`` workers, the slowest-known first, each worker with its share of the CPU threads.
+Prints one line per job and a total; exit 1 when a job fails or does not finish before the
+deadline (its log says how far it got).
 
     python benchmarks/gpu/run_tests.py --jobs 6 --deadline 200 -m "not cuda" --logs gpu-out/tests
 """
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Files that take longest (they compile kernels or train): started first.
 SLOW_FIRST = ["test_build.py", "test_experiments.py", "test_cli.py", "test_slicing.py", "test_sparse.py",
               "test_robust_training.py", "test_sipp_pfp.py", "test_group_pruning.py", "test_cycles.py"]
-# Files whose tests each compile the kernels: one job per test.
-SPLIT_BY_TEST = ["test_build.py"]
+# Files with several tests of a minute or more (builds, training runs): one job per test.
+SPLIT_BY_TEST = ["test_build.py", "test_experiments.py", "test_cycles.py"]
 SUMMARY = re.compile(r"^=* ?(\d+ (?:passed|failed|skipped|deselected|errors?)\b.*?) in [\d.]+s", re.MULTILINE)
 
 
