@@ -5,7 +5,7 @@ Per layer: the 3x3 convolutions of ResNet20 (CIFAR, 32x32) and resnet18 (224x224
 resnet18 stem, at batch 1 and 32 and sparsity 50-98 % (random unstructured masks). Baselines:
 dense ``F.conv2d`` (oneDNN) and ``torch.sparse`` CSR matmul on the unfolded input. End to end:
 resnet18 pruned by WT to 90 %, converted with ``lostprune.sparse.convert``, vs the dense model
-(same weights). On a GPU, when one is present: vs cuDNN and vs cuSPARSE through cupy.
+(same weights). The GPU comparisons (vs cuDNN, vs cuSPARSE) are in benchmarks/gpu/bench_gpu.py.
 
     python benchmarks/bench_sparse.py                  # writes benchmarks/results/sparse.md
     python benchmarks/bench_sparse.py --quick          # fewer shapes and sparsities
@@ -70,8 +70,9 @@ def csr_conv(x, weight_csr, kernel, stride, padding, out_hw):
     return out.reshape(-1, n, *out_hw).transpose(0, 1)
 
 
-def layer_callables(cin, cout, size, kernel, stride, padding, sparsity, batch):
+def layer_callables(cin, cout, size, kernel, stride, padding, sparsity, batch, device="cpu"):
     x, weight = make_layer(cin, cout, size, kernel, sparsity, batch)
+    x, weight = x.to(device), weight.to(device)
     packed = pack_weight(weight)
     csr = weight.reshape(cout, -1).to_sparse_csr()
     out_hw = (F.conv2d(x[:1], weight, None, stride, padding).shape[-2:])
@@ -103,15 +104,15 @@ def test_resnet18_wt90(benchmark, impl):
 
 
 # --------------------------------------------------------------------------- end to end
-def resnet18_wt90(batch: int = 1, calibrate: bool = True, fuse: bool = True):
+def resnet18_wt90(batch: int = 1, calibrate: bool = True, fuse: bool = True, device: str = "cpu", size: int = 224):
     import lostprune
     from lostprune import models
 
     torch.manual_seed(0)
     model = models.randomize_norm_statistics(models.create("resnet18")).eval()  # BN folding is not a no-op
-    pruned = lostprune.prune(model, "wt", 0.9, progress=False).model
+    pruned = lostprune.prune(model.to(device), "wt", 0.9, progress=False).model
     lostprune.remove_masks(pruned)  # the dense baseline runs without mask hooks
-    x = torch.randn(batch, 3, 224, 224)
+    x = torch.randn(batch, 3, size, size, device=device)
     sparse = lostprune.sparse.convert(pruned, example_input=x, calibrate=calibrate, progress=False, fuse=fuse)
     return pruned, sparse, x
 
@@ -132,45 +133,6 @@ def dense_baselines(pruned):
             parent, _, child = name.rpartition(".")
             setattr(pooled.get_submodule(parent) if parent else pooled, child, FastMaxPool2d.from_pool(module))
     return folded, pooled
-
-
-# --------------------------------------------------------------------------- GPU
-def gpu_rows(layers, sparsities, batch):
-    """Per-layer ratios on the GPU vs cuDNN and (when cupy imports) cuSPARSE."""
-    try:
-        import cupy
-        import cupyx.scipy.sparse as cusparse
-    except ImportError:
-        cupy = None
-    rows = []
-    for name, cin, cout, size, kernel, stride, padding in layers:
-        for sparsity in sparsities:
-            x, weight = make_layer(cin, cout, size, kernel, sparsity, batch)
-            x, weight = x.cuda(), weight.cuda()
-            packed = pack_weight(weight)
-
-            def timed(fn):
-                def run():
-                    fn()
-                    torch.cuda.synchronize()
-                return run
-
-            dense = timed(lambda: F.conv2d(x, weight, None, stride, padding))
-            ours = timed(lambda: sparse_conv2d(x, packed, None, stride, padding))
-            tb, tc, r_dense = interleaved_ratio(dense, ours, rounds=5, min_time=0.02)
-            r_cusparse = float("nan")
-            if cupy is not None:
-                w_csr = cusparse.csr_matrix(cupy.asarray(weight.reshape(cout, -1)))
-
-                def cusparse_conv():
-                    cols = F.unfold(x, kernel, padding=padding, stride=stride)
-                    cols = cols.transpose(0, 1).reshape(cols.shape[1], -1).contiguous()
-                    return w_csr @ cupy.asarray(cols)
-
-                _, _, r_cusparse = interleaved_ratio(timed(cusparse_conv), ours, rounds=5, min_time=0.02)
-            rows.append(f"| {name} | {batch} | {sparsity:.0%} | {tb * 1e6:.0f} | {tc * 1e6:.0f} | "
-                        f"{r_dense:.2f}× | {r_cusparse:.2f}× |")
-    return rows
 
 
 # --------------------------------------------------------------------------- script
@@ -260,10 +222,6 @@ def main() -> None:
                          f"model's output vs the dense one {err:.1e}")
         if batch == 1:
             summary = result.summary()
-    gpu = []
-    if torch.cuda.is_available():
-        gpu = ["| layer | batch | sparsity | cuDNN µs | sparse µs | vs cuDNN | vs cuSPARSE |", "|---|---|---|---|---|---|---|"]
-        gpu += gpu_rows(layers, sparsities, 1) + gpu_rows(layers, sparsities, 32)
 
     threads = torch.get_num_threads()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -306,10 +264,7 @@ def main() -> None:
         *header,
         *rows,
     ]
-    if gpu:
-        body += ["", "### GPU", *gpu]
-    else:
-        body += ["", "GPU: none on this machine; the CUDA kernels were compiled (sm_80, sm_90) but not timed."]
+    body += ["", "GPU: see benchmarks/results/gpu.md (`bash benchmarks/gpu/check.sh` on a GPU machine)."]
     command = "python benchmarks/bench_sparse.py" + (" --quick" if args.quick else "") + (
         f" --threads {args.threads}" if args.threads else "")
     print(write_section("sparse", "Masked sparse convolution (CPU)", command, "\n".join(body)))

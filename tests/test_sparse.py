@@ -477,6 +477,44 @@ def test_cuda_matches_reference(compiled, dtype, tol):
     _assert_close(out.double().cpu(), F.linear(x, weight), tol)
 
 
+# The CUDA kernel's tile plans (csrc/sparse_conv/sparse_conv.h, make_cuda_tiling): small and
+# odd maps whose lanes split the nonzeros, several images per tile, column tiles, several
+# channel chunks, two channel blocks, depthwise, and the unstaged path of huge dilations.
+CUDA_TILE_CASES = [
+    (1, 3, 5, 7, 7, 3, 1, 1, 1, 1),          # 49 positions: two 16-lane groups
+    (1, 5, 3, 1, 1, 1, 1, 0, 1, 1),          # one position: 32 groups of one lane
+    (3, 4, 6, 4, 4, 3, 1, 1, 1, 1),          # 16 positions, 3 images in one tile
+    (7, 6, 10, 5, 3, 3, 2, 1, 1, 2),         # odd map, stride 2, groups, images spread over tiles
+    (1, 2, 3, 5, 300, 3, 1, 1, 1, 1),        # wider than a tile: column tiles
+    (2, 600, 2, 6, 6, 3, 1, 1, 1, 1),        # many input channels: several staged chunks
+    (5, 3, 40, 3, 5, 1, 1, 0, 1, 1),         # 40 output channels: two blocks of channels
+    (2, 48, 48, 9, 9, 3, 1, 1, 1, 48),       # depthwise
+    (2, 2, 2, 40, 40, 3, 1, 0, 12, 1),       # dilation 12: small tiles
+    (1, 2, 3, 120, 120, 3, 1, 0, 50, 1),     # dilation 50: nothing fits shared memory
+    (32, 64, 64, 14, 14, 3, 1, 1, 1, 1),     # batch 32, 14x14 maps
+    (800, 4, 80, 4, 4, 3, 1, 1, 1, 1),       # 100 tiles x 3 channel blocks: four channels per warp
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("case", CUDA_TILE_CASES, ids=[f"tile{i}" for i in range(len(CUDA_TILE_CASES))])
+def test_cuda_tiles_match_reference(compiled, case, dtype, tol):
+    n, cin, cout, h, w, k, s, p, d, g = case
+    gen = torch.Generator().manual_seed(7)
+    weight = _sparse_weight((cout, cin // g, k, k), 0.8, gen)
+    x = torch.randn(n, cin, h, w, generator=gen, dtype=torch.float64)
+    bias = torch.randn(cout, generator=gen, dtype=torch.float64)
+    ref = F.conv2d(x, weight, bias, s, p, d, g)
+    residual = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    packed = pack_weight(weight).to("cuda", dtype)
+    out = sparse_conv2d(x.to("cuda", dtype), packed, bias.to("cuda", dtype), s, p, d, g)
+    _assert_close(out.double().cpu(), ref, tol)
+    fused = sparse_conv2d(x.to("cuda", dtype), packed, bias.to("cuda", dtype), s, p, d, g,
+                          residual=residual.to("cuda", dtype), relu=True)
+    _assert_close(fused.double().cpu(), torch.relu(ref + residual), tol)
+
+
 @pytest.mark.cuda
 def test_cuda_opcheck_and_device_errors(compiled):
     torch.library.opcheck(torch.ops.lostprune.sparse_conv2d.default, _opcheck_conv(True, "cuda"))
