@@ -342,4 +342,3 @@ def open_or_recover(path: str | Path, resume_hint: str = "rerun the same command
                        f"backup ({backup.name}). To start this experiment over in the same directory, {resume_hint} "
                        f"(trained networks are trained again); to resume instead, copy an intact copy of the store "
                        f"to {path} and {resume_hint}")
-
