@@ -27,6 +27,7 @@ from ..bench import time_call
 from ..core.masks import effective_weight
 from ..ops.sparse import pack_weight
 from ..structure.folded_conv import FoldedConv2d
+from . import autotune
 from . import fusion as fx_fusion
 from .modules import SparseConv2d, SparseLinear
 
@@ -167,6 +168,14 @@ def _dense_call(module: nn.Module, weight: Tensor, bias: Tensor | None, relu: bo
     return call
 
 
+def _autotune_key(kind: str, module: nn.Module, weight: Tensor, nnz: int, shape: torch.Size, relu: bool,
+                  residual: bool) -> str:
+    conv = dict(stride=module.stride, padding=module.padding, dilation=module.dilation,
+                groups=module.groups) if kind == "conv" else {}
+    return autotune.layer_key(kind, weight.shape, nnz, shape, relu=relu, residual=residual, dtype=weight.dtype,
+                              device=weight.device.type, **conv)
+
+
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -198,20 +207,25 @@ def _prepare_fusion(model: nn.Module, example_input, inplace: bool) -> tuple[tor
     return gm, None
 
 
-def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, calibrate: bool = True,
+def convert(model: nn.Module, min_sparsity: float = 0.2, *, example_input=None, calibrate: bool = True,
             layers: Iterable[str] | None = None, inplace: bool = False, rounds: int = 3,
-            min_time: float = 0.01, progress: bool = True, fuse: bool = True) -> nn.Module:
+            min_time: float = 0.01, progress: bool = True, fuse: bool = True, cache: bool = True) -> nn.Module:
     """Replace sparse Conv2d / Linear layers of ``model`` by SparseConv2d / SparseLinear where
     that is faster; the others stay dense.
 
     - ``model``: any module; masks in ``torch.nn.utils.prune`` format (``weight_orig`` +
       ``weight_mask``) or plain zeros in the weights. Deep-copied unless ``inplace``.
-    - ``min_sparsity``: layers with a smaller fraction of zero weights stay dense, untimed.
+    - ``min_sparsity``: layers with a smaller fraction of zero weights stay dense, untimed;
+      above it the timing decides (lightly pruned 1x1 convs can win: oneDNN runs NCHW
+      activations with reorders).
     - ``example_input``: a batch (or tuple of model arguments) like the ones the model will
       see; each candidate is timed dense and sparse at its input shape (batch size matters).
       Defaults to one random sample of ``model.input_size`` when the model has it.
     - ``calibrate=False``, or no input shape: convert where the sparsity reaches
       ``BREAK_EVEN_SPARSITY`` (and ``min_sparsity``).
+    - ``cache``: reuse the timings of a layer timed before (same shapes, nonzeros, epilogue,
+      dtype and threads, on these kernels) and record new ones, in the autotune cache beside
+      the compiled kernels (``lostprune.sparse.autotune``); ``False`` always measures.
     - ``layers``: restrict to these layer names.
     - ``fuse``: fold eval-mode BatchNorms into the conv before them (sparse or dense) and run
       the ReLU / residual add after a sparse conv in its kernel's epilogue; CPU max-pooling
@@ -293,10 +307,18 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
             decision.reason = f"cost model: sparsity {'>=' if decision.converted else '<'} {threshold:g}{why}"
         else:
             residual = fusion is not None and fusion.residual is not None
-            decision.dense_ms, decision.sparse_ms = _time_layer(_dense_call(module, weight, bias, relu), sparse, shape,
-                                                                rounds, min_time, residual)
+            key = _autotune_key(decision.kind, module, weight, sparse.nnz, shape, relu, residual)
+            cached = autotune.lookup(key) if cache else None
+            if cached is None:
+                decision.dense_ms, decision.sparse_ms = _time_layer(_dense_call(module, weight, bias, relu), sparse,
+                                                                    shape, rounds, min_time, residual)
+                if cache:
+                    autotune.record(key, decision.dense_ms, decision.sparse_ms)
+            else:
+                decision.dense_ms, decision.sparse_ms = cached
             decision.converted = decision.sparse_ms < decision.dense_ms
-            decision.reason = "calibrated: " + ("sparse faster" if decision.converted else "dense faster")
+            decision.reason = (("cached: " if cached is not None else "calibrated: ")
+                               + ("sparse faster" if decision.converted else "dense faster"))
         if fusion is not None:
             decision.fused = fusion.label(sparse=decision.converted)
             decision.reason += "".join(f"; {n}" for n in fusion.notes)
