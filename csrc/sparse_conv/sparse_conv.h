@@ -88,17 +88,11 @@ LP_HD SparseConvGeometry make_geometry(int64_t H, int64_t W, int64_t KH, int64_t
   return g;
 }
 
-// Rounds the plane rows up to whole kPlaneAlign-element vectors when that widens them by at
-// most 1/8: every row then starts aligned, so a tap's offset residue is its column shift
-// alone (3 residue classes for a 3x3 kernel instead of up to 9).
-LP_HD void align_plane_rows(SparseConvGeometry* g) {
-  const int64_t aligned = (g->Wq + kPlaneAlign - 1) / kPlaneAlign * kPlaneAlign;
-  if ((aligned - g->Wq) * 8 > g->Wq) return;
-  g->Wq = aligned;
-  g->plane = g->Hq * g->Wq;
-  g->plane_stride = g->plane;  // already a multiple of kPlaneAlign
-  g->channel_stride = g->ny * g->nx * g->plane_stride;
-}
+// Sizes of one sparse_conv2d call (the CPU kernel's; CUDA has SparseConvCudaArgs).
+struct SparseConvArgs {
+  int64_t N, Cin, Cout, Cin_g, Cout_g, groups, nnz;
+  SparseConvGeometry g;
+};
 
 // Offset of tap (kh, kw) within its input channel's phase planes.
 LP_HD int64_t tap_offset(const SparseConvGeometry& g, int64_t kh, int64_t kw) {
@@ -106,6 +100,13 @@ LP_HD int64_t tap_offset(const SparseConvGeometry& g, int64_t kh, int64_t kw) {
   const int64_t plane_index = phase_index(g.KH, g.sh, g.dh, r % g.sh) * g.nx +
                               phase_index(g.KW, g.sw, g.dw, c % g.sw);
   return plane_index * g.plane_stride + (r / g.sh) * g.Wq + c / g.sw;
+}
+
+// Plane offset of output pixel p numbered densely (p = oh * OW + ow): its input for a tap
+// lies at tap_offset + this in the channel's planes.
+LP_HD int64_t pixel_plane_offset(const SparseConvGeometry& g, int64_t p) {
+  const int64_t oh = p / g.OW;
+  return oh * g.Wq + (p - oh * g.OW);
 }
 
 // Input coordinates (row u, column v, in the unpadded input; may be out of range = zero)
