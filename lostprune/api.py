@@ -15,6 +15,8 @@ from .core.layers import prunable_layers
 from .core.masks import apply_masks, current_masks, settle_masks
 from .data.batches import first_batch, iter_inputs
 from .methods import PruneContext, available_methods, get_method
+from .structure.attention import convert_attention
+from .structure.trace_cache import EXAMPLE_INPUT
 
 
 @dataclass
@@ -68,7 +70,9 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
             split, never the test set.
         layers / exclude: which layers to prune, by qualified name (prefixes select submodules),
             type or predicate; default all Conv2d and Linear.
-        inplace: prune ``model`` itself instead of a deep copy.
+        inplace: prune ``model`` itself instead of a deep copy. Either way, ``nn.MultiheadAttention``
+            and torchvision's Swin attention are replaced by equivalents whose heads can be
+            pruned (``lostprune.structure.convert_attention``).
         example_input: a batch used to trace the model (structured methods) and count FLOPs;
             defaults to the first sample of ``data`` or ``model.input_size``.
         leaf_modules: module types or names the dependency graph treats as opaque.
@@ -84,6 +88,8 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
                             f"(it takes: {allowed})")
     prunable_layers(model, layers, exclude)  # validate before copying
     target = model if inplace else copy.deepcopy(settle_masks(model))
+    # attention whose heads the graph can see and the data pass can score (same function)
+    convert_attention(target)
     selected = prunable_layers(target, layers, exclude)
     device = next(iter(selected.values())).weight.device
     if pruning_method.data_informed:
@@ -113,6 +119,8 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     positions = ctx.graph().output_positions() if ctx._graph is not None else None  # the trace's shapes
     stats = compute_stats(target, selected, kept=kept, method=pruning_method.name, target_ratio=ratio,
                           example_input=sample, positions=positions)
+    if sample is not None:  # slice_model traces the pruned model on it
+        setattr(target, EXAMPLE_INPUT, sample.detach())
     return PruneResult(target, masks, stats, pruning_method.name)
 
 

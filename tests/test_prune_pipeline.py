@@ -26,7 +26,8 @@ from lostprune.core.masks import (
 from lostprune.core.shapes import shape_keeping_skipped, shape_only_forward
 from lostprune.structure import build_graph
 from lostprune.structure import graph as graph_module
-from lostprune.structure.graph import _sort_order
+from lostprune.structure import tracing
+from lostprune.structure.groups import sort_order as _sort_order
 from lostprune.structure.trace_cache import structure_key
 
 
@@ -42,8 +43,8 @@ X = torch.randn(1, 3, 32, 32)
 def traces(monkeypatch):
     """Counts fx traces."""
     calls = []
-    trace = graph_module._trace_graph
-    monkeypatch.setattr(graph_module, "_trace_graph", lambda *a, **k: calls.append(1) or trace(*a, **k))
+    trace = tracing.trace_graph
+    monkeypatch.setattr(tracing, "trace_graph", lambda *a, **k: calls.append(1) or trace(*a, **k))
     return calls
 
 

@@ -291,7 +291,7 @@ class GroupPlan:
         self.round_to = check_round_to(round_to, weight.device if isinstance(weight, Tensor) else None)
         self.round_to_option = round_to
         if self.coupled != "skip":
-            _refuse_unsupported_coupling(graph)
+            refuse_unsupported_coupling(graph)
         self.counter = _WeightCounter(graph, {n: self.current_masks[n] for n in self.layers})
         dead = self.counter.removed_channels(*self.counter.fresh())
         self.skipped: list[ChannelGroup] = []  # coupled groups left alone by coupled="skip"
@@ -333,11 +333,7 @@ class GroupPlan:
             for m in self._members(unit.group):
                 if m.module not in scores:
                     continue
-                layer_scores = torch.as_tensor(scores[m.module]).detach().flatten().cpu().double()
-                extent = self.layers[m.module].weight.shape[0 if self.by == OUT else 1]
-                if layer_scores.numel() != extent:
-                    raise ValueError(f"scores[{m.module!r}] has {layer_scores.numel()} values but the layer has "
-                                     f"{extent} {'output filters' if self.by == OUT else 'input columns'}")
+                layer_scores = self._layer_scores(m.module, scores[m.module], reduce)
                 spans = layer_scores[m.index]  # [size, span]
                 values.append(spans[:, 0] if m.span == 1 else reduce(spans.T))
             if not values:
@@ -347,6 +343,21 @@ class GroupPlan:
                 raise ValueError(f"coupled reduce returned shape {tuple(score.shape)}, expected ({unit.size},)")
             result.append(score)
         return result
+
+    def _layer_scores(self, name: str, values, reduce: Reduce) -> Tensor:
+        """A layer's scores per weight row (``by="out"``) or column (``by="in"``): a grouped
+        conv's per-input-channel scores reduced over its groups (column j of the weight
+        reads channel j of every group, and they go together)."""
+        layer = self.layers[name]
+        values = torch.as_tensor(values).detach().flatten().cpu().double()
+        extent = layer.weight.shape[0 if self.by == OUT else 1]
+        groups = getattr(layer, "groups", 1)
+        if self.by == IN and groups > 1 and values.numel() == extent * groups:
+            values = reduce(values.view(groups, extent))
+        if values.numel() != extent:
+            raise ValueError(f"scores[{name!r}] has {values.numel()} values but the layer has "
+                             f"{extent} {'output filters' if self.by == OUT else 'input columns'}")
+        return values
 
     def rank(self, scores: Mapping[str, Tensor]) -> None:
         """Set every unit's score and removal order (dead channels first, then ascending
@@ -383,6 +394,9 @@ class GroupPlan:
             layer_scores = torch.as_tensor(scores[name]).detach().flatten().cpu().double()
             top = torch.zeros(layer_scores.numel(), dtype=torch.bool)
             top[torch.sort(layer_scores, descending=True, stable=True).indices[:max(0, int(count))]] = True
+            columns = self.layers[name].weight.shape[1]
+            if top.numel() != columns:  # a grouped conv: a column is wanted where any group wants it
+                top = top.view(-1, columns).any(0)
             for i, unit in enumerate(self.units):
                 for m in self._members(unit.group):
                     if m.module == name:
@@ -580,7 +594,7 @@ class _Refinement:
         return self.counts(index)
 
 
-def _refuse_unsupported_coupling(graph: DependencyGraph) -> None:
+def refuse_unsupported_coupling(graph: DependencyGraph) -> None:
     """A coupled group frozen by an op the graph does not understand would silently keep a
     whole stage of channels: name the node and op, and the ways out."""
     for group in graph.groups:

@@ -35,10 +35,12 @@ from torch.nn.utils import prune as torch_prune
 from ..core.accounting import output_positions
 from ..core.masks import mask_factors, masked_parameters, nonzero_rows_and_columns
 from ..ops import gather_channels
+from .attention import resize_attention
 from .constants import input_constants
 from .folded_conv import FoldedConv2d
 from .granularity import channel_multiple, padded
-from .graph import DEPTHWISE, IN, NORM, OUT, ChannelGroup, build_graph
+from .graph import DEPTHWISE, IN, NORM, OUT, PARAM, ChannelGroup, build_graph
+from .trace_cache import EXAMPLE_INPUT
 
 
 class SlicingWarning(UserWarning):
@@ -272,7 +274,8 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     Args:
         model: a structurally pruned model (masks in ``nn.utils.prune`` format, e.g.
             ``lostprune.prune(model, "ft", r).model``; zeroed weights count the same).
-        example_input: a batch to trace the model on; defaults to ``model.input_size``.
+        example_input: a batch to trace the model on; defaults to the one ``lostprune.prune``
+            was given (remembered on the pruned model), else ``model.input_size``.
         leaf_modules: module types or names the dependency graph treats as opaque.
 
     Returns a new ``nn.Module`` (no pruning hooks; the user's model is untouched) whose output
@@ -282,10 +285,13 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if example_input is None:
+        example_input = getattr(model, EXAMPLE_INPUT, None)
+    if example_input is None:
         size = getattr(model, "input_size", None)
         if size is None:
             raise ValueError("slice_model traces the model and needs an example input: pass "
-                             "example_input=torch.randn(1, C, H, W) (or set model.input_size)")
+                             "example_input=torch.randn(1, C, H, W) (or set model.input_size; a model "
+                             "lostprune.prune returned remembers the one prune traced it on)")
         reference = next(itertools.chain(model.parameters(), model.buffers()), None)
         example_input = torch.zeros(1, *size, device=reference.device if reference is not None else None)
     if not isinstance(example_input, Tensor) or example_input.dim() < 2:
@@ -356,6 +362,7 @@ class _Plan:
     modules: dict[str, nn.Module]
     keep_rows: dict[str, Tensor]  # module -> bool [dim 0] (conv/linear rows, depthwise, BN)
     keep_cols: dict[str, Tensor]  # module -> bool [in channels / features]
+    keep_params: dict[str, tuple[int, Tensor]] = field(default_factory=dict)  # parameter -> (dim, bool [size])
     new_tensors: dict[tuple[str, str], Tensor] = field(default_factory=dict)  # (module, attr) -> replaced source
     folded: dict[str, nn.Conv2d] = field(default_factory=dict)  # convs that take a border term
 
@@ -365,6 +372,7 @@ def _plan(graph, modules, rows, cols, removed, report: SliceReport) -> _Plan:
     decision = _Decision(modules, rows, cols, constants)
     keep_rows: dict[str, Tensor] = {}
     keep_cols: dict[str, Tensor] = {}
+    keep_params: dict[str, tuple[int, Tensor]] = {}
     fold_columns: dict[str, list[Tensor]] = {}
     for group in graph.groups:
         if group.id not in removed:
@@ -379,6 +387,10 @@ def _plan(graph, modules, rows, cols, removed, report: SliceReport) -> _Plan:
         report.channels_removed += int(drop.sum())
         report.channels_folded += int(constant.sum())
         for m in group.members:
+            if m.role == PARAM:
+                size = graph.model.get_parameter(m.module).shape[m.dim]
+                keep_params.setdefault(m.module, (m.dim, torch.ones(size, dtype=torch.bool)))[1][m.select(drop)] = False
+                continue
             target = keep_cols if m.role == IN else keep_rows
             if m.module not in target:
                 target[m.module] = torch.ones(_extent(modules[m.module], m.role), dtype=torch.bool)
@@ -386,7 +398,7 @@ def _plan(graph, modules, rows, cols, removed, report: SliceReport) -> _Plan:
             if m.role == IN and constant.any():
                 fold_columns.setdefault(m.module, []).append(m.select(constant))
     report.kept, report.channels_kept = decision.kept, decision.kept_channels
-    plan = _Plan(modules, keep_rows, keep_cols)
+    plan = _Plan(modules, keep_rows, keep_cols, keep_params)
     for name, columns in fold_columns.items():
         module = modules[name]
         term = _fold_term(module, module.weight, constants[name], torch.cat(columns))
@@ -420,6 +432,7 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: _Plan, s
     """One gather for every tensor that is sliced or still shared with the user's model,
     then the modules' sizes."""
     jobs = []  # [module, attr, old tensor or None, source, rows, cols]
+    moved: dict[tuple[int, str], int] = {}  # (module id, attr) -> dim moved to the front for the gather
     for name, module in modules.items():
         rows, cols = _index(plan.keep_rows.get(name)), _index(plan.keep_cols.get(name))
         sliceable = isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._NormBase))
@@ -429,6 +442,15 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: _Plan, s
             source = plan.new_tensors.pop((name, attr), None)
             r = rows if sliceable and tensor.dim() >= 1 else None
             c = cols if sliceable and attr == "weight" and isinstance(module, (nn.Conv2d, nn.Linear)) else None
+            qualified = f"{name}.{attr}" if name else attr
+            if qualified in plan.keep_params:  # a layer scale, class token, per-head table: along its dim
+                dim, keep = plan.keep_params[qualified]
+                if dim > 1:
+                    moved[(id(module), attr)] = dim
+                    source = tensor.detach().movedim(dim, 0)
+                    r, c = _index(keep), None
+                else:
+                    r, c = (_index(keep), None) if dim == 0 else (None, _index(keep))
             if source is None and r is None and c is None and id(tensor) not in shared:
                 continue  # already this copy's own tensor, unchanged
             jobs.append([module, attr, tensor, source, r, c])
@@ -463,6 +485,8 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: _Plan, s
 
     made: dict[int, Tensor] = {}
     for (module, attr, old, _, _, _), i in zip(jobs, which):
+        if (id(module), attr) in moved:
+            outputs[i] = outputs[i].movedim(0, moved[(id(module), attr)]).contiguous()
         is_param = attr in module._parameters or (old is None and attr != "fold_weight")
         if i not in made:
             if is_param:
@@ -475,6 +499,7 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: _Plan, s
     for name, module in modules.items():
         if name in plan.keep_rows or name in plan.keep_cols:
             _resize(module)
+        resize_attention(module)
         if type(module) is nn.Conv2d and "fold_weight" in module._buffers:
             plan.folded[name] = module
     leftovers = [n for n, t in itertools.chain(dense.named_parameters(), dense.named_buffers()) if id(t) in shared]
@@ -486,10 +511,10 @@ def _resize(module: nn.Module) -> None:
     """Set a module's size attributes from its (sliced) tensors."""
     if isinstance(module, nn.Conv2d):
         out_channels, per_group = module.weight.shape[:2]
-        if module.groups > 1:  # depthwise: one input channel per output channel
+        if module.groups > 1 and module.groups == module.in_channels == module.out_channels:  # depthwise
             module.groups = module.in_channels = out_channels
-        else:
-            module.in_channels = per_group
+        else:  # a grouped conv keeps its groups (channel j of every group went together)
+            module.in_channels = per_group * module.groups
         module.out_channels = out_channels
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape

@@ -20,7 +20,9 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils import prune as torch_prune
 
-_MODULE_INTERNALS = frozenset(nn.Module().__dict__)  # _parameters, _buffers, hook dicts, training …
+# the example input lostprune.prune remembers on a pruned model, for slice_model
+EXAMPLE_INPUT = "lostprune_example_input"
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__) | {EXAMPLE_INPUT}  # _parameters, _buffers, hooks, training …
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.memory_format)
 
 
