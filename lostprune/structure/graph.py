@@ -127,7 +127,7 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
-_TRACES = TraceCache()  # model -> its trace and groups, reused while the structure key matches
+_TRACES = TraceCache()  # structure key -> trace and groups
 
 
 def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=(), *,
@@ -136,25 +136,25 @@ def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=(), *,
 
     ``leaf_modules``: module types or qualified names to keep opaque when the model's own
     forward cannot be traced; channels entering and leaving them are frozen.
-    ``reuse_from``: a model ``model`` was copied from (e.g. ``slice_model``'s working copy).
+    ``reuse_from``: accepted for compatibility; any model of the same structure reuses a trace.
 
-    The trace and groups are kept (weakly, with ``model`` — or with ``reuse_from``, which
-    outlives a working copy) and reused by the next call on that model or on a copy naming
-    it in ``reuse_from``, as long as ``structure_key`` (module names, types, attributes,
-    tensor shapes, training modes, input shape, ``leaf_modules``) is unchanged.
+    The trace and groups are kept (the last 16 structures) and reused by the next call on any
+    model with the same ``structure_key`` (module names, types, attributes, tensor shapes,
+    training modes, input shape, ``leaf_modules``): the same model, a copy of it, another
+    instance of the architecture.
     """
     if not isinstance(example_input, Tensor):
         raise TypeError("example_input must be a tensor batch (N x C x H x W)")
     modules = dict(model.named_modules())
     key = structure_key(model, example_input, leaf_modules)
-    cached = _TRACES.get(key, model, reuse_from)
+    cached = _TRACES.get(key)
     if cached is None:
         fx_graph = tracing.trace_graph(model, leaf_modules)
         tracing.propagate_shapes(fx_graph, modules, example_input)
         walk = GroupWalk(fx_graph, modules)
         walk.run()
         cached = (fx_graph, walk.groups())
-        _TRACES.put(key, reuse_from if reuse_from is not None else model, cached)
+        _TRACES.put(key, cached)
     fx_graph, groups = cached
     # Fresh group objects: a caller may edit its groups without touching the cached ones.
     groups = [g.copy() for g in groups]

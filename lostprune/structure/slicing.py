@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -34,13 +33,15 @@ from torch.nn.utils import prune as torch_prune
 
 from ..core.accounting import output_positions
 from ..core.masks import mask_factors, masked_parameters, nonzero_rows_and_columns
+from ..core.shapes import shape_only_forward
 from ..ops import gather_channels
 from .attention import resize_attention
-from .constants import input_constants
 from .folded_conv import FoldedConv2d
 from .granularity import channel_multiple, padded
-from .graph import DEPTHWISE, IN, NORM, OUT, PARAM, ChannelGroup, build_graph
+from .graph import GraphError, build_graph
+from .slice_plan import SlicePlan, live_rows_and_columns, plan_slice
 from .trace_cache import EXAMPLE_INPUT
+from .tracing import failing_module
 
 
 class SlicingWarning(UserWarning):
@@ -156,118 +157,7 @@ def _count_params(model: nn.Module) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if not name.endswith("_mask"))
 
 
-# --------------------------------------------------------------------------- decisions
-def _live_rows_and_columns(modules: dict[str, nn.Module], known: dict[nn.Module, tuple[Tensor, Tensor]]
-                           ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Per conv/linear layer: which weight rows and input columns hold a nonzero (one pass
-    over the weights; a zero weight is a removed weight, masked or not). ``known``: those
-    already found, per module."""
-    rows, cols = {}, {}
-    for name, module in modules.items():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            live_rows, live_cols = known.get(module) or nonzero_rows_and_columns(module.weight)
-            rows[name], cols[name] = live_rows.cpu(), live_cols.cpu()
-    return rows, cols
-
-
-def _zero_padded(conv: nn.Conv2d) -> bool:
-    """Whether the conv sees zeros at the borders (so a constant input is not uniform there)."""
-    if conv.padding_mode != "zeros":
-        return False
-    if isinstance(conv.padding, str):
-        return conv.padding == "same" and any(d * (k - 1) > 0 for d, k in zip(conv.dilation, conv.kernel_size))
-    return any(p > 0 for p in conv.padding)
-
-
-def _border_capable(conv: nn.Module) -> bool:
-    return type(conv) in (nn.Conv2d, FoldedConv2d)
-
-
-class _Decision:
-    """Per group: which removed channels are dropped, and the constants to fold."""
-
-    def __init__(self, modules: dict[str, nn.Module], rows: dict[str, Tensor], cols: dict[str, Tensor],
-                 constants: dict[str, Tensor]):
-        self.modules = modules
-        self.rows, self.cols = rows, cols
-        self.constants = constants
-        self.kept: list[str] = []
-        self.kept_channels = 0
-
-    def alive(self, group: ChannelGroup) -> tuple[Tensor, Tensor | None]:
-        alive_out = torch.zeros(group.size, dtype=torch.bool)
-        alive_in = None
-        for m in group.members:
-            if m.role in (OUT, DEPTHWISE):
-                alive_out |= self.rows[m.module][m.index].any(1) if m.module in self.rows else True
-            elif m.role == IN:
-                alive_in = torch.zeros(group.size, dtype=torch.bool) if alive_in is None else alive_in
-                alive_in |= self.cols[m.module][m.index].any(1) if m.module in self.cols else True
-        return alive_out, alive_in
-
-    def unfoldable(self, group: ChannelGroup) -> tuple[Tensor, list[str]]:
-        """Bool [size]: constant channels that cannot be folded into every consumer, and why
-        (one reason per consumer that refuses)."""
-        refused = torch.zeros(group.size, dtype=torch.bool)
-        reasons = []
-        for m in group.consumers:
-            module = self.modules[m.module]
-            reads = self.cols[m.module][m.index].any(1) if m.module in self.cols else torch.ones(group.size, dtype=torch.bool)
-            values = self.constants.get(m.module)
-            values = values[m.index] if values is not None else torch.full(tuple(m.index.shape), math.nan)
-            unknown = reads & ~torch.isfinite(values).all(1)
-            if unknown.any():
-                reasons.append(f"its value at the input of '{m.module}' is not a constant slicing can determine "
-                               "(it passes an op that does not preserve constants, or the layer runs on different "
-                               "inputs)")
-            border = torch.zeros(group.size, dtype=torch.bool)
-            if isinstance(module, nn.Conv2d) and _zero_padded(module) and not _border_capable(module):
-                border = reads & ~unknown & (values != 0).any(1)
-                if border.any():
-                    reasons.append(f"'{m.module}' is a {type(module).__name__} with zero padding "
-                                   "(only nn.Conv2d and FoldedConv2d take a border term)")
-            refused |= unknown | border
-        return refused, reasons
-
-    def dropped(self, group: ChannelGroup, removed: Tensor) -> Tensor:
-        alive_out, alive_in = self.alive(group)
-        constant = removed & ~alive_out
-        if alive_in is not None:
-            constant &= alive_in  # a channel nobody reads goes without folding
-        drop = removed.clone()
-        if constant.any():
-            refused, reasons = self.unfoldable(group)
-            refused &= constant
-            if refused.any():
-                drop &= ~refused
-                self.kept_channels += int(refused.sum())
-                self.kept.append(f"{int(refused.sum())} channels of group {group.id} ({_producer_names(group)}): "
-                                 + "; ".join(reasons))
-        if drop.all():  # a layer needs at least one channel: keep one, unchanged
-            drop[0] = False
-            self.kept_channels += 1
-            self.kept.append(f"channel 0 of group {group.id} ({_producer_names(group)}): every channel of the "
-                             "group was removed; one is kept so its layers keep a channel")
-        return drop
-
-
-def _producer_names(group: ChannelGroup) -> str:
-    names = [m.module for m in group.producers]
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
 # --------------------------------------------------------------------------- the slice
-def _fold_term(module: nn.Module, weight: Tensor, values: Tensor, columns: Tensor) -> Tensor | None:
-    """Σ_j c_j · W[:, j] over the dropped constant columns: [out, kh, kw] or [out]; None if 0."""
-    c = torch.zeros(weight.shape[1], dtype=torch.float64, device=weight.device)
-    vals = values[columns.cpu()].to(c.device)
-    c[columns.to(c.device)] = torch.nan_to_num(vals, nan=0.0)  # NaN only where the column is all zero
-    if not bool((c != 0).any()):
-        return None
-    term = torch.einsum("oi...,i->o...", weight.detach().double(), c)
-    return term if bool((term != 0).any()) else None
-
-
 def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_modules=()) -> nn.Module:
     """A smaller dense copy of ``model`` without its structurally removed channels.
 
@@ -308,7 +198,7 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     try:
         graph = build_graph(dense, example_input[:1], leaf_modules, reuse_from=model)
         modules = graph.modules
-        rows, cols = _live_rows_and_columns(modules, live)
+        rows, cols = live_rows_and_columns(modules, live)
         removed = {}
         for group in graph.groups:
             if group.prunable:
@@ -320,15 +210,16 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
             warnings.warn("slice_model: no channel is structurally removed (the model has no structural masks: "
                           "it is unpruned or pruned unstructured) — returning an equal dense copy", SlicingWarning,
                           stacklevel=2)
-            plan = _Plan(modules, {}, {})
+            plan = SlicePlan(modules, {}, {})
         else:
-            plan = _plan(graph, modules, rows, cols, removed, report)
+            plan = plan_slice(graph, modules, rows, cols, removed, report)
         _materialize(dense, modules, plan, shared)
     finally:
         for module, mode in training.items():
             module.training = mode
     for conv in plan.folded.values():  # after the modes are restored: the new module copies its own
         _replace(dense, conv, FoldedConv2d.from_conv(conv, conv._buffers.pop("fold_weight")))
+    _check_runs(dense, example_input)
     report.params_after = _count_params(dense)
     report.zeros_kept = sum(dense.get_submodule(name).weight.numel() - kept for name, kept in pruned.items())
     _count_conv_work(dense, graph, report, example_input)
@@ -339,6 +230,18 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
                       stacklevel=2)
     dense.slice_report = report
     return dense
+
+
+def _check_runs(sliced: nn.Module, example_input: Tensor) -> None:
+    """One shape-only pass of the sliced model (meta tensors): a size the channel analysis
+    could not see in the model's code fails here, named, instead of in the user's hands."""
+    try:
+        shape_only_forward(sliced, example_input[:1])
+    except Exception as exc:
+        where = failing_module(exc)
+        raise GraphError(f"slice_model: the sliced model does not run{f' ({where})' if where else ''}: "
+                         f"{type(exc).__name__}: {exc}. Some size in the model's code depends on the removed "
+                         "channels in a way the channel analysis does not follow; please report it") from exc
 
 
 def _count_conv_work(sliced: nn.Module, graph, report: SliceReport, example_input: Tensor) -> None:
@@ -357,78 +260,11 @@ def _count_conv_work(sliced: nn.Module, graph, report: SliceReport, example_inpu
             report.unaligned.append(name)
 
 
-@dataclass
-class _Plan:
-    modules: dict[str, nn.Module]
-    keep_rows: dict[str, Tensor]  # module -> bool [dim 0] (conv/linear rows, depthwise, BN)
-    keep_cols: dict[str, Tensor]  # module -> bool [in channels / features]
-    keep_params: dict[str, tuple[int, Tensor]] = field(default_factory=dict)  # parameter -> (dim, bool [size])
-    new_tensors: dict[tuple[str, str], Tensor] = field(default_factory=dict)  # (module, attr) -> replaced source
-    folded: dict[str, nn.Conv2d] = field(default_factory=dict)  # convs that take a border term
-
-
-def _plan(graph, modules, rows, cols, removed, report: SliceReport) -> _Plan:
-    constants = input_constants(graph.fx_graph, modules, {n: ~r for n, r in rows.items()})
-    decision = _Decision(modules, rows, cols, constants)
-    keep_rows: dict[str, Tensor] = {}
-    keep_cols: dict[str, Tensor] = {}
-    keep_params: dict[str, tuple[int, Tensor]] = {}
-    fold_columns: dict[str, list[Tensor]] = {}
-    for group in graph.groups:
-        if group.id not in removed:
-            continue
-        drop = decision.dropped(group, removed[group.id])
-        if not drop.any():
-            continue
-        alive_out, alive_in = decision.alive(group)
-        constant = drop & ~alive_out  # a constant some consumer column still reads: folded
-        if alive_in is not None:
-            constant &= alive_in
-        report.channels_removed += int(drop.sum())
-        report.channels_folded += int(constant.sum())
-        for m in group.members:
-            if m.role == PARAM:
-                size = graph.model.get_parameter(m.module).shape[m.dim]
-                keep_params.setdefault(m.module, (m.dim, torch.ones(size, dtype=torch.bool)))[1][m.select(drop)] = False
-                continue
-            target = keep_cols if m.role == IN else keep_rows
-            if m.module not in target:
-                target[m.module] = torch.ones(_extent(modules[m.module], m.role), dtype=torch.bool)
-            target[m.module][m.select(drop)] = False
-            if m.role == IN and constant.any():
-                fold_columns.setdefault(m.module, []).append(m.select(constant))
-    report.kept, report.channels_kept = decision.kept, decision.kept_channels
-    plan = _Plan(modules, keep_rows, keep_cols, keep_params)
-    for name, columns in fold_columns.items():
-        module = modules[name]
-        term = _fold_term(module, module.weight, constants[name], torch.cat(columns))
-        if term is None:
-            continue
-        if isinstance(module, nn.Conv2d) and _zero_padded(module):
-            previous = module.fold_weight.double() if isinstance(module, FoldedConv2d) else 0
-            plan.new_tensors[(name, "fold_weight")] = (previous + term.unsqueeze(1)).to(module.weight.dtype)
-            report.folded_layers[name] = "border"
-        else:
-            shift = term.flatten(1).sum(1) if term.dim() > 1 else term
-            bias = module.bias.detach().double() if module.bias is not None else 0
-            plan.new_tensors[(name, "bias")] = (bias + shift).to(module.weight.dtype)
-            report.folded_layers[name] = "bias"
-    return plan
-
-
-def _extent(module: nn.Module, role: str) -> int:
-    if role == IN:
-        return module.weight.shape[1]
-    if role == NORM:
-        return module.num_features
-    return module.weight.shape[0]
-
-
 def _index(keep: Tensor | None) -> Tensor | None:
     return None if keep is None or bool(keep.all()) else keep.nonzero().flatten()
 
 
-def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: _Plan, shared: set[int]) -> None:
+def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: SlicePlan, shared: set[int]) -> None:
     """One gather for every tensor that is sliced or still shared with the user's model,
     then the modules' sizes."""
     jobs = []  # [module, attr, old tensor or None, source, rows, cols]

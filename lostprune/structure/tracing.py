@@ -40,7 +40,7 @@ def trace_graph(model: nn.Module, leaf_modules=()) -> fx.Graph:
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types for data-dependent control flow
-        where = _failing_module(exc)
+        where = failing_module(exc)
         raise GraphError(
             f"cannot trace {type(model).__name__} with torch.fx"
             + (f" (inside {where})" if where else "")
@@ -51,7 +51,8 @@ def trace_graph(model: nn.Module, leaf_modules=()) -> fx.Graph:
     return graph
 
 
-def _failing_module(exc: Exception) -> str | None:
+def failing_module(exc: Exception) -> str | None:
+    """The innermost module forward in the traceback of ``exc`` (``Type.forward``)."""
     tb = exc.__traceback__
     where = None
     while tb is not None:
