@@ -80,6 +80,18 @@ def test_paper_variant_runs_and_counts_exactly_its_zeros(name, method):
         assert weight_count(sliced) == kept + sliced.slice_report.zeros_kept
 
 
+@pytest.mark.parametrize("method", ["ft", "pfp"])
+def test_inception_branches_slice_what_the_paper_variant_removes(method):
+    """A removed filter read through Inception's zero-padded pool branch is dropped there too,
+    so slicing removes it instead of keeping the channel."""
+    for ratio in (0.3, 0.5):
+        result = prune("inception", method, ratio, "per_layer")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SlicingWarning)
+            sliced = slice_model(result.model)
+        assert sliced.slice_report.param_reduction >= 0.95 * result.stats.paper_prune_ratio
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_sliced_model_exports_and_retrains(name):

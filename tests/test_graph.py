@@ -296,3 +296,22 @@ def test_attention_heads_are_groups_in_graph_and_propagation():
     final = propagated(Attention(), x, masks)
     rows = (final["attn.in_proj"] != 0).any(1)
     assert not rows[members[("attn.in_proj", "out")].index[1]].any() and rows.sum() == 36
+
+
+class PooledBranch(nn.Module):
+    """Inception's pool branch: an average pool with zero padding between a filter and its reader."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.b(F.avg_pool2d(torch.relu(self.bn(self.a(x))), 3, stride=1, padding=1))
+
+
+def test_a_constant_through_zero_padding_is_still_dropped():
+    """What a removed filter leaves does not depend on the input, border or not: its reader
+    drops it (else the per-layer variant keeps channels slicing cannot remove)."""
+    masks = {"a": torch.ones(4, 3, 3, 3)}
+    masks["a"][1] = 0
+    assert propagated(PooledBranch(), torch.randn(1, 3, 6, 6), masks)["b"][:, 1].sum() == 0

@@ -34,9 +34,8 @@ from torch import Tensor, fx
 
 from . import axes as ax
 from .axes import Channels, NotFollowed, Opaque, Param
-from .folded_conv import FoldedConv2d  # noqa: F401  (a leaf Conv2d; see tracing)
 from .op_tables import ACTIVATION_MODULES, NORM_MODULES, SPATIAL_MODULES, node_shape, op_kind, op_name
-from .walk_shapes import ShapeOps, _arg, _literal
+from .walk_shapes import ShapeOps, call_arg, written_size
 
 
 class ChannelWalk(ShapeOps):
@@ -184,7 +183,7 @@ class ChannelWalk(ShapeOps):
             shape = node_shape(node)
             dim = module.dim % len(shape) if shape else 0
             return self.reshaped(node, first, tuple(dim + i for i, s in enumerate(module.unflattened_size)
-                                                    if _literal(s)))
+                                                    if written_size(s)))
         if isinstance(module, nn.MultiheadAttention):
             return self.unknown(node, "lostprune.structure.convert_attention replaces it by a traceable "
                                       "equivalent whose heads can be pruned; lostprune.prune does so")
@@ -346,8 +345,8 @@ class ChannelWalk(ShapeOps):
     # ------------------------------------------------------------------ reductions and mixing
     def op_reduce(self, node: fx.Node):
         value = self.value(node.args[0])
-        dims = _arg(node, 1, "dim")
-        keepdim = bool(_arg(node, 2, "keepdim", False))
+        dims = call_arg(node, 1, "dim")
+        keepdim = bool(call_arg(node, 2, "keepdim", False))
         if not isinstance(value, Channels):
             return value if isinstance(value, Opaque) else None
         if dims is None:
@@ -365,19 +364,19 @@ class ChannelWalk(ShapeOps):
 
     def op_mix(self, node: fx.Node):
         default = 1 if node.target is torch.nn.functional.normalize else None
-        dim = _arg(node, 2 if node.target is torch.nn.functional.normalize else 1, "dim", default)
+        dim = call_arg(node, 2 if node.target is torch.nn.functional.normalize else 1, "dim", default)
         value = self.value(node.args[0])
         if dim is None:
             return self.unknown(node)
         return self.mix_dims(node, value, (dim,))
 
     def op_layer_norm(self, node: fx.Node):
-        normalized = _arg(node, 1, "normalized_shape")
+        normalized = call_arg(node, 1, "normalized_shape")
         return self.normalized(node, self.value(node.args[0]), len(normalized))
 
     def op_pad(self, node: fx.Node):
         value = self.value(node.args[0])
-        amounts = list(_arg(node, 1, "pad", ()))
+        amounts = list(call_arg(node, 1, "pad", ()))
         if not isinstance(value, Channels):
             return self.passthrough(node, value)
         padded = {value.ndim - 1 - i // 2 for i, amount in enumerate(amounts)
@@ -388,7 +387,7 @@ class ChannelWalk(ShapeOps):
 
     def op_roll(self, node: fx.Node):
         value = self.value(node.args[0])
-        dims = _arg(node, 2, "dims")
+        dims = call_arg(node, 2, "dims")
         if not isinstance(value, Channels):
             return self.passthrough(node, value)
         if dims is None:
@@ -421,7 +420,7 @@ class ChannelWalk(ShapeOps):
         v [..., S, Ev] -> [..., L, Ev]. Heads (channel dims among the batch dims) go from q, k,
         v and the mask together; E and Ev must be fixed (or carry no channels)."""
         names = ("query", "key", "value", "attn_mask")
-        args = [_arg(node, i, n) for i, n in enumerate(names)]
+        args = [call_arg(node, i, n) for i, n in enumerate(names)]
         values = [self.value(a) for a in args]
         shape = node_shape(node)
         if any(isinstance(v, Opaque) for v in values) or shape is None:

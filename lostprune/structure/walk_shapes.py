@@ -12,7 +12,8 @@ from .axes import Channels, Opaque, Param
 from .op_tables import node_shape
 
 
-def _arg(node: fx.Node, index: int, name: str, default=None):
+def call_arg(node: fx.Node, index: int, name: str, default=None):
+    """Argument ``name`` of a call node, given by keyword or at position ``index``."""
     if name in node.kwargs:
         return node.kwargs[name]
     return node.args[index] if len(node.args) > index else default
@@ -23,13 +24,14 @@ def _sizes(node: fx.Node) -> list:
     if node.op == "call_method":
         rest = list(node.args[1:]) or [node.kwargs.get("size", node.kwargs.get("shape", ()))]
     else:
-        rest = [_arg(node, 1, "shape")]
+        rest = [call_arg(node, 1, "shape")]
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
         rest = list(rest[0])
     return rest
 
 
-def _literal(value) -> bool:
+def written_size(value) -> bool:
+    """A size argument written in the model's code (an int other than -1; a computed size is a node)."""
     return isinstance(value, int) and not isinstance(value, bool) and value != -1
 
 
@@ -60,7 +62,7 @@ class ShapeOps:
 
     def op_reshape(self, node: fx.Node):
         shape = node_shape(node)
-        literal = tuple(i for i, s in enumerate(_sizes(node)) if _literal(s)) if shape else ()
+        literal = tuple(i for i, s in enumerate(_sizes(node)) if written_size(s)) if shape else ()
         return self.reshaped(node, self.value(node.args[0]), literal)
 
     def op_flatten(self, node: fx.Node):
@@ -73,9 +75,9 @@ class ShapeOps:
 
     def op_unflatten(self, node: fx.Node):
         shape = node_shape(node)
-        dim, sizes = _arg(node, 1, "dim"), _arg(node, 2, "sizes", ())
+        dim, sizes = call_arg(node, 1, "dim"), call_arg(node, 2, "sizes", ())
         dim = dim % len(shape) if shape else 0
-        return self.reshaped(node, self.value(node.args[0]), tuple(dim + i for i, s in enumerate(sizes) if _literal(s)))
+        return self.reshaped(node, self.value(node.args[0]), tuple(dim + i for i, s in enumerate(sizes) if written_size(s)))
 
     def permuted(self, value, perm):
         if isinstance(value, Channels):
@@ -86,7 +88,7 @@ class ShapeOps:
 
     def op_permute(self, node: fx.Node):
         value = self.value(node.args[0])
-        perm = list(node.args[1:]) if node.op == "call_method" else _arg(node, 1, "dims")
+        perm = list(node.args[1:]) if node.op == "call_method" else call_arg(node, 1, "dims")
         if node.op == "call_method" and len(perm) == 1 and isinstance(perm[0], (tuple, list)):
             perm = list(perm[0])
         if "dims" in node.kwargs:
@@ -95,12 +97,12 @@ class ShapeOps:
 
     def op_transpose(self, node: fx.Node):
         shape = node_shape(node)
-        a, b = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
+        a, b = call_arg(node, 1, "dim0"), call_arg(node, 2, "dim1")
         return self.permuted(self.value(node.args[0]), ax.transpose_perm(len(shape), a, b))
 
     def op_movedim(self, node: fx.Node):
         shape = node_shape(node)
-        perm = ax.movedim_perm(len(shape), _arg(node, 1, "source"), _arg(node, 2, "destination"))
+        perm = ax.movedim_perm(len(shape), call_arg(node, 1, "source"), call_arg(node, 2, "destination"))
         return self.permuted(self.value(node.args[0]), perm)
 
     def op_expand(self, node: fx.Node):
@@ -122,14 +124,14 @@ class ShapeOps:
 
     # ------------------------------------------------------------------ splits and joins
     def op_chunk(self, node: fx.Node):
-        return self.split(node, _arg(node, 2, "dim", 0), equal=True)
+        return self.split(node, call_arg(node, 2, "dim", 0), equal=True)
 
     def op_split(self, node: fx.Node):
-        size = _arg(node, 1, "split_size_or_sections", _arg(node, 1, "split_size"))
-        return self.split(node, _arg(node, 2, "dim", 0), equal=isinstance(size, fx.Node))
+        size = call_arg(node, 1, "split_size_or_sections", call_arg(node, 1, "split_size"))
+        return self.split(node, call_arg(node, 2, "dim", 0), equal=isinstance(size, fx.Node))
 
     def op_unbind(self, node: fx.Node):
-        return self.split(node, _arg(node, 1, "dim", 0), equal=False, drop=True)
+        return self.split(node, call_arg(node, 1, "dim", 0), equal=False, drop=True)
 
     def split(self, node: fx.Node, dim: int, equal: bool, drop: bool = False):
         value, meta = self.value(node.args[0]), node.meta.get("tensor_meta")
@@ -167,12 +169,12 @@ class ShapeOps:
         return tuple(Channels(p, value.dims, ndim, value.fixed) for p in parts)
 
     def op_cat(self, node: fx.Node):
-        tensors = _arg(node, 0, "tensors")
-        return self.concat(node, list(tensors), _arg(node, 1, "dim", 0))
+        tensors = call_arg(node, 0, "tensors")
+        return self.concat(node, list(tensors), call_arg(node, 1, "dim", 0))
 
     def op_stack(self, node: fx.Node):
-        tensors, shape = list(_arg(node, 0, "tensors")), node_shape(node)
-        dim = _arg(node, 1, "dim", 0) % len(shape)
+        tensors, shape = list(call_arg(node, 0, "tensors")), node_shape(node)
+        dim = call_arg(node, 1, "dim", 0) % len(shape)
         values = []
         for t in tensors:
             v = self.value(t)
