@@ -94,16 +94,12 @@ def _print_table(console, data, title: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .experiments import ExperimentError, run
+    from .experiments import run
     from .report import write_report
 
     console = _console()
-    try:
-        root = run(args.config, args.out, workers=args.workers, ray_address=args.ray, retry_failed=args.retry_failed,
-                   threads=args.threads, data_root=getattr(args, "data", None))
-    except ExperimentError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 1
+    root = run(args.config, args.out, workers=args.workers, ray_address=args.ray, retry_failed=args.retry_failed,
+               threads=args.threads, data_root=getattr(args, "data", None))
     print_potential_table(root, console)
     if not args.no_report:
         console.print(f"report: {write_report(root)}")
@@ -160,7 +156,7 @@ def _method_options(pairs: list[str] | None) -> dict:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--option takes KEY=VALUE (e.g. round_to=auto), got {pair!r}")
+            raise ValueError(f"--option takes KEY=VALUE (e.g. round_to=auto), got {pair!r}")
         options[key.strip()] = yaml.safe_load(value)
     return options
 
@@ -206,12 +202,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr (exit 2), pointing at --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
-    parser = argparse.ArgumentParser(prog="lostprune", description=__doc__)
+    parser = _Parser(prog="lostprune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lostprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    # --debug also after the command; SUPPRESS keeps the subcommand from resetting the global flag
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)
 
     build = sub.add_parser("build", help="compile the C++/CUDA kernels now and show which are active")
     build.add_argument("--force", action="store_true", help="rebuild even after a failed build")
@@ -271,9 +280,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    plain = (ValueError, TypeError, OSError, RuntimeError, ImportError)
+    return text if text and isinstance(exc, plain) and type(exc).__name__ not in ("KeyError", "IndexError") \
+        else f"{type(exc).__name__}: {text}"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"lostprune: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; an error is one line on stderr and a non-zero exit (``--debug``: the
+    traceback)."""
+    import warnings
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.debug:
+        try:
+            return args.func(args)
+        except Exception as exc:
+            details = getattr(exc, "details", None)  # a failed experiment task's own traceback
+            if details:
+                print(details, file=sys.stderr)
+            raise
+    show = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"lostprune {args.command}: interrupted; finished work is kept (rerun the same command to resume)",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the command line reports every error the same way
+        print(f"lostprune {args.command}: error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

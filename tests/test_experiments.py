@@ -1,12 +1,14 @@
 """Experiment configs, the results store, the runner (incl. kill -9 and resume) and the report."""
 
+import csv
+import dataclasses
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -108,8 +110,17 @@ def test_config_files_that_are_not_utf8_yaml(tmp_path):
 def test_digest_unchanged_by_options_added_later():
     # Stores written before these options existed must still resume: the digests of the
     # shipped configs that do not use them are those of the earlier code.
-    assert load_config("cifar10_resnet20").digest() == "72e6a80f1ac4e2e3"
-    assert load_config("demo").digest() == "457beeb576ba12f1"
+    # FT and PFP compute the paper's variants since version 2: configs using them get new
+    # digests (their old results are not resumed as the new ones); with WT / SiPP alone, the
+    # digests are those of the earlier code.
+    demo = load_config("demo")
+    assert demo.digest() == "afefc53dc9b9ca34" != "457beeb576ba12f1"
+    assert dataclasses.replace(demo, methods=["wt", "sipp"]).digest() == "90d5f5df9aa32fdf"
+    before = yaml.safe_load((SHIPPED / "cifar10_resnet20.yaml").read_text())  # as it was then:
+    before["test"]["noise"] = {"kind": "gaussian", "levels": [0.05, 0.1, 0.2, 0.4], "draws": 3}
+    before["metrics"] = {"delta": 0.005, "similarity": True, "informative_features": True, "feature_images": 64}
+    assert parse_config(before).digest() == "08221fad43289c7a" != "72e6a80f1ac4e2e3"
+    assert parse_config(dict(before, methods=["wt", "sipp"])).digest() == "59f44081c0a2b334"
     config = parse_config(tiny())
     assert parse_config(tiny(threads=1)).digest() == config.digest()  # threads do not change results
     for change in ({"data.train_size": 500}, {"data.seed": 1}, {"eval.shift_test_size": 50},
@@ -131,6 +142,7 @@ def test_retrain_length_overrides_the_other_length_of_train():
     ({"data.train_size": 5000}, r"data.train_size=5000 is larger than the split"),
     ({"data.test_size": None, "eval.shift_test_size": 500}, r"eval.shift_test_size=500 is larger than the split"),
     ({"data.s_size": 1500}, r"data.s_size=1500 leaves no training images"),
+    ({"metrics.feature_images": 97}, r"metrics.feature_images=97 is larger than the split"),
     ({"data.name": "imagefolder", "data.root": "/no/such/folder"}, r"data.root: /no/such/folder is not a folder"),
     ({"data.name": "cifar10", "data.root": "/no/such/folder"}, r"data.root: /no/such/folder does not exist"),
 ])
@@ -145,8 +157,9 @@ def test_bad_data_fails_before_any_training(tmp_path, change, message):
 def test_environment_test_sets_are_balanced_subsets(tmp_path):
     from lostprune.experiments.environment import Environment
 
-    config = parse_config(tiny(**{"data.test_size": 200, "eval.shift_test_size": 50}))
+    config = parse_config(tiny(**{"data.test_size": 200, "eval.shift_test_size": 50, "metrics.feature_images": 20}))
     env = Environment(config)
+    assert torch.bincount(env.feature_pixels[1], minlength=10).tolist() == [2] * 10
     pixels, labels = env.test_pixels
     assert pixels.shape[0] == 200 and torch.bincount(labels, minlength=10).tolist() == [20] * 10
     shifted, shifted_labels = env.shift_pixels
@@ -190,16 +203,20 @@ def test_store_releases_tasks_of_dead_workers(tmp_path):
 
 
 # ----------------------------------------------------------------------------- runner + report
-def test_tiny_experiment_end_to_end(tmp_path):
+def test_tiny_experiment_end_to_end(tmp_path, capsys):
     from lostprune.report import ExperimentResults, write_report
 
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(tiny(method_options={"ft": {"round_to": 4}})))
+    config_path.write_text(yaml.safe_dump(tiny(methods=["wt", "ft", "unpruned"],
+                                               method_options={"ft": {"coupled": "sum", "round_to": 4}})))
     root = run(config_path, tmp_path / "run", progress=False)
     results = ExperimentResults(root)
     assert results.counts["done"] == results.counts["pending"] + results.counts["done"]  # everything ran
     assert {n.role for n in results.networks.values()} == {"parent", "reference", "pruned"}
-    pruned = [n for n in results.networks.values() if n.role == "pruned"]
+    assert results.methods == ["wt", "ft"] and results.controls == ["unpruned"]
+    control = [n for n in results.networks.values() if n.method == "unpruned"]
+    assert len(control) == 2 and all(n.ratio == 0 for n in control)  # retrained, never pruned
+    pruned = [n for n in results.networks.values() if n.role == "pruned" and n.method != "unpruned"]
     assert sorted((n.method, n.step) for n in pruned) == [("ft", 0), ("ft", 1), ("wt", 0), ("wt", 1)]
     checkpoints = {r["key"]: r["checkpoint"] for r in Store(root / "results.sqlite").networks()}
     for net in (n for n in pruned if n.method == "ft"):  # method_options reach prune: filters in multiples of 4
@@ -214,11 +231,19 @@ def test_tiny_experiment_end_to_end(tmp_path):
     report = write_report(root)
     text = report.read_text()
     assert "## Prune potential" in text and "| WT |" in text and (report.parent / "figures" / "accuracy.png").is_file()
+    assert "## Control: unpruned" in text and "| UNPRUNED |" not in text  # no prune potential of nothing
+    with (report.parent / "results.csv").open() as handle:  # every stored value, once
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(len(n.values) for n in results.networks.values())
+    assert {r["network"] for r in rows} == set(results.networks)
     assert "<table>" in report.with_suffix(".html").read_text()
     # Same config, same directory: nothing left to do, nothing redone.
     finished = {r["key"]: r["finished"] for r in Store(root / "results.sqlite").tasks("done")}
-    run(config_path, root, progress=False)
+    capsys.readouterr()
+    run(config_path, root, progress=True)
     assert {r["key"]: r["finished"] for r in Store(root / "results.sqlite").tasks("done")} == finished
+    last = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert "100%" in last and "left≈0:00" in last, last  # the bar's last state: nothing left
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(tiny(seeds=[1])))
     with pytest.raises(RuntimeError, match="holds results of a different configuration"):
@@ -255,7 +280,8 @@ def test_parent_runs_once_per_test_distribution(tmp_path, monkeypatch):
     monkeypatch.setattr(Environment, "load", counting_load)
     monkeypatch.setitem(tasks.EXECUTORS, "evaluate", counting_evaluate)
     config = tiny(**{"methods": ["wt"], "metrics.informative_features": False, "test.noise.draws": 2,
-                     "eval.shift_test_size": 40})
+                     "eval.shift_test_size": 40, "metrics.boundary": "strict", "metrics.noise_potential": "per_draw",
+                     "metrics.excess_bootstrap": 50})
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config))
     root = run(config_path, tmp_path / "run", progress=False)
@@ -279,6 +305,94 @@ def test_parent_runs_once_per_test_distribution(tmp_path, monkeypatch):
     clean = evaluate_grid({"parent": parent}, [Shift("nominal")], env.test_pixels, normalize=env.normalize,
                           progress=False)
     assert results.networks["parent/s0/nominal"].error("nominal") == clean.errors["parent"]["nominal"]
+    # the original's readings, chosen in the config, are used and named in the report
+    from lostprune.metrics import prune_potential, prune_potential_over_draws
+    from lostprune.report import write_report
+
+    curve = results.curves("wt")[0]
+    draws = [n.draws[name] for n in curve.networks]
+    assert all(len(d) == 2 for d in draws) and draws[1] == joint.error_draws["network"][name]
+    expected = prune_potential_over_draws(curve.ratios, draws, curve.parent.draws[name], 0.005, boundary="strict")
+    assert results.prune_potential("wt", name).mean == expected.mean
+    nominal_errors = curve.errors("nominal")
+    assert results.prune_potential("wt", "nominal").mean == prune_potential(
+        curve.ratios, nominal_errors, curve.parent.error("nominal"), 0.005, boundary="strict")
+    _, fit = results.excess_errors("wt", [name])
+    assert fit.resamples == 50 and fit.band[0] <= fit.slope <= fit.band[1]
+    text = write_report(root).read_text()
+    assert "## How the numbers are computed" in text
+    assert "below the parent's + δ (strict, the original implementation's acc + δ > acc_parent)" in text
+    assert "P of each draw (parent and pruned network on the same noisy inputs), averaged over the draws" in text
+    assert "Nominal errors on 96 test images (an equal share per class); noisy and corrupted test sets on a " \
+           "class-balanced subset of 40 of them." in text
+    assert "with a 95 % bootstrap band (50 resamples of the networks)" in text
+
+
+def test_corrupted_test_sets_are_kept_as_truncated_uint8(tmp_path, monkeypatch):
+    from lostprune.experiments import environment
+    from lostprune.robustness import corruptions
+
+    calls, corrupt = [], corruptions.corrupt
+
+    def recording_corrupt(images, name, severity, seed=None):
+        calls.append((images.clone(), name, severity, seed))
+        return corrupt(images, name, severity, seed=seed)
+
+    monkeypatch.setattr(corruptions, "corrupt", recording_corrupt)
+    env = environment.Environment(parse_config(tiny()), Store(tmp_path / "r.sqlite"))
+    shift = env.corruption_shifts()[0]
+    pixels, _ = env.corrupted(shift)
+    images, name, severity, seed = calls[0]
+    # the 8-bit test images go in as they are; the result is corrupt()'s uint8 (truncated, as CIFAR-10-C's
+    # np.uint8), not a rounding of float output
+    assert images.dtype == torch.uint8 and torch.equal(images, env.shift_pixels[0].mul(255).round().to(torch.uint8))
+    assert torch.equal(pixels.mul(255).round().to(torch.uint8), corrupt(images, name, severity, seed=seed))
+    float_rounded = corrupt(images.float() / 255, name, severity, seed=seed).mul(255).round()
+    assert not torch.equal(pixels.mul(255).round(), float_rounded)  # rounding would move values up a level
+    calls.clear()
+    again, _ = env.corrupted(shift)  # from the disk cache
+    assert not calls and torch.equal(again, pixels)
+
+
+def test_damaged_store_is_kept_aside_and_its_backup_restored(tmp_path):
+    from lostprune.experiments.store import StoreDamaged, StoreRecoveredWarning
+    from lostprune.report import ExperimentResults
+
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(tiny(**{"methods": ["wt"], "schedule.ratios": [0.5],
+                                                  "metrics.informative_features": False})))
+    out = tmp_path / "run"
+    root = run(config_path, out, progress=False)
+    path = root / "results.sqlite"
+
+    def snapshot():
+        store = Store(path)
+        try:
+            return [tuple(r) for r in store.results()], {r["key"]: r["finished"] for r in store.tasks("done")}
+        finally:
+            store.close()
+
+    before = snapshot()
+    assert (root / "results.sqlite.backup").is_file()
+    faults = {"it is empty (0 bytes): truncated": lambda data: b"",
+              "SQLite cannot read it": lambda data: data[: len(data) // 2],
+              "not a database": lambda data: b"\x00" * 100 + data[100:]}
+    for reason, fault in faults.items():
+        path.write_bytes(fault(path.read_bytes()))
+        with pytest.raises(StoreDamaged, match=f"is damaged \\(.*{re.escape(reason)}"):
+            ExperimentResults(root)  # the report says so too, and changes nothing
+        with pytest.warns(StoreRecoveredWarning, match=f"was damaged \\(.*{re.escape(reason)}.*\\); kept it as "
+                                                       r"results.sqlite.damaged-\S+ and restored the backup"):
+            run(config_path, out, progress=False)
+        assert snapshot() == before  # nothing lost, nothing redone
+    kept = sorted(root.glob("results.sqlite.damaged-*"))
+    assert len(kept) == 3 and kept[0].stat().st_size == 0  # kept aside, never deleted
+    (root / "results.sqlite.backup").unlink()
+    path.write_bytes(b"")
+    with pytest.raises(StoreDamaged, match=r"found no usable backup .* To start this experiment over in the same "
+                                           r"directory, rerun `lostprune run` with the same config"):
+        run(config_path, out, progress=False)
+    assert not path.exists() and len(list(root.glob("results.sqlite.damaged-*"))) == 4
 
 
 def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):

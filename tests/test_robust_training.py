@@ -380,5 +380,11 @@ def test_runner_trains_and_retrains_the_robust_arm(tmp_path):
     robust_parent = results.parents()[(0, "robust")]
     nominal_parent = results.parents()[(0, "nominal")]
     assert robust_parent.error("nominal") is not None
-    assert robust_parent.values != nominal_parent.values  # trained on other inputs
+    # trained on other inputs (after one tiny epoch both may still score at chance on the
+    # class-balanced test subset, so compare the weights, not the errors)
+    from lostprune.io import read_network_file
+
+    files = {r["key"]: r["checkpoint"] for r in Store(tmp_path / "run" / "results.sqlite").networks()}
+    weights = [read_network_file(files[p.key])["state_dict"] for p in (robust_parent, nominal_parent)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert recommend_ratio(results, None, method="wt", arm="robust") in (0.0, pytest.approx(0.5, abs=0.01))

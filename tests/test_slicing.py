@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from masks_made_elsewhere import filters_removed
 from torch.nn.utils import prune as torch_prune
 
 import lostprune
 import lostprune.models as models
 from lostprune.core.layers import prunable_layers
-from lostprune.core.masks import apply_masks
 from lostprune.structure import FoldedConv2d, SlicingWarning, slice_model
 
 CIFAR = ("resnet20", "resnet56", "vgg16_bn")
@@ -45,19 +45,6 @@ def assert_same_function(masked: nn.Module, sliced: nn.Module, x: torch.Tensor, 
 
 def weight_count(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in prunable_layers(model).values())
-
-
-def filters_removed(model: nn.Module, ratio: float) -> nn.Module:
-    """A copy of ``model`` whose masks zero only the filters group-aware FT removes: the
-    removed channels keep their constant (BN shift) alive in the consumers, which slicing
-    must fold — masks as another tool may make them (lostprune's own drop the constant)."""
-    result = lostprune.prune(model, "ft", ratio, coupled="sum", progress=False)
-    copy_ = copy.deepcopy(model)
-    layers = prunable_layers(copy_)
-    rows = {name: (mask != 0).flatten(1).any(1) for name, mask in result.masks.items()}
-    apply_masks(layers, {name: rows[name].view(-1, *[1] * (layer.weight.dim() - 1)).expand_as(layer.weight).float()
-                         for name, layer in layers.items()})
-    return copy_
 
 
 # ----------------------------------------------------------------------------- real architectures

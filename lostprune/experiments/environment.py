@@ -82,6 +82,8 @@ class Environment:
         training starts (each raises ConfigError naming the key)."""
         self.test_pixels  # noqa: B018 - loads the test set
         self.shift_pixels  # noqa: B018 - draws the subset of the shifted test sets
+        if self.config.metrics.informative_features:
+            self.feature_pixels  # noqa: B018 - draws the images of the informative-feature comparison
 
     @functools.cached_property
     def test_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,20 +103,28 @@ class Environment:
     def shift_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The test images of the shifted test sets: ``eval.shift_test_size`` of the test set,
         an equal share per class (seeded by ``data.seed``), or all of it."""
+        size = self.config.eval.shift_test_size
+        return self.test_pixels if size is None else self._subset(self.test_pixels, size, "eval.shift_test_size")
+
+    @functools.cached_property
+    def feature_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``metrics.feature_images`` test images of the informative-feature comparison,
+        an equal share per class (seeded by ``data.seed``; a class-sorted test set must not
+        give images of one class)."""
+        return self._subset(self.test_pixels, self.config.metrics.feature_images, "metrics.feature_images")
+
+    def _subset(self, data, size: int, argument: str) -> tuple[torch.Tensor, torch.Tensor]:
         from ..data.splits import balanced_subset
 
-        pixels, labels = self.test_pixels
-        size = self.config.eval.shift_test_size
-        if size is None:
-            return pixels, labels
+        pixels, labels = data
         if self.splits.task == "classification":
             try:
-                index = balanced_subset(labels, size, seed=self.config.data.seed, argument="eval.shift_test_size")
+                index = balanced_subset(labels, size, seed=self.config.data.seed, argument=argument)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         else:
             if size > len(labels):
-                raise ConfigError(f"eval.shift_test_size={size} is larger than the test set ({len(labels)} images)")
+                raise ConfigError(f"{argument}={size} is larger than the test set ({len(labels)} images)")
             index = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.config.data.seed))[:size]
             index = index.sort().values
         return pixels[index], labels[index]

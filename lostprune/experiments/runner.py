@@ -4,8 +4,9 @@
 
 Every worker — this process, local processes, or Ray tasks on other machines sharing the
 results directory — repeats: claim a ready task, run it, record its outputs. The main
-process shows a progress bar with an ETA. Rerunning the same command after an interruption
-(Ctrl-C, kill -9, a crash) continues where the store says it stopped.
+process shows a progress bar with an estimate of the time left (``progress.py``).
+Rerunning the same command after an interruption (Ctrl-C, kill -9, a crash) continues where
+the store says it stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ..train import distributed
 from .config import ExperimentConfig, load_config
 from .environment import Environment
 from .plan import build_plan
-from .store import Store, worker_id
+from .progress import Progress
+from .store import Store, open_or_recover, worker_id
 from .tasks import EXECUTORS
 
 HEARTBEAT_SECONDS = 30.0
@@ -32,7 +34,11 @@ POLL_SECONDS = 0.5
 
 
 class ExperimentError(RuntimeError):
-    """Some tasks failed; the store keeps their errors."""
+    """Some tasks failed; the store keeps their errors (``details``: the first one's traceback)."""
+
+    def __init__(self, message: str, details: str | None = None):
+        super().__init__(message)
+        self.details = details
 
 
 def results_dir(config: ExperimentConfig, out: str | Path | None) -> Path:
@@ -40,8 +46,9 @@ def results_dir(config: ExperimentConfig, out: str | Path | None) -> Path:
 
 
 def prepare(config: ExperimentConfig, root: Path, retry_failed: bool = False) -> Store:
-    """Open (or create) the store, check it belongs to this config, add missing tasks."""
-    store = Store(root / "results.sqlite")
+    """Open (or create) the store, check it belongs to this config, add missing tasks. A
+    damaged store is kept aside and its backup restored (``store.open_or_recover``)."""
+    store = open_or_recover(root / "results.sqlite", resume_hint="rerun `lostprune run` with the same config")
     digest = store.get_meta("config_digest")
     if digest is not None and digest != config.digest():
         store.close()
@@ -55,6 +62,7 @@ def prepare(config: ExperimentConfig, root: Path, retry_failed: bool = False) ->
     store.release_orphans()
     if retry_failed:
         store.retry_failed()
+    store.backup()
     return store
 
 
@@ -92,9 +100,10 @@ def _next_task(store: Store, owner: str):
     return distributed.broadcast(task)
 
 
-def worker_loop(config: ExperimentConfig, root: Path, on_task=None, splits=None) -> int:
+def worker_loop(config: ExperimentConfig, root: Path, on_task=None, splits=None, backups: bool = False) -> int:
     """Claim and run tasks until none is left. Returns the number of tasks this worker ran.
-    ``splits``: the experiment's data when already loaded."""
+    ``splits``: the experiment's data when already loaded; ``backups``: this worker keeps the
+    store's backup fresh (the one in the main process)."""
     store = Store(root / "results.sqlite")
     env = Environment(config, store, device=str(distributed.device()) if distributed.active() else None,
                       splits=splits)
@@ -123,6 +132,8 @@ def worker_loop(config: ExperimentConfig, root: Path, on_task=None, splits=None)
                 if main:
                     store.complete(task.key, networks, results, seconds=time.perf_counter() - started)
             finally:
+                if main and backups:
+                    store.backup_if_due()
                 if heartbeat is not None:
                     heartbeat.key = None
             distributed.barrier()
@@ -179,7 +190,7 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
         if not distributed.is_main():
             return root
     store = prepare(config, root, retry_failed)
-    bar = _Progress(store, config.name, enabled=progress)
+    bar = Progress(store, config.name, enabled=progress, workers=workers)
     try:
         if distributed.active():
             pass  # the work is done above
@@ -187,7 +198,7 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
             _run_ray(config, config_path, root, workers, ray_address, bar)
         elif workers == 1:
             set_threads(threads)
-            worker_loop(config, root, on_task=bar.show, splits=splits)
+            worker_loop(config, root, on_task=bar.show, splits=splits, backups=True)
         else:
             if config_path is None or data_root is not None:  # the workers read the config as it is now
                 config_path = str(root / "config.yaml")
@@ -199,17 +210,20 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
         bar.close()
     counts = store.counts()
     failed = store.tasks("failed")
+    store.backup()
     store.close()
     if failed:
         first = failed[0]
-        raise ExperimentError(f"{len(failed)} task(s) failed, e.g. {first['key']}:\n{first['error']}\n"
-                              f"Fix the cause and rerun with --retry-failed; finished work is kept in {root}")
+        last = next((line for line in reversed(first["error"].strip().splitlines()) if line.strip()), "")
+        raise ExperimentError(f"{len(failed)} task(s) failed, e.g. {first['key']}: {last.strip()}. Fix the cause and "
+                              f"rerun with --retry-failed; finished work is kept in {root} (each task's traceback "
+                              "is in its results.sqlite, table tasks, column error)", details=first["error"])
     if counts["pending"]:
         raise ExperimentError(f"{counts['pending']} task(s) could not start (their inputs failed); see {root}")
     return root
 
 
-def _run_processes(config_path: str, root: Path, workers: int, bar: _Progress, threads: int | None) -> None:
+def _run_processes(config_path: str, root: Path, workers: int, bar: Progress, threads: int | None) -> None:
     threads = max(1, (threads or physical_cores()) // workers)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_worker_process, args=(config_path, str(root), threads)) for _ in range(workers)]
@@ -218,6 +232,7 @@ def _run_processes(config_path: str, root: Path, workers: int, bar: _Progress, t
     try:
         while any(p.is_alive() for p in procs):
             bar.refresh()
+            bar.store.backup_if_due()
             time.sleep(POLL_SECONDS)
     except BaseException:
         for p in procs:
@@ -230,7 +245,7 @@ def _run_processes(config_path: str, root: Path, workers: int, bar: _Progress, t
 
 
 def _run_ray(config: ExperimentConfig, config_path: str | None, root: Path, workers: int, address: str,
-             bar: _Progress) -> None:
+             bar: Progress) -> None:
     try:
         import ray
     except ImportError:
@@ -244,31 +259,5 @@ def _run_ray(config: ExperimentConfig, config_path: str | None, root: Path, work
     while pending:
         _, pending = ray.wait(pending, timeout=POLL_SECONDS)
         bar.refresh()
+        bar.store.backup_if_due()
     ray.get(refs)
-
-
-class _Progress:
-    """A tqdm bar over the experiment's tasks, fed from the store (so it also counts the
-    work of other processes), with the task in flight as its description."""
-
-    def __init__(self, store: Store, name: str, enabled: bool = True):
-        from tqdm.auto import tqdm
-
-        self.store = store
-        counts = store.counts()
-        total = sum(counts.values())
-        self.bar = tqdm(total=total, initial=counts["done"], desc=name, unit="task", disable=not enabled,
-                        dynamic_ncols=True, smoothing=0.1)
-
-    def refresh(self) -> None:
-        counts = self.store.counts()
-        self.bar.update(counts["done"] - self.bar.n)
-        self.bar.set_postfix(running=counts["running"], failed=counts["failed"], refresh=True)
-
-    def show(self, task) -> None:
-        self.refresh()
-        self.bar.set_description_str(f"{task.kind} {task.key}", refresh=True)
-
-    def close(self) -> None:
-        self.refresh()
-        self.bar.close()

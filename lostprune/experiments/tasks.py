@@ -158,15 +158,13 @@ def run_features(env: Environment, task: Task, publish: Publish) -> tuple[list[N
 
     names = task.payload["networks"]
     nets = {name: env.load(name) for name in names}
-    count = env.config.metrics.feature_images
-    pixels, labels = env.test_pixels
-    images = pixels[:count]
+    images, labels = env.feature_pixels
     if env.normalize is not None:
         mean = torch.tensor(env.normalize[0]).view(-1, 1, 1)
         std = torch.tensor(env.normalize[1]).view(-1, 1, 1)
         images = (images - mean) / std
     step = max(1, round(env.config.metrics.feature_step * images.shape[-1] * images.shape[-2]))
-    matrix = informative_feature_matrix(nets, images.to(env.device), labels[:count].to(env.device),
+    matrix = informative_feature_matrix(nets, images.to(env.device), labels.to(env.device),
                                         fraction=env.config.metrics.feature_fraction, pixels_per_step=step,
                                         mode=env.config.metrics.feature_mode, progress=False)
     rows = []

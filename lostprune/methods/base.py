@@ -25,7 +25,9 @@ class PruneContext:
     """Everything a method needs for one pruning step."""
 
     model: nn.Module
-    layers: dict[str, nn.Module]  # prunable layers, name -> module (definition order)
+    # prunable layers, name -> module (definition order); of layers sharing a weight Parameter
+    # only the first (core.layers.split_shared), whose mask the others share
+    layers: dict[str, nn.Module]
     ratio: float  # target fraction of the prunable weights removed, in [0, 1)
     current_masks: dict[str, Tensor]  # 0/1 per weight, read-only; unpruned layers: core.masks.ones_view
     data: object = None  # S for data-informed methods (tensor, Dataset, DataLoader, iterable)
@@ -62,6 +64,10 @@ class PruneContext:
     def device(self) -> torch.device:
         return next(iter(self.layers.values())).weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.layers.values())).weight.dtype
+
     def graph(self) -> DependencyGraph:
         """The model's channel dependency graph (built once, on the example input)."""
         if self._graph is None:
@@ -82,7 +88,7 @@ class PruneContext:
         """Validated (inputs, labels or None) batches of S on the model's device."""
         shape = tuple(self.example_input.shape[1:]) if self.example_input is not None else None
         return iter_inputs_and_labels(self.data, name, batch_size=self.batch_size, expected_shape=shape,
-                                      device=self.device)
+                                      device=self.device, dtype=self.dtype)
 
     def option(self, key: str, default):
         return self.options.pop(key, default)

@@ -12,13 +12,20 @@ from .evaluation import (
     noise_shift,
     nominal,
 )
-from .features import FeatureMatrix, informative_feature_matrix, informative_features, reduce_to
+from .features import (
+    FeatureMatrix,
+    informative_feature_matrix,
+    informative_features,
+    log_confidence,
+    reduce_to,
+)
 from .potential import (
     ExcessErrorFit,
     SeedSummary,
     excess_error,
     fit_excess_error,
     prune_potential,
+    prune_potential_over_draws,
     prune_potential_over_seeds,
     summarize,
 )
@@ -44,10 +51,12 @@ __all__ = [
     "informative_features",
     "iou_from_confusion",
     "iter_labeled_batches",
+    "log_confidence",
     "mean_iou",
     "noise_shift",
     "nominal",
     "prune_potential",
+    "prune_potential_over_draws",
     "prune_potential_over_seeds",
     "recommend_ratio",
     "reduce_to",

@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..robustness.corruptions import corrupt, corruption_params
 from ..robustness.noise import noise_like
-from .potential import DEFAULT_DELTA, excess_error, fit_excess_error, prune_potential, summarize
+from .potential import (
+    DEFAULT_DELTA,
+    excess_error,
+    fit_excess_error,
+    prune_potential,
+    prune_potential_over_draws,
+    summarize,
+)
 from .segmentation import confusion_matrix, iou_from_confusion
 
 
@@ -191,16 +198,18 @@ class EvaluationGrid:
         shift: str = "nominal",
         delta: float = DEFAULT_DELTA,
         reading: str = "any",
+        boundary: str = "inclusive",
+        per_draw: bool = False,
     ) -> float:
-        """P_δ on one shift; ``ratios`` maps the pruned models' names to their prune ratios."""
+        """P_δ on one shift; ``ratios`` maps the pruned models' names to their prune ratios.
+        ``per_draw``: the mean over noise draws of each draw's P_δ (the original's reading)
+        instead of P_δ of the errors averaged over the draws."""
         names = list(ratios)
-        return prune_potential(
-            [ratios[n] for n in names],
-            [self.errors[n][shift] for n in names],
-            self.errors[parent][shift],
-            delta,
-            reading,
-        )
+        table = self.error_draws if per_draw else self.errors
+        curve = [ratios[n] for n in names], [table[n][shift] for n in names], table[parent][shift]
+        if per_draw:
+            return prune_potential_over_draws(*curve, delta, reading, boundary).mean
+        return prune_potential(*curve, delta, reading, boundary)
 
     def excess_error(
         self, model: str, parent: str, shifts: str | Sequence[str], nominal_shift: str = "nominal"
@@ -219,10 +228,11 @@ class EvaluationGrid:
         ratios: Mapping[str, float],
         shifts: str | Sequence[str],
         nominal_shift: str = "nominal",
+        bootstrap: int = 0,
     ):
         names = list(ratios)
         values = [self.excess_error(n, parent, shifts, nominal_shift) for n in names]
-        return fit_excess_error([ratios[n] for n in names], values)
+        return fit_excess_error([ratios[n] for n in names], values, bootstrap=bootstrap)
 
     def rows(self) -> list[dict]:
         """One dict per (model, shift), for tables and stores."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import figures
+from .export import write_csv
 from .results import ExperimentResults, is_corruption, is_noise, label
 
 # Guideline 1 flags a method when its prune potential under a shift falls this far below
@@ -48,6 +49,17 @@ def potential_table(results: ExperimentResults, arm: str) -> Table:
     return Table(["method"] + [label(d) for d in dists], rows)
 
 
+def control_table(results: ExperimentResults, control: str) -> Table:
+    """Nominal accuracy of the control's networks per cycle, beside their parent's."""
+    rows = []
+    for arm in results.arms:
+        for curve in results.curves(control, arm):
+            rows.append([str(curve.seed), arm, _acc(curve.parent.error("nominal"))]
+                        + [_acc(n.error("nominal")) for n in curve.networks])
+    cycles = max((len(r) - 3 for r in rows), default=0)
+    return Table(["seed", "training", "parent (%)"] + [f"cycle {i + 1} (%)" for i in range(cycles)], rows)
+
+
 def guideline_flags(results: ExperimentResults, arm: str = "nominal") -> list[str]:
     """SPEC §7 (1): methods whose prune potential under a shift is far below the nominal one."""
     flags = []
@@ -83,8 +95,9 @@ def build(results: ExperimentResults, out: Path) -> list[Block]:
     blocks.append(f"Network **{config.get('network')}** on **{config.get('data', {}).get('name')}**, methods "
                   f"{', '.join(m.upper() for m in results.methods)}, {schedule.get('mode', 'cascade')} prune–retrain "
                   f"cycles, seeds {', '.join(map(str, results.seeds))}. Prune ratios are fractions of the prunable "
-                  f"weights removed; prune potential P uses δ = {100 * results.delta:g} % and the 'any network' "
-                  "reading (SPEC §5). Results: `" + str(results.root) + "`.")
+                  "weights removed. Results: `" + str(results.root) + "`.")
+    blocks.append("## How the numbers are computed")
+    blocks += [f"* {line}" for line in results.readings()]
     if results.failed:
         blocks.append(f"⚠ {len(results.failed)} task(s) failed; their networks are missing below "
                       f"(first: `{results.failed[0]['key']}`).")
@@ -93,6 +106,12 @@ def build(results: ExperimentResults, out: Path) -> list[Block]:
                for (seed, arm), p in sorted(results.parents().items())]
     blocks += ["## Parent networks", Table(["seed", "training", "nominal accuracy (%)",
                                             f"accuracy, {label(_first_noise(results))} (%)"], parents)]
+    for control in results.controls:
+        blocks += [f"## Control: {control}",
+                   "The parent retrained on the same prune–retrain cycles as the pruned networks, pruned by "
+                   "nothing: how much of a pruned network's accuracy comes from the extra training alone. Prune "
+                   "potentials below compare with the parent itself, as the paper does.",
+                   control_table(results, control)]
 
     for arm in results.arms:
         suffix = "" if arm == "nominal" else f" ({arm} training)"
@@ -143,9 +162,11 @@ def _excess_table(results: ExperimentResults, arm: str) -> Table:
         row = [method.upper()]
         for _, ds in groups:
             _, fit = results.excess_errors(method, ds, arm)
-            row.append(f"{100 * fit.slope:+.2f}" if fit else "–")
+            band = f" [{100 * fit.band[0]:+.2f}, {100 * fit.band[1]:+.2f}]" if fit and fit.band else ""
+            row.append(f"{100 * fit.slope:+.2f}{band}" if fit else "–")
         rows.append(row)
-    return Table(["method"] + [f"slope, {n} (% error per 100 % pruned)" for n, _ in groups], rows)
+    unit = "% error per 100 % pruned" + (", 95 % bootstrap band" if results.excess_bootstrap else "")
+    return Table(["method"] + [f"slope, {n} ({unit})" for n, _ in groups], rows)
 
 
 def _first_noise(results: ExperimentResults) -> str:
@@ -201,6 +222,8 @@ def to_html(blocks: list[Block], title: str) -> str:
             body.append(f"<h2>{_inline(block[3:])}</h2>")
         elif block.startswith("# "):
             body.append(f"<h1>{_inline(block[2:])}</h1>")
+        elif block.startswith("* "):
+            body.append(f"<ul><li>{_inline(block[2:])}</li></ul>")
         else:
             body.append(f"<p>{_inline(block)}</p>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
@@ -218,6 +241,9 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path
     out.mkdir(parents=True, exist_ok=True)
     blocks = build(results, out)
     markdown = out / "report.md"
+    write_csv(results, out / "results.csv")
+    blocks.append("Every measurement of this report, one row per network, test distribution and metric: "
+                  "[results.csv](results.csv).")
     markdown.write_text(to_markdown(blocks))
     (out / "report.html").write_text(to_html(blocks, f"lostprune report: {results.config.get('name', '')}"))
     return markdown

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import prune_potential, recommend_ratio, summarize
+from ..metrics import recommend_ratio, summarize
 from .render import Image, Table, _pm, _rel
 from .results import ExperimentResults, is_corruption, is_noise, label
 
@@ -42,9 +42,9 @@ def mean_potential(results: ExperimentResults, method: str, distributions: list[
     for curve in results.curves(method, arm):
         per_shift = []
         for d in distributions:
-            parent, errors = curve.parent.error(d), curve.errors(d)
-            if parent is not None and all(e is not None for e in errors):
-                per_shift.append(prune_potential(curve.ratios, errors, parent, results.delta))
+            value = results.curve_potential(curve, d)
+            if value is not None:
+                per_shift.append(value)
         if per_shift and len(per_shift) == len(distributions):
             values.append(float(np.mean(per_shift)))
     return summarize(values) if values else None
