@@ -33,7 +33,7 @@ from torch.nn.utils import prune as torch_prune
 
 from ..core.accounting import output_positions
 from ..core.masks import mask_factors, masked_parameters, nonzero_rows_and_columns
-from ..core.shapes import shape_only_forward
+from ..core.shapes import check_input, shape_only_forward
 from ..ops import gather_channels
 from .attention import resize_attention
 from .folded_conv import FoldedConv2d
@@ -174,8 +174,9 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    source = "example_input"
     if example_input is None:
-        example_input = getattr(model, EXAMPLE_INPUT, None)
+        example_input, source = getattr(model, EXAMPLE_INPUT, None), ""  # prune ran the model on it
     if example_input is None:
         size = getattr(model, "input_size", None)
         if size is None:
@@ -184,8 +185,13 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
                              "lostprune.prune returned remembers the one prune traced it on)")
         reference = next(itertools.chain(model.parameters(), model.buffers()), None)
         example_input = torch.zeros(1, *size, device=reference.device if reference is not None else None)
-    if not isinstance(example_input, Tensor) or example_input.dim() < 2:
-        raise ValueError("example_input must be a batch tensor (N x C x H x W or N x features)")
+        source = "model.input_size"
+    if not isinstance(example_input, Tensor) or example_input.dim() < 2 or example_input.shape[0] == 0:
+        raise ValueError("example_input must be a non-empty batch tensor (N x C x H x W or N x features), got "
+                         + (f"shape {tuple(example_input.shape)}" if isinstance(example_input, Tensor)
+                            else type(example_input).__name__))
+    if source:  # a wrong input fails here, named, not as a trace error deep in the graph
+        check_input(model, example_input, source)
     params_before = _count_params(model)
     # masked layers: weights their masks keep (slicing drops only masked ones; the rest of a
     # sliced layer's weights are masked weights that stay, as zeros)
