@@ -19,6 +19,8 @@ from .core.masks import apply_masks, current_masks, settle_masks, share_mask
 from .core.shapes import blame_input
 from .data.batches import as_pair_dataset, check_batch_size, first_batch, iter_inputs
 from .methods import PruneContext, available_methods, get_method
+from .structure.attention import convert_attention
+from .structure.trace_cache import EXAMPLE_INPUT
 
 
 @dataclass
@@ -103,7 +105,9 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
             labels); use a held-out split, never the test set.
         layers / exclude: which layers to prune, by qualified name (prefixes select submodules),
             type or predicate (one or a list); default all Conv2d and Linear.
-        inplace: prune ``model`` itself instead of a deep copy.
+        inplace: prune ``model`` itself instead of a deep copy. Either way, ``nn.MultiheadAttention``
+            and torchvision's Swin attention are replaced by equivalents whose heads can be
+            pruned (``lostprune.structure.convert_attention``).
         example_input: a batch used to trace the model (structured methods) and count FLOPs;
             defaults to the first sample of ``data`` or ``model.input_size``. The model is run
             on one sample of it before anything else, so an input it cannot take fails at once.
@@ -125,6 +129,8 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     _check_weights(prunable_layers(model, layers, exclude))  # validate before copying
     data = _reusable(data)
     target = model if inplace else copy.deepcopy(settle_masks(model))
+    # attention whose heads the graph can see and the data pass can score (same function)
+    convert_attention(target)
     selected, shared = split_shared(target, prunable_layers(target, layers, exclude))
     if shared and pruning_method.structured:
         owner, aliases = next(iter(shared.items()))
@@ -178,6 +184,8 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
         positions = ctx.graph().output_positions()  # the trace's shapes
     stats = compute_stats(target, selected, kept=kept, method=pruning_method.name, target_ratio=ratio,
                           example_input=sample, positions=positions, shared=shared)
+    if sample is not None:  # slice_model traces the pruned model on it
+        setattr(target, EXAMPLE_INPUT, sample.detach())
     if stats.emptied_layers:
         warnings.warn(f"{pruning_method.name} at ratio {ratio:g} removed every weight of "
                       f"{len(stats.emptied_layers)} layer(s): {', '.join(stats.emptied_layers[:8])}"

@@ -15,6 +15,8 @@ import lostprune
 from lostprune import io as lpio
 from lostprune import models
 from lostprune.datapass import sensitivity_pass
+from lostprune.structure import slice_model
+from lostprune.structure.trace_cache import EXAMPLE_INPUT
 
 
 class Tiny(nn.Module):
@@ -72,6 +74,14 @@ def no_input_size():
 def wrong_input_size():
     model = Tiny()
     model.input_size = (1, 8, 8)
+    return model
+
+
+def ft_pruned_without_input(channels: int) -> nn.Module:
+    """An FT-pruned Tiny that no longer remembers its example input and claims ``channels`` inputs."""
+    model = prune(method="ft").model
+    delattr(model, EXAMPLE_INPUT)
+    model.input_size = (channels, 8, 8)
     return model
 
 
@@ -195,6 +205,15 @@ CASES = [
          "min_sparsity"),
     case("convert example_input wrong channels",
          lambda _: lostprune.sparse.convert(Tiny(), example_input=torch.randn(1, 1, 8, 8)), ValueError, "example_input"),
+    # slice_model
+    case("slice_model example_input wrong channels",
+         lambda _: slice_model(prune(method="ft").model, example_input=torch.randn(1, 1, 8, 8)),
+         ValueError, "example_input", "(1, 1, 8, 8)"),
+    case("slice_model empty example_input",
+         lambda _: slice_model(prune(method="ft").model, example_input=torch.randn(0, 3, 8, 8)),
+         ValueError, "example_input", "non-empty"),
+    case("slice_model model.input_size wrong channels",
+         lambda _: slice_model(ft_pruned_without_input(1)), ValueError, "model.input_size"),
     # network files
     case("load_network missing", lambda tmp: lpio.load_network(tmp / "missing.pt"), FileNotFoundError, "missing.pt"),
     case("load_network text file", lambda tmp: lpio.load_network(write(tmp, "text")), ValueError, "text.pt",

@@ -26,7 +26,8 @@ from lostprune.core.masks import (
 from lostprune.core.shapes import shape_keeping_skipped, shape_only_forward
 from lostprune.structure import build_graph
 from lostprune.structure import graph as graph_module
-from lostprune.structure.graph import _sort_order
+from lostprune.structure import tracing
+from lostprune.structure.groups import sort_order as _sort_order
 from lostprune.structure.trace_cache import structure_key
 
 
@@ -40,10 +41,11 @@ X = torch.randn(1, 3, 32, 32)
 
 @pytest.fixture
 def traces(monkeypatch):
-    """Counts fx traces."""
+    """Counts fx traces (from a cold cache)."""
+    graph_module._TRACES.clear()
     calls = []
-    trace = graph_module._trace_graph
-    monkeypatch.setattr(graph_module, "_trace_graph", lambda *a, **k: calls.append(1) or trace(*a, **k))
+    trace = tracing.trace_graph
+    monkeypatch.setattr(tracing, "trace_graph", lambda *a, **k: calls.append(1) or trace(*a, **k))
     return calls
 
 
@@ -53,7 +55,7 @@ def test_prune_then_slice_traces_once(traces):
     sliced = lostprune.slice_model(result.model, X)
     assert len(traces) == 1
     # the slice of a reused trace equals the slice of a fresh one
-    graph_module._TRACES._entries.clear()
+    graph_module._TRACES.clear()
     fresh = lostprune.slice_model(result.model, X)
     assert len(traces) == 2
     with torch.no_grad():
@@ -100,6 +102,13 @@ def test_structure_key_normalizes_pruning_and_refuses_what_it_cannot_summarize()
     odd = copy.deepcopy(model)
     odd.layer2.config = object()
     assert structure_key(odd, X) is None
+
+
+def test_another_instance_of_an_architecture_reuses_its_trace(traces):
+    build_graph(cifar_resnet(), X)
+    other = models.create("resnet20").eval()  # other weights, same structure
+    assert repr(build_graph(other, X).groups) == repr(build_graph(cifar_resnet(), X).groups)
+    assert len(traces) == 1
 
 
 def test_model_without_key_is_traced_every_time(traces):

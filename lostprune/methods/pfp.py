@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..core.accounting import output_positions
 from ..datapass import collect_sensitivities, sample_count
-from ..structure.group_plan import GroupPlan, check_round_to
+from ..structure.group_plan import GroupPlan, check_round_to, refuse_unsupported_coupling
 from ..structure.layer_plan import LayerPlan
 from .base import PER_LAYER, PruneContext, PruningMethod, structured_options
 from .registry import register_method
@@ -196,8 +196,13 @@ class ProvableFilterPruning(PruningMethod):
 
     def compute_masks(self, ctx: PruneContext):
         coupled, round_to = structured_options(ctx, self.name)
+        # everything that can refuse the model before the sensitivity pass: the trace, the options,
+        # a coupled group an unsupported op freezes
+        graph = ctx.graph()
         if coupled != PER_LAYER:
-            check_round_to(round_to, ctx.device)  # before the sensitivity pass
+            check_round_to(round_to, ctx.device)
+            if coupled != "skip":
+                refuse_unsupported_coupling(graph)
         scores = channel_sensitivities(ctx)
         models = error_models(ctx, scores)
         warn_silent_layers(models)
