@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..bench import time_call
+from ..timing import time_call
 from ..core.masks import effective_weight
 from ..core.shapes import check_input
 from ..ops.sparse import pack_weight

@@ -6,11 +6,11 @@ per keep ratio in one-shot, cascade or rewind mode, ready to be stored as it com
 ``ShiftAugmentation`` is their shift-aware ``batch_transform`` (SPEC §7).
 """
 
-from .augment import ShiftAugmentation, ShiftedSample, robust_batch_transform
+from .augment import ShiftAugmentation, ShiftedSample
 from .cycles import MODES, PrunedNetwork, prune_retrain
 from .loop import TrainConfig, TrainResult, evaluate, logits_of, settle_masks, train
 from .schedules import Geometric, Linear, LRSchedule, keep_ratio_schedule, paper_keep_ratios
 
 __all__ = ["Geometric", "LRSchedule", "Linear", "MODES", "PrunedNetwork", "TrainConfig", "TrainResult", "evaluate", "keep_ratio_schedule",
-           "logits_of", "paper_keep_ratios", "prune_retrain", "robust_batch_transform", "settle_masks", "train",
+           "logits_of", "paper_keep_ratios", "prune_retrain", "settle_masks", "train",
            "ShiftAugmentation", "ShiftedSample"]

@@ -278,19 +278,3 @@ def _check_levels(levels: Sequence[float]) -> list[float]:
     levels = _check_each(levels, "noise_levels", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
                          "a finite number >= 0 (0 = no noise)")
     return [float(level) for level in levels]
-
-
-def robust_batch_transform(config, splits=None) -> ShiftAugmentation:
-    """The augmentation of an experiment's ``robust:`` section (``RobustConfig`` or a mapping
-    of its fields) for the data ``splits`` (their normalization). Unseeded: ``train`` seeds it
-    per epoch, so runs are reproducible and resumable."""
-    if isinstance(config, dict):
-        from ..experiments.config import RobustConfig, _build
-
-        config = _build(RobustConfig, config, "robust")
-    noise = config.noise
-    normalize = {}
-    if splits is not None and getattr(splits, "normalized", False):
-        normalize = {"mean": splits.mean, "std": splits.std}
-    return ShiftAugmentation(config.corruptions, config.severities, noise.kind if noise else None,
-                             noise.levels if noise else (0.0,), **normalize)

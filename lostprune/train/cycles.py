@@ -143,7 +143,7 @@ def prune_retrain(parent: nn.Module, method: str, keep_ratios: Sequence[float], 
     """
     from tqdm.auto import tqdm
 
-    from .. import prune
+    from ..api import prune
     from ..data.splits import DataSplits
     from ..methods import get_method
 
