@@ -1,5 +1,5 @@
 """Masked sparse conv kernels vs dense convolution and vs torch.sparse CSR, per layer and
-end to end (SPEC §6, issue 6).
+end to end (docs/architecture.md, Kernels; issue 6).
 
 Per layer: the 3x3 convolutions of ResNet20 (CIFAR, 32x32) and resnet18 (224x224), plus the
 resnet18 stem, at batch 1 and 32 and sparsity 50-98 % (random unstructured masks). Baselines:

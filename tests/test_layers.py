@@ -1,4 +1,4 @@
-"""Imports point one way (docs/architecture.md, "Layers"): every import in lostprune/ —
+"""Imports point one way (docs/architecture.md, Layers): every import in lostprune/ —
 module level, inside functions and under TYPE_CHECKING alike — goes to the importer's own
 unit or to a unit on a lower layer, and no two modules import each other, directly or
 around a loop."""

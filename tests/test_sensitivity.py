@@ -1,4 +1,4 @@
-"""Sensitivity ops (SPEC §2.3, §2.4): compiled kernels against the literal reference (float64,
+"""Sensitivity ops (docs/methods.md §Sensitivities): compiled kernels against the literal reference (float64,
 tiny layers) and the vectorized reference (float32, larger random layers); streaming,
 errors, op checks."""
 

@@ -1,4 +1,4 @@
-// CPU masked sparse conv2d / linear (SPEC §6): work proportional to the nonzeros.
+// CPU masked sparse conv2d / linear (docs/architecture.md, Kernels): work proportional to the nonzeros.
 //
 // Per image (or per group of 16 small images, interleaved pixel by pixel), the input is
 // copied once into phase planes (sparse_conv.h): zero padding, stride and dilation become

@@ -1,4 +1,4 @@
-"""Accounting (SPEC §1): parameters, prune ratios and FLOPs of a (masked) model."""
+"""Accounting (docs/methods.md §Prune ratio): parameters, prune ratios and FLOPs of a (masked) model."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class LayerStats:
 
 @dataclass
 class PruneStats:
-    """What a pruning step produced (SPEC §1). ``achieved_ratio`` is over the prunable
+    """What a pruning step produced (docs/methods.md §Prune ratio). ``achieved_ratio`` is over the prunable
     weights; ``paper_prune_ratio`` (PR) is 1 − size(pruned)/size(unpruned) over all parameters."""
 
     method: str

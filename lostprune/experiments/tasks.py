@@ -163,8 +163,8 @@ def run_evaluate(env: Environment, task: Task, publish: Publish) -> tuple[list[N
 
 
 def run_features(env: Environment, task: Task, publish: Publish) -> tuple[list[NetworkRow], list[ResultRow]]:
-    """Informative features (SPEC §5): each network's most informative pixels, and every
-    network's confidence and accuracy on every other's."""
+    """Informative features (docs/methods.md §Informative features): each network's most informative
+    pixels, and every network's confidence and accuracy on every other's."""
     from ..metrics import informative_feature_matrix
 
     names = task.payload["networks"]

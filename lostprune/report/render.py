@@ -1,5 +1,5 @@
 """The experiment report as Markdown and HTML: figures, tables, and the paper's guidelines
-(SPEC §7) as flags a reader can act on."""
+(docs/methods.md §Guidelines) as flags a reader can act on."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def control_table(results: ExperimentResults, control: str) -> Table:
 
 
 def guideline_flags(results: ExperimentResults, arm: str = "nominal") -> list[str]:
-    """SPEC §7 (1): methods whose prune potential under a shift is far below the nominal one."""
+    """docs/methods.md §Guidelines (1): methods whose prune potential under a shift is far below the
+    nominal one."""
     flags = []
     for method in results.methods:
         nominal = results.prune_potential(method, "nominal", arm)

@@ -1,4 +1,4 @@
-"""The report's answer to the paper's guidelines 2–4 (SPEC §7): nominal- vs shift-trained
+"""The report's answer to the paper's guidelines 2–4 (docs/methods.md §Guidelines): nominal- vs shift-trained
 prune potential side by side per method and held-out distribution, with excess error for
 both, and the prune ratio to stop at (``lostprune.metrics.recommend_ratio``) per method."""
 

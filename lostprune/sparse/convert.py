@@ -1,5 +1,5 @@
 """``convert()``: swap pruned Conv2d / Linear layers for SparseConv2d / SparseLinear where
-that is faster (SPEC §6).
+that is faster (docs/architecture.md, Kernels).
 
 Each candidate layer (sparsity >= ``min_sparsity``) is timed dense and sparse on an input of
 the shape it sees in the model — one forward pass of ``example_input`` records the shapes —

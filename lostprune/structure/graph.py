@@ -1,4 +1,4 @@
-"""Dependency graph of coupled channels (SPEC §3), from a ``torch.fx`` trace.
+"""Dependency graph of coupled channels (docs/methods.md §Group-aware variants), from a ``torch.fx`` trace.
 
 Every channel of every intermediate tensor is an element; unions between elements are
 resolved at the end as connected components (scipy). A conv or linear layer creates fresh

@@ -1,4 +1,4 @@
-"""Physical channel slicing (SPEC §3, §6): a structurally masked model → a smaller dense model
+"""Physical channel slicing (docs/methods.md §Slicing): a structurally masked model → a smaller dense model
 with the same function.
 
     sliced = lostprune.slice_model(result.model)       # result = lostprune.prune(model, "ft", 0.5)

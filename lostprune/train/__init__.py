@@ -1,9 +1,9 @@
-"""Training and prune–retrain cycles (SPEC §4).
+"""Training and prune–retrain cycles (docs/methods.md §Prune–retrain).
 
 ``train(model, data, TrainConfig(...))`` trains in place with masks enforced;
 ``prune_retrain(parent, method, keep_ratios, data, retrain)`` yields one ``PrunedNetwork``
 per keep ratio in one-shot, cascade or rewind mode, ready to be stored as it comes;
-``ShiftAugmentation`` is their shift-aware ``batch_transform`` (SPEC §7).
+``ShiftAugmentation`` is their shift-aware ``batch_transform`` (docs/methods.md §Guidelines).
 """
 
 from .augment import ShiftAugmentation, ShiftedSample

@@ -1,4 +1,4 @@
-"""Shift-aware (robust) training augmentation (SPEC §7, guidelines 2–4).
+"""Shift-aware (robust) training augmentation (docs/methods.md §Guidelines, 2–4).
 
 ``ShiftAugmentation`` is a ``batch_transform`` for ``lostprune.train.train`` (and, through
 ``train_options``, for ``prune_retrain``): every sample of a batch independently draws
@@ -6,7 +6,7 @@
 - one corruption from ``corruptions`` and a severity from ``severities`` (0 = left clean),
   applied to its pixels (inputs are denormalized, corrupted, normalized again), and
 - one input-noise level from ``noise_levels`` (0 = none), U[−ε, ε] or N(0, ε²) added in
-  normalized space like the test-time noise of SPEC §5.
+  normalized space like the test-time noise of docs/methods.md §Noise shifts.
 
 Samples that drew the same (corruption, severity) are corrupted together in one batched
 call, on the batch's device. The per-sample draws come from a CPU generator, so the same
