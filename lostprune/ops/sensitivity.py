@@ -37,8 +37,9 @@ from ._build import use_kernel
 
 WEIGHT_OP = "lostprune.weight_sensitivity"
 CHANNEL_OP = "lostprune.channel_sensitivity"
-EPS = torch.finfo(torch.float32).eps  # docs/methods.md §Sensitivities: g = 0 where z <= float32
-eps, in every dtype REDUCTIONS = ("mean", "max")
+# g = 0 where z <= float32 eps, in every dtype (docs/methods.md §Sensitivities)
+EPS = torch.finfo(torch.float32).eps
+REDUCTIONS = ("mean", "max")
 
 IntPair = int | Sequence[int]
 
