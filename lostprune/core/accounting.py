@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -56,11 +56,6 @@ class PruneStats:
         if not self.flops_dense or self.flops_pruned is None:
             return None
         return 1.0 - self.flops_pruned / self.flops_dense
-
-    def as_dict(self) -> dict:
-        data = asdict(self)
-        data["flop_reduction"] = self.flop_reduction
-        return data
 
     def summary(self) -> str:
         flops = (f", FLOPs −{100 * self.flop_reduction:.1f} %" if self.flop_reduction is not None else "")

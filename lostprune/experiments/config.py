@@ -285,10 +285,6 @@ def _train_config(values: dict, key: str, seed: int):
 
 
 # --------------------------------------------------------------------------- validation
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
 def _check_value(value, tp, meta: dict, path: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
