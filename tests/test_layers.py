@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lostprune"
 
 # Bottom to top; a unit may import its own unit and the units of the layers below it.
 LAYERS = [
-    ["_version", "_threads", "timing"],
+    ["_version", "_threads", "_process", "timing"],
     ["ops"],
     ["core", "_files"],
     ["data", "models", "robustness"],
@@ -75,7 +75,9 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
         source = unit_of(module)
         for target in targets:
             unit = unit_of(target)
-            if unit != source and RANK[unit] >= RANK[source]:
+            if unit not in RANK or source not in RANK:
+                upward.append(f"{module} imports {target} (a unit without a layer: add it to LAYERS)")
+            elif unit != source and RANK[unit] >= RANK[source]:
                 upward.append(f"{module} imports {target} ({source!r} may not import {unit!r})")
     return sorted(upward)
 

@@ -351,3 +351,21 @@ def test_propagation_removes_only_what_cannot_change_the_output(name):
     assert torch.equal(outputs[0], outputs[1])  # adding exact zeros changes no float sum
     again = prop.propagate(final_rows, final_cols)  # a fixpoint
     assert np.array_equal(again[0], final_rows) and np.array_equal(again[1], final_cols)
+
+
+@pytest.mark.parametrize("method, options", [("ft", {}), ("ft", {"coupled": "sum"}), ("pfp", {}),
+                                             ("pfp", {"coupled": "sum"})])
+def test_inception_style_branches_meet_the_budget(compiled, method, options):
+    """GoogLeNet: four parallel branches concatenated, max-pool branches, 1x1 reductions."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = models.randomize_norm_statistics(torchvision.models.googlenet(aux_logits=False, init_weights=True), 0)
+    S = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    data = {"data": S} if method == "pfp" else {"example_input": S[:1]}
+    for ratio in (0.3, 0.5):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zero-score channels of a random network (PFP) are named, not errors
+            result = lostprune.prune(model.eval(), method, ratio, progress=False, **data, **options)
+        assert zeros(result) == result.stats.removed_params
+        assert abs(result.stats.achieved_ratio - ratio) <= 0.005 * ratio

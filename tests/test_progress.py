@@ -41,3 +41,37 @@ def test_seconds_left_waits_for_a_first_example_of_each_kind():
     rows = [task("parent", "train", "failed"), task("chain/wt", "chain", "failed"),
             task("wt/0", "network", "pending", chain="chain/wt")]
     assert seconds_left(rows, 10.0) == 0.0
+
+
+def test_progress_in_a_log_file_writes_plain_lines_not_a_redrawn_bar(tmp_path, capsys, monkeypatch):
+    import lostprune.experiments.progress as progress
+    from lostprune.experiments.store import Store, Task
+
+    store = Store(tmp_path / "r.sqlite")
+    store.add_tasks([Task("a", "train"), Task("b", "evaluate", deps=["a"])])
+    monkeypatch.setattr(progress, "REFRESH_SECONDS", 3600.0)  # no refresh from the thread
+    bar = progress.Progress(store, "study", interactive=False)
+    for _ in range(5):  # within LOG_SECONDS of each other: one line
+        bar.refresh()
+    store.complete(store.claim("w").key)
+    bar.close()  # the last state is always written
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and len(lines) == 2, err
+    assert "study: 0/2 tasks done, running=0, failed=0" in lines[0]
+    assert "study: 1/2 tasks done, running=0, failed=0" in lines[1]
+    store.close()
+
+
+def test_a_worker_stops_when_its_runner_dies():
+    """exit_with_parent: a process whose parent is gone exits (here the 'parent' pid is one
+    that is never its parent, so the watch fires at once)."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time; from lostprune.experiments.runner import exit_with_parent; "
+            "exit_with_parent(-1, poll=0.01); time.sleep(60)")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], timeout=50)
+    assert done.returncode == 1 and time.monotonic() - start < 50

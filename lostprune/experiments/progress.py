@@ -6,6 +6,7 @@ parent takes far longer than evaluating a network, so a plain tasks-per-second r
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from .store import PLACEHOLDER_KIND, Store
 
 REFRESH_SECONDS = 10.0
+LOG_SECONDS = 60.0  # where stderr is not a terminal (a log file), one plain line this often
 
 
 def seconds_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> float | None:
@@ -73,16 +75,21 @@ def format_seconds(seconds: float | None) -> str:
 class Progress:
     """A tqdm bar over the experiment's tasks, fed from the store (so it also counts the
     work of other processes), with the task in flight as its description and the estimated
-    time left; refreshed at every task and every ``REFRESH_SECONDS`` between them."""
+    time left; refreshed at every task and every ``REFRESH_SECONDS`` between them. Where
+    stderr is not a terminal (``nohup ... > log``), a redrawn bar would write a line every few
+    seconds for hours: there it writes one plain line every ``LOG_SECONDS`` instead."""
 
-    def __init__(self, store: Store, name: str, enabled: bool = True, workers: int = 1):
+    def __init__(self, store: Store, name: str, enabled: bool = True, workers: int = 1,
+                 interactive: bool | None = None):
         from tqdm.auto import tqdm
 
-        self.store, self.workers, self.enabled = store, workers, enabled
+        self.store, self.workers, self.enabled, self.name = store, workers, enabled, name
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self._logged = 0.0
         counts = store.counts()
         self._lock = threading.Lock()
         self.bar = tqdm(total=sum(counts.values()), initial=counts["done"], desc=name, unit="task",
-                        disable=not enabled, dynamic_ncols=True,
+                        disable=not (enabled and self.interactive), dynamic_ncols=True,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         self._stop = threading.Event()
         self._thread = None
@@ -98,14 +105,19 @@ class Progress:
         finally:
             store.close()
 
-    def refresh(self, store: Store | None = None) -> None:
+    def refresh(self, store: Store | None = None, final: bool = False) -> None:
         store = store or self.store
         counts = store.counts()
         left = seconds_left(store.tasks(), time.time(), self.workers)
+        status = f"running={counts['running']}, failed={counts['failed']}, left≈{format_seconds(left)}"
         with self._lock:
             self.bar.update(counts["done"] - self.bar.n)
-            self.bar.set_postfix_str(f"running={counts['running']}, failed={counts['failed']}, "
-                                     f"left≈{format_seconds(left)}", refresh=True)
+            self.bar.set_postfix_str(status, refresh=True)
+            now = time.time()
+            if self.enabled and not self.interactive and (now - self._logged >= LOG_SECONDS or final):
+                self._logged = now
+                print(f"{time.strftime('%H:%M:%S')} {self.name}: {counts['done']}/{sum(counts.values())} tasks done, "
+                      f"{status}", file=sys.stderr, flush=True)
 
     def show(self, task) -> None:
         self.refresh()
@@ -116,5 +128,5 @@ class Progress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.refresh()
+        self.refresh(final=True)
         self.bar.close()

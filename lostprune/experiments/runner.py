@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
 import threading
 import time
 import traceback
@@ -145,7 +146,22 @@ def worker_loop(config: ExperimentConfig, root: Path, on_task=None, splits=None,
     return ran
 
 
-def _worker_process(config_path: str, root: str, threads: int) -> None:
+def exit_with_parent(parent_pid: int, poll: float = POLL_SECONDS) -> threading.Thread:
+    """Stop this process when ``parent_pid`` is no longer its parent. A worker whose runner was
+    killed (SIGTERM has no handler there, SIGKILL none anywhere) would otherwise run on unseen
+    and keep writing to the store; its claimed task is released at the next start instead."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, daemon=True, name="exit-with-parent")
+    thread.start()
+    return thread
+
+
+def _worker_process(config_path: str, root: str, threads: int, parent_pid: int) -> None:
+    exit_with_parent(parent_pid)
     set_threads(threads)
     worker_loop(load_config(config_path), Path(root))
 
@@ -226,7 +242,8 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
 def _run_processes(config_path: str, root: Path, workers: int, bar: Progress, threads: int | None) -> None:
     threads = max(1, (threads or physical_cores()) // workers)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker_process, args=(config_path, str(root), threads)) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker_process, args=(config_path, str(root), threads, os.getpid()))
+             for _ in range(workers)]
     for p in procs:
         p.start()
     try:

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._process import pid_alive
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -195,7 +197,7 @@ class Store:
         with self.transaction() as db:
             for row in db.execute("SELECT key, owner, heartbeat FROM tasks WHERE status = 'running'").fetchall():
                 owner_host, _, pid = (row["owner"] or "").rpartition(":")
-                dead = owner_host == host and pid.isdigit() and not _pid_alive(int(pid))
+                dead = owner_host == host and pid.isdigit() and not pid_alive(int(pid))
                 if dead or (row["heartbeat"] or 0) < time.time() - stale_after:
                     db.execute("UPDATE tasks SET status = 'pending', owner = NULL WHERE key = ?", (row["key"],))
                     released += 1
@@ -340,13 +342,3 @@ def open_or_recover(path: str | Path, resume_hint: str = "rerun the same command
                        f"backup ({backup.name}). To start this experiment over in the same directory, {resume_hint} "
                        f"(trained networks are trained again); to resume instead, copy an intact copy of the store "
                        f"to {path} and {resume_hint}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._build import use_kernel
+from ._precision import exact_fp32
 
 WEIGHT_OP = "lostprune.weight_sensitivity"
 CHANNEL_OP = "lostprune.channel_sensitivity"
@@ -284,6 +285,11 @@ def _vectorized_mean(layer: _Layer, points: Tensor) -> Tensor:
 
 
 def _vectorized(layer: _Layer, level: str, reduce: str) -> Tensor:
+    with exact_fp32(layer.x.is_cuda):  # z from cuDNN and the matmuls in IEEE float32, not TF32
+        return _vectorized_scores(layer, level, reduce)
+
+
+def _vectorized_scores(layer: _Layer, level: str, reduce: str) -> Tensor:
     points = _data_points(layer.x)
     w = layer.weight.flatten(1)
     if reduce == "mean" and level == "weight":
