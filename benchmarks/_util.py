@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lostprune.bench import interleaved_ratio, time_call  # noqa: F401  (re-exported for the suites)
+from lostprune.timing import interleaved_ratio, time_call  # noqa: F401  (re-exported for the suites)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -1,4 +1,4 @@
-"""Sparse inference (SPEC §6, issue 20): WT-pruned resnet18 converted with
+"""Sparse inference (docs/architecture.md, Kernels; issue 20): WT-pruned resnet18 converted with
 ``lostprune.sparse.convert`` vs the *fair* dense baseline, measured interleaved in one run.
 
 Fair dense baseline: the same pruned weights (masks baked into plain tensors), BatchNorms

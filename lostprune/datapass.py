@@ -1,5 +1,5 @@
 """The data pass: stream a data set S through a model and collect, per prunable layer, the
-sensitivities of SPEC §2.3 / §2.4.
+sensitivities of docs/methods.md §Sensitivities.
 
 Forward hooks receive each layer's input batch by batch (never image by image) and fold it
 into the layer's running maximum with the fused sensitivity ops, so memory stays at one batch
@@ -122,8 +122,8 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
             handle.remove()
         model.train(was_training)
     if seen < 2:
-        raise ValueError(f"data has {seen} input; sensitivities need at least 2 (SPEC §2.3: a held-out "
-                         "set S, 256 images by default)")
+        raise ValueError(f"data has {seen} input; sensitivities need at least 2 (a held-out set S, 256 images "
+                         "by default; docs/methods.md §Sensitivities)")
     missing = [name for name in layers if key_of[id(weight_parameter(layers[name]))] not in scores]
     if missing:
         raise RuntimeError(f"layers {missing} were never called in the model's forward; they cannot be "

@@ -97,7 +97,6 @@ def test_a_layer_pruned_to_nothing_is_named():
     assert result.stats.emptied_layers == ["5"]
     assert int(result.masks["5"].sum()) == 0
     assert "emptied (every weight removed): 5" in result.stats.summary()
-    assert result.stats.as_dict()["emptied_layers"] == ["5"]
     with torch.no_grad():
         model[5].weight.mul_(1e4)
     kept = lostprune.prune(model, "wt", 0.9, example_input=X[:1])

@@ -71,6 +71,29 @@ def test_ft_on_a_chain_keeps_the_same_fraction_per_layer_and_drops_constant_colu
         assert torch.equal(result.model.get_submodule(name).weight == 0, mask == 0)
 
 
+def test_l2_ranks_filters_by_their_l2_norm():
+    """"l2" is FT with ‖W_i‖₂: a filter with one large weight beats one spread thin, which
+    L1 ranks the other way round (docs/methods.md §Baselines)."""
+    model = Chain().double()
+    with torch.no_grad():
+        model.a.weight.zero_()
+        model.a.weight[0].fill_(0.2)  # L1 5.4, L2 1.04
+        model.a.weight[1, 0, 0, 0] = 3.0  # L1 3, L2 3
+        model.a.weight[2].fill_(0.1)  # L1 2.7, L2 0.52
+        model.a.weight[3, 0, 0, 0] = 2.0  # L1 2, L2 2
+    set_filter_norms(model.b, [6.0, 1.0, 5.0, 2.0, 4.0, 3.0])  # uniform filters: L1 and L2 agree
+    removed = 2 * 27 + (216 - 3 * 2 * 9) + (18 - 3 * 3)  # as for FT on the chain above
+    ratio = removed / (108 + 216 + 18)
+    kept = {}
+    for method in ("ft", "l2"):
+        result = lostprune.prune(model, method, ratio, example_input=torch.randn(1, 3, 8, 8).double(),
+                                 progress=False)
+        kept[method] = rows(result.masks["a"]), cols(result.masks["b"]), rows(result.masks["b"])
+        assert zeros(result) == removed == result.stats.removed_params
+    assert kept["ft"] == ([0, 1], [0, 1], [0, 2, 4])
+    assert kept["l2"] == ([1, 3], [1, 3], [0, 2, 4])
+
+
 # ----------------------------------------------------------------------------- FT on a residual block
 class ResidualBlock(nn.Module):
     """x = stem(input); out = relu(bn2(conv2(relu(bn1(conv1(x))))) + x); logits = fc(out)."""

@@ -1,4 +1,4 @@
-"""Sensitivity ops (SPEC §2.3, §2.4): compiled kernels against the literal reference (float64,
+"""Sensitivity ops (docs/methods.md §Sensitivities): compiled kernels against the literal reference (float64,
 tiny layers) and the vectorized reference (float32, larger random layers); streaming,
 errors, op checks."""
 
@@ -164,8 +164,12 @@ def test_half_precision_computes_in_float32(compiled):
     x, w = _inputs((2, 3, 6, 6), (4, 3, 3, 3), dtype=torch.float32)
     out = weight_sensitivity(x.to(torch.bfloat16), w.to(torch.bfloat16), padding=1)
     assert out.dtype == torch.float32
-    expect = weight_sensitivity(x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float(), padding=1)
-    torch.testing.assert_close(out, expect)
+    # the float64 oracle on the bfloat16 values: what float32 arithmetic on them must give
+    xb, wb = x.to(torch.bfloat16).double(), w.to(torch.bfloat16).double()
+    torch.testing.assert_close(out, weight_sensitivity_literal(xb, wb, padding=1).float(), rtol=2e-5, atol=1e-6)
+    channels = channel_sensitivity(x.to(torch.bfloat16), w.to(torch.bfloat16), padding=1)
+    assert channels.dtype == torch.float32
+    torch.testing.assert_close(channels, channel_sensitivity_literal(xb, wb, padding=1).float(), rtol=2e-5, atol=1e-6)
 
 
 def test_weight_requiring_grad_is_fine(compiled):

@@ -1,4 +1,4 @@
-"""SiPP and PFP (SPEC §2.3, §2.4) through lostprune.prune."""
+"""SiPP and PFP (docs/methods.md §SiPP, docs/methods.md §PFP) through lostprune.prune."""
 
 import math
 

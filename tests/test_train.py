@@ -193,15 +193,25 @@ def test_training_for_a_number_of_steps():
 
 
 def test_channels_last_trains_the_same_and_leaves_weights_contiguous():
-    runs = {}
-    for channels_last in (False, True):
+    runs, layouts = {}, {}
+    for channels_last in (False, True, None):  # None: the default, channels-last on the CPU
         model = tiny_cnn()
+        seen = layouts[channels_last] = set()
+
+        def record(module, args, seen=seen):
+            x, weight = args[0], module.weight
+            seen.add((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                      weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()))
+
+        hook = model[3].register_forward_pre_hook(record)
         train(model, blobs(), dataclasses.replace(FAST, channels_last=channels_last), progress=False)
+        hook.remove()
         runs[channels_last] = model
         assert all(p.is_contiguous() for p in model.parameters())
+    # the layout really changed while training: inputs and weights of the conv channels-last
+    assert layouts == {False: {(False, False)}, True: {(True, True)}, None: {(True, True)}}
     for key, value in runs[False].state_dict().items():
         assert torch.allclose(value, runs[True].state_dict()[key], atol=1e-4), key
-    assert TrainConfig().channels_last is None  # default: on for the CPU
 
 
 def test_checkpoint_written_before_new_fields_existed_resumes(tmp_path):

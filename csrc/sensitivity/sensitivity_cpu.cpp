@@ -1,4 +1,4 @@
-// CPU sensitivity kernels (SPEC §2.3, §2.4, §6). Fused and tiled: for a run of up to 256
+// CPU sensitivity kernels (docs/methods.md §Sensitivities). Fused and tiled: for a run of up to 256
 // output positions (of one data point for "mean"; across data points for "max") the im2col
 // tile A [edges, positions] is built in a thread-local buffer; then pass 1 accumulates z+ and
 // z- of every output unit over its positive and negative edges (vectorized over positions),

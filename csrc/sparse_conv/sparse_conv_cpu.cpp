@@ -1,4 +1,4 @@
-// CPU masked sparse conv2d (SPEC §6): work proportional to the nonzeros. The SIMD
+// CPU masked sparse conv2d (docs/architecture.md, Kernels): work proportional to the nonzeros. The SIMD
 // micro-kernels are in sparse_conv_simd.h, the phase planes in sparse_conv_planes.cpp.
 //
 // Per image (or group of L small images interleaved pixel by pixel) the input is copied

@@ -1,6 +1,6 @@
-// CPU masked sparse linear (SPEC §6): one sparse dot product per output for a single row,
-// several rows as a 1x1 convolution (sparse_conv_cpu.cpp), where every nonzero is one axpy
-// over all rows.
+// CPU masked sparse linear (docs/architecture.md, Kernels): one sparse dot product per output
+// for a single row, several rows as a 1x1 convolution (sparse_conv_cpu.cpp), where every
+// nonzero is one axpy over all rows.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

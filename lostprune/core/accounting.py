@@ -1,10 +1,10 @@
-"""Accounting (SPEC §1): parameters, prune ratios and FLOPs of a (masked) model."""
+"""Accounting (docs/methods.md §Prune ratio): parameters, prune ratios and FLOPs of a (masked) model."""
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -32,7 +32,7 @@ class LayerStats:
 
 @dataclass
 class PruneStats:
-    """What a pruning step produced (SPEC §1). ``achieved_ratio`` is over the prunable
+    """What a pruning step produced (docs/methods.md §Prune ratio). ``achieved_ratio`` is over the prunable
     weights; ``paper_prune_ratio`` (PR) is 1 − size(pruned)/size(unpruned) over all parameters."""
 
     method: str
@@ -56,11 +56,6 @@ class PruneStats:
         if not self.flops_dense or self.flops_pruned is None:
             return None
         return 1.0 - self.flops_pruned / self.flops_dense
-
-    def as_dict(self) -> dict:
-        data = asdict(self)
-        data["flop_reduction"] = self.flop_reduction
-        return data
 
     def summary(self) -> str:
         flops = (f", FLOPs −{100 * self.flop_reduction:.1f} %" if self.flop_reduction is not None else "")

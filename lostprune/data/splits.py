@@ -1,6 +1,6 @@
 """Fixed, stratified splits and the ``DataSplits`` bundle every loader returns.
 
-S (the data of the data-informed methods, SPEC §2.3) is always carved out of the training
+S (the data of the data-informed methods, docs/methods.md §Sensitivities) is always carved out of the training
 split, never out of the test set; the loaders enforce that by construction.
 """
 
@@ -225,8 +225,8 @@ class DataSplits:
         return dataclasses.replace(self, **changes, info=info) if changes else self
 
     def check_s_held_out(self) -> None:
-        """Raise ValueError when S shares items with the test set (SPEC §2.3: S is held out of
-        the training images, never taken from the test set)."""
+        """Raise ValueError when S shares items with the test set (docs/methods.md §Sensitivities: S
+        is held out of the training images, never taken from the test set)."""
         if len(self.s) == 0:
             raise ValueError("s: S is empty; data-informed methods need at least 2 images")
         shared = overlap(self.s, self.test)

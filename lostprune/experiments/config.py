@@ -44,7 +44,7 @@ class DataConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Which networks the prune–retrain cycles produce (SPEC §4). Give exactly one of
+    """Which networks the prune–retrain cycles produce (docs/methods.md §Prune–retrain). Give exactly one of
     ``ratios`` (prune ratios), ``keep`` (keep-ratio segments, e.g.
     ``[{geometric: [0.85, 0.15, 16]}, {linear: [0.15, 0.02, 8]}]``) or ``paper`` (the paper's
     schedule with that many networks)."""
@@ -125,7 +125,7 @@ def _training_corruptions() -> list[str]:
 
 @dataclass
 class RobustConfig:
-    """Shift-aware training of the parent and retraining of the pruned networks (SPEC §7):
+    """Shift-aware training of the parent and retraining of the pruned networks (docs/methods.md §Guidelines):
     each training sample draws one of ``corruptions`` at one of ``severities`` (0 = clean)
     and, independently, one input-noise level. The corruptions listed here are the training
     ones; ``test.corruptions`` must hold others (held out) unless
@@ -150,8 +150,9 @@ class EvalConfig:
 
 @dataclass
 class MetricsConfig:
-    """The paper's metrics (SPEC §5). Where the original implementation reads a definition
-    differently, ``*_reading`` options choose (the report names the one used):
+    """The paper's metrics (docs/methods.md §Prune potential and the sections after it). Where the
+    original implementation reads a definition differently, ``*_reading`` options choose (the report
+    names the one used):
 
     - ``boundary``: a pruned network qualifies for the prune potential if its error is
       ``inclusive`` ≤ parent + δ, or ``strict`` < parent + δ (the original: acc + δ > acc_parent);
@@ -284,10 +285,6 @@ def _train_config(values: dict, key: str, seed: int):
 
 
 # --------------------------------------------------------------------------- validation
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
 def _check_value(value, tp, meta: dict, path: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)

@@ -188,9 +188,6 @@ class Environment:
         save_atomic({"format": SHIFTS_FORMAT, "pixels": corrupted}, path)
         return corrupted.float().div_(255), labels
 
-    def shift_names(self) -> list[str]:
-        return [s.name for s in self.similarity_shifts() + self.corruption_shifts()]
-
     # ------------------------------------------------------------------ the parent's outputs
     def parent_results(self, key: str, shifts: list, pixels) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
         """(outputs, errors) of network ``key`` (a parent) on ``shifts`` of ``pixels``, per

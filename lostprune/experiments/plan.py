@@ -1,6 +1,7 @@
-"""The task graph of an experiment (SPEC §4, §5): per seed and training arm, train a parent
-(and a separately trained reference network), run each method's prune–retrain cycles,
-evaluate every network on every test distribution, and compare informative features.
+"""The task graph of an experiment (docs/methods.md §Prune–retrain, docs/methods.md §Prune
+potential): per seed and training arm, train a parent (and a separately trained reference network),
+run each method's prune–retrain cycles, evaluate every network on every test distribution, and
+compare informative features.
 
 A method's cycles run as one ``chain`` task (cascade and rewind are sequential by nature)
 that publishes each network as soon as it is retrained: the network's own key is a

@@ -12,7 +12,8 @@ from .. import models
 from .._files import save_atomic
 from ..io import read_network_file, save_network
 from ..train import distributed
-from .config import prune_options_for
+from ..train.augment import ShiftAugmentation
+from .config import RobustConfig, prune_options_for
 from .environment import Environment
 from .plan import parent_key, pruned_key
 from .store import NetworkRow, ResultRow, Task
@@ -22,12 +23,22 @@ Publish = Callable[[str, list[NetworkRow], list[ResultRow]], None]
 REFERENCE_SEED_OFFSET = 100_003  # the separately trained network's seed, far from the parents'
 
 
+def robust_batch_transform(config: RobustConfig, splits=None) -> ShiftAugmentation:
+    """The ``ShiftAugmentation`` of an experiment's ``robust:`` section for the data ``splits``
+    (their normalization). Unseeded: ``train`` seeds it per epoch, so runs are reproducible
+    and resumable."""
+    noise = config.noise
+    normalize = {}
+    if splits is not None and getattr(splits, "normalized", False):
+        normalize = {"mean": splits.mean, "std": splits.std}
+    return ShiftAugmentation(config.corruptions, config.severities, noise.kind if noise else None,
+                             noise.levels if noise else (0.0,), **normalize)
+
+
 def _train_options(env: Environment, arm: str) -> dict:
     """Keyword arguments for lostprune.train.train: shift-aware augmentation in the robust arm."""
     if arm != "robust":
         return {}
-    from ..train.augment import robust_batch_transform
-
     return {"batch_transform": robust_batch_transform(env.config.robust, env.splits)}
 
 
@@ -152,8 +163,8 @@ def run_evaluate(env: Environment, task: Task, publish: Publish) -> tuple[list[N
 
 
 def run_features(env: Environment, task: Task, publish: Publish) -> tuple[list[NetworkRow], list[ResultRow]]:
-    """Informative features (SPEC §5): each network's most informative pixels, and every
-    network's confidence and accuracy on every other's."""
+    """Informative features (docs/methods.md §Informative features): each network's most informative
+    pixels, and every network's confidence and accuracy on every other's."""
     from ..metrics import informative_feature_matrix
 
     names = task.payload["networks"]

@@ -1,4 +1,4 @@
-"""Random baseline (SPEC §2.5): the same fraction of each layer's surviving weights removed
+"""Random baseline (docs/methods.md §Baselines): the same fraction of each layer's surviving weights removed
 uniformly at random (seeded with ``seed=``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SiPP — sensitivity-informed pruning (Baykal et al. 2019), deterministic variant (SPEC §2.3).
+"""SiPP — sensitivity-informed pruning (Baykal et al. 2019), deterministic variant (docs/methods.md §SiPP).
 
 Score of weight w_ir: its sensitivity, the max over the data set S of the mean over output
 positions of its relative contribution g_ir to its unit's (sign-split) pre-activation. The

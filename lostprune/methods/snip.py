@@ -1,4 +1,4 @@
-"""SNIP baseline (Lee et al. 2019; SPEC §2.5): connection sensitivity |∂L/∂w ⊙ w|, summed
+"""SNIP baseline (Lee et al. 2019; docs/methods.md §Baselines): connection sensitivity |∂L/∂w ⊙ w|, summed
 over S, kept globally. Uses S's labels when the batches carry them, else the model's own
 predictions (so S may be unlabeled). Frozen weights (``requires_grad=False``) are scored too:
 their gradients are turned on for the pass."""

@@ -1,6 +1,7 @@
-"""What pruning loses beyond test accuracy (SPEC §5): prune potential (nominal, under noise,
-under corruptions), excess error, functional similarity, informative features, mIoU, and
-``evaluate_grid`` to score many models on many shifted test sets in one pass."""
+"""What pruning loses beyond test accuracy (docs/methods.md §Prune potential and the sections after
+it): prune potential (nominal, under noise, under corruptions), excess error, functional similarity,
+informative features, mIoU, and ``evaluate_grid`` to score many models on many shifted test sets in
+one pass."""
 
 from .evaluation import (
     EvaluationGrid,

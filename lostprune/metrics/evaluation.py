@@ -2,9 +2,9 @@
 
 ``evaluate_grid(models, shifts, data)`` walks the clean test data once; for each batch it
 makes every shifted version once (corruption on the pixels, then normalization, then input
-noise, per SPEC §5), on the CPU, and moves it to each model's device, so models on different
-devices see the very same inputs. Results: error (and its std over noise draws) per model
-and shift and, against a reference model, functional similarity on the very same shifted
+noise, per docs/methods.md §Noise shifts), on the CPU, and moves it to each model's device, so
+models on different devices see the very same inputs. Results: error (and its std over noise draws)
+per model and shift and, against a reference model, functional similarity on the very same shifted
 inputs. The reference's outputs can be kept (``keep_outputs``) and passed back
 (``reference_outputs``), so a parent compared with many pruned networks runs once per shift.
 Segmentation models (per-pixel labels) are scored by 1 − mIoU.

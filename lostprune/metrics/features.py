@@ -1,4 +1,4 @@
-"""Informative features (SPEC §5): backward selection over pixels.
+"""Informative features (docs/methods.md §Informative features): backward selection over pixels.
 
 For an image, start from all pixels and repeatedly remove the pixels (all channels of a
 pixel together, set to ``baseline``, 0 in normalized space) whose removal lowers the

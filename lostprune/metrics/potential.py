@@ -1,4 +1,4 @@
-"""Prune potential and excess error (SPEC §5).
+"""Prune potential and excess error (docs/methods.md §Prune potential, docs/methods.md §Excess error).
 
 Prune potential P_δ: the largest prune ratio among the produced networks whose error on a
 test distribution D is at most the parent's error on D plus δ. Two readings:

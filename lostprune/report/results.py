@@ -262,10 +262,6 @@ class ExperimentResults:
         matrix = np.array([[rows[a].get(b, np.nan) for b in names] for a in names])
         return names, matrix
 
-    def as_json(self) -> str:
-        return json.dumps({k: {"role": n.role, "ratio": n.ratio, "values": {f"{d}|{m}": v for (d, m), v in n.values.items()}}
-                           for k, n in self.networks.items()}, indent=1)
-
 
 def _kind(distribution: str) -> int:
     return 0 if distribution == "nominal" else 1 if is_noise(distribution) else 2

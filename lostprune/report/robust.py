@@ -1,4 +1,4 @@
-"""The report's answer to the paper's guidelines 2–4 (SPEC §7): nominal- vs shift-trained
+"""The report's answer to the paper's guidelines 2–4 (docs/methods.md §Guidelines): nominal- vs shift-trained
 prune potential side by side per method and held-out distribution, with excess error for
 both, and the prune ratio to stop at (``lostprune.metrics.recommend_ratio``) per method."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import recommend_ratio, summarize
-from .render import Image, Table, _pm, _rel
+from .blocks import Image, Table, pm, rel
 from .results import ExperimentResults, is_corruption, is_noise, label
 
 ROBUST = "robust"
@@ -74,7 +74,7 @@ def comparison_table(results: ExperimentResults) -> Table:
         for i, (name, dists, excess) in enumerate(entries):
             nominal = mean_potential(results, method, dists, "nominal")
             robust = mean_potential(results, method, dists, ROBUST)
-            rows.append([method.upper() if i == 0 else "", name, _pm(nominal), _pm(robust), _gain(nominal, robust),
+            rows.append([method.upper() if i == 0 else "", name, pm(nominal), pm(robust), _gain(nominal, robust),
                          _slope(results, method, dists, "nominal") if excess else "",
                          _slope(results, method, dists, ROBUST) if excess else ""])
     return Table(["method", "test distribution", "P, nominal training (%)", "P, shift-aware training (%)",
@@ -175,7 +175,7 @@ def robust_blocks(results: ExperimentResults, fig_dir: Path, out: Path) -> list:
         blocks.append(comparison_table(results))
         figure = comparison_figure(results, fig_dir / "shift_aware.png")
         if figure is not None:
-            blocks.append(Image(_rel(figure, out), "Prune potential per method: nominal (grey) vs shift-aware "
+            blocks.append(Image(rel(figure, out), "Prune potential per method: nominal (grey) vs shift-aware "
                                                    "(green) training, on nominal and held-out test data."))
         blocks += summary_sentences(results)
     table = recommendation_table(results)

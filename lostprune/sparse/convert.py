@@ -1,5 +1,5 @@
 """``convert()``: swap pruned Conv2d / Linear layers for SparseConv2d / SparseLinear where
-that is faster (SPEC §6).
+that is faster (docs/architecture.md, Kernels).
 
 Each candidate layer (sparsity >= ``min_sparsity``) is timed dense and sparse on an input of
 the shape it sees in the model — one forward pass of ``example_input`` records the shapes —
@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..bench import time_call
 from ..core.masks import effective_weight
 from ..core.shapes import check_input
 from ..ops.sparse import pack_weight
 from ..structure.folded_conv import FoldedConv2d
+from ..timing import time_call
 from . import autotune
 from . import fusion as fx_fusion
 from .modules import SparseConv2d, SparseLinear

@@ -4,7 +4,7 @@ A conv/linear output channel whose weight row is all zero is its bias everywhere
 BN, activations and the other per-channel ops map it to another constant; constant-preserving
 spatial ops (max/adaptive pooling, interpolation, reflect/replicate padding, flatten) pass it
 on; a residual add of two constants is a constant. Slicing folds such channels into their
-consumers instead of computing them (SPEC §3).
+consumers instead of computing them (docs/methods.md §Slicing).
 
 The walk runs the fx graph on *probes*: per tensor, one value per channel (shaped
 [1, C, 1, ...] so modules apply as they are), NaN where the channel is not known to be

@@ -5,7 +5,7 @@ removal counts towards a target — the two inner loops of ``GroupPlan``'s root 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -13,9 +13,6 @@ from torch import Tensor
 
 from ..core.masks import nonzero_rows_and_columns, single_value
 from .graph import DEPTHWISE, IN, OUT, DependencyGraph
-
-if TYPE_CHECKING:
-    from .group_plan import GroupPlan
 
 
 class WeightCounter:
@@ -159,12 +156,19 @@ def flat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
+class _Plan(Protocol):
+    """What a refinement reads of its plan (``GroupPlan``, which imports this module)."""
+
+    units: Sequence
+    def removed_weights(self, counts: Sequence[int]) -> int: ...
+
+
 class Refinement:
     """Moves units one allowed step off the common fraction to close the gap to the
     target: greedily by each move's own effect (2n evaluations a round), then — in small
     networks, where steps are coarse — by pairs (+1 here, −1 there)."""
 
-    def __init__(self, plan: GroupPlan, counts: list[int]):
+    def __init__(self, plan: _Plan, counts: list[int]):
         self.plan = plan
         self.base = [u.allowed.index(u.size - c) for u, c in zip(plan.units, counts)]
 

@@ -230,10 +230,6 @@ class GroupPlan:
             unit.order = torch.sort(ranked, stable=True).indices
 
     # ------------------------------------------------------------------ counts
-    def base_counts(self) -> list[int]:
-        """Removal counts that remove nothing new (the dead channels)."""
-        return [u.size - u.alive for u in self.units]
-
     def counts_for_kept(self, kept: Sequence[float]) -> list[int]:
         """Removal counts from wanted kept counts per unit (snapped to the allowed ones)."""
         return [u.size - snap(k, u.allowed) for u, k in zip(self.units, kept)]

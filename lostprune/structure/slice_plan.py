@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -18,8 +17,56 @@ from .constants import input_constants
 from .folded_conv import FoldedConv2d
 from .graph import DEPTHWISE, IN, NORM, OUT, PARAM, ChannelGroup
 
-if TYPE_CHECKING:
-    from .slicing import SliceReport
+
+@dataclass
+class SliceReport:
+    """What ``slice_model`` did. ``shapes``: parameter name → shape in the sliced model."""
+
+    params_before: int
+    params_after: int
+    channels_removed: int = 0  # group channels dropped
+    channels_folded: int = 0  # of those, constants folded into consumers
+    channels_kept: int = 0  # removed channels slicing had to keep (see ``kept``)
+    folded_layers: dict[str, str] = field(default_factory=dict)  # consumer -> "bias" / "border"
+    kept: list[str] = field(default_factory=list)  # removed channels kept, with the reason
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Convolution work per sample (MACs of the sliced dense convs), and what the kernels really
+    # compute with output channels padded to ``channel_multiple`` (``granularity.py``)
+    conv_macs: int = 0
+    conv_macs_padded: int = 0
+    channel_multiple: int = 1
+    unaligned: list[str] = field(default_factory=list)  # convs whose output channels are not a multiple
+    # masked weights that stay, as zeros, in sliced conv / linear layers: a channel that one
+    # layer dropped and another still reads or produces (the paper's per-layer FT / PFP)
+    zeros_kept: int = 0
+
+    @property
+    def param_reduction(self) -> float:
+        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+    @property
+    def padding_share(self) -> float:
+        """Fraction of the convolution kernels' work that falls on channel padding."""
+        return 1.0 - self.conv_macs / self.conv_macs_padded if self.conv_macs_padded else 0.0
+
+    def summary(self) -> str:
+        borders = sum(kind == "border" for kind in self.folded_layers.values())
+        text = (f"sliced: {self.params_before:,} → {self.params_after:,} parameters "
+                f"(−{100 * self.param_reduction:.2f} %), {self.channels_removed:,} channels removed, "
+                f"{self.channels_folded:,} constant channels folded into {len(self.folded_layers)} layers "
+                f"({borders} with a border term)")
+        if self.padding_share >= 0.05:
+            text += (f"\n  {self.padding_share:.0%} of the convolution work runs on channel padding: "
+                     f"{len(self.unaligned)} convs keep output channel counts that are not a multiple of "
+                     f"{self.channel_multiple}, the kernels' channel tile on this device; prune with "
+                     f"round_to='auto' to keep multiples of it")
+        if self.zeros_kept:
+            text += (f"\n  {self.zeros_kept:,} masked weights stay as zeros: their channels are still read or "
+                     f"produced by another layer (per-layer pruning, the paper's FT / PFP); a group-aware "
+                     f"variant (coupled='sum') removes whole channels")
+        if self.kept:
+            text += "\n  kept: " + "\n  kept: ".join(self.kept)
+        return text
 
 
 def live_rows_and_columns(modules: dict[str, nn.Module], known: dict[nn.Module, tuple[Tensor, Tensor]]

@@ -1,4 +1,4 @@
-"""Prune–retrain cycles (SPEC §4): one-shot, cascade and rewind.
+"""Prune–retrain cycles (docs/methods.md §Prune–retrain): one-shot, cascade and rewind.
 
 - ``oneshot``: prune the parent to each keep ratio independently, retrain each.
 - ``cascade`` (the paper's mode): prune the current network a step further, retrain, repeat.
@@ -143,7 +143,7 @@ def prune_retrain(parent: nn.Module, method: str, keep_ratios: Sequence[float], 
     """
     from tqdm.auto import tqdm
 
-    from .. import prune
+    from ..api import prune
     from ..data.splits import DataSplits
     from ..methods import get_method
 

@@ -4,7 +4,7 @@ learning rates, AMP on CUDA, checkpoint and exact resume, and pruning masks kept
 Masks are the ``torch.nn.utils.prune`` ones (``weight_orig`` * ``weight_mask``): the product
 already zeroes the gradient of removed weights, and after every optimizer step the loop also
 zeroes ``weight_orig`` under the mask, so weight decay and momentum never build up there and a
-removed weight stays exactly 0 (SPEC §4).
+removed weight stays exactly 0 (docs/methods.md §Prune–retrain).
 
 Every epoch draws its shuffle and augmentation from a seed derived from (config.seed, epoch)
 inside a forked RNG, so an interrupted run resumed from its checkpoint retraces the
@@ -95,8 +95,8 @@ class TrainConfig:
 
     @classmethod
     def paper_cifar(cls, **overrides) -> TrainConfig:
-        """SPEC §4, ResNet20 on CIFAR-10: SGD lr 0.1, momentum 0.9, batch 128, weight decay 1e-4,
-        182 epochs, ×0.1 at epochs 91 and 136, 5 warm-up epochs."""
+        """docs/methods.md §Prune–retrain, ResNet20 on CIFAR-10: SGD lr 0.1, momentum 0.9, batch
+        128, weight decay 1e-4, 182 epochs, ×0.1 at epochs 91 and 136, 5 warm-up epochs."""
         base = cls(epochs=182, lr=0.1, momentum=0.9, batch_size=128, weight_decay=1e-4, schedule="multistep",
                    milestones=(91, 136), gamma=0.1, warmup_epochs=5)
         return dataclasses.replace(base, **overrides)
@@ -119,7 +119,7 @@ class TrainConfig:
 
     def scaled(self, epochs: int) -> TrainConfig:
         """The same schedule squeezed into ``epochs`` (milestones and warm-up scale along): the
-        short retraining budgets that CPU experiments need (SPEC §4)."""
+        short retraining budgets that CPU experiments need (docs/methods.md §Prune–retrain)."""
         schedule = dataclasses.replace(self, steps=None).lr_schedule().scaled(epochs)
         return dataclasses.replace(self, epochs=epochs, steps=None, warmup_epochs=schedule.warmup_epochs,
                                    milestones=schedule.milestones)

@@ -1,8 +1,9 @@
 """Schedules: the learning rate over training, and the keep ratios of prune–retrain cycles.
 
 ``LRSchedule`` is a pure function of the (fractional) epoch, so a resumed run continues on
-exactly the same curve and learning-rate rewinding (SPEC §4) is simply "start again at 0".
-Keep-ratio schedules are concatenations of geometric and linear segments (SPEC §4).
+exactly the same curve and learning-rate rewinding (docs/methods.md §Prune–retrain) is simply "start
+again at 0". Keep-ratio schedules are concatenations of geometric and linear segments
+(docs/methods.md §Prune–retrain).
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def keep_ratio_schedule(*segments: Geometric | Linear | Iterable[Geometric | Lin
 
 
 def paper_keep_ratios(num: int = 23) -> list[float]:
-    """SPEC §4: geometric from 0.85 to 0.15, then linear to 0.02; ``num`` networks in all.
+    """docs/methods.md §Prune–retrain: geometric from 0.85 to 0.15, then linear to 0.02; ``num``
+    networks in all.
 
     The split between the two segments is not given by the paper; this picks the one whose
     step size changes least at 0.15 (for 23 networks: 16 geometric, then 7 linear)."""
