@@ -351,7 +351,7 @@ def test_bad_input():
         slice_model("resnet20")
     with pytest.raises(ValueError, match="needs an example input: pass example_input"):
         slice_model(nn.Sequential(nn.Conv2d(3, 4, 1)))
-    with pytest.raises(ValueError, match="example_input must be a batch tensor"):
+    with pytest.raises(ValueError, match="example_input must be a non-empty batch tensor"):
         slice_model(nn.Sequential(nn.Conv2d(3, 4, 1)), torch.randn(3))
 
 

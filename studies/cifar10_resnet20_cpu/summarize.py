@@ -35,6 +35,7 @@ def acc(error: float | None) -> str:
 
 def main(root: str) -> None:
     results = ExperimentResults(root)
+    steps = len(results.config.get("schedule", {}).get("ratios") or [])
     dists = results.distributions()
     print(f"# Summary of `{root}`\n")
     print("Readings: " + " ".join(results.readings()) + "\n")
@@ -59,6 +60,9 @@ def main(root: str) -> None:
     print("| paper, nominal | " + " | ".join(f"{PAPER.get(m, float('nan')):.1f}" for m in results.methods) + " |")
     for d in dists:
         print(f"| {label(d)} | " + " | ".join(pm(results.prune_potential(m, d)) for m in results.methods) + " |")
+    print("\nSeeds with a complete, evaluated schedule: " + ", ".join(
+        f"{m.upper()} {len([c for c in results.curves(m) if len(c.networks) == steps])}" for m in results.methods)
+        + f" (of {len(results.seeds)}); ± is the std over those seeds.")
 
     print("\n## Nominal accuracy along the schedule (%, mean over seeds)\n")
     for method in results.methods + results.controls:
