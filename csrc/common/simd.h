@@ -156,17 +156,45 @@ LP_SIMD_INLINE Vec<T> transpose_reduce(Vec<T> (&v)[G], Op op) {
   return gather_items<T, G>(v[0], std::make_integer_sequence<int, kLanes<T>>{});
 }
 
-// The first G lanes of v to / from memory (G <= L).
+// G consecutive elements as one value: a vector of G (G >= 2) or the element itself.
 template <typename T, int G>
-LP_SIMD_INLINE Vec<T> load_first(const T* p) {
-  Vec<T> v = {};
-  std::memcpy(&v, p, G * sizeof(T));
+struct Narrow {
+  typedef T type __attribute__((vector_size(G * sizeof(T))));
+};
+template <typename T>
+struct Narrow<T, 1> {
+  using type = T;
+};
+template <typename T, int G>
+using NarrowVec = typename Narrow<T, G>::type;
+
+// The first G lanes of v (G <= L).
+template <typename T, int G, int... I>
+LP_SIMD_INLINE NarrowVec<T, G> first_lanes(Vec<T> v, std::integer_sequence<int, I...>) {
+  if constexpr (G == 1) {
+    return v[0];
+  } else if constexpr (G == kLanes<T>) {
+    return v;
+  } else {
+    return __builtin_shufflevector(v, v, I...);
+  }
+}
+
+template <typename T, int G>
+LP_SIMD_INLINE NarrowVec<T, G> first_lanes(Vec<T> v) {
+  return first_lanes<T, G>(v, std::make_integer_sequence<int, G>{});
+}
+
+template <typename T, int G>
+LP_SIMD_INLINE NarrowVec<T, G> load_narrow(const T* p) {  // unaligned
+  NarrowVec<T, G> v;
+  std::memcpy(&v, p, sizeof v);
   return v;
 }
 
 template <typename T, int G>
-LP_SIMD_INLINE void store_first(T* p, Vec<T> v) {
-  std::memcpy(p, &v, G * sizeof(T));
+LP_SIMD_INLINE void store_narrow(T* p, NarrowVec<T, G> v) {  // unaligned
+  std::memcpy(p, &v, sizeof v);
 }
 
 }  // namespace lostprune::simd

@@ -206,6 +206,9 @@ struct TilePlan {
   int nv = kWideVectors;
   int64_t width = 0, tiles_per_sweep = 1, sweeps = 0;
   bool per_point = false;
+  // A per-point mean over few positions packs `packed` data points per tile, `segment`
+  // vectors each (then nv = packed * segment, kWideVectors / segment points).
+  int packed = 1, segment = 0;
 };
 
 template <typename T>
@@ -219,6 +222,13 @@ TilePlan tile_plan(Kind kind, int64_t n_positions, int64_t n_points) {
   plan.width = plan.nv * lanes;
   plan.tiles_per_sweep = plan.per_point ? tiles : 1;
   plan.sweeps = plan.per_point ? n_points : tiles;
+  if (plan.per_point && tiles == 1 && 2 * plan.nv <= kWideVectors && n_points >= kWideVectors / plan.nv) {
+    plan.segment = plan.nv;
+    plan.packed = kWideVectors / plan.nv;
+    plan.nv = plan.packed * plan.segment;
+    plan.width = plan.nv * lanes;
+    plan.sweeps = (n_points + plan.packed - 1) / plan.packed;
+  }
   return plan;
 }
 
@@ -237,12 +247,12 @@ struct Scratch {
 // input channel of its group) and folds them into `out` once, under its chunk's lock.
 // Weight kinds: out[k] per list entry. Channel: out[c] per input channel, holding a lower
 // bound of the result on entry (the running maxima) that lets ChannelKernel skip entries.
-template <typename T, int NV, Kind kKind>
+template <typename T, int NV, Kind kKind, int kPacked = 1>
 void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
                       const TilePlan& plan, T* out) {
   constexpr bool kMean = kKind == Kind::kWeightMean;
   constexpr SensitivityReduce kReduce = kMean ? SensitivityReduce::kMean : SensitivityReduce::kMax;
-  using Final = WeightKernel<T, NV, kReduce, true>;
+  using Final = WeightKernel<T, NV, kReduce, true, kPacked>;
   using Partial = WeightKernel<T, NV, SensitivityReduce::kMean, false>;
   using Channel = ChannelKernel<T, NV>;
   using V = simd::Vec<T>;
@@ -301,11 +311,17 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
         std::fill(mine, mine + entries, T(0));
       }
       for (int64_t sweep = s0; sweep < s1; ++sweep) {
-        if (!partial) {  // one tile: a whole data point for mean, any positions otherwise
-          const int64_t q0 = plan.per_point ? sweep * n_positions : sweep * kWidth;
-          const int64_t filled = std::min(kWidth, plan.per_point ? n_positions : n_points * n_positions - q0);
-          tile_segments(g, q0, filled, segments);
-          build_tile(g, x, points, c.group, segments, filled, kWidth, tile);
+        if (!partial) {  // one tile: whole data points for mean, any positions otherwise
+          segments.clear();
+          if (plan.per_point) {
+            for (int64_t d = sweep * kPacked; d < std::min(n_points, (sweep + 1) * kPacked); ++d) {
+              tile_segments(g, d * n_positions, n_positions, segments, (d - sweep * kPacked) * (kWidth / kPacked));
+            }
+          } else {
+            const int64_t q0 = sweep * kWidth;
+            tile_segments(g, q0, std::min(kWidth, n_points * n_positions - q0), segments);
+          }
+          build_tile(g, x, points, c.group, segments, kWidth, tile);
           if constexpr (kKind == Kind::kChannel) {
             Channel::run(tile, view, c.u0, c.u1, g.kh * g.kw, z, mine, mine + cin_g);
           } else {
@@ -317,9 +333,9 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
           std::fill(sums, sums + entries, T(0));
           for (int64_t t = 0; t < plan.tiles_per_sweep; ++t) {
             const int64_t q0 = sweep * n_positions + t * kWidth;
-            const int64_t filled = std::min(kWidth, n_positions - t * kWidth);
-            tile_segments(g, q0, filled, segments);
-            build_tile(g, x, points, c.group, segments, filled, kWidth, tile);
+            segments.clear();
+            tile_segments(g, q0, std::min(kWidth, n_positions - t * kWidth), segments);
+            build_tile(g, x, points, c.group, segments, kWidth, tile);
             Partial::run(tile, view, c.u0, c.u1, z, sums);
           }
           for (int64_t k = 0; k < entries; ++k) mine[k] = std::max(mine[k], sums[k]);  // max over data points
@@ -340,10 +356,31 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
   });
 }
 
+// A mean's tile with data points of `Segment` vectors packed kWideVectors / Segment to a tile.
+template <typename T, int Segment>
+void accumulate_packed(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
+                       const TilePlan& plan, T* out) {
+  constexpr int kPacked = kWideVectors / Segment;
+  accumulate_tiles<T, kPacked * Segment, Kind::kWeightMean, kPacked>(p, lists, points, plan, out);
+}
+
 template <typename T, Kind kKind>
 void accumulate_kind(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
                      const TilePlan& plan, T* out) {
   static_assert(kWideVectors <= 8, "tile widths are instantiated up to 8 vectors");
+  if constexpr (kKind == Kind::kWeightMean) {
+    if (plan.packed > 1) {
+      switch (plan.segment) {
+        case 1: return accumulate_packed<T, 1>(p, lists, points, plan, out);
+        case 2: return accumulate_packed<T, 2>(p, lists, points, plan, out);
+        case 3: return accumulate_packed<T, 3>(p, lists, points, plan, out);
+        case 4:
+          if constexpr (kWideVectors >= 8) return accumulate_packed<T, 4>(p, lists, points, plan, out);
+          break;
+      }
+      TORCH_CHECK(false, "lostprune: no packed tile kernel of ", plan.segment, " vectors");
+    }
+  }
   switch (plan.nv) {
     case 1: return accumulate_tiles<T, 1, kKind>(p, lists, points, plan, out);
     case 2: return accumulate_tiles<T, 2, kKind>(p, lists, points, plan, out);

@@ -125,19 +125,20 @@ struct TileOps {
     for (int64_t k = 0; k < (l1 - l0) * NV; ++k) z[k] = inverse_or_zero<V, T>(z[k]);
   }
 
-  // Lane j < G: the reduction over the tile of (row j * inv).
-  template <SensitivityReduce kReduce, int G>
-  LP_SIMD_INLINE static V reduce_rows(const T* tile, const Entry<T>* entry, const V* inv) {
-    constexpr int C = kChains;
+  // Lane j < G: the reduction over vectors [first, first + S) of (row j * inv).
+  template <SensitivityReduce kReduce, int G, int S = NV>
+  LP_SIMD_INLINE static V reduce_rows(const T* tile, const Entry<T>* entry, const V* inv, int first = 0) {
+    constexpr int C = S % 2 == 0 ? kChains : 1;
     const auto step = [](V a, V b) { return reduce_step(kReduce, a, b); };
     const T* a[G];
-    for (int j = 0; j < G; ++j) a[j] = tile + entry[j].row;
+    for (int j = 0; j < G; ++j) a[j] = tile + entry[j].row + first * kLanes;
+    inv += first;
     V acc[C][G];
     for (int c = 0; c < C; ++c) {
       const V i = inv[c];
       for (int j = 0; j < G; ++j) acc[c][j] = *reinterpret_cast<const V*>(a[j] + c * kLanes) * i;
     }
-    for (int v = C; v < NV; v += C) {
+    for (int v = C; v < S; v += C) {
       for (int c = 0; c < C; ++c) {
         const V i = inv[v + c];
         for (int j = 0; j < G; ++j) {
@@ -151,34 +152,51 @@ struct TileOps {
     return simd::transpose_reduce<T, G>(acc[0], step);
   }
 
-  // For n entries, in groups of kGroup then 4, 2, 1: fn.template operator()<G>(k, reduced entries k..k+G).
-  template <SensitivityReduce kReduce, typename Fn>
+  // Lane j < G: the max over the M segments of S vectors of their reductions (one data point each).
+  template <SensitivityReduce kReduce, int G, int S, int M>
+  LP_SIMD_INLINE static V reduce_segments(const T* tile, const Entry<T>* entry, const V* inv) {
+    V value = reduce_rows<kReduce, G, S>(tile, entry, inv, 0);
+    for (int m = 1; m < M; ++m) {
+      value = reduce_step(SensitivityReduce::kMax, value, reduce_rows<kReduce, G, S>(tile, entry, inv, m * S));
+    }
+    return value;
+  }
+
+  // For n entries, in groups of kGroup then 4, 2, 1: fn.template operator()<G>(k, reduced
+  // entries k..k+G) (reduce_segments: M segments of S vectors).
+  template <SensitivityReduce kReduce, int S, int M, typename Fn>
   LP_SIMD_INLINE static void for_groups(const T* tile, const Entry<T>* entry, int64_t n, const V* inv, Fn fn) {
+    static_assert(S * M == NV, "segments tile the row");
     int64_t k = 0;
-    for (; k + kGroup <= n; k += kGroup) fn.template operator()<kGroup>(k, reduce_rows<kReduce, kGroup>(tile, entry + k, inv));
+    for (; k + kGroup <= n; k += kGroup) {
+      fn.template operator()<kGroup>(k, reduce_segments<kReduce, kGroup, S, M>(tile, entry + k, inv));
+    }
     if constexpr (kGroup >= 8) {
       if (k + 4 <= n) {
-        fn.template operator()<4>(k, reduce_rows<kReduce, 4>(tile, entry + k, inv));
+        fn.template operator()<4>(k, reduce_segments<kReduce, 4, S, M>(tile, entry + k, inv));
         k += 4;
       }
     }
     if constexpr (kGroup >= 4) {
       if (k + 2 <= n) {
-        fn.template operator()<2>(k, reduce_rows<kReduce, 2>(tile, entry + k, inv));
+        fn.template operator()<2>(k, reduce_segments<kReduce, 2, S, M>(tile, entry + k, inv));
         k += 2;
       }
     }
-    for (; k < n; ++k) fn.template operator()<1>(k, reduce_rows<kReduce, 1>(tile, entry + k, inv));
+    for (; k < n; ++k) fn.template operator()<1>(k, reduce_segments<kReduce, 1, S, M>(tile, entry + k, inv));
   }
 };
 
 // Weight sensitivities: every entry's reduction over the tile folds into its slot. kFinal:
 // the tile holds all positions the result reduces over (all of a data point's for "mean";
 // any for "max"), so the value folds in with max (the max over data points); otherwise it
-// adds a partial sum of a data point.
-template <typename T, int NV, SensitivityReduce kReduce, bool kFinal>
+// adds a partial sum of a data point. A mean's tile may hold M data points, S vectors each
+// (NV = M S; positions past a point's end are zero).
+template <typename T, int NV, SensitivityReduce kReduce, bool kFinal, int M = 1>
 struct WeightKernel {
   static_assert(kFinal || kReduce == SensitivityReduce::kMean, "a max is always final");
+  static_assert(kFinal || M == 1, "partial sums cover one data point");
+  static constexpr int S = NV / M;
   using Ops = TileOps<T, NV>;
   using V = typename Ops::V;
 
@@ -194,10 +212,11 @@ struct WeightKernel {
       for (int64_t l = l0; l < l1; ++l) {
         const int64_t k0 = lists.begin(b, l);
         T* s = slot + (k0 - first);
-        Ops::template for_groups<kReduce>(tile, lists.entry + k0, lists.begin(b, l + 1) - k0, z + (l - l0) * NV,
+        Ops::template for_groups<kReduce, S, M>(tile, lists.entry + k0, lists.begin(b, l + 1) - k0, z + (l - l0) * NV,
                                           [s]<int G>(int64_t k, V value) {
-                                            simd::store_first<T, G>(
-                                                s + k, reduce_step(kFold, simd::load_first<T, G>(s + k), value));
+                                            const auto folded = reduce_step(kFold, simd::load_narrow<T, G>(s + k),
+                                                                            simd::first_lanes<T, G>(value));
+                                            simd::store_narrow<T, G>(s + k, folded);
                                           });
       }
       slot += lists.begin(b, l1) - first;

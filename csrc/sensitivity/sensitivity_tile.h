@@ -23,15 +23,15 @@ struct Segment {
   int64_t point, oy, ox0, n, t;  // data point, output row, first column, length, tile offset
 };
 
-// The segments of global positions [q0, q0 + filled).
-inline void tile_segments(const SensGeometry& g, int64_t q0, int64_t filled, std::vector<Segment>& segments) {
+// Appends the segments of global positions [q0, q0 + filled), placed from tile offset t0.
+inline void tile_segments(const SensGeometry& g, int64_t q0, int64_t filled, std::vector<Segment>& segments,
+                          int64_t t0 = 0) {
   const int64_t n_positions = positions(g);
-  segments.clear();
   int64_t d = q0 / n_positions, p = q0 % n_positions;
   int64_t oy = p / g.out_w, ox = p % g.out_w;
   for (int64_t t = 0; t < filled;) {
     const int64_t n = std::min(g.out_w - ox, filled - t);
-    segments.push_back({d, oy, ox, n, t});
+    segments.push_back({d, oy, ox, n, t0 + t});
     t += n;
     ox += n;
     if (ox == g.out_w) {
@@ -60,18 +60,22 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void copy_s
   for (int64_t ox = hi; ox < end; ++ox) dst[ox] = T(0);
 }
 
-// The tile of the segments' positions for the edges of `group`: tile[r * width + t]; the rest
-// of each row, from `filled` up to `width`, is zero (it adds nothing to any reduction).
+// The tile of the segments' positions for the edges of `group`: tile[r * width + t]; every
+// other position of a row (past the last segment, or between segments) is zero (it adds
+// nothing to any reduction). Segments are sorted by t.
 template <typename T>
 void build_tile(const SensGeometry& g, const T* x, const std::vector<DataPoint>& points, int64_t group,
-                const std::vector<Segment>& segments, int64_t filled, int64_t width, T* tile) {
+                const std::vector<Segment>& segments, int64_t width, T* tile) {
   const int64_t edges = edges_per_output(g);
   const int64_t plane_size = g.in_h * g.in_w;
   for (int64_t r = 0; r < edges; ++r) {
     const EdgeTap tap = edge_tap(g, group, r);
     const ValidRange cols = valid_outputs(tap.dx, g.sw, g.in_w, g.out_w);
     T* row = tile + r * width;
+    int64_t filled = 0;
     for (const Segment& seg : segments) {
+      std::fill(row + filled, row + seg.t, T(0));
+      filled = seg.t + seg.n;
       T* dst = row + seg.t - seg.ox0;  // dst[ox] for ox in [ox0, ox0 + n)
       const int64_t iy = seg.oy * g.sh + tap.dy;
       if (iy < 0 || iy >= g.in_h) {

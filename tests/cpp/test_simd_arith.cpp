@@ -2,6 +2,7 @@
 // max, for every group size and both element types, at the vector width this file is compiled
 // for (tests/test_simd.py compiles it for SSE2, AVX2 and AVX-512).
 #include <cstdio>
+#include <cstring>
 
 #include "../../csrc/common/simd.h"
 #include "check.h"
@@ -33,10 +34,10 @@ void check_group() {
   constexpr auto map = simd::fold_lanes<L, G, sizeof(T)>();
   for (int g = 0; g < G; ++g) LP_CHECK(map.lane[g] >= 0 && map.lane[g] < L);
   T out[L] = {};
-  simd::store_first<T, G>(out, total);
+  simd::store_narrow<T, G>(out, simd::first_lanes<T, G>(total));
   for (int i = 0; i < L; ++i) LP_CHECK(out[i] == (i < G ? sum[i] : T(0)));
-  const simd::Vec<T> back = simd::load_first<T, G>(out);
-  for (int i = 0; i < L; ++i) LP_CHECK(back[i] == (i < G ? sum[i] : T(0)));
+  const simd::NarrowVec<T, G> back = simd::load_narrow<T, G>(out);
+  LP_CHECK(std::memcmp(&back, out, G * sizeof(T)) == 0);
 }
 
 template <typename T>
