@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lostprune.bench import interleaved_ratio, time_call  # noqa: F401  (re-exported for the suites)
+from lostprune.timing import interleaved_ratio, time_call  # noqa: F401  (re-exported for the suites)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -19,10 +19,11 @@ def machine_line() -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def write_section(name: str, title: str, command: str, body: str) -> Path:
-    """Write benchmarks/results/<name>.md; run benchmarks/write_results.py to assemble RESULTS.md."""
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{name}.md"
+def write_section(name: str, title: str, command: str, body: str, directory: Path = RESULTS_DIR) -> Path:
+    """Write <directory>/<name>.md (default benchmarks/results/); run benchmarks/write_results.py
+    to assemble RESULTS.md."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.md"
     path.write_text(f"## {title}\n\nCommand: `{command}`  \nMachine: {machine_line()}  \n"
                     f"Date: {time.strftime('%Y-%m-%d')}\n\n{body.strip()}\n")
     return path

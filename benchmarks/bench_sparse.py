@@ -1,22 +1,32 @@
-"""Masked sparse conv kernels vs dense convolution and vs torch.sparse CSR, per layer and
-end to end (SPEC §6, issue 6).
+"""Sparse inference (docs/architecture.md, Kernels; issue 20): WT-pruned resnet18 converted with
+``lostprune.sparse.convert`` vs the *fair* dense baseline, measured interleaved in one run.
 
-Per layer: the 3x3 convolutions of ResNet20 (CIFAR, 32x32) and resnet18 (224x224), plus the
-resnet18 stem, at batch 1 and 32 and sparsity 50-98 % (random unstructured masks). Baselines:
-dense ``F.conv2d`` (oneDNN) and ``torch.sparse`` CSR matmul on the unfolded input. End to end:
-resnet18 pruned by WT to 90 %, converted with ``lostprune.sparse.convert``, vs the dense model
-(same weights). On a GPU, when one is present: vs cuDNN and vs cuSPARSE through cupy.
+Fair dense baseline: the same pruned weights (masks baked into plain tensors), BatchNorms
+folded (``torch.fx.experimental.optimization.fuse``), model and input channels_last, oneDNN,
+the same thread count. Reported at WT-90 % and WT-95 %, batch 1 (1 and 2 threads) and batch
+32 (2 threads), for the AVX-512 build of the kernels (``-march=native``) and the AVX2 build
+(``LOSTPRUNE_MARCH=x86-64-v3``, run in a subprocess with oneDNN and ATen limited to AVX2 too:
+``ONEDNN_MAX_CPU_ISA=AVX2``, ``ATEN_CPU_CAPABILITY=avx2``), plus a per-layer profile of where
+the time goes at batch 1, one thread.
 
-    python benchmarks/bench_sparse.py                  # writes benchmarks/results/sparse.md
-    python benchmarks/bench_sparse.py --quick          # fewer shapes and sparsities
+    python benchmarks/bench_sparse.py              # writes benchmarks/results/sparse.md
+    python benchmarks/bench_sparse.py --quick      # fewer rounds, AVX-512 only
+    python benchmarks/bench_sparse.py --layers     # also the per-layer kernel sweep (slow)
     python -m pytest benchmarks/bench_sparse.py --benchmark-enable
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import json
 import os
+import platform
+import subprocess
 import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -70,8 +80,9 @@ def csr_conv(x, weight_csr, kernel, stride, padding, out_hw):
     return out.reshape(-1, n, *out_hw).transpose(0, 1)
 
 
-def layer_callables(cin, cout, size, kernel, stride, padding, sparsity, batch):
+def layer_callables(cin, cout, size, kernel, stride, padding, sparsity, batch, device="cpu"):
     x, weight = make_layer(cin, cout, size, kernel, sparsity, batch)
+    x, weight = x.to(device), weight.to(device)
     packed = pack_weight(weight)
     csr = weight.reshape(cout, -1).to_sparse_csr()
     out_hw = (F.conv2d(x[:1], weight, None, stride, padding).shape[-2:])
@@ -97,41 +108,187 @@ def test_layer(benchmark, case, impl):
 
 @pytest.mark.parametrize("impl", ["dense", "sparse"])
 def test_resnet18_wt90(benchmark, impl):
-    dense, sparse, x = resnet18_wt90()
+    pruned = pruned_resnet18(0.9)
+    x = torch.randn(1, 3, 224, 224)
+    model = fair_dense(pruned) if impl == "dense" else lostprune.sparse.convert(pruned, example_input=x, progress=False)
+    x = x.to(memory_format=torch.channels_last) if impl == "dense" else x
     with torch.inference_mode():
-        benchmark(dense if impl == "dense" else sparse, x)
+        benchmark(model, x)
 
 
 # --------------------------------------------------------------------------- end to end
-def resnet18_wt90(batch: int = 1, calibrate: bool = True, fuse: bool = True):
+# The AVX2 build, on an AVX-512 machine: our kernels, oneDNN and ATen all limited to AVX2.
+AVX2_ENV = {"LOSTPRUNE_MARCH": "x86-64-v3", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+RATIOS = (0.9, 0.95)
+CONFIGS = ((1, 1), (1, 2), (32, 2))  # (batch, threads)
+
+
+def pruned_resnet18(ratio: float) -> torch.nn.Module:
+    """resnet18 (random init, random BatchNorm statistics, so folding is not a no-op) pruned
+    by WT to ``ratio``, masks baked into plain weights."""
     import lostprune
     from lostprune import models
 
     torch.manual_seed(0)
-    model = models.randomize_norm_statistics(models.create("resnet18")).eval()  # BN folding is not a no-op
-    pruned = lostprune.prune(model, "wt", 0.9, progress=False).model
-    lostprune.remove_masks(pruned)  # the dense baseline runs without mask hooks
-    x = torch.randn(batch, 3, 224, 224)
-    sparse = lostprune.sparse.convert(pruned, example_input=x, calibrate=calibrate, progress=False, fuse=fuse)
-    return pruned, sparse, x
+    model = models.randomize_norm_statistics(models.create("resnet18")).eval()
+    return lostprune.remove_masks(lostprune.prune(model, "wt", ratio, progress=False).model).eval()
 
 
-def dense_baselines(pruned):
-    """The pruned model run dense, optimized like convert(fuse=True) minus the sparse kernels:
-    BatchNorms folded by torch's own fx pass, then also the vectorized max-pool."""
-    import copy
-
+def fair_dense(pruned: torch.nn.Module) -> torch.nn.Module:
+    """The fair dense baseline: BatchNorms folded by torch's own fx pass, channels_last."""
     from torch.fx.experimental.optimization import fuse as torch_fuse
 
-    from lostprune.sparse.fusion import FastMaxPool2d
+    return torch_fuse(copy.deepcopy(pruned)).to(memory_format=torch.channels_last).eval()
 
-    folded = torch_fuse(copy.deepcopy(pruned))
-    pooled = copy.deepcopy(folded)
-    for name, module in list(pooled.named_modules()):
-        if type(module) is torch.nn.MaxPool2d:
-            parent, _, child = name.rpartition(".")
-            setattr(pooled.get_submodule(parent) if parent else pooled, child, FastMaxPool2d.from_pool(module))
-    return folded, pooled
+
+def module_times(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[dict[str, float], float]:
+    """Per leaf module (by name), the median ms it takes per forward (CPU time of this
+    thread: run single-threaded), and the median ms of the whole forward."""
+    import statistics
+
+    per_run: dict[str, list[float]] = {}
+    current: dict[str, float] = {}
+    starts: dict[int, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue
+
+        def pre(m, args, name=name):
+            starts[id(m)] = time.thread_time_ns()
+
+        def post(m, args, out, name=name):
+            current[name] = current.get(name, 0.0) + (time.thread_time_ns() - starts[id(m)]) / 1e6
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    totals = []
+    try:
+        with torch.inference_mode():
+            model(x)
+            for _ in range(repeats):
+                current.clear()
+                start = time.thread_time_ns()
+                model(x)
+                totals.append((time.thread_time_ns() - start) / 1e6)
+                for name, ms in current.items():
+                    per_run.setdefault(name, []).append(ms)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: statistics.median(v) for name, v in per_run.items()}, statistics.median(totals)
+
+
+def profile(ratio: float, repeats: int) -> list[dict]:
+    """Where the time goes at batch 1, one thread: every leaf module of the fair dense model
+    and of the converted one, by name (hooks time them; what no module covers, such as the
+    unfused residual adds, is the difference to the whole forward)."""
+    torch.set_num_threads(1)
+    pruned = pruned_resnet18(ratio)
+    x = torch.randn(1, 3, 224, 224)
+    dense = fair_dense(pruned)
+    sparse = lostprune.sparse.convert(pruned, example_input=x, progress=False, cache=False)
+    decisions = {d.name: d for d in lostprune.sparse.report(sparse).layers}
+    dense_ms, dense_total = module_times(dense, x.to(memory_format=torch.channels_last), repeats)
+    sparse_ms, sparse_total = module_times(sparse, x, repeats)
+    modules = dict(sparse.named_modules())
+    rows = []
+    for name in dict.fromkeys([*dense_ms, *sparse_ms]):
+        d = decisions.get(name)
+        module = modules.get(name)
+        runs_as = type(module).__name__ if module is not None else "(fused away)"
+        if d is not None and d.fused:
+            runs_as += f" + {d.fused}"
+        rows.append({"name": name, "sparsity": d.sparsity if d is not None else None, "dense_ms": dense_ms.get(name),
+                     "sparse_ms": sparse_ms.get(name), "runs_as": runs_as})
+    rows.append({"name": "other (outside modules: adds, flatten, hooks)", "sparsity": None,
+                 "dense_ms": dense_total - sum(dense_ms.values()), "sparse_ms": sparse_total - sum(sparse_ms.values()),
+                 "runs_as": ""})
+    rows.append({"name": "whole forward", "sparsity": None, "dense_ms": dense_total, "sparse_ms": sparse_total,
+                 "runs_as": ""})
+    return rows
+
+
+def end_to_end(ratio: float, batch: int, threads: int, rounds: int) -> dict:
+    """Fair dense vs converted, interleaved (medians), at one batch size and thread count."""
+    torch.set_num_threads(threads)
+    pruned = pruned_resnet18(ratio)
+    x = torch.randn(batch, 3, 224, 224)
+    x_cl = x.to(memory_format=torch.channels_last)
+    dense = fair_dense(pruned)
+    sparse = lostprune.sparse.convert(pruned, example_input=x, progress=False, cache=False)
+    report = lostprune.sparse.report(sparse)
+    with torch.inference_mode():
+        expected, got = dense(x_cl), sparse(x)
+        err = ((got - expected).abs().max() / expected.abs().max()).item()
+        min_time = 0.3 if batch == 1 else 0.0
+        tb, tc, speedup = interleaved_ratio(lambda: dense(x_cl), lambda: sparse(x), rounds=rounds, min_time=min_time)
+        cpu_speedup = None
+        if threads == 1:  # the same, counting only this thread's CPU time (the scheduler's share left out)
+            cpu_speedup = interleaved_ratio(lambda: dense(x_cl), lambda: sparse(x), rounds=rounds, min_time=min_time,
+                                            clock=time.thread_time)[2]
+    return {"ratio": ratio, "batch": batch, "threads": threads, "dense_ms": tb * 1e3, "sparse_ms": tc * 1e3,
+            "speedup": speedup, "cpu_speedup": cpu_speedup, "converted": len(report.converted),
+            "layers": len(report.layers), "error": err,
+            "decisions": report.summary() if batch == 1 and threads == 1 else None}
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def measure(label: str, quick: bool) -> dict:
+    """Every number of one build (this process's kernels and oneDNN / ATen ISA)."""
+    from lostprune.ops._build import ensure_loaded
+
+    state = ensure_loaded()
+    rounds = 3 if quick else 7
+    rows = [end_to_end(ratio, batch, threads, rounds if batch == 1 else max(3, rounds - 2))
+            for ratio in RATIOS for batch, threads in CONFIGS]
+    for row in rows:
+        print(f"{label}: WT-{row['ratio']:.0%} batch {row['batch']} threads {row['threads']}: dense "
+              f"{row['dense_ms']:.2f} ms, sparse {row['sparse_ms']:.2f} ms, {row['speedup']:.2f}x", flush=True)
+    return {"label": label, "kernels": state.key, "march": os.environ.get("LOSTPRUNE_MARCH", "native"),
+            "aten": torch.backends.cpu.get_cpu_capability(), "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
+            "rows": rows, "profiles": {str(r): profile(r, 5 if quick else 15) for r in RATIOS}}
+
+
+def measure_avx2(quick: bool) -> dict:
+    """measure() in a subprocess with the AVX2 environment (its kernels build on first use)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "avx2.json"
+        env = {**os.environ, **AVX2_ENV}
+        cmd = [sys.executable, __file__, "--isa-json", str(out)] + (["--quick"] if quick else [])
+        subprocess.run(cmd, env=env, check=True)
+        return json.loads(out.read_text())
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def e2e_section(results: list[dict]) -> list[str]:
+    lines = [("| build | WT | batch | threads | fair dense ms | converted ms | speedup | speedup, thread CPU time "
+              "| layers sparse | max rel. diff |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for r in res["rows"]:
+            cpu = "-" if r["cpu_speedup"] is None else f"{r['cpu_speedup']:.2f}×"
+            lines.append(f"| {res['label']} | {r['ratio']:.0%} | {r['batch']} | {r['threads']} | {r['dense_ms']:.2f} | "
+                         f"{r['sparse_ms']:.2f} | **{r['speedup']:.2f}×** | {cpu} | {r['converted']} of {r['layers']} | "
+                         f"{r['error']:.1e} |")
+    return lines
+
+
+def profile_section(res: dict, ratio: str) -> list[str]:
+    lines = [f"#### {res['label']}, WT-{float(ratio):.0%}, batch 1, one thread (ms per forward, CPU time of the thread)",
+             "", "| module | sparsity | fair dense | converted | runs as |", "|---|---|---|---|---|"]
+    for r in res["profiles"][ratio]:
+        sp = "" if r["sparsity"] is None else f"{r['sparsity']:.0%}"
+        lines.append(f"| {r['name']} | {sp} | {_ms(r['dense_ms'])} | {_ms(r['sparse_ms'])} | {r['runs_as']} |")
+    return lines
 
 
 # --------------------------------------------------------------------------- GPU
@@ -217,102 +374,77 @@ def goal_lines(rows):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer layers and sparsities")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds; AVX-512 build only")
+    parser.add_argument("--layers", action="store_true", help="also the per-layer kernel sweep vs dense and CSR")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the per-layer sweep")
+    parser.add_argument("--isa-json", help=argparse.SUPPRESS)  # internal: measure this build, write JSON
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    layers = RESNET20_LAYERS + RESNET18_LAYERS
-    sparsities = SPARSITIES
-    if args.quick:
-        layers, sparsities = [RESNET20_LAYERS[0], RESNET18_LAYERS[1], RESNET18_LAYERS[7]], (0.7, 0.9, 0.95)
+    if args.isa_json:
+        label = "AVX2" if os.environ.get("LOSTPRUNE_MARCH") == AVX2_ENV["LOSTPRUNE_MARCH"] else "native"
+        Path(args.isa_json).write_text(json.dumps(measure(label, args.quick)))
+        return
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    native = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "native"
+    results = [measure(native, args.quick)]
+    if not args.quick and native == "AVX-512":
+        results.append(measure_avx2(args.quick))
 
-    e2e_notes = []
-    header = ["| layer | batch | sparsity | dense µs | CSR µs | sparse µs | vs dense | vs CSR |",
-              "|---|---|---|---|---|---|---|---|"]
-    rows = []
-    for batch, min_time in ((1, 0.05), (32, 0.05)):
-        rows += layer_rows(layers, sparsities, batch, args.rounds, min_time)
-
-    e2e = []
-    for batch in (1, 32):
-        dense, sparse, x = resnet18_wt90(batch)
-        _, unfused, _ = resnet18_wt90(batch, fuse=False)
-        folded, pooled = dense_baselines(dense)
-        with torch.no_grad():
-            err = ((sparse(x) - dense(x)).abs().max() / dense(x).abs().max()).item()
-        result = lostprune.sparse.report(sparse)
-        converted = f"{len(result.converted)} of {len(result.layers)}"
-        # (baseline, its label, contender, its label): the first row is the goal's ratio.
-        pairs = [(dense, "pruned model run dense (as users run it)", sparse, "convert()", True),
-                 (folded, "dense, BN folded (torch.fx fuse)", sparse, "convert()", False),
-                 (pooled, "dense, BN folded + FastMaxPool2d", sparse, "convert()", False),
-                 (dense, "pruned model run dense", unfused, "convert(fuse=False)", False)]
-        for base, base_label, ours, ours_label, goal in pairs:
-            with torch.inference_mode():
-                tb, tc, ratio = interleaved_ratio(lambda: base(x), lambda: ours(x), rounds=args.rounds, min_time=0.5)
-            bold = "**" if goal else ""
-            e2e.append(f"| {batch} | {base_label} | {ours_label} | {tb * 1e3:.2f} | {tc * 1e3:.2f} | "
-                       f"{bold}{ratio:.2f}×{bold} |")
-            print(e2e[-1], flush=True)
-        e2e_notes.append(f"batch {batch}: {converted} layers sparse; max relative difference of the converted "
-                         f"model's output vs the dense one {err:.1e}")
-        if batch == 1:
-            summary = result.summary()
-    gpu = []
-    if torch.cuda.is_available():
-        gpu = ["| layer | batch | sparsity | cuDNN µs | sparse µs | vs cuDNN | vs cuSPARSE |", "|---|---|---|---|---|---|---|"]
-        gpu += gpu_rows(layers, sparsities, 1) + gpu_rows(layers, sparsities, 32)
-
-    threads = torch.get_num_threads()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     body = [
-        (f"CPU float32, {threads} thread(s), wall clock, inference mode; each ratio interleaves the two sides "
-         f"({args.rounds} rounds) so machine noise hits both alike. Load average at the end of the run: {load} "
-         "(shared machine: with other processes running, 2-thread runs measure OpenMP barrier stalls on both "
-         "sides, so this table is single-threaded). Random unstructured masks; CSR = `torch.sparse.mm` of the "
-         "CSR weight with `F.unfold` of the input (the unfold is part of that baseline)."),
+        (f"CPU: {cpu_model()} ({os.cpu_count()} cores, {native}), float32, wall clock, inference mode. Each "
+         "speedup is the median of interleaved rounds (fair dense and converted alternate, so machine noise hits "
+         f"both alike). Load average at the end of the run: {load} (shared machine: absolute times drift, ratios "
+         "are what the run measured)."),
         "",
-        "### Goals (batch 1, CPU)",
-        *goal_lines(rows),
+        ("*Fair dense*: the WT-pruned resnet18 (torchvision, random init, random BatchNorm statistics) with its "
+         "masks baked into plain weights, BatchNorms folded (`torch.fx.experimental.optimization.fuse`), model "
+         "and input channels_last (oneDNN's own layout), same threads. *Converted*: "
+         "`lostprune.sparse.convert(pruned, example_input=x)` at that batch and thread count (per-layer "
+         "calibration, dense fallback where the kernel loses; BatchNorm, ReLU and residual adds fused into the "
+         "sparse kernels; NCHW). Per-layer sparsity of global WT: about 51 % in layer1 … 95 % in layer4 at "
+         "WT-90 %, 61 % … 98 % at WT-95 %. At WT-95 % this randomly initialized network's output no longer "
+         "depends on the input (some layer's activations are all zero after its ReLU), so the max relative "
+         "difference there checks little; the kernels' work does not depend on the values, and the op tests "
+         "check every path against float64 references."),
+        "",
+        ("2-thread rows: the machine has 2 cores shared with other jobs, so two threads per side mostly measure "
+         "OpenMP waits on both sides (dense at 2 threads is slower than at 1 here); the 1-thread rows also give "
+         "the ratio of thread CPU time, which the scheduler does not distort."),
+        "",
+        ("Builds: *AVX-512* = kernels compiled with `-march=native`; *AVX2* = `LOSTPRUNE_MARCH=x86-64-v3`, run in a "
+         "subprocess with `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2` so that the dense baseline is limited "
+         "to AVX2 too (an AVX2 CPU on this machine)."),
         "",
         "### End to end",
-        ("resnet18 (torchvision, random init, random BatchNorm statistics) pruned by "
-         "`lostprune.prune(model, 'wt', 0.9)` (global magnitude; per-layer sparsity 51 % in layer1 … 95 % in "
-         "layer4), `lostprune.sparse.convert(model, example_input=x)` (per-layer calibration at that batch; "
-         "`fuse=True`: eval BatchNorms folded into every conv, ReLU and residual add in the sparse kernel's "
-         "epilogue, max-pool as `FastMaxPool2d`). The first row per batch is the goal's ratio (vs the pruned "
-         "model as users run it, dense). For transparency the others split it: vs the dense model with its "
-         "BatchNorms folded by torch's own `torch.fx.experimental.optimization.fuse`; vs that plus the same "
-         "max-pool (torch's NCHW CPU max-pool is scalar: 6.6 ms of a ~26 ms dense forward at batch 1, single "
-         "thread, vs 0.5 ms) — this row is what the sparse kernels contribute; and `convert(fuse=False)` "
-         "(kernels only, BN/ReLU/add/max-pool as in the dense model)."),
+        *e2e_section(results),
         "",
-        "| batch | baseline | contender | baseline ms | contender ms | speedup |",
-        "|---|---|---|---|---|---|",
-        *e2e,
+        "### Where the time goes",
+        ("Leaf modules timed by forward hooks (CPU time of the thread, median of the forwards); *(fused away)*: "
+         "a ReLU module of the dense model that runs in the sparse kernel's epilogue in the converted one (the "
+         "BatchNorms are folded in both). The hooks' own cost lands in *other*."),
         "",
-        *[f"- {note}" for note in e2e_notes],
-        "",
-        "<details><summary>convert() decisions at batch 1</summary>",
-        "",
-        "```",
-        summary,
-        "```",
-        "</details>",
-        "",
-        "### Per layer",
-        *header,
-        *rows,
     ]
-    if gpu:
-        body += ["", "### GPU", *gpu]
-    else:
-        body += ["", "GPU: none on this machine; the CUDA kernels were compiled (sm_80, sm_90) but not timed."]
-    command = "python benchmarks/bench_sparse.py" + (" --quick" if args.quick else "") + (
-        f" --threads {args.threads}" if args.threads else "")
-    print(write_section("sparse", "Masked sparse convolution (CPU)", command, "\n".join(body)))
+    for res in results:
+        for ratio in res["profiles"]:
+            body += [*profile_section(res, ratio), ""]
+    decisions = next((r["decisions"] for r in results[0]["rows"] if r["decisions"]), None)
+    if decisions:
+        body += ["<details><summary>convert() decisions, WT-90 %, batch 1, one thread (AVX-512 build)</summary>",
+                 "", "```", decisions, "```", "</details>", ""]
+    if args.layers:
+        torch.set_num_threads(1)
+        rows = []
+        for batch in (1, 32):
+            rows += layer_rows(RESNET20_LAYERS + RESNET18_LAYERS, SPARSITIES, batch, args.rounds, 0.05)
+        body += ["### Per layer (one thread, random unstructured masks, dense = NCHW `F.conv2d`)", *goal_lines(rows), "",
+                 "| layer | batch | sparsity | dense µs | CSR µs | sparse µs | vs dense | vs CSR |",
+                 "|---|---|---|---|---|---|---|---|", *rows]
+    if torch.cuda.is_available():
+        layers = RESNET20_LAYERS + RESNET18_LAYERS
+        body += ["", "### GPU", "| layer | batch | sparsity | cuDNN µs | sparse µs | vs cuDNN | vs cuSPARSE |",
+                 "|---|---|---|---|---|---|---|", *gpu_rows(layers, SPARSITIES, 1), *gpu_rows(layers, SPARSITIES, 32)]
+    command = "python benchmarks/bench_sparse.py" + (" --quick" if args.quick else "") + (" --layers" if args.layers else "")
+    print(write_section("sparse", "Sparse inference (CPU)", command, "\n".join(body)))
 
 
 if __name__ == "__main__":

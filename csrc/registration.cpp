@@ -4,17 +4,18 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(lostprune, m) {
-  // Structured channel slicing (SPEC §6): per tensor, keep rows (dim 0) and/or cols (dim 1).
+  // Structured channel slicing (docs/methods.md §Slicing): per tensor, keep rows (dim 0) and/or cols (dim 1).
   m.def("gather_channels(Tensor[] tensors, Tensor?[] rows, Tensor?[] cols) -> Tensor[]");
-  // Masked sparse conv / linear (SPEC §6): the weight packed as CSR over [Cout, Cin/g*KH*KW]
-  // (values, int32 col_index = tap code, int32 row_ptr); see csrc/sparse_conv/sparse_conv.h.
-  // Fused epilogue: out = relu?(conv + bias + residual) (BatchNorm folded by the caller).
+  // Masked sparse conv / linear (docs/architecture.md, Kernels): the weight packed as CSR over
+  // [Cout, Cin/g*KH*KW] (values, int32 col_index = tap code, int32 row_ptr); see
+  // csrc/sparse_conv/sparse_conv.h. Fused epilogue: out = relu?(conv + bias + residual) (BatchNorm
+  // folded by the caller).
   m.def("sparse_conv2d(Tensor x, Tensor values, Tensor col_index, Tensor row_ptr, int[] weight_shape, "
         "Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
         "Tensor? residual=None, bool relu=False) -> Tensor");
   m.def("sparse_linear(Tensor x, Tensor values, Tensor col_index, Tensor row_ptr, int[] weight_shape, "
         "Tensor? bias) -> Tensor");
-  // Sensitivity scoring (SPEC §2.3, §2.4, §6): x [B, Cin, H, W], weight [Cout, Cin/g, kh, kw];
+  // Sensitivity scoring (docs/methods.md §Sensitivities): x [B, Cin, H, W], weight [Cout, Cin/g, kh, kw];
   // max over the batch (and over `running`, to stream batches). Linear = 1x1 conv.
   m.def("weight_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, str reduce, Tensor? running) -> Tensor");

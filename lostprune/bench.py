@@ -1,46 +1,14 @@
-"""Latency measurement: robust timers and ``lostprune bench`` on a saved network.
-
-Numbers on a shared machine drift, so comparisons are ratios of runs sampled alternately
-in the same process (``interleaved_ratio``)."""
+"""``lostprune bench``: CPU latency of a saved network run masked, dense, sliced and sparse
+(timers in ``lostprune.timing``)."""
 
 from __future__ import annotations
 
 import copy
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-
-def time_call(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1, min_time: float = 0.05) -> float:
-    """Median seconds per call. Each sample loops until it lasts at least ``min_time``."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                break
-        samples.append(elapsed / n)
-    return statistics.median(samples)
-
-
-def interleaved_ratio(baseline: Callable[[], object], candidate: Callable[[], object], *, rounds: int = 5,
-                      min_time: float = 0.05) -> tuple[float, float, float]:
-    """(baseline s, candidate s, baseline/candidate), sampled alternately so machine noise
-    hits both sides alike."""
-    baseline(), candidate()
-    b, c = [], []
-    for _ in range(rounds):
-        b.append(time_call(baseline, repeat=1, warmup=0, min_time=min_time))
-        c.append(time_call(candidate, repeat=1, warmup=0, min_time=min_time))
-    tb, tc = statistics.median(b), statistics.median(c)
-    return tb, tc, tb / tc
+from .timing import time_call
 
 
 def _variants(model: torch.nn.Module) -> dict[str, torch.nn.Module]:

@@ -100,15 +100,12 @@ def _print_table(console, data, title: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .experiments import ExperimentError, run
+    from .experiments import run
     from .report import write_report
 
     console = _console()
-    try:
-        root = run(args.config, args.out, workers=args.workers, ray_address=args.ray, retry_failed=args.retry_failed)
-    except ExperimentError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 1
+    root = run(args.config, args.out, workers=args.workers, ray_address=args.ray, retry_failed=args.retry_failed,
+               threads=args.threads, data_root=getattr(args, "data", None))
     print_potential_table(root, console)
     if not args.no_report:
         console.print(f"report: {write_report(root)}")
@@ -165,7 +162,7 @@ def _method_options(pairs: list[str] | None) -> dict:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--option takes KEY=VALUE (e.g. round_to=auto), got {pair!r}")
+            raise ValueError(f"--option takes KEY=VALUE (e.g. round_to=auto), got {pair!r}")
         options[key.strip()] = yaml.safe_load(value)
     return options
 
@@ -211,12 +208,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr (exit 2), pointing at --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
-    parser = argparse.ArgumentParser(prog="lostprune", description=__doc__)
+    parser = _Parser(prog="lostprune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lostprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    # --debug also after the command; SUPPRESS keeps the subcommand from resetting the global flag
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)
 
     build = sub.add_parser("build", help="compile the C++/CUDA kernels now and show which are active")
     build.add_argument("--force", action="store_true", help="rebuild even after a failed build")
@@ -228,9 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or resume) an experiment config, then write its report")
     run.add_argument("config", help="a YAML config file, or the name of a shipped one (see `lostprune configs`)")
     run.add_argument("--out", help="results directory (default runs/<name>)")
+    run.add_argument("--data", help="where the data set is (overrides the config's data.root): e.g. the CIFAR-10 "
+                                    "folder with train/ and test/, or its .tar.gz")
     run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     run.add_argument("--ray", metavar="ADDRESS", help="spread the work over a Ray cluster (needs lostprune[dist])")
     run.add_argument("--retry-failed", action="store_true", help="run failed tasks again")
+    run.add_argument("--threads", type=int, help="torch threads, all workers together (default: the config's "
+                                                 "threads, else the physical cores)")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.set_defaults(func=cmd_run)
 
@@ -243,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="results directory (default runs/demo)")
     demo.add_argument("--workers", type=int, default=1)
     demo.add_argument("--robust", action="store_true", help="add a shift-aware training arm")
+    demo.add_argument("--threads", type=int, help="torch threads (default: the physical cores)")
     demo.set_defaults(func=cmd_demo)
 
     configs = sub.add_parser("configs", help="list the shipped experiment configs")
@@ -271,9 +286,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    plain = (ValueError, TypeError, OSError, RuntimeError, ImportError)
+    return text if text and isinstance(exc, plain) and type(exc).__name__ not in ("KeyError", "IndexError") \
+        else f"{type(exc).__name__}: {text}"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"lostprune: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; an error is one line on stderr and a non-zero exit (``--debug``: the
+    traceback)."""
+    import warnings
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.debug:
+        try:
+            return args.func(args)
+        except Exception as exc:
+            details = getattr(exc, "details", None)  # a failed experiment task's own traceback
+            if details:
+                print(details, file=sys.stderr)
+            raise
+    show = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"lostprune {args.command}: interrupted; finished work is kept (rerun the same command to resume)",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the command line reports every error the same way
+        print(f"lostprune {args.command}: error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

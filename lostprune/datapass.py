@@ -1,10 +1,11 @@
 """The data pass: stream a data set S through a model and collect, per prunable layer, the
-sensitivities of SPEC §2.3 / §2.4.
+sensitivities of docs/methods.md §Sensitivities.
 
 Forward hooks receive each layer's input batch by batch (never image by image) and fold it
 into the layer's running maximum with the fused sensitivity ops, so memory stays at one batch
 of activations plus one weight-sized result per layer. A module called several times in one
-forward (shared weights) gets every call's input as further data points.
+forward gets every call's input as further data points, and so does every module sharing a
+scored layer's weight Parameter (tied weights: one tensor, one score).
 
     scores = sensitivity_pass(model, S, kind="weight")   # {layer name: tensor like its weight}
     scores = sensitivity_pass(model, S, kind="channel")  # {layer name: one value per input channel}
@@ -21,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
-from .core.layers import prunable_layers
+from .core.layers import prunable_layers, weight_parameter
 from .data.batches import iter_inputs
 from .ops import sensitivity as sensitivity_ops
 
@@ -43,6 +44,12 @@ def _check_layers(layers: dict[str, nn.Module]) -> None:
     if bad:
         raise TypeError("the sensitivity pass supports Conv2d and Linear layers; unsupported: "
                         + ", ".join(bad))
+
+
+def check_reduce(reduce: str) -> str:
+    if reduce not in sensitivity_ops.REDUCTIONS:
+        raise ValueError(f"reduce must be one of {sensitivity_ops.REDUCTIONS}, got {reduce!r}")
+    return reduce
 
 
 def _layer_score(module: nn.Module, x: Tensor, kind: str, reduce: str, running: Tensor | None,
@@ -71,8 +78,7 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
     ``"kernel"`` (the compiled ops), ``"reference"`` or ``"literal"`` (see lostprune.ops.sensitivity)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if reduce not in sensitivity_ops.REDUCTIONS:
-        raise ValueError(f"reduce must be one of {sensitivity_ops.REDUCTIONS}, got {reduce!r}")
+    check_reduce(reduce)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {tuple(IMPLEMENTATIONS)}, got {implementation!r}")
     _check_layers(layers)
@@ -93,7 +99,14 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
                 raise
         return hook
 
-    handles = [module.register_forward_hook(make_hook(name)) for name, module in layers.items()]
+    # every Conv2d / Linear using a scored weight Parameter feeds that weight's scores (tied
+    # weights are scored over all their uses), under the first scored layer's name
+    key_of: dict[int, str] = {}
+    for name, module in layers.items():
+        key_of.setdefault(id(weight_parameter(module)), name)
+    users = {module: key_of[id(weight_parameter(module))] for module in [*layers.values(), *model.modules()]
+             if isinstance(module, SUPPORTED_LAYERS) and id(weight_parameter(module)) in key_of}
+    handles = [module.register_forward_hook(make_hook(key)) for module, key in users.items()]
     was_training = model.training
     model.eval()  # never update BatchNorm statistics while scoring
     seen = 0
@@ -109,13 +122,13 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
             handle.remove()
         model.train(was_training)
     if seen < 2:
-        raise ValueError(f"data has {seen} input; sensitivities need at least 2 (SPEC §2.3: a held-out "
-                         "set S, 256 images by default)")
-    missing = [name for name in layers if name not in scores]
+        raise ValueError(f"data has {seen} input; sensitivities need at least 2 (a held-out set S, 256 images "
+                         "by default; docs/methods.md §Sensitivities)")
+    missing = [name for name in layers if key_of[id(weight_parameter(layers[name]))] not in scores]
     if missing:
         raise RuntimeError(f"layers {missing} were never called in the model's forward; they cannot be "
                            "scored (exclude them with exclude=...)")
-    return scores
+    return {name: scores[key_of[id(weight_parameter(module))]] for name, module in layers.items()}
 
 
 def sample_count(data) -> int | None:

@@ -3,8 +3,11 @@ import os
 import pytest
 import torch
 
-# Deterministic and quiet: tests never download and run on few threads.
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+# Deterministic and quiet: tests never download and run on few threads. (CUDA builds take
+# TORCH_CUDA_ARCH_LIST from the environment, else the visible GPU's or lostprune's default.)
+# convert() times layers afresh: timings taken under a test run's load must not land in the
+# autotune cache beside the kernels (tests of the cache point it at a temporary file).
+os.environ["LOSTPRUNE_AUTOTUNE"] = "0"
 torch.manual_seed(0)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -84,6 +84,25 @@ def test_prune_copies_unless_inplace():
     assert result.model is model and hasattr(model[0], "weight_mask")
 
 
+def test_a_layer_pruned_to_nothing_is_named():
+    """WT is global: a layer of small weights can lose all of them. Say so — a warning and
+    the statistics — instead of a silent dead layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+    with torch.no_grad():
+        model[5].weight.mul_(1e-4)
+    with pytest.warns(UserWarning, match=r"removed every weight of 1 layer\(s\): 5 \(emptied"):
+        result = lostprune.prune(model, "wt", 0.9, example_input=X[:1])
+    assert result.stats.emptied_layers == ["5"]
+    assert int(result.masks["5"].sum()) == 0
+    assert "emptied (every weight removed): 5" in result.stats.summary()
+    with torch.no_grad():
+        model[5].weight.mul_(1e4)
+    kept = lostprune.prune(model, "wt", 0.9, example_input=X[:1])
+    assert kept.stats.emptied_layers == [] and "emptied" not in kept.stats.summary()
+
+
 # ----------------------------------------------------------------------------- WT
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 0.8, 0.97])
 def test_wt_hits_the_global_budget_exactly(ratio):

@@ -130,6 +130,15 @@ def test_interrupted_retraining_resumes_from_its_checkpoint(digits, parent, tmp_
     assert not any(tmp_path.iterdir())  # finished cycles leave no checkpoints behind
 
 
+def test_retraining_reruns_the_onecycle_schedule_every_cycle(digits, parent):
+    onecycle = TrainConfig(epochs=2, lr=0.05, batch_size=32, schedule="onecycle", nesterov=True)
+    networks = list(prune_retrain(parent, "wt", [0.5, 0.3], digits, onecycle, progress=False))
+    lrs = [[r["lr"] for r in n.history] for n in networks]
+    expected = [onecycle.lr_schedule().lr_at(e + 11.5 / 12) for e in (0, 1)]  # 384 images: 12 steps an epoch
+    assert lrs[0] == pytest.approx(expected) and lrs[1] == pytest.approx(expected)  # learning-rate rewinding
+    assert lrs[0][0] > 10 * lrs[0][1]
+
+
 def test_networks_restore_from_their_state_dict(digits, parent):
     network = next(prune_retrain(parent, "wt", [0.4], digits, TINY, progress=False))
     assert isinstance(network, PrunedNetwork)

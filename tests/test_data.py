@@ -353,3 +353,70 @@ def test_load_by_name_errors():
         data.load("digits", "/tmp")
     with pytest.raises(ValueError, match="root: cifar10 needs the folder .* never downloads"):
         data.load("cifar10")
+
+
+# ----------------------------------------------------------------------------- subsets and S
+def test_balanced_subset_every_class_in_equal_share():
+    from lostprune.data.splits import balanced_subset
+
+    labels = np.repeat([0, 1, 2, 3], [50, 20, 35, 80])  # unbalanced on purpose
+    for size in (40, 43, 80):
+        index = balanced_subset(labels, size, seed=3)
+        counts = np.bincount(labels[index.numpy()], minlength=4)
+        assert index.tolist() == sorted(set(index.tolist())) and len(index) == size
+        assert counts.min() >= 1 and counts.max() - counts.min() <= (0 if size % 4 == 0 else 1), (size, counts)
+    assert torch.equal(balanced_subset(labels, 40, seed=3), balanced_subset(labels, 40, seed=3))
+    assert not torch.equal(balanced_subset(labels, 40, seed=3), balanced_subset(labels, 40, seed=4))
+    with pytest.raises(ValueError, match=r"test_size=200 is larger than the split it is drawn from \(185 items\)"):
+        balanced_subset(labels, 200, argument="test_size")
+    with pytest.raises(ValueError, match=r"test_size=100 needs 25 items of class 1, which has only 20 .* at most 80"):
+        balanced_subset(labels, 100, argument="test_size")
+    with pytest.raises(ValueError, match="train_size must be an integer >= 1"):
+        balanced_subset(labels, 0, argument="train_size")
+
+
+def test_load_with_train_and_test_subsets_is_stratified_and_seeded():
+    full = data.load("digits")
+    cut = data.load("digits", train_size=200, test_size=100)
+    assert (len(cut.train), len(cut.test), len(cut.s)) == (200, 100, len(full.s))
+    for split in (cut.train, cut.test):
+        assert torch.bincount(split.labels, minlength=10).tolist() == [len(split) // 10] * 10
+    assert torch.equal(cut.test.images, data.load("digits", test_size=100).test.images)  # seeded
+    assert not torch.equal(cut.test.images, data.load("digits", test_size=100, seed=1).test.images)
+    assert cut.info["test_size"] == 100 and cut.train.crop_padding == full.train.crop_padding
+    with pytest.raises(ValueError, match=r"test_size=1000 is larger than the split it is drawn from \(360 items\)"):
+        data.load("digits", test_size=1000)
+
+
+def test_digits_s_size_moves_images_between_s_and_train_only(digits):
+    small = data.load("digits", s_size=64)
+    assert len(small.s) == 64 and len(small.train) == len(digits.train) + len(digits.s) - 64
+    assert torch.equal(small.test.images, digits.test.images)
+    with pytest.raises(ValueError, match="s_size=1300 leaves no training images"):
+        data.load("digits", s_size=1300)
+
+
+def test_s_overlapping_the_test_set_is_an_error(tmp_path, digits):
+    import dataclasses
+
+    leaked = dataclasses.replace(digits, s=digits.test.subset(torch.arange(4)))
+    with pytest.raises(ValueError, match="4 of the 4 images of S are also in the test set"):
+        leaked.check_s_held_out()
+    with pytest.raises(ValueError, match="S is empty"):
+        dataclasses.replace(digits, s=digits.s.subset(torch.arange(0))).check_s_held_out()
+    _image_tree(tmp_path / "same", splits=("train",))
+    with pytest.raises(ValueError, match="images of S are also in the test set"):  # the same folder twice
+        data.load("imagefolder", tmp_path / "same", test_folder="train", image_size=32, s_size=2)
+    _image_tree(tmp_path / "copies", splits=("train",))
+    import shutil
+
+    shutil.copytree(tmp_path / "copies" / "train", tmp_path / "copies" / "test")  # copied files
+    with pytest.raises(ValueError, match="2 of the 2 images of S are also in the test set"):
+        data.load("imagefolder", tmp_path / "copies", image_size=32, s_size=2)
+
+
+def test_imagefolder_without_class_folders_names_root(tmp_path):
+    (tmp_path / "flat" / "train").mkdir(parents=True)
+    (tmp_path / "flat" / "test").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="root: .*train is not an image folder tree"):
+        data.load("imagefolder", tmp_path / "flat", s_size=2)

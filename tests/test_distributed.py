@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import yaml
 
 from lostprune.experiments.config import SHIPPED
@@ -21,6 +22,7 @@ TRAIN_SCRIPT = textwrap.dedent(
     pruned = lostprune.prune(models.create("small_cnn", width=8), "wt", 0.5).model
     splits = load("digits", augment=False)
     subset = torch.utils.data.Subset(splits.train, range(256))
+    before = torch.cat([p.detach().flatten() for p in pruned.parameters()])
     result = train(pruned, subset, TrainConfig(epochs=2, lr=0.05, batch_size=64, schedule="constant"), progress=False)
     flat = torch.cat([p.detach().flatten() for p in pruned.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(2)]
@@ -30,7 +32,8 @@ TRAIN_SCRIPT = textwrap.dedent(
         if hasattr(module, "weight_mask"):
             assert torch.all(module.weight[module.weight_mask == 0] == 0)
     history = result.history
-    assert len(history) == 2 and history[-1]["train_loss"] < history[0]["train_loss"] * 1.5
+    assert not torch.equal(flat, before), "training changed nothing"
+    assert len(history) == 2 and history[-1]["train_loss"] < history[0]["train_loss"], history
     if distributed.is_main():
         print("DDP-OK", history[-1]["train_accuracy"])
     dist.destroy_process_group()
@@ -67,4 +70,9 @@ def test_runner_under_torchrun(tmp_path):
     results = ExperimentResults(tmp_path / "run")
     assert results.counts["done"] == sum(results.counts.values())
     assert {n.role for n in results.networks.values()} == {"parent", "pruned"}
-    assert results.networks["pruned/s0/nominal/wt/00"].error("nominal") is not None
+    pruned = results.networks["pruned/s0/nominal/wt/00"]
+    assert pruned.ratio == pytest.approx(0.5, abs=0.005)
+    assert len(results.distributions()) == 2  # nominal and the noise
+    for network in (pruned, results.parents()[(0, "nominal")]):
+        errors = [network.error(d) for d in results.distributions()]
+        assert all(isinstance(e, float) and 0.0 <= e <= 1.0 for e in errors), errors

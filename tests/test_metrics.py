@@ -49,9 +49,48 @@ def test_prune_potential_both_readings(delta, any_, prefix):
 
 def test_prune_potential_edge_cases():
     assert prune_potential(RATIOS, [0.2] * 4, PARENT) == 0.0  # nothing qualifies: the parent's 0
-    assert prune_potential([], [], PARENT) == 0.0
+    with pytest.raises(ValueError, match="ratios is empty: a prune potential needs at least one pruned network"):
+        prune_potential([], [], PARENT)  # nothing measured is not a potential of 0
     assert prune_potential(RATIOS[::-1], ERRORS[::-1], PARENT, 0.005, "prefix") == 0.4  # order-free
     assert prune_potential([0.5], [0.105], 0.1) == 0.5  # exactly parent + δ, despite float round-off
+
+
+def test_strict_boundary_is_the_originals_test():
+    # 10,000 test images: the parent errs on 860, the pruned network on 910 = parent + δ exactly
+    parent, on_boundary = 860 / 10000, 910 / 10000
+    assert prune_potential([0.5], [on_boundary], parent, 0.005) == 0.5
+    assert prune_potential([0.5], [on_boundary], parent, 0.005, boundary="strict") == 0.0
+    assert prune_potential([0.5], [909 / 10000], parent, 0.005, boundary="strict") == 0.5  # acc + δ > acc_parent
+    with pytest.raises(ValueError, match="boundary must be one of"):
+        prune_potential([0.5], [0.1], 0.1, boundary="loose")
+
+
+def test_prune_potential_over_draws_averages_each_draws_potential():
+    from lostprune.metrics import prune_potential_over_draws
+
+    ratios = [0.3, 0.6]
+    # draw 0: both within δ of the parent; draw 1: only the first
+    errors = [[0.10, 0.12], [0.10, 0.20]]
+    per_draw = prune_potential_over_draws(ratios, errors, [0.10, 0.12], delta=0.01)
+    assert per_draw.values == (0.6, 0.3) and per_draw.mean == pytest.approx(0.45)
+    # the mean-error reading differs: network 2 averages 0.16 against the parent's 0.11
+    assert prune_potential(ratios, [0.11, 0.16], 0.11, delta=0.01) == 0.3
+    with pytest.raises(ValueError, match="networks × draws with as many draws as parent_errors"):
+        prune_potential_over_draws(ratios, errors, [0.1], delta=0.01)
+
+
+def test_excess_error_bootstrap_band():
+    rng = np.random.default_rng(0)
+    ratios = np.linspace(0.1, 0.9, 40)
+    excess = 0.02 * ratios + rng.normal(0, 0.002, 40)
+    fit = fit_excess_error(ratios, excess, bootstrap=500)
+    low, high = fit.band
+    assert low < fit.slope < high and low < 0.02 < high and high - low < 0.004
+    assert fit.resamples == 500 and fit.confidence == 0.95
+    assert fit_excess_error(ratios, excess, bootstrap=500).band == fit.band  # seeded
+    assert fit_excess_error(ratios, excess).band is None
+    with pytest.raises(ValueError, match="bootstrap must be an integer >= 0"):
+        fit_excess_error(ratios, excess, bootstrap=-1)
 
 
 def test_prune_potential_over_seeds():
@@ -174,9 +213,92 @@ def test_grid_noise_draws_and_reproducibility():
     assert g1.error_std["parent"][name] > 0 and g1.error_std["parent"]["nominal"] == 0
     assert g1.error("parent", name) > g1.error("parent")
     assert g1.prune_potential("parent", {"other": 0.5}, name, delta=0.99) == 0.5
+    assert len(g1.error_draws["other"][name]) == 4
+    per_draw = [0.5 if o <= p + 0.01 + 1e-12 else 0.0 for o, p in zip(g1.error_draws["other"][name],
+                                                                        g1.error_draws["parent"][name])]
+    assert g1.prune_potential("parent", {"other": 0.5}, name, delta=0.01, per_draw=True) == pytest.approx(
+        sum(per_draw) / 4)
     assert g1.excess_error("other", "parent", [name]) == pytest.approx(
         (g1.error("other", name) - g1.error("other")) - (g1.error("parent", name) - g1.error("parent"))
     )
+
+
+class Recorder(nn.Module):
+    """Keeps every input it sees (to check what the grid fed it)."""
+
+    def __init__(self, device="cpu"):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1, device=device))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().cpu().clone())
+        return torch.stack([x.mean((1, 2, 3)), -x.mean((1, 2, 3))], 1) + self.dummy
+
+
+def test_grid_noise_is_made_once_on_the_cpu_for_every_device():
+    x, y = vote_data(12)
+    shift = noise_shift("gaussian", 0.3, draws=2)
+    a, b = Recorder(), Recorder()
+    evaluate_grid({"a": a, "b": b}, [shift], (x, y), normalize=((0.5,) * 3, (0.25,) * 3), batch_size=5, seed=7,
+                  progress=False)
+    assert len(a.seen) == 2 * 3 and all(torch.equal(u, v) for u, v in zip(a.seen, b.seen))
+    # batch 1, draw 1: normalized pixels plus CPU noise from the stable per-(shift, batch, draw) seed
+    generator = torch.Generator().manual_seed(evaluation_module._seed(7, shift.name, 1, 1))
+    base = (x[5:10] - 0.5) / 0.25
+    expected = base + torch.randn(base.shape, generator=generator) * 0.3
+    assert torch.equal(a.seen[3], expected)
+
+
+@pytest.mark.cuda
+def test_grid_models_on_cpu_and_cuda_see_the_same_noisy_inputs():
+    x, y = vote_data(12)
+    on_cpu, on_gpu = Recorder(), Recorder("cuda")
+    grid = evaluate_grid({"cpu": on_cpu, "gpu": on_gpu}, [noise_shift("uniform", 0.5, draws=3)], (x, y),
+                         normalize=((0.5,) * 3, (0.25,) * 3), reference="cpu", batch_size=5, progress=False)
+    assert all(torch.equal(u, v) for u, v in zip(on_cpu.seen, on_gpu.seen))
+    name = grid.shifts[0].name
+    assert grid.agreement["gpu"][name] == 1.0 and grid.errors["gpu"][name] == grid.errors["cpu"][name]
+
+
+def test_grid_reuses_kept_reference_outputs():
+    x, y = vote_data(30)
+    shifts = [nominal(), noise_shift("gaussian", 20.0, draws=3)]
+    parent, other = ChannelVote(), ChannelVote((0, 2, 1))
+    joint = evaluate_grid({"parent": parent, "other": other}, shifts, (x, y), reference="parent", batch_size=7,
+                          normalize=((0.5,) * 3, (0.25,) * 3), progress=False)
+    kept = evaluate_grid({"parent": parent}, shifts, (x, y), batch_size=7, normalize=((0.5,) * 3, (0.25,) * 3),
+                         keep_outputs=["parent"], progress=False)
+    assert kept.outputs["parent"][shifts[1].name].shape == (3, 30, 3)
+    reused = evaluate_grid({"other": other}, shifts, (x, y), reference="parent", batch_size=7,
+                           normalize=((0.5,) * 3, (0.25,) * 3), reference_outputs=kept.outputs["parent"],
+                           progress=False)
+    for field_name in ("errors", "error_std", "agreement", "agreement_std", "softmax_l2", "softmax_l2_std"):
+        assert getattr(reused, field_name)["other"] == getattr(joint, field_name)["other"], field_name
+    assert reused.error_draws["other"] == joint.error_draws["other"]
+    with pytest.raises(ValueError, match="reference must name the model they came from"):
+        evaluate_grid({"other": other}, shifts, (x, y), reference="other", reference_outputs=kept.outputs["parent"],
+                      progress=False)
+    with pytest.raises(ValueError, match=r"reference_outputs\['nominal'\] must hold the reference's outputs"):
+        evaluate_grid({"other": other}, shifts, (x, y), reference="parent", reference_outputs={}, progress=False)
+    with pytest.raises(ValueError, match="hold more samples than data"):
+        evaluate_grid({"other": other}, shifts, (x[:20], y[:20]), reference="parent", batch_size=7,
+                      reference_outputs=kept.outputs["parent"], progress=False)
+    with pytest.raises(ValueError, match="holds fewer samples than data"):
+        evaluate_grid({"other": other}, shifts, (torch.cat([x, x]), torch.cat([y, y])), reference="parent",
+                      batch_size=7, reference_outputs=kept.outputs["parent"], progress=False)
+    with pytest.raises(ValueError, match=r"keep_outputs \['x'\] are not among the models"):
+        evaluate_grid({"other": other}, shifts, (x, y), keep_outputs=["x"], progress=False)
+
+
+def test_empty_test_data_is_an_error_not_a_zero_error():
+    x, y = vote_data(8)
+    with pytest.raises(ValueError, match="data: the test set is empty"):
+        evaluate_grid({"a": ChannelVote()}, [nominal()], (x[:0], y[:0]), progress=False)
+    with pytest.raises(ValueError, match="data: the test set is empty"):
+        functional_similarity(ChannelVote(), ChannelVote(), (x[:0], y[:0]))
+    with pytest.raises(ValueError, match="images is empty"):
+        informative_features(ChannelVote(), x[:0], progress=False)
 
 
 def test_grid_bad_input():
@@ -256,6 +378,47 @@ def test_exact_mode_is_the_greedy_selection():
 
             kept.remove(max(sorted(kept), key=conf_without))
         assert set(masks[i].flatten().nonzero().flatten().tolist()) == kept
+
+
+class SaturatedLinear(nn.Module):
+    """float64; class 0's logit = margin + Σ wᵢ xᵢ over 16 pixels, class 1's = 0: removing pixel
+    i lowers the margin by wᵢ xᵢ. At margin 60 even a float64 softmax (and log_softmax) is
+    exactly 1 (0) for every candidate."""
+
+    def __init__(self, margin=60.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(0.5, 2.0, 16, dtype=torch.float64)[torch.randperm(16)])
+        self.margin = margin
+
+    def forward(self, x):
+        s = self.margin + (x.flatten(1) * self.w).sum(1)
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+@pytest.mark.parametrize("mode", ["exact", "gradient"])
+def test_informative_features_rank_saturated_confidence_by_log_probability(mode):
+    from lostprune.metrics.features import log_confidence
+
+    torch.manual_seed(0)
+    model = SaturatedLinear()
+    images = torch.rand(2, 1, 4, 4, dtype=torch.float64) + 0.1
+    logits = model(images)
+    assert (logits.softmax(1)[:, 0] == 1.0).all() and (logits.log_softmax(1)[:, 0] == 0.0).all()  # saturated
+    assert (log_confidence(logits, torch.zeros(2, dtype=torch.long)) < 0).all()  # not here
+    masks = informative_features(model, images, fraction=4 / 16, mode=mode, pixels_per_step=1, progress=False)
+    for i in range(2):  # the 4 largest contributions wᵢ xᵢ survive backward selection
+        contribution = (images[i].flatten() * model.w).detach()
+        assert set(masks[i].flatten().nonzero().flatten().tolist()) == set(contribution.topk(4).indices.tolist())
+
+
+def test_log_confidence_is_the_log_probability():
+    logits = torch.randn(5, 4, dtype=torch.float64) * 3
+    target = torch.tensor([0, 1, 2, 3, 1])
+    expected = logits.log_softmax(1).gather(1, target.view(-1, 1)).squeeze(1)
+    from lostprune.metrics.features import log_confidence
+
+    assert torch.allclose(log_confidence(logits, target), expected, atol=1e-12)
+    assert log_confidence(logits.float(), target).dtype == torch.float32
 
 
 def test_informative_feature_matrix():

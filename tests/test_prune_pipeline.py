@@ -26,7 +26,8 @@ from lostprune.core.masks import (
 from lostprune.core.shapes import shape_keeping_skipped, shape_only_forward
 from lostprune.structure import build_graph
 from lostprune.structure import graph as graph_module
-from lostprune.structure.graph import _sort_order
+from lostprune.structure import tracing
+from lostprune.structure.groups import sort_order as _sort_order
 from lostprune.structure.trace_cache import structure_key
 
 
@@ -40,10 +41,11 @@ X = torch.randn(1, 3, 32, 32)
 
 @pytest.fixture
 def traces(monkeypatch):
-    """Counts fx traces."""
+    """Counts fx traces (from a cold cache)."""
+    graph_module._TRACES.clear()
     calls = []
-    trace = graph_module._trace_graph
-    monkeypatch.setattr(graph_module, "_trace_graph", lambda *a, **k: calls.append(1) or trace(*a, **k))
+    trace = tracing.trace_graph
+    monkeypatch.setattr(tracing, "trace_graph", lambda *a, **k: calls.append(1) or trace(*a, **k))
     return calls
 
 
@@ -53,7 +55,7 @@ def test_prune_then_slice_traces_once(traces):
     sliced = lostprune.slice_model(result.model, X)
     assert len(traces) == 1
     # the slice of a reused trace equals the slice of a fresh one
-    graph_module._TRACES._entries.clear()
+    graph_module._TRACES.clear()
     fresh = lostprune.slice_model(result.model, X)
     assert len(traces) == 2
     with torch.no_grad():
@@ -100,6 +102,13 @@ def test_structure_key_normalizes_pruning_and_refuses_what_it_cannot_summarize()
     odd = copy.deepcopy(model)
     odd.layer2.config = object()
     assert structure_key(odd, X) is None
+
+
+def test_another_instance_of_an_architecture_reuses_its_trace(traces):
+    build_graph(cifar_resnet(), X)
+    other = models.create("resnet20").eval()  # other weights, same structure
+    assert repr(build_graph(other, X).groups) == repr(build_graph(cifar_resnet(), X).groups)
+    assert len(traces) == 1
 
 
 def test_model_without_key_is_traced_every_time(traces):
@@ -195,22 +204,19 @@ def test_ones_view_takes_no_memory_and_reads_like_ones():
 
 
 @pytest.mark.parametrize("pre", [None, "wt", "ft"])
-def test_kept_counts_equal_the_effective_masks(pre):
+@pytest.mark.parametrize("coupled", ["per_layer", "sum"])
+def test_stats_count_exactly_what_the_masks_remove(pre, coupled):
     model = cifar_resnet()
     if pre:
         model = lostprune.prune(model, pre, 0.3, example_input=X, progress=False).model.eval()
-    result = lostprune.prune(model, "ft", 0.4, example_input=X, progress=False)
-    graph = build_graph(result.model, X)
-    effective = graph.effective_masks(result.masks)
-    assert graph.kept_counts(result.masks) == {name: int(mask.sum()) for name, mask in effective.items()}
-    # plain (factor-less) copies of the masks count the same
-    plain = {name: mask.clone() for name, mask in result.masks.items()}
-    assert graph.kept_counts(plain) == graph.kept_counts(result.masks)
+    result = lostprune.prune(model, "ft", 0.4, example_input=X, coupled=coupled, progress=False)
+    zeros = sum(int((mask == 0).sum()) for mask in result.masks.values())
+    assert result.stats.removed_params == zeros
+    assert result.stats.achieved_ratio == pytest.approx(zeros / result.stats.prunable_params, rel=1e-12)
     layers = prunable_layers(result.model)
-    by_masks = compute_stats(result.model, layers, effective, example_input=X)
-    by_counts = compute_stats(result.model, layers, kept=graph.kept_counts(plain), example_input=X,
-                              positions=graph.output_positions())
-    assert by_masks == by_counts == dataclasses.replace(result.stats, method="", target_ratio=0.0)
+    by_masks = compute_stats(result.model, layers, {f"{n}.weight": m for n, m in result.masks.items()},
+                             example_input=X)
+    assert by_masks == dataclasses.replace(result.stats, method="", target_ratio=0.0)
 
 
 def test_compute_stats_takes_masks_or_counts():

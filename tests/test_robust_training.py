@@ -13,7 +13,8 @@ from lostprune.experiments.plan import arms, build_plan
 from lostprune.experiments.store import NetworkRow, ResultRow, Store
 from lostprune.metrics import recommend_ratio
 from lostprune.robustness.corruptions import corrupt
-from lostprune.train.augment import ShiftAugmentation, ShiftDraw, ShiftedSample, robust_batch_transform
+from lostprune.experiments.tasks import robust_batch_transform
+from lostprune.train.augment import ShiftAugmentation, ShiftDraw, ShiftedSample
 
 MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
 
@@ -379,6 +380,20 @@ def test_runner_trains_and_retrains_the_robust_arm(tmp_path):
     assert results.arms == ["nominal", "robust"]
     robust_parent = results.parents()[(0, "robust")]
     nominal_parent = results.parents()[(0, "nominal")]
-    assert robust_parent.error("nominal") is not None
-    assert robust_parent.values != nominal_parent.values  # trained on other inputs
-    assert recommend_ratio(results, None, method="wt", arm="robust") in (0.0, pytest.approx(0.5, abs=0.01))
+    # the robust arm is evaluated on every test distribution the nominal arm is
+    assert {d for d, m in robust_parent.values if m == "error"} == \
+        {d for d, m in nominal_parent.values if m == "error"} == set(results.distributions())
+    # trained on other inputs (after one tiny epoch both may still score at chance on the
+    # class-balanced test subset, so compare the weights, not the errors)
+    from lostprune.io import read_network_file
+
+    files = {r["key"]: r["checkpoint"] for r in Store(tmp_path / "run" / "results.sqlite").networks()}
+    weights = [read_network_file(files[p.key])["state_dict"] for p in (robust_parent, nominal_parent)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # the stop rule from the stored errors, by hand: the pruned network's ratio if it stays
+    # within δ of its parent on every distribution, else 0
+    (curve,) = results.curves("wt", "robust")
+    (network,) = curve.networks
+    within = all(network.error(d) <= curve.parent.error(d) + results.delta + 1e-12 for d in results.distributions())
+    assert network.ratio == pytest.approx(0.5, abs=0.01)
+    assert recommend_ratio(results, None, method="wt", arm="robust") == (network.ratio if within else 0.0)

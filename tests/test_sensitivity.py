@@ -1,4 +1,4 @@
-"""Sensitivity ops (SPEC §2.3, §2.4): compiled kernels against the literal reference (float64,
+"""Sensitivity ops (docs/methods.md §Sensitivities): compiled kernels against the literal reference (float64,
 tiny layers) and the vectorized reference (float32, larger random layers); streaming,
 errors, op checks."""
 
@@ -242,8 +242,12 @@ def test_half_precision_computes_in_float32(compiled):
     x, w = _inputs((2, 3, 6, 6), (4, 3, 3, 3), dtype=torch.float32)
     out = weight_sensitivity(x.to(torch.bfloat16), w.to(torch.bfloat16), padding=1)
     assert out.dtype == torch.float32
-    expect = weight_sensitivity(x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float(), padding=1)
-    torch.testing.assert_close(out, expect)
+    # the float64 oracle on the bfloat16 values: what float32 arithmetic on them must give
+    xb, wb = x.to(torch.bfloat16).double(), w.to(torch.bfloat16).double()
+    torch.testing.assert_close(out, weight_sensitivity_literal(xb, wb, padding=1).float(), rtol=2e-5, atol=1e-6)
+    channels = channel_sensitivity(x.to(torch.bfloat16), w.to(torch.bfloat16), padding=1)
+    assert channels.dtype == torch.float32
+    torch.testing.assert_close(channels, channel_sensitivity_literal(xb, wb, padding=1).float(), rtol=2e-5, atol=1e-6)
 
 
 def test_weight_requiring_grad_is_fine(compiled):
@@ -335,6 +339,41 @@ def test_op_level_checks(compiled):
         op(x, w, [1, 1], [1, 1], [0, 1], 2, "mean", None)
 
 
+# --------------------------------------------------------------------------- TF32 scoping
+def _tf32_state():
+    b = torch.backends
+    return (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+
+
+@pytest.mark.parametrize("user", ["defaults", "legacy_flags", "matmul_high"])
+def test_exact_fp32_switches_tf32_off_and_restores_the_users_setting(user):
+    from lostprune.ops._precision import _PER_OP, exact_fp32
+
+    b = torch.backends
+    before = _tf32_state()
+    try:
+        if user == "legacy_flags":  # set through the older API: still readable afterwards
+            b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = False, True
+        elif user == "matmul_high":
+            torch.set_float32_matmul_precision("high")
+        setting = _tf32_state()
+        with exact_fp32():
+            if _PER_OP:
+                assert b.cudnn.conv.fp32_precision == "ieee" and b.cuda.matmul.fp32_precision == "ieee"
+            else:
+                assert not b.cudnn.allow_tf32 and not b.cuda.matmul.allow_tf32
+        assert _tf32_state() == setting
+        with pytest.raises(RuntimeError, match="inside"), exact_fp32():
+            raise RuntimeError("inside")
+        assert _tf32_state() == setting  # restored on error too
+        with exact_fp32(enabled=False):  # CPU tensors: nothing changes
+            assert _tf32_state() == setting
+    finally:
+        b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = before[0], before[1]
+        torch.set_float32_matmul_precision(before[2])
+    assert _tf32_state() == before
+
+
 # --------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
 @pytest.mark.parametrize("seed", range(6))
@@ -359,6 +398,30 @@ def test_cuda_float64_matches_literal(compiled, name, x_shape, w_shape, conv):
                                    weight_sensitivity_literal(x, w, reduce=reduce, **conv))
     torch.testing.assert_close(channel_sensitivity(x.cuda(), w.cuda(), **conv).cpu(),
                                channel_sensitivity_literal(x, w, **conv))
+
+
+@pytest.mark.cuda
+def test_cuda_ops_ignore_tf32_and_keep_the_users_setting(compiled):
+    """cuDNN may use TF32 for float32 convolutions (the default on Ampere and later): the ops
+    switch it off for their z and leave the user's setting as it was."""
+    x, w, conv = _random_layer(torch.Generator().manual_seed(7))
+    want = weight_sensitivity_reference(x.double(), w.double(), **conv)
+    want_channel = channel_sensitivity_reference(x.double(), w.double(), **conv)
+    before = _tf32_state()
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        setting = _tf32_state()
+        for fn in (weight_sensitivity, weight_sensitivity_reference):
+            torch.testing.assert_close(fn(x.cuda(), w.cuda(), **conv).double().cpu(), want, rtol=1e-4, atol=1e-6)
+            assert _tf32_state() == setting
+        for fn in (channel_sensitivity, channel_sensitivity_reference):
+            torch.testing.assert_close(fn(x.cuda(), w.cuda(), **conv).double().cpu(), want_channel, rtol=1e-4,
+                                       atol=1e-6)
+            assert _tf32_state() == setting
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before[0], before[1]
+        torch.set_float32_matmul_precision(before[2])
 
 
 @pytest.mark.cuda

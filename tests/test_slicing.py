@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from masks_made_elsewhere import filters_removed
 from torch.nn.utils import prune as torch_prune
 
 import lostprune
@@ -50,18 +51,22 @@ def weight_count(model: nn.Module) -> int:
 @pytest.mark.parametrize("method", ["ft", "pfp"])
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CIFAR + IMAGENET])
 def test_sliced_model_equals_masked_model(name, method):
+    """The group-aware variant (deployment): slicing drops exactly what the masks remove."""
     model = with_nonzero_constants(models.create(name))
     size = model.input_size if name in CIFAR else (3, 64, 64)
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(1))
-    data = {"data": x} if method == "pfp" else {}  # PFP: whole channel groups by default
-    result = lostprune.prune(model, method, 0.5, example_input=x[:1], progress=False, **data)
+    data = {"data": x} if method == "pfp" else {}
+    result = lostprune.prune(model, method, 0.5, example_input=x[:1], progress=False, coupled="sum", **data)
     state = {k: v.clone() for k, v in result.model.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error", SlicingWarning)  # every removed channel goes
         sliced = slice_model(result.model, x[:1])
     assert_same_function(result.model, sliced, x)
     report = sliced.slice_report
-    assert report.channels_removed > 0 and report.channels_folded > 0 and not report.kept
+    # the masks drop a removed filter's constant too: nothing is left to fold, no zero stays
+    assert report.channels_removed > 0 and report.channels_folded == 0 and not report.folded_layers
+    assert not report.kept
+    assert report.zeros_kept == 0
     # the accounting's achieved ratio is what really disappeared
     assert weight_count(sliced) == result.stats.prunable_params - round(result.stats.achieved_ratio
                                                                        * result.stats.prunable_params)
@@ -71,6 +76,27 @@ def test_sliced_model_equals_masked_model(name, method):
     for (name_a, a), (name_b, b) in zip(result.model.named_modules(), sliced.named_modules()):
         assert name_a == name_b and isinstance(b, type(a))
     assert all(torch.equal(v, state[k]) for k, v in result.model.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["ft", "pfp"])
+@pytest.mark.parametrize("name", ["resnet20", "vgg16_bn", "mobilenet_v2", pytest.param("densenet121", marks=pytest.mark.slow)])
+def test_paper_variant_slices_what_is_removable_and_says_what_stayed(name, method):
+    """The paper's per-layer FT / PFP: slicing keeps the function, removes every channel no
+    layer uses any more, and counts the masked weights that stay as zeros."""
+    model = with_nonzero_constants(models.create(name))
+    size = model.input_size if name in CIFAR else (3, 64, 64)
+    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(1))
+    data = {"data": x} if method == "pfp" else {}
+    result = lostprune.prune(model, method, 0.5, example_input=x[:1], progress=False, **data)
+    sliced = slice_model(result.model, x[:1])
+    assert_same_function(result.model, sliced, x)
+    report = sliced.slice_report
+    assert report.channels_removed > 0
+    kept = result.stats.prunable_params - round(result.stats.achieved_ratio * result.stats.prunable_params)
+    # what stays is what the masks keep plus the zeros the report names
+    assert weight_count(sliced) == kept + report.zeros_kept
+    if report.zeros_kept:
+        assert f"{report.zeros_kept:,} masked weights stay as zeros" in report.summary()
 
 
 def test_sliced_model_runs_in_channels_last():
@@ -87,9 +113,9 @@ def test_sliced_model_runs_in_channels_last():
 
 
 def test_border_term_and_bias_folds_on_resnet():
-    model = with_nonzero_constants(models.create("resnet20"))
-    result = lostprune.prune(model, "ft", 0.4, progress=False)
-    sliced = slice_model(result.model)
+    model = filters_removed(with_nonzero_constants(models.create("resnet20")), 0.4)
+    sliced = slice_model(model)
+    assert_same_function(model, sliced, torch.randn(2, 3, 32, 32))
     kinds = sliced.slice_report.folded_layers
     # residual channels feed 3x3 zero-padded convs (border term) and the classifier (bias)
     assert kinds["layer1.0.conv1"] == "border" and isinstance(sliced.layer1[0].conv1, FoldedConv2d)
@@ -107,8 +133,7 @@ def test_sliced_model_is_independent_of_the_input_model():
 
 
 def test_sliced_model_trains():
-    result = lostprune.prune(with_nonzero_constants(models.create("resnet20")), "ft", 0.5, progress=False)
-    sliced = slice_model(result.model).train()
+    sliced = slice_model(filters_removed(with_nonzero_constants(models.create("resnet20")), 0.5)).train()
     opt = torch.optim.SGD(sliced.parameters(), lr=0.1)
     before = sliced.layer1[0].conv1.weight.detach().clone()
     loss = F.cross_entropy(sliced(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
@@ -281,15 +306,16 @@ def test_module_reused_with_different_constants_keeps_the_channel():
 # ----------------------------------------------------------------------------- cycles and input
 def test_prune_slice_prune_slice():
     x = torch.randn(2, 3, 32, 32)
-    first = lostprune.prune(with_nonzero_constants(models.create("resnet20")), "ft", 0.3, progress=False)
-    sliced = slice_model(first.model)
-    second = lostprune.prune(sliced, "ft", 0.3, progress=False)
-    # A removed filter of a FoldedConv2d still carries its border term: not a constant, so
-    # slicing keeps it (and says so) rather than change the function.
-    with pytest.warns(SlicingWarning, match="not a constant"):
+    first = filters_removed(with_nonzero_constants(models.create("resnet20")), 0.3)
+    sliced = slice_model(first)
+    second = lostprune.prune(sliced, "ft", 0.3, coupled="sum", progress=False)
+    # A removed filter of a FoldedConv2d still carries its border term, but pruning drops
+    # it with the channel's consumer columns: nothing to keep, nothing to fold.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlicingWarning)
         again = slice_model(second.model)
-    assert weight_count(again) <= weight_count(sliced) < weight_count(first.model)
-    assert again.slice_report.channels_kept > 0
+    assert weight_count(again) < weight_count(sliced) < weight_count(first)
+    assert again.slice_report.channels_kept == 0
     assert_same_function(second.model, again, x)
 
 
@@ -332,10 +358,10 @@ def test_bad_input():
 # ----------------------------------------------------------------------------- compile and export
 @pytest.fixture(scope="module")
 def sliced_resnet():
-    result = lostprune.prune(with_nonzero_constants(models.create("resnet20")), "ft", 0.5, progress=False)
-    sliced = slice_model(result.model).eval()
+    model = filters_removed(with_nonzero_constants(models.create("resnet20")), 0.5)
+    sliced = slice_model(model).eval()
     assert any(isinstance(m, FoldedConv2d) for m in sliced.modules())
-    return result.model.eval(), sliced, torch.randn(2, 3, 32, 32)
+    return model.eval(), sliced, torch.randn(2, 3, 32, 32)
 
 
 def test_sliced_model_runs_under_torch_compile(sliced_resnet):

@@ -1,6 +1,7 @@
 """Masked sparse conv / linear: packing, kernels against references, every internal path
-(plane layouts, chunks, sorted and natural order, batch and tile parallelism), bad input,
-op checks, autograd, torch.compile, SparseConv2d / SparseLinear and convert()."""
+(plane layouts; band and direct reading, chunks, wrapped and lane-by-lane band gathers;
+batch, tile and channel parallelism), bad input, op checks, autograd, torch.compile,
+SparseConv2d / SparseLinear, convert() and its autotune cache."""
 
 import pytest
 import torch
@@ -91,6 +92,13 @@ CONV_CASES = [
     (16, 6, 9, 7, 7, 3, 1, 1, 1, 3),            # small planes, batch 16: images interleaved
     (17, 8, 8, 9, 9, 3, 2, 1, 1, 1),            # one interleaved group + one image on its own
     (33, 24, 16, 5, 6, 3, 1, 1, 2, 1),          # two groups + one, dilation
+    # single images read through the band (im2col of a tile) when enough output channels
+    # share its rows (nnz / codes >= 4), else the planes in place ("direct"):
+    (1, 64, 48, 19, 23, 3, 1, 1, 1, 1),         # band: several tiles and chunks
+    (1, 96, 128, 9, 9, 3, 1, 1, 1, 1),          # band; at 95 %: the larger sparse-chunk budget
+    (1, 16, 32, 40, 3, 3, 1, 1, 1, 1),          # band, 3 columns: rows gathered lane by lane
+    (1, 64, 64, 9, 9, 1, 1, 0, 1, 1),           # band, 1x1: plane rows without a gap
+    (2, 32, 2, 15, 15, 3, 1, 1, 1, 1),          # direct: 2 channels never repay a band
 ]
 
 
@@ -112,16 +120,24 @@ def test_conv_matches_reference(compiled, case, sparsity, dtype):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_conv_thread_counts(compiled, threads):
-    """Tile/channel-block splits (batch 1) and image splits (batch 3) at 1 and 2 threads."""
+@pytest.mark.parametrize("cout, size", [(24, (23, 19)), (64, (7, 7)), (2, (23, 19))],
+                         ids=["band-tiles", "band-one-tile", "direct"])
+def test_conv_thread_counts(compiled, threads, cout, size):
+    """Batch 1 split by tiles (several tiles) or by output-channel blocks (one tile), batch 3
+    by images, at 1 and 2 threads, band and direct layouts; with the fused epilogue."""
     gen = torch.Generator().manual_seed(2)
-    weight = _sparse_weight((24, 16, 3, 3), 0.8, gen, torch.float32)
+    weight = _sparse_weight((cout, 16, 3, 3), 0.8, gen, torch.float32)
+    bias = torch.randn(cout, generator=gen)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for n in (1, 3):
-            x = torch.randn(n, 16, 23, 19, generator=gen)
-            _assert_close(sparse_conv2d(x, pack_weight(weight), None, 1, 1), F.conv2d(x, weight, None, 1, 1), 1e-5)
+            x = torch.randn(n, 16, *size, generator=gen)
+            ref = F.conv2d(x, weight, bias, 1, 1)
+            residual = torch.randn_like(ref)
+            _assert_close(sparse_conv2d(x, pack_weight(weight), bias, 1, 1), ref, 1e-5)
+            _assert_close(sparse_conv2d(x, pack_weight(weight), bias, 1, 1, residual=residual, relu=True),
+                          torch.relu(ref + residual), 1e-5)
     finally:
         torch.set_num_threads(before)
 
@@ -408,6 +424,32 @@ def test_convert_calibrates_on_example_input(compiled, pruned_resnet20):
     assert pruned_resnet20.training is False and sparse.training is False
 
 
+def test_convert_autotune_cache(compiled, pruned_resnet20, tmp_path, monkeypatch):
+    """Timings are recorded once beside the kernels and reused by later conversions of the
+    same layers; cache=False always measures."""
+    from lostprune.sparse import autotune
+
+    path = tmp_path / autotune.CACHE_NAME
+    monkeypatch.setattr(autotune, "cache_path", lambda: path)
+    monkeypatch.setattr(autotune, "_memory", {})
+    x = torch.randn(1, 3, 32, 32)
+    args = dict(min_sparsity=0.8, example_input=x, rounds=1, min_time=1e-3, progress=False)
+    first = report(convert(pruned_resnet20, **args)).layers
+    timed = [d for d in first if d.dense_ms is not None]
+    assert timed and all(d.reason.startswith("calibrated:") for d in timed)
+    assert path.is_file() and len(__import__("json").loads(path.read_text())) == len(timed)
+    second = report(convert(pruned_resnet20, **args)).layers
+    for a, b in zip(first, second):
+        assert (a.dense_ms, a.sparse_ms, a.converted) == (b.dense_ms, b.sparse_ms, b.converted)
+        if a.dense_ms is not None:
+            assert b.reason.startswith("cached:")
+    fresh = report(convert(pruned_resnet20, cache=False, **args)).layers
+    assert all(d.reason.startswith("calibrated:") for d in fresh if d.dense_ms is not None)
+    # another batch size is another key
+    third = report(convert(pruned_resnet20, **{**args, "example_input": torch.randn(2, 3, 32, 32)})).layers
+    assert all(d.reason.startswith("calibrated:") for d in third if d.dense_ms is not None)
+
+
 def test_convert_plain_zeros_inplace_and_layer_selection(compiled):
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 36, 4))
     with torch.no_grad():
@@ -475,6 +517,44 @@ def test_cuda_matches_reference(compiled, dtype, tol):
     x = torch.randn(17, 53, dtype=torch.float64)
     out = sparse_linear(x.to("cuda", dtype), pack_weight(weight).to("cuda", dtype))
     _assert_close(out.double().cpu(), F.linear(x, weight), tol)
+
+
+# The CUDA kernel's tile plans (csrc/sparse_conv/sparse_conv.h, make_cuda_tiling): small and
+# odd maps whose lanes split the nonzeros, several images per tile, column tiles, several
+# channel chunks, two channel blocks, depthwise, and the unstaged path of huge dilations.
+CUDA_TILE_CASES = [
+    (1, 3, 5, 7, 7, 3, 1, 1, 1, 1),          # 49 positions: two 16-lane groups
+    (1, 5, 3, 1, 1, 1, 1, 0, 1, 1),          # one position: 32 groups of one lane
+    (3, 4, 6, 4, 4, 3, 1, 1, 1, 1),          # 16 positions, 3 images in one tile
+    (7, 6, 10, 5, 3, 3, 2, 1, 1, 2),         # odd map, stride 2, groups, images spread over tiles
+    (1, 2, 3, 5, 300, 3, 1, 1, 1, 1),        # wider than a tile: column tiles
+    (2, 600, 2, 6, 6, 3, 1, 1, 1, 1),        # many input channels: several staged chunks
+    (5, 3, 40, 3, 5, 1, 1, 0, 1, 1),         # 40 output channels: two blocks of channels
+    (2, 48, 48, 9, 9, 3, 1, 1, 1, 48),       # depthwise
+    (2, 2, 2, 40, 40, 3, 1, 0, 12, 1),       # dilation 12: small tiles
+    (1, 2, 3, 120, 120, 3, 1, 0, 50, 1),     # dilation 50: nothing fits shared memory
+    (32, 64, 64, 14, 14, 3, 1, 1, 1, 1),     # batch 32, 14x14 maps
+    (800, 4, 80, 4, 4, 3, 1, 1, 1, 1),       # 100 tiles x 3 channel blocks: four channels per warp
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("case", CUDA_TILE_CASES, ids=[f"tile{i}" for i in range(len(CUDA_TILE_CASES))])
+def test_cuda_tiles_match_reference(compiled, case, dtype, tol):
+    n, cin, cout, h, w, k, s, p, d, g = case
+    gen = torch.Generator().manual_seed(7)
+    weight = _sparse_weight((cout, cin // g, k, k), 0.8, gen)
+    x = torch.randn(n, cin, h, w, generator=gen, dtype=torch.float64)
+    bias = torch.randn(cout, generator=gen, dtype=torch.float64)
+    ref = F.conv2d(x, weight, bias, s, p, d, g)
+    residual = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    packed = pack_weight(weight).to("cuda", dtype)
+    out = sparse_conv2d(x.to("cuda", dtype), packed, bias.to("cuda", dtype), s, p, d, g)
+    _assert_close(out.double().cpu(), ref, tol)
+    fused = sparse_conv2d(x.to("cuda", dtype), packed, bias.to("cuda", dtype), s, p, d, g,
+                          residual=residual.to("cuda", dtype), relu=True)
+    _assert_close(fused.double().cpu(), torch.relu(ref + residual), tol)
 
 
 @pytest.mark.cuda

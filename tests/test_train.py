@@ -171,6 +171,67 @@ def test_start_epoch_runs_the_tail_of_the_schedule():
     assert result.history[0]["lr"] == pytest.approx(FAST.lr_schedule().lr_at(2 + 5.5 / 6))
 
 
+def test_training_for_a_number_of_steps():
+    calls = []
+
+    def counting_loss(logits, targets):
+        calls.append(len(targets))
+        return nn.functional.cross_entropy(logits, targets)
+
+    config = dataclasses.replace(FAST, steps=10, warmup_epochs=0.5)  # 6 batches an epoch: 6 + 4 steps
+    result = train(tiny_cnn(), blobs(), config, loss_fn=counting_loss, progress=False)
+    assert len(calls) == 10 and [r["epoch"] for r in result.history] == [1, 2]
+    schedule = config.lr_schedule(steps_per_epoch=6)
+    assert schedule.epochs == pytest.approx(10 / 6)
+    assert result.history[-1]["lr"] == pytest.approx(schedule.lr_at(1 + 3.5 / 6))  # the 10th step's
+    assert result.history[-1]["lr"] == pytest.approx(schedule.min_lr, abs=0.01)  # the cosine ends there
+    with pytest.raises(ValueError, match=r"warmup_epochs=2 is not shorter than the 10 steps"):
+        train(tiny_cnn(), blobs(), dataclasses.replace(FAST, steps=10, warmup_epochs=2), progress=False)
+    with pytest.raises(ValueError, match="steps must be a positive integer or None, got 0"):
+        TrainConfig(steps=0)
+    assert dataclasses.replace(FAST, steps=10).scaled(2).steps is None
+
+
+def test_channels_last_trains_the_same_and_leaves_weights_contiguous():
+    runs, layouts = {}, {}
+    for channels_last in (False, True, None):  # None: the default, channels-last on the CPU
+        model = tiny_cnn()
+        seen = layouts[channels_last] = set()
+
+        def record(module, args, seen=seen):
+            x, weight = args[0], module.weight
+            seen.add((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                      weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()))
+
+        hook = model[3].register_forward_pre_hook(record)
+        train(model, blobs(), dataclasses.replace(FAST, channels_last=channels_last), progress=False)
+        hook.remove()
+        runs[channels_last] = model
+        assert all(p.is_contiguous() for p in model.parameters())
+    # the layout really changed while training: inputs and weights of the conv channels-last
+    assert layouts == {False: {(False, False)}, True: {(True, True)}, None: {(True, True)}}
+    for key, value in runs[False].state_dict().items():
+        assert torch.allclose(value, runs[True].state_dict()[key], atol=1e-4), key
+
+
+def test_checkpoint_written_before_new_fields_existed_resumes(tmp_path):
+    config = dataclasses.replace(FAST, epochs=2)
+    path = tmp_path / "old.pt"
+
+    def stop(record):
+        return record["epoch"] == 1
+
+    train(tiny_cnn(), blobs(), config, checkpoint=path, callbacks=[stop], progress=False)
+    state = torch.load(path, weights_only=True)
+    for key in ("steps", "pct_start", "div_factor", "final_div_factor", "channels_last"):
+        del state["config"][key]  # as an older lostprune wrote it
+    torch.save(state, path)
+    resumed = train(tiny_cnn(), blobs(), config, checkpoint=path, progress=False)
+    assert resumed.resumed_from == 1 and resumed.stopped_early
+    with pytest.raises(ValueError, match="written with another config .*pct_start: None -> 0.5"):
+        train(tiny_cnn(), blobs(), dataclasses.replace(config, pct_start=0.5), checkpoint=path, progress=False)
+
+
 # ----------------------------------------------------------------------------- evaluation
 def test_evaluate_counts_top1_and_ignores_unlabelled_pixels():
     class Constant(nn.Module):
@@ -302,6 +363,31 @@ def test_cosine_ends_at_min_lr():
     assert s.lr_at(10.0) == pytest.approx(0.01)
     values = [s.lr_at(2 + 8 * i / 50) for i in range(51)]
     assert all(b <= a for a, b in zip(values, values[1:]))
+
+
+def test_onecycle_rises_to_lr_then_anneals_far_below_it():
+    s = LRSchedule(lr=0.2, epochs=10, kind="onecycle", pct_start=0.25, div_factor=20, final_div_factor=100)
+    assert s.lr_at(0) == pytest.approx(0.01) and s.lr_at(2.5) == pytest.approx(0.2)
+    assert s.lr_at(10) == pytest.approx(0.01 / 100) and s.lr_at(1.25) == pytest.approx(0.105)
+    rise = [s.lr_at(2.5 * i / 20) for i in range(21)]
+    fall = [s.lr_at(2.5 + 7.5 * i / 40) for i in range(41)]
+    assert all(b > a for a, b in zip(rise, rise[1:])) and all(b < a for a, b in zip(fall, fall[1:]))
+    # the same curve as torch's OneCycleLR (cosine annealing), sampled per step
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    torch_lr = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.2, total_steps=1001, pct_start=0.25,
+                                                   div_factor=20, final_div_factor=100, cycle_momentum=False)
+    values = []
+    for _ in range(1001):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        torch_lr.step()
+    ours = [s.lr_at(10 * i / 1000) for i in range(1001)]
+    assert max(abs(a - b) for a, b in zip(values, ours)) < 2e-3
+    with pytest.raises(ValueError, match=r"pct_start must be in \(0, 1\)"):
+        LRSchedule(kind="onecycle", pct_start=1.0)
+    with pytest.raises(ValueError, match="div_factor must be a finite number >= 1"):
+        LRSchedule(kind="onecycle", div_factor=0.5)
 
 
 # ----------------------------------------------------------------------------- keep-ratio schedules

@@ -1,9 +1,9 @@
-// Sensitivity scoring (SPEC §2.3, §2.4): the arithmetic shared by the CPU kernel, the CUDA
+// Sensitivity scoring (docs/methods.md §Sensitivities): the arithmetic shared by the CPU kernel, the CUDA
 // kernel and the C++ unit tests. No torch, no CUDA headers.
 //
 // A layer is a convolution (a linear layer is a 1x1 one). For output unit i of group g, an
 // edge r = (input channel c of the group, kernel offset ky, kx) reads at output position q
-// the im2col entry A[r, q] of a non-negative pseudo-input (the sign split of SPEC §2.3):
+// the im2col entry A[r, q] of a non-negative pseudo-input (the sign split of docs/methods.md §Sensitivities):
 //   z+_i(q) = sum_r max(W_ir, 0) A[r, q]      z-_i(q) = sum_r max(-W_ir, 0) A[r, q]
 //   g_ir(q) = |W_ir| A[r, q] * V^{sign W_ir}_i(q),   V = 1/z where z > eps, else 0.
 // Both reductions then factor |W_ir| out of a product of A with V:
@@ -16,7 +16,7 @@
 
 namespace lostprune {
 
-// float32 machine epsilon: SPEC's threshold on z, whatever the compute dtype.
+// float32 machine epsilon: docs/methods.md §Sensitivities' threshold on z, whatever the compute dtype.
 constexpr float kSensitivityEps = 1.1920928955078125e-07f;
 
 enum class SensitivityReduce : int { kMean = 0, kMax = 1 };
@@ -103,7 +103,7 @@ LP_HD T split_activation(T a, int sign) {
   return v > S(0) ? v : T{};
 }
 
-// 1/z where z exceeds the eps threshold, else 0 (SPEC: g = 0 where z <= eps).
+// 1/z where z exceeds the eps threshold, else 0 (docs/methods.md §Sensitivities: g = 0 where z <= eps).
 template <typename T, typename S = T>
 LP_HD T inverse_or_zero(T z) {
   return z > S(kSensitivityEps) ? S(1) / z : T{};

@@ -1,4 +1,4 @@
-// CPU drivers of the sensitivity ops (SPEC §2.3, §2.4, §6): the tile plan, the work items
+// CPU drivers of the sensitivity ops (docs/methods.md §Sensitivities): the tile plan, the work items
 // over threads and the final scores. The inputs come from sensitivity_lists.h (signed weight
 // lists, data points of the sign split), the tiles from sensitivity_tile.h, the arithmetic
 // from sensitivity_simd.h (both passes on one tile). For a weight mean a tile holds one data

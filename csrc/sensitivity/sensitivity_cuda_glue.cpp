@@ -1,6 +1,7 @@
 // CUDA sensitivity glue: checks, the sign split, z from cuDNN (one convolution with the
-// positive and negative weight parts as 2 x Cout outputs), V = 1/z with the eps rule, then the
-// shared-memory reduction kernel, chunk by chunk of data points so memory stays bounded.
+// positive and negative weight parts as 2 x Cout outputs, in IEEE float32: no TF32), V = 1/z
+// with the eps rule, then the shared-memory reduction kernel, chunk by chunk of data points
+// so memory stays bounded.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/ops/abs.h>
@@ -19,6 +20,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../common/exact_fp32.h"
 #include "sensitivity_cuda.h"
 #include "sensitivity_prepare.h"
 
@@ -50,6 +52,7 @@ at::Tensor accumulate_cuda(const char* op, const SensitivityProblem& p, at::IntA
   const int64_t per_image = 2 * (image_numel(g) + 2 * g.out_channels * positions(g));
   const int64_t chunk = std::max<int64_t>(1, p.x.numel() / std::max<int64_t>(per_image, 1));
   const auto stream = c10::cuda::getCurrentCUDAStream();
+  const ExactFloat32Guard exact;  // TF32 z would be ~1e-3 off, beyond the CPU op's agreement
   for (int64_t n0 = 0; n0 < p.batch; n0 += chunk) {
     const int64_t n1 = std::min(p.batch, n0 + chunk);
     const at::Tensor images = p.x.slice(0, n0, n1);

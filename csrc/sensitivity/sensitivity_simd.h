@@ -1,4 +1,4 @@
-// SIMD micro-kernels of the CPU sensitivity ops (SPEC §2.3, §2.4) on one im2col tile
+// SIMD micro-kernels of the CPU sensitivity ops (docs/methods.md §Sensitivities) on one im2col tile
 // (sensitivity_tile.h), vectorized over the tile's positions with the build's native vectors
 // (common/simd.h: AVX-512, AVX2, ...; one template for every width). No torch.
 //

@@ -88,17 +88,11 @@ LP_HD SparseConvGeometry make_geometry(int64_t H, int64_t W, int64_t KH, int64_t
   return g;
 }
 
-// Rounds the plane rows up to whole kPlaneAlign-element vectors when that widens them by at
-// most 1/8: every row then starts aligned, so a tap's offset residue is its column shift
-// alone (3 residue classes for a 3x3 kernel instead of up to 9).
-LP_HD void align_plane_rows(SparseConvGeometry* g) {
-  const int64_t aligned = (g->Wq + kPlaneAlign - 1) / kPlaneAlign * kPlaneAlign;
-  if ((aligned - g->Wq) * 8 > g->Wq) return;
-  g->Wq = aligned;
-  g->plane = g->Hq * g->Wq;
-  g->plane_stride = g->plane;  // already a multiple of kPlaneAlign
-  g->channel_stride = g->ny * g->nx * g->plane_stride;
-}
+// Sizes of one sparse_conv2d call (the CPU kernel's; CUDA has SparseConvCudaArgs).
+struct SparseConvArgs {
+  int64_t N, Cin, Cout, Cin_g, Cout_g, groups, nnz;
+  SparseConvGeometry g;
+};
 
 // Offset of tap (kh, kw) within its input channel's phase planes.
 LP_HD int64_t tap_offset(const SparseConvGeometry& g, int64_t kh, int64_t kw) {
@@ -106,6 +100,13 @@ LP_HD int64_t tap_offset(const SparseConvGeometry& g, int64_t kh, int64_t kw) {
   const int64_t plane_index = phase_index(g.KH, g.sh, g.dh, r % g.sh) * g.nx +
                               phase_index(g.KW, g.sw, g.dw, c % g.sw);
   return plane_index * g.plane_stride + (r / g.sh) * g.Wq + c / g.sw;
+}
+
+// Plane offset of output pixel p numbered densely (p = oh * OW + ow): its input for a tap
+// lies at tap_offset + this in the channel's planes.
+LP_HD int64_t pixel_plane_offset(const SparseConvGeometry& g, int64_t p) {
+  const int64_t oh = p / g.OW;
+  return oh * g.Wq + (p - oh * g.OW);
 }
 
 // Input coordinates (row u, column v, in the unpadded input; may be out of range = zero)
@@ -124,6 +125,102 @@ template <typename S>
 LP_HD S sparse_epilogue(S acc, S residual, bool relu) {
   const S v = acc + residual;
   return relu && v < S(0) ? S(0) : v;
+}
+
+// ---------------------------------------------------------------- CUDA tiles
+// The CUDA kernel gives each block a tile of output positions (TB whole images when a map is
+// small, else TH rows x TW columns of one image) for 8 to 32 neighbouring output channels,
+// and stages the input the tile reads in shared memory, a chunk of input channels at a
+// time: laid out [channel][image][IH][IW], zero where the input is padding, so the inner
+// loop is one shared load and one multiply-add per nonzero and position, with no bounds checks.
+constexpr int64_t kCudaTilePositions = 128;  // 32 lanes x 4 positions
+constexpr int64_t kCudaTileBytes = 32768;    // shared memory for the staged input
+
+struct SparseConvTiling {
+  int64_t TB, TH, TW;                 // tile: images x output rows x output columns
+  int64_t IH, IW;                     // staged input rows / columns per (channel, image)
+  int64_t tiles_n, tiles_h, tiles_w;  // tiles along the batch, the rows, the columns
+  int64_t chunk;                      // input channels staged at once; 0: too wide to stage
+  int64_t group_lanes;                // G: lanes that share a nonzero; 32 / G lanes split them
+};
+
+LP_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Input rows (or columns) that `out` consecutive output rows read.
+LP_HD int64_t tile_input_extent(int64_t out, int64_t stride, int64_t kernel, int64_t dil) {
+  return (out - 1) * stride + (kernel - 1) * dil + 1;
+}
+
+// The tile plan for a batch of N images whose blocks read up to `block_channels` input
+// channels each, staged as elements of `elem_bytes` bytes.
+LP_HD SparseConvTiling make_cuda_tiling(const SparseConvGeometry& g, int64_t N, int64_t block_channels,
+                                        int64_t elem_bytes) {
+  SparseConvTiling t{};
+  // Whole rows when they fit, balanced so the last tile is not mostly empty.
+  t.TW = ceil_div(g.OW, ceil_div(g.OW, kCudaTilePositions));
+  const int64_t rows = kCudaTilePositions / t.TW;
+  t.TH = ceil_div(g.OH, ceil_div(g.OH, rows < 1 ? 1 : rows));
+  t.TB = 1;
+  if (t.TH == g.OH && t.TW == g.OW) {  // small maps: several images per tile fill the lanes
+    const int64_t images = kCudaTilePositions / (g.OH * g.OW);
+    t.TB = images < 1 ? 1 : (images > N ? N : images);
+    t.TB = ceil_div(N, ceil_div(N, t.TB));
+  }
+  const int64_t budget = kCudaTileBytes / elem_bytes;  // elements
+  for (;;) {  // shrink until one channel of the tile fits
+    t.IH = tile_input_extent(t.TH, g.sh, g.KH, g.dh);
+    t.IW = tile_input_extent(t.TW, g.sw, g.KW, g.dw);
+    if (t.TB * t.IH * t.IW <= budget) break;
+    if (t.TB > 1) {
+      t.TB = ceil_div(t.TB, 2);
+    } else if (t.TH > 1) {
+      t.TH = ceil_div(t.TH, 2);
+    } else if (t.TW > 1) {
+      t.TW = ceil_div(t.TW, 2);
+    } else {
+      break;
+    }
+  }
+  t.tiles_n = ceil_div(N, t.TB);
+  t.tiles_h = ceil_div(g.OH, t.TH);
+  t.tiles_w = ceil_div(g.OW, t.TW);
+  const int64_t per_channel = t.TB * t.IH * t.IW;
+  t.chunk = per_channel <= budget ? budget / per_channel : 0;
+  if (t.chunk > block_channels) t.chunk = block_channels;
+  // Each lane holds 4 positions: G lanes cover the tile, the warp's 32 / G groups of lanes
+  // take every (32 / G)-th nonzero and are summed at the end (small tiles keep lanes busy).
+  const int64_t need = ceil_div(t.TB * t.TH * t.TW, 4);
+  t.group_lanes = 1;
+  while (t.group_lanes < need && t.group_lanes < 32) t.group_lanes *= 2;
+  return t;
+}
+
+// Position (b, ty, tx) of a tile -> its first staged element; tap (channel cc of the chunk,
+// kh, kw) -> the offset added to it. Their sum indexes the staged [cc][b][y][x] input.
+LP_HD int64_t tile_position_base(const SparseConvGeometry& g, const SparseConvTiling& t, int64_t b,
+                                 int64_t ty, int64_t tx) {
+  return (b * t.IH + ty * g.sh) * t.IW + tx * g.sw;
+}
+
+LP_HD int64_t tile_tap_offset(const SparseConvGeometry& g, const SparseConvTiling& t, int64_t cc,
+                              int64_t kh, int64_t kw) {
+  return (cc * t.TB * t.IH + kh * g.dh) * t.IW + kw * g.dw;
+}
+
+// Where staged element (b, y, x) of tile (n0, oh0, ow0) comes from: image n0 + b, input row
+// *u and column *v (out of range: padding, staged as zero).
+LP_HD void tile_source(const SparseConvGeometry& g, int64_t oh0, int64_t ow0, int64_t y, int64_t x,
+                       int64_t* u, int64_t* v) {
+  *u = oh0 * g.sh - g.ph + y;
+  *v = ow0 * g.sw - g.pw + x;
+}
+
+// Input channels [*first, *last) that output channels [co0, co1) read (a contiguous range:
+// consecutive output channels belong to consecutive groups).
+LP_HD void block_input_channels(int64_t co0, int64_t co1, int64_t Cin_g, int64_t Cout_g, int64_t* first,
+                                int64_t* last) {
+  *first = (co0 / Cout_g) * Cin_g;
+  *last = ((co1 - 1) / Cout_g + 1) * Cin_g;
 }
 
 // Tap code of the packed format -> (local input channel, kh, kw).

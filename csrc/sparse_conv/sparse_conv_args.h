@@ -9,11 +9,6 @@
 
 namespace lostprune {
 
-struct SparseConvArgs {
-  int64_t N, Cin, Cout, Cin_g, Cout_g, groups, nnz;
-  SparseConvGeometry g;
-};
-
 struct SparseLinearArgs {
   int64_t M, in, out, nnz;  // M: rows of x (all leading dimensions flattened)
 };

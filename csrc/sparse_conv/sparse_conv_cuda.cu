@@ -1,12 +1,20 @@
 // CUDA masked sparse conv2d / linear: work proportional to the nonzeros.
 //
-// Conv: one warp per (output channel, run of kWarpPositions output positions); every lane
-// holds kPositionsPerLane positions in registers. The warp decodes its channel's next 32
-// nonzeros into shared memory (tap code -> input channel offset, row and column shift),
-// then every lane walks them: one broadcast read and, per position, a bounds-checked load
-// (coalesced along the output row at stride 1) and a multiply-add in float (double for
-// float64). The block's warps take neighbouring output channels of the same positions,
-// which then share the input through L1.
+// Conv (tiled): a block owns one tile of output positions (make_cuda_tiling in sparse_conv.h:
+// whole small images, or rows of one image; at most 128 positions) and kWarpsPerBlock x CPW
+// neighbouring output channels (CPW per warp). Chunk by chunk of the input channels those
+// output channels read, the block stages the tile's input in shared memory (zero-padded),
+// then every warp walks its channels' nonzeros of that chunk: 32 at a time are decoded into
+// shared memory (tap -> offset in the staged tile) and each lane does one shared load and one
+// multiply-add per nonzero for each of its 4 positions. On small tiles (fewer than 128
+// positions) the lanes split into 32 / G groups of G lanes, each group taking every
+// (32 / G)-th nonzero; the groups are summed with shuffles, so no lane idles.
+// Packed rows hold ascending tap codes (pack_weight; the CPU kernel rejects others): a
+// chunk's nonzeros are one run of the row.
+//
+// Conv (direct): when not even one input channel of a one-position tile fits in shared
+// memory (huge kernels or dilations), one warp per (output channel, 128 positions) reads
+// the input straight from global memory with bounds checks.
 //
 // Linear: one warp per (output, row of x); lanes split the row's nonzeros and reduce with
 // shuffles.
@@ -22,6 +30,8 @@ constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;
 constexpr int kPositionsPerLane = 4;
 constexpr int kWarpPositions = kWarp * kPositionsPerLane;
+constexpr unsigned kFullMask = 0xffffffffu;
+static_assert(kWarpPositions == kCudaTilePositions, "a tile is one warp's positions");
 
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
@@ -67,7 +77,7 @@ struct Tap {
 
 template <typename T>
 __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
-sparse_conv2d_kernel(SparseConvCudaArgs a) {
+sparse_conv2d_direct_kernel(SparseConvCudaArgs a) {
   using A = typename Acc<T>::type;
   __shared__ Tap<A> taps[kWarpsPerBlock][kWarp];
   const SparseConvGeometry& g = a.g;
@@ -141,6 +151,157 @@ sparse_conv2d_kernel(SparseConvCudaArgs a) {
   }
 }
 
+// A decoded nonzero of the tiled kernel: its offset in the staged tile and its weight.
+template <typename A>
+struct TileTap {
+  int offset;
+  A w;
+};
+
+template <typename T, int CPW>
+__global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
+sparse_conv2d_tiled_kernel(SparseConvCudaArgs a, SparseConvTiling t) {
+  // Indices within a tile, a packed row or a weight fit in 32 bits (the glue checks
+  // nnz < 2^31; a weight has fewer than 2^31 entries); input and output offsets do not.
+  using A = typename Acc<T>::type;
+  extern __shared__ __align__(16) unsigned char staged_bytes[];
+  T* staged = reinterpret_cast<T*>(staged_bytes);
+  __shared__ TileTap<A> taps[kWarpsPerBlock][kWarp];
+  const SparseConvGeometry& g = a.g;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int G = static_cast<int>(t.group_lanes), groups_of_lanes = kWarp / G;
+  const int lane_group = lane / G, lane_index = lane % G;
+  const int TH = static_cast<int>(t.TH), TW = static_cast<int>(t.TW);
+  const int tile_positions = static_cast<int>(t.TB) * TH * TW;
+
+  const int64_t tile = blockIdx.x;
+  const int64_t n0 = tile / (t.tiles_h * t.tiles_w) * t.TB;
+  const int64_t oh0 = tile / t.tiles_w % t.tiles_h * TH;
+  const int64_t ow0 = tile % t.tiles_w * TW;
+  const int co_block = blockIdx.y * kWarpsPerBlock * CPW;
+  const int co_block_end = co_block + kWarpsPerBlock * CPW < a.Cout ? co_block + kWarpsPerBlock * CPW
+                                                                   : static_cast<int>(a.Cout);
+  int64_t first_channel, last_channel;
+  block_input_channels(co_block, co_block_end, a.Cin_g, a.Cout_g, &first_channel, &last_channel);
+  const int c_begin = static_cast<int>(first_channel), c_end = static_cast<int>(last_channel);
+  const int taps_per_channel = static_cast<int>(g.KH * g.KW);
+  const int codes = static_cast<int>(a.Cin_g) * taps_per_channel;
+  const T* values = static_cast<const T*>(a.w.values);
+
+  int base[kPositionsPerLane];  // staged element of each of the lane's positions (b, ty, tx)
+#pragma unroll
+  for (int i = 0; i < kPositionsPerLane; ++i) {
+    const int p = lane_index + i * G;
+    base[i] = 0;  // positions past the tile read a valid element; their sums are dropped
+    if (p < tile_positions) {
+      const int b = p / (TH * TW), r = p % (TH * TW);
+      base[i] = static_cast<int>(tile_position_base(g, t, b, r / TW, r % TW));
+    }
+  }
+  A acc[CPW][kPositionsPerLane];
+  int next[CPW], end[CPW], group_base[CPW];
+#pragma unroll
+  for (int c = 0; c < CPW; ++c) {
+    const int co = co_block + warp * CPW + c;
+    next[c] = end[c] = group_base[c] = 0;
+    if (co < a.Cout) {
+      int64_t k0, k1;
+      row_range(a.w, co, &k0, &k1);
+      next[c] = static_cast<int>(k0);
+      end[c] = static_cast<int>(k1);
+      group_base[c] = static_cast<int>(co / a.Cout_g * a.Cin_g);
+    }
+#pragma unroll
+    for (int i = 0; i < kPositionsPerLane; ++i) acc[c][i] = A(0);
+  }
+
+  const int image_elems = static_cast<int>(t.IH * t.IW);
+  const int channel_elems = static_cast<int>(t.TB) * image_elems;
+  const int IW = static_cast<int>(t.IW);
+  for (int c0 = c_begin; c0 < c_end; c0 += static_cast<int>(t.chunk)) {
+    const int c1 = c0 + static_cast<int>(t.chunk) < c_end ? c0 + static_cast<int>(t.chunk) : c_end;
+    __syncthreads();  // the previous chunk is no longer read
+    const int total = (c1 - c0) * channel_elems;
+    for (int e = threadIdx.x; e < total; e += blockDim.x) {
+      const int cc = e / channel_elems, r = e - cc * channel_elems;
+      const int b = r / image_elems, yx = r - b * image_elems;
+      const int y = yx / IW, x = yx - y * IW;
+      int64_t u, v;
+      tile_source(g, oh0, ow0, y, x, &u, &v);
+      const int64_t n = n0 + b;
+      T value = store_value<T>(A(0));
+      if (n < a.N && u >= 0 && u < g.H && v >= 0 && v < g.W) {
+        value = static_cast<const T*>(a.x)[((n * a.Cin + c0 + cc) * g.H + u) * g.W + v];
+      }
+      staged[e] = value;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < CPW; ++c) {
+      // This chunk's nonzeros of channel c: codes below code_end (ascending codes: a run).
+      const int code_begin = (c0 - group_base[c]) * taps_per_channel;
+      const int code_end = (c1 - group_base[c]) * taps_per_channel;
+      for (;;) {
+        const int k = next[c] + lane;
+        const int code = k < end[c] ? a.w.col[k] : code_end;
+        const unsigned in_chunk = __ballot_sync(kFullMask, code < code_end);
+        const int count = in_chunk == kFullMask ? kWarp : __ffs(~in_chunk) - 1;
+        if (count == 0) break;
+        if (lane < count) {
+          TileTap<A> tap{0, A(0)};
+          if (code >= code_begin && code >= 0 && code < codes) {  // else malformed: skipped
+            int64_t ci, kh, kw;
+            decode_tap(code, g.KH, g.KW, &ci, &kh, &kw);
+            tap.offset = static_cast<int>(tile_tap_offset(g, t, group_base[c] + ci - c0, kh, kw));
+            tap.w = to_acc(values[k]);
+          }
+          taps[warp][lane] = tap;
+        }
+        __syncwarp();
+        for (int j = lane_group; j < count; j += groups_of_lanes) {
+          const TileTap<A> tap = taps[warp][j];
+          const T* src = staged + tap.offset;
+#pragma unroll
+          for (int i = 0; i < kPositionsPerLane; ++i) acc[c][i] += tap.w * A(to_acc(src[base[i]]));
+        }
+        __syncwarp();
+        next[c] += count;
+        if (count < kWarp) break;
+      }
+    }
+  }
+
+  // Sum the lane groups (lanes lane ^ G, lane ^ 2G, ... hold the same positions).
+#pragma unroll
+  for (int c = 0; c < CPW; ++c) {
+#pragma unroll
+    for (int i = 0; i < kPositionsPerLane; ++i) {
+      for (int offset = G; offset < kWarp; offset *= 2) {
+        acc[c][i] += __shfl_xor_sync(kFullMask, acc[c][i], offset);
+      }
+    }
+  }
+  if (lane_group != 0) return;
+  const int64_t positions = g.OH * g.OW;
+#pragma unroll
+  for (int c = 0; c < CPW; ++c) {
+    const int co = co_block + warp * CPW + c;
+    if (co >= a.Cout) continue;
+    const A bias = a.w.bias != nullptr ? A(to_acc(static_cast<const T*>(a.w.bias)[co])) : A(0);
+#pragma unroll
+    for (int i = 0; i < kPositionsPerLane; ++i) {
+      const int p = lane_index + i * G;
+      if (p >= tile_positions) continue;
+      const int b = p / (TH * TW), r = p % (TH * TW);
+      const int64_t n = n0 + b, oh = oh0 + r / TW, ow = ow0 + r % TW;
+      if (n >= a.N || oh >= g.OH || ow >= g.OW) continue;
+      const int64_t out_index = (n * a.Cout + co) * positions + oh * g.OW + ow;
+      const A res = a.residual != nullptr ? A(to_acc(static_cast<const T*>(a.residual)[out_index])) : A(0);
+      static_cast<T*>(a.out)[out_index] = store_value<T>(sparse_epilogue<A>(acc[c][i] + bias, res, a.relu));
+    }
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kWarp * kWarpsPerBlock)
 sparse_linear_kernel(SparseLinearCudaArgs a) {
@@ -174,8 +335,30 @@ sparse_linear_kernel(SparseLinearCudaArgs a) {
   }
 }
 
+// Tiled launch: CPW = 4 channels per warp when that still gives every SM two blocks (fewer
+// blocks re-stage the same input), else 1.
 template <typename T>
-cudaError_t launch_conv(const SparseConvCudaArgs& a, cudaStream_t stream) {
+cudaError_t launch_conv_tiled(const SparseConvCudaArgs& a, const SparseConvTiling& t, cudaStream_t stream) {
+  const int64_t tiles = t.tiles_n * t.tiles_h * t.tiles_w;
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const bool wide = tiles * ceil_div(a.Cout, kWarpsPerBlock * 4) >= 2 * int64_t(sms);
+  const int64_t blocks_y = ceil_div(a.Cout, kWarpsPerBlock * (wide ? 4 : 1));
+  if (tiles > 2147483647 || blocks_y > 65535) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(blocks_y));
+  const size_t shared = static_cast<size_t>(t.chunk * t.TB * t.IH * t.IW) * sizeof(T);
+  if (wide) {
+    sparse_conv2d_tiled_kernel<T, 4><<<grid, kWarp * kWarpsPerBlock, shared, stream>>>(a, t);
+  } else {
+    sparse_conv2d_tiled_kernel<T, 1><<<grid, kWarp * kWarpsPerBlock, shared, stream>>>(a, t);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_conv_direct(const SparseConvCudaArgs& a, cudaStream_t stream) {
   const int64_t positions = a.g.OH * a.g.OW;
   const int64_t blocks_x = (positions + kWarpPositions - 1) / kWarpPositions;
   const int64_t blocks_y = (a.Cout + kWarpsPerBlock - 1) / kWarpsPerBlock;
@@ -189,11 +372,21 @@ cudaError_t launch_conv(const SparseConvCudaArgs& a, cudaStream_t stream) {
     if (a.residual != nullptr) part.residual = static_cast<const T*>(a.residual) + n0 * a.Cout * positions;
     const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y),
                     static_cast<unsigned>(part.N));
-    sparse_conv2d_kernel<T><<<grid, kWarp * kWarpsPerBlock, 0, stream>>>(part);
+    sparse_conv2d_direct_kernel<T><<<grid, kWarp * kWarpsPerBlock, 0, stream>>>(part);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
+}
+
+template <typename T>
+cudaError_t launch_conv(const SparseConvCudaArgs& a, cudaStream_t stream) {
+  // The input channels one block reads at most (all of them unless grouped).
+  const int64_t block_groups = ceil_div(kWarpsPerBlock * 4, a.Cout_g) + 1;
+  const int64_t block_channels = block_groups * a.Cin_g < a.Cin ? block_groups * a.Cin_g : a.Cin;
+  const SparseConvTiling t = make_cuda_tiling(a.g, a.N, block_channels, sizeof(T));
+  if (t.chunk > 0) return launch_conv_tiled<T>(a, t, stream);
+  return launch_conv_direct<T>(a, stream);
 }
 
 template <typename T>

@@ -1,15 +1,16 @@
-"""Accounting (SPEC §1): parameters, prune ratios and FLOPs of a (masked) model."""
+"""Accounting (docs/methods.md §Prune ratio): parameters, prune ratios and FLOPs of a (masked) model."""
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .layers import weight_parameter
 from .shapes import shape_only_forward
 
 
@@ -22,6 +23,7 @@ class LayerStats:
     kept: int  # weights still there (structure included)
     macs_dense: int | None  # multiply-accumulates per sample, dense
     macs_kept: int | None  # multiply-accumulates per sample over kept weights
+    shared_with: tuple[str, ...] = ()  # other layers using this weight (tied): counted here, once
 
     @property
     def ratio(self) -> float:
@@ -30,7 +32,7 @@ class LayerStats:
 
 @dataclass
 class PruneStats:
-    """What a pruning step produced (SPEC §1). ``achieved_ratio`` is over the prunable
+    """What a pruning step produced (docs/methods.md §Prune ratio). ``achieved_ratio`` is over the prunable
     weights; ``paper_prune_ratio`` (PR) is 1 − size(pruned)/size(unpruned) over all parameters."""
 
     method: str
@@ -46,6 +48,8 @@ class PruneStats:
     other_ops_dense: int | None  # BN / elementwise ops per sample, counted separately
     other_ops_pruned: int | None
     layers: list[LayerStats] = field(default_factory=list)
+    # layers whose every weight is removed (tied layers included): they output their bias alone
+    emptied_layers: list[str] = field(default_factory=list)
 
     @property
     def flop_reduction(self) -> float | None:
@@ -53,16 +57,12 @@ class PruneStats:
             return None
         return 1.0 - self.flops_pruned / self.flops_dense
 
-    def as_dict(self) -> dict:
-        data = asdict(self)
-        data["flop_reduction"] = self.flop_reduction
-        return data
-
     def summary(self) -> str:
         flops = (f", FLOPs −{100 * self.flop_reduction:.1f} %" if self.flop_reduction is not None else "")
         return (f"{self.method}: target {100 * self.target_ratio:.2f} %, achieved {100 * self.achieved_ratio:.2f} % "
                 f"of {self.prunable_params:,} prunable weights (PR {100 * self.paper_prune_ratio:.2f} % of "
-                f"{self.total_params:,} parameters){flops}")
+                f"{self.total_params:,} parameters){flops}"
+                + (f"; emptied (every weight removed): {', '.join(self.emptied_layers)}" if self.emptied_layers else ""))
 
 
 _ELEMENTWISE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish)
@@ -106,21 +106,35 @@ def output_positions(model: nn.Module, example_input: Tensor) -> tuple[dict[str,
 def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[str, Tensor] | None = None, *,
                   kept: dict[str, int] | None = None, method: str = "", target_ratio: float = 0.0,
                   example_input: Tensor | None = None,
-                  positions: tuple[dict[str, int], dict[str, int]] | None = None) -> PruneStats:
-    """Stats of ``model`` where ``removed`` maps parameter names to 0/1 keep masks (weights of
-    pruned layers; for structured pruning also biases, BN parameters and consumer columns,
-    see ``DependencyGraph.effective_masks``) — or ``kept`` maps them to the number of entries
-    kept (``DependencyGraph.kept_counts``, no masks built). Parameters without either count
-    as kept. ``positions``: ``output_positions(model, example_input)`` where already known
-    (``DependencyGraph.output_positions``)."""
+                  positions: tuple[dict[str, int], dict[str, int]] | None = None,
+                  shared: dict[str, list[str]] | None = None) -> PruneStats:
+    """Stats of ``model`` where ``removed`` maps parameter names to 0/1 keep masks (the
+    weight masks of pruned layers) — or ``kept`` maps them to the number of entries kept (the
+    masks' nonzeros, no masks needed). Parameters without either count as kept. ``positions``: ``output_positions(model, example_input)`` where already known
+    (``DependencyGraph.output_positions``). ``shared``: {layer: other modules using its weight}
+    (``core.layers.split_shared``); a Parameter is counted once however many modules use it,
+    and every module using a pruned weight computes over its kept entries."""
     if (removed is None) == (kept is None):
         raise TypeError("compute_stats takes either removed= (masks) or kept= (counts)")
-    params = {name: p for name, p in model.named_parameters()}
-    # A pruned module exposes weight_orig; count it under its plain name.
-    params = {(name[:-5] if name.endswith("_orig") else name): p for name, p in params.items()}
-    total = sum(p.numel() for p in params.values())
-    kept_of = {name: int(mask.sum()) for name, mask in removed.items()} if removed is not None else dict(kept)
-    removed_total = sum(params[name].numel() - k for name, k in kept_of.items() if name in params)
+    shared = shared or {}
+    modules = dict(model.named_modules())
+    total = sum(p.numel() for p in model.parameters())  # each Parameter once, shared or not
+    kept_by_name = {name: int(mask.sum()) for name, mask in removed.items()} if removed is not None else dict(kept)
+    # by Parameter identity: a tied weight is one tensor whichever module names it
+    kept_of: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+    for key, count in kept_by_name.items():
+        module_name, _, param_name = key.rpartition(".")
+        module = modules.get(module_name)
+        param = weight_parameter(module, param_name) if module is not None else None
+        if param is not None and id(param) not in kept_of:
+            kept_of[id(param)], sizes[id(param)] = count, param.numel()
+    removed_total = sum(sizes[key] - count for key, count in kept_of.items())
+
+    def kept_weights(module: nn.Module) -> int:
+        param = weight_parameter(module)
+        return kept_of.get(id(param), module.weight.numel()) if param is not None else module.weight.numel()
+
     if example_input is None:
         positions, elements = {}, {}
     else:
@@ -128,29 +142,32 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
     layer_stats = []
     for name, layer in layers.items():
         weights = layer.weight.numel()
-        kept = kept_of.get(f"{name}.weight", weights)
+        kept = kept_weights(layer)
         pos = positions.get(name)
+        if pos is not None:  # a tied layer's uses all compute over the one kept weight
+            pos += sum(positions.get(other, 0) for other in shared.get(name, ()))
         layer_stats.append(LayerStats(name, type(layer).__name__, tuple(layer.weight.shape), weights, kept,
-                                      None if pos is None else weights * pos, None if pos is None else kept * pos))
+                                      None if pos is None else weights * pos, None if pos is None else kept * pos,
+                                      tuple(shared.get(name, ()))))
     prunable = sum(s.weights for s in layer_stats)
     kept_prunable = sum(s.kept for s in layer_stats)
+    emptied = [n for s in layer_stats if s.weights and not s.kept for n in (s.name, *s.shared_with)]
     flops_dense = flops_pruned = other_dense = other_pruned = None
     if example_input is not None:
-        modules = dict(model.named_modules())
         flops_dense = flops_pruned = 0
         for name, module in modules.items():
             if name in positions:
                 weights = module.weight.numel()
-                kept = kept_of.get(f"{name}.weight", weights)
                 flops_dense += weights * positions[name]
-                flops_pruned += kept * positions[name]
+                flops_pruned += kept_weights(module) * positions[name]
         other_dense = sum(elements.values())
         other_pruned = 0
         for name, count in elements.items():
             share = 1.0
-            if f"{name}.weight" in kept_of:  # a BN with removed channels: its kept fraction (float32, like a mask mean)
-                share = float(torch.tensor(kept_of[f"{name}.weight"], dtype=torch.float32)
-                              / modules[name].weight.numel())
+            param = weight_parameter(modules[name])
+            if param is not None and id(param) in kept_of:
+                # a BN with removed channels: its kept fraction (float32, like a mask mean)
+                share = float(torch.tensor(kept_of[id(param)], dtype=torch.float32) / param.numel())
             other_pruned += int(round(count * share))
     return PruneStats(
         method=method, target_ratio=float(target_ratio),
@@ -158,5 +175,5 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
         total_params=total, prunable_params=prunable, nonzero_params=total - removed_total,
         removed_params=removed_total, paper_prune_ratio=removed_total / total if total else 0.0,
         flops_dense=flops_dense, flops_pruned=flops_pruned, other_ops_dense=other_dense,
-        other_ops_pruned=other_pruned, layers=layer_stats,
+        other_ops_pruned=other_pruned, layers=layer_stats, emptied_layers=emptied,
     )

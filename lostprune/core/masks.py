@@ -24,16 +24,27 @@ def get_mask(module: nn.Module, name: str = "weight") -> Tensor:
     return torch.ones_like(getattr(module, name))
 
 
-def current_masks(layers: Mapping[str, nn.Module], materialize: bool = True) -> dict[str, Tensor]:
+def current_masks(layers: Mapping[str, nn.Module], materialize: bool = True, validate: bool = False
+                  ) -> dict[str, Tensor]:
     """{layer name: weight mask}, ones for unpruned layers (detached copies).
 
     ``materialize=False``: an unpruned layer's mask is a read-only broadcast view of a single
-    one (``ones_view``) instead of a tensor of the weight's size."""
+    one (``ones_view``) instead of a tensor of the weight's size. ``validate``: raise on a mask
+    holding other values than 0 and 1 (changed by hand since it was installed)."""
     def ones(weight: Tensor) -> Tensor:
         return torch.ones_like(weight) if materialize else ones_view(weight)
 
-    return {name: get_mask(m).detach().clone() if is_pruned(m) else ones(m.weight.detach())
-            for name, m in layers.items()}
+    masks = {}
+    for name, module in layers.items():
+        if is_pruned(module):
+            mask = get_mask(module).detach()
+            if validate and mask_factors(mask) is None and not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError(f"model: the weight_mask of layer {name!r} holds values other than 0 and 1 (changed "
+                                 "since it was installed?); masks are 0/1 keep masks")
+            masks[name] = mask.clone()
+        else:
+            masks[name] = ones(module.weight.detach())
+    return masks
 
 
 def ones_view(like: Tensor) -> Tensor:
@@ -153,6 +164,50 @@ def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, Tensor], pa
         _refresh(module, param)
 
 
+def share_mask(owner: nn.Module, alias: nn.Module, name: str = "weight") -> None:
+    """Make ``alias``, a module using ``owner``'s (pruned) ``name`` Parameter, use its mask
+    too: the same ``<name>_orig`` Parameter and the same ``<name>_mask`` buffer, with the
+    forward pre-hook that computes ``orig * mask`` (a tied weight stays one tensor with one
+    mask, and ``state_dict`` / ``deepcopy`` keep the sharing)."""
+    orig, mask = getattr(owner, f"{name}_orig"), getattr(owner, f"{name}_mask")
+    if is_pruned(alias, name):
+        if getattr(alias, f"{name}_orig") is not orig:
+            raise ValueError(f"share_mask: the module does not share the owner's {name} Parameter")
+        alias._buffers[f"{name}_mask"] = mask
+    else:
+        if alias._parameters.get(name) is not orig:
+            raise ValueError(f"share_mask: the module does not share the owner's {name} Parameter")
+        method = torch_prune.CustomFromMask(mask)
+        method._tensor_name = name
+        del alias._parameters[name]
+        alias.register_parameter(f"{name}_orig", orig)
+        alias.register_buffer(f"{name}_mask", mask)
+        alias.register_forward_pre_hook(method)
+    setattr(alias, name, getattr(owner, name))  # the masked tensor _refresh left on the owner
+
+
+def tie_shared_masks(model: nn.Module) -> None:
+    """Give the masked modules of ``model`` that share one Parameter one mask (the product of
+    theirs, which equals each of them for masks lostprune installed): the first module's."""
+    groups: dict[tuple[int, str], list[nn.Module]] = {}
+    for module in model.modules():
+        for name in masked_parameters(module):
+            groups.setdefault((id(getattr(module, f"{name}_orig")), name), []).append(module)
+    for (_, name), modules in groups.items():
+        if len(modules) < 2:
+            continue
+        owner, mask = modules[0], getattr(modules[0], f"{name}_mask")
+        for module in modules[1:]:
+            other = getattr(module, f"{name}_mask")
+            if other is not mask and not torch.equal(other, mask):
+                mask = mask * other
+        if mask is not getattr(owner, f"{name}_mask"):
+            owner._buffers[f"{name}_mask"] = mask
+            _refresh(owner, name)
+        for module in modules[1:]:
+            share_mask(owner, module, name)
+
+
 def masked_parameters(module: nn.Module) -> list[str]:
     """Names of the module's parameters that carry an nn.utils.prune mask."""
     names = []
@@ -194,6 +249,8 @@ def settle_masks(model: nn.Module) -> nn.Module:
 
 def remove_masks(model: nn.Module) -> nn.Module:
     """Make pruning permanent: plain parameters holding zeros, hooks removed."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for module in model.modules():
         for name in masked_parameters(module):
             torch_prune.remove(module, name)
@@ -202,7 +259,15 @@ def remove_masks(model: nn.Module) -> nn.Module:
 
 def load_pruned(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool = True) -> nn.Module:
     """Load a state_dict saved from a pruned model into a fresh ``model`` (same architecture):
-    installs a mask for every ``<param>_mask`` entry, then loads all tensors."""
+    installs a mask for every ``<param>_mask`` entry, then loads all tensors. Modules sharing
+    a Parameter (tied weights) share its mask."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(state_dict, Mapping):
+        hint = (" (a file name? read it with torch.load, or use lostprune.io.load_network for network files)"
+                if isinstance(state_dict, (str, bytes)) or hasattr(state_dict, "__fspath__") else "")
+        raise TypeError(f"state_dict must be a mapping of tensor names to tensors (model.state_dict()), got "
+                        f"{type(state_dict).__name__}{hint}")
     modules = dict(model.named_modules())
     for key, mask in state_dict.items():
         if not key.endswith("_mask"):
@@ -223,4 +288,5 @@ def load_pruned(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool
     for module in model.modules():
         for name in masked_parameters(module):
             _refresh(module, name)
+    tie_shared_masks(model)
     return model

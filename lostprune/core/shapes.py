@@ -17,9 +17,21 @@ def meta_parameters(module: nn.Module):
     """Inside, every parameter and buffer of ``module`` is a meta tensor of the same shape."""
     from torch.nn.utils.stateless import _reparametrize_module
 
-    tensors = dict(module.named_parameters(remove_duplicate=False))
-    tensors.update(module.named_buffers(remove_duplicate=False))
-    meta = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
+    # One entry per (owning module, attribute): a module registered under two names must be
+    # swapped (and restored) once, or its second swap saves the first's meta tensor as the
+    # "original" and the module keeps meta weights. One meta tensor per tensor (ties stay tied).
+    meta: dict[str, Tensor] = {}
+    made: dict[int, Tensor] = {}
+    slots: set[tuple[int, str]] = set()
+    for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+        path, _, attr = name.rpartition(".")
+        slot = (id(module.get_submodule(path)), attr)
+        if slot in slots:
+            continue
+        slots.add(slot)
+        if id(t) not in made:
+            made[id(t)] = torch.empty_like(t, device="meta")
+        meta[name] = made[id(t)]
     cached = [(m, k, v) for m in module.modules() for k, v in m.__dict__.items() if isinstance(v, Tensor)]
     try:
         with _reparametrize_module(module, meta):
@@ -74,3 +86,42 @@ def shape_only_forward(module: nn.Module, x: Tensor, call: Callable | None = Non
     finally:
         for m, mode in training.items():  # per module: a frozen BN stays frozen
             m.training = mode
+
+
+def input_problem(module: nn.Module, x: Tensor, call: Callable | None = None) -> str | None:
+    """Why ``module`` cannot run on ``x`` — one real pass in eval mode without gradients (the
+    batch as given: pass one sample to keep it cheap) — or None when it can."""
+    call = call or module
+    training = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        with torch.no_grad():
+            call(x)
+    except Exception as exc:  # noqa: BLE001 — any failure is the answer
+        lines = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    finally:
+        for m, mode in training.items():
+            m.training = mode
+    return None
+
+
+@contextmanager
+def blame_input(module: nn.Module, x: Tensor, name: str):
+    """Inside: work that runs ``module`` on ``x`` (a shape pass, a trace). When it fails and
+    the module cannot run on ``x`` at all, the error is re-raised as a ValueError naming the
+    argument ``name`` and the shapes; any other failure passes through unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        problem = input_problem(module, x)
+        if problem is None:
+            raise
+        raise ValueError(f"the model cannot run on {name} (shape {tuple(x.shape)}, {x.dtype}): {problem}") from exc
+
+
+def check_input(module: nn.Module, x: Tensor, name: str = "example_input") -> None:
+    """Raise a ValueError naming ``name`` when ``module`` cannot run on one sample of ``x``
+    (a shape-only pass: cheap)."""
+    with blame_input(module, x[:1], name):
+        shape_only_forward(module, x[:1])

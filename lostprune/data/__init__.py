@@ -28,18 +28,29 @@ def available() -> list[str]:
     return sorted(LOADERS)
 
 
-def load(name: str, root: str | Path | None = None, **options) -> DataSplits:
-    """The data set ``name`` (see ``available()``); ``root`` is its local copy (not used by "digits")."""
+def load(name: str, root: str | Path | None = None, *, train_size: int | None = None,
+         test_size: int | None = None, **options) -> DataSplits:
+    """The data set ``name`` (see ``available()``); ``root`` is its local copy (not used by "digits").
+
+    ``train_size`` / ``test_size`` cut the training / test split to a random subset with an
+    equal share of every class (``DataSplits.subset``, seeded by the loader's ``seed``,
+    default 0; the digits' splits are fixed and their ``seed`` draws the subsets only).
+    Raises ValueError when S shares an image with the test set."""
     key = str(name).lower()
     if key not in LOADERS:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(available())}")
+    seed = options.get("seed", 0)
     if key == "digits":
         if root is not None:
             raise ValueError("root: the built-in digits ship with scikit-learn and take no root")
-        return load_digits(**options)
-    if root is None:
+        options.pop("seed", None)
+        splits = load_digits(**options)
+    elif root is None:
         raise ValueError(f"root: {key} needs the folder (or archive) of a local copy; lostprune never downloads")
-    return LOADERS[key](root, **options)
+    else:
+        splits = LOADERS[key](root, **options)
+    splits.check_s_held_out()
+    return splits.subset(train_size=train_size, test_size=test_size, seed=seed)
 
 
 __all__ = ["DataSplits", "ImageTensorDataset", "LOADERS", "available", "first_batch", "iter_inputs",

@@ -22,7 +22,7 @@ from .._files import data_cache_dir, save_atomic
 from .splits import DataSplits, check_split_size, stratified_split
 from .tensor_images import ImageTensorDataset
 
-# SPEC §4 (the paper's normalization).
+# docs/methods.md §Prune–retrain (the paper's normalization).
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
 _PICKLE_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -157,10 +157,10 @@ def cifar10_tensors(root: str | Path, *, cache: bool = True) -> dict:
 
 def load_cifar10(root: str | Path, *, validation_size: int = 0, s_size: int = 256, seed: int = 0,
                  augment: bool = True, normalize: bool = True, cache: bool = True) -> DataSplits:
-    """CIFAR-10 as ``DataSplits``: S (``s_size`` images, SPEC §2.3 default 256) and an optional
-    validation split are held out of the 50,000 training images, stratified by ``seed``; the
-    10,000 test images stay the test set. Training augmentation (``augment``) is SPEC §4's
-    pad-4 random crop and horizontal flip."""
+    """CIFAR-10 as ``DataSplits``: S (``s_size`` images, docs/methods.md §Sensitivities: 256 by
+    default) and an optional validation split are held out of the 50,000 training images, stratified
+    by ``seed``; the 10,000 test images stay the test set. Training augmentation (``augment``) is
+    docs/methods.md §Prune–retrain's pad-4 random crop and horizontal flip."""
     check_split_size("s_size", s_size, minimum=2)
     check_split_size("validation_size", validation_size)
     data = cifar10_tensors(root, cache=cache)

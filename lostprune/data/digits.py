@@ -3,7 +3,8 @@
 
 Images are upsampled bilinearly, scaled to [0, 1], stored as uint8 and repeated over three
 channels. The splits are fixed (stratified, seed 0): 1,129 train, 180 validation, 128 S
-(held out of the training images for data-informed methods) and 360 test. The upsampled
+(held out of the training images for data-informed methods) and 360 test; a different
+``s_size`` moves images between S and train only. The upsampled
 tensor is cached on disk (``$LOSTPRUNE_CACHE/data``) and in memory, so a load after the
 first takes milliseconds and does not import scikit-learn.
 """
@@ -17,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from .._files import data_cache_dir, save_atomic
-from .splits import DataSplits, stratified_split
+from .splits import DataSplits, check_split_size, stratified_split
 from .tensor_images import ImageTensorDataset
 
 SIZE = 32
 SPLIT_SIZES = {"test": 360, "validation": 180, "s": 128, "train": None}
+S_SIZE = SPLIT_SIZES["s"]
 # Per-channel statistics of the training split (the three channels are identical);
 # tests/test_data.py recomputes them.
 MEAN = (0.3057, 0.3057, 0.3057)
@@ -61,20 +63,26 @@ def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @functools.cache
-def split_indices() -> dict[str, torch.Tensor]:
-    return stratified_split(digits_tensors()[1].numpy(), SPLIT_SIZES, seed=0)
+def split_indices(s_size: int = S_SIZE) -> dict[str, torch.Tensor]:
+    return stratified_split(digits_tensors()[1].numpy(), {**SPLIT_SIZES, "s": s_size}, seed=0)
 
 
-def load_digits(*, augment: bool = True, normalize: bool = True) -> DataSplits:
-    """The built-in digits as ``DataSplits`` (train / validation / S / test, fixed).
+def load_digits(*, s_size: int = S_SIZE, augment: bool = True, normalize: bool = True) -> DataSplits:
+    """The built-in digits as ``DataSplits`` (train / validation / S / test, fixed; ``s_size``
+    images of S, held out of the training images).
 
     ``augment`` adds a random 2-pixel shift to the training images (no flips: digits are not
     mirror-symmetric). ``normalize=False`` yields [0, 1] images instead of normalized ones.
     """
+    check_split_size("s_size", s_size, minimum=2)
     images, labels = digits_tensors()
+    available = len(labels) - SPLIT_SIZES["test"] - SPLIT_SIZES["validation"]
+    if s_size >= available:
+        raise ValueError(f"s_size={s_size} leaves no training images (the digits hold {available} images "
+                         "outside the test and validation splits)")
     full = ImageTensorDataset(images, labels, mean=MEAN, std=STD, normalize=normalize, channels=3,
                               classes=[str(d) for d in range(10)])
-    index = split_indices()
+    index = split_indices(s_size)
     return DataSplits(
         name="digits",
         train=full.subset(index["train"], crop_padding=2 if augment else 0),

@@ -27,6 +27,16 @@ def _folder(root: Path, name: str, argument: str) -> Path:
     return path
 
 
+def _image_folder(path: Path, transform, name: str):
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(path, transform)
+    except FileNotFoundError as exc:  # no class folders, or no image in them
+        raise FileNotFoundError(f"root: {path} is not an image folder tree (expected root/{name}/<class>/<image>): "
+                                f"{exc}") from None
+
+
 def classification_transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *,
                               augment: bool = True, normalize: bool = True, resize: int | None = None):
     """(train transform, evaluation transform) as torchvision v2 pipelines producing float tensors."""
@@ -61,8 +71,8 @@ def load_imagefolder(root: str | Path, *, train_folder: str = "train", test_fold
                                 f"and root/{test_folder}/<class>/<image>")
     train_dir, test_dir = _folder(root, train_folder, "train_folder"), _folder(root, test_folder, "test_folder")
     train_tf, eval_tf = classification_transforms(image_size, mean, std, augment=augment, normalize=normalize)
-    train_aug, train_plain = ImageFolder(train_dir, train_tf), ImageFolder(train_dir, eval_tf)
-    test = ImageFolder(test_dir, eval_tf)
+    train_aug, train_plain = _image_folder(train_dir, train_tf, train_folder), ImageFolder(train_dir, eval_tf)
+    test = _image_folder(test_dir, eval_tf, test_folder)
     if test.classes != train_aug.classes:
         raise ValueError(f"root: {test_folder}/ and {train_folder}/ hold different class folders: "
                          f"{sorted(set(test.classes) ^ set(train_aug.classes))}")

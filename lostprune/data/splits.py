@@ -1,17 +1,20 @@
 """Fixed, stratified splits and the ``DataSplits`` bundle every loader returns.
 
-S (the data of the data-informed methods, SPEC §2.3) is always carved out of the training
+S (the data of the data-informed methods, docs/methods.md §Sensitivities) is always carved out of the training
 split, never out of the test set; the loaders enforce that by construction.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 
 def check_split_size(name: str, value: int, *, minimum: int = 0) -> int:
@@ -57,6 +60,96 @@ def stratified_split(labels, sizes: Mapping[str, int | None], *, seed: int = 0) 
         out[name] = torch.from_numpy(np.sort(interleaved[start:start + take])).long()
         start += take
     return out
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """The class label of every item of ``dataset`` (int64), read from its metadata where it
+    has some (in-memory images, ImageFolder ``targets``, Subsets of those), else item by item."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = getattr(dataset, "targets", None)
+    if labels is None:
+        labels = [dataset[i][1] for i in range(len(dataset))]
+    labels = torch.as_tensor(np.asarray(labels))
+    if labels.dim() != 1 or labels.is_floating_point():
+        raise ValueError("dataset: stratified subsets need one class label per item, got labels of shape "
+                         f"{tuple(labels.shape)} and type {labels.dtype}")
+    return labels.long()
+
+
+def balanced_subset(labels, size: int, *, seed: int = 0, argument: str = "size") -> torch.Tensor:
+    """``size`` indices with an equal share of every class (shares differ by at most one when
+    ``size`` is not a multiple of the number of classes; which classes get the extra one is
+    drawn from ``seed``), each class's share drawn at random from ``seed``. Sorted.
+
+    Raises ValueError naming ``argument`` when ``size`` exceeds the split or a class holds
+    fewer items than its share."""
+    labels = np.asarray(labels).reshape(-1)
+    check_split_size(argument, size, minimum=1)
+    if size > len(labels):
+        raise ValueError(f"{argument}={size} is larger than the split it is drawn from ({len(labels)} items)")
+    classes, counts = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(seed)
+    share = np.full(len(classes), size // len(classes))
+    share[rng.permutation(len(classes))[: size % len(classes)]] += 1
+    short = [(c, n, k) for c, n, k in zip(classes, counts, share) if n < k]
+    if short:
+        c, n, k = short[0]
+        most = int(counts.min()) * len(classes)
+        raise ValueError(f"{argument}={size} needs {k} items of class {c}, which has only {n} in this split; "
+                         f"an equal share of every class allows at most {most}")
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, share)]
+    return torch.from_numpy(np.sort(np.concatenate(chosen))).long()
+
+
+def subset_of(dataset: Dataset, indices: torch.Tensor) -> Dataset:
+    """The items of ``dataset`` at ``indices``, keeping in-memory sets in memory."""
+    from .tensor_images import ImageTensorDataset
+
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset.subset(indices)
+    return Subset(dataset, indices.tolist())
+
+
+def _item_files(dataset: Dataset) -> list[str] | None:
+    """The file behind every item of a file-backed dataset (ImageFolder, Subsets of one)."""
+    if isinstance(dataset, Subset):
+        files = _item_files(dataset.dataset)
+        return None if files is None else [files[i] for i in dataset.indices]
+    samples = getattr(dataset, "samples", None) or getattr(dataset, "imgs", None)
+    if samples and isinstance(samples[0], (tuple, list)):
+        return [str(s[0]) for s in samples]
+    return None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def overlap(s: Dataset, test: Dataset) -> list[int]:
+    """Indices into ``s`` of items that are also in ``test``: the same file (or a file with the
+    same bytes) for file-backed sets, the same pixels for in-memory ones."""
+    from .tensor_images import ImageTensorDataset
+
+    if isinstance(s, ImageTensorDataset) and isinstance(test, ImageTensorDataset):
+        seen = {_digest(image.numpy().tobytes()) for image in test.images.contiguous()}
+        return [i for i, image in enumerate(s.images.contiguous()) if _digest(image.numpy().tobytes()) in seen]
+    s_files, test_files = _item_files(s), _item_files(test)
+    if s_files is None or test_files is None:
+        return []  # no cheap identity to compare (e.g. VOC pairs); their loaders split by list files
+    resolved = {str(Path(f).resolve()) for f in test_files}
+    same = {i for i, f in enumerate(s_files) if str(Path(f).resolve()) in resolved}
+    # Copies: hash only the test files whose size matches an S file's.
+    sizes: dict[int, list[int]] = {}
+    for i, f in enumerate(s_files):
+        if i not in same:
+            sizes.setdefault(Path(f).stat().st_size, []).append(i)
+    if sizes:
+        digests = {_digest(Path(f).read_bytes()) for f in test_files if Path(f).stat().st_size in sizes}
+        same |= {i for group in sizes.values() for i in group if _digest(Path(s_files[i]).read_bytes()) in digests}
+    return sorted(same)
 
 
 def _collate_first_batch(dataset: Dataset) -> torch.Tensor:
@@ -109,6 +202,38 @@ class DataSplits:
         return DataLoader(self.split(split), batch_size=batch_size,
                           shuffle=(split == "train") if shuffle is None else shuffle,
                           num_workers=num_workers, **kwargs)
+
+    def subset(self, *, train_size: int | None = None, test_size: int | None = None, seed: int = 0) -> DataSplits:
+        """These splits with the training and/or test split cut to a random subset of that
+        many items, an equal share per class (``balanced_subset``; segmentation sets: a
+        random subset), deterministic in ``seed``. S and validation stay as they are."""
+        changes, info = {}, dict(self.info)
+        for name, size in (("train", train_size), ("test", test_size)):
+            if size is None:
+                continue
+            dataset = getattr(self, name)
+            argument = f"{name}_size"
+            if self.task == "classification":
+                index = balanced_subset(dataset_labels(dataset), size, seed=seed, argument=argument)
+            else:
+                check_split_size(argument, size, minimum=1)
+                if size > len(dataset):
+                    raise ValueError(f"{argument}={size} is larger than the {name} split ({len(dataset)} items)")
+                index = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(dataset))[:size]))
+            changes[name] = subset_of(dataset, index)
+            info[argument] = size
+        return dataclasses.replace(self, **changes, info=info) if changes else self
+
+    def check_s_held_out(self) -> None:
+        """Raise ValueError when S shares items with the test set (docs/methods.md §Sensitivities: S
+        is held out of the training images, never taken from the test set)."""
+        if len(self.s) == 0:
+            raise ValueError("s: S is empty; data-informed methods need at least 2 images")
+        shared = overlap(self.s, self.test)
+        if shared:
+            raise ValueError(f"s: {len(shared)} of the {len(self.s)} images of S are also in the test set "
+                             f"(S items {shared[:5]}{'...' if len(shared) > 5 else ''}); S must come from the "
+                             "training images only. Check that the train and test folders differ")
 
     def s_inputs(self) -> torch.Tensor:
         """All of S as one input tensor (N x C x H x W)."""

@@ -2,7 +2,8 @@
 normalized a whole batch at a time.
 
 ``DataLoader`` calls ``__getitems__`` with a batch of indices, so one pad-and-crop, one flip
-and one normalization run per batch instead of per image (SPEC §4's pad-4 random crop + flip).
+and one normalization run per batch instead of per image (docs/methods.md §Prune–retrain: the
+paper's pad-4 random crop + flip).
 """
 
 from __future__ import annotations

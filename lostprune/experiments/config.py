@@ -31,16 +31,20 @@ def _range(low=None, high=None, *, low_open=False):
 class DataConfig:
     name: str = field(default="digits", metadata=_choice("digits", "cifar10", "imagefolder", "imagenet", "voc"))
     root: str | None = None  # dataset location (not needed for the built-in digits)
-    s_size: int = field(default=256, metadata=_range(2))  # images in S, held out from the training split
+    # images in S (data-informed methods), held out of the training split; None: the loader's
+    # default (256; the built-in digits: 128)
+    s_size: int | None = field(default=None, metadata=_range(2))
     batch_size: int = field(default=128, metadata=_range(1))
-    test_size: int | None = field(default=None, metadata=_range(1))  # evaluate on the first N test images
+    train_size: int | None = field(default=None, metadata=_range(1))  # train on N images, an equal share per class
+    test_size: int | None = field(default=None, metadata=_range(1))  # test on N images, an equal share per class
+    seed: int = field(default=0, metadata=_range(0))  # draws S, validation and the train/test subsets
     workers: int = field(default=0, metadata=_range(0))
     augment: bool = True  # training augmentation (random crop + flip)
 
 
 @dataclass
 class ScheduleConfig:
-    """Which networks the prune–retrain cycles produce (SPEC §4). Give exactly one of
+    """Which networks the prune–retrain cycles produce (docs/methods.md §Prune–retrain). Give exactly one of
     ``ratios`` (prune ratios), ``keep`` (keep-ratio segments, e.g.
     ``[{geometric: [0.85, 0.15, 16]}, {linear: [0.15, 0.02, 8]}]``) or ``paper`` (the paper's
     schedule with that many networks)."""
@@ -58,6 +62,10 @@ class ScheduleConfig:
         if len(given) != 1:
             raise ConfigError("schedule needs exactly one of ratios, keep or paper"
                               + (f" (got {', '.join(given)})" if given else ""))
+        for key in ("ratios", "keep"):
+            if getattr(self, key) == []:
+                raise ConfigError(f"schedule.{key} is empty; list at least one "
+                                  + ("prune ratio in (0, 1)" if key == "ratios" else "segment"))
         if self.paper is not None:
             return paper_keep_ratios(self.paper)
         if self.ratios is not None:
@@ -117,7 +125,7 @@ def _training_corruptions() -> list[str]:
 
 @dataclass
 class RobustConfig:
-    """Shift-aware training of the parent and retraining of the pruned networks (SPEC §7):
+    """Shift-aware training of the parent and retraining of the pruned networks (docs/methods.md §Guidelines):
     each training sample draws one of ``corruptions`` at one of ``severities`` (0 = clean)
     and, independently, one input-noise level. The corruptions listed here are the training
     ones; ``test.corruptions`` must hold others (held out) unless
@@ -132,10 +140,37 @@ class RobustConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How the test distributions are evaluated. ``shift_test_size``: the shifted test sets
+    (noise, corruptions) use a random subset of that many test images, an equal share per
+    class (None: the whole test set); the nominal test set is always whole."""
+
+    shift_test_size: int | None = field(default=None, metadata=_range(1))
+
+
+@dataclass
 class MetricsConfig:
+    """The paper's metrics (docs/methods.md §Prune potential and the sections after it). Where the
+    original implementation reads a definition differently, ``*_reading`` options choose (the report
+    names the one used):
+
+    - ``boundary``: a pruned network qualifies for the prune potential if its error is
+      ``inclusive`` ≤ parent + δ, or ``strict`` < parent + δ (the original: acc + δ > acc_parent);
+    - ``noise_potential``: under input noise, P of the ``mean_error`` over the draws, or the
+      mean over draws of P (``per_draw``, the original: each draw's errors give one P);
+    - ``excess_bootstrap``: resamples for a 95 % bootstrap band on the excess-error slope
+      (0: none; the original plots one);
+    - ``feature_mode``: informative features by ``exact`` backward selection (one forward per
+      candidate pixel) or its ``gradient`` approximation.
+    """
+
     delta: float = field(default=0.005, metadata=_range(0, 1))
+    boundary: str = field(default="inclusive", metadata=_choice("inclusive", "strict"))
+    noise_potential: str = field(default="mean_error", metadata=_choice("mean_error", "per_draw"))
+    excess_bootstrap: int = field(default=0, metadata=_range(0))
     similarity: bool = True  # functional similarity vs parent and a separately trained network
     informative_features: bool = False
+    feature_mode: str = field(default="gradient", metadata=_choice("gradient", "exact"))
     feature_images: int = field(default=16, metadata=_range(1))
     feature_fraction: float = field(default=0.1, metadata=_range(0, 1, low_open=True))
     feature_step: float = field(default=0.01, metadata=_range(0, 1, low_open=True))  # pixels removed per round
@@ -157,9 +192,11 @@ class ExperimentConfig:
     robust: RobustConfig | None = None  # shift-aware training and retraining: a second training arm
     seeds: list[int] = field(default_factory=lambda: [0])
     test: TestConfig = field(default_factory=TestConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     num_classes: int | None = field(default=None, metadata=_range(1))
     device: str = "auto"
+    threads: int | None = field(default=None, metadata=_range(1))  # torch threads; None: the physical cores
 
     # ---- derived
     def train_config(self, seed: int = 0):
@@ -167,8 +204,13 @@ class ExperimentConfig:
         return _train_config(self.train, "train", seed)
 
     def retrain_config(self, seed: int = 0):
-        """The retraining schedule: ``train`` with ``retrain``'s overrides."""
-        return _train_config({**self.train, **self.retrain}, "retrain", seed)
+        """The retraining schedule: ``train`` with ``retrain``'s overrides (a length given in
+        ``retrain`` as ``epochs`` or ``steps`` replaces the other one of ``train``)."""
+        base = dict(self.train)
+        for length, other in (("epochs", "steps"), ("steps", "epochs")):
+            if length in self.retrain:
+                base.pop(other, None)
+        return _train_config({**base, **self.retrain}, "retrain", seed)
 
     def keep_ratios(self) -> list[float]:
         return self.schedule.keep_ratios()
@@ -177,15 +219,51 @@ class ExperimentConfig:
         return [1.0 - k for k in self.keep_ratios()]
 
     def digest(self) -> str:
-        """Hash of everything that changes results (not the name)."""
+        """Hash of everything that changes results (not the name, not ``threads``). Fields
+        added later leave it unchanged while at their default, so older stores still resume."""
         data = dataclasses.asdict(self)
-        data.pop("name")
-        if not data["method_options"]:  # absent before method options existed: same digest as then
-            data.pop("method_options")
+        for key in ("name", "threads"):
+            data.pop(key)
+        for path, default in _ADDED_LATER.items():
+            *parents, last = path
+            target = data
+            for part in parents:
+                target = target[part]
+            if target[last] == default:
+                target.pop(last)
+        if data["data"]["s_size"] is None:
+            data["data"]["s_size"] = 256  # the old default (the digits ignored it): same digest as then
+        if data["data"].get("test_size") is not None:
+            data["data"]["test_subset"] = "balanced"  # was the first N images: not the same results
+        versions = _method_versions(self.methods)
+        if versions:  # a method that now computes something else: its old results do not resume
+            data["method_versions"] = versions
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _method_versions(methods: list[str]) -> dict[str, int]:
+    """{method: version} of the methods whose version is not 1 (unknown names are left to
+    validation)."""
+    from ..methods import available_methods, get_method
+
+    known = set(available_methods())
+    return {m: get_method(m).version for m in methods if m in known and get_method(m).version != 1}
+
+
+# Fields added after stores existed, with the value that reproduces the old behaviour.
+_ADDED_LATER = {
+    ("method_options",): {},
+    ("data", "train_size"): None,
+    ("data", "seed"): 0,
+    ("eval",): dataclasses.asdict(EvalConfig()),
+    ("metrics", "boundary"): "inclusive",
+    ("metrics", "noise_potential"): "mean_error",
+    ("metrics", "excess_bootstrap"): 0,
+    ("metrics", "feature_mode"): "gradient",
+}
 
 
 def _train_config(values: dict, key: str, seed: int):
@@ -197,6 +275,9 @@ def _train_config(values: dict, key: str, seed: int):
             close = difflib.get_close_matches(str(name), allowed, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown key {key}.{name}{hint} (allowed: {', '.join(sorted(allowed))})")
+    if "epochs" in values and "steps" in values:
+        raise ConfigError(f"{key}: give epochs or steps, not both (got epochs={values['epochs']!r}, "
+                          f"steps={values['steps']!r})")
     try:
         return TrainConfig(**values, seed=seed)
     except (TypeError, ValueError) as exc:
@@ -204,10 +285,6 @@ def _train_config(values: dict, key: str, seed: int):
 
 
 # --------------------------------------------------------------------------- validation
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
 def _check_value(value, tp, meta: dict, path: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -386,10 +463,18 @@ def parse_config(data: dict, source: str = "config") -> ExperimentConfig:
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a YAML experiment config (a shipped config's name works too)."""
     path = resolve_config_path(path)
+    raw = path.read_bytes()
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: a binary file, not a YAML config (it holds NUL bytes)")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
+                          "save the config as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     try:
         return parse_config(data, str(path))
     except ConfigError as exc:

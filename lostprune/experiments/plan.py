@@ -1,6 +1,7 @@
-"""The task graph of an experiment (SPEC §4, §5): per seed and training arm, train a parent
-(and a separately trained reference network), run each method's prune–retrain cycles,
-evaluate every network on every test distribution, and compare informative features.
+"""The task graph of an experiment (docs/methods.md §Prune–retrain, docs/methods.md §Prune
+potential): per seed and training arm, train a parent (and a separately trained reference network),
+run each method's prune–retrain cycles, evaluate every network on every test distribution, and
+compare informative features.
 
 A method's cycles run as one ``chain`` task (cascade and rewind are sequential by nature)
 that publishes each network as soon as it is retrained: the network's own key is a
@@ -54,8 +55,10 @@ def build_plan(config: ExperimentConfig) -> list[Task]:
             parent = parent_key(seed, arm)
             tasks.append(Task(parent, "train", {"seed": seed, "arm": arm, "role": "parent"}, [], priority=30))
             eval_deps = [parent]
-            if needs_reference(config):
-                reference = reference_key(seed, arm)
+            # one separately trained network serves every seed (the paper has one too): it is
+            # the baseline of an unrelated network, and training it costs as much as a parent
+            reference = reference_key(config.seeds[0], arm)
+            if needs_reference(config) and seed == config.seeds[0]:
                 tasks.append(Task(reference, "train", {"seed": seed, "arm": arm, "role": "reference"}, [],
                                   priority=25))
                 tasks.append(Task(f"eval/{reference}", "evaluate", {"network": reference}, [reference, parent],
@@ -72,7 +75,7 @@ def build_plan(config: ExperimentConfig) -> list[Task]:
                     tasks.append(Task(f"eval/{key}", "evaluate", {"network": key}, [key, parent], priority=10))
                 feature_nets += [pruned_key(seed, arm, method, s) for s in feature_steps(n_steps)]
             if config.metrics.informative_features:
-                networks = feature_nets + [reference_key(seed, arm)]
+                networks = feature_nets + [reference]
                 tasks.append(Task(f"features/s{seed}/{arm}", "features", {"seed": seed, "arm": arm,
                                                                           "networks": networks},
                                   networks, priority=5))

@@ -4,12 +4,14 @@
 
 Every worker — this process, local processes, or Ray tasks on other machines sharing the
 results directory — repeats: claim a ready task, run it, record its outputs. The main
-process shows a progress bar with an ETA. Rerunning the same command after an interruption
-(Ctrl-C, kill -9, a crash) continues where the store says it stopped.
+process shows a progress bar with an estimate of the time left (``progress.py``).
+Rerunning the same command after an interruption (Ctrl-C, kill -9, a crash) continues where
+the store says it stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import threading
@@ -19,11 +21,13 @@ from pathlib import Path
 
 import torch
 
+from .._threads import physical_cores, set_threads
 from ..train import distributed
 from .config import ExperimentConfig, load_config
 from .environment import Environment
 from .plan import build_plan
-from .store import Store, worker_id
+from .progress import Progress
+from .store import Store, open_or_recover, worker_id
 from .tasks import EXECUTORS
 
 HEARTBEAT_SECONDS = 30.0
@@ -31,7 +35,11 @@ POLL_SECONDS = 0.5
 
 
 class ExperimentError(RuntimeError):
-    """Some tasks failed; the store keeps their errors."""
+    """Some tasks failed; the store keeps their errors (``details``: the first one's traceback)."""
+
+    def __init__(self, message: str, details: str | None = None):
+        super().__init__(message)
+        self.details = details
 
 
 def results_dir(config: ExperimentConfig, out: str | Path | None) -> Path:
@@ -39,8 +47,9 @@ def results_dir(config: ExperimentConfig, out: str | Path | None) -> Path:
 
 
 def prepare(config: ExperimentConfig, root: Path, retry_failed: bool = False) -> Store:
-    """Open (or create) the store, check it belongs to this config, add missing tasks."""
-    store = Store(root / "results.sqlite")
+    """Open (or create) the store, check it belongs to this config, add missing tasks. A
+    damaged store is kept aside and its backup restored (``store.open_or_recover``)."""
+    store = open_or_recover(root / "results.sqlite", resume_hint="rerun `lostprune run` with the same config")
     digest = store.get_meta("config_digest")
     if digest is not None and digest != config.digest():
         store.close()
@@ -54,6 +63,7 @@ def prepare(config: ExperimentConfig, root: Path, retry_failed: bool = False) ->
     store.release_orphans()
     if retry_failed:
         store.retry_failed()
+    store.backup()
     return store
 
 
@@ -91,10 +101,13 @@ def _next_task(store: Store, owner: str):
     return distributed.broadcast(task)
 
 
-def worker_loop(config: ExperimentConfig, root: Path, on_task=None) -> int:
-    """Claim and run tasks until none is left. Returns the number of tasks this worker ran."""
+def worker_loop(config: ExperimentConfig, root: Path, on_task=None, splits=None, backups: bool = False) -> int:
+    """Claim and run tasks until none is left. Returns the number of tasks this worker ran.
+    ``splits``: the experiment's data when already loaded; ``backups``: this worker keeps the
+    store's backup fresh (the one in the main process)."""
     store = Store(root / "results.sqlite")
-    env = Environment(config, store, device=str(distributed.device()) if distributed.active() else None)
+    env = Environment(config, store, device=str(distributed.device()) if distributed.active() else None,
+                      splits=splits)
     main = distributed.is_main()
     heartbeat = _Heartbeat(store.path) if main else None
     owner = worker_id()
@@ -120,6 +133,8 @@ def worker_loop(config: ExperimentConfig, root: Path, on_task=None) -> int:
                 if main:
                     store.complete(task.key, networks, results, seconds=time.perf_counter() - started)
             finally:
+                if main and backups:
+                    store.backup_if_due()
                 if heartbeat is not None:
                     heartbeat.key = None
             distributed.barrier()
@@ -131,21 +146,56 @@ def worker_loop(config: ExperimentConfig, root: Path, on_task=None) -> int:
     return ran
 
 
-def _worker_process(config_path: str, root: str, threads: int) -> None:
-    torch.set_num_threads(threads)
+def exit_with_parent(parent_pid: int, poll: float = POLL_SECONDS) -> threading.Thread:
+    """Stop this process when ``parent_pid`` is no longer its parent. A worker whose runner was
+    killed (SIGTERM has no handler there, SIGKILL none anywhere) would otherwise run on unseen
+    and keep writing to the store; its claimed task is released at the next start instead."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, daemon=True, name="exit-with-parent")
+    thread.start()
+    return thread
+
+
+def _worker_process(config_path: str, root: str, threads: int, parent_pid: int) -> None:
+    exit_with_parent(parent_pid)
+    set_threads(threads)
     worker_loop(load_config(config_path), Path(root))
 
 
+def check_inputs(config: ExperimentConfig):
+    """Load the data and the test subsets the config asks for, so bad input (a missing data
+    folder, a subset larger than its split, S overlapping the test set) raises ConfigError
+    before any training starts. Returns the data splits."""
+    from .environment import load_splits
+
+    splits = load_splits(config)
+    Environment(config, splits=splits).check()
+    return splits
+
+
 def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *, workers: int = 1,
-        ray_address: str | None = None, progress: bool = True, retry_failed: bool = False) -> Path:
-    """Run (or resume) an experiment; returns its results directory."""
+        ray_address: str | None = None, progress: bool = True, retry_failed: bool = False,
+        threads: int | None = None, data_root: str | Path | None = None) -> Path:
+    """Run (or resume) an experiment; returns its results directory. ``threads``: torch
+    threads of this process (all workers together), overriding the config's ``threads``;
+    ``data_root``: where the data set is, overriding the config's ``data.root``."""
     config_path = None
     if not isinstance(config, ExperimentConfig):
         config_path = str(config)
         config = load_config(config)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    if data_root is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_root)))
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    threads = threads if threads is not None else config.threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     root = results_dir(config, out)
+    splits = check_inputs(config) if ray_address is None else None  # Ray workers may see other paths
     if distributed.init():  # under torchrun: one worker group training data-parallel
         if ray_address is not None or workers != 1:
             raise ValueError("under torchrun, run with one worker (no --workers or --ray)")
@@ -156,41 +206,50 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
         if not distributed.is_main():
             return root
     store = prepare(config, root, retry_failed)
-    bar = _Progress(store, config.name, enabled=progress)
+    bar = Progress(store, config.name, enabled=progress, workers=workers)
     try:
         if distributed.active():
             pass  # the work is done above
         elif ray_address is not None:
             _run_ray(config, config_path, root, workers, ray_address, bar)
         elif workers == 1:
-            worker_loop(config, root, on_task=bar.show)
+            set_threads(threads)
+            worker_loop(config, root, on_task=bar.show, splits=splits, backups=True)
         else:
-            if config_path is None:
-                raise ValueError("several local workers need the config as a file path")
-            _run_processes(config_path, root, workers, bar)
+            if config_path is None or data_root is not None:  # the workers read the config as it is now
+                config_path = str(root / "config.yaml")
+                tmp = root / "config.yaml.tmp"
+                tmp.write_text(config.to_yaml())
+                tmp.replace(config_path)
+            _run_processes(config_path, root, workers, bar, threads)
     finally:
         bar.close()
     counts = store.counts()
     failed = store.tasks("failed")
+    store.backup()
     store.close()
     if failed:
         first = failed[0]
-        raise ExperimentError(f"{len(failed)} task(s) failed, e.g. {first['key']}:\n{first['error']}\n"
-                              f"Fix the cause and rerun with --retry-failed; finished work is kept in {root}")
+        last = next((line for line in reversed(first["error"].strip().splitlines()) if line.strip()), "")
+        raise ExperimentError(f"{len(failed)} task(s) failed, e.g. {first['key']}: {last.strip()}. Fix the cause and "
+                              f"rerun with --retry-failed; finished work is kept in {root} (each task's traceback "
+                              "is in its results.sqlite, table tasks, column error)", details=first["error"])
     if counts["pending"]:
         raise ExperimentError(f"{counts['pending']} task(s) could not start (their inputs failed); see {root}")
     return root
 
 
-def _run_processes(config_path: str, root: Path, workers: int, bar: _Progress) -> None:
-    threads = max(1, (os.cpu_count() or 1) // workers)
+def _run_processes(config_path: str, root: Path, workers: int, bar: Progress, threads: int | None) -> None:
+    threads = max(1, (threads or physical_cores()) // workers)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker_process, args=(config_path, str(root), threads)) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker_process, args=(config_path, str(root), threads, os.getpid()))
+             for _ in range(workers)]
     for p in procs:
         p.start()
     try:
         while any(p.is_alive() for p in procs):
             bar.refresh()
+            bar.store.backup_if_due()
             time.sleep(POLL_SECONDS)
     except BaseException:
         for p in procs:
@@ -203,7 +262,7 @@ def _run_processes(config_path: str, root: Path, workers: int, bar: _Progress) -
 
 
 def _run_ray(config: ExperimentConfig, config_path: str | None, root: Path, workers: int, address: str,
-             bar: _Progress) -> None:
+             bar: Progress) -> None:
     try:
         import ray
     except ImportError:
@@ -217,31 +276,5 @@ def _run_ray(config: ExperimentConfig, config_path: str | None, root: Path, work
     while pending:
         _, pending = ray.wait(pending, timeout=POLL_SECONDS)
         bar.refresh()
+        bar.store.backup_if_due()
     ray.get(refs)
-
-
-class _Progress:
-    """A tqdm bar over the experiment's tasks, fed from the store (so it also counts the
-    work of other processes), with the task in flight as its description."""
-
-    def __init__(self, store: Store, name: str, enabled: bool = True):
-        from tqdm.auto import tqdm
-
-        self.store = store
-        counts = store.counts()
-        total = sum(counts.values())
-        self.bar = tqdm(total=total, initial=counts["done"], desc=name, unit="task", disable=not enabled,
-                        dynamic_ncols=True, smoothing=0.1)
-
-    def refresh(self) -> None:
-        counts = self.store.counts()
-        self.bar.update(counts["done"] - self.bar.n)
-        self.bar.set_postfix(running=counts["running"], failed=counts["failed"], refresh=True)
-
-    def show(self, task) -> None:
-        self.refresh()
-        self.bar.set_description_str(f"{task.kind} {task.key}", refresh=True)
-
-    def close(self) -> None:
-        self.refresh()
-        self.bar.close()

@@ -6,19 +6,28 @@ are written in the same transaction that marks it done, so a run killed at any m
 (kill -9 included) loses at most the tasks in flight, and rerunning does each unfinished
 task exactly once. Several processes (local workers, Ray workers on a shared filesystem)
 share one store: tasks are claimed atomically, result rows are unique by key.
+
+Faults of the file itself (truncated to 0 bytes, half-written, not a database) are found by
+``damage`` before the store is opened; ``open_or_recover`` then keeps the damaged file aside
+(renamed, never deleted) and restores the newest backup (``Store.backup``, written every
+``BACKUP_SECONDS`` while an experiment runs), or says how to go on without one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .._process import pid_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,6 +67,16 @@ CREATE TABLE IF NOT EXISTS results (
 
 PLACEHOLDER_KIND = "network"  # done by the task that produces the network, never claimed
 STALE_AFTER = 600.0  # seconds without a heartbeat before a running task is presumed dead
+BACKUP_SECONDS = 60.0  # a running experiment copies its store at most this often
+TABLES = {"meta", "tasks", "networks", "results"}
+
+
+class StoreDamaged(RuntimeError):
+    """The results store is unreadable and there is no backup to restore."""
+
+
+class StoreRecoveredWarning(UserWarning):
+    """A damaged results store was kept aside and its backup restored."""
 
 
 @dataclass
@@ -113,6 +132,28 @@ class Store:
     def root(self) -> Path:
         return self.path.parent
 
+    @property
+    def backup_path(self) -> Path:
+        return backup_path(self.path)
+
+    def backup(self) -> Path:
+        """Copy a consistent snapshot of the store next to it (atomically replacing the last)."""
+        dest = self.backup_path
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        target = sqlite3.connect(tmp)
+        try:
+            self._conn.backup(target)
+        finally:
+            target.close()
+        os.replace(tmp, dest)
+        self._backed_up = time.monotonic()
+        return dest
+
+    def backup_if_due(self, interval: float = BACKUP_SECONDS) -> None:
+        if time.monotonic() - getattr(self, "_backed_up", float("-inf")) >= interval:
+            self.backup()
+
     def close(self) -> None:
         self._conn.close()
 
@@ -156,7 +197,7 @@ class Store:
         with self.transaction() as db:
             for row in db.execute("SELECT key, owner, heartbeat FROM tasks WHERE status = 'running'").fetchall():
                 owner_host, _, pid = (row["owner"] or "").rpartition(":")
-                dead = owner_host == host and pid.isdigit() and not _pid_alive(int(pid))
+                dead = owner_host == host and pid.isdigit() and not pid_alive(int(pid))
                 if dead or (row["heartbeat"] or 0) < time.time() - stale_after:
                     db.execute("UPDATE tasks SET status = 'pending', owner = NULL WHERE key = ?", (row["key"],))
                     released += 1
@@ -229,18 +270,75 @@ class Store:
     def results(self) -> list[sqlite3.Row]:
         return self._conn.execute("SELECT * FROM results ORDER BY network, distribution, metric").fetchall()
 
-    def task_seconds(self) -> dict[str, float]:
-        """Mean seconds of finished tasks per kind (for the ETA)."""
-        rows = self._conn.execute("SELECT kind, AVG(seconds) AS s FROM tasks WHERE status = 'done' "
-                                  "AND seconds IS NOT NULL GROUP BY kind").fetchall()
-        return {r["kind"]: r["s"] for r in rows}
+
+def backup_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".backup")
 
 
-def _pid_alive(pid: int) -> bool:
+def damage(path: str | Path) -> str | None:
+    """Why the store file at ``path`` cannot be used, or None (also when it does not exist yet)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return "it is not a file"
+    if path.stat().st_size == 0:
+        return "it is empty (0 bytes): truncated"
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=60)  # rw: never creates a file
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return f"SQLite cannot read it ({exc}): half-written or not a results store"
+    if check != "ok":
+        return f"SQLite finds it corrupt ({check})"
+    if not tables:
+        return "it holds no tables: truncated or overwritten"
+    if not TABLES <= tables:
+        return f"it is not a lostprune results store (tables: {', '.join(sorted(tables))})"
+    return None
+
+
+def _keep_aside(path: Path) -> Path:
+    """Rename the damaged store (and its -wal / -shm files) to ``<name>.damaged-<time>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        n += 1
+    os.replace(path, aside)
+    for suffix in ("-wal", "-shm"):  # a WAL of the damaged file must never be applied to another
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, aside.with_name(aside.name + suffix))
+    return aside
+
+
+def open_or_recover(path: str | Path, resume_hint: str = "rerun the same command") -> Store:
+    """Open the store at ``path``; if the file is damaged, keep it aside (renamed, never deleted)
+    and restore its backup with a ``StoreRecoveredWarning`` saying what was kept, or raise
+    ``StoreDamaged`` saying how to go on when no usable backup exists."""
+    path = Path(path)
+    reason = damage(path)
+    if reason is None:
+        return Store(path)
+    aside = _keep_aside(path)
+    backup = backup_path(path)
+    if backup.is_file() and damage(backup) is None:
+        shutil.copy2(backup, path)
+        store = Store(path)
+        counts = store.counts()
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(backup.stat().st_mtime))
+        warnings.warn(f"{path} was damaged ({reason}); kept it as {aside.name} and restored the backup of {when} "
+                      f"({counts['done']} tasks done): work finished after it is done again", StoreRecoveredWarning,
+                      stacklevel=2)
+        return store
+    raise StoreDamaged(f"{path} is damaged ({reason}); kept it as {aside} (nothing was deleted) and found no usable "
+                       f"backup ({backup.name}). To start this experiment over in the same directory, {resume_hint} "
+                       f"(trained networks are trained again); to resume instead, copy an intact copy of the store "
+                       f"to {path} and {resume_hint}")

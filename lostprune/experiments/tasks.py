@@ -12,7 +12,8 @@ from .. import models
 from .._files import save_atomic
 from ..io import read_network_file, save_network
 from ..train import distributed
-from .config import prune_options_for
+from ..train.augment import ShiftAugmentation
+from .config import RobustConfig, prune_options_for
 from .environment import Environment
 from .plan import parent_key, pruned_key
 from .store import NetworkRow, ResultRow, Task
@@ -22,12 +23,22 @@ Publish = Callable[[str, list[NetworkRow], list[ResultRow]], None]
 REFERENCE_SEED_OFFSET = 100_003  # the separately trained network's seed, far from the parents'
 
 
+def robust_batch_transform(config: RobustConfig, splits=None) -> ShiftAugmentation:
+    """The ``ShiftAugmentation`` of an experiment's ``robust:`` section for the data ``splits``
+    (their normalization). Unseeded: ``train`` seeds it per epoch, so runs are reproducible
+    and resumable."""
+    noise = config.noise
+    normalize = {}
+    if splits is not None and getattr(splits, "normalized", False):
+        normalize = {"mean": splits.mean, "std": splits.std}
+    return ShiftAugmentation(config.corruptions, config.severities, noise.kind if noise else None,
+                             noise.levels if noise else (0.0,), **normalize)
+
+
 def _train_options(env: Environment, arm: str) -> dict:
     """Keyword arguments for lostprune.train.train: shift-aware augmentation in the robust arm."""
     if arm != "robust":
         return {}
-    from ..train.augment import robust_batch_transform
-
     return {"batch_transform": robust_batch_transform(env.config.robust, env.splits)}
 
 
@@ -97,12 +108,20 @@ def run_chain(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
     return [], []
 
 
+def _error_rows(key: str, distribution: str, draws: list[float]) -> list[ResultRow]:
+    """Error (mean over noise draws, each draw's in ``extra``) and its std over the draws."""
+    from ..metrics import summarize
+
+    error = summarize(draws)
+    extra = {"draws": list(draws)} if len(draws) > 1 else None
+    return [ResultRow(key, distribution, "error", error.mean, extra), ResultRow(key, distribution, "error_std", error.std)]
+
+
 def _grid_rows(key: str, grid, model: str, with_similarity: bool, rename: dict | None = None) -> list[ResultRow]:
     rows = []
     for shift in grid.shifts:
         distribution = (rename or {}).get(shift.name, shift.name)
-        rows.append(ResultRow(key, distribution, "error", grid.errors[model][shift.name]))
-        rows.append(ResultRow(key, distribution, "error_std", grid.error_std[model][shift.name]))
+        rows += _error_rows(key, distribution, grid.error_draws[model][shift.name])
         if with_similarity:
             for metric in ("agreement", "agreement_std", "softmax_l2", "softmax_l2_std"):
                 rows.append(ResultRow(key, distribution, metric, getattr(grid, metric)[model][shift.name]))
@@ -111,26 +130,31 @@ def _grid_rows(key: str, grid, model: str, with_similarity: bool, rename: dict |
 
 def run_evaluate(env: Environment, task: Task, publish: Publish) -> tuple[list[NetworkRow], list[ResultRow]]:
     """Error on every test distribution; functional similarity to the parent on the nominal
-    and noisy ones (the parent is the reference, so both see the very same inputs)."""
+    and noisy ones, on the very same inputs. The parent runs once per test distribution in
+    the whole experiment: its outputs are kept (``Environment.parent_results``) and every
+    network compared with it reuses them."""
     from ..metrics import Shift, evaluate_grid
 
     key = task.payload["network"]
     seed, arm = _seed_arm(key)
     parent_name = parent_key(seed, arm)
-    net = env.load(key)
-    batch = env.config.data.batch_size * 2
+    batch = env.eval_batch_size
     rows: list[ResultRow] = []
-    shifts = env.similarity_shifts()
-    if shifts:
-        if key == parent_name:
-            grid = evaluate_grid({"network": net}, shifts, env.test_pixels, normalize=env.normalize,
-                                 batch_size=batch, progress=False)
-            rows += _grid_rows(key, grid, "network", False)
-        else:
-            parent = env.load(parent_name)
-            grid = evaluate_grid({"network": net, "parent": parent}, shifts, env.test_pixels, normalize=env.normalize,
-                                 reference="parent", batch_size=batch, progress=False)
+    net = env.load(key) if key != parent_name else None
+    for shifts, pixels in env.similarity_groups():
+        if net is None:
+            _, errors = env.parent_results(key, shifts, pixels)
+            rows += [row for shift in shifts for row in _error_rows(key, shift.name, errors[shift.name])]
+        elif env.splits.task == "classification":
+            outputs, _ = env.parent_results(parent_name, shifts, pixels)
+            grid = evaluate_grid({"network": net}, shifts, pixels, normalize=env.normalize, reference=parent_name,
+                                 reference_outputs=outputs, batch_size=batch, progress=False)
             rows += _grid_rows(key, grid, "network", env.config.metrics.similarity)
+        else:  # segmentation outputs are too large to keep: run the parent beside the network
+            grid = evaluate_grid({"network": net, "parent": env.load(parent_name)}, shifts, pixels,
+                                 normalize=env.normalize, reference="parent", batch_size=batch, progress=False)
+            rows += _grid_rows(key, grid, "network", env.config.metrics.similarity)
+    net = net if net is not None else env.load(key)
     for shift in env.corruption_shifts():  # each corrupted test set is made once per experiment
         grid = evaluate_grid({"network": net}, [Shift("clean")], env.corrupted(shift), normalize=env.normalize,
                              batch_size=batch, progress=False)
@@ -139,23 +163,21 @@ def run_evaluate(env: Environment, task: Task, publish: Publish) -> tuple[list[N
 
 
 def run_features(env: Environment, task: Task, publish: Publish) -> tuple[list[NetworkRow], list[ResultRow]]:
-    """Informative features (SPEC §5): each network's most informative pixels, and every
-    network's confidence and accuracy on every other's."""
+    """Informative features (docs/methods.md §Informative features): each network's most informative
+    pixels, and every network's confidence and accuracy on every other's."""
     from ..metrics import informative_feature_matrix
 
     names = task.payload["networks"]
     nets = {name: env.load(name) for name in names}
-    count = env.config.metrics.feature_images
-    pixels, labels = env.test_pixels
-    images = pixels[:count]
+    images, labels = env.feature_pixels
     if env.normalize is not None:
         mean = torch.tensor(env.normalize[0]).view(-1, 1, 1)
         std = torch.tensor(env.normalize[1]).view(-1, 1, 1)
         images = (images - mean) / std
     step = max(1, round(env.config.metrics.feature_step * images.shape[-1] * images.shape[-2]))
-    matrix = informative_feature_matrix(nets, images.to(env.device), labels[:count].to(env.device),
+    matrix = informative_feature_matrix(nets, images.to(env.device), labels.to(env.device),
                                         fraction=env.config.metrics.feature_fraction, pixels_per_step=step,
-                                        progress=False)
+                                        mode=env.config.metrics.feature_mode, progress=False)
     rows = []
     for a in names:
         for b in names:

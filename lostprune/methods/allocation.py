@@ -42,10 +42,3 @@ def keep_top_global(scores: dict[str, Tensor], keep: int, current_masks: dict[st
         masks[name] = mask.to(current_masks[name].dtype).to(current_masks[name].device)
         offset += n
     return masks
-
-
-def rows_to_mask(weight_shape: torch.Size, removed_rows: Tensor, like: Tensor) -> Tensor:
-    """A weight mask with the given output rows (filters) zeroed."""
-    mask = torch.ones(weight_shape, dtype=like.dtype, device=like.device)
-    mask[removed_rows.to(like.device)] = 0
-    return mask

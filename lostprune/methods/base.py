@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data.batches import iter_inputs_and_labels
+from ..structure.group_plan import check_coupled, check_round_to
 
 if TYPE_CHECKING:
     from ..structure.graph import DependencyGraph
+
+# coupled= value of the structured methods: each layer on its own, as in the paper (the default)
+PER_LAYER = "per_layer"
 
 
 @dataclass
@@ -22,7 +25,9 @@ class PruneContext:
     """Everything a method needs for one pruning step."""
 
     model: nn.Module
-    layers: dict[str, nn.Module]  # prunable layers, name -> module (definition order)
+    # prunable layers, name -> module (definition order); of layers sharing a weight Parameter
+    # only the first (core.layers.split_shared), whose mask the others share
+    layers: dict[str, nn.Module]
     ratio: float  # target fraction of the prunable weights removed, in [0, 1)
     current_masks: dict[str, Tensor]  # 0/1 per weight, read-only; unpruned layers: core.masks.ones_view
     data: object = None  # S for data-informed methods (tensor, Dataset, DataLoader, iterable)
@@ -59,6 +64,10 @@ class PruneContext:
     def device(self) -> torch.device:
         return next(iter(self.layers.values())).weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.layers.values())).weight.dtype
+
     def graph(self) -> DependencyGraph:
         """The model's channel dependency graph (built once, on the example input)."""
         if self._graph is None:
@@ -79,7 +88,7 @@ class PruneContext:
         """Validated (inputs, labels or None) batches of S on the model's device."""
         shape = tuple(self.example_input.shape[1:]) if self.example_input is not None else None
         return iter_inputs_and_labels(self.data, name, batch_size=self.batch_size, expected_shape=shape,
-                                      device=self.device)
+                                      device=self.device, dtype=self.dtype)
 
     def option(self, key: str, default):
         return self.options.pop(key, default)
@@ -96,6 +105,24 @@ class PruningMethod:
     # the keyword options compute_masks reads (ctx.option), so configs can be checked before a
     # run; None: not declared (an unknown option then fails when the method runs)
     option_names: tuple[str, ...] | None = None
+    # bumped when what the method computes changes, so stored results of the old one are not
+    # resumed as if they were the new one's (experiment config digests include it)
+    version: int = 1
+    control: bool = False  # removes nothing: a baseline of the study, not a pruning method
 
     def compute_masks(self, ctx: PruneContext) -> dict[str, Tensor]:
         raise NotImplementedError
+
+
+def structured_options(ctx: PruneContext, method: str):
+    """(coupled, round_to) of a structured method: ``coupled="per_layer"`` (default) is the
+    paper's variant, any other value (``"sum"``, ``"skip"``, ...) the group-aware one, which
+    alone can round kept channels (``round_to``)."""
+    coupled = check_coupled(ctx.option("coupled", PER_LAYER), extra=(PER_LAYER,))
+    round_to = ctx.option("round_to", 1)
+    if coupled == PER_LAYER and round_to != 1:
+        check_round_to(round_to)  # a bad value gets its own message first
+        raise ValueError(f"{method}: round_to={round_to!r} rounds the kept channels of whole channel groups, "
+                         "which the paper's per-layer variant (coupled='per_layer', the default) does not "
+                         "form: pass a group-aware variant too, e.g. coupled='sum'")
+    return coupled, round_to

@@ -1,7 +1,9 @@
-"""Random baseline (SPEC §2.5): the same fraction of each layer's surviving weights removed
+"""Random baseline (docs/methods.md §Baselines): the same fraction of each layer's surviving weights removed
 uniformly at random (seeded with ``seed=``)."""
 
 from __future__ import annotations
+
+import operator
 
 import torch
 
@@ -15,7 +17,12 @@ class RandomPruning(PruningMethod):
     option_names = ("seed",)
 
     def compute_masks(self, ctx: PruneContext):
-        generator = torch.Generator().manual_seed(int(ctx.option("seed", 0)))
+        seed = ctx.option("seed", 0)
+        try:
+            seed = operator.index(seed)
+        except TypeError:
+            raise TypeError(f"random: seed must be an integer, got {seed!r}") from None
+        generator = torch.Generator().manual_seed(seed)
         masks = {}
         for name, layer in ctx.layers.items():
             current = ctx.current_masks[name]

@@ -1,4 +1,4 @@
-"""SiPP — sensitivity-informed pruning (Baykal et al. 2019), deterministic variant (SPEC §2.3).
+"""SiPP — sensitivity-informed pruning (Baykal et al. 2019), deterministic variant (docs/methods.md §SiPP).
 
 Score of weight w_ir: its sensitivity, the max over the data set S of the mean over output
 positions of its relative contribution g_ir to its unit's (sign-split) pre-activation. The
@@ -8,7 +8,7 @@ keep the B largest over all prunable layers. No reweighting of the kept weights.
 
 from __future__ import annotations
 
-from ..datapass import collect_sensitivities, sample_count
+from ..datapass import check_reduce, collect_sensitivities, sample_count
 from .allocation import keep_top_global
 from .base import PruneContext, PruningMethod
 from .registry import register_method
@@ -27,6 +27,7 @@ class SiPP(PruningMethod):
     option_names = ("reduce",)
 
     def compute_masks(self, ctx: PruneContext):
-        reduce = ctx.option("reduce", "mean")  # "max": max over positions instead of the paper's mean
+        # "max": max over positions instead of the paper's mean; checked before S is read
+        reduce = check_reduce(ctx.option("reduce", "mean"))
         scores = weight_sensitivities(ctx, reduce)
         return keep_top_global(scores, ctx.keep_budget(), ctx.current_masks)

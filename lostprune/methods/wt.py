@@ -1,4 +1,4 @@
-"""WT — weight thresholding (Renda et al. 2020; SPEC §2.1): score |w|, keep the largest
+"""WT — weight thresholding (Renda et al. 2020; docs/methods.md §WT): score |w|, keep the largest
 B = (1 − ratio)·N over all prunable layers together."""
 
 from __future__ import annotations

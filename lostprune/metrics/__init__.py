@@ -1,6 +1,7 @@
-"""What pruning loses beyond test accuracy (SPEC §5): prune potential (nominal, under noise,
-under corruptions), excess error, functional similarity, informative features, mIoU, and
-``evaluate_grid`` to score many models on many shifted test sets in one pass."""
+"""What pruning loses beyond test accuracy (docs/methods.md §Prune potential and the sections after
+it): prune potential (nominal, under noise, under corruptions), excess error, functional similarity,
+informative features, mIoU, and ``evaluate_grid`` to score many models on many shifted test sets in
+one pass."""
 
 from .evaluation import (
     EvaluationGrid,
@@ -12,13 +13,20 @@ from .evaluation import (
     noise_shift,
     nominal,
 )
-from .features import FeatureMatrix, informative_feature_matrix, informative_features, reduce_to
+from .features import (
+    FeatureMatrix,
+    informative_feature_matrix,
+    informative_features,
+    log_confidence,
+    reduce_to,
+)
 from .potential import (
     ExcessErrorFit,
     SeedSummary,
     excess_error,
     fit_excess_error,
     prune_potential,
+    prune_potential_over_draws,
     prune_potential_over_seeds,
     summarize,
 )
@@ -44,10 +52,12 @@ __all__ = [
     "informative_features",
     "iou_from_confusion",
     "iter_labeled_batches",
+    "log_confidence",
     "mean_iou",
     "noise_shift",
     "nominal",
     "prune_potential",
+    "prune_potential_over_draws",
     "prune_potential_over_seeds",
     "recommend_ratio",
     "reduce_to",

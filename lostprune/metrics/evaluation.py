@@ -2,9 +2,12 @@
 
 ``evaluate_grid(models, shifts, data)`` walks the clean test data once; for each batch it
 makes every shifted version once (corruption on the pixels, then normalization, then input
-noise, per SPEC §5) and runs every model on it. Results: error (and its std over noise
-draws) per model and shift and, against a reference model, functional similarity on the
-very same shifted inputs. Segmentation models (per-pixel labels) are scored by 1 − mIoU.
+noise, per docs/methods.md §Noise shifts), on the CPU, and moves it to each model's device, so
+models on different devices see the very same inputs. Results: error (and its std over noise draws)
+per model and shift and, against a reference model, functional similarity on the very same shifted
+inputs. The reference's outputs can be kept (``keep_outputs``) and passed back
+(``reference_outputs``), so a parent compared with many pruned networks runs once per shift.
+Segmentation models (per-pixel labels) are scored by 1 − mIoU.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..robustness.corruptions import corrupt, corruption_params
 from ..robustness.noise import noise_like
-from .potential import DEFAULT_DELTA, excess_error, fit_excess_error, prune_potential, summarize
+from .potential import (
+    DEFAULT_DELTA,
+    excess_error,
+    fit_excess_error,
+    prune_potential,
+    prune_potential_over_draws,
+    summarize,
+)
 from .segmentation import confusion_matrix, iou_from_confusion
 
 
@@ -173,6 +183,10 @@ class EvaluationGrid:
     softmax_l2: dict[str, dict[str, float]] = field(default_factory=dict)
     softmax_l2_std: dict[str, dict[str, float]] = field(default_factory=dict)
     samples: int = 0
+    # per-draw errors (the original's prune potential under noise is one P per draw)
+    error_draws: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # keep_outputs: model -> shift -> outputs, draws × samples × classes (float32, CPU)
+    outputs: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
     def error(self, model: str, shift: str = "nominal") -> float:
         return self.errors[model][shift]
@@ -184,16 +198,18 @@ class EvaluationGrid:
         shift: str = "nominal",
         delta: float = DEFAULT_DELTA,
         reading: str = "any",
+        boundary: str = "inclusive",
+        per_draw: bool = False,
     ) -> float:
-        """P_δ on one shift; ``ratios`` maps the pruned models' names to their prune ratios."""
+        """P_δ on one shift; ``ratios`` maps the pruned models' names to their prune ratios.
+        ``per_draw``: the mean over noise draws of each draw's P_δ (the original's reading)
+        instead of P_δ of the errors averaged over the draws."""
         names = list(ratios)
-        return prune_potential(
-            [ratios[n] for n in names],
-            [self.errors[n][shift] for n in names],
-            self.errors[parent][shift],
-            delta,
-            reading,
-        )
+        table = self.error_draws if per_draw else self.errors
+        curve = [ratios[n] for n in names], [table[n][shift] for n in names], table[parent][shift]
+        if per_draw:
+            return prune_potential_over_draws(*curve, delta, reading, boundary).mean
+        return prune_potential(*curve, delta, reading, boundary)
 
     def excess_error(
         self, model: str, parent: str, shifts: str | Sequence[str], nominal_shift: str = "nominal"
@@ -212,10 +228,11 @@ class EvaluationGrid:
         ratios: Mapping[str, float],
         shifts: str | Sequence[str],
         nominal_shift: str = "nominal",
+        bootstrap: int = 0,
     ):
         names = list(ratios)
         values = [self.excess_error(n, parent, shifts, nominal_shift) for n in names]
-        return fit_excess_error([ratios[n] for n in names], values)
+        return fit_excess_error([ratios[n] for n in names], values, bootstrap=bootstrap)
 
     def rows(self) -> list[dict]:
         """One dict per (model, shift), for tables and stores."""
@@ -251,6 +268,8 @@ def evaluate_grid(
     seed: int = 0,
     ignore_index: int = 255,
     progress: bool = True,
+    keep_outputs: Sequence[str] = (),
+    reference_outputs: Mapping[str, Tensor] | None = None,
 ) -> EvaluationGrid:
     """Errors of every model on every shift, each shifted batch made once and shared.
 
@@ -261,7 +280,12 @@ def evaluate_grid(
     normalize: (mean, std) applied after corruption, before noise; None when the models take
         pixels (then noise is added to pixels).
     reference: a key of ``models``; fills agreement / softmax_l2 of every model against it.
+        With ``reference_outputs`` it names the model those outputs came from instead, which
+        is then not run.
     seed: all randomness derives from it, the shift and the batch index.
+    keep_outputs: models whose outputs to return in ``grid.outputs`` (draws × samples × ...).
+    reference_outputs: shift name -> the reference's ``grid.outputs`` from an earlier call on
+        the same data, shifts, seed and batch size.
     """
     if not models:
         raise ValueError("evaluate_grid: no models")
@@ -271,8 +295,22 @@ def evaluate_grid(
     names = [s.name for s in shifts]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluate_grid: shift names must be unique, got {names}")
-    if reference is not None and reference not in models:
+    if reference_outputs is not None:
+        if reference is None or reference in models:
+            raise ValueError("evaluate_grid: with reference_outputs, reference must name the model they came from "
+                             f"(not one of the models run here), got {reference!r}")
+        for s in shifts:
+            out = reference_outputs.get(s.name)
+            if out is None or out.shape[0] != s.draws:
+                raise ValueError(f"evaluate_grid: reference_outputs[{s.name!r}] must hold the reference's outputs "
+                                 f"for its {s.draws} draw(s), got {None if out is None else tuple(out.shape)}")
+    elif reference is not None and reference not in models:
         raise ValueError(f"evaluate_grid: reference {reference!r} is not one of the models {list(models)}")
+    unknown = [k for k in keep_outputs if k not in models]
+    if unknown:
+        raise ValueError(f"evaluate_grid: keep_outputs {unknown} are not among the models {list(models)}")
+    kept: dict[tuple[str, str, int], list[Tensor]] = {(m, s.name, d): [] for m in keep_outputs for s in shifts
+                                                       for d in range(s.draws)}
     acc = {(m, s.name, d): _Accumulator() for m in models for s in shifts for d in range(s.draws)}
     was_training = {m: model.training for m, model in models.items()}
     for model in models.values():
@@ -292,14 +330,30 @@ def evaluate_grid(
             for b, (x, y) in enumerate(batches):
                 if x.dim() != 4:
                     raise ValueError(f"data: inputs must be N×C×H×W, got shape {tuple(x.shape)}")
-                pixels = _pixels(x)
-                samples += len(x)
+                pixels = _pixels(x).cpu()
                 for shift in shifts:
-                    _run_shift(models, shift, pixels, y, b, seed, normalize, reference, ignore_index, acc)
+                    given = None
+                    if reference_outputs is not None:
+                        given = reference_outputs[shift.name][:, samples : samples + len(x)]
+                        if given.shape[1] != len(x):
+                            raise ValueError(f"evaluate_grid: reference_outputs[{shift.name!r}] holds fewer samples "
+                                             "than data; pass the outputs of the same data")
+                    _run_shift(models, shift, pixels, y, b, seed, normalize, reference, ignore_index, acc, kept, given)
+                samples += len(x)
     finally:
         for m, model in models.items():
             model.train(was_training[m])
+    if samples == 0:
+        raise ValueError("data: the test set is empty; errors and similarities need at least one image")
+    if reference_outputs is not None:
+        longer = [s.name for s in shifts if reference_outputs[s.name].shape[1] != samples]
+        if longer:
+            raise ValueError(f"evaluate_grid: reference_outputs of {longer} hold more samples than data ({samples}); "
+                             "pass the outputs of the same data")
     grid = EvaluationGrid(list(models), shifts, reference=reference, samples=samples)
+    for m in keep_outputs:
+        grid.outputs[m] = {s.name: torch.stack([torch.cat(kept[(m, s.name, d)]) for d in range(s.draws)])
+                           for s in shifts}
     for m in models:
         for field_name in (
             "errors",
@@ -312,7 +366,8 @@ def evaluate_grid(
             getattr(grid, field_name)[m] = {}
         for s in shifts:
             runs = [acc[(m, s.name, d)] for d in range(s.draws)]
-            err = summarize([r.error() for r in runs])
+            grid.error_draws.setdefault(m, {})[s.name] = [r.error() for r in runs]
+            err = summarize(grid.error_draws[m][s.name])
             grid.errors[m][s.name], grid.error_std[m][s.name] = err.mean, err.std
             if reference is not None:
                 agree = summarize([r.agree / max(r.compared, 1) for r in runs])
@@ -333,32 +388,32 @@ def _run_shift(
     reference,
     ignore_index,
     acc,
+    kept,
+    reference_outputs: Tensor | None,
 ) -> None:
     base = pixels
     if shift.corruption is not None:
         base = corrupt(pixels, shift.corruption, shift.severity, seed=_seed(seed, shift.name, batch))
-    inputs_by_device: dict[torch.device, Tensor] = {}
+    norm = _normalizer(normalize, base.device)
+    if norm is not None:
+        base = (base - norm[0]) / norm[1]
+    y = labels.to(torch.long).cpu()
     for draw in range(shift.draws):
-        gen_seed = _seed(seed, shift.name, batch, draw)
-        inputs_by_device.clear()
-
-        def inputs_on(device: torch.device) -> Tensor:
-            if device not in inputs_by_device:
-                x = base.to(device)
-                norm = _normalizer(normalize, device)
-                if norm is not None:
-                    x = (x - norm[0]) / norm[1]
-                if shift.random:
-                    gen = torch.Generator(device=device).manual_seed(gen_seed)
-                    x = x + noise_like(x, shift.noise, shift.level, gen)
-                inputs_by_device[device] = x
-            return inputs_by_device[device]
-
+        x = base
+        if shift.random:  # made once, on the CPU, and moved: every device sees the same noise
+            gen = torch.Generator().manual_seed(_seed(seed, shift.name, batch, draw))
+            x = base + noise_like(base, shift.noise, shift.level, gen)
+        on_device: dict[torch.device, Tensor] = {}
         outputs = {}
         for name, model in models.items():
             device = _device_of(model)
-            outputs[name] = model_outputs(model, inputs_on(device)).float().cpu()
-        ref = outputs[reference] if reference is not None else None
-        y = labels.to(torch.long).cpu()
+            if device not in on_device:
+                on_device[device] = x.to(device)
+            outputs[name] = model_outputs(model, on_device[device]).float().cpu()
+            if (name, shift.name, draw) in kept:
+                kept[(name, shift.name, draw)].append(outputs[name])
+        ref = None
+        if reference is not None:
+            ref = reference_outputs[draw] if reference_outputs is not None else outputs[reference]
         for name in models:
             acc[(name, shift.name, draw)].add(outputs[name], y, ref, ignore_index)

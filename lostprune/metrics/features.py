@@ -1,9 +1,13 @@
-"""Informative features (SPEC §5): backward selection over pixels.
+"""Informative features (docs/methods.md §Informative features): backward selection over pixels.
 
 For an image, start from all pixels and repeatedly remove the pixels (all channels of a
 pixel together, set to ``baseline``, 0 in normalized space) whose removal lowers the
 model's confidence in its predicted class the least, until a fraction f remains. The
 remaining pixels are the model's most informative features.
+
+Candidates are ranked by the log-probability of the class (``log_confidence``), which orders
+them as the probability does but does not saturate: a float32 softmax is exactly 1.0 for a
+logit margin above about 17, so every candidate would tie and the gradient would vanish.
 
 - ``mode="exact"`` scores every remaining pixel by the confidence after removing it (one
   forward pass per candidate, batched over candidates and images);
@@ -31,14 +35,26 @@ MODES = ("exact", "gradient")
 def _check(images: Tensor, fraction: float, mode: str) -> None:
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         raise ValueError("images must be a float N×C×H×W tensor of model inputs (normalized)")
+    if images.shape[0] == 0:
+        raise ValueError("images is empty (N = 0); informative features need at least one image")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+def log_confidence(logits: Tensor, target: Tensor) -> Tensor:
+    """log softmax(logits)[target] per row, as −softplus(logsumexp_{k≠t}(z_k − z_t)): exact
+    (and with a nonzero gradient) where ``log_softmax`` rounds to 0, at logit margins beyond
+    about 17 in float32 and 37 in float64. Computed in float32 or wider."""
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    index = target.view(-1, 1)
+    others = (z - z.gather(1, index)).scatter(1, index, float("-inf"))
+    return -nn.functional.softplus(others.logsumexp(1))
+
+
 def _confidence(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-    return model_outputs(model, x).float().softmax(1).gather(1, target.view(-1, 1)).squeeze(1)
+    return log_confidence(model_outputs(model, x), target)
 
 
 def informative_features(
@@ -100,7 +116,7 @@ def _exact_scores(model, x, kept, target, baseline, batch_size) -> Tensor:
     n, c, h, w = x.shape
     hw = h * w
     current = reduce_to(x, kept.view(n, h, w), baseline)
-    scores = torch.full((n, hw), float("-inf"), device=x.device)
+    scores = torch.full((n, hw), float("-inf"), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
     candidates = kept.nonzero()  # (image, pixel) pairs still present
     with torch.no_grad():
         for start in range(0, len(candidates), batch_size):
@@ -120,7 +136,7 @@ def _gradient_scores(model, x, kept, target, baseline, batch_size) -> Tensor:
         with torch.enable_grad():
             conf = _confidence(model, current, target[sl])
             (grad,) = torch.autograd.grad(conf.sum(), current)
-        # predicted confidence after removing a pixel: conf + Σ_channels grad · (baseline − x)
+        # predicted log-confidence after removing a pixel: conf + Σ_channels grad · (baseline − x)
         delta = (grad * (baseline - current.detach())).sum(1).view(-1, h * w)
         scores.append(conf.detach().unsqueeze(1) + delta)
     return torch.cat(scores)

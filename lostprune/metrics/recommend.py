@@ -1,4 +1,4 @@
-"""The stop rule of the paper's guidelines (SPEC §7): how far to prune so that the network
+"""The stop rule of the paper's guidelines (docs/methods.md §Guidelines): how far to prune so that the network
 stays within δ of its parent not only on the nominal test set but on every listed shift.
 
 ``recommend_ratio(results, shifts, delta)`` takes either

@@ -1,5 +1,5 @@
-"""Segmentation quality: confusion matrices and mean intersection over union (SPEC §5: for
-segmentation, error = 1 − mIoU)."""
+"""Segmentation quality: confusion matrices and mean intersection over union (docs/methods.md §Prune
+potential: for segmentation, error = 1 − mIoU)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Functional (noise) similarity (SPEC §5): how much two networks' outputs differ on the same
-noisy inputs. Label agreement = fraction of equal top-1 predictions; softmax distance =
-mean over samples of ‖softmax(f̂(x)) − softmax(f(x))‖₂; both mean ± std over noise draws.
-Compare a pruned network with its parent, and a separately trained network with the
+"""Functional (noise) similarity (docs/methods.md §Functional similarity): how much two networks'
+outputs differ on the same noisy inputs. Label agreement = fraction of equal top-1 predictions;
+softmax distance = mean over samples of ‖softmax(f̂(x)) − softmax(f(x))‖₂; both mean ± std over
+noise draws. Compare a pruned network with its parent, and a separately trained network with the
 parent as the reference for "an unrelated network"."""
 
 from __future__ import annotations

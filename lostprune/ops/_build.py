@@ -1,14 +1,19 @@
 """Compile ``csrc/`` on first use and load it as the ``torch.ops.lostprune`` library.
 
 The library is built with ``torch.utils.cpp_extension.load`` (ninja) into a cache directory
-keyed by lostprune version, torch version, backend (CPU or CUDA + architectures) and a hash
-of every source file, so a later process only hashes the sources and loads a ``.so``.
+keyed by lostprune version, torch version, backend (CPU, or CUDA: torch's CUDA version, the
+nvcc release and the architectures actually compiled), the compilers (path and version) and
+a hash of every source file, so a later process only hashes the sources and loads a ``.so``.
 A new key starts from a copy of the newest sibling build, so ninja recompiles only the
-files that changed. Builds are serialized with a file lock and published with an atomic
-rename: two processes building at once never see a half-written cache entry.
+files that changed. Builds are serialized with a file lock (a process that waits says so)
+and published with an atomic rename: two processes building at once never see a
+half-written cache entry; scratch folders of killed builds are removed by the next build.
 
 If the build fails (or no compiler exists) lostprune warns once, naming the log file, and
-every op runs its plain-PyTorch reference. Environment:
+every op runs its plain-PyTorch reference; a failed build is retried once the sources or
+the toolchain change (or with ``lostprune build --force``). A cache directory that cannot
+be written falls back to a private temporary directory for the process (one warning), and
+to the references when that fails too. Environment:
 
 - ``LOSTPRUNE_BACKEND``: ``auto`` (default), ``reference`` (never compile), ``compiled``
   (compile or raise).
@@ -17,17 +22,24 @@ every op runs its plain-PyTorch reference. Environment:
 - ``LOSTPRUNE_CACHE``: cache directory (default ``$XDG_CACHE_HOME/lostprune``).
 - ``LOSTPRUNE_CSRC``: build these sources instead of the packaged ``csrc/``.
 - ``LOSTPRUNE_MARCH``: value for ``-march`` (default ``native``; ``none`` to omit).
+- ``TORCH_CUDA_ARCH_LIST``: CUDA architectures; unset, those of the visible GPUs, or without
+  one ``8.0;9.0+PTX`` (PTX of the newest, so later GPUs compile it when loading).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -36,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from .._process import pid_alive
 from .._version import __version__
 
 LIBRARY_NAME = "lostprune_C"
@@ -43,6 +56,12 @@ _SOURCE_SUFFIXES = (".cpp", ".cu")
 _HASHED_SUFFIXES = (".h", ".cuh", ".cpp", ".cu")
 # Files whose stem ends like this need CUDA (nvcc or the CUDA headers).
 _CUDA_ONLY_STEMS = ("_cuda", "_cuda_glue")
+# Without a visible GPU: Ampere and Hopper binaries, plus Hopper PTX that newer GPUs compile.
+DEFAULT_CUDA_ARCHES = "8.0;9.0+PTX"
+# Scratch folders of builds in progress: ".<key>.tmp<pid>" in the cache, and private
+# fallback caches "lostprune-kernels-<pid>-*" in the temporary directory.
+_SCRATCH_GLOB = ".*.tmp*"
+_PRIVATE_PREFIX = "lostprune-kernels-"
 
 
 class LostpruneBuildWarning(UserWarning):
@@ -58,6 +77,7 @@ class BuildState:
     reason: str = ""
     key: str = ""
     seconds: float = 0.0
+    note: str = ""  # a warning for a build that worked around a fault (e.g. an unwritable cache)
     warned_ops: set = field(default_factory=set)
 
 
@@ -142,9 +162,6 @@ def _configure_cuda_env(home: Path) -> None:
 
     if cpp.CUDA_HOME is None or not (Path(cpp.CUDA_HOME) / "bin" / "nvcc").exists():
         cpp.CUDA_HOME = str(home)  # torch guessed before we could tell it
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        # torch cannot infer architectures without a visible GPU (and crashes trying).
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
 
 
 def _import_cpp_extension():
@@ -238,36 +255,177 @@ def compile_flags(cuda: bool, march: str | None) -> tuple[list[str], list[str], 
     cflags = ["-O3", "-fopenmp", "-DLOSTPRUNE_WITH_CUDA" if cuda else "-DLOSTPRUNE_CPU_ONLY"]
     if march:
         cflags.append(f"-march={march}")
-    cuda_flags = ["-O3", "--use_fast_math", "-lineinfo"] if cuda else []
+    # No --use_fast_math: it flushes denormals to zero and approximates division, so the CUDA
+    # kernels would disagree with the CPU ones on small activations. -lineinfo lets
+    # compute-sanitizer and ncu name source lines.
+    cuda_flags = ["-O3", "-lineinfo"] if cuda else []
     ldflags = ["-fopenmp"]
     return cflags, cuda_flags, ldflags
+
+
+def cuda_arch_list() -> str:
+    """The CUDA architectures to compile, as a ``TORCH_CUDA_ARCH_LIST`` value: the variable
+    when set; else the visible GPUs' (capped at the newest this torch supports, PTX for the
+    newest, as torch does); else ``DEFAULT_CUDA_ARCHES``."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if env and env != "native":
+        return env
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        supported = [tuple(divmod(int(re.sub(r"\D", "", a.split("_")[1])), 10))
+                     for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+        newest = max(supported) if supported else (99, 9)
+        arches = sorted({min(newest, torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())})
+        names = [f"{major}.{minor}" for major, minor in arches]
+        names[-1] += "+PTX"
+        return ";".join(names)
+    return DEFAULT_CUDA_ARCHES
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Sets environment variables for the block, then restores them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def cuda_arch_flags(arch_list: str) -> list[str]:
+    """The nvcc ``-gencode`` flags torch derives from ``arch_list`` (what is really compiled)."""
+    cpp = _import_cpp_extension()
+    with _environ(TORCH_CUDA_ARCH_LIST=arch_list):
+        return sorted(set(cpp._get_cuda_arch_flags()))
+
+
+def arch_tag(flags: list[str]) -> str:
+    """``-gencode=arch=compute_90,code=sm_90`` ... -> ``sm90.ptx90``: binaries (sm) and PTX."""
+    codes = set()
+    for flag in flags:
+        for code in re.findall(r"\bcode=\[?([^\],]+(?:,[^\]]+)*)\]?", flag):
+            for item in code.split(","):
+                item = item.strip()
+                if item.startswith("sm_"):
+                    codes.add("sm" + item[3:])
+                elif item.startswith("compute_"):
+                    codes.add("ptx" + item[8:])
+    if not codes:
+        raise RuntimeError(f"lostprune: no CUDA architecture in the nvcc flags {flags}")
+    return ".".join(sorted(codes, key=lambda c: (c.startswith("ptx"), c)))
+
+
+def _tool_version(command: list[str]) -> str:
+    """What ``command`` (a ``--version`` call) prints, or why it could not run."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unusable ({type(exc).__name__}: {exc})"
+    return (done.stdout + done.stderr).strip() or f"exit status {done.returncode}"
+
+
+@functools.cache
+def _toolchain_for(cxx: str, cuda_home: str | None) -> str:
+    path = shutil.which(cxx)
+    parts = [f"{cxx} = {os.path.realpath(path)}\n{_tool_version([path, '--version'])}" if path
+             else f"{cxx}: not found"]
+    if cuda_home is not None:
+        nvcc = Path(cuda_home) / "bin" / "nvcc"
+        parts.append(f"nvcc = {nvcc.resolve()}\n{_tool_version([str(nvcc), '--version'])}")
+    return "\n".join(parts)
+
+
+def toolchain(cuda: bool) -> str:
+    """The compilers a build uses, path and ``--version`` output: the host C++ compiler torch
+    calls (``$CXX`` or ``c++``) and, for CUDA, nvcc. Part of the cache key, so a failed build
+    is retried once the toolchain changes."""
+    home = find_cuda_home() if cuda else None
+    return _toolchain_for(os.environ.get("CXX", "c++"), str(home) if home is not None else None)
+
+
+def _nvcc_release(tools: str) -> str:
+    found = re.search(r"release (\d+(?:\.\d+)*)", tools)
+    return found.group(1) if found else "unknown"
 
 
 def build_key(root: Path, cuda: bool) -> tuple[str, str]:
     """(prefix, key): prefix names the configuration, key adds the source hash."""
     march = _march()
     backend = "cpu"
-    if cuda:
-        arches = os.environ.get("TORCH_CUDA_ARCH_LIST", "visible").replace(";", "_").replace(" ", "_")
-        backend = f"cuda{torch.version.cuda}-{arches}"
+    tools = toolchain(cuda)
+    if cuda:  # torch's CUDA runtime, the compiler's release, the code really compiled
+        arches = arch_tag(cuda_arch_flags(cuda_arch_list()))
+        backend = f"cuda{torch.version.cuda}-nvcc{_nvcc_release(tools)}-{arches}"
     machine = f"{platform.machine()}-{march or 'generic'}"
     if march == "native":
         machine += "-" + _cpu_tag()
+    tools = hashlib.sha256(tools.encode()).hexdigest()[:8]
     torch_version = torch.__version__.replace("+", "_")
-    prefix = f"v{__version__}-torch{torch_version}-{backend}-{machine}"
+    prefix = f"v{__version__}-torch{torch_version}-{backend}-{machine}-cc{tools}"
     return prefix, f"{prefix}-{source_hash(root)[:16]}"
 
 
 # --------------------------------------------------------------------------- building
+class _CacheUnwritable(Exception):
+    """The cache directory (or a file in it) cannot be created or written."""
+
+    def __init__(self, root: Path, error: OSError):
+        super().__init__(f"{root}: {error.strerror or error}")
+        self.root, self.error = root, error
+
+
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def _writing(root: Path):
+    """Turns an OSError of the block into _CacheUnwritable (read-only, no space, not a directory)."""
+    try:
+        yield
+    except OSError as exc:
+        raise _CacheUnwritable(root, exc) from exc
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, what: str):
+    """An exclusive lock on ``path``; a process that has to wait says who it waits for."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            print(f"lostprune: waiting for {holder} to finish {what} ...", file=sys.stderr, flush=True)
+            start = time.monotonic()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            print(f"lostprune: waited {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}")
+        handle.flush()
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_stale_scratch(root: Path) -> None:
+    """Scratch folders of builds that were killed. Called under the build lock: every build
+    in progress in ``root`` holds it, so any scratch folder left is stale."""
+    for stale in root.glob(_SCRATCH_GLOB):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _remove_stale_private_caches() -> None:
+    """Private caches (``lostprune-kernels-<pid>-*`` in the temporary directory) of processes
+    that are gone (killed before their exit handler removed them)."""
+    for stale in Path(tempfile.gettempdir()).glob(_PRIVATE_PREFIX + "*"):
+        pid = stale.name[len(_PRIVATE_PREFIX):].split("-", 1)[0]
+        if stale.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _seed_from_sibling(root: Path, prefix: str, target: Path) -> None:
@@ -282,17 +440,20 @@ def _seed_from_sibling(root: Path, prefix: str, target: Path) -> None:
 def _compile(sources: list[Path], build_dir: Path, cuda: bool, verbose: bool) -> Path:
     load = _import_cpp_extension().load
     cflags, cuda_flags, ldflags = compile_flags(cuda, _march())
-    load(
-        name=LIBRARY_NAME,
-        sources=[str(s) for s in sources],
-        extra_cflags=cflags,
-        extra_cuda_cflags=cuda_flags,
-        extra_ldflags=ldflags,
-        build_directory=str(build_dir),
-        with_cuda=cuda,
-        is_python_module=False,
-        verbose=verbose,
-    )
+    # The architectures of the cache key, whatever torch would infer by itself.
+    arches = {"TORCH_CUDA_ARCH_LIST": cuda_arch_list()} if cuda else {}
+    with _environ(**arches):
+        load(
+            name=LIBRARY_NAME,
+            sources=[str(s) for s in sources],
+            extra_cflags=cflags,
+            extra_cuda_cflags=cuda_flags,
+            extra_ldflags=ldflags,
+            build_directory=str(build_dir),
+            with_cuda=cuda,
+            is_python_module=False,
+            verbose=verbose,
+        )
     return build_dir / f"{LIBRARY_NAME}.so"
 
 
@@ -311,6 +472,94 @@ def _aot_library() -> Path | None:
     return libs[0]
 
 
+@dataclass
+class _Build:
+    """One build request: the sources, the backend and the cache key."""
+
+    src: Path
+    cuda: bool
+    prefix: str
+    key: str
+    mode: str  # LOSTPRUNE_BACKEND: auto or compiled
+    verbose: bool
+    start: float
+
+    def fallback(self, reason: str, log: Path | None) -> BuildState:
+        if self.mode == "compiled":
+            raise RuntimeError(f"lostprune: {reason}" + (f"; see {log}" if log else ""))
+        warning = f"lostprune: {reason}; all ops run their PyTorch references."
+        if log is not None:
+            warning += f" Build log: {log}. Fix and rebuild with `lostprune build --force`."
+        return BuildState("reference", cuda=False, log=log, key=self.key, reason=reason, note=warning)
+
+    def compiled(self, library: Path, reason: str, note: str = "") -> BuildState:
+        return BuildState("compiled", cuda=self.cuda, library=library, key=self.key, reason=reason,
+                          seconds=time.perf_counter() - self.start, note=note)
+
+
+def _build_into(b: _Build, root: Path, force: bool, seed_from: Path | None = None) -> BuildState:
+    """Loads or builds the library in cache ``root``; raises _CacheUnwritable when a file
+    that the build needs cannot be written there."""
+    target = root / b.key
+    library = target / f"{LIBRARY_NAME}.so"
+    failed = root / f"{b.key}.failed.log"
+    if force:
+        with _writing(root):
+            failed.unlink(missing_ok=True)
+    if library.is_file():
+        torch.ops.load_library(str(library))
+        return b.compiled(library, "loaded from cache")
+    if failed.is_file():
+        return b.fallback("an earlier build of these sources with this toolchain failed", failed)
+    with contextlib.ExitStack() as locked:
+        with _writing(root):
+            locked.enter_context(_file_lock(root / ".build.lock", f"building the lostprune kernels in {root}"))
+        if library.is_file():  # another process built it while this one waited
+            torch.ops.load_library(str(library))
+            return b.compiled(library, "loaded from cache")
+        if failed.is_file():
+            return b.fallback("an earlier build of these sources with this toolchain failed", failed)
+        scratch = root / f".{b.key}.tmp{os.getpid()}"
+        with _writing(root):
+            _remove_stale_scratch(root)
+            _seed_from_sibling(seed_from or root, b.prefix, scratch)
+            scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            built = _compile(list_sources(b.src, b.cuda), scratch, b.cuda, b.verbose)
+        except Exception as exc:  # compiler missing, compile or link error
+            shutil.rmtree(scratch, ignore_errors=True)
+            with _writing(root):
+                failed.write_text(f"lostprune kernel build failed ({b.key})\nsources: {b.src}\n"
+                                  f"{toolchain(b.cuda)}\n\n{exc}\n")
+            return b.fallback(f"kernel build failed ({type(exc).__name__})", failed)
+        with _writing(root):
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(scratch, target)  # publish atomically; the mapped .so stays valid
+        return b.compiled(target / built.name, "built now")
+
+
+def _build_private(b: _Build, shared: Path, fault: _CacheUnwritable) -> BuildState:
+    """The cache cannot be written: build in a private temporary directory, removed at exit
+    (its log stays when the build fails); references when that fails too. One warning."""
+    problem = f"the kernel cache {fault.root} cannot be written ({fault.error.strerror or fault.error})"
+    _remove_stale_private_caches()
+    try:
+        private = Path(tempfile.mkdtemp(prefix=f"{_PRIVATE_PREFIX}{os.getpid()}-"))
+    except OSError as exc:
+        return b.fallback(f"{problem}, nor a temporary directory ({exc.strerror or exc})", None)
+    try:
+        state = _build_into(b, private, force=False, seed_from=shared if shared.is_dir() else None)
+    except _CacheUnwritable as again:
+        return b.fallback(f"{problem}, nor the temporary directory {private} ({again.error.strerror})", None)
+    if state.backend != "compiled":  # the log stays for the user to read
+        return b.fallback(f"{problem}, and the build in {private} failed", state.log)
+    atexit.register(shutil.rmtree, private, True)
+    state.reason = f"built in a private temporary directory ({problem})"
+    state.note = (f"lostprune: {problem}; the kernels were built in {private} for this process only "
+                  "(set LOSTPRUNE_CACHE to a writable directory to keep them)")
+    return state
+
+
 def _load(force: bool, verbose: bool) -> BuildState:
     mode = os.environ.get("LOSTPRUNE_BACKEND", "auto").strip() or "auto"
     if mode not in ("auto", "reference", "compiled"):
@@ -327,43 +576,14 @@ def _load(force: bool, verbose: bool) -> BuildState:
         return BuildState("compiled", cuda=has_cuda, library=aot, reason="built at install time",
                           seconds=time.perf_counter() - start)
 
-    root = cache_root()
     src = csrc_dir()
     prefix, key = build_key(src, cuda)
-    target = root / key
-    library = target / f"{LIBRARY_NAME}.so"
-    failed = root / f"{key}.failed.log"
-
-    def fallback(reason: str, log: Path) -> BuildState:
-        if mode == "compiled":
-            raise RuntimeError(f"lostprune: {reason}; see {log}")
-        return BuildState("reference", cuda=False, log=log, key=key, reason=reason)
-
-    if force:
-        failed.unlink(missing_ok=True)
-    if not library.is_file() and failed.is_file():
-        return fallback("an earlier build of these sources failed", failed)
-    if not library.is_file():
-        with _file_lock(root / ".build.lock"):
-            if not library.is_file():  # another process may have built it meanwhile
-                if failed.is_file():
-                    return fallback("an earlier build of these sources failed", failed)
-                scratch = root / f".{key}.tmp{os.getpid()}"
-                shutil.rmtree(scratch, ignore_errors=True)
-                _seed_from_sibling(root, prefix, scratch)
-                try:
-                    built = _compile(list_sources(src, cuda), scratch, cuda, verbose)
-                except Exception as exc:  # compiler missing, compile or link error
-                    failed.write_text(f"lostprune kernel build failed ({key})\nsources: {src}\n\n{exc}\n")
-                    shutil.rmtree(scratch, ignore_errors=True)
-                    return fallback(f"kernel build failed ({type(exc).__name__})", failed)
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(scratch, target)  # publish atomically; the mapped .so stays valid
-                return BuildState("compiled", cuda=cuda, library=target / built.name, key=key,
-                                  reason="built now", seconds=time.perf_counter() - start)
-    torch.ops.load_library(str(library))
-    return BuildState("compiled", cuda=cuda, library=library, key=key, reason="loaded from cache",
-                      seconds=time.perf_counter() - start)
+    b = _Build(src, cuda, prefix, key, mode, verbose, start)
+    root = cache_root()
+    try:
+        return _build_into(b, root, force)
+    except _CacheUnwritable as fault:
+        return _build_private(b, root, fault)
 
 
 def ensure_loaded(force: bool = False, verbose: bool = False) -> BuildState:
@@ -383,12 +603,8 @@ def ensure_loaded(force: bool = False, verbose: bool = False) -> BuildState:
                 from . import _registry  # fake and autograd kernels need the schemas
 
                 _registry.register_all()
-            elif _state.log is not None:
-                warnings.warn(
-                    f"lostprune: {_state.reason}; all ops run their PyTorch references. "
-                    f"Build log: {_state.log}. Fix and rebuild with `lostprune build --force`.",
-                    LostpruneBuildWarning, stacklevel=3,
-                )
+            if _state.note:
+                warnings.warn(_state.note, LostpruneBuildWarning, stacklevel=3)
     return _state
 
 

@@ -1,4 +1,4 @@
-"""Structured channel slicing (SPEC §6): gather kept rows and/or columns of many tensors
+"""Structured channel slicing (docs/methods.md §Slicing): gather kept rows and/or columns of many tensors
 in one call. Wrapper, plain-PyTorch reference, fake and autograd kernels."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sensitivity scoring ops (SPEC §2.3, §2.4, §6): SiPP weight sensitivities and PFP channel
+"""Sensitivity scoring ops (docs/methods.md §Sensitivities): SiPP weight sensitivities and PFP channel
 sensitivities of one layer for a batch of inputs, with the sign split and the eps rule.
 
 For output unit i and edge r (input channel, kernel offset) reading the im2col entry
@@ -34,10 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._build import use_kernel
+from ._precision import exact_fp32
 
 WEIGHT_OP = "lostprune.weight_sensitivity"
 CHANNEL_OP = "lostprune.channel_sensitivity"
-EPS = torch.finfo(torch.float32).eps  # SPEC: g = 0 where z <= float32 eps, in every dtype
+# g = 0 where z <= float32 eps, in every dtype (docs/methods.md §Sensitivities)
+EPS = torch.finfo(torch.float32).eps
 REDUCTIONS = ("mean", "max")
 
 IntPair = int | Sequence[int]
@@ -271,7 +273,7 @@ def _inverses_and_unfold(layer: _Layer, chunk: Tensor):
 
 def _vectorized_mean(layer: _Layer, points: Tensor) -> Tensor:
     """[Cout, R]: max over data points of sum_p A_r(p) V_i^{sign W_ir}(p) — batched matrix
-    products of 1/z with the unfolded input (SPEC §2.3 note)."""
+    products of 1/z with the unfolded input (docs/methods.md §Sensitivities)."""
     w = layer.weight.flatten(1).view(layer.groups, layer.cout_g, layer.edges)
     best = torch.zeros_like(w)
     per_point = layer.edges * max(1, math.prod(_out_hw(layer, points)))
@@ -283,6 +285,11 @@ def _vectorized_mean(layer: _Layer, points: Tensor) -> Tensor:
 
 
 def _vectorized(layer: _Layer, level: str, reduce: str) -> Tensor:
+    with exact_fp32(layer.x.is_cuda):  # z from cuDNN and the matmuls in IEEE float32, not TF32
+        return _vectorized_scores(layer, level, reduce)
+
+
+def _vectorized_scores(layer: _Layer, level: str, reduce: str) -> Tensor:
     points = _data_points(layer.x)
     w = layer.weight.flatten(1)
     if reduce == "mean" and level == "weight":
@@ -320,7 +327,7 @@ def channel_sensitivity_reference(x: Tensor, weight: Tensor, stride: IntPair = 1
 def weight_sensitivity(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair | str = 0,
                        dilation: IntPair = 1, groups: int = 1, reduce: str = "mean",
                        running: Tensor | None = None) -> Tensor:
-    """SiPP weight sensitivities of one layer for the batch ``x`` (SPEC §2.3).
+    """SiPP weight sensitivities of one layer for the batch ``x`` (docs/methods.md §Sensitivities).
 
     Args:
         x: the layer's input, [B, Cin, H, W] for a conv (weight 4-D), [B, Cin] or
@@ -347,10 +354,10 @@ def weight_sensitivity(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: 
 
 def channel_sensitivity(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair | str = 0,
                         dilation: IntPair = 1, groups: int = 1, running: Tensor | None = None) -> Tensor:
-    """PFP channel sensitivities of one layer for the batch ``x`` (SPEC §2.4): one value per
-    input channel, the max over data points, output units, kernel offsets and positions of
-    the relative contribution g. Arguments as :func:`weight_sensitivity`; ``running`` has
-    one entry per input channel."""
+    """PFP channel sensitivities of one layer for the batch ``x`` (docs/methods.md §Sensitivities):
+    one value per input channel, the max over data points, output units, kernel offsets and
+    positions of the relative contribution g. Arguments as :func:`weight_sensitivity`; ``running``
+    has one entry per input channel."""
     layer = _Layer(CHANNEL_OP, x, weight, stride, padding, dilation, groups, running, "channel")
     if use_kernel("channel_sensitivity", layer.x.device):
         return layer.finish(torch.ops.lostprune.channel_sensitivity(*layer.op_args(), layer.running))

@@ -1,4 +1,4 @@
-"""Masked sparse convolution and linear (SPEC §6): inference with unstructured-sparse
+"""Masked sparse convolution and linear (docs/architecture.md, Kernels): inference with unstructured-sparse
 weights packed once per layer, work proportional to the nonzeros.
 
 Packed format (``PackedWeight``): CSR over the weight viewed as ``[rows, cols]`` with

@@ -152,6 +152,9 @@ def excess_error_plot(results: ExperimentResults, path: Path, arm: str = "nomina
             if fit is not None:
                 xs = np.linspace(0, r.max(), 20)
                 ax.plot(100 * xs, 100 * fit.slope * xs, color=color, lw=1)
+                if fit.band is not None:  # the bootstrap band of the line through the origin
+                    ax.fill_between(100 * xs, 100 * fit.band[0] * xs, 100 * fit.band[1] * xs, color=color,
+                                    alpha=0.15, lw=0)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(f"excess error, mean over {name}")
         ax.set_xlabel("prune ratio (%)")

@@ -1,13 +1,14 @@
 """The experiment report as Markdown and HTML: figures, tables, and the paper's guidelines
-(SPEC §7) as flags a reader can act on."""
+(docs/methods.md §Guidelines) as flags a reader can act on."""
 
 from __future__ import annotations
 
-import html
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import figures
+from .blocks import Block, Image, Table, pm, rel, to_html, to_markdown
+from .export import write_csv
+from .robust import robust_blocks
 from .results import ExperimentResults, is_corruption, is_noise, label
 
 # Guideline 1 flags a method when its prune potential under a shift falls this far below
@@ -17,39 +18,28 @@ FLAG_DROP = 0.10
 FLAG_FRACTION = 0.5
 
 
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class Image:
-    path: str
-    caption: str
-
-
-Block = str | Table | Image  # a str is a paragraph; "# " / "## " prefixes make headings
-
-
-def _pm(summary, percent: bool = True) -> str:
-    if summary is None:
-        return "–"
-    scale = 100 if percent else 1
-    return f"{scale * summary.mean:.1f} ± {scale * summary.std:.1f}" if len(summary.values) > 1 else \
-        f"{scale * summary.mean:.1f}"
-
-
 def potential_table(results: ExperimentResults, arm: str) -> Table:
     dists = results.distributions()
     rows = []
     for method in results.methods:
-        rows.append([method.upper()] + [_pm(results.prune_potential(method, d, arm)) for d in dists])
+        rows.append([method.upper()] + [pm(results.prune_potential(method, d, arm)) for d in dists])
     return Table(["method"] + [label(d) for d in dists], rows)
 
 
+def control_table(results: ExperimentResults, control: str) -> Table:
+    """Nominal accuracy of the control's networks per cycle, beside their parent's."""
+    rows = []
+    for arm in results.arms:
+        for curve in results.curves(control, arm):
+            rows.append([str(curve.seed), arm, _acc(curve.parent.error("nominal"))]
+                        + [_acc(n.error("nominal")) for n in curve.networks])
+    cycles = max((len(r) - 3 for r in rows), default=0)
+    return Table(["seed", "training", "parent (%)"] + [f"cycle {i + 1} (%)" for i in range(cycles)], rows)
+
+
 def guideline_flags(results: ExperimentResults, arm: str = "nominal") -> list[str]:
-    """SPEC §7 (1): methods whose prune potential under a shift is far below the nominal one."""
+    """docs/methods.md §Guidelines (1): methods whose prune potential under a shift is far below the
+    nominal one."""
     flags = []
     for method in results.methods:
         nominal = results.prune_potential(method, "nominal", arm)
@@ -83,8 +73,9 @@ def build(results: ExperimentResults, out: Path) -> list[Block]:
     blocks.append(f"Network **{config.get('network')}** on **{config.get('data', {}).get('name')}**, methods "
                   f"{', '.join(m.upper() for m in results.methods)}, {schedule.get('mode', 'cascade')} prune–retrain "
                   f"cycles, seeds {', '.join(map(str, results.seeds))}. Prune ratios are fractions of the prunable "
-                  f"weights removed; prune potential P uses δ = {100 * results.delta:g} % and the 'any network' "
-                  "reading (SPEC §5). Results: `" + str(results.root) + "`.")
+                  "weights removed. Results: `" + str(results.root) + "`.")
+    blocks.append("## How the numbers are computed")
+    blocks += [f"* {line}" for line in results.readings()]
     if results.failed:
         blocks.append(f"⚠ {len(results.failed)} task(s) failed; their networks are missing below "
                       f"(first: `{results.failed[0]['key']}`).")
@@ -93,39 +84,43 @@ def build(results: ExperimentResults, out: Path) -> list[Block]:
                for (seed, arm), p in sorted(results.parents().items())]
     blocks += ["## Parent networks", Table(["seed", "training", "nominal accuracy (%)",
                                             f"accuracy, {label(_first_noise(results))} (%)"], parents)]
+    for control in results.controls:
+        blocks += [f"## Control: {control}",
+                   "The parent retrained on the same prune–retrain cycles as the pruned networks, pruned by "
+                   "nothing: how much of a pruned network's accuracy comes from the extra training alone. Prune "
+                   "potentials below compare with the parent itself, as the paper does.",
+                   control_table(results, control)]
 
     for arm in results.arms:
         suffix = "" if arm == "nominal" else f" ({arm} training)"
         tag = "" if arm == "nominal" else f"_{arm}"
         blocks.append(f"## Accuracy vs prune ratio{suffix}")
-        blocks.append(Image(_rel(figures.accuracy_vs_ratio(results, fig_dir / f"accuracy{tag}.png", arm), out),
+        blocks.append(Image(rel(figures.accuracy_vs_ratio(results, fig_dir / f"accuracy{tag}.png", arm), out),
                             "Test accuracy of every pruned network; dashed: parent, grey band: within δ of it."))
         blocks.append(f"## Prune potential{suffix}")
         blocks.append(potential_table(results, arm))
-        blocks.append(Image(_rel(figures.potential_bars(results, fig_dir / f"potential{tag}.png", arm), out),
+        blocks.append(Image(rel(figures.potential_bars(results, fig_dir / f"potential{tag}.png", arm), out),
                             "Prune potential per method and test distribution (mean ± std over seeds)."))
         noise_fig = figures.potential_vs_noise(results, fig_dir / f"potential_noise{tag}.png", arm)
         if noise_fig:
-            blocks.append(Image(_rel(noise_fig, out), "Prune potential as the input noise grows."))
+            blocks.append(Image(rel(noise_fig, out), "Prune potential as the input noise grows."))
         excess = figures.excess_error_plot(results, fig_dir / f"excess_error{tag}.png", arm)
         if excess:
             blocks.append(f"## Excess error{suffix}")
             blocks.append(_excess_table(results, arm))
-            blocks.append(Image(_rel(excess, out), "Excess error e(θ̂, D′) of every pruned network and the line "
+            blocks.append(Image(rel(excess, out), "Excess error e(θ̂, D′) of every pruned network and the line "
                                                    "fitted through the origin."))
         similarity = figures.similarity_plot(results, fig_dir / f"similarity{tag}.png", arm)
         if similarity:
             blocks.append(f"## Functional similarity{suffix}")
-            blocks.append(Image(_rel(similarity, out), "Pruned networks vs their parent on the same (noisy) "
+            blocks.append(Image(rel(similarity, out), "Pruned networks vs their parent on the same (noisy) "
                                                        "inputs; dotted: a separately trained network."))
         for seed in results.seeds:
             heat = figures.feature_heatmap(results, fig_dir / f"features_s{seed}{tag}.png", seed, arm)
             if heat:
                 blocks.append(f"## Informative features (seed {seed}){suffix}")
-                blocks.append(Image(_rel(heat, out), "Confidence of model B on images reduced to model A's "
+                blocks.append(Image(rel(heat, out), "Confidence of model B on images reduced to model A's "
                                                      "most informative pixels."))
-    from .robust import robust_blocks  # imports this module
-
     blocks += robust_blocks(results, fig_dir, out)
     blocks.append("## Guidelines")
     flags = guideline_flags(results)
@@ -143,9 +138,11 @@ def _excess_table(results: ExperimentResults, arm: str) -> Table:
         row = [method.upper()]
         for _, ds in groups:
             _, fit = results.excess_errors(method, ds, arm)
-            row.append(f"{100 * fit.slope:+.2f}" if fit else "–")
+            band = f" [{100 * fit.band[0]:+.2f}, {100 * fit.band[1]:+.2f}]" if fit and fit.band else ""
+            row.append(f"{100 * fit.slope:+.2f}{band}" if fit else "–")
         rows.append(row)
-    return Table(["method"] + [f"slope, {n} (% error per 100 % pruned)" for n, _ in groups], rows)
+    unit = "% error per 100 % pruned" + (", 95 % bootstrap band" if results.excess_bootstrap else "")
+    return Table(["method"] + [f"slope, {n} ({unit})" for n, _ in groups], rows)
 
 
 def _first_noise(results: ExperimentResults) -> str:
@@ -156,61 +153,6 @@ def _acc(error: float | None) -> str:
     return "–" if error is None else f"{100 * (1 - error):.2f}"
 
 
-def _rel(path: Path, out: Path) -> str:
-    return str(path.relative_to(out))
-
-
-# --------------------------------------------------------------------------- renderers
-def to_markdown(blocks: list[Block]) -> str:
-    lines = []
-    for block in blocks:
-        if isinstance(block, Table):
-            lines.append("| " + " | ".join(block.header) + " |")
-            lines.append("|" + "---|" * len(block.header))
-            lines += ["| " + " | ".join(row) + " |" for row in block.rows]
-        elif isinstance(block, Image):
-            lines.append(f"![{block.caption}]({block.path})\n\n*{block.caption}*")
-        elif block.startswith("#"):
-            lines.append(block)
-        else:
-            lines.append(f"- {block[2:]}" if block.startswith("* ") else block)
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _inline(text: str) -> str:
-    """Markdown's **bold** and `code` in HTML; everything else escaped."""
-    import re
-
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-
-
-def to_html(blocks: list[Block], title: str) -> str:
-    body = []
-    for block in blocks:
-        if isinstance(block, Table):
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif isinstance(block, Image):
-            body.append(f'<figure><img src="{html.escape(block.path)}" alt="{html.escape(block.caption)}">'
-                        f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
-        elif block.startswith("## "):
-            body.append(f"<h2>{_inline(block[3:])}</h2>")
-        elif block.startswith("# "):
-            body.append(f"<h1>{_inline(block[2:])}</h1>")
-        else:
-            body.append(f"<p>{_inline(block)}</p>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
-             "padding:4px 8px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
-             "img{max-width:100%}figcaption{color:#555;font-size:13px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
-
-
 def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write report.md, report.html and figures/*.png; returns the Markdown file's path."""
     results = ExperimentResults(results_dir)
@@ -218,6 +160,9 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path
     out.mkdir(parents=True, exist_ok=True)
     blocks = build(results, out)
     markdown = out / "report.md"
+    write_csv(results, out / "results.csv")
+    blocks.append("Every measurement of this report, one row per network, test distribution and metric: "
+                  "[results.csv](results.csv).")
     markdown.write_text(to_markdown(blocks))
     (out / "report.html").write_text(to_html(blocks, f"lostprune report: {results.config.get('name', '')}"))
     return markdown

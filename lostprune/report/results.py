@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..experiments.store import Store
-from ..metrics import excess_error, fit_excess_error, prune_potential, summarize
+from ..experiments.store import Store, StoreDamaged, damage
+from ..metrics import excess_error, fit_excess_error, prune_potential, prune_potential_over_draws, summarize
 
 
 @dataclass
@@ -28,9 +28,17 @@ class Network:
     paper_ratio: float | None
     flop_reduction: float | None
     values: dict[tuple[str, str], float] = field(default_factory=dict)  # (distribution, metric) -> value
+    draws: dict[str, list[float]] = field(default_factory=dict)  # distribution -> error of each noise draw
 
     def error(self, distribution: str) -> float | None:
         return self.values.get((distribution, "error"))
+
+    def error_draws(self, distribution: str) -> list[float] | None:
+        """The error on each noise draw (one value for a deterministic test set)."""
+        if distribution in self.draws:
+            return self.draws[distribution]
+        error = self.error(distribution)
+        return None if error is None else [error]
 
 
 @dataclass
@@ -56,6 +64,10 @@ class ExperimentResults:
         path = root / "results.sqlite" if root.is_dir() else root
         if not path.is_file():
             raise FileNotFoundError(f"no results store at {path} (run `lostprune run CONFIG --out {root}` first)")
+        reason = damage(path)
+        if reason is not None:
+            raise StoreDamaged(f"{path} is damaged ({reason}); `lostprune run CONFIG --out {path.parent}` with the "
+                               "experiment's config keeps it aside and restores its backup")
         store = Store(path)
         try:
             self.root = path.parent
@@ -68,11 +80,21 @@ class ExperimentResults:
                                                     row["flop_reduction"])
             for row in store.results():
                 if row["network"] in self.networks:
-                    self.networks[row["network"]].values[(row["distribution"], row["metric"])] = row["value"]
+                    network = self.networks[row["network"]]
+                    network.values[(row["distribution"], row["metric"])] = row["value"]
+                    if row["metric"] == "error" and row["extra"]:
+                        draws = json.loads(row["extra"]).get("draws")
+                        if draws:
+                            network.draws[row["distribution"]] = [float(v) for v in draws]
             self.failed = [dict(r) for r in store.tasks("failed")]
         finally:
             store.close()
-        self.delta = float(self.config.get("metrics", {}).get("delta", 0.005))
+        metrics = self.config.get("metrics", {})
+        self.delta = float(metrics.get("delta", 0.005))
+        # the readings of the original implementation, where chosen (see MetricsConfig)
+        self.boundary = metrics.get("boundary", "inclusive")
+        self.noise_potential = metrics.get("noise_potential", "mean_error")
+        self.excess_bootstrap = int(metrics.get("excess_bootstrap", 0))
 
     # ------------------------------------------------------------------ structure
     def parents(self) -> dict[tuple[int, str], Network]:
@@ -83,6 +105,16 @@ class ExperimentResults:
 
     @property
     def methods(self) -> list[str]:
+        """The pruning methods with networks, in config order (controls left out: they prune
+        nothing, so they have no prune potential or excess error)."""
+        return [m for m in self._found_methods() if not _is_control(m)]
+
+    @property
+    def controls(self) -> list[str]:
+        """Control methods with networks (e.g. ``unpruned``: the parent retrained on the cycles)."""
+        return [m for m in self._found_methods() if _is_control(m)]
+
+    def _found_methods(self) -> list[str]:
         order = self.config.get("methods", [])
         found = {n.method for n in self.networks.values() if n.method}
         return [m for m in order if m in found] + sorted(found - set(order))
@@ -120,17 +152,64 @@ class ExperimentResults:
         return out
 
     # ------------------------------------------------------------------ metrics
+    def curve_potential(self, curve: Curve, distribution: str, delta: float | None = None,
+                        reading: str = "any") -> float | None:
+        """P_δ of one seed's curve, with the experiment's boundary and, under input noise, its
+        noise reading (P of the mean error over draws, or the mean over draws of P); None
+        without data."""
+        delta = self.delta if delta is None else delta
+        if is_noise(distribution) and self.noise_potential == "per_draw":
+            draws = [n.error_draws(distribution) for n in curve.networks]
+            parent = curve.parent.error_draws(distribution)
+            if parent is None or any(d is None or len(d) != len(parent) for d in draws):
+                return None
+            return prune_potential_over_draws(curve.ratios, draws, parent, delta, reading, self.boundary).mean
+        errors, parent = curve.errors(distribution), curve.parent.error(distribution)
+        if parent is None or any(e is None for e in errors):
+            return None
+        return prune_potential(curve.ratios, errors, parent, delta, reading, self.boundary)
+
     def prune_potential(self, method: str, distribution: str, arm: str = "nominal", delta: float | None = None,
                         reading: str = "any"):
         """P_δ over seeds (SeedSummary: mean, std, values) or None without data."""
-        delta = self.delta if delta is None else delta
-        values = []
-        for curve in self.curves(method, arm):
-            errors, parent = curve.errors(distribution), curve.parent.error(distribution)
-            if parent is None or any(e is None for e in errors):
-                continue
-            values.append(prune_potential(curve.ratios, errors, parent, delta, reading))
+        values = [self.curve_potential(curve, distribution, delta, reading) for curve in self.curves(method, arm)]
+        values = [v for v in values if v is not None]
         return summarize(values) if values else None
+
+    def readings(self) -> list[str]:
+        """Which reading of each metric the numbers use, in words, for the report."""
+        config, metrics = self.config, self.config.get("metrics", {})
+        noise = (config.get("test") or {}).get("noise") or {}
+        draws = int(noise.get("draws", 1)) if noise else 0
+        text = [f"Prune potential P: δ = {100 * self.delta:g} %, the largest ratio of any network (not only "
+                "a prefix of the schedule) whose error is "
+                + ("at most the parent's + δ (inclusive)" if self.boundary == "inclusive" else
+                   "below the parent's + δ (strict, the original implementation's acc + δ > acc_parent)") + "."]
+        if noise:
+            text.append(f"Under input noise ({noise.get('kind', 'gaussian')}, normalized space, {draws} draw(s) per "
+                        "level): " + ("P of the error averaged over the draws." if self.noise_potential == "mean_error"
+                                      else "P of each draw (parent and pruned network on the same noisy inputs), "
+                                           "averaged over the draws (the original implementation's reading)."))
+        subset = (config.get("eval") or {}).get("shift_test_size")
+        test_size = (config.get("data") or {}).get("test_size")
+        whole = f"{test_size} test images (an equal share per class)" if test_size else "the whole test set"
+        if subset:
+            text.append(f"Nominal errors on {whole}; noisy and corrupted test sets on a class-balanced subset of "
+                        f"{subset} of them.")
+        else:
+            text.append(f"Errors on {whole}, nominal and shifted.")
+        text.append("Excess-error slope: least squares through the origin"
+                    + (f", with a 95 % bootstrap band ({self.excess_bootstrap} resamples of the networks)."
+                       if self.excess_bootstrap else ", no bootstrap band."))
+        if metrics.get("informative_features"):
+            mode = metrics.get("feature_mode", "gradient")
+            step = float(metrics.get("feature_step", 0.01))
+            text.append("Informative features: " + (
+                "exact backward selection (one forward pass per candidate pixel" if mode == "exact" else
+                "the gradient approximation of backward selection (first-order estimate of each pixel's removal")
+                + f"), {100 * step:g} % of the pixels a round, ranked by log-probability; "
+                f"{metrics.get('feature_images', 16)} test images, an equal share per class.")
+        return text
 
     def excess_errors(self, method: str, distributions: list[str], arm: str = "nominal"):
         """[(ratio, excess error over the mean of ``distributions``)] over all seeds, and the
@@ -149,7 +228,7 @@ class ExperimentResults:
                 points.append((net.ratio, excess_error(net.error("nominal"), shifted, p_nom, p_shift)))
         if not points:
             return [], None
-        fit = fit_excess_error([r for r, _ in points], [e for _, e in points]) if len(points) >= 1 else None
+        fit = fit_excess_error([r for r, _ in points], [e for _, e in points], bootstrap=self.excess_bootstrap)
         return points, fit
 
     def similarity(self, method: str, distribution: str, metric: str = "agreement", arm: str = "nominal"):
@@ -183,10 +262,6 @@ class ExperimentResults:
         matrix = np.array([[rows[a].get(b, np.nan) for b in names] for a in names])
         return names, matrix
 
-    def as_json(self) -> str:
-        return json.dumps({k: {"role": n.role, "ratio": n.ratio, "values": {f"{d}|{m}": v for (d, m), v in n.values.items()}}
-                           for k, n in self.networks.items()}, indent=1)
-
 
 def _kind(distribution: str) -> int:
     return 0 if distribution == "nominal" else 1 if is_noise(distribution) else 2
@@ -215,3 +290,9 @@ def label(distribution: str) -> str:
     if parts[0] == "corruption":
         return f"{parts[1].replace('_', ' ')} {parts[2]}"
     return distribution
+
+
+def _is_control(method: str) -> bool:
+    from ..methods import available_methods, get_method
+
+    return method in available_methods() and get_method(method).control

@@ -1,4 +1,4 @@
-"""The report's answer to the paper's guidelines 2–4 (SPEC §7): nominal- vs shift-trained
+"""The report's answer to the paper's guidelines 2–4 (docs/methods.md §Guidelines): nominal- vs shift-trained
 prune potential side by side per method and held-out distribution, with excess error for
 both, and the prune ratio to stop at (``lostprune.metrics.recommend_ratio``) per method."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import prune_potential, recommend_ratio, summarize
-from .render import Image, Table, _pm, _rel
+from ..metrics import recommend_ratio, summarize
+from .blocks import Image, Table, pm, rel
 from .results import ExperimentResults, is_corruption, is_noise, label
 
 ROBUST = "robust"
@@ -42,9 +42,9 @@ def mean_potential(results: ExperimentResults, method: str, distributions: list[
     for curve in results.curves(method, arm):
         per_shift = []
         for d in distributions:
-            parent, errors = curve.parent.error(d), curve.errors(d)
-            if parent is not None and all(e is not None for e in errors):
-                per_shift.append(prune_potential(curve.ratios, errors, parent, results.delta))
+            value = results.curve_potential(curve, d)
+            if value is not None:
+                per_shift.append(value)
         if per_shift and len(per_shift) == len(distributions):
             values.append(float(np.mean(per_shift)))
     return summarize(values) if values else None
@@ -74,7 +74,7 @@ def comparison_table(results: ExperimentResults) -> Table:
         for i, (name, dists, excess) in enumerate(entries):
             nominal = mean_potential(results, method, dists, "nominal")
             robust = mean_potential(results, method, dists, ROBUST)
-            rows.append([method.upper() if i == 0 else "", name, _pm(nominal), _pm(robust), _gain(nominal, robust),
+            rows.append([method.upper() if i == 0 else "", name, pm(nominal), pm(robust), _gain(nominal, robust),
                          _slope(results, method, dists, "nominal") if excess else "",
                          _slope(results, method, dists, ROBUST) if excess else ""])
     return Table(["method", "test distribution", "P, nominal training (%)", "P, shift-aware training (%)",
@@ -175,7 +175,7 @@ def robust_blocks(results: ExperimentResults, fig_dir: Path, out: Path) -> list:
         blocks.append(comparison_table(results))
         figure = comparison_figure(results, fig_dir / "shift_aware.png")
         if figure is not None:
-            blocks.append(Image(_rel(figure, out), "Prune potential per method: nominal (grey) vs shift-aware "
+            blocks.append(Image(rel(figure, out), "Prune potential per method: nominal (grey) vs shift-aware "
                                                    "(green) training, on nominal and held-out test data."))
         blocks += summary_sentences(results)
     table = recommendation_table(results)

@@ -1,6 +1,6 @@
-"""Shifted test distributions (SPEC §5): the 19 corruptions of CIFAR-10-C / ImageNet-C on
-batches of tensors, input noise in normalized space, and readers for the published
-CIFAR-10-C, CIFAR-10.1 and ImageNet-C files."""
+"""Shifted test distributions (docs/methods.md §Corruptions, docs/methods.md §Noise shifts): the 19
+corruptions of CIFAR-10-C / ImageNet-C on batches of tensors, input noise in normalized space, and
+readers for the published CIFAR-10-C, CIFAR-10.1 and ImageNet-C files."""
 
 from .corruptions import NAMES as CORRUPTIONS
 from .corruptions import corrupt, corruption_names, corruption_params, table_for

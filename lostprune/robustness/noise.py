@@ -1,5 +1,6 @@
-"""Input noise in normalized space (SPEC §5): uniform U[−ε, ε] or Gaussian N(0, ε²), added to
-the network's input after normalization, as in the paper's prune potential under noise."""
+"""Input noise in normalized space (docs/methods.md §Noise shifts): uniform U[−ε, ε] or Gaussian
+N(0, ε²), added to the network's input after normalization, as in the paper's prune potential under
+noise."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Unstructured-pruned networks that run faster: SparseConv2d / SparseLinear (masked sparse
-kernels, SPEC §6) and ``convert()``, which swaps them in where they beat the dense layer.
+kernels, docs/architecture.md, Kernels) and ``convert()``, which swaps them in where they beat the
+dense layer.
 
     fast = lostprune.sparse.convert(pruned_model, example_input=x)
     print(lostprune.sparse.report(fast))   # per layer: sparsity, dense vs sparse time, fused ops, decision

@@ -1,5 +1,5 @@
 """``convert()``: swap pruned Conv2d / Linear layers for SparseConv2d / SparseLinear where
-that is faster (SPEC §6).
+that is faster (docs/architecture.md, Kernels).
 
 Each candidate layer (sparsity >= ``min_sparsity``) is timed dense and sparse on an input of
 the shape it sees in the model — one forward pass of ``example_input`` records the shapes —
@@ -16,6 +16,7 @@ layer with its epilogue on both sides.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -23,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..bench import time_call
 from ..core.masks import effective_weight
+from ..core.shapes import check_input
 from ..ops.sparse import pack_weight
 from ..structure.folded_conv import FoldedConv2d
+from ..timing import time_call
+from . import autotune
 from . import fusion as fx_fusion
 from .modules import SparseConv2d, SparseLinear
 
@@ -130,14 +133,15 @@ def _record_input_shapes(model: nn.Module, names: Iterable[str], example_input) 
     return shapes
 
 
-def _best_ms(fn: Callable[[], object], other: Callable[[], object], rounds: int, min_time: float) -> tuple[float, float]:
+def _best_ms(fn: Callable[[], object], other: Callable[[], object], rounds: int, min_time: float,
+             clock: Callable[[], float]) -> tuple[float, float]:
     """Best ms per call of fn and other over alternating rounds: other processes only ever
     slow a call down, so the minimum is the fairest estimate of each."""
     fn(), other()
     a, b = [], []
     for _ in range(rounds):
-        a.append(time_call(fn, repeat=1, warmup=0, min_time=min_time) * 1e3)
-        b.append(time_call(other, repeat=1, warmup=0, min_time=min_time) * 1e3)
+        a.append(time_call(fn, repeat=1, warmup=0, min_time=min_time, clock=clock) * 1e3)
+        b.append(time_call(other, repeat=1, warmup=0, min_time=min_time, clock=clock) * 1e3)
     return min(a), min(b)
 
 
@@ -147,10 +151,14 @@ def _time_layer(dense: Callable[..., Tensor], sparse: nn.Module, shape: torch.Si
     output's shape when the epilogue adds one), synchronizing CUDA."""
     weight = sparse.values
     x = torch.randn(shape, device=weight.device, dtype=weight.dtype)
-    sync = torch.cuda.synchronize if weight.device.type == "cuda" else (lambda: None)
+    cuda = weight.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    # One CPU thread: its CPU time (both sides run in this thread), immune to the scheduler
+    # of a shared machine; otherwise wall time.
+    clock = time.thread_time if not cuda and torch.get_num_threads() == 1 else time.perf_counter
     with torch.inference_mode():
         args = (x, torch.randn_like(dense(x))) if residual else (x,)
-        return _best_ms(lambda: (dense(*args), sync()), lambda: (sparse(*args), sync()), rounds, min_time)
+        return _best_ms(lambda: (dense(*args), sync()), lambda: (sparse(*args), sync()), rounds, min_time, clock)
 
 
 def _dense_call(module: nn.Module, weight: Tensor, bias: Tensor | None, relu: bool = False) -> Callable[..., Tensor]:
@@ -165,6 +173,14 @@ def _dense_call(module: nn.Module, weight: Tensor, bias: Tensor | None, relu: bo
         return F.relu(out) if relu else out
 
     return call
+
+
+def _autotune_key(kind: str, module: nn.Module, weight: Tensor, nnz: int, shape: torch.Size, relu: bool,
+                  residual: bool) -> str:
+    conv = ({"stride": module.stride, "padding": module.padding, "dilation": module.dilation, "groups": module.groups}
+            if kind == "conv" else {})
+    return autotune.layer_key(kind, weight.shape, nnz, shape, relu=relu, residual=residual, dtype=weight.dtype,
+                              device=weight.device.type, **conv)
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -198,20 +214,25 @@ def _prepare_fusion(model: nn.Module, example_input, inplace: bool) -> tuple[tor
     return gm, None
 
 
-def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, calibrate: bool = True,
+def convert(model: nn.Module, min_sparsity: float = 0.2, *, example_input=None, calibrate: bool = True,
             layers: Iterable[str] | None = None, inplace: bool = False, rounds: int = 3,
-            min_time: float = 0.01, progress: bool = True, fuse: bool = True) -> nn.Module:
+            min_time: float = 0.01, progress: bool = True, fuse: bool = True, cache: bool = True) -> nn.Module:
     """Replace sparse Conv2d / Linear layers of ``model`` by SparseConv2d / SparseLinear where
     that is faster; the others stay dense.
 
     - ``model``: any module; masks in ``torch.nn.utils.prune`` format (``weight_orig`` +
       ``weight_mask``) or plain zeros in the weights. Deep-copied unless ``inplace``.
-    - ``min_sparsity``: layers with a smaller fraction of zero weights stay dense, untimed.
+    - ``min_sparsity``: layers with a smaller fraction of zero weights stay dense, untimed;
+      above it the timing decides (lightly pruned 1x1 convs can win: oneDNN runs NCHW
+      activations with reorders).
     - ``example_input``: a batch (or tuple of model arguments) like the ones the model will
       see; each candidate is timed dense and sparse at its input shape (batch size matters).
       Defaults to one random sample of ``model.input_size`` when the model has it.
     - ``calibrate=False``, or no input shape: convert where the sparsity reaches
       ``BREAK_EVEN_SPARSITY`` (and ``min_sparsity``).
+    - ``cache``: reuse the timings of a layer timed before (same shapes, nonzeros, epilogue,
+      dtype and threads, on these kernels) and record new ones, in the autotune cache beside
+      the compiled kernels (``lostprune.sparse.autotune``); ``False`` always measures.
     - ``layers``: restrict to these layer names.
     - ``fuse``: fold eval-mode BatchNorms into the conv before them (sparse or dense) and run
       the ReLU / residual add after a sparse conv in its kernel's epilogue; CPU max-pooling
@@ -222,10 +243,14 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
     Returns the converted model; its outputs equal the dense model's up to float rounding.
     ``report(model)`` gives one ``LayerDecision`` per layer (``print`` shows the table).
     """
-    if not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"convert: min_sparsity must lie in [0, 1], got {min_sparsity}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"convert: min_sparsity must lie in [0, 1] (a number), got {min_sparsity!r}")
     if rounds < 1 or min_time <= 0:
         raise ValueError(f"convert: rounds must be >= 1 and min_time > 0, got {rounds} and {min_time}")
+    if isinstance(example_input, Tensor):
+        check_input(model, example_input, "example_input")
     model = model if inplace else copy.deepcopy(model)
     candidates = {name: m for name, m in model.named_modules() if _kind(m) is not None}
     if layers is not None:
@@ -293,10 +318,18 @@ def convert(model: nn.Module, min_sparsity: float = 0.5, *, example_input=None, 
             decision.reason = f"cost model: sparsity {'>=' if decision.converted else '<'} {threshold:g}{why}"
         else:
             residual = fusion is not None and fusion.residual is not None
-            decision.dense_ms, decision.sparse_ms = _time_layer(_dense_call(module, weight, bias, relu), sparse, shape,
-                                                                rounds, min_time, residual)
+            key = _autotune_key(decision.kind, module, weight, sparse.nnz, shape, relu, residual)
+            cached = autotune.lookup(key) if cache else None
+            if cached is None:
+                decision.dense_ms, decision.sparse_ms = _time_layer(_dense_call(module, weight, bias, relu), sparse,
+                                                                    shape, rounds, min_time, residual)
+                if cache:
+                    autotune.record(key, decision.dense_ms, decision.sparse_ms)
+            else:
+                decision.dense_ms, decision.sparse_ms = cached
             decision.converted = decision.sparse_ms < decision.dense_ms
-            decision.reason = "calibrated: " + ("sparse faster" if decision.converted else "dense faster")
+            decision.reason = (("cached: " if cached is not None else "calibrated: ")
+                               + ("sparse faster" if decision.converted else "dense faster"))
         if fusion is not None:
             decision.fused = fusion.label(sparse=decision.converted)
             decision.reason += "".join(f"; {n}" for n in fusion.notes)

@@ -1,5 +1,5 @@
 """SparseConv2d / SparseLinear: drop-in inference replacements for pruned ``nn.Conv2d`` /
-``nn.Linear`` whose forward runs the masked sparse kernels (SPEC §6).
+``nn.Linear`` whose forward runs the masked sparse kernels (docs/architecture.md, Kernels).
 
 The packed weight is stored as module state (``values`` parameter, ``col_index`` and
 ``row_ptr`` buffers), so ``.to()``, ``state_dict()`` and ``torch.compile`` work as usual.

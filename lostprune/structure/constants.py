@@ -4,7 +4,7 @@ A conv/linear output channel whose weight row is all zero is its bias everywhere
 BN, activations and the other per-channel ops map it to another constant; constant-preserving
 spatial ops (max/adaptive pooling, interpolation, reflect/replicate padding, flatten) pass it
 on; a residual add of two constants is a constant. Slicing folds such channels into their
-consumers instead of computing them (SPEC §3).
+consumers instead of computing them (docs/methods.md §Slicing).
 
 The walk runs the fx graph on *probes*: per tensor, one value per channel (shaped
 [1, C, 1, ...] so modules apply as they are), NaN where the channel is not known to be
@@ -27,16 +27,16 @@ from torch import Tensor
 
 from ..core.masks import nonzero_rows_and_columns
 from .folded_conv import FoldedConv2d
-from .graph import (
-    _ACTIVATION_MODULES,
-    _BINARY_FUNCTIONS,
-    _BINARY_METHODS,
-    _ELEMENTWISE_FUNCTIONS,
-    _ELEMENTWISE_METHODS,
-    _FLATTEN_FUNCTIONS,
-    _NORM_MODULES,
-    _REDUCE_FUNCTIONS,
-    _REDUCE_METHODS,
+from .op_tables import (
+    ACTIVATION_MODULES,
+    BINARY_FUNCTIONS,
+    BINARY_METHODS,
+    ELEMENTWISE_FUNCTIONS,
+    ELEMENTWISE_METHODS,
+    FLATTEN_FUNCTIONS,
+    NORM_MODULES,
+    REDUCE_FUNCTIONS,
+    REDUCE_METHODS,
 )
 
 # Spatial ops whose output is constant wherever the input is (no padding with zeros).
@@ -153,7 +153,7 @@ class _Probes:
         probe = self.probe(arg)
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             return self.layer(node, module, arg, probe)
-        if isinstance(module, _NORM_MODULES + _ACTIVATION_MODULES):
+        if isinstance(module, NORM_MODULES + ACTIVATION_MODULES):
             return None if probe is None else self.shaped(module(probe.clone()), node)
         if isinstance(module, nn.Flatten):
             return self.flatten(node, arg, module.start_dim, module.end_dim)
@@ -205,17 +205,17 @@ class _Probes:
             return self.shaped(self.probe(args[0]), node)
         if not is_method and target in _SPATIAL_FUNCTIONS:
             return self.shaped(self.probe(args[0]), node) if _function_preserves(node) else None
-        if (is_method and target in _ELEMENTWISE_METHODS | _BINARY_METHODS) or \
-                (not is_method and target in _ELEMENTWISE_FUNCTIONS | _BINARY_FUNCTIONS):
+        if (is_method and target in ELEMENTWISE_METHODS | BINARY_METHODS) or \
+                (not is_method and target in ELEMENTWISE_FUNCTIONS | BINARY_FUNCTIONS):
             return self.apply(node)
         if not is_method and target in (torch.cat, torch.concat):
             return self.concat(node)
-        if (is_method and target == "flatten") or (not is_method and target in _FLATTEN_FUNCTIONS):
+        if (is_method and target == "flatten") or (not is_method and target in FLATTEN_FUNCTIONS):
             return self.flatten(node, args[0], node.kwargs.get("start_dim", args[1] if len(args) > 1 else 0),
                                 node.kwargs.get("end_dim", args[2] if len(args) > 2 else -1))
         if (is_method and target in ("view", "reshape")) or (not is_method and target is torch.reshape):
             return self.reshape(node)
-        if (is_method and target in _REDUCE_METHODS) or (not is_method and target in _REDUCE_FUNCTIONS):
+        if (is_method and target in REDUCE_METHODS) or (not is_method and target in REDUCE_FUNCTIONS):
             return self.reduce(node)
         return None
 

@@ -1,4 +1,5 @@
-"""Group-aware structured pruning (SPEC §3): score, allocate and remove whole channel groups.
+"""Group-aware structured pruning (docs/methods.md §Group-aware variants): score, allocate and
+remove whole channel groups.
 
 A structured method prunes *units*: the prunable channel groups of the dependency graph that
 it may touch. Removing channel k of a unit removes it from every member at once (all producer
@@ -41,9 +42,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..core.masks import nonzero_rows_and_columns, outer_mask, single_value
+from ..core.masks import outer_mask, single_value
 from .granularity import channel_multiple
 from .graph import DEPTHWISE, IN, OUT, ChannelGroup, DependencyGraph, GraphError
+from .group_counts import Refinement, WeightCounter, flat
 
 Reduce = Callable[[Tensor], Tensor]
 
@@ -122,140 +124,6 @@ class Unit:
         return gone
 
 
-class _WeightCounter:
-    """Counts the prunable weights a removal takes away — the same number as
-    ``DependencyGraph.effective_masks`` followed by accounting, without building masks.
-
-    Per layer, M[r, c] = surviving weights of row r and input column c in the current mask;
-    a removal zeroes rows (and columns); a channel is then structurally gone when all its
-    producer rows or all its consumer columns are dead; kept = rowkeep · M · colkeep. Dense
-    and structurally masked layers have M = inner · live_rows ⊗ live_cols, which makes every
-    count O(rows + cols) instead of O(rows · cols).
-
-    Rows and columns of all layers live in two flat arrays (layer ℓ at ``slices(ℓ)``), the
-    channels of all prunable groups in one (group g from
-    ``offset[g.id]``), so that an evaluation is a handful of vectorized numpy operations.
-    """
-
-    def __init__(self, graph: DependencyGraph, masks: Mapping[str, Tensor]):
-        self.layer = {name: i for i, name in enumerate(masks)}
-        self.matrix: dict[int, np.ndarray] = {}  # layer -> M, where M is not an outer product
-        inner, live_rows, live_cols = [], [], []
-        for i, mask in enumerate(masks.values()):
-            inner.append(int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1)
-            value = single_value(mask)  # an unpruned layer's ones_view
-            if (bool(value != 0) if value is not None else int(torch.count_nonzero(mask)) == mask.numel()):
-                # dense: the common first step
-                live_rows.append(np.ones(mask.shape[0], dtype=bool))
-                live_cols.append(np.ones(mask.shape[1] if mask.dim() > 1 else 1, dtype=bool))
-                continue
-            rows, cols = (t.cpu() for t in nonzero_rows_and_columns(mask))
-            # every live (row, column) pair full <=> as many nonzeros as the outer product holds
-            if int(torch.count_nonzero(mask)) != inner[-1] * int(rows.sum()) * int(cols.sum()):
-                nonzero = mask.detach() != 0
-                self.matrix[i] = (nonzero.flatten(2).sum(2) if nonzero.dim() > 2 else nonzero).cpu().to(
-                    torch.float64).numpy()
-            live_rows.append(rows.numpy())
-            live_cols.append(cols.numpy())
-        self.inner = np.array(inner, dtype=np.int64)
-        self.outer = np.array([i not in self.matrix for i in range(len(inner))], dtype=bool)
-        self.total = sum(mask.numel() for mask in masks.values())
-        self.live_rows = np.concatenate(live_rows) if live_rows else np.zeros(0, dtype=bool)
-        self.live_cols = np.concatenate(live_cols) if live_cols else np.zeros(0, dtype=bool)
-        self.row_layer = np.repeat(np.arange(len(inner)), [len(r) for r in live_rows])
-        self.col_layer = np.repeat(np.arange(len(inner)), [len(c) for c in live_cols])
-        self.row_start = np.r_[0, np.cumsum([len(r) for r in live_rows])].astype(np.int64)
-        self.col_start = np.r_[0, np.cumsum([len(c) for c in live_cols])].astype(np.int64)
-
-        # channels of the prunable groups and the rows / columns of their members
-        self.groups = [g for g in graph.groups if g.prunable]
-        self.offset: dict[int, int] = {}
-        sizes = [g.size for g in self.groups]
-        channels = int(sum(sizes))
-        self.forced_out = np.zeros(channels, dtype=bool)  # a producer outside the counted layers
-        self.forced_in = np.zeros(channels, dtype=bool)
-        self.has_in = np.zeros(channels, dtype=bool)
-        self.member_rows: dict[int, np.ndarray] = {}  # id(member) -> global rows / columns [size, span]
-        self.member_cols: dict[int, np.ndarray] = {}
-        producer_rows, producer_channels, consumer_cols, consumer_channels = [], [], [], []
-        base = 0
-        for g in self.groups:
-            self.offset[g.id] = base
-            span_channels = np.arange(base, base + g.size)
-            for m in g.members:
-                if m.role == IN:
-                    self.has_in[base:base + g.size] = True
-                if m.role not in (OUT, DEPTHWISE, IN):
-                    continue
-                if m.module not in self.layer:
-                    (self.forced_in if m.role == IN else self.forced_out)[base:base + g.size] = True
-                    continue
-                layer = self.layer[m.module]
-                index = m.index.numpy()
-                channel = np.repeat(span_channels, index.shape[1])
-                if m.role == IN:
-                    self.member_cols[id(m)] = self.col_start[layer] + index
-                    consumer_cols.append(self.member_cols[id(m)].reshape(-1))
-                    consumer_channels.append(channel)
-                else:
-                    self.member_rows[id(m)] = self.row_start[layer] + index
-                    producer_rows.append(self.member_rows[id(m)].reshape(-1))
-                    producer_channels.append(channel)
-            base += g.size
-        self.producer_rows, self.producer_channels = _flat(producer_rows), _flat(producer_channels)
-        self.consumer_cols, self.consumer_channels = _flat(consumer_cols), _flat(consumer_channels)
-
-    def slices(self, layer: str | int) -> tuple[slice, slice]:
-        """Where a layer (name or index) sits in the flat row and column arrays."""
-        i = self.layer[layer] if isinstance(layer, str) else layer
-        return (slice(int(self.row_start[i]), int(self.row_start[i + 1])),
-                slice(int(self.col_start[i]), int(self.col_start[i + 1])))
-
-    def fresh(self) -> tuple[np.ndarray, np.ndarray]:
-        """Row and column masks that zero nothing."""
-        return np.ones(len(self.live_rows), dtype=bool), np.ones(len(self.live_cols), dtype=bool)
-
-    @staticmethod
-    def _per_layer(start: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Per layer: how many of its entries of bool ``values`` are set (int64)."""
-        if len(start) == 1:
-            return np.zeros(0, dtype=np.int64)
-        return np.add.reduceat(values, start[:-1], dtype=np.int64)  # every layer has rows and columns
-
-    def removed_channels(self, rowmask: np.ndarray, colmask: np.ndarray) -> np.ndarray:
-        """Bool over the groups' channels (group g at ``offset[g.id]``): gone after zeroing
-        rowmask / colmask."""
-        rows, cols = rowmask & self.live_rows, colmask & self.live_cols
-        row_alive = rows & (self._per_layer(self.col_start, cols) > 0)[self.row_layer]
-        col_alive = cols & (self._per_layer(self.row_start, rows) > 0)[self.col_layer]
-        for layer, m in self.matrix.items():
-            r, c = self.slices(layer)
-            row_alive[r] = rowmask[r] & (m @ colmask[c] > 0)
-            col_alive[c] = colmask[c] & (rowmask[r] @ m > 0)
-        alive_out = self.forced_out.copy()
-        alive_out[self.producer_channels[row_alive[self.producer_rows]]] = True
-        alive_in = self.forced_in.copy()
-        alive_in[self.consumer_channels[col_alive[self.consumer_cols]]] = True
-        return ~alive_out | (self.has_in & ~alive_in)
-
-    def removed_weights(self, rowmask: np.ndarray, colmask: np.ndarray) -> int:
-        gone = self.removed_channels(rowmask, colmask)
-        rowkeep, colkeep = rowmask.copy(), colmask.copy()
-        rowkeep[self.producer_rows[gone[self.producer_channels]]] = False
-        colkeep[self.consumer_cols[gone[self.consumer_channels]]] = False
-        rows = self._per_layer(self.row_start, rowkeep & self.live_rows)
-        cols = self._per_layer(self.col_start, colkeep & self.live_cols)
-        kept = float((self.inner * rows * cols)[self.outer].sum())
-        for layer, m in self.matrix.items():
-            r, c = self.slices(layer)
-            kept += float(rowkeep[r].astype(np.float64) @ m @ colkeep[c].astype(np.float64))
-        return int(self.total - round(kept))
-
-
-def _flat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
-
-
 class GroupPlan:
     """The units a structured method may prune, their ranking, and what a removal costs.
 
@@ -264,9 +132,9 @@ class GroupPlan:
         layers: {name: module} the method may touch (a unit needs all its producers among
             them for ``by="out"``, all its consumers for ``by="in"``).
         current_masks: {layer: 0/1 weight mask}; channels they already remove stay removed.
-        by: ``"out"`` — scores are per output filter of the producers, masks zero producer
-            rows (FT); ``"in"`` — scores are per input channel of the consumers, masks zero
-            consumer columns and producer rows (PFP).
+        by: ``"out"`` — scores are per output filter of the producers (FT); ``"in"`` —
+            scores are per input channel of the consumers (PFP). Either way a removed
+            channel's producer rows and consumer columns are zeroed.
         coupled, round_to: see the module docstring.
     """
 
@@ -283,8 +151,8 @@ class GroupPlan:
         self.round_to = check_round_to(round_to, weight.device if isinstance(weight, Tensor) else None)
         self.round_to_option = round_to
         if self.coupled != "skip":
-            _refuse_unsupported_coupling(graph)
-        self.counter = _WeightCounter(graph, {n: self.current_masks[n] for n in self.layers})
+            refuse_unsupported_coupling(graph)
+        self.counter = WeightCounter(graph, {n: self.current_masks[n] for n in self.layers})
         dead = self.counter.removed_channels(*self.counter.fresh())
         self.skipped: list[ChannelGroup] = []  # coupled groups left alone by coupled="skip"
         self.units: list[Unit] = []
@@ -299,7 +167,7 @@ class GroupPlan:
             alive = group.size - int(gone.sum())
             self.units.append(Unit(group, gone, allowed_kept(alive, self.round_to)))
         # the units' channels in the counter's numbering, and their removal ranks (see rank)
-        self._unit_channels = _flat([self.counter.offset[u.group.id] + np.arange(u.size) for u in self.units])
+        self._unit_channels = flat([self.counter.offset[u.group.id] + np.arange(u.size) for u in self.units])
         self._ranks: tuple[list, np.ndarray] | None = None
 
     def _members(self, group: ChannelGroup):
@@ -325,11 +193,7 @@ class GroupPlan:
             for m in self._members(unit.group):
                 if m.module not in scores:
                     continue
-                layer_scores = torch.as_tensor(scores[m.module]).detach().flatten().cpu().double()
-                extent = self.layers[m.module].weight.shape[0 if self.by == OUT else 1]
-                if layer_scores.numel() != extent:
-                    raise ValueError(f"scores[{m.module!r}] has {layer_scores.numel()} values but the layer has "
-                                     f"{extent} {'output filters' if self.by == OUT else 'input columns'}")
+                layer_scores = self._layer_scores(m.module, scores[m.module], reduce)
                 spans = layer_scores[m.index]  # [size, span]
                 values.append(spans[:, 0] if m.span == 1 else reduce(spans.T))
             if not values:
@@ -339,6 +203,21 @@ class GroupPlan:
                 raise ValueError(f"coupled reduce returned shape {tuple(score.shape)}, expected ({unit.size},)")
             result.append(score)
         return result
+
+    def _layer_scores(self, name: str, values, reduce: Reduce) -> Tensor:
+        """A layer's scores per weight row (``by="out"``) or column (``by="in"``): a grouped
+        conv's per-input-channel scores reduced over its groups (column j of the weight
+        reads channel j of every group, and they go together)."""
+        layer = self.layers[name]
+        values = torch.as_tensor(values).detach().flatten().cpu().double()
+        extent = layer.weight.shape[0 if self.by == OUT else 1]
+        groups = getattr(layer, "groups", 1)
+        if self.by == IN and groups > 1 and values.numel() == extent * groups:
+            values = reduce(values.view(groups, extent))
+        if values.numel() != extent:
+            raise ValueError(f"scores[{name!r}] has {values.numel()} values but the layer has "
+                             f"{extent} {'output filters' if self.by == OUT else 'input columns'}")
+        return values
 
     def rank(self, scores: Mapping[str, Tensor]) -> None:
         """Set every unit's score and removal order (dead channels first, then ascending
@@ -351,10 +230,6 @@ class GroupPlan:
             unit.order = torch.sort(ranked, stable=True).indices
 
     # ------------------------------------------------------------------ counts
-    def base_counts(self) -> list[int]:
-        """Removal counts that remove nothing new (the dead channels)."""
-        return [u.size - u.alive for u in self.units]
-
     def counts_for_kept(self, kept: Sequence[float]) -> list[int]:
         """Removal counts from wanted kept counts per unit (snapped to the allowed ones)."""
         return [u.size - snap(k, u.allowed) for u, k in zip(self.units, kept)]
@@ -375,6 +250,9 @@ class GroupPlan:
             layer_scores = torch.as_tensor(scores[name]).detach().flatten().cpu().double()
             top = torch.zeros(layer_scores.numel(), dtype=torch.bool)
             top[torch.sort(layer_scores, descending=True, stable=True).indices[:max(0, int(count))]] = True
+            columns = self.layers[name].weight.shape[1]
+            if top.numel() != columns:  # a grouped conv: a column is wanted where any group wants it
+                top = top.view(-1, columns).any(0)
             for i, unit in enumerate(self.units):
                 for m in self._members(unit.group):
                     if m.module == name:
@@ -398,8 +276,9 @@ class GroupPlan:
         return self._ranks[1]
 
     def _zeroed(self, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Flat row and column masks (see ``_WeightCounter``) with the rows of the removed
-        channels' producers zeroed, and with ``by="in"`` their consumers' columns."""
+        """Final flat row and column keep vectors (see ``WeightCounter``): the removed
+        channels' producer rows and consumer columns zeroed, with what that removes
+        structurally."""
         counts = np.asarray(counts, dtype=np.int64).reshape(len(self.units))
         if any(u.order is None and c > 0 for u, c in zip(self.units, counts.tolist())):
             raise RuntimeError("rank(scores) must run before removal counts are evaluated")
@@ -409,17 +288,18 @@ class GroupPlan:
         counter = self.counter
         rows, cols = counter.fresh()
         rows[counter.producer_rows[marked[counter.producer_channels]]] = False
-        if self.by == IN:
-            cols[counter.consumer_cols[marked[counter.consumer_channels]]] = False
-        return rows, cols
+        cols[counter.consumer_cols[marked[counter.consumer_channels]]] = False
+        return counter.final(rows, cols)
 
     def removed_weights(self, counts: Sequence[int]) -> int:
-        """Prunable weights the masks of ``counts`` remove, structure included (the count
-        ``PruneStats`` reports)."""
+        """Prunable weights the masks of ``counts`` remove: the zeros ``masks(counts)`` adds,
+        the count ``PruneStats`` reports."""
         return self.counter.removed_weights(*self._zeroed(counts))
 
     def masks(self, counts: Sequence[int]) -> dict[str, Tensor]:
-        """{layer: 0/1 weight mask}: the current masks with the removed channels zeroed."""
+        """{layer: 0/1 weight mask}: the current masks with the removed channels zeroed in
+        every member (producer rows and consumer columns: a removed filter's constant is
+        dropped, not left for slicing to fold)."""
         rows, cols = self._zeroed(counts)
         masks = {}
         for name, mask in self.current_masks.items():
@@ -449,6 +329,10 @@ class GroupPlan:
     def fit(self, candidates: Sequence, counts_of: Callable[[object], list[int]], target: int) -> list[int]:
         """Bisect ``candidates`` (ordered so that removal grows) for the last one whose
         counts remove at most ``target`` weights; returns its counts."""
+        return counts_of(candidates[self.fit_index(candidates, counts_of, target)])
+
+    def fit_index(self, candidates: Sequence, counts_of: Callable[[object], list[int]], target: int) -> int:
+        """The index ``fit`` chooses."""
         lo, hi = 0, len(candidates) - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -456,7 +340,7 @@ class GroupPlan:
                 lo = mid
             else:
                 hi = mid - 1
-        return counts_of(candidates[lo])
+        return lo
 
     def fit_uniform(self, target: int, tolerance: float = 0.005) -> list[int]:
         """Counts removing ``target`` weights with the same fraction of every unit; where
@@ -477,7 +361,7 @@ class GroupPlan:
         ``target`` removed weights, move units one allowed step off ``counts`` while that
         brings removal closer."""
         if abs(target - self.removed_weights(counts)) > tolerance * target:
-            counts = _Refinement(self, counts).run(target, tolerance * target)
+            counts = Refinement(self, counts).run(target, tolerance * target)
         return counts
 
     def constraints(self) -> list[str]:
@@ -499,74 +383,7 @@ class GroupPlan:
         return "\n".join(lines)
 
 
-class _Refinement:
-    """Moves units one allowed step off the common fraction to close the gap to the
-    target: greedily by each move's own effect (2n evaluations a round), then — in small
-    networks, where steps are coarse — by pairs (+1 here, −1 there)."""
-
-    def __init__(self, plan: GroupPlan, counts: list[int]):
-        self.plan = plan
-        self.base = [u.allowed.index(u.size - c) for u, c in zip(plan.units, counts)]
-
-    def counts(self, index: Sequence[int]) -> list[int]:
-        return [u.size - u.allowed[i] for u, i in zip(self.plan.units, index)]
-
-    def valid(self, index: Sequence[int]) -> bool:
-        return all(abs(i - b) <= 1 and 0 <= i < len(u.allowed) for i, b, u in zip(index, self.base, self.plan.units))
-
-    def moved(self, index: list[int], moves: Mapping[int, int]) -> list[int] | None:
-        trial = list(index)
-        for unit, step in moves.items():
-            trial[unit] += step
-        return trial if self.valid(trial) else None
-
-    def run(self, target: int, tolerance: float) -> list[int]:
-        removed_of = self.plan.removed_weights
-        index = list(self.base)
-        removed = removed_of(self.counts(index))
-        n = len(index)
-        for _ in range(4):  # greedy rounds on single-move effects
-            gap = target - removed
-            if abs(gap) <= tolerance:
-                return self.counts(index)
-            step = -1 if gap > 0 else 1  # one allowed kept count down = remove more
-            effects = []
-            for unit in range(n):
-                trial = self.moved(index, {unit: step})
-                if trial is not None:
-                    effects.append((removed_of(self.counts(trial)) - removed, unit))
-            chosen, total = {}, 0
-            for effect, unit in sorted(effects, key=lambda e: -abs(e[0])):
-                if abs(gap - (total + effect)) < abs(gap - total):
-                    chosen[unit], total = step, total + effect
-            trial = self.moved(index, chosen) if chosen else None
-            if trial is None:
-                break
-            trial_removed = removed_of(self.counts(trial))
-            if abs(target - trial_removed) >= abs(gap):
-                break
-            index, removed = trial, trial_removed
-        if n <= 40:  # pair moves cost O(n²) evaluations: only where steps are coarse
-            for _ in range(2 * n):
-                error = abs(target - removed)
-                if error <= tolerance:
-                    break
-                best = None
-                for a in range(n):
-                    for moves in [{a: -1}, {a: 1}] + [{a: -1, b: 1} for b in range(n) if b != a]:
-                        trial = self.moved(index, moves)
-                        if trial is None:
-                            continue
-                        trial_removed = removed_of(self.counts(trial))
-                        if abs(target - trial_removed) < error and (best is None or abs(target - trial_removed) < abs(target - best[1])):
-                            best = (trial, trial_removed)
-                if best is None:
-                    break
-                index, removed = best
-        return self.counts(index)
-
-
-def _refuse_unsupported_coupling(graph: DependencyGraph) -> None:
+def refuse_unsupported_coupling(graph: DependencyGraph) -> None:
     """A coupled group frozen by an op the graph does not understand would silently keep a
     whole stage of channels: name the node and op, and the ways out."""
     for group in graph.groups:

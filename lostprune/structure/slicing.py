@@ -1,4 +1,4 @@
-"""Physical channel slicing (SPEC §3, §6): a structurally masked model → a smaller dense model
+"""Physical channel slicing (docs/methods.md §Slicing): a structurally masked model → a smaller dense model
 with the same function.
 
     sliced = lostprune.slice_model(result.model)       # result = lostprune.prune(model, "ft", 0.5)
@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -34,59 +32,19 @@ from torch.nn.utils import prune as torch_prune
 
 from ..core.accounting import output_positions
 from ..core.masks import mask_factors, masked_parameters, nonzero_rows_and_columns
+from ..core.shapes import check_input, shape_only_forward
 from ..ops import gather_channels
-from .constants import input_constants
+from .attention import resize_attention
 from .folded_conv import FoldedConv2d
 from .granularity import channel_multiple, padded
-from .graph import DEPTHWISE, IN, NORM, OUT, ChannelGroup, build_graph
+from .graph import GraphError, build_graph
+from .slice_plan import SlicePlan, SliceReport, live_rows_and_columns, plan_slice
+from .trace_cache import EXAMPLE_INPUT
+from .tracing import failing_module
 
 
 class SlicingWarning(UserWarning):
     """Slicing kept something it was asked to remove, or had nothing to remove."""
-
-
-@dataclass
-class SliceReport:
-    """What ``slice_model`` did. ``shapes``: parameter name → shape in the sliced model."""
-
-    params_before: int
-    params_after: int
-    channels_removed: int = 0  # group channels dropped
-    channels_folded: int = 0  # of those, constants folded into consumers
-    channels_kept: int = 0  # removed channels slicing had to keep (see ``kept``)
-    folded_layers: dict[str, str] = field(default_factory=dict)  # consumer -> "bias" / "border"
-    kept: list[str] = field(default_factory=list)  # removed channels kept, with the reason
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    # Convolution work per sample (MACs of the sliced dense convs), and what the kernels really
-    # compute with output channels padded to ``channel_multiple`` (``granularity.py``)
-    conv_macs: int = 0
-    conv_macs_padded: int = 0
-    channel_multiple: int = 1
-    unaligned: list[str] = field(default_factory=list)  # convs whose output channels are not a multiple
-
-    @property
-    def param_reduction(self) -> float:
-        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
-
-    @property
-    def padding_share(self) -> float:
-        """Fraction of the convolution kernels' work that falls on channel padding."""
-        return 1.0 - self.conv_macs / self.conv_macs_padded if self.conv_macs_padded else 0.0
-
-    def summary(self) -> str:
-        borders = sum(kind == "border" for kind in self.folded_layers.values())
-        text = (f"sliced: {self.params_before:,} → {self.params_after:,} parameters "
-                f"(−{100 * self.param_reduction:.2f} %), {self.channels_removed:,} channels removed, "
-                f"{self.channels_folded:,} constant channels folded into {len(self.folded_layers)} layers "
-                f"({borders} with a border term)")
-        if self.padding_share >= 0.05:
-            text += (f"\n  {self.padding_share:.0%} of the convolution work runs on channel padding: "
-                     f"{len(self.unaligned)} convs keep output channel counts that are not a multiple of "
-                     f"{self.channel_multiple}, the kernels' channel tile on this device; prune with "
-                     f"round_to='auto' to keep multiples of it")
-        if self.kept:
-            text += "\n  kept: " + "\n  kept: ".join(self.kept)
-        return text
 
 
 # --------------------------------------------------------------------------- the copy
@@ -147,125 +105,15 @@ def _count_params(model: nn.Module) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if not name.endswith("_mask"))
 
 
-# --------------------------------------------------------------------------- decisions
-def _live_rows_and_columns(modules: dict[str, nn.Module], known: dict[nn.Module, tuple[Tensor, Tensor]]
-                           ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Per conv/linear layer: which weight rows and input columns hold a nonzero (one pass
-    over the weights; a zero weight is a removed weight, masked or not). ``known``: those
-    already found, per module."""
-    rows, cols = {}, {}
-    for name, module in modules.items():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            live_rows, live_cols = known.get(module) or nonzero_rows_and_columns(module.weight)
-            rows[name], cols[name] = live_rows.cpu(), live_cols.cpu()
-    return rows, cols
-
-
-def _zero_padded(conv: nn.Conv2d) -> bool:
-    """Whether the conv sees zeros at the borders (so a constant input is not uniform there)."""
-    if conv.padding_mode != "zeros":
-        return False
-    if isinstance(conv.padding, str):
-        return conv.padding == "same" and any(d * (k - 1) > 0 for d, k in zip(conv.dilation, conv.kernel_size))
-    return any(p > 0 for p in conv.padding)
-
-
-def _border_capable(conv: nn.Module) -> bool:
-    return type(conv) in (nn.Conv2d, FoldedConv2d)
-
-
-class _Decision:
-    """Per group: which removed channels are dropped, and the constants to fold."""
-
-    def __init__(self, modules: dict[str, nn.Module], rows: dict[str, Tensor], cols: dict[str, Tensor],
-                 constants: dict[str, Tensor]):
-        self.modules = modules
-        self.rows, self.cols = rows, cols
-        self.constants = constants
-        self.kept: list[str] = []
-        self.kept_channels = 0
-
-    def alive(self, group: ChannelGroup) -> tuple[Tensor, Tensor | None]:
-        alive_out = torch.zeros(group.size, dtype=torch.bool)
-        alive_in = None
-        for m in group.members:
-            if m.role in (OUT, DEPTHWISE):
-                alive_out |= self.rows[m.module][m.index].any(1) if m.module in self.rows else True
-            elif m.role == IN:
-                alive_in = torch.zeros(group.size, dtype=torch.bool) if alive_in is None else alive_in
-                alive_in |= self.cols[m.module][m.index].any(1) if m.module in self.cols else True
-        return alive_out, alive_in
-
-    def unfoldable(self, group: ChannelGroup) -> tuple[Tensor, list[str]]:
-        """Bool [size]: constant channels that cannot be folded into every consumer, and why
-        (one reason per consumer that refuses)."""
-        refused = torch.zeros(group.size, dtype=torch.bool)
-        reasons = []
-        for m in group.consumers:
-            module = self.modules[m.module]
-            reads = self.cols[m.module][m.index].any(1) if m.module in self.cols else torch.ones(group.size, dtype=torch.bool)
-            values = self.constants.get(m.module)
-            values = values[m.index] if values is not None else torch.full(tuple(m.index.shape), math.nan)
-            unknown = reads & ~torch.isfinite(values).all(1)
-            if unknown.any():
-                reasons.append(f"its value at the input of '{m.module}' is not a constant slicing can determine "
-                               "(it passes an op that does not preserve constants, or the layer runs on different "
-                               "inputs)")
-            border = torch.zeros(group.size, dtype=torch.bool)
-            if isinstance(module, nn.Conv2d) and _zero_padded(module) and not _border_capable(module):
-                border = reads & ~unknown & (values != 0).any(1)
-                if border.any():
-                    reasons.append(f"'{m.module}' is a {type(module).__name__} with zero padding "
-                                   "(only nn.Conv2d and FoldedConv2d take a border term)")
-            refused |= unknown | border
-        return refused, reasons
-
-    def dropped(self, group: ChannelGroup, removed: Tensor) -> Tensor:
-        alive_out, alive_in = self.alive(group)
-        constant = removed & ~alive_out
-        if alive_in is not None:
-            constant &= alive_in  # a channel nobody reads goes without folding
-        drop = removed.clone()
-        if constant.any():
-            refused, reasons = self.unfoldable(group)
-            refused &= constant
-            if refused.any():
-                drop &= ~refused
-                self.kept_channels += int(refused.sum())
-                self.kept.append(f"{int(refused.sum())} channels of group {group.id} ({_producer_names(group)}): "
-                                 + "; ".join(reasons))
-        if drop.all():  # a layer needs at least one channel: keep one, unchanged
-            drop[0] = False
-            self.kept_channels += 1
-            self.kept.append(f"channel 0 of group {group.id} ({_producer_names(group)}): every channel of the "
-                             "group was removed; one is kept so its layers keep a channel")
-        return drop
-
-
-def _producer_names(group: ChannelGroup) -> str:
-    names = [m.module for m in group.producers]
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
 # --------------------------------------------------------------------------- the slice
-def _fold_term(module: nn.Module, weight: Tensor, values: Tensor, columns: Tensor) -> Tensor | None:
-    """Σ_j c_j · W[:, j] over the dropped constant columns: [out, kh, kw] or [out]; None if 0."""
-    c = torch.zeros(weight.shape[1], dtype=torch.float64, device=weight.device)
-    vals = values[columns.cpu()].to(c.device)
-    c[columns.to(c.device)] = torch.nan_to_num(vals, nan=0.0)  # NaN only where the column is all zero
-    if not bool((c != 0).any()):
-        return None
-    term = torch.einsum("oi...,i->o...", weight.detach().double(), c)
-    return term if bool((term != 0).any()) else None
-
-
 def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_modules=()) -> nn.Module:
     """A smaller dense copy of ``model`` without its structurally removed channels.
 
     Args:
         model: a structurally pruned model (masks in ``nn.utils.prune`` format, e.g.
             ``lostprune.prune(model, "ft", r).model``; zeroed weights count the same).
-        example_input: a batch to trace the model on; defaults to ``model.input_size``.
+        example_input: a batch to trace the model on; defaults to the one ``lostprune.prune``
+            was given (remembered on the pruned model), else ``model.input_size``.
         leaf_modules: module types or names the dependency graph treats as opaque.
 
     Returns a new ``nn.Module`` (no pruning hooks; the user's model is untouched) whose output
@@ -274,16 +122,29 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    source = "example_input"
+    if example_input is None:
+        example_input, source = getattr(model, EXAMPLE_INPUT, None), ""  # prune ran the model on it
     if example_input is None:
         size = getattr(model, "input_size", None)
         if size is None:
             raise ValueError("slice_model traces the model and needs an example input: pass "
-                             "example_input=torch.randn(1, C, H, W) (or set model.input_size)")
+                             "example_input=torch.randn(1, C, H, W) (or set model.input_size; a model "
+                             "lostprune.prune returned remembers the one prune traced it on)")
         reference = next(itertools.chain(model.parameters(), model.buffers()), None)
         example_input = torch.zeros(1, *size, device=reference.device if reference is not None else None)
-    if not isinstance(example_input, Tensor) or example_input.dim() < 2:
-        raise ValueError("example_input must be a batch tensor (N x C x H x W or N x features)")
+        source = "model.input_size"
+    if not isinstance(example_input, Tensor) or example_input.dim() < 2 or example_input.shape[0] == 0:
+        raise ValueError("example_input must be a non-empty batch tensor (N x C x H x W or N x features), got "
+                         + (f"shape {tuple(example_input.shape)}" if isinstance(example_input, Tensor)
+                            else type(example_input).__name__))
+    if source:  # a wrong input fails here, named, not as a trace error deep in the graph
+        check_input(model, example_input, source)
     params_before = _count_params(model)
+    # masked layers: weights their masks keep (slicing drops only masked ones; the rest of a
+    # sliced layer's weights are masked weights that stay, as zeros)
+    pruned = {name: int(torch.count_nonzero(m.weight_mask)) for name, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear)) and "weight" in masked_parameters(m)}
 
     dense, shared, live = _dense_copy(model)
     training = {m: m.training for m in dense.modules()}
@@ -291,7 +152,7 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     try:
         graph = build_graph(dense, example_input[:1], leaf_modules, reuse_from=model)
         modules = graph.modules
-        rows, cols = _live_rows_and_columns(modules, live)
+        rows, cols = live_rows_and_columns(modules, live)
         removed = {}
         for group in graph.groups:
             if group.prunable:
@@ -303,16 +164,18 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
             warnings.warn("slice_model: no channel is structurally removed (the model has no structural masks: "
                           "it is unpruned or pruned unstructured) — returning an equal dense copy", SlicingWarning,
                           stacklevel=2)
-            plan = _Plan(modules, {}, {})
+            plan = SlicePlan(modules, {}, {})
         else:
-            plan = _plan(graph, modules, rows, cols, removed, report)
+            plan = plan_slice(graph, modules, rows, cols, removed, report)
         _materialize(dense, modules, plan, shared)
     finally:
         for module, mode in training.items():
             module.training = mode
     for conv in plan.folded.values():  # after the modes are restored: the new module copies its own
         _replace(dense, conv, FoldedConv2d.from_conv(conv, conv._buffers.pop("fold_weight")))
+    _check_runs(dense, example_input)
     report.params_after = _count_params(dense)
+    report.zeros_kept = sum(dense.get_submodule(name).weight.numel() - kept for name, kept in pruned.items())
     _count_conv_work(dense, graph, report, example_input)
     report.shapes = {name: tuple(p.shape) for name, p in dense.named_parameters()}
     if report.kept:
@@ -321,6 +184,18 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
                       stacklevel=2)
     dense.slice_report = report
     return dense
+
+
+def _check_runs(sliced: nn.Module, example_input: Tensor) -> None:
+    """One shape-only pass of the sliced model (meta tensors): a size the channel analysis
+    could not see in the model's code fails here, named, instead of in the user's hands."""
+    try:
+        shape_only_forward(sliced, example_input[:1])
+    except Exception as exc:
+        where = failing_module(exc)
+        raise GraphError(f"slice_model: the sliced model does not run{f' ({where})' if where else ''}: "
+                         f"{type(exc).__name__}: {exc}. Some size in the model's code depends on the removed "
+                         "channels in a way the channel analysis does not follow; please report it") from exc
 
 
 def _count_conv_work(sliced: nn.Module, graph, report: SliceReport, example_input: Tensor) -> None:
@@ -339,73 +214,15 @@ def _count_conv_work(sliced: nn.Module, graph, report: SliceReport, example_inpu
             report.unaligned.append(name)
 
 
-@dataclass
-class _Plan:
-    modules: dict[str, nn.Module]
-    keep_rows: dict[str, Tensor]  # module -> bool [dim 0] (conv/linear rows, depthwise, BN)
-    keep_cols: dict[str, Tensor]  # module -> bool [in channels / features]
-    new_tensors: dict[tuple[str, str], Tensor] = field(default_factory=dict)  # (module, attr) -> replaced source
-    folded: dict[str, nn.Conv2d] = field(default_factory=dict)  # convs that take a border term
-
-
-def _plan(graph, modules, rows, cols, removed, report: SliceReport) -> _Plan:
-    constants = input_constants(graph.fx_graph, modules, {n: ~r for n, r in rows.items()})
-    decision = _Decision(modules, rows, cols, constants)
-    keep_rows: dict[str, Tensor] = {}
-    keep_cols: dict[str, Tensor] = {}
-    fold_columns: dict[str, list[Tensor]] = {}
-    for group in graph.groups:
-        if group.id not in removed:
-            continue
-        drop = decision.dropped(group, removed[group.id])
-        if not drop.any():
-            continue
-        alive_out, _ = decision.alive(group)
-        constant = drop & ~alive_out
-        report.channels_removed += int(drop.sum())
-        report.channels_folded += int(constant.sum())
-        for m in group.members:
-            target = keep_cols if m.role == IN else keep_rows
-            if m.module not in target:
-                target[m.module] = torch.ones(_extent(modules[m.module], m.role), dtype=torch.bool)
-            target[m.module][m.select(drop)] = False
-            if m.role == IN and constant.any():
-                fold_columns.setdefault(m.module, []).append(m.select(constant))
-    report.kept, report.channels_kept = decision.kept, decision.kept_channels
-    plan = _Plan(modules, keep_rows, keep_cols)
-    for name, columns in fold_columns.items():
-        module = modules[name]
-        term = _fold_term(module, module.weight, constants[name], torch.cat(columns))
-        if term is None:
-            continue
-        if isinstance(module, nn.Conv2d) and _zero_padded(module):
-            previous = module.fold_weight.double() if isinstance(module, FoldedConv2d) else 0
-            plan.new_tensors[(name, "fold_weight")] = (previous + term.unsqueeze(1)).to(module.weight.dtype)
-            report.folded_layers[name] = "border"
-        else:
-            shift = term.flatten(1).sum(1) if term.dim() > 1 else term
-            bias = module.bias.detach().double() if module.bias is not None else 0
-            plan.new_tensors[(name, "bias")] = (bias + shift).to(module.weight.dtype)
-            report.folded_layers[name] = "bias"
-    return plan
-
-
-def _extent(module: nn.Module, role: str) -> int:
-    if role == IN:
-        return module.weight.shape[1]
-    if role == NORM:
-        return module.num_features
-    return module.weight.shape[0]
-
-
 def _index(keep: Tensor | None) -> Tensor | None:
     return None if keep is None or bool(keep.all()) else keep.nonzero().flatten()
 
 
-def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: _Plan, shared: set[int]) -> None:
+def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: SlicePlan, shared: set[int]) -> None:
     """One gather for every tensor that is sliced or still shared with the user's model,
     then the modules' sizes."""
     jobs = []  # [module, attr, old tensor or None, source, rows, cols]
+    moved: dict[tuple[int, str], int] = {}  # (module id, attr) -> dim moved to the front for the gather
     for name, module in modules.items():
         rows, cols = _index(plan.keep_rows.get(name)), _index(plan.keep_cols.get(name))
         sliceable = isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._NormBase))
@@ -415,6 +232,15 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: _Plan, s
             source = plan.new_tensors.pop((name, attr), None)
             r = rows if sliceable and tensor.dim() >= 1 else None
             c = cols if sliceable and attr == "weight" and isinstance(module, (nn.Conv2d, nn.Linear)) else None
+            qualified = f"{name}.{attr}" if name else attr
+            if qualified in plan.keep_params:  # a layer scale, class token, per-head table: along its dim
+                dim, keep = plan.keep_params[qualified]
+                if dim > 1:
+                    moved[(id(module), attr)] = dim
+                    source = tensor.detach().movedim(dim, 0)
+                    r, c = _index(keep), None
+                else:
+                    r, c = (_index(keep), None) if dim == 0 else (None, _index(keep))
             if source is None and r is None and c is None and id(tensor) not in shared:
                 continue  # already this copy's own tensor, unchanged
             jobs.append([module, attr, tensor, source, r, c])
@@ -449,6 +275,8 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: _Plan, s
 
     made: dict[int, Tensor] = {}
     for (module, attr, old, _, _, _), i in zip(jobs, which):
+        if (id(module), attr) in moved:
+            outputs[i] = outputs[i].movedim(0, moved[(id(module), attr)]).contiguous()
         is_param = attr in module._parameters or (old is None and attr != "fold_weight")
         if i not in made:
             if is_param:
@@ -461,6 +289,7 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: _Plan, s
     for name, module in modules.items():
         if name in plan.keep_rows or name in plan.keep_cols:
             _resize(module)
+        resize_attention(module)
         if type(module) is nn.Conv2d and "fold_weight" in module._buffers:
             plan.folded[name] = module
     leftovers = [n for n, t in itertools.chain(dense.named_parameters(), dense.named_buffers()) if id(t) in shared]
@@ -472,10 +301,10 @@ def _resize(module: nn.Module) -> None:
     """Set a module's size attributes from its (sliced) tensors."""
     if isinstance(module, nn.Conv2d):
         out_channels, per_group = module.weight.shape[:2]
-        if module.groups > 1:  # depthwise: one input channel per output channel
+        if module.groups > 1 and module.groups == module.in_channels == module.out_channels:  # depthwise
             module.groups = module.in_channels = out_channels
-        else:
-            module.in_channels = per_group
+        else:  # a grouped conv keeps its groups (channel j of every group went together)
+            module.in_channels = per_group * module.groups
         module.out_channels = out_channels
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape

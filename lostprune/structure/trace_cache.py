@@ -1,5 +1,6 @@
 """Reuse of a model's trace: ``prune`` builds the dependency graph, ``slice_model`` and the
-accounting need the same one a moment later (on the same model or on a copy of it).
+accounting need the same one a moment later (on a copy of the model), and so does the next
+pruning step of a cascade.
 
 ``structure_key`` summarizes everything the trace and the channel groups depend on — module
 names and types, their plain attributes (conv strides, groups, flags a forward may branch
@@ -12,7 +13,6 @@ arbitrary object attribute, a closure, a forward hook) gets no key and is always
 from __future__ import annotations
 
 import types
-import weakref
 from collections import OrderedDict
 
 import torch
@@ -20,7 +20,9 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils import prune as torch_prune
 
-_MODULE_INTERNALS = frozenset(nn.Module().__dict__)  # _parameters, _buffers, hook dicts, training …
+# the example input lostprune.prune remembers on a pruned model, for slice_model
+EXAMPLE_INPUT = "lostprune_example_input"
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__) | {EXAMPLE_INPUT}  # _parameters, _buffers, hooks, training …
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.memory_format)
 
 
@@ -88,29 +90,29 @@ def structure_key(model: nn.Module, example_input: Tensor, leaf_modules=()) -> t
 
 
 class TraceCache:
-    """Per model object (held weakly): the values stored under its last few structure keys
-    (a model is typically traced in train mode by ``prune`` and in eval mode by ``slice_model``)."""
+    """The values stored under the last ``size`` structure keys, whatever model object they
+    came from: a trace and its channel groups depend on the structure only, so a copy of a
+    model (``prune``'s working copy, ``slice_model``'s, the next cycle of a cascade) or another
+    instance of the same architecture reuses them. Holds no model."""
 
-    def __init__(self, per_model: int = 2):
-        self.per_model = per_model
-        self._entries: weakref.WeakKeyDictionary[nn.Module, OrderedDict] = weakref.WeakKeyDictionary()
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
 
-    def get(self, key: tuple | None, *owners: nn.Module | None):
-        """The value stored under ``key`` for the first owner that has one, else None."""
-        if key is None:
+    def get(self, key: tuple | None):
+        """The value stored under ``key``, else None."""
+        if key is None or key not in self._entries:
             return None
-        for owner in owners:
-            entries = self._entries.get(owner) if owner is not None else None
-            if entries is not None and key in entries:
-                entries.move_to_end(key)
-                return entries[key]
-        return None
+        self._entries.move_to_end(key)
+        return self._entries[key]
 
-    def put(self, key: tuple | None, owner: nn.Module, value) -> None:
+    def put(self, key: tuple | None, value) -> None:
         if key is None:
             return
-        entries = self._entries.setdefault(owner, OrderedDict())
-        entries[key] = value
-        entries.move_to_end(key)
-        while len(entries) > self.per_model:
-            entries.popitem(last=False)
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()

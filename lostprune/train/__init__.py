@@ -1,16 +1,16 @@
-"""Training and prune–retrain cycles (SPEC §4).
+"""Training and prune–retrain cycles (docs/methods.md §Prune–retrain).
 
 ``train(model, data, TrainConfig(...))`` trains in place with masks enforced;
 ``prune_retrain(parent, method, keep_ratios, data, retrain)`` yields one ``PrunedNetwork``
 per keep ratio in one-shot, cascade or rewind mode, ready to be stored as it comes;
-``ShiftAugmentation`` is their shift-aware ``batch_transform`` (SPEC §7).
+``ShiftAugmentation`` is their shift-aware ``batch_transform`` (docs/methods.md §Guidelines).
 """
 
-from .augment import ShiftAugmentation, ShiftedSample, robust_batch_transform
+from .augment import ShiftAugmentation, ShiftedSample
 from .cycles import MODES, PrunedNetwork, prune_retrain
 from .loop import TrainConfig, TrainResult, evaluate, logits_of, settle_masks, train
 from .schedules import Geometric, Linear, LRSchedule, keep_ratio_schedule, paper_keep_ratios
 
 __all__ = ["Geometric", "LRSchedule", "Linear", "MODES", "PrunedNetwork", "TrainConfig", "TrainResult", "evaluate", "keep_ratio_schedule",
-           "logits_of", "paper_keep_ratios", "prune_retrain", "robust_batch_transform", "settle_masks", "train",
+           "logits_of", "paper_keep_ratios", "prune_retrain", "settle_masks", "train",
            "ShiftAugmentation", "ShiftedSample"]

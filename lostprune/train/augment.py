@@ -1,4 +1,4 @@
-"""Shift-aware (robust) training augmentation (SPEC §7, guidelines 2–4).
+"""Shift-aware (robust) training augmentation (docs/methods.md §Guidelines, 2–4).
 
 ``ShiftAugmentation`` is a ``batch_transform`` for ``lostprune.train.train`` (and, through
 ``train_options``, for ``prune_retrain``): every sample of a batch independently draws
@@ -6,7 +6,7 @@
 - one corruption from ``corruptions`` and a severity from ``severities`` (0 = left clean),
   applied to its pixels (inputs are denormalized, corrupted, normalized again), and
 - one input-noise level from ``noise_levels`` (0 = none), U[−ε, ε] or N(0, ε²) added in
-  normalized space like the test-time noise of SPEC §5.
+  normalized space like the test-time noise of docs/methods.md §Noise shifts.
 
 Samples that drew the same (corruption, severity) are corrupted together in one batched
 call, on the batch's device. The per-sample draws come from a CPU generator, so the same
@@ -278,19 +278,3 @@ def _check_levels(levels: Sequence[float]) -> list[float]:
     levels = _check_each(levels, "noise_levels", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
                          "a finite number >= 0 (0 = no noise)")
     return [float(level) for level in levels]
-
-
-def robust_batch_transform(config, splits=None) -> ShiftAugmentation:
-    """The augmentation of an experiment's ``robust:`` section (``RobustConfig`` or a mapping
-    of its fields) for the data ``splits`` (their normalization). Unseeded: ``train`` seeds it
-    per epoch, so runs are reproducible and resumable."""
-    if isinstance(config, dict):
-        from ..experiments.config import RobustConfig, _build
-
-        config = _build(RobustConfig, config, "robust")
-    noise = config.noise
-    normalize = {}
-    if splits is not None and getattr(splits, "normalized", False):
-        normalize = {"mean": splits.mean, "std": splits.std}
-    return ShiftAugmentation(config.corruptions, config.severities, noise.kind if noise else None,
-                             noise.levels if noise else (0.0,), **normalize)

@@ -1,4 +1,4 @@
-"""Prune–retrain cycles (SPEC §4): one-shot, cascade and rewind.
+"""Prune–retrain cycles (docs/methods.md §Prune–retrain): one-shot, cascade and rewind.
 
 - ``oneshot``: prune the parent to each keep ratio independently, retrain each.
 - ``cascade`` (the paper's mode): prune the current network a step further, retrain, repeat.
@@ -143,7 +143,7 @@ def prune_retrain(parent: nn.Module, method: str, keep_ratios: Sequence[float], 
     """
     from tqdm.auto import tqdm
 
-    from .. import prune
+    from ..api import prune
     from ..data.splits import DataSplits
     from ..methods import get_method
 
@@ -161,7 +161,8 @@ def prune_retrain(parent: nn.Module, method: str, keep_ratios: Sequence[float], 
         if rewind_state is None:
             raise ValueError("rewind mode needs rewind_state: the parent's state_dict at an early epoch "
                              "(train(..., snapshot_epochs=[k]).snapshots[k])")
-        if not isinstance(rewind_epoch, int) or not 0 <= rewind_epoch < retrain.epochs:
+        if not isinstance(rewind_epoch, int) or rewind_epoch < 0 or (retrain.steps is None
+                                                                     and rewind_epoch >= retrain.epochs):
             raise ValueError(f"rewind_epoch must be an integer in [0, retrain.epochs={retrain.epochs}), "
                              f"got {rewind_epoch!r}")
         start_epoch = rewind_epoch

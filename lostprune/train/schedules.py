@@ -1,8 +1,9 @@
 """Schedules: the learning rate over training, and the keep ratios of prune–retrain cycles.
 
 ``LRSchedule`` is a pure function of the (fractional) epoch, so a resumed run continues on
-exactly the same curve and learning-rate rewinding (SPEC §4) is simply "start again at 0".
-Keep-ratio schedules are concatenations of geometric and linear segments (SPEC §4).
+exactly the same curve and learning-rate rewinding (docs/methods.md §Prune–retrain) is simply "start
+again at 0". Keep-ratio schedules are concatenations of geometric and linear segments
+(docs/methods.md §Prune–retrain).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-KINDS = ("multistep", "cosine", "constant")
+KINDS = ("multistep", "cosine", "constant", "onecycle")
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,10 @@ class LRSchedule:
     - ``multistep``: ``lr * gamma ** (number of milestones passed)``; milestones in epochs
       (default: the paper's 91 and 136 of 182, scaled to ``epochs``);
     - ``cosine``: from ``lr`` down to ``min_lr`` over the epochs after warm-up;
-    - ``constant``: ``lr``.
+    - ``constant``: ``lr``;
+    - ``onecycle`` (Smith & Topin's 1cycle, as ``torch.optim.lr_scheduler.OneCycleLR`` with
+      cosine annealing): from ``lr / div_factor`` up to ``lr`` over the first ``pct_start`` of
+      the epochs, then down to ``lr / div_factor / final_div_factor``; it is its own warm-up.
     """
 
     lr: float = 0.1
@@ -31,6 +35,9 @@ class LRSchedule:
     milestones: tuple[float, ...] | None = None
     gamma: float = 0.1
     min_lr: float = 0.0
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -45,6 +52,14 @@ class LRSchedule:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"pct_start must be in (0, 1), got {self.pct_start!r}")
+        for name in ("div_factor", "final_div_factor"):
+            if not (getattr(self, name) >= 1 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be a finite number >= 1, got {getattr(self, name)!r}")
+        if self.kind == "onecycle" and self.warmup_epochs:
+            raise ValueError("warmup_epochs must be 0 with the onecycle schedule (its rise over pct_start "
+                             f"is the warm-up), got {self.warmup_epochs!r}")
         if self.milestones is not None:
             ms = tuple(float(m) for m in self.milestones)
             if any(b <= a for a, b in zip(ms, ms[1:])) or any(m <= 0 for m in ms):
@@ -68,15 +83,25 @@ class LRSchedule:
         if self.kind == "multistep":
             passed = sum(epoch >= m for m in self.resolved_milestones)
             return self.lr * self.gamma ** passed
+        if self.kind == "onecycle":
+            start = self.lr / self.div_factor
+            peak = self.pct_start * self.epochs
+            if epoch < peak:
+                return _cosine(start, self.lr, max(epoch, 0.0) / peak)
+            return _cosine(self.lr, start / self.final_div_factor, min(1.0, (epoch - peak) / (self.epochs - peak)))
         span = self.epochs - self.warmup_epochs
-        progress = min(1.0, (epoch - self.warmup_epochs) / span)
-        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        return _cosine(self.lr, self.min_lr, min(1.0, (epoch - self.warmup_epochs) / span))
 
     def scaled(self, epochs: float) -> LRSchedule:
         """The same curve compressed (or stretched) to ``epochs``: milestones and warm-up scale along."""
         factor = epochs / self.epochs
         milestones = None if self.milestones is None else tuple(m * factor for m in self.milestones)
         return replace(self, epochs=epochs, warmup_epochs=self.warmup_epochs * factor, milestones=milestones)
+
+
+def _cosine(start: float, stop: float, progress: float) -> float:
+    """Half a cosine from ``start`` (progress 0) to ``stop`` (progress 1)."""
+    return stop + (start - stop) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)
@@ -143,7 +168,8 @@ def keep_ratio_schedule(*segments: Geometric | Linear | Iterable[Geometric | Lin
 
 
 def paper_keep_ratios(num: int = 23) -> list[float]:
-    """SPEC §4: geometric from 0.85 to 0.15, then linear to 0.02; ``num`` networks in all.
+    """docs/methods.md §Prune–retrain: geometric from 0.85 to 0.15, then linear to 0.02; ``num``
+    networks in all.
 
     The split between the two segments is not given by the paper; this picks the one whose
     step size changes least at 0.15 (for 23 networks: 16 geometric, then 7 linear)."""

@@ -1,4 +1,4 @@
-"""The 19 corruptions of CIFAR-10-C / ImageNet-C (SPEC §5) on batches of tensors.
+"""The 19 corruptions of CIFAR-10-C / ImageNet-C (docs/methods.md §Corruptions) on batches of tensors.
 
 ``corrupt(images, name, severity, seed=None)`` takes N×C×H×W (or C×H×W) images, float in
 [0, 1] or uint8, on any device, and returns the corrupted batch in the same dtype, shape and
