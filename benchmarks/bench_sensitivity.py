@@ -1,13 +1,17 @@
-"""The sensitivity pass (SiPP weight sensitivities, PFP channel sensitivities) against the
-literal reference (a) and the vectorized reference (b), against one forward pass on the same
-batch, and its peak memory.
+"""The sensitivity pass (SiPP weight sensitivities, PFP channel sensitivities) against one
+forward pass of the same batch, op by op against one convolution of the same input, on the
+AVX-512 and the AVX2 builds of the kernels, with its peak memory and a profile.
 
-    python benchmarks/bench_sensitivity.py              # writes benchmarks/results/sensitivity.md
+    python benchmarks/bench_sensitivity.py                 # writes benchmarks/results/sensitivity.md
+    python benchmarks/bench_sensitivity.py --references    # also against the PyTorch references
     python -m pytest benchmarks/bench_sensitivity.py --benchmark-enable
 
-Timing ratios are measured in the same run, interleaved. The references are slow (the literal
-one runs per image and per output filter), so they run on a subset of the batch and the kernel
-is timed again, interleaved, on that same subset for their ratio. Peak memory is read from the kernel's
+Each ISA runs in its own process: the AVX-512 build (LOSTPRUNE_MARCH=native on an AVX-512
+CPU) and the AVX2 build (LOSTPRUNE_MARCH=x86-64-v3), where torch's own kernels are held to
+AVX2 too (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS), so the forward
+it is compared with is an AVX2 machine's. Ratios are measured in the same process,
+interleaved, as medians: one thread in thread CPU time (what a pass costs, robust to a
+shared machine's load), and the default threads in wall-clock time. Peak memory is read from
 VmHWM in a fresh process per measurement, with glibc returning freed blocks at once.
 """
 
@@ -16,11 +20,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -29,8 +39,16 @@ from lostprune import models  # noqa: E402
 from lostprune.datapass import sensitivity_pass  # noqa: E402
 
 # model, batch (the issue's), images for reference (b), images for reference (a)
-CASES = [("resnet20", 256, 64, 16), ("resnet18", 32, 4, 2)]
-KINDS = [("weight", "mean", "SiPP weight sensitivities"), ("channel", "max", "PFP channel sensitivities")]
+CASES = [("resnet20", 256, 64, 16), ("resnet18", 32, 4, 2), ("mobilenet_v2", 32, 4, 2)]
+KINDS = [("weight", "mean", "SiPP"), ("channel", "max", "PFP")]
+# The two builds: LOSTPRUNE_MARCH and, for AVX2, torch's own kernels held to AVX2.
+ISAS = {
+    "AVX-512": {"LOSTPRUNE_MARCH": "native"},
+    "AVX2": {"LOSTPRUNE_MARCH": "x86-64-v3", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+SCRIPT = Path(__file__).resolve()
+ROOT = SCRIPT.parent.parent
 
 
 def setup(name: str, batch: int):
@@ -50,15 +68,39 @@ def score(model, x, kind: str, reduce: str, implementation: str = "kernel"):
                             implementation=implementation)
 
 
-def largest_layer_input(model, x) -> int:
-    """Bytes of the largest conv/linear input of the batch."""
-    sizes = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: sizes.append(args[0].nbytes))
-             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+def layer_inputs(model, x) -> dict:
+    """{name: (module, its input)} for every conv and linear layer."""
+    seen = {}
+
+    def record(name):
+        def hook(module, args, output):
+            seen.setdefault(name, (module, args[0]))  # returns None: the output stays
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
     forward(model, x)
     for h in hooks:
         h.remove()
-    return max(sizes)
+    return seen
+
+
+def largest_layer_input(model, x) -> int:
+    """Bytes of the largest conv/linear input of the batch."""
+    return max(inp.nbytes for _, inp in layer_inputs(model, x).values())
+
+
+def thread_times(fns: dict, rounds: int) -> dict:
+    """Median thread CPU seconds of each function, sampled interleaved after one warm-up call."""
+    for fn in fns.values():
+        fn()
+    samples = {key: [] for key in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            start = time.thread_time()
+            fn()
+            samples[key].append(time.thread_time() - start)
+    return {key: statistics.median(v) for key, v in samples.items()}
 
 
 # --------------------------------------------------------------------------- pytest-benchmark
@@ -87,7 +129,63 @@ def test_sipp_pass_literal_reference_resnet20(benchmark):
     benchmark.pedantic(score, (model, x, "weight", "mean", "literal"), rounds=1)
 
 
-# --------------------------------------------------------------------------- memory (subprocess)
+# --------------------------------------------------------------------------- one ISA (child)
+def measure_isa(isa: str, rounds: int) -> dict:
+    """Everything one build measures: pass / forward (1 thread CPU time; default threads wall
+    clock) and op / conv per layer (1 thread CPU time)."""
+    from lostprune.ops import _build, channel_sensitivity, weight_sensitivity
+
+    built = _build.vector_isa()
+    if built != isa:
+        raise RuntimeError(f"asked for the {isa} build, got {built} kernels (LOSTPRUNE_MARCH="
+                           f"{os.environ.get('LOSTPRUNE_MARCH')})")
+    threads = torch.get_num_threads()
+    out = {"isa": isa, "threads": threads, "torch_isa": torch.backends.cpu.get_cpu_capability(), "models": {}}
+    for name, batch, _, _ in CASES:
+        print(f"[{isa}] {name}", file=sys.stderr, flush=True)
+        model, x = setup(name, batch)
+        result = {"batch": batch}
+        torch.set_num_threads(1)
+        fns = {"forward": lambda: forward(model, x)}
+        for kind, reduce, label in KINDS:
+            fns[label] = lambda kind=kind, reduce=reduce: score(model, x, kind, reduce)
+        result["cpu"] = thread_times(fns, rounds)
+        # Op by op: every layer's own input, the op against one convolution of it.
+        layers = []
+        with torch.no_grad():
+            for layer, (m, inp) in layer_inputs(model, x).items():
+                if isinstance(m, nn.Linear):
+                    conv_args, conv = {}, lambda m=m, inp=inp: F.linear(inp, m.weight)
+                else:
+                    conv_args = dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
+                    conv = lambda m=m, inp=inp, a=conv_args: F.conv2d(inp, m.weight, None, **a)  # noqa: E731
+                t = thread_times({
+                    "conv": conv,
+                    "SiPP": lambda m=m, inp=inp, a=conv_args: weight_sensitivity(inp, m.weight, reduce="mean", **a),
+                    "PFP": lambda m=m, inp=inp, a=conv_args: channel_sensitivity(inp, m.weight, **a),
+                }, max(1, rounds - 1))
+                layers.append({"name": layer, "input": list(inp.shape), "weight": list(m.weight.shape), **t})
+        result["layers"] = layers
+        torch.set_num_threads(threads)
+        result["wall"] = {}
+        for kind, reduce, label in KINDS:
+            tf, tp, _ = interleaved_ratio(lambda: forward(model, x), lambda kind=kind, reduce=reduce:
+                                          score(model, x, kind, reduce), rounds=rounds, min_time=0.0)
+            result["wall"][label] = {"forward": tf, "pass": tp}
+        out["models"][name] = result
+    return out
+
+
+def run_child(args: list[str], env_update: dict, timeout: float = 7200) -> str:
+    env = dict(os.environ, LOSTPRUNE_CUDA="0", **env_update)
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{done.stderr[-4000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- memory (child)
 def _vm(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 
@@ -104,84 +202,228 @@ def _memory_child(name: str, batch: int, kind: str, reduce: str, what: str) -> N
     print(json.dumps({"extra": _vm("VmHWM") - baseline}))
 
 
-def peak_extra(name: str, batch: int, kind: str, reduce: str, what: str) -> int:
+def peak_extra(name: str, batch: int, kind: str, reduce: str, what: str, env_update: dict) -> int:
     """Peak resident memory above the loaded model and data, in bytes, in a fresh process."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    out = subprocess.run([sys.executable, __file__, "--memory", name, str(batch), kind, reduce, what],
-                         capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["extra"]
+    env = dict(env_update, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    line = run_child(["--memory", name, str(batch), kind, reduce, what], env)
+    return json.loads(line)["extra"]
+
+
+# --------------------------------------------------------------------------- profile (perf)
+# Where a pass's samples fall: kernel symbols by phase (the rest is the forward and torch).
+PHASES = [
+    ("pass 1: z = W± A, V = 1/z", r"TileOps<.*>::inverses"),
+    ("pass 2: SiPP reduction of A V", r"WeightKernel<.*>::run"),
+    ("pass 2: PFP bound tests + reductions", r"ChannelKernel<.*>::run"),
+    ("im2col tiles", r"build_tile|copy_split_segment"),
+    ("signed weight lists", r"signed_lists"),
+    ("driver: input scan, item folds, scores out", r"data_points|weight_sensitivity_cpu|channel_sensitivity_cpu|"
+                                                   r"accumulate_tiles"),
+]
+
+
+def _profile_child(name: str, batch: int, kind: str, reduce: str, repeats: int) -> None:
+    torch.set_num_threads(1)
+    model, x = setup(name, batch)
+    score(model, x, kind, reduce)
+    for _ in range(repeats):
+        score(model, x, kind, reduce)
+    print("{}")
+
+
+def profile(name: str, batch: int, kind: str, reduce: str, env_update: dict) -> dict | None:
+    """{phase: share of the pass's samples} from perf, one thread; None without perf."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "perf.data"
+        env = dict(os.environ, LOSTPRUNE_CUDA="0", OMP_NUM_THREADS="1", **env_update)
+        record = subprocess.run([perf, "record", "-q", "-o", str(data), "--", sys.executable, str(SCRIPT),
+                                 "--profile", name, str(batch), kind, reduce, "2"],
+                                capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+        if record.returncode != 0:
+            return None
+        report = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym"],
+                                capture_output=True, text=True, timeout=600).stdout
+    shares: dict[str, float] = {}
+    for line in report.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(.*?)\s+\[[.k]\]\s+(.*)$", line)
+        if not m:
+            continue
+        pct, dso, sym = float(m.group(1)), m.group(2), m.group(3)
+        if "lostprune" in dso:
+            phase = next((label for label, pattern in PHASES if re.search(pattern, sym)), "other lostprune code")
+        elif re.search(r"python|libc|ld-linux|kernel", dso):
+            phase = "Python, libc, OS (process start and imports included)"
+        else:
+            phase = "forward and torch (oneDNN, MKL, ATen, OpenMP)"
+        shares[phase] = shares.get(phase, 0.0) + pct
+    return shares
 
 
 # --------------------------------------------------------------------------- report
-def main() -> None:
-    timing = ["| model | batch | scores | forward (s) | sensitivity pass (s) | pass ÷ forward |",
-              "|---|---|---|---|---|---|"]
-    refs = ["| model | scores | reference | images | reference (s) | kernel pass (s) | speedup |",
-            "|---|---|---|---|---|---|---|"]
-    memory = ["| model | batch | scores | largest layer input (MB) | forward peak extra (MB) "
-              "| pass peak extra (MB) | pass − forward (MB) | (pass − forward) ÷ largest input |",
-              "|---|---|---|---|---|---|---|---|"]
-    ref_memory = ["| model | scores | implementation | images | peak extra (MB) |", "|---|---|---|---|---|"]
+def main(references: bool, rounds: int, quick: bool = False) -> None:
+    results = {}
+    for isa, env in ISAS.items():
+        print(f"measuring the {isa} build", file=sys.stderr, flush=True)
+        extra = ["--quick"] if quick else []
+        results[isa] = json.loads(run_child(["--isa", isa, str(rounds), *extra], env))
     mb = 1 << 20
-    for name, batch, n_vec, n_lit in CASES:
+
+    ratio = ["| model | batch | scores | build | forward (s) | pass (s) | pass ÷ forward, 1 thread CPU time "
+             "| pass ÷ forward, wall clock | Σ conv ÷ forward |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, batch, _, _ in CASES:
+        for _, _, label in KINDS:
+            for isa in ISAS:
+                r = results[isa]["models"][name]
+                cpu, wall = r["cpu"], r["wall"][label]
+                conv = sum(lay["conv"] for lay in r["layers"]) / cpu["forward"]
+                ratio.append(f"| {name} | {batch} | {label} | {isa} | {cpu['forward']:.3f} | {cpu[label]:.3f} "
+                             f"| **{cpu[label] / cpu['forward']:.2f}×** | {wall['pass'] / wall['forward']:.2f}× "
+                             f"| {conv:.2f} |")
+
+    per_op = ["| model | build | Σ conv (s) | SiPP op ÷ conv | PFP op ÷ conv | layers where SiPP ÷ conv is largest |",
+              "|---|---|---|---|---|---|"]
+    for name, _, _, _ in CASES:
+        for isa in ISAS:
+            layers = results[isa]["models"][name]["layers"]
+            conv = sum(lay["conv"] for lay in layers)
+            sipp = sum(lay["SiPP"] for lay in layers)
+            pfp = sum(lay["PFP"] for lay in layers)
+            worst = sorted(layers, key=lambda lay: lay["SiPP"] / max(lay["conv"], 1e-9), reverse=True)[:3]
+            worst_text = ", ".join(f"{lay['name']} {tuple(lay['input'][1:])} {lay['SiPP'] / lay['conv']:.1f}×"
+                                   for lay in worst)
+            per_op.append(f"| {name} | {isa} | {conv:.3f} | {sipp / conv:.2f}× | {pfp / conv:.2f}× | {worst_text} |")
+
+    # Where the op time goes, by layer shape (AVX-512 build).
+    shape_rows = ["| model | layers | share of SiPP op time | SiPP ÷ conv | PFP ÷ conv |", "|---|---|---|---|---|"]
+    for name, _, _, _ in CASES:
+        layers = results["AVX-512"]["models"][name]["layers"]
+        total = sum(lay["SiPP"] for lay in layers)
+        groups: dict[str, list] = {}
+        for lay in layers:
+            w = lay["weight"]
+            if len(w) == 2:
+                key = "linear"
+            elif w[1] == 1 and w[2] > 1:
+                key = f"depthwise {w[2]}×{w[3]}, {lay['input'][2]}×{lay['input'][3]} maps"
+            else:
+                key = f"{w[2]}×{w[3]} conv, {lay['input'][2]}×{lay['input'][3]} maps"
+            groups.setdefault(key, []).append(lay)
+        for key, group in sorted(groups.items(), key=lambda kv: -sum(lay["SiPP"] for lay in kv[1])):
+            s, c, p = (sum(lay[f] for lay in group) for f in ("SiPP", "conv", "PFP"))
+            if s / total < 0.03:
+                continue
+            shape_rows.append(f"| {name} | {key} ({len(group)}) | {100 * s / total:.0f} % | {s / c:.2f}× | {p / c:.2f}× |")
+
+    memory = ["| model | batch | scores | build | largest layer input (MB) | forward peak extra (MB) "
+              "| pass peak extra (MB) | (pass − forward) ÷ largest input |", "|---|---|---|---|---|---|---|---|"]
+    for name, batch, _, _ in CASES:
         model, x = setup(name, batch)
         largest = largest_layer_input(model, x)
+        fwd = peak_extra(name, batch, "weight", "mean", "forward", ISAS["AVX-512"])
         for kind, reduce, label in KINDS:
-            print(f"{name} {label}", flush=True)
-            tf, tp, _ = interleaved_ratio(lambda: forward(model, x), lambda: score(model, x, kind, reduce),
-                                          rounds=3, min_time=0.0)
-            timing.append(f"| {name} | {batch} | {label} | {tf:.3f} | {tp:.3f} | {tp / tf:.2f}× |")
+            for isa, env in ISAS.items():
+                print(f"memory {name} {label} {isa}", file=sys.stderr, flush=True)
+                sens = peak_extra(name, batch, kind, reduce, "kernel", env)
+                memory.append(f"| {name} | {batch} | {label} | {isa} | {largest / mb:.1f} | {fwd / mb:.1f} "
+                              f"| {sens / mb:.1f} | {(sens - fwd) / largest:.2f} |")
+
+    profile_rows = ["| model | scores | phase | share of samples |", "|---|---|---|---|"]
+    for name, batch in (("resnet18", 8), ("mobilenet_v2", 8))[:1 if quick else 2]:
+        for kind, reduce, label in KINDS:
+            print(f"profile {name} {label}", file=sys.stderr, flush=True)
+            shares = profile(name, batch, kind, reduce, ISAS["AVX-512"])
+            if shares is None:
+                profile_rows.append(f"| {name} | {label} | (perf unavailable) | |")
+                continue
+            for phase, pct in sorted(shares.items(), key=lambda kv: -kv[1]):
+                if pct >= 1.0:
+                    profile_rows.append(f"| {name} | {label} | {phase} | {pct:.0f} % |")
+
+    ref_section = ""
+    if references:
+        ref_section = "\n**Against the references** (AVX-512 build, default threads, wall clock; the kernel " \
+                      "repeats for at least 1 s per sample):\n\n" + "\n".join(reference_rows())
+    a, b = results["AVX-512"], results["AVX2"]
+    body = f"""CPU, float32, random-initialized models, inputs N(0, 1) (so the first layer takes the sign
+split). ResNet20 on {CASES[0][1]} CIFAR-shaped images, torchvision ResNet18 and MobileNetV2 at
+224×224 on {CASES[1][1]} images; the whole data pass through `lostprune.datapass.sensitivity_pass`
+(hooks, every conv and linear layer; the pass includes its own forward).
+Builds: AVX-512 (kernels `{a['isa']}`, torch `{a['torch_isa']}`) and AVX2 (LOSTPRUNE_MARCH=x86-64-v3:
+kernels `{b['isa']}`, torch held to `{b['torch_isa']}`), same CPU. Interleaved medians of {rounds};
+"1 thread CPU time" is thread CPU seconds with torch.set_num_threads(1) (robust to the shared
+machine's load), "wall clock" uses the default {a['threads']} threads.
+
+**Sensitivity pass ÷ one forward pass** on the same batch. "Σ conv ÷ forward" is the share of
+the forward spent in its convolutions (op by op below): SiPP needs z± (one multiply-add per
+nonzero weight and position, the convolution's work split by sign) and the reduction of A·V
+(the same again), so at the convolution's own efficiency its pass costs at least
+1 + 2 × (Σ conv ÷ forward) forwards; PFP needs z and skips most of its reduction by exact bounds.
+
+{chr(10).join(ratio)}
+
+**Op by op**: each layer's own input, `weight_sensitivity` (SiPP, mean) and
+`channel_sensitivity` (PFP) ÷ one `F.conv2d` (`F.linear`) of it, summed over the layers
+(1 thread CPU time):
+
+{chr(10).join(per_op)}
+
+**Peak memory** above the loaded model and batch (VmHWM − VmRSS, fresh process each; glibc
+returns freed blocks at once); "(pass − forward)" is what scoring adds to running the network:
+
+{chr(10).join(memory)}
+
+**Where the remaining time goes.** Op time by layer shape (AVX-512 build, shapes with at
+least 3 % of the SiPP op time):
+
+{chr(10).join(shape_rows)}
+
+A pass's perf samples by phase (AVX-512 build, one thread, batch 8, `perf record` over two
+passes after a warm-up; "Python ..." includes starting the process and importing torch):
+
+{chr(10).join(profile_rows)}
+{ref_section}
+"""
+    if quick:
+        print(body)
+        return
+    command = "python benchmarks/bench_sensitivity.py" + (" --references" if references else "")
+    print(write_section("sensitivity", "Sensitivity pass (CPU)", command, body))
+
+
+def reference_rows() -> list[str]:
+    rows = ["| model | scores | reference | images | reference (s) | kernel pass (s) | speedup |",
+            "|---|---|---|---|---|---|---|"]
+    for name, _, n_vec, n_lit in CASES[:2]:
+        model, x = setup(name, max(n_vec, n_lit))
+        for kind, reduce, label in KINDS:
             for implementation, n in (("reference", n_vec), ("literal", n_lit)):
                 sub = x[:n]
-                # Interleaved: the kernel loops for about as long as one reference run, so
-                # both sides see the same machine load.
-                def reference(sub=sub, implementation=implementation):
+
+                def reference(sub=sub, implementation=implementation, kind=kind, reduce=reduce):
                     return score(model, sub, kind, reduce, implementation)
 
-                def kernel(sub=sub):
+                def kernel(sub=sub, kind=kind, reduce=reduce):
                     return score(model, sub, kind, reduce)
 
                 t_ref, t_kernel, speedup = interleaved_ratio(reference, kernel, rounds=2, min_time=1.0)
                 tag = "(b) vectorized" if implementation == "reference" else "(a) literal"
-                refs.append(f"| {name} | {label} | {tag} | {n} | {t_ref:.2f} | {t_kernel:.3f} "
-                            f"| {speedup:.0f}× |")
-            fwd = peak_extra(name, batch, kind, reduce, "forward")
-            sens = peak_extra(name, batch, kind, reduce, "kernel")
-            memory.append(f"| {name} | {batch} | {label} | {largest / mb:.1f} | {fwd / mb:.1f} "
-                          f"| {sens / mb:.1f} | {(sens - fwd) / mb:.1f} | {(sens - fwd) / largest:.2f} |")
-            for implementation, n in (("kernel", n_vec), ("reference", n_vec), ("literal", n_lit)):
-                extra = peak_extra(name, n, kind, reduce, implementation)
-                ref_memory.append(f"| {name} | {label} | {implementation} | {n} | {extra / mb:.1f} |")
-    body = f"""CPU, float32, random-initialized models, inputs N(0, 1) (so the first layer takes the sign
-split). ResNet20 on {CASES[0][1]} CIFAR-shaped images, torchvision resnet18 at 224×224 on
-{CASES[1][1]} images; the whole data pass through `lostprune.datapass.sensitivity_pass` (hooks,
-every conv and linear layer).
-
-**(ii) Sensitivity pass ÷ one forward pass** on the same batch (the pass includes its own
-forward; interleaved medians of 3):
-
-{chr(10).join(timing)}
-
-**(i) Against the references**, on the first images of the same batch (interleaved medians
-of 2 after a warm-up run; the kernel repeats for at least 1 s per sample):
-
-{chr(10).join(refs)}
-
-**Peak memory** above the loaded model and batch (VmHWM − VmRSS, fresh process each; glibc
-returns freed blocks at once). "pass − forward" is what scoring adds to running the network:
-
-{chr(10).join(memory)}
-
-Peak memory of the implementations on the reference subsets:
-
-{chr(10).join(ref_memory)}
-"""
-    command = "python benchmarks/bench_sensitivity.py"
-    print(write_section("sensitivity", "Sensitivity pass (CPU)", command, body))
+                rows.append(f"| {name} | {label} | {tag} | {n} | {t_ref:.2f} | {t_kernel:.3f} | {speedup:.0f}× |")
+    return rows
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--memory":
-        _memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
+    argv = sys.argv[1:]
+    if argv[:1] == ["--memory"]:
+        _memory_child(argv[1], int(argv[2]), argv[3], argv[4], argv[5])
+    elif argv[:1] == ["--profile"]:
+        _profile_child(argv[1], int(argv[2]), argv[3], argv[4], int(argv[5]))
     else:
-        main()
+        if "--quick" in argv:  # a smoke test: small batches, one round, nothing written
+            CASES[:] = [(name, max(2, batch // 16), 2, 1) for name, batch, _, _ in CASES]
+        if argv[:1] == ["--isa"]:
+            print(json.dumps(measure_isa(argv[1], int(argv[2]))))
+        else:
+            main(references="--references" in argv, rounds=1 if "--quick" in argv else 3, quick="--quick" in argv)

@@ -21,4 +21,6 @@ TORCH_LIBRARY(lostprune, m) {
         "int[2] dilation, int groups, str reduce, Tensor? running) -> Tensor");
   m.def("channel_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, Tensor? running) -> Tensor");
+  // The vector ISA the CPU kernels were compiled for ("AVX-512", "AVX2", ...; common/simd.h).
+  m.def("cpu_vector_isa() -> str");
 }

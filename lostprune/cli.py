@@ -53,6 +53,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         console.print(f"[red]build log: {state.log}[/red]")
     console.print(f"CUDA kernels: {'compiled' if state.cuda else 'not compiled'}; "
                   f"cache: {_build.cache_root()}")
+    isa = _build.vector_isa()
+    if isa is not None:
+        console.print(f"CPU kernels: {isa} vectors")
+        note = _build.vector_isa_note(isa, _build.cpu_flags())
+        if note:
+            console.print(f"[yellow]no fast path: {note}[/yellow]")
     if args.check and not complete:
         console.print("[red]--check: some kernels are missing[/red]")
         return 1

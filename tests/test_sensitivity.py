@@ -33,6 +33,22 @@ TINY = [
 ]
 
 
+# Shapes that reach every path of the CPU kernels: tiles packed with several data points (few
+# positions per point), partial sums over several tiles of one data point, channel bounds
+# tested a vector of channels at a time plus the tail, pointwise and grouped.
+KERNEL_PATHS = [
+    ("packed_points_7x7", (6, 8, 7, 7), (5, 8, 3, 3), dict(padding=1)),
+    ("packed_tiny_maps", (9, 4, 3, 3), (6, 4, 3, 3), dict(padding=1)),
+    ("partial_sums", (2, 3, 20, 19), (4, 3, 3, 3), dict(padding=1)),
+    ("many_channels", (3, 37, 5, 4), (6, 37, 3, 3), dict(padding=1)),
+    ("many_channels_pointwise", (4, 41, 3, 3), (7, 41, 1, 1), {}),
+    ("many_channels_groups", (3, 40, 4, 4), (8, 20, 3, 3), dict(padding=1, groups=2)),
+    # one position: every channel bound equals its value, so a bound that skips too much shows
+    ("linear_one_sample", (1, 40), (30, 40), {}),
+    ("one_position", (2, 24, 1, 1), (20, 24, 1, 1), {}),
+]
+
+
 def _inputs(x_shape, w_shape, dtype=torch.float64, seed=0, relu=False):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(x_shape, generator=gen, dtype=dtype)
@@ -58,6 +74,68 @@ def test_channel_kernel_matches_literal(compiled, name, x_shape, w_shape, conv):
     expect = channel_sensitivity_literal(x, w, **conv)
     assert out.shape == (x.shape[-1] if w.dim() == 2 else x.shape[1],)
     torch.testing.assert_close(out, expect, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,x_shape,w_shape,conv", KERNEL_PATHS, ids=[c[0] for c in KERNEL_PATHS])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernel_paths_match_literal(compiled, name, x_shape, w_shape, conv, dtype):
+    """Against the float64 literal oracle; float32 within float32 rounding."""
+    x, w = _inputs(x_shape, w_shape, seed=2)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-6)
+    for reduce in ("mean", "max"):
+        out = weight_sensitivity(x.to(dtype), w.to(dtype), reduce=reduce, **conv)
+        torch.testing.assert_close(out.double(), weight_sensitivity_literal(x, w, reduce=reduce, **conv), **tol)
+    out = channel_sensitivity(x.to(dtype), w.to(dtype), **conv)
+    torch.testing.assert_close(out.double(), channel_sensitivity_literal(x, w, **conv), **tol)
+
+
+def test_channel_bounds_start_from_running(compiled):
+    """Entries that cannot beat `running` are skipped, and the result is still exact."""
+    x, w = _inputs((3, 37, 5, 4), (6, 37, 3, 3), seed=3)
+    exact = channel_sensitivity_literal(x, w, padding=1)
+    above = torch.full_like(exact, 2.0)  # scores are at most 1: every entry is skipped
+    assert torch.equal(channel_sensitivity(x, w, padding=1, running=above), above)
+    half = exact.clone()
+    half[::2] /= 2  # below the result for some channels, equal for the others
+    torch.testing.assert_close(channel_sensitivity(x, w, padding=1, running=half), exact, rtol=1e-10, atol=1e-12)
+
+
+_OTHER_ISA_PROBE = '''
+import json, torch
+from lostprune.ops import _build, channel_sensitivity, channel_sensitivity_literal, weight_sensitivity, \\
+    weight_sensitivity_literal
+from tests.test_sensitivity import KERNEL_PATHS, TINY, _inputs
+worst = 0.0
+for name, x_shape, w_shape, conv in TINY + KERNEL_PATHS:
+    x, w = _inputs(x_shape, w_shape, seed=4)
+    for reduce in ("mean", "max"):
+        diff = weight_sensitivity(x, w, reduce=reduce, **conv) - weight_sensitivity_literal(x, w, reduce=reduce, **conv)
+        worst = max(worst, diff.abs().max().item())
+    worst = max(worst, (channel_sensitivity(x, w, **conv) - channel_sensitivity_literal(x, w, **conv)).abs().max().item())
+print(json.dumps({"isa": _build.vector_isa(), "worst": worst}))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not {"avx2", "fma"} <= __import__("lostprune.ops._build", fromlist=["x"]).cpu_flags(),
+                    reason="needs an AVX2 CPU")
+def test_avx2_build_matches_literal():
+    """The AVX2 code path (LOSTPRUNE_MARCH=x86-64-v3: 32-byte vectors, 16 registers) in float64."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "LOSTPRUNE_MARCH": "x86-64-v3", "LOSTPRUNE_CUDA": "0", "LOSTPRUNE_BACKEND": "compiled",
+           "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", _OTHER_ISA_PROBE], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["isa"] == "AVX2"
+    assert result["worst"] < 1e-12
 
 
 @pytest.mark.parametrize("name,x_shape,w_shape,conv", TINY[:7], ids=[c[0] for c in TINY[:7]])

@@ -92,18 +92,21 @@ LP_HD ValidRange valid_outputs(int64_t offset, int64_t stride, int64_t in_size, 
   return ValidRange{lo, hi};
 }
 
+// T below may also be a GCC vector of S (the CPU kernels' SIMD types): comparisons and ?:
+// then act per lane, and T{} is the zero vector.
+
 // The non-negative pseudo-input of the sign split: a+ = max(a, 0) (sign > 0) or
 // a- = max(-a, 0) (sign < 0).
-template <typename T>
+template <typename T, typename S = T>
 LP_HD T split_activation(T a, int sign) {
   const T v = sign > 0 ? a : -a;
-  return v > T(0) ? v : T(0);
+  return v > S(0) ? v : T{};
 }
 
 // 1/z where z exceeds the eps threshold, else 0 (docs/methods.md §Sensitivities: g = 0 where z <= eps).
-template <typename T>
+template <typename T, typename S = T>
 LP_HD T inverse_or_zero(T z) {
-  return z > T(kSensitivityEps) ? T(1) / z : T(0);
+  return z > S(kSensitivityEps) ? S(1) / z : T{};
 }
 
 // Factor the reduction leaves on |W_ir| * (accumulated value): 1/P for the mean, 1 for max.

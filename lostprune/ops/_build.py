@@ -194,6 +194,43 @@ def _cpu_tag() -> str:
     return hashlib.sha256((platform.machine() + flags).encode()).hexdigest()[:8]
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (/proc/cpuinfo; empty where it does not exist)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+# Vector ISAs of the CPU kernels (csrc/common/simd.h), narrowest first.
+VECTOR_ISAS = ("SSE2", "NEON", "AVX", "AVX2", "AVX-512")
+
+
+def vector_isa_note(built: str, flags: set[str]) -> str | None:
+    """Why a build with CPU kernels for `built` cannot use this CPU's fast path, or None."""
+    best = "AVX-512" if "avx512f" in flags else "AVX2" if {"avx2", "fma"} <= flags else None
+    if built in ("AVX-512", "NEON") or best is None and built == "AVX2":
+        return None
+    march = _march() or "none"
+    if best is None:
+        return (f"this CPU has neither AVX2 nor AVX-512: the CPU kernels use {built} vectors, no fast path "
+                "(the sensitivity pass costs several times more than on an AVX2 CPU)")
+    if VECTOR_ISAS.index(built) >= VECTOR_ISAS.index(best):
+        return None
+    return (f"the CPU kernels were built for {built} (LOSTPRUNE_MARCH={march}) but this CPU has {best}: "
+            f"rebuild with LOSTPRUNE_MARCH=native (the default) for the {best} fast path")
+
+
+def vector_isa() -> str | None:
+    """The vector ISA the loaded CPU kernels were compiled for (None without compiled kernels)."""
+    state = ensure_loaded()
+    if state.backend != "compiled" or not torch._C._dispatch_has_kernel_for_dispatch_key(
+            "lostprune::cpu_vector_isa", "CompositeExplicitAutograd"):
+        return None
+    return torch.ops.lostprune.cpu_vector_isa()
+
+
 def list_sources(root: Path, cuda: bool) -> list[Path]:
     files = sorted(p for p in root.rglob("*") if p.suffix in _SOURCE_SUFFIXES)
     if not cuda:
