@@ -41,7 +41,7 @@ def main(root: str) -> None:
     print("Readings: " + " ".join(results.readings()) + "\n")
 
     print("## Parents and control (nominal test accuracy, %)\n")
-    cycles = len(results.config.get("schedule", {}).get("ratios") or []) if results.controls else 0
+    cycles = steps if results.controls else 0
     print("| seed | parent | " + " | ".join(f"control, cycle {i + 1}" for i in range(cycles)) + " |")
     print("|---|---|" + "---|" * cycles)
     for (seed, arm), parent in sorted(results.parents().items()):
