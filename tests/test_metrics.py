@@ -190,7 +190,7 @@ def test_grid_makes_each_shifted_set_once(monkeypatch):
     shifts = [nominal(), corruption_shift("contrast", 3), corruption_shift("gaussian_noise", 2)]
     grid = evaluate_grid(models, shifts, (x, y), batch_size=10, progress=False)
     assert len(calls) == 2 * 3  # two corruptions × three batches, whatever the number of models
-    assert all(grid.error(m, "contrast:3") == grid.error("m0", "contrast:3") for m in models)
+    assert all(grid.error(m, "corruption:contrast:3") == grid.error("m0", "corruption:contrast:3") for m in models)
 
 
 def test_grid_noise_draws_and_reproducibility():
@@ -313,6 +313,16 @@ def test_grid_bad_input():
         corruption_shift("fogg", 1)
     with pytest.raises(ValueError, match="draws must be an integer >= 1"):
         noise_shift("gaussian", 0.1, draws=0)
+
+
+def test_gaussian_input_noise_and_the_gaussian_noise_corruption_have_distinct_names():
+    """Both read 'gaussian_noise:1' once; the grid then refused them together (or a report
+    mixed their rows). Default names are the store's: kind prefix, then parameters."""
+    noise, corruption = noise_shift("gaussian", 1), corruption_shift("gaussian_noise", 1)
+    assert (noise.name, corruption.name) == ("noise:gaussian:1", "corruption:gaussian_noise:1")
+    x, y = vote_data(8)
+    grid = evaluate_grid({"a": ChannelVote()}, [nominal(), noise, corruption], (x, y), progress=False)
+    assert {"noise:gaussian:1", "corruption:gaussian_noise:1"} <= set(grid.errors["a"])
 
 
 # ---------------------------------------------------------------- functional similarity
@@ -537,7 +547,7 @@ def test_end_to_end_pruned_networks_under_shift():
     expected = prune_potential(list(ratios.values()), list(errors.values()), grid.error("parent"))
     assert grid.prune_potential("parent", ratios) == expected
     assert grid.agreement["wt50"]["nominal"] > grid.agreement["wt95"]["nominal"]
-    fit = grid.excess_error_fit("parent", ratios, ["contrast:3", "gaussian_blur:3"])
+    fit = grid.excess_error_fit("parent", ratios, ["corruption:contrast:3", "corruption:gaussian_blur:3"])
     assert len(fit.values) == 3 and math.isfinite(fit.slope)
     # on its own informative 10 % of the pixels the parent stays far more confident than on random 10 %
     fm = informative_feature_matrix(

@@ -12,6 +12,7 @@
 // and the max over data points of the first is |W_ir| / P times the max of the sums.
 #pragma once
 
+#include "../common/conv_geometry.h"
 #include "../common/macros.h"
 
 namespace lostprune {
@@ -30,20 +31,14 @@ struct SensGeometry {
   int64_t out_h, out_w;
 };
 
-// Output extent of a convolution along one axis; <= 0 when the kernel does not fit.
-LP_HD int64_t conv_out_extent(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-  const int64_t span = in + 2 * p - d * (k - 1) - 1;
-  return span < 0 ? 0 : span / s + 1;
-}
-
 LP_HD SensGeometry make_geometry(int64_t in_channels, int64_t in_h, int64_t in_w,
                                  int64_t out_channels, int64_t groups, int64_t kh, int64_t kw,
                                  int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
                                  int64_t dw) {
   SensGeometry g{in_channels, in_h, in_w, out_channels, groups, kh, kw, sh, sw, ph, pw, dh, dw,
                  0, 0};
-  g.out_h = conv_out_extent(in_h, kh, sh, ph, dh);
-  g.out_w = conv_out_extent(in_w, kw, sw, pw, dw);
+  g.out_h = conv_out_size(in_h, kh, sh, ph, dh);
+  g.out_w = conv_out_size(in_w, kw, sw, pw, dw);
   return g;
 }
 

@@ -15,16 +15,13 @@
 // ow >= OW being discarded) makes every nonzero an axpy over one contiguous run of q.
 #pragma once
 
+#include "../common/conv_geometry.h"
 #include "../common/macros.h"
 
 namespace lostprune {
 
 // Planes start on multiples of this many elements (64 bytes of float32: one AVX-512 vector).
 constexpr int64_t kPlaneAlign = 16;
-
-LP_HD int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dil) {
-  return (in + 2 * pad - dil * (kernel - 1) - 1) / stride + 1;
-}
 
 // Phases along one axis: the distinct values of (k * dil) % stride over taps k < kernel.
 // Only the phases some tap reads get a plane (a 1x1 stride-2 conv reads one of four).

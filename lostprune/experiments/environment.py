@@ -19,15 +19,6 @@ OUTPUTS_FORMAT = "lostprune.outputs/1"
 SHIFTS_FORMAT = "lostprune.shift/2"  # /1 rounded corrupted pixels; CIFAR-10-C truncates
 
 
-def noise_name(kind: str, level: float) -> str:
-    """Distribution names in the store: 'nominal', 'noise:<kind>:<level>', 'corruption:<name>:<severity>'."""
-    return f"noise:{kind}:{level:g}"
-
-
-def corruption_name(name: str, severity: int) -> str:
-    return f"corruption:{name}:{severity}"
-
-
 def load_splits(config: ExperimentConfig):
     """The experiment's data (``config.data``), checked: errors name the config key."""
     from .. import data
@@ -144,7 +135,7 @@ class Environment:
         noise = self.config.test.noise
         if noise is None:
             return []
-        return [noise_shift(noise.kind, level, noise.draws, name=noise_name(noise.kind, level))
+        return [noise_shift(noise.kind, level, noise.draws)
                 for level in noise.levels]
 
     def similarity_shifts(self) -> list:
@@ -157,7 +148,7 @@ class Environment:
         corruptions = self.config.test.corruptions
         if corruptions is None:
             return []
-        return [corruption_shift(name, sev, name=corruption_name(name, sev))
+        return [corruption_shift(name, sev)
                 for name in corruptions.names for sev in corruptions.severities]
 
     def similarity_groups(self) -> list[tuple[list, tuple[torch.Tensor, torch.Tensor]]]:

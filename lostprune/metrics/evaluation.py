@@ -63,13 +63,24 @@ def nominal() -> Shift:
     return Shift("nominal")
 
 
+def noise_name(kind: str, level: float) -> str:
+    """Shift names, one scheme everywhere (grids, the store, reports): 'nominal',
+    'noise:<kind>:<level>', 'corruption:<name>:<severity>'. The prefixes keep Gaussian input
+    noise ('noise:gaussian:1') apart from the corruption of that name ('corruption:gaussian_noise:1')."""
+    return f"noise:{kind}:{level:g}"
+
+
+def corruption_name(corruption: str, severity: int) -> str:
+    return f"corruption:{corruption}:{severity}"
+
+
 def noise_shift(kind: str, level: float, draws: int = 5, name: str | None = None) -> Shift:
     """Input noise U[−level, level] ('uniform') or N(0, level²) ('gaussian'), normalized space."""
-    return Shift(name or f"{kind}_noise:{level:g}", noise=kind, level=float(level), draws=draws)
+    return Shift(name or noise_name(kind, level), noise=kind, level=float(level), draws=draws)
 
 
 def corruption_shift(corruption: str, severity: int, name: str | None = None) -> Shift:
-    return Shift(name or f"{corruption}:{severity}", corruption=corruption, severity=severity)
+    return Shift(name or corruption_name(corruption, severity), corruption=corruption, severity=severity)
 
 
 def corruption_shifts(

@@ -27,13 +27,13 @@ Three implementations, compared by the tests:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._build import use_kernel
+from ._conv_args import IntPair, conv_out_hw, pair
 from ._precision import exact_fp32
 
 WEIGHT_OP = "lostprune.weight_sensitivity"
@@ -42,21 +42,7 @@ CHANNEL_OP = "lostprune.channel_sensitivity"
 EPS = torch.finfo(torch.float32).eps
 REDUCTIONS = ("mean", "max")
 
-IntPair = int | Sequence[int]
-
-
 # --------------------------------------------------------------------------- argument handling
-def _pair(value: IntPair, name: str, op: str, minimum: int) -> tuple[int, int]:
-    if isinstance(value, int):
-        value = (value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 2:
-        raise ValueError(f"{op}: {name} must be an int or 2 ints (height, width), got {value}")
-    if min(value) < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
-    return value
-
-
 class _Layer:
     """A layer in convolution form: x [B, Cin, H, W] and weight [Cout, Cin/g, kh, kw]; a linear
     layer is a 1x1 convolution whose positions are the tokens of a 3-D (or higher) input."""
@@ -92,8 +78,8 @@ class _Layer:
                                  f"got {tuple(x.shape)}")
             if not isinstance(groups, int) or groups < 1:
                 raise ValueError(f"{op}: groups must be an int >= 1, got {groups!r}")
-            stride = _pair(stride, "stride", op, 1)
-            dilation = _pair(dilation, "dilation", op, 1)
+            stride = pair(stride, "stride", op, 1)
+            dilation = pair(dilation, "dilation", op, 1)
             x, padding = self._padding(op, x, weight, padding, dilation, stride)
             if x.shape[1] != weight.shape[1] * groups:
                 raise ValueError(f"{op}: weight {tuple(weight.shape)} with groups={groups} expects "
@@ -133,7 +119,7 @@ class _Layer:
             # Even kernels pad one more on the bottom/right, like torch: pad explicitly.
             x = F.pad(x, (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2))
             return x, (0, 0)
-        return x, _pair(padding, "padding", op, 0)
+        return x, pair(padding, "padding", op, 0)
 
     def op_args(self) -> tuple:
         """(x, weight, stride, padding, dilation, groups) as the compiled ops take them."""
@@ -255,9 +241,7 @@ def _vectorized_max_times(layer: _Layer, points: Tensor) -> Tensor:
 
 
 def _out_hw(layer: _Layer, x: Tensor) -> tuple[int, int]:
-    kh, kw = layer.weight.shape[2:]
-    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
-                 zip(x.shape[2:], layer.padding, layer.dilation, (kh, kw), layer.stride))
+    return conv_out_hw(x.shape[2:], layer.weight.shape[2:], layer.stride, layer.padding, layer.dilation)
 
 
 def _inverses_and_unfold(layer: _Layer, chunk: Tensor):

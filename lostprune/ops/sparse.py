@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._build import use_kernel
+from ._conv_args import conv_out_hw, pair
 
 CONV_OP = "lostprune.sparse_conv2d"
 LINEAR_OP = "lostprune.sparse_linear"
@@ -116,17 +117,6 @@ def dense_weight(values: Tensor, col_index: Tensor, row_ptr: Tensor, shape) -> T
     return flat.reshape(tuple(shape))
 
 
-def _pair(value, name: str, op: str) -> list[int]:
-    if isinstance(value, int):
-        return [value, value]
-    value = list(value)
-    if len(value) == 1:
-        return value * 2
-    if len(value) != 2 or not all(isinstance(v, int) for v in value):
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    return value
-
-
 def _same_padding(shape, dilation: list[int], stride: list[int]) -> list[int]:
     pad = []
     for k, d, s in zip(shape[2:], dilation, stride):
@@ -143,8 +133,8 @@ def conv_padding(padding, shape, stride, dilation) -> list[int]:
     if padding == "valid":
         return [0, 0]
     if padding == "same":
-        return _same_padding(shape, _pair(dilation, "dilation", CONV_OP), _pair(stride, "stride", CONV_OP))
-    return _pair(padding, "padding", CONV_OP)
+        return _same_padding(shape, pair(dilation, "dilation", CONV_OP, 1), pair(stride, "stride", CONV_OP, 1))
+    return list(pair(padding, "padding", CONV_OP, 0))
 
 
 # --------------------------------------------------------------------------- references
@@ -256,8 +246,8 @@ def run_sparse_linear(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Ten
 
 def conv_arguments(shape, stride, padding, dilation) -> tuple[list[int], list[int], list[int]]:
     """(stride, padding, dilation) as pairs; padding may be an int, a pair, 'valid' or 'same'."""
-    stride_ = _pair(stride, "stride", CONV_OP)
-    dilation_ = _pair(dilation, "dilation", CONV_OP)
+    stride_ = list(pair(stride, "stride", CONV_OP, 1))
+    dilation_ = list(pair(dilation, "dilation", CONV_OP, 1))
     return stride_, conv_padding(padding, shape, stride_, dilation_), dilation_
 
 
@@ -296,9 +286,7 @@ OPS = {"sparse_conv2d": sparse_conv2d_reference, "sparse_linear": sparse_linear_
 
 def _conv_fake(x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups,
                residual=None, relu=False):
-    out = []
-    for size, k, s, p, d in zip(x.shape[2:], weight_shape[2:], stride, padding, dilation):
-        out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+    out = conv_out_hw(x.shape[2:], weight_shape[2:], stride, padding, dilation)
     return x.new_empty((x.shape[0], weight_shape[0], *out))
 
 

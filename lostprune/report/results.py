@@ -211,11 +211,35 @@ class ExperimentResults:
                 f"{metrics.get('feature_images', 16)} test images, an equal share per class.")
         return text
 
-    def excess_errors(self, method: str, distributions: list[str], arm: str = "nominal"):
-        """[(ratio, excess error over the mean of ``distributions``)] over all seeds, and the
-        line through the origin fitted to them."""
+    def excess_errors(self, method: str, distributions: list[str], arm: str = "nominal",
+                      control: str | None = None, seeds: list[int] | None = None):
+        """[(ratio, excess error over the mean of ``distributions``)] over all seeds (or
+        ``seeds``), and the line through the origin fitted to them.
+
+        ``control``: a control method (the parent retrained on the same cycles, pruned by
+        nothing); each network's excess error minus the control's at the same seed and cycle,
+        which removes what retraining alone does to the gap between shifted and nominal error
+        (in a cascade every network of a seed inherits it, so it would pass for a slope).
+        Networks without a control counterpart are left out."""
+        baseline: dict[tuple[int, int], float] = {}
+        if control is not None:
+            for curve, net, value in self._excess_by_network(control, distributions, arm, seeds):
+                baseline[(curve.seed, net.step)] = value
         points = []
+        for curve, net, value in self._excess_by_network(method, distributions, arm, seeds):
+            if control is None:
+                points.append((net.ratio, value))
+            elif (curve.seed, net.step) in baseline:
+                points.append((net.ratio, value - baseline[(curve.seed, net.step)]))
+        if not points:
+            return [], None
+        fit = fit_excess_error([r for r, _ in points], [e for _, e in points], bootstrap=self.excess_bootstrap)
+        return points, fit
+
+    def _excess_by_network(self, method: str, distributions: list[str], arm: str, seeds: list[int] | None):
         for curve in self.curves(method, arm):
+            if seeds is not None and curve.seed not in seeds:
+                continue
             parent = curve.parent
             p_nom = parent.error("nominal")
             p_shift = [parent.error(d) for d in distributions]
@@ -225,11 +249,7 @@ class ExperimentResults:
                 shifted = [net.error(d) for d in distributions]
                 if net.error("nominal") is None or any(v is None for v in shifted):
                     continue
-                points.append((net.ratio, excess_error(net.error("nominal"), shifted, p_nom, p_shift)))
-        if not points:
-            return [], None
-        fit = fit_excess_error([r for r, _ in points], [e for _, e in points], bootstrap=self.excess_bootstrap)
-        return points, fit
+                yield curve, net, excess_error(net.error("nominal"), shifted, p_nom, p_shift)
 
     def similarity(self, method: str, distribution: str, metric: str = "agreement", arm: str = "nominal"):
         """[(ratio, mean over seeds of the metric vs the parent)] along the schedule."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..core.masks import effective_weight
+from ..ops._conv_args import conv_out_size, pair
 from ..structure.folded_conv import FoldedConv2d
 from .modules import SparseConv2d, SparseLinear
 
@@ -40,10 +41,10 @@ class FastMaxPool2d(nn.MaxPool2d):
     the plain path."""
 
     def forward(self, x: Tensor) -> Tensor:
-        k, s, p = (_pair(v) for v in (self.kernel_size, self.stride if self.stride else self.kernel_size,
-                                      self.padding))
+        k, s, p = (pair(v, name, "FastMaxPool2d", 0) for v, name in (
+            (self.kernel_size, "kernel_size"), (self.stride or self.kernel_size, "stride"), (self.padding, "padding")))
         if (x.device.type != "cpu" or x.dim() != 4 or self.return_indices or self.ceil_mode
-                or _pair(self.dilation) != (1, 1) or not x.is_floating_point()
+                or pair(self.dilation, "dilation", "FastMaxPool2d", 1) != (1, 1) or not x.is_floating_point()
                 or any(2 * pad > size for pad, size in zip(p, k))  # torch's error message
                 or _channels_last(x)):  # torch's channels-last kernel is vectorized already; keep the layout
             return super().forward(x)
@@ -53,7 +54,7 @@ class FastMaxPool2d(nn.MaxPool2d):
         h2 = rows.shape[2]
         rows = rows.permute(0, 2, 3, 1).reshape(n, c, h2, w)
         padded = F.pad(rows, (p[1], p[1]), value=float("-inf")) if p[1] else rows
-        w2 = (w + 2 * p[1] - k[1]) // s[1] + 1
+        w2 = conv_out_size(w, k[1], s[1], p[1], 1)
         out = padded[..., 0:(w2 - 1) * s[1] + 1:s[1]]
         for j in range(1, k[1]):
             out = torch.maximum(out, padded[..., j:j + (w2 - 1) * s[1] + 1:s[1]])
@@ -66,10 +67,6 @@ class FastMaxPool2d(nn.MaxPool2d):
 
 def _channels_last(x: Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 class _Tracer(fx.Tracer):

@@ -79,16 +79,22 @@ def main(root: str) -> None:
         print(f"- {method.upper()}: " + "; ".join(cells))
 
     print("\n## Excess error: slope of the line through the origin (error points per unit prune ratio)\n")
+    print("Against the parent (the paper's reading), per seed, and against the control: each network's excess "
+          "error minus that of the unpruned network retrained on the same cycles (same seed and cycle).\n")
     groups = [("noise", [d for d in dists if is_noise(d)]), ("corruptions", [d for d in dists if is_corruption(d)])]
+    variants = [("all seeds", {}), *((f"seed {seed}", {"seeds": [seed]}) for seed in results.seeds)]
+    variants += [(f"all seeds, against the {c} control", {"control": c}) for c in results.controls]
     for name, chosen in groups:
         if not chosen:
             continue
         for method in results.methods:
-            points, fit = results.excess_errors(method, chosen)
-            if fit is None:
-                continue
-            band = f", 95 % band [{fit.band[0]:.4f}, {fit.band[1]:.4f}]" if fit.band is not None else ""
-            print(f"- {name}, {method.upper()}: slope {fit.slope:.4f}{band} (R² {fit.r_squared:.2f}, {len(points)} networks)")
+            for variant, options in variants:
+                points, fit = results.excess_errors(method, chosen, **options)
+                if fit is None:
+                    continue
+                band = f", 95 % band [{fit.band[0]:.4f}, {fit.band[1]:.4f}]" if fit.band is not None else ""
+                print(f"- {name}, {method.upper()}, {variant}: slope {fit.slope:.4f}{band} "
+                      f"(R² {fit.r_squared:.2f}, {len(points)} networks)")
 
     print("\n## Functional similarity to the parent (label agreement, mean over seeds)\n")
     for d in [d for d in dists if d == "nominal" or is_noise(d)]:

@@ -14,11 +14,13 @@ static bool inside(int64_t o, int64_t stride, int64_t dx, int64_t in) {
 }
 
 int main() {
-  // Output extents as torch computes them.
-  LP_CHECK(conv_out_extent(32, 3, 1, 1, 1) == 32);
-  LP_CHECK(conv_out_extent(32, 3, 2, 1, 1) == 16);
-  LP_CHECK(conv_out_extent(7, 3, 1, 0, 2) == 3);
-  LP_CHECK(conv_out_extent(3, 5, 1, 0, 1) == 0);  // does not fit
+  // Output extents as torch computes them (csrc/common/conv_geometry.h).
+  LP_CHECK(conv_out_size(32, 3, 1, 1, 1) == 32);
+  LP_CHECK(conv_out_size(32, 3, 2, 1, 1) == 16);
+  LP_CHECK(conv_out_size(7, 3, 1, 0, 2) == 3);
+  LP_CHECK(conv_out_size(3, 5, 1, 0, 1) == 0);  // does not fit
+  // A span of -1 with stride 2: truncating division would give 1 output, torch gives 0.
+  LP_CHECK(conv_out_size(2, 3, 2, 0, 1) == 0);
 
   // Geometry of a grouped, dilated, strided, non-square conv.
   const SensGeometry g = make_geometry(4, 9, 7, 6, 2, 3, 2, 2, 1, 1, 2, 1, 2);
