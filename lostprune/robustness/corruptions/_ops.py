@@ -160,33 +160,35 @@ def grid_sample_pixels(x: Tensor, ys: Tensor, xs: Tensor, mode: str) -> Tensor:
 
 
 @lru_cache(maxsize=256)
-def _zoom_matrix_cached(n: int, zoom: float, centered: bool) -> Tensor:
+def _zoom_matrix_cached(n: int, zoom: float, centered: bool, full: bool = False) -> Tensor:
     # scipy.ndimage.zoom(order=1) of the centre crop of ceil(n / zoom) pixels: output size
     # round(crop * zoom), sample i at crop position i * (crop - 1) / (out - 1).
     crop = int(math.ceil(n / zoom))
     top = (n - crop) // 2
     out = int(round(crop * zoom))
     start = (out - n) // 2 if centered else 0
-    i = torch.arange(start, start + n, dtype=torch.float64)
+    size = out if full else n
+    i = torch.arange(start, start + size, dtype=torch.float64)
     pos = i * (crop - 1) / max(out - 1, 1)
     lo = pos.floor().clamp(max=crop - 1)
     frac = pos - lo
     lo = lo.long()
     hi = (lo + 1).clamp(max=crop - 1)
-    m = torch.zeros(n, n, dtype=torch.float64)
-    rows = torch.arange(n)
+    m = torch.zeros(size, n, dtype=torch.float64)
+    rows = torch.arange(size)
     m.index_put_((rows, top + lo), 1 - frac, accumulate=True)
     m.index_put_((rows, top + hi), frac, accumulate=True)
     return m
 
 
-def clipped_zoom(x: Tensor, zoom: float, centered: bool) -> Tensor:
+def clipped_zoom(x: Tensor, zoom: float, centered: bool, full: bool = False) -> Tensor:
     """Zoom into the centre by ``zoom`` and crop back to H×W (the corruption scripts'
     clipped_zoom). ``centered``: trim the zoomed image symmetrically (CIFAR script) or keep
-    its top-left H×W (``imagecorruptions``)."""
+    its top-left H×W (``imagecorruptions``); ``full``: keep all round(ceil(H/zoom)·zoom) rows
+    and columns, as ``imagecorruptions``' clipped_zoom returns them (snow blurs them all)."""
     h, w = x.shape[-2:]
-    rows = _zoom_matrix_cached(h, float(zoom), centered).to(x.device, x.dtype)
-    cols = _zoom_matrix_cached(w, float(zoom), centered).to(x.device, x.dtype)
+    rows = _zoom_matrix_cached(h, float(zoom), centered, full).to(x.device, x.dtype)
+    cols = _zoom_matrix_cached(w, float(zoom), centered, full).to(x.device, x.dtype)
     return apply_separable(x, rows, cols)
 
 

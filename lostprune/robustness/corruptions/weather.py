@@ -68,12 +68,16 @@ def snow(x: Tensor, params, gen: torch.Generator, table: str = "cifar") -> Tenso
     loc, scale, zoom, threshold, radius, sigma, weight = params
     n, _, h, w = x.shape
     layer = torch.randn((n, 1, h, w), generator=gen, device=x.device, dtype=x.dtype) * scale + loc
-    layer = _ops.clipped_zoom(layer, zoom, centered=table == "cifar")
+    # imagecorruptions blurs the whole zoomed layer and crops it afterwards: the pixels beyond
+    # the image reach into the blur near the bottom and right edges
+    cifar = table == "cifar"
+    layer = _ops.clipped_zoom(layer, zoom, centered=cifar, full=not cifar)
     layer = torch.where(layer < threshold, 0.0, layer).clamp_(0, 1)
-    if table == "cifar":  # the CIFAR script blurs an 8-bit PNG of the layer with ImageMagick
+    if cifar:  # the CIFAR script blurs an 8-bit PNG of the layer with ImageMagick
         layer = torch.floor(layer * 255) / 255
     angles = _ops.uniform((n,), -135, -45, gen, x.device)
     layer = torch.round(_ops.motion_blur(layer, radius, sigma, angles) * 255) / 255
+    layer = layer[..., :h, :w]
     x = weight * x + (1 - weight) * torch.maximum(x, _ops.rgb_to_gray(x) * 1.5 + 0.5)
     return (x + layer + torch.rot90(layer, 2, dims=(-2, -1))).clamp_(0, 1)
 
