@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
-import lostprune  # noqa: E402
-import lostprune.data as data  # noqa: E402
-import lostprune.models as models  # noqa: E402
-from benchmarks._util import interleaved_ratio, write_section  # noqa: E402
-from lostprune.train import TrainConfig, evaluate, prune_retrain, train  # noqa: E402
+import lostprune
+import lostprune.data as data
+import lostprune.models as models
+from benchmarks._util import interleaved_ratio, write_section
+from lostprune.train import TrainConfig, evaluate, prune_retrain, train
 
 PARENT = TrainConfig(epochs=30, lr=0.05, batch_size=64, weight_decay=5e-4, schedule="cosine", warmup_epochs=1)
 RETRAIN_EPOCHS = 5

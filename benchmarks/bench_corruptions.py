@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._imagecorruptions import ReferenceWorker, frost_dir, reference_python  # noqa: E402
-from benchmarks._util import write_section  # noqa: E402
-from lostprune.robustness import corrupt  # noqa: E402
-from lostprune.robustness.corruptions import (  # noqa: E402
+from benchmarks._imagecorruptions import ReferenceWorker, frost_dir, reference_python
+from benchmarks._util import write_section
+from lostprune.robustness import corrupt
+from lostprune.robustness.corruptions import (
     DETERMINISTIC,
     NAMES,
     REGISTRY,

@@ -13,8 +13,8 @@ import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
-from benchmarks._util import interleaved_ratio, write_section  # noqa: E402
-from lostprune.ops import gather_channels, gather_channels_reference  # noqa: E402
+from benchmarks._util import interleaved_ratio, write_section
+from lostprune.ops import gather_channels, gather_channels_reference
 
 
 def slicing_step(model_name: str = "resnet18", keep: float = 0.5):

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import lostprune  # noqa: E402
-import lostprune.models as models  # noqa: E402
-from benchmarks._util import interleaved_ratio, write_section  # noqa: E402
+import lostprune
+import lostprune.models as models
+from benchmarks._util import interleaved_ratio, write_section
 
 MODELS = [("resnet20", 32), ("resnet18", 224), ("resnet50", 224), ("mobilenet_v2", 224)]
 

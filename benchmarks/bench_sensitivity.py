@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._util import interleaved_ratio, write_section  # noqa: E402
-from lostprune import models  # noqa: E402
-from lostprune.datapass import sensitivity_pass  # noqa: E402
+from benchmarks._util import interleaved_ratio, write_section
+from lostprune import models
+from lostprune.datapass import sensitivity_pass
 
 # model, batch (the issue's), images for reference (b), images for reference (a)
 CASES = [("resnet20", 256, 64, 16), ("resnet18", 32, 4, 2), ("mobilenet_v2", 32, 4, 2)]

@@ -47,7 +47,7 @@ def test_every_corruption_cifar_table(name, severity):
     assert torch.equal(out, corrupt(x, name, severity, seed=1)), "same seed, different result"
     xf = x.float() / 255
     outf = corrupt(xf, name, severity, seed=1)
-    assert outf.dtype == torch.float32 and 0 <= float(outf.min()) and float(outf.max()) <= 1
+    assert outf.dtype == torch.float32 and float(outf.min()) >= 0 and float(outf.max()) <= 1
     assert (torch.floor(outf * 255 + 1e-4) - out.float()).abs().max() <= 1
 
 

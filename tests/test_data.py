@@ -62,7 +62,7 @@ def test_digits_are_real_labelled_digits():
 def test_digits_normalization_matches_training_split():
     raw = data.load("digits", normalize=False, augment=False)
     x, _ = raw.train.batch(range(len(raw.train)))
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
     assert x.mean().item() == pytest.approx(digits_module.MEAN[0], abs=5e-4)
     assert x.std().item() == pytest.approx(digits_module.STD[0], abs=5e-4)

@@ -24,9 +24,8 @@ from lostprune.core.masks import (
     single_value,
 )
 from lostprune.core.shapes import shape_keeping_skipped, shape_only_forward
-from lostprune.structure import build_graph
+from lostprune.structure import build_graph, tracing
 from lostprune.structure import graph as graph_module
-from lostprune.structure import tracing
 from lostprune.structure.groups import sort_order as _sort_order
 from lostprune.structure.trace_cache import structure_key
 

@@ -11,9 +11,9 @@ from lostprune.experiments import ConfigError, parse_config, run
 from lostprune.experiments.config import SHIPPED, RobustConfig, load_config
 from lostprune.experiments.plan import arms, build_plan
 from lostprune.experiments.store import NetworkRow, ResultRow, Store
+from lostprune.experiments.tasks import robust_batch_transform
 from lostprune.metrics import recommend_ratio
 from lostprune.robustness.corruptions import corrupt
-from lostprune.experiments.tasks import robust_batch_transform
 from lostprune.train.augment import ShiftAugmentation, ShiftDraw, ShiftedSample
 
 MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)

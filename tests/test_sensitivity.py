@@ -4,7 +4,6 @@ errors, op checks."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lostprune.ops import (
     channel_sensitivity,

@@ -11,8 +11,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lostprune
 from lostprune.core.masks import load_pruned
-from lostprune.train import (Geometric, Linear, LRSchedule, TrainConfig, evaluate, keep_ratio_schedule,
-                             paper_keep_ratios, train)
+from lostprune.train import (
+    Geometric,
+    Linear,
+    LRSchedule,
+    TrainConfig,
+    evaluate,
+    keep_ratio_schedule,
+    paper_keep_ratios,
+    train,
+)
 
 
 def tiny_cnn(classes=3):

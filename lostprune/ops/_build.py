@@ -210,7 +210,7 @@ VECTOR_ISAS = ("SSE2", "NEON", "AVX", "AVX2", "AVX-512")
 def vector_isa_note(built: str, flags: set[str]) -> str | None:
     """Why a build with CPU kernels for `built` cannot use this CPU's fast path, or None."""
     best = "AVX-512" if "avx512f" in flags else "AVX2" if {"avx2", "fma"} <= flags else None
-    if built in ("AVX-512", "NEON") or best is None and built == "AVX2":
+    if built in ("AVX-512", "NEON") or (best is None and built == "AVX2"):
         return None
     march = _march() or "none"
     if best is None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from .results import ExperimentResults, is_corruption, is_noise, label  # noqa: E402
+from .results import ExperimentResults, is_corruption, is_noise, label
 
 METHOD_STYLE = {"wt": ("tab:blue", "o"), "sipp": ("tab:orange", "s"), "ft": ("tab:green", "^"),
                 "pfp": ("tab:red", "D"), "random": ("tab:gray", "x"), "snip": ("tab:purple", "v"),

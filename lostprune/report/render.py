@@ -8,8 +8,8 @@ from pathlib import Path
 from . import figures
 from .blocks import Block, Image, Table, pm, rel, to_html, to_markdown
 from .export import write_csv
-from .robust import robust_blocks
 from .results import ExperimentResults, is_corruption, is_noise, label
+from .robust import robust_blocks
 
 # Guideline 1 flags a method when its prune potential under a shift falls this far below
 # the nominal one (absolute, in prune-ratio points) ...

@@ -246,7 +246,7 @@ class ShapeOps:
 
     def op_constant(self, node: fx.Node):
         """A function of its inputs' shapes only (Swin's window mask)."""
-        return None
+        return
 
     # ------------------------------------------------------------------ indexing
     def getitem(self, node: fx.Node):
