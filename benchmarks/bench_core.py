@@ -78,7 +78,7 @@ def test_train_epoch_masked_wt80(benchmark):
 
 def test_load_digits_cached(benchmark):
     data.load("digits")
-    benchmark(lambda: data.digits.load_digits())
+    benchmark(data.digits.load_digits)
 
 
 def main() -> None:
@@ -95,8 +95,8 @@ def main() -> None:
     parent = [r["parent"] for r in rows]
     lines = ["| network | retrain | achieved prune ratio | test accuracy (%) | Δ vs parent (points) |",
              "|---|---|---|---|---|",
-             f"| small_cnn parent ({PARENT.epochs} epochs, {statistics.mean(r['parent_seconds'] for r in rows):.0f} s "
-             f"per run) | — | 0 | {mean_std(parent)} | — |"]
+             (f"| small_cnn parent ({PARENT.epochs} epochs, {statistics.mean(r['parent_seconds'] for r in rows):.0f} s "
+             f"per run) | — | 0 | {mean_std(parent)} | — |")]
     for method, ratio in PRUNINGS:
         key = f"{method}{ratio}"
         achieved = statistics.mean(r[f"{key}_achieved"] for r in rows)

@@ -48,8 +48,8 @@ def main() -> None:
     for name in ("resnet18", "resnet50"):
         tensors, rows, cols = slicing_step(name)
         moved = sum(t.numel() for t in gather_channels(tensors, rows, cols))
-        tb, tc, ratio = interleaved_ratio(lambda: gather_channels_reference(tensors, rows, cols),
-                                          lambda: gather_channels(tensors, rows, cols))
+        tb, tc, ratio = interleaved_ratio(lambda t=tensors, r=rows, c=cols: gather_channels_reference(t, r, c),
+                                          lambda t=tensors, r=rows, c=cols: gather_channels(t, r, c))
         lines.append(f"| {name} | {len(tensors)} | {moved:,} | {tb * 1e3:.2f} | {tc * 1e3:.2f} | {ratio:.2f}× |")
     body = ("One slicing step: every floating tensor of the model, half of its rows and columns kept "
             "(random sorted indices), CPU float32.\n\n" + "\n".join(lines))

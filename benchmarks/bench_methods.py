@@ -55,7 +55,7 @@ def main() -> None:
             pfp = prune_call(model, "pfp", S, **options)
             ft = prune_call(model, "ft", S, **options)
             t_fwd, t_pfp, fwd_ratio = interleaved_ratio(forward, pfp, rounds=args.rounds, min_time=0.0)
-            t_ft, t_pfp2, ft_ratio = interleaved_ratio(ft, pfp, rounds=args.rounds, min_time=0.0)
+            t_ft, _t_pfp2, ft_ratio = interleaved_ratio(ft, pfp, rounds=args.rounds, min_time=0.0)
             achieved = pfp().stats.achieved_ratio
             rows.append(f"| {name} | {size}² | {variant} | {1e3 * t_fwd:.0f} | {t_pfp:.2f} | {1 / fwd_ratio:.1f}× | "
                         f"{t_ft:.2f} | {1 / ft_ratio:.1f}× | {100 * achieved:.2f} % |")

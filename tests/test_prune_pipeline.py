@@ -221,9 +221,9 @@ def test_stats_count_exactly_what_the_masks_remove(pre, coupled):
 def test_compute_stats_takes_masks_or_counts():
     model = cifar_resnet()
     layers = prunable_layers(model)
-    with pytest.raises(TypeError, match="either removed= .* or kept="):
+    with pytest.raises(TypeError, match=r"either removed= .* or kept="):
         compute_stats(model, layers)
-    with pytest.raises(TypeError, match="either removed= .* or kept="):
+    with pytest.raises(TypeError, match=r"either removed= .* or kept="):
         compute_stats(model, layers, {}, kept={})
 
 

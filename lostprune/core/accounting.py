@@ -168,7 +168,7 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
             if param is not None and id(param) in kept_of:
                 # a BN with removed channels: its kept fraction (float32, like a mask mean)
                 share = float(torch.tensor(kept_of[id(param)], dtype=torch.float32) / param.numel())
-            other_pruned += int(round(count * share))
+            other_pruned += round(count * share)
     return PruneStats(
         method=method, target_ratio=float(target_ratio),
         achieved_ratio=1.0 - kept_prunable / prunable if prunable else 0.0,

@@ -44,7 +44,7 @@ class PruneContext:
 
     def keep_budget(self) -> int:
         """Number of prunable weights to keep: round((1 - ratio) * N)."""
-        return int(round((1.0 - self.ratio) * self.prunable_count))
+        return round((1.0 - self.ratio) * self.prunable_count)
 
     def remove_budget(self) -> int:
         return self.prunable_count - self.keep_budget()

@@ -130,8 +130,8 @@ class KeptFamily:
         extra = sum(max(0, kept.get(name, 0) - self.base[name]) for name in self.base if self.zeros[name])
         if not extra:
             return []
-        return [f"{sum(self.zeros.values()):,} input channels score 0 on S (never active there) and the error "
-                f"analysis drops them all; the budget keeps {extra:,} of them — a larger S scores them"]
+        return [(f"{sum(self.zeros.values()):,} input channels score 0 on S (never active there) and the error "
+                f"analysis drops them all; the budget keeps {extra:,} of them — a larger S scores them")]
 
 
 def warn_silent_layers(models: dict[str, LayerErrorModel]) -> None:

@@ -120,7 +120,7 @@ def find_cuda_home() -> Path | None:
         try:
             out = subprocess.run(
                 [nvcc, "-v", "-E", "-x", "cu", os.devnull, "-o", os.devnull],
-                capture_output=True, text=True, timeout=60,
+                check=False, capture_output=True, text=True, timeout=60,
             )
             for line in (out.stderr + out.stdout).splitlines():
                 if line.startswith("#$ TOP="):
@@ -526,7 +526,7 @@ def _build_into(b: _Build, root: Path, force: bool, seed_from: Path | None = Non
             scratch.mkdir(parents=True, exist_ok=True)
         try:
             built = _compile(list_sources(b.src, b.cuda), scratch, b.cuda, b.verbose)
-        except Exception as exc:  # compiler missing, compile or link error
+        except Exception as exc:  # noqa: BLE001 - compiler missing, compile or link error
             shutil.rmtree(scratch, ignore_errors=True)
             with _writing(root):
                 failed.write_text(f"lostprune kernel build failed ({b.key})\nsources: {b.src}\n"

@@ -45,7 +45,7 @@ def _accuracy_curve(results: ExperimentResults, method: str, distributions: list
 
 def _parent_accuracy(results: ExperimentResults, distributions: list[str], arm: str) -> float | None:
     values = []
-    for (seed, a), parent in results.parents().items():
+    for (_seed, a), parent in results.parents().items():
         errors = [parent.error(d) for d in distributions]
         if a == arm and all(e is not None for e in errors):
             values.append(1 - float(np.mean(errors)))
@@ -119,7 +119,7 @@ def potential_vs_noise(results: ExperimentResults, path: Path, arm: str = "nomin
     levels = [0.0] + [float(d.rsplit(":", 1)[1]) for d in noise]
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     for method in results.methods:
-        values = [results.prune_potential(method, d, arm) for d in ["nominal"] + noise]
+        values = [results.prune_potential(method, d, arm) for d in ["nominal", *noise]]
         means = [100 * v.mean if v else np.nan for v in values]
         stds = [100 * v.std if v else 0.0 for v in values]
         color, marker = _style(method)
