@@ -88,6 +88,8 @@ def kept_channels(model: LayerErrorModel, eps: float) -> int:
 
 
 def error_models(ctx: PruneContext, scores: dict[str, Tensor]) -> dict[str, LayerErrorModel]:
+    if ctx.example_input is None:
+        raise ValueError("pfp: needs an example input to count each layer's output positions; pass data")
     positions, _ = output_positions(ctx.model, ctx.example_input)
     models = {}
     for name, layer in ctx.layers.items():
