@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
-import lostprune  # noqa: E402
-import lostprune.data as data  # noqa: E402
-import lostprune.models as models  # noqa: E402
-from benchmarks._util import interleaved_ratio, write_section  # noqa: E402
-from lostprune.train import TrainConfig, evaluate, prune_retrain, train  # noqa: E402
+import lostprune
+import lostprune.data as data
+import lostprune.models as models
+from benchmarks._util import interleaved_ratio, write_section
+from lostprune.train import TrainConfig, evaluate, prune_retrain, train
 
 PARENT = TrainConfig(epochs=30, lr=0.05, batch_size=64, weight_decay=5e-4, schedule="cosine", warmup_epochs=1)
 RETRAIN_EPOCHS = 5
@@ -78,7 +78,7 @@ def test_train_epoch_masked_wt80(benchmark):
 
 def test_load_digits_cached(benchmark):
     data.load("digits")
-    benchmark(lambda: data.digits.load_digits())
+    benchmark(data.digits.load_digits)
 
 
 def main() -> None:
@@ -95,8 +95,8 @@ def main() -> None:
     parent = [r["parent"] for r in rows]
     lines = ["| network | retrain | achieved prune ratio | test accuracy (%) | Δ vs parent (points) |",
              "|---|---|---|---|---|",
-             f"| small_cnn parent ({PARENT.epochs} epochs, {statistics.mean(r['parent_seconds'] for r in rows):.0f} s "
-             f"per run) | — | 0 | {mean_std(parent)} | — |"]
+             (f"| small_cnn parent ({PARENT.epochs} epochs, {statistics.mean(r['parent_seconds'] for r in rows):.0f} s "
+             f"per run) | — | 0 | {mean_std(parent)} | — |")]
     for method, ratio in PRUNINGS:
         key = f"{method}{ratio}"
         achieved = statistics.mean(r[f"{key}_achieved"] for r in rows)

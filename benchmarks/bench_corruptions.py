@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._imagecorruptions import ReferenceWorker, frost_dir, reference_python  # noqa: E402
-from benchmarks._util import write_section  # noqa: E402
-from lostprune.robustness import corrupt  # noqa: E402
-from lostprune.robustness.corruptions import (  # noqa: E402
+from benchmarks._imagecorruptions import ReferenceWorker, frost_dir, reference_python
+from benchmarks._util import write_section
+from lostprune.robustness import corrupt
+from lostprune.robustness.corruptions import (
     DETERMINISTIC,
     NAMES,
     REGISTRY,
@@ -41,7 +41,7 @@ from lostprune.robustness.corruptions import (  # noqa: E402
 
 CIFAR_TAR = Path("/work/shared/data/cifar10-jpeg.tar.gz")
 # compared pixel by pixel: no random draws, or the reference's draws fed to lostprune
-PIXELWISE = DETERMINISTIC + ("motion_blur", "glass_blur")
+PIXELWISE = (*DETERMINISTIC, "motion_blur", "glass_blur")
 
 
 def cifar_test_images(n: int = 1000) -> np.ndarray:
@@ -111,7 +111,7 @@ def ours_with_reference_draws(
         angles = torch.tensor([s.uniform(-45, 45) for s in states])
         out = REGISTRY[name].function(xf, params, gen, table=table, angles=angles)
     elif name == "glass_blur":
-        sigma, delta, iterations = params
+        _sigma, delta, iterations = params
         h, w = x.shape[-2:]
         visited = (h - 2 * delta) * (w - 2 * delta)
         draws = torch.from_numpy(
@@ -204,8 +204,8 @@ def throughput(worker: ReferenceWorker, images: np.ndarray, rounds: int = 3) -> 
             corrupt(x, name, 3, seed=0, table="imagenet")
             per_ours_in[name].append(time.perf_counter() - t)
     lines = [
-        "| corruption | imagecorruptions (s) | lostprune, CIFAR table (s) | speedup | "
-        "lostprune, ImageNet table (s) | speedup |",
+        ("| corruption | imagecorruptions (s) | lostprune, CIFAR table (s) | speedup | "
+        "lostprune, ImageNet table (s) | speedup |"),
         "|---|---|---|---|---|---|",
     ]
     tot = [0.0, 0.0, 0.0]
@@ -253,7 +253,7 @@ def main() -> None:
         )
         if frost_textures.texture_dir() is None and frost_dir():
             os.environ["LOSTPRUNE_FROST_DIR"] = frost_dir()
-        speed, total = throughput(worker, cifar)
+        speed, _total = throughput(worker, cifar)
         print("\n".join(speed))
         photo_rows = parity_rows(worker, photos, "imagenet")
         cifar_rows = parity_rows(worker, cifar[:200], "cifar") + procedural

@@ -13,8 +13,8 @@ import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
-from benchmarks._util import interleaved_ratio, write_section  # noqa: E402
-from lostprune.ops import gather_channels, gather_channels_reference  # noqa: E402
+from benchmarks._util import interleaved_ratio, write_section
+from lostprune.ops import gather_channels, gather_channels_reference
 
 
 def slicing_step(model_name: str = "resnet18", keep: float = 0.5):
@@ -48,8 +48,8 @@ def main() -> None:
     for name in ("resnet18", "resnet50"):
         tensors, rows, cols = slicing_step(name)
         moved = sum(t.numel() for t in gather_channels(tensors, rows, cols))
-        tb, tc, ratio = interleaved_ratio(lambda: gather_channels_reference(tensors, rows, cols),
-                                          lambda: gather_channels(tensors, rows, cols))
+        tb, tc, ratio = interleaved_ratio(lambda t=tensors, r=rows, c=cols: gather_channels_reference(t, r, c),
+                                          lambda t=tensors, r=rows, c=cols: gather_channels(t, r, c))
         lines.append(f"| {name} | {len(tensors)} | {moved:,} | {tb * 1e3:.2f} | {tc * 1e3:.2f} | {ratio:.2f}× |")
     body = ("One slicing step: every floating tensor of the model, half of its rows and columns kept "
             "(random sorted indices), CPU float32.\n\n" + "\n".join(lines))

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import lostprune  # noqa: E402
-import lostprune.models as models  # noqa: E402
-from benchmarks._util import interleaved_ratio, write_section  # noqa: E402
+import lostprune
+import lostprune.models as models
+from benchmarks._util import interleaved_ratio, write_section
 
 MODELS = [("resnet20", 32), ("resnet18", 224), ("resnet50", 224), ("mobilenet_v2", 224)]
 
@@ -55,7 +55,7 @@ def main() -> None:
             pfp = prune_call(model, "pfp", S, **options)
             ft = prune_call(model, "ft", S, **options)
             t_fwd, t_pfp, fwd_ratio = interleaved_ratio(forward, pfp, rounds=args.rounds, min_time=0.0)
-            t_ft, t_pfp2, ft_ratio = interleaved_ratio(ft, pfp, rounds=args.rounds, min_time=0.0)
+            t_ft, _t_pfp2, ft_ratio = interleaved_ratio(ft, pfp, rounds=args.rounds, min_time=0.0)
             achieved = pfp().stats.achieved_ratio
             rows.append(f"| {name} | {size}² | {variant} | {1e3 * t_fwd:.0f} | {t_pfp:.2f} | {1 / fwd_ratio:.1f}× | "
                         f"{t_ft:.2f} | {1 / ft_ratio:.1f}× | {100 * achieved:.2f} % |")

@@ -90,8 +90,8 @@ def accuracy_by_ratio(results, held_out: list[str]) -> list[str]:
     import statistics
 
     steps = max(len(c.networks) for m in results.methods for a in results.arms for c in results.curves(m, a))
-    lines = ["\nAbsolute accuracy, mean over seeds — nominal test set / mean of the held-out corruptions (%); "
-             "P above compares each network with its own arm's parent:\n",
+    lines = [("\nAbsolute accuracy, mean over seeds — nominal test set / mean of the held-out corruptions (%); "
+             "P above compares each network with its own arm's parent:\n"),
              "| method | training | parent | " + " | ".join(f"cycle {i + 1}" for i in range(steps))
              + " | mean of pruned, held-out |", "|---|---|---|" + "---|" * steps + "---|"]
 

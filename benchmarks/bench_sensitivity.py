@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._util import interleaved_ratio, write_section  # noqa: E402
-from lostprune import models  # noqa: E402
-from lostprune.datapass import sensitivity_pass  # noqa: E402
+from benchmarks._util import interleaved_ratio, write_section
+from lostprune import models
+from lostprune.datapass import sensitivity_pass
 
 # model, batch (the issue's), images for reference (b), images for reference (a)
 CASES = [("resnet20", 256, 64, 16), ("resnet18", 32, 4, 2), ("mobilenet_v2", 32, 4, 2)]
@@ -146,9 +146,9 @@ def measure_isa(isa: str, rounds: int) -> dict:
         model, x = setup(name, batch)
         result = {"batch": batch}
         torch.set_num_threads(1)
-        fns = {"forward": lambda: forward(model, x)}
+        fns = {"forward": lambda model=model, x=x: forward(model, x)}
         for kind, reduce, label in KINDS:
-            fns[label] = lambda kind=kind, reduce=reduce: score(model, x, kind, reduce)
+            fns[label] = lambda model=model, x=x, kind=kind, reduce=reduce: score(model, x, kind, reduce)
         result["cpu"] = thread_times(fns, rounds)
         # Op by op: every layer's own input, the op against one convolution of it.
         layers = []
@@ -169,7 +169,8 @@ def measure_isa(isa: str, rounds: int) -> dict:
         torch.set_num_threads(threads)
         result["wall"] = {}
         for kind, reduce, label in KINDS:
-            tf, tp, _ = interleaved_ratio(lambda: forward(model, x), lambda kind=kind, reduce=reduce:
+            tf, tp, _ = interleaved_ratio(lambda model=model, x=x: forward(model, x),
+                                          lambda model=model, x=x, kind=kind, reduce=reduce:
                                           score(model, x, kind, reduce), rounds=rounds, min_time=0.0)
             result["wall"][label] = {"forward": tf, "pass": tp}
         out["models"][name] = result
@@ -178,7 +179,7 @@ def measure_isa(isa: str, rounds: int) -> dict:
 
 def run_child(args: list[str], env_update: dict, timeout: float = 7200) -> str:
     env = dict(os.environ, LOSTPRUNE_CUDA="0", **env_update)
-    done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], check=False, capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"{args} failed:\n{done.stderr[-4000:]}")
@@ -217,8 +218,8 @@ PHASES = [
     ("pass 2: PFP bound tests + reductions", r"ChannelKernel<.*>::run"),
     ("im2col tiles", r"build_tile|copy_split_segment"),
     ("signed weight lists", r"signed_lists"),
-    ("driver: input scan, item folds, scores out", r"data_points|weight_sensitivity_cpu|channel_sensitivity_cpu|"
-                                                   r"accumulate_tiles"),
+    ("driver: input scan, item folds, scores out", (r"data_points|weight_sensitivity_cpu|channel_sensitivity_cpu|"
+                                                   r"accumulate_tiles")),
 ]
 
 
@@ -241,11 +242,11 @@ def profile(name: str, batch: int, kind: str, reduce: str, env_update: dict) -> 
         env = dict(os.environ, LOSTPRUNE_CUDA="0", OMP_NUM_THREADS="1", **env_update)
         record = subprocess.run([perf, "record", "-q", "-o", str(data), "--", sys.executable, str(SCRIPT),
                                  "--profile", name, str(batch), kind, reduce, "2"],
-                                capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+                                check=False, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
         if record.returncode != 0:
             return None
         report = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym"],
-                                capture_output=True, text=True, timeout=600).stdout
+                                check=True, capture_output=True, text=True, timeout=600).stdout
     shares: dict[str, float] = {}
     for line in report.splitlines():
         m = re.match(r"\s*([\d.]+)%\s+(.*?)\s+\[[.k]\]\s+(.*)$", line)
@@ -271,8 +272,8 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
         results[isa] = json.loads(run_child(["--isa", isa, str(rounds), *extra], env))
     mb = 1 << 20
 
-    ratio = ["| model | batch | scores | build | forward (s) | pass (s) | pass ÷ forward, 1 thread CPU time "
-             "| pass ÷ forward, wall clock | Σ conv ÷ forward |", "|---|---|---|---|---|---|---|---|---|"]
+    ratio = [("| model | batch | scores | build | forward (s) | pass (s) | pass ÷ forward, 1 thread CPU time "
+             "| pass ÷ forward, wall clock | Σ conv ÷ forward |"), "|---|---|---|---|---|---|---|---|---|"]
     for name, batch, _, _ in CASES:
         for _, _, label in KINDS:
             for isa in ISAS:
@@ -317,8 +318,8 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
                 continue
             shape_rows.append(f"| {name} | {key} ({len(group)}) | {100 * s / total:.0f} % | {s / c:.2f}× | {p / c:.2f}× |")
 
-    memory = ["| model | batch | scores | build | largest layer input (MB) | forward peak extra (MB) "
-              "| pass peak extra (MB) | (pass − forward) ÷ largest input |", "|---|---|---|---|---|---|---|---|"]
+    memory = [("| model | batch | scores | build | largest layer input (MB) | forward peak extra (MB) "
+              "| pass peak extra (MB) | (pass − forward) ÷ largest input |"), "|---|---|---|---|---|---|---|---|"]
     for name, batch, _, _ in CASES:
         model, x = setup(name, batch)
         largest = largest_layer_input(model, x)
@@ -344,8 +345,8 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
 
     ref_section = ""
     if references:
-        ref_section = "\n**Against the references** (AVX-512 build, default threads, wall clock; the kernel " \
-                      "repeats for at least 1 s per sample):\n\n" + "\n".join(reference_rows())
+        ref_section = ("\n**Against the references** (AVX-512 build, default threads, wall clock; the kernel "
+                       "repeats for at least 1 s per sample):\n\n") + "\n".join(reference_rows())
     a, b = results["AVX-512"], results["AVX2"]
     body = f"""CPU, float32, random-initialized models, inputs N(0, 1) (so the first layer takes the sign
 split). ResNet20 on {CASES[0][1]} CIFAR-shaped images, torchvision ResNet18 and MobileNetV2 at
@@ -402,10 +403,10 @@ def reference_rows() -> list[str]:
             for implementation, n in (("reference", n_vec), ("literal", n_lit)):
                 sub = x[:n]
 
-                def reference(sub=sub, implementation=implementation, kind=kind, reduce=reduce):
+                def reference(model=model, sub=sub, implementation=implementation, kind=kind, reduce=reduce):
                     return score(model, sub, kind, reduce, implementation)
 
-                def kernel(sub=sub, kind=kind, reduce=reduce):
+                def kernel(model=model, sub=sub, kind=kind, reduce=reduce):
                     return score(model, sub, kind, reduce)
 
                 t_ref, t_kernel, speedup = interleaved_ratio(reference, kernel, rounds=2, min_time=1.0)

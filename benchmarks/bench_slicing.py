@@ -189,8 +189,8 @@ def channel_tile() -> str:
     """One 3×3 conv (32 input channels, 56×56, batch 32, channels_last) as its output channels
     grow past multiples of the tile: the cost follows ``padded(out, tile)``, not ``out``."""
     tile = channel_multiple()
-    rows = [f"| output channels | computed as (multiple of {tile}) | latency (ms) | ÷ latency at 32 | "
-            "÷ channels/32 |", "|---|---|---|---|---|"]
+    rows = [(f"| output channels | computed as (multiple of {tile}) | latency (ms) | ÷ latency at 32 | "
+            "÷ channels/32 |"), "|---|---|---|---|---|"]
     x = torch.randn(32, 32, 56, 56).contiguous(memory_format=torch.channels_last)
     convs = {c: nn.Conv2d(32, c, 3, padding=1, bias=False).to(memory_format=torch.channels_last).eval()
              for c in (32, 33, 34, 40, 48, 49, 64)}

@@ -312,14 +312,14 @@ def gpu_rows(layers, sparsities, batch):
                     torch.cuda.synchronize()
                 return run
 
-            dense = timed(lambda: F.conv2d(x, weight, None, stride, padding))
-            ours = timed(lambda: sparse_conv2d(x, packed, None, stride, padding))
+            dense = timed(lambda x=x, w=weight, s=stride, p=padding: F.conv2d(x, w, None, s, p))
+            ours = timed(lambda x=x, w=packed, s=stride, p=padding: sparse_conv2d(x, w, None, s, p))
             tb, tc, r_dense = interleaved_ratio(dense, ours, rounds=5, min_time=0.02)
             r_cusparse = float("nan")
             if cupy is not None:
                 w_csr = cusparse.csr_matrix(cupy.asarray(weight.reshape(cout, -1)))
 
-                def cusparse_conv():
+                def cusparse_conv(x=x, w_csr=w_csr, kernel=kernel, padding=padding, stride=stride):
                     cols = F.unfold(x, kernel, padding=padding, stride=stride)
                     cols = cols.transpose(0, 1).reshape(cols.shape[1], -1).contiguous()
                     return w_csr @ cupy.asarray(cols)

@@ -10,17 +10,21 @@ TORCH_LIBRARY(lostprune, m) {
   // [Cout, Cin/g*KH*KW] (values, int32 col_index = tap code, int32 row_ptr); see
   // csrc/sparse_conv/sparse_conv.h. Fused epilogue: out = relu?(conv + bias + residual) (BatchNorm
   // folded by the caller).
-  m.def("sparse_conv2d(Tensor x, Tensor values, Tensor col_index, Tensor row_ptr, int[] weight_shape, "
-        "Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
-        "Tensor? residual=None, bool relu=False) -> Tensor");
-  m.def("sparse_linear(Tensor x, Tensor values, Tensor col_index, Tensor row_ptr, int[] weight_shape, "
-        "Tensor? bias) -> Tensor");
+  m.def(
+      "sparse_conv2d(Tensor x, Tensor values, Tensor col_index, Tensor row_ptr, int[] weight_shape, "
+      "Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+      "Tensor? residual=None, bool relu=False) -> Tensor");
+  m.def(
+      "sparse_linear(Tensor x, Tensor values, Tensor col_index, Tensor row_ptr, int[] weight_shape, "
+      "Tensor? bias) -> Tensor");
   // Sensitivity scoring (docs/methods.md §Sensitivities): x [B, Cin, H, W], weight [Cout, Cin/g, kh, kw];
   // max over the batch (and over `running`, to stream batches). Linear = 1x1 conv.
-  m.def("weight_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
-        "int[2] dilation, int groups, str reduce, Tensor? running) -> Tensor");
-  m.def("channel_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
-        "int[2] dilation, int groups, Tensor? running) -> Tensor");
+  m.def(
+      "weight_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, str reduce, Tensor? running) -> Tensor");
+  m.def(
+      "channel_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, Tensor? running) -> Tensor");
   // The vector ISA the CPU kernels were compiled for ("AVX-512", "AVX2", ...; common/simd.h).
   m.def("cpu_vector_isa() -> str");
 }

@@ -55,7 +55,7 @@ def bench_network(path: str, batches: Sequence[int] = (1, 32), repeat: int = 5):
     with torch.inference_mode():
         for batch in batches:
             x = torch.randn(batch, *size)
-            times = {name: time_call(lambda m=m: m(x), repeat=repeat) for name, m in variants.items()}
+            times = {name: time_call(lambda m=m, x=x: m(x), repeat=repeat) for name, m in variants.items()}
             cells = [f"{1e3 * t:.2f}" for t in times.values()]
             cells += [f"{times['dense'] / t:.2f}×" for name, t in times.items() if name != "dense"]
             table.add_row(str(batch), *cells)

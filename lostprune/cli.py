@@ -18,7 +18,7 @@ def _kernel_table(state) -> tuple[list[tuple[str, ...]], bool]:
     gpu = torch.cuda.is_available()
     rows, complete = [], compiled
     for op, reference in all_ops().items():
-        def has(key: str) -> bool:
+        def has(key: str, op: str = op) -> bool:
             return compiled and torch._C._dispatch_has_kernel_for_dispatch_key(f"lostprune::{op}", key)
 
         cpu, cuda = has("CPU"), has("CUDA")
@@ -176,7 +176,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     model = load_network(args.model)
     result = lostprune.prune(model, args.method, args.ratio, data=_load_data(args.data, model),
                              **_method_options(args.option))
-    out = args.out or str(args.model).replace(".pt", f"-{args.method}{int(round(100 * args.ratio))}.pt")
+    out = args.out or str(args.model).replace(".pt", f"-{args.method}{round(100 * args.ratio)}.pt")
     save_network(out, result.model, meta["network"], meta["num_classes"], options=meta.get("options"),
                  pruned_by=args.method, ratio=args.ratio)
     print(result.stats.summary())

@@ -113,7 +113,7 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
     try:
         with torch.no_grad(), tqdm(total=total, unit="img", desc=f"{kind} sensitivities",
                                    disable=not progress, leave=False) as bar:
-            for batch_index, x in enumerate(batches):
+            for batch_index, x in enumerate(batches):  # noqa: B007 - the hooks name the batch
                 model(x)
                 seen += x.shape[0]
                 bar.update(x.shape[0])

@@ -222,7 +222,7 @@ CASES = [
          "not a torch checkpoint"),
     case("load_network plain state_dict", lambda tmp: lpio.load_network(write(tmp, "state_dict")), ValueError,
          "state_dict.pt", "lostprune-network"),
-    case("load_network a directory", lambda tmp: lpio.load_network(tmp), IsADirectoryError, "directory"),
+    case("load_network a directory", lpio.load_network, IsADirectoryError, "directory"),
     case("save_network model=None", lambda tmp: lpio.save_network(tmp / "x.pt", None, "small_cnn"), TypeError,
          "model"),
     case("save_network unknown network", lambda tmp: lpio.save_network(tmp / "x.pt", Tiny(), "tiny"), ValueError,

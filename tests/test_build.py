@@ -35,7 +35,7 @@ def probe(env_update: dict, cwd=None) -> dict:
     import json
 
     env = {**os.environ, "LOSTPRUNE_CUDA": "0", **env_update}
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, cwd=cwd,
+    done = subprocess.run([sys.executable, "-c", PROBE], check=False, env=env, capture_output=True, text=True, cwd=cwd,
                           timeout=900)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -80,7 +80,7 @@ def test_reference_backend_is_forced_without_building(tmp_path):
 def test_compiled_backend_raises_when_build_fails(broken_csrc, tmp_path):
     env = {**os.environ, "LOSTPRUNE_CUDA": "0", "LOSTPRUNE_BACKEND": "compiled",
            "LOSTPRUNE_CSRC": str(broken_csrc), "LOSTPRUNE_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-c", "import lostprune.ops as o; o.backend()"], env=env,
+    done = subprocess.run([sys.executable, "-c", "import lostprune.ops as o; o.backend()"], check=False, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "kernel build failed" in done.stderr
 
@@ -89,7 +89,7 @@ def test_cuda_forced_without_nvcc_fails_loudly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
     env.update(LOSTPRUNE_CUDA="1", PATH=str(tmp_path), LOSTPRUNE_CACHE=str(tmp_path / "cache"))
     code = ("import lostprune.ops._build as b; b.find_cuda_home = lambda: None; b.ensure_loaded()")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "LOSTPRUNE_CUDA=1 but CUDA kernels cannot be built" in done.stderr
 
 

@@ -23,7 +23,7 @@ X = torch.randn(4, 3, 12, 12)
 
 # ----------------------------------------------------------------------------- API and input
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown pruning method 'magnitude'; valid methods: .*ft.*wt"):
+    with pytest.raises(ValueError, match=r"unknown pruning method 'magnitude'; valid methods: .*ft.*wt"):
         lostprune.prune(chain(), "magnitude", 0.5)
 
 
@@ -133,7 +133,7 @@ def test_wt_budget_exact_with_ties():
 def test_cascade_never_revives():
     first = lostprune.prune(models.create("small_cnn"), "wt", 0.5)
     with torch.no_grad():  # make removed weights' raw values large: they must stay removed
-        for name, layer in prunable_layers(first.model).items():
+        for layer in prunable_layers(first.model).values():
             layer.weight_orig.add_((1 - layer.weight_mask) * 100)
     second = lostprune.prune(first.model, "wt", 0.8)
     for name in first.masks:
@@ -180,7 +180,7 @@ def test_ft_on_resnet_couples_residual_channels():
     result = lostprune.prune(models.create("resnet20"), "ft", 0.5)
     # conv1 of a block feeds only conv2: a removed filter removes conv2's input columns too
     layer = next(s for s in result.stats.layers if s.name == "layer1.0.conv2")
-    rows, _ = _filters_removed(result, "layer1.0.conv2")
+    _rows, _ = _filters_removed(result, "layer1.0.conv2")
     cols_removed, _ = _filters_removed(result, "layer1.0.conv1")
     assert layer.weights - layer.kept >= cols_removed * 16 * 9
 

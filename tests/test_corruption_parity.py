@@ -432,7 +432,7 @@ def plasma_fractal(mapsize, wibbledecay, draws):
     while stepsize >= 2:
         u = next(level)
 
-        def wibbledmean(array, k):
+        def wibbledmean(array, k, wibble=wibble, u=u):
             return array / 4 + wibble * (-wibble + 2 * wibble * u[k])
 
         half = stepsize // 2

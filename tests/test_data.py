@@ -62,7 +62,7 @@ def test_digits_are_real_labelled_digits():
 def test_digits_normalization_matches_training_split():
     raw = data.load("digits", normalize=False, augment=False)
     x, _ = raw.train.batch(range(len(raw.train)))
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
     assert x.mean().item() == pytest.approx(digits_module.MEAN[0], abs=5e-4)
     assert x.std().item() == pytest.approx(digits_module.STD[0], abs=5e-4)
@@ -245,7 +245,7 @@ def test_cifar10_folder_tar_and_cache_agree(tmp_path, cache, monkeypatch):
 
 
 def test_cifar10_bad_input(tmp_path, cache):
-    with pytest.raises(FileNotFoundError, match="root: .* does not exist; expected a folder holding cifar-10"):
+    with pytest.raises(FileNotFoundError, match=r"root: .* does not exist; expected a folder holding cifar-10"):
         data.load("cifar10", tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="found no CIFAR-10 data"):
@@ -260,9 +260,9 @@ def test_cifar10_bad_input(tmp_path, cache):
     with pytest.raises(ValueError, match="is 64x64, but CIFAR-10 images are 32x32"):
         data.load("cifar10", big)
     _write_pickles(tmp_path / "c10", _fake_cifar_arrays())
-    with pytest.raises(ValueError, match="s_size must be an integer >= 2 .*data-informed methods"):
+    with pytest.raises(ValueError, match=r"s_size must be an integer >= 2 .*data-informed methods"):
         data.load("cifar10", tmp_path / "c10", s_size=1)
-    with pytest.raises(ValueError, match="ask for 150 samples.* only 100"):
+    with pytest.raises(ValueError, match=r"ask for 150 samples.* only 100"):
         data.load("cifar10", tmp_path / "c10", s_size=50, validation_size=100)
 
 
@@ -283,14 +283,14 @@ def test_imagenet_layout_holds_s_out_of_train(tmp_path):
     assert (len(splits.train), len(splits.validation), len(splits.s), len(splits.test)) == (6, 2, 4, 12)
     assert Path(splits.s.dataset.root).name == "train" and Path(splits.test.root).name == "val"
     assert not set(splits.s.indices) & set(splits.train.indices)
-    x, y = splits.s[0]
+    x, _y = splits.s[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and splits.classes == ["a", "b"]
     assert splits.train[0][0].shape == (3, 32, 32)
 
 
 def test_imagefolder_bad_input(tmp_path):
     _image_tree(tmp_path / "only_train", splits=("train",))
-    with pytest.raises(FileNotFoundError, match="test_folder: no folder .*val.*root holds \\['train'\\]"):
+    with pytest.raises(FileNotFoundError, match=r"test_folder: no folder .*val.*root holds \['train'\]"):
         data.load("imagenet", tmp_path / "only_train", s_size=2)
     _image_tree(tmp_path / "mixed", splits=("train",), classes=("a", "b"))
     _image_tree(tmp_path / "mixed", splits=("test",), classes=("a", "c"))
@@ -298,7 +298,7 @@ def test_imagefolder_bad_input(tmp_path):
         data.load("imagefolder", tmp_path / "mixed", s_size=2)
     with pytest.raises(ValueError, match="image_size must be a positive integer"):
         data.load("imagefolder", tmp_path / "mixed", image_size=0)
-    with pytest.raises(FileNotFoundError, match="root: .* is not a folder"):
+    with pytest.raises(FileNotFoundError, match=r"root: .* is not a folder"):
         data.load("imagefolder", tmp_path / "nothing")
 
 
@@ -341,7 +341,7 @@ def test_voc_segmentation_pairs(tmp_path):
 
 
 def test_voc_missing_devkit(tmp_path):
-    with pytest.raises(FileNotFoundError, match="root: no .*VOCdevkit/VOC2012; .*never downloads"):
+    with pytest.raises(FileNotFoundError, match=r"root: no .*VOCdevkit/VOC2012; .*never downloads"):
         data.load("voc", tmp_path)
 
 
@@ -349,9 +349,9 @@ def test_voc_missing_devkit(tmp_path):
 def test_load_by_name_errors():
     with pytest.raises(ValueError, match="unknown data set 'mnist'; available: cifar10, digits, imagefolder"):
         data.load("mnist")
-    with pytest.raises(ValueError, match="root: the built-in digits .* take no root"):
+    with pytest.raises(ValueError, match=r"root: the built-in digits .* take no root"):
         data.load("digits", "/tmp")
-    with pytest.raises(ValueError, match="root: cifar10 needs the folder .* never downloads"):
+    with pytest.raises(ValueError, match=r"root: cifar10 needs the folder .* never downloads"):
         data.load("cifar10")
 
 
@@ -418,5 +418,5 @@ def test_s_overlapping_the_test_set_is_an_error(tmp_path, digits):
 def test_imagefolder_without_class_folders_names_root(tmp_path):
     (tmp_path / "flat" / "train").mkdir(parents=True)
     (tmp_path / "flat" / "test").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="root: .*train is not an image folder tree"):
+    with pytest.raises(FileNotFoundError, match=r"root: .*train is not an image folder tree"):
         data.load("imagefolder", tmp_path / "flat", s_size=2)

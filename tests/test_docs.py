@@ -59,9 +59,8 @@ def broken_citations(text: str, methods: list[str], architecture: list[str], *, 
             if not follow:
                 break
             at += len(name) + follow.end()
-    for m in re.finditer(r"docs/architecture\.md, ", text):
-        if not any(h.startswith(text[m.end():].split(")")[0].split(";")[0].strip()) for h in architecture):
-            broken.append(text[m.start(): m.end() + 30])
+    broken.extend(text[m.start(): m.end() + 30] for m in re.finditer(r"docs/architecture\.md, ", text)
+                  if not any(h.startswith(text[m.end():].split(")")[0].split(";")[0].strip()) for h in architecture))
     return broken
 
 

@@ -92,7 +92,7 @@ def test_shipped_configs_parse(tmp_path):
     bad.write_text("name: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
-    with pytest.raises(ConfigError, match="not found .*shipped configs: .*tiny"):
+    with pytest.raises(ConfigError, match=r"not found .*shipped configs: .*tiny"):
         load_config("no-such-config")
 
 
@@ -195,7 +195,7 @@ def test_store_claims_in_dependency_order_and_completes_atomically(tmp_path):
 def test_store_releases_tasks_of_dead_workers(tmp_path):
     store = Store(tmp_path / "r.sqlite")
     store.add_tasks([Task("a", "train")])
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True)
     import socket
 
     assert store.claim(f"{socket.gethostname()}:{dead.stdout.strip()}").key == "a"
@@ -324,8 +324,8 @@ def test_parent_runs_once_per_test_distribution(tmp_path, monkeypatch):
     assert "## How the numbers are computed" in text
     assert "below the parent's + δ (strict, the original implementation's acc + δ > acc_parent)" in text
     assert "P of each draw (parent and pruned network on the same noisy inputs), averaged over the draws" in text
-    assert "Nominal errors on 96 test images (an equal share per class); noisy and corrupted test sets on a " \
-           "class-balanced subset of 40 of them." in text
+    assert ("Nominal errors on 96 test images (an equal share per class); noisy and corrupted test sets on a "
+            "class-balanced subset of 40 of them.") in text
     assert "with a 95 % bootstrap band (50 resamples of the networks)" in text
 
 
@@ -421,7 +421,7 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
     proc.wait()
     with sqlite3.connect(db) as conn:  # what the killed run committed is all still there
         done_before = dict(conn.execute("SELECT key, finished FROM tasks WHERE status = 'done'").fetchall())
-    assert subprocess.run(command, capture_output=True, timeout=900).returncode == 0
+    assert subprocess.run(command, check=False, capture_output=True, timeout=900).returncode == 0
     with sqlite3.connect(db) as conn:
         statuses = dict(conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall())
         after = dict(conn.execute("SELECT key, finished FROM tasks WHERE status = 'done'").fetchall())

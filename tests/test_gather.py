@@ -64,7 +64,7 @@ def test_empty_list():
 
 
 IMPLS = {
-    "kernel": lambda ts, rs, cs: gather_channels(ts, rs, cs),
+    "kernel": gather_channels,
     "reference": gather_channels_reference,
 }
 

@@ -113,10 +113,10 @@ def test_bad_options_are_named():
     for bad in (0, -8, 2.5, True):
         with pytest.raises(ValueError, match="round_to must be a positive integer"):
             lostprune.prune(models.create("small_cnn"), "ft", 0.5, coupled="sum", round_to=bad, progress=False)
-    with pytest.raises(ValueError, match="round_to must be .* or 'auto'"):
+    with pytest.raises(ValueError, match=r"round_to must be .* or 'auto'"):
         lostprune.prune(models.create("small_cnn"), "ft", 0.5, coupled="sum", round_to="fast", progress=False)
-    with pytest.raises(ValueError, match="round_to=8 rounds the kept channels of whole channel groups.*"
-                                         "coupled='sum'"):  # the paper's per-layer FT does not round
+    with pytest.raises(ValueError, match=r"round_to=8 rounds the kept channels of whole channel groups.*"
+                                         r"coupled='sum'"):  # the paper's per-layer FT does not round
         lostprune.prune(models.create("small_cnn"), "ft", 0.5, round_to=8, progress=False)
 
 
@@ -183,10 +183,10 @@ def test_pfp_group_options_remove_what_slicing_removes(compiled, options):
 
 
 def test_pfp_bad_group_option_is_named(compiled):
-    with pytest.raises(ValueError, match="coupled must be one of 'sum', .*'skip', 'per_layer' or a callable"):
+    with pytest.raises(ValueError, match=r"coupled must be one of 'sum', .*'skip', 'per_layer' or a callable"):
         lostprune.prune(models.create("resnet20"), "pfp", 0.5, data=PFP_DATA, coupled="add", progress=False)
-    with pytest.raises(ValueError, match="round_to=8 rounds the kept channels of whole channel groups, which "
-                                         "the paper's per-layer variant .* coupled='sum'"):
+    with pytest.raises(ValueError, match=r"round_to=8 rounds the kept channels of whole channel groups, which "
+                                         r"the paper's per-layer variant .* coupled='sum'"):
         lostprune.prune(models.create("resnet20"), "pfp", 0.5, data=PFP_DATA, coupled="per_layer", round_to=8,
                         progress=False)
 

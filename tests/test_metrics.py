@@ -381,7 +381,7 @@ def test_exact_mode_is_the_greedy_selection():
         kept = set(range(16))
         while len(kept) > 4:
 
-            def conf_without(p):
+            def conf_without(p, kept=kept, x=x, target=target):
                 m = torch.zeros(16, dtype=torch.bool)
                 m[list(kept - {p})] = True
                 return float(model(x * m.view(1, 1, 4, 4)).softmax(1)[0, target].detach())

@@ -22,7 +22,7 @@ def test_torchvision_models_build_without_downloads():
 
 
 def test_unknown_model_lists_names():
-    with pytest.raises(ValueError, match="unknown model 'resnet21'; available: .*resnet20"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet21'; available: .*resnet20"):
         models.create("resnet21")
 
 

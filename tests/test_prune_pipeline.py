@@ -24,9 +24,8 @@ from lostprune.core.masks import (
     single_value,
 )
 from lostprune.core.shapes import shape_keeping_skipped, shape_only_forward
-from lostprune.structure import build_graph
+from lostprune.structure import build_graph, tracing
 from lostprune.structure import graph as graph_module
-from lostprune.structure import tracing
 from lostprune.structure.groups import sort_order as _sort_order
 from lostprune.structure.trace_cache import structure_key
 
@@ -222,9 +221,9 @@ def test_stats_count_exactly_what_the_masks_remove(pre, coupled):
 def test_compute_stats_takes_masks_or_counts():
     model = cifar_resnet()
     layers = prunable_layers(model)
-    with pytest.raises(TypeError, match="either removed= .* or kept="):
+    with pytest.raises(TypeError, match=r"either removed= .* or kept="):
         compute_stats(model, layers)
-    with pytest.raises(TypeError, match="either removed= .* or kept="):
+    with pytest.raises(TypeError, match=r"either removed= .* or kept="):
         compute_stats(model, layers, {}, kept={})
 
 

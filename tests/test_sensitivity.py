@@ -4,7 +4,6 @@ errors, op checks."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lostprune.ops import (
     channel_sensitivity,
@@ -130,7 +129,7 @@ def test_avx2_build_matches_literal():
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "LOSTPRUNE_MARCH": "x86-64-v3", "LOSTPRUNE_CUDA": "0", "LOSTPRUNE_BACKEND": "compiled",
            "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, "-c", _OTHER_ISA_PROBE], env=env, cwd=root, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", _OTHER_ISA_PROBE], check=False, env=env, cwd=root, capture_output=True,
                           text=True, timeout=1800)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -285,7 +284,7 @@ def test_nan_or_inf_input_is_an_error(compiled, fn):
         fn(x, w, padding=1)
     x[1, 0, 2, 2] = 0
     w[0, 0, 0, 0] = float("nan")
-    with pytest.raises((ValueError, RuntimeError), match="weight .*NaN or inf"):
+    with pytest.raises((ValueError, RuntimeError), match=r"weight .*NaN or inf"):
         fn(x, w, padding=1)
 
 

@@ -1,5 +1,6 @@
 """SiPP and PFP (docs/methods.md §SiPP, docs/methods.md §PFP) through lostprune.prune."""
 
+import itertools
 import math
 
 import pytest
@@ -122,7 +123,7 @@ def test_kept_channels_monotone_and_clamped():
     model = LayerErrorModel(torch.rand(40, generator=gen, dtype=torch.float64) ** 4, positions=64, kernel=9)
     counts = [kept_channels(model, 10.0 ** e) for e in torch.linspace(-3, 12, 60).tolist()]
     assert counts[0] == 40 and counts[-1] == 1
-    assert all(a >= b for a, b in zip(counts, counts[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(counts))
     assert kept_channels(LayerErrorModel(torch.zeros(5, dtype=torch.float64), 4, 1), 1.0) == 1
 
 
@@ -153,7 +154,7 @@ def test_pfp_meets_the_budget_on_resnet20(compiled, resnet20, coupled):
     ratio = 0.5
     result = lostprune.prune(resnet20, "pfp", ratio, data=CIFAR, coupled=coupled, progress=False)
     assert abs(result.stats.achieved_ratio - ratio) <= 0.005 * ratio
-    for name, mask in result.masks.items():  # structured: whole input channels (and, for groups, filters)
+    for mask in result.masks.values():  # structured: whole input channels (and, for groups, filters)
         m = mask != 0
         rows = _kept_rows(mask)  # filters go with their channel (groups) or once no layer reads them
         cols = _kept_columns(mask)
@@ -220,7 +221,7 @@ def test_pfp_ratio_zero_keeps_everything(compiled):
 def test_pfp_budget_beyond_reach_warns_and_prunes_as_far_as_it_can(compiled, coupled, message):
     with pytest.warns(UserWarning, match=message):
         result = lostprune.prune(chain(), "pfp", 0.99, data=S, coupled=coupled, progress=False)
-    for name, mask in result.masks.items():
+    for mask in result.masks.values():
         assert int(_kept_columns(mask).sum()) >= 1
 
 

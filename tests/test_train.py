@@ -2,7 +2,9 @@
 exact resume, learning-rate and keep-ratio schedules, bad input."""
 
 import dataclasses
+import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -11,8 +13,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lostprune
 from lostprune.core.masks import load_pruned
-from lostprune.train import (Geometric, Linear, LRSchedule, TrainConfig, evaluate, keep_ratio_schedule,
-                             paper_keep_ratios, train)
+from lostprune.train import (
+    Geometric,
+    Linear,
+    LRSchedule,
+    TrainConfig,
+    evaluate,
+    keep_ratio_schedule,
+    paper_keep_ratios,
+    train,
+)
 
 
 def tiny_cnn(classes=3):
@@ -156,7 +166,7 @@ def test_interrupted_run_resumes_exactly(tmp_path):
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     train(tiny_cnn(), blobs(), dataclasses.replace(FAST, epochs=1), checkpoint=tmp_path / "c.pt", progress=False)
-    with pytest.raises(ValueError, match="written with another config \\(epochs: 1 -> 2\\).*resume=False"):
+    with pytest.raises(ValueError, match=r"written with another config \(epochs: 1 -> 2\).*resume=False"):
         train(tiny_cnn(), blobs(), dataclasses.replace(FAST, epochs=2), checkpoint=tmp_path / "c.pt", progress=False)
     train(tiny_cnn(), blobs(), dataclasses.replace(FAST, epochs=2), checkpoint=tmp_path / "c.pt", resume=False,
           progress=False)
@@ -228,7 +238,7 @@ def test_checkpoint_written_before_new_fields_existed_resumes(tmp_path):
     torch.save(state, path)
     resumed = train(tiny_cnn(), blobs(), config, checkpoint=path, progress=False)
     assert resumed.resumed_from == 1 and resumed.stopped_early
-    with pytest.raises(ValueError, match="written with another config .*pct_start: None -> 0.5"):
+    with pytest.raises(ValueError, match=r"written with another config .*pct_start: None -> 0.5"):
         train(tiny_cnn(), blobs(), dataclasses.replace(config, pct_start=0.5), checkpoint=path, progress=False)
 
 
@@ -283,7 +293,7 @@ def test_amp_on_cuda_keeps_masks():
 # ----------------------------------------------------------------------------- bad input
 def test_bad_data_is_named():
     model = tiny_cnn()
-    with pytest.raises(ValueError, match="data yields torch.uint8 inputs"):
+    with pytest.raises(ValueError, match=re.escape("data yields torch.uint8 inputs")):
         train(model, TensorDataset(torch.zeros(8, 3, 8, 8, dtype=torch.uint8), torch.zeros(8).long()), FAST,
               progress=False)
     nan = torch.randn(8, 3, 8, 8)
@@ -292,7 +302,7 @@ def test_bad_data_is_named():
         train(model, TensorDataset(nan, torch.zeros(8).long()), FAST, progress=False)
     with pytest.raises(ValueError, match="data has labels from 0 to 7, but the model outputs 3 classes"):
         train(model, TensorDataset(torch.randn(8, 3, 8, 8), torch.arange(8)), FAST, progress=False)
-    with pytest.raises(ValueError, match="data yields torch.float32 targets"):
+    with pytest.raises(ValueError, match=re.escape("data yields torch.float32 targets")):
         train(model, TensorDataset(torch.randn(8, 3, 8, 8), torch.zeros(8)), FAST, progress=False)
     with pytest.raises(ValueError, match="data is empty"):
         train(model, TensorDataset(torch.randn(0, 3, 8, 8), torch.zeros(0).long()), FAST, progress=False)
@@ -306,7 +316,7 @@ def test_bad_data_is_named():
 
 
 def test_diverging_training_stops_with_a_clear_error():
-    with pytest.raises(FloatingPointError, match="training loss became (nan|inf) in epoch 1 .*lower the learning rate"):
+    with pytest.raises(FloatingPointError, match=r"training loss became (nan|inf) in epoch 1 .*lower the learning rate"):
         train(tiny_cnn(), blobs(), TrainConfig(epochs=1, lr=1e30, batch_size=16, schedule="constant"), progress=False)
 
 
@@ -362,7 +372,7 @@ def test_cosine_ends_at_min_lr():
     assert s.lr_at(6.0) == pytest.approx(0.105)
     assert s.lr_at(10.0) == pytest.approx(0.01)
     values = [s.lr_at(2 + 8 * i / 50) for i in range(51)]
-    assert all(b <= a for a, b in zip(values, values[1:]))
+    assert all(b <= a for a, b in itertools.pairwise(values))
 
 
 def test_onecycle_rises_to_lr_then_anneals_far_below_it():
@@ -371,7 +381,7 @@ def test_onecycle_rises_to_lr_then_anneals_far_below_it():
     assert s.lr_at(10) == pytest.approx(0.01 / 100) and s.lr_at(1.25) == pytest.approx(0.105)
     rise = [s.lr_at(2.5 * i / 20) for i in range(21)]
     fall = [s.lr_at(2.5 + 7.5 * i / 40) for i in range(41)]
-    assert all(b > a for a, b in zip(rise, rise[1:])) and all(b < a for a, b in zip(fall, fall[1:]))
+    assert all(b > a for a, b in itertools.pairwise(rise)) and all(b < a for a, b in itertools.pairwise(fall))
     # the same curve as torch's OneCycleLR (cosine annealing), sampled per step
     model = nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
@@ -402,9 +412,9 @@ def test_paper_keep_ratios():
     ratios = paper_keep_ratios()
     assert len(ratios) == 23 and ratios[0] == pytest.approx(0.85) and ratios[-1] == pytest.approx(0.02)
     assert 0.15 in [round(r, 10) for r in ratios]
-    assert all(b < a for a, b in zip(ratios, ratios[1:]))
+    assert all(b < a for a, b in itertools.pairwise(ratios))
     head = ratios[:ratios.index(min(ratios, key=lambda r: abs(r - 0.15))) + 1]
-    steps = [b / a for a, b in zip(head, head[1:])]
+    steps = [b / a for a, b in itertools.pairwise(head)]
     assert max(steps) - min(steps) < 1e-9  # geometric down to 0.15
     assert len(paper_keep_ratios(10)) == 10
 

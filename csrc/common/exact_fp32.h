@@ -18,8 +18,7 @@ class ExactFloat32Guard {
   ExactFloat32Guard()
       : conv_(at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV)),
         matmul_(at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL)) {
-    at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV,
-                                            at::Float32Precision::IEEE);
+    at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
     at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL,
                                             at::Float32Precision::IEEE);
   }
@@ -36,8 +35,7 @@ class ExactFloat32Guard {
 #else
 class ExactFloat32Guard {
  public:
-  ExactFloat32Guard()
-      : cudnn_(at::globalContext().allowTF32CuDNN()), cublas_(at::globalContext().allowTF32CuBLAS()) {
+  ExactFloat32Guard() : cudnn_(at::globalContext().allowTF32CuDNN()), cublas_(at::globalContext().allowTF32CuBLAS()) {
     at::globalContext().setAllowTF32CuDNN(false);
     at::globalContext().setAllowTF32CuBLAS(false);
   }

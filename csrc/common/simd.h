@@ -94,7 +94,8 @@ LP_SIMD_INLINE void fold_levels(Vec<T> (&v)[N], Op op) {
     constexpr int M = N > 1 ? N / 2 : 1;
     Vec<T> next[M];
     for (int m = 0; m < M; ++m) {
-      next[m] = fold_pair<H, T>(v[2 * m], v[N > 1 ? 2 * m + 1 : 2 * m], op, std::make_integer_sequence<int, kLanes<T>>{});
+      next[m] =
+          fold_pair<H, T>(v[2 * m], v[N > 1 ? 2 * m + 1 : 2 * m], op, std::make_integer_sequence<int, kLanes<T>>{});
     }
     for (int m = 0; m < M; ++m) v[m] = next[m];
     fold_levels<T, H / 2, N>(v, op);  // the first M entries are live

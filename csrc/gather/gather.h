@@ -11,8 +11,8 @@ namespace lostprune {
 struct GatherJob {
   const char* src;
   char* dst;
-  const int64_t* rows;  // kept indices along dim 0, or nullptr for all of them
-  const int64_t* cols;  // kept indices along dim 1, or nullptr for all of them
+  const int64_t* rows;    // kept indices along dim 0, or nullptr for all of them
+  const int64_t* cols;    // kept indices along dim 1, or nullptr for all of them
   int64_t d0, d1, inner;  // source viewed as [d0, d1, inner]
   int64_t r0, r1;         // output extent along dims 0 and 1
   int64_t elem_size;      // bytes per element: the gather only moves bytes

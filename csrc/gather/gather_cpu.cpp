@@ -52,8 +52,7 @@ int64_t gather_units(const GatherJob& j) {
   return run == 0 ? 0 : gather_out_numel(j) / run;
 }
 
-std::vector<at::Tensor> gather_channels_cpu(at::TensorList tensors,
-                                            const c10::List<std::optional<at::Tensor>>& rows,
+std::vector<at::Tensor> gather_channels_cpu(at::TensorList tensors, const c10::List<std::optional<at::Tensor>>& rows,
                                             const c10::List<std::optional<at::Tensor>>& cols) {
   GatherPlan plan = prepare_gather(tensors, rows, cols, c10::DeviceType::CPU);
   const auto& jobs = plan.jobs;
@@ -72,8 +71,7 @@ std::vector<at::Tensor> gather_channels_cpu(at::TensorList tensors,
       }
       const int64_t run = gather_run_length(j);
       const int64_t out = (g - first_unit[t]) * run;
-      std::memcpy(j.dst + out * j.elem_size, j.src + gather_source_index(j, out) * j.elem_size,
-                  run * j.elem_size);
+      std::memcpy(j.dst + out * j.elem_size, j.src + gather_source_index(j, out) * j.elem_size, run * j.elem_size);
     }
   });
   return plan.outputs;
@@ -81,8 +79,6 @@ std::vector<at::Tensor> gather_channels_cpu(at::TensorList tensors,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lostprune, CPU, m) {
-  m.impl("gather_channels", &gather_channels_cpu);
-}
+TORCH_LIBRARY_IMPL(lostprune, CPU, m) { m.impl("gather_channels", &gather_channels_cpu); }
 
 }  // namespace lostprune

@@ -5,15 +5,16 @@
 namespace lostprune {
 namespace {
 
-struct alignas(16) Word16 { uint64_t lo, hi; };
+struct alignas(16) Word16 {
+  uint64_t lo, hi;
+};
 
 template <typename Word>
 __device__ __forceinline__ void copy_elements(const GatherJob& j) {
   const int64_t n = gather_out_numel(j);
   const Word* src = reinterpret_cast<const Word*>(j.src);
   Word* dst = reinterpret_cast<Word*>(j.dst);
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n;
-       e += (int64_t)gridDim.x * blockDim.x) {
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
     dst[e] = src[gather_source_index(j, e)];
   }
 }
@@ -32,9 +33,8 @@ __global__ void gather_channels_kernel(const GatherJob* jobs) {
 
 }  // namespace
 
-cudaError_t gather_channels_cuda_launch(const GatherJob* jobs_device, int64_t n_jobs,
-                                        int64_t max_out_numel, int64_t /*max_elem_size*/,
-                                        cudaStream_t stream) {
+cudaError_t gather_channels_cuda_launch(const GatherJob* jobs_device, int64_t n_jobs, int64_t max_out_numel,
+                                        int64_t /*max_elem_size*/, cudaStream_t stream) {
   if (n_jobs == 0 || max_out_numel == 0) return cudaSuccess;
   constexpr int kThreads = 256;
   int64_t blocks = (max_out_numel + kThreads - 1) / kThreads;

@@ -15,16 +15,14 @@
 namespace lostprune {
 namespace {
 
-std::vector<at::Tensor> gather_channels_cuda(at::TensorList tensors,
-                                             const c10::List<std::optional<at::Tensor>>& rows,
+std::vector<at::Tensor> gather_channels_cuda(at::TensorList tensors, const c10::List<std::optional<at::Tensor>>& rows,
                                              const c10::List<std::optional<at::Tensor>>& cols) {
   if (tensors.empty()) return {};
   const c10::cuda::CUDAGuard guard(tensors[0].device());
   GatherPlan plan = prepare_gather(tensors, rows, cols, c10::DeviceType::CUDA);
   for (size_t t = 1; t < tensors.size(); ++t) {
-    TORCH_CHECK(tensors[t].device() == tensors[0].device(),
-                "lostprune.gather_channels: tensors[", t, "] is on ", tensors[t].device(),
-                " but tensors[0] is on ", tensors[0].device());
+    TORCH_CHECK(tensors[t].device() == tensors[0].device(), "lostprune.gather_channels: tensors[", t, "] is on ",
+                tensors[t].device(), " but tensors[0] is on ", tensors[0].device());
   }
   const int64_t n = static_cast<int64_t>(plan.jobs.size());
   const int64_t bytes = n * static_cast<int64_t>(sizeof(GatherJob));
@@ -36,8 +34,8 @@ std::vector<at::Tensor> gather_channels_cuda(at::TensorList tensors,
   const auto* jobs = reinterpret_cast<const GatherJob*>(device_jobs.const_data_ptr());
   for (int64_t first = 0; first < n; first += kMaxJobsPerLaunch) {
     const int64_t count = std::min(kMaxJobsPerLaunch, n - first);
-    C10_CUDA_CHECK(gather_channels_cuda_launch(jobs + first, count, plan.max_out_numel,
-                                               plan.max_elem_size, stream.stream()));
+    C10_CUDA_CHECK(
+        gather_channels_cuda_launch(jobs + first, count, plan.max_out_numel, plan.max_elem_size, stream.stream()));
   }
   // device_jobs is freed on return, but the caching allocator only reuses it for work
   // queued after the kernel on this stream; torch's pinned allocator likewise holds the
@@ -47,8 +45,6 @@ std::vector<at::Tensor> gather_channels_cuda(at::TensorList tensors,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lostprune, CUDA, m) {
-  m.impl("gather_channels", &gather_channels_cuda);
-}
+TORCH_LIBRARY_IMPL(lostprune, CUDA, m) { m.impl("gather_channels", &gather_channels_cuda); }
 
 }  // namespace lostprune

@@ -13,50 +13,44 @@ constexpr const char* kOp = "lostprune.gather_channels";
 
 // Validates one index set and returns it contiguous. The range check reads the values
 // on the host: slicing runs once per model, so a sync here is cheap insurance.
-at::Tensor checked_index(const at::Tensor& index, const at::Tensor& tensor, int64_t t,
-                         int64_t dim) {
+at::Tensor checked_index(const at::Tensor& index, const at::Tensor& tensor, int64_t t, int64_t dim) {
   const char* which = dim == 0 ? "rows" : "cols";
   TORCH_CHECK(index.scalar_type() == at::kLong, kOp, ": ", which, "[", t,
               "] must be an int64 tensor of kept indices, got ", index.scalar_type());
-  TORCH_CHECK(index.dim() == 1, kOp, ": ", which, "[", t, "] must be 1-D, got shape ",
-              index.sizes());
-  TORCH_CHECK(index.numel() > 0, kOp, ": ", which, "[", t,
-              "] is empty; keep at least one index along dim ", dim, " of tensors[", t, "]");
-  TORCH_CHECK(index.device() == tensor.device(), kOp, ": ", which, "[", t, "] is on ",
-              index.device(), " but tensors[", t, "] is on ", tensor.device());
+  TORCH_CHECK(index.dim() == 1, kOp, ": ", which, "[", t, "] must be 1-D, got shape ", index.sizes());
+  TORCH_CHECK(index.numel() > 0, kOp, ": ", which, "[", t, "] is empty; keep at least one index along dim ", dim,
+              " of tensors[", t, "]");
+  TORCH_CHECK(index.device() == tensor.device(), kOp, ": ", which, "[", t, "] is on ", index.device(), " but tensors[",
+              t, "] is on ", tensor.device());
   const int64_t size = tensor.size(dim);
   at::Tensor host = index.device().is_cpu() ? index.contiguous() : index.cpu();
   const int64_t bad = first_out_of_range(host.const_data_ptr<int64_t>(), host.numel(), size);
-  TORCH_CHECK(bad < 0, kOp, ": ", which, "[", t, "][", bad, "] = ",
-              bad < 0 ? 0 : host.const_data_ptr<int64_t>()[bad],
-              " is out of range for dim ", dim, " of tensors[", t, "] (allowed 0..", size - 1,
-              ")");
+  TORCH_CHECK(bad < 0, kOp, ": ", which, "[", t, "][", bad, "] = ", bad < 0 ? 0 : host.const_data_ptr<int64_t>()[bad],
+              " is out of range for dim ", dim, " of tensors[", t, "] (allowed 0..", size - 1, ")");
   return index.contiguous();
 }
 
 }  // namespace
 
-GatherPlan prepare_gather(at::TensorList tensors,
-                          const c10::List<std::optional<at::Tensor>>& rows,
-                          const c10::List<std::optional<at::Tensor>>& cols,
-                          c10::DeviceType device_type) {
+GatherPlan prepare_gather(at::TensorList tensors, const c10::List<std::optional<at::Tensor>>& rows,
+                          const c10::List<std::optional<at::Tensor>>& cols, c10::DeviceType device_type) {
   const int64_t n = static_cast<int64_t>(tensors.size());
-  TORCH_CHECK(static_cast<int64_t>(rows.size()) == n, kOp, ": rows has ", rows.size(),
-              " entries but tensors has ", n, "; pass one index set (or None) per tensor");
-  TORCH_CHECK(static_cast<int64_t>(cols.size()) == n, kOp, ": cols has ", cols.size(),
-              " entries but tensors has ", n, "; pass one index set (or None) per tensor");
+  TORCH_CHECK(static_cast<int64_t>(rows.size()) == n, kOp, ": rows has ", rows.size(), " entries but tensors has ", n,
+              "; pass one index set (or None) per tensor");
+  TORCH_CHECK(static_cast<int64_t>(cols.size()) == n, kOp, ": cols has ", cols.size(), " entries but tensors has ", n,
+              "; pass one index set (or None) per tensor");
   GatherPlan plan;
   plan.outputs.reserve(n);
   plan.jobs.reserve(n);
   for (int64_t t = 0; t < n; ++t) {
     const at::Tensor& src_in = tensors[t];
-    TORCH_CHECK(src_in.device().type() == device_type, kOp, ": tensors[", t, "] is on ",
-                src_in.device(), ", expected a ", c10::DeviceTypeName(device_type), " tensor");
+    TORCH_CHECK(src_in.device().type() == device_type, kOp, ": tensors[", t, "] is on ", src_in.device(),
+                ", expected a ", c10::DeviceTypeName(device_type), " tensor");
     TORCH_CHECK(src_in.dim() >= 1, kOp, ": tensors[", t, "] is a scalar; nothing to slice");
     const std::optional<at::Tensor> row = rows.get(t);
     const std::optional<at::Tensor> col = cols.get(t);
-    TORCH_CHECK(!col.has_value() || src_in.dim() >= 2, kOp, ": cols[", t,
-                "] is given but tensors[", t, "] has only one dimension");
+    TORCH_CHECK(!col.has_value() || src_in.dim() >= 2, kOp, ": cols[", t, "] is given but tensors[", t,
+                "] has only one dimension");
     const int64_t es = static_cast<int64_t>(src_in.element_size());
     TORCH_CHECK(es == 1 || es == 2 || es == 4 || es == 8 || es == 16, kOp, ": tensors[", t,
                 "] has unsupported element size ", es);

@@ -20,9 +20,7 @@ struct GatherPlan {
   int64_t max_elem_size = 0;
 };
 
-GatherPlan prepare_gather(at::TensorList tensors,
-                          const c10::List<std::optional<at::Tensor>>& rows,
-                          const c10::List<std::optional<at::Tensor>>& cols,
-                          c10::DeviceType device_type);
+GatherPlan prepare_gather(at::TensorList tensors, const c10::List<std::optional<at::Tensor>>& rows,
+                          const c10::List<std::optional<at::Tensor>>& cols, c10::DeviceType device_type);
 
 }  // namespace lostprune

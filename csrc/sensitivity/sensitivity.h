@@ -31,12 +31,10 @@ struct SensGeometry {
   int64_t out_h, out_w;
 };
 
-LP_HD SensGeometry make_geometry(int64_t in_channels, int64_t in_h, int64_t in_w,
-                                 int64_t out_channels, int64_t groups, int64_t kh, int64_t kw,
-                                 int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+LP_HD SensGeometry make_geometry(int64_t in_channels, int64_t in_h, int64_t in_w, int64_t out_channels, int64_t groups,
+                                 int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
                                  int64_t dw) {
-  SensGeometry g{in_channels, in_h, in_w, out_channels, groups, kh, kw, sh, sw, ph, pw, dh, dw,
-                 0, 0};
+  SensGeometry g{in_channels, in_h, in_w, out_channels, groups, kh, kw, sh, sw, ph, pw, dh, dw, 0, 0};
   g.out_h = conv_out_size(in_h, kh, sh, ph, dh);
   g.out_w = conv_out_size(in_w, kw, sw, pw, dw);
   return g;
@@ -57,8 +55,7 @@ struct EdgeTap {
 
 LP_HD EdgeTap edge_tap(const SensGeometry& g, int64_t group, int64_t r) {
   const int64_t k2 = g.kh * g.kw;
-  return EdgeTap{group * group_in_channels(g) + r / k2, ((r % k2) / g.kw) * g.dh - g.ph,
-                 (r % g.kw) * g.dw - g.pw};
+  return EdgeTap{group * group_in_channels(g) + r / k2, ((r % k2) / g.kw) * g.dh - g.ph, (r % g.kw) * g.dw - g.pw};
 }
 
 // Offset within one image of the input element edge r of `group` reads at output position q,

@@ -126,8 +126,8 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
   const int64_t sweeps = plan.sweeps;
   // Split units only when sweeps are too few to occupy every thread (each chunk builds its
   // own tiles), keeping at least 16 units per chunk.
-  const int64_t pieces = std::clamp<int64_t>((4 * threads + sweeps - 1) / sweeps, 1,
-                                             std::max<int64_t>(1, group_out_channels(g) / 16));
+  const int64_t pieces =
+      std::clamp<int64_t>((4 * threads + sweeps - 1) / sweeps, 1, std::max<int64_t>(1, group_out_channels(g) / 16));
   const std::vector<UnitChunk> chunks = unit_chunks(g, pieces);
   const int64_t n_chunks = static_cast<int64_t>(chunks.size());
   const int64_t ranges = threads == 1 ? 1 : std::clamp<int64_t>((4 * threads + n_chunks - 1) / n_chunks, 1, sweeps);
@@ -147,8 +147,7 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
   const double work = static_cast<double>(n_points) * n_positions * lists.entries();
   const int64_t grain = work < double(1 << 21) ? n_items : 1;
   const bool partial = kMean && plan.tiles_per_sweep > 1;
-  const int64_t slots_size =
-      kKind == Kind::kChannel ? cin_g + Channel::scratch_size(edges, cin_g) : most_entries;
+  const int64_t slots_size = kKind == Kind::kChannel ? cin_g + Channel::scratch_size(edges, cin_g) : most_entries;
   at::parallel_for(0, n_items, grain, [&](int64_t begin, int64_t end) {
     Scratch scratch(p.x.options(), edges * kWidth, widest * 2 * kWidth, slots_size, partial ? most_entries : 0);
     T* tile = scratch.tile.template mutable_data_ptr<T>();
@@ -278,24 +277,18 @@ Accumulated<T> accumulate(const char* op, const SensitivityProblem& p, Kind kind
   const int64_t area = g.kh * g.kw;
   int64_t block = block_edges(plan.width * int64_t(sizeof(T)));
   if (kind == Kind::kChannel) block = std::max<int64_t>(1, block / area) * area;
-  Accumulated<T> acc{signed_lists(op, p.weight.const_data_ptr<T>(), cout, edges, plan.width, block,
-                                  kind == Kind::kChannel ? area : 0),
-                     {}};
+  Accumulated<T> acc{
+      signed_lists(op, p.weight.const_data_ptr<T>(), cout, edges, plan.width, block, kind == Kind::kChannel ? area : 0),
+      {}};
   if (kind == Kind::kChannel) {
     acc.out.assign(initial, initial + g.in_channels);
   } else {
     acc.out.assign(acc.lists.entries(), T(0));
   }
   switch (kind) {
-    case Kind::kWeightMean:
-      accumulate_kind<T, Kind::kWeightMean>(p, acc.lists, points, plan, acc.out.data());
-      break;
-    case Kind::kWeightMax:
-      accumulate_kind<T, Kind::kWeightMax>(p, acc.lists, points, plan, acc.out.data());
-      break;
-    case Kind::kChannel:
-      accumulate_kind<T, Kind::kChannel>(p, acc.lists, points, plan, acc.out.data());
-      break;
+    case Kind::kWeightMean: accumulate_kind<T, Kind::kWeightMean>(p, acc.lists, points, plan, acc.out.data()); break;
+    case Kind::kWeightMax: accumulate_kind<T, Kind::kWeightMax>(p, acc.lists, points, plan, acc.out.data()); break;
+    case Kind::kChannel: accumulate_kind<T, Kind::kChannel>(p, acc.lists, points, plan, acc.out.data()); break;
   }
   return acc;
 }
@@ -303,14 +296,14 @@ Accumulated<T> accumulate(const char* op, const SensitivityProblem& p, Kind kind
 at::Tensor weight_sensitivity_cpu(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                   c10::string_view reduce, const std::optional<at::Tensor>& running) {
-  const SensitivityProblem p = prepare_sensitivity(kWeightOp, x, weight, stride, padding, dilation, groups,
-                                                   reduce, running, SensitivityLevel::kWeight, c10::DeviceType::CPU);
+  const SensitivityProblem p = prepare_sensitivity(kWeightOp, x, weight, stride, padding, dilation, groups, reduce,
+                                                   running, SensitivityLevel::kWeight, c10::DeviceType::CPU);
   at::Tensor out = at::zeros(p.weight.sizes(), p.weight.options());
   AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "weight_sensitivity_cpu", [&] {
     const SensGeometry& g = p.geo;
     const int64_t cout = g.out_channels, edges = edges_per_output(g);
-    const Accumulated<scalar_t> acc = accumulate<scalar_t>(
-        kWeightOp, p, p.reduce == SensitivityReduce::kMean ? Kind::kWeightMean : Kind::kWeightMax);
+    const Accumulated<scalar_t> acc =
+        accumulate<scalar_t>(kWeightOp, p, p.reduce == SensitivityReduce::kMean ? Kind::kWeightMean : Kind::kWeightMax);
     const scalar_t scale = reduce_scale<scalar_t>(p.reduce, positions(g));
     const scalar_t* prev = p.running ? p.running->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.mutable_data_ptr<scalar_t>();

@@ -104,9 +104,8 @@ sensitivity_reduce_kernel(const T* __restrict__ xs, const T* __restrict__ v, con
 }  // namespace
 
 template <typename T>
-cudaError_t sensitivity_reduce_cuda_launch(const T* xs, const T* v, const T* weight, T* acc,
-                                           const SensGeometry& g, int64_t n_points,
-                                           SensitivityReduce reduce, cudaStream_t stream) {
+cudaError_t sensitivity_reduce_cuda_launch(const T* xs, const T* v, const T* weight, T* acc, const SensGeometry& g,
+                                           int64_t n_points, SensitivityReduce reduce, cudaStream_t stream) {
   if (n_points == 0) return cudaSuccess;
   const int64_t edges = edges_per_output(g);
   const int unit_tiles = static_cast<int>((group_out_channels(g) + kUnits - 1) / kUnits);
@@ -120,20 +119,18 @@ cudaError_t sensitivity_reduce_cuda_launch(const T* xs, const T* v, const T* wei
   if (gz < 1) gz = 1;
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(gz));
   if (reduce == SensitivityReduce::kMean) {
-    sensitivity_reduce_kernel<T, true>
-        <<<grid, kThreads, 0, stream>>>(xs, v, weight, acc, g, n_points, unit_tiles);
+    sensitivity_reduce_kernel<T, true><<<grid, kThreads, 0, stream>>>(xs, v, weight, acc, g, n_points, unit_tiles);
   } else {
-    sensitivity_reduce_kernel<T, false>
-        <<<grid, kThreads, 0, stream>>>(xs, v, weight, acc, g, n_points, unit_tiles);
+    sensitivity_reduce_kernel<T, false><<<grid, kThreads, 0, stream>>>(xs, v, weight, acc, g, n_points, unit_tiles);
   }
   return cudaGetLastError();
 }
 
-template cudaError_t sensitivity_reduce_cuda_launch<float>(const float*, const float*, const float*,
-                                                           float*, const SensGeometry&, int64_t,
-                                                           SensitivityReduce, cudaStream_t);
-template cudaError_t sensitivity_reduce_cuda_launch<double>(const double*, const double*, const double*,
-                                                            double*, const SensGeometry&, int64_t,
-                                                            SensitivityReduce, cudaStream_t);
+template cudaError_t sensitivity_reduce_cuda_launch<float>(const float*, const float*, const float*, float*,
+                                                           const SensGeometry&, int64_t, SensitivityReduce,
+                                                           cudaStream_t);
+template cudaError_t sensitivity_reduce_cuda_launch<double>(const double*, const double*, const double*, double*,
+                                                            const SensGeometry&, int64_t, SensitivityReduce,
+                                                            cudaStream_t);
 
 }  // namespace lostprune

@@ -14,8 +14,7 @@ namespace lostprune {
 // sums for kMean (then max over data points), max over data points and positions for kMax.
 // acc must hold non-negative values (zeros to start). T is float or double.
 template <typename T>
-cudaError_t sensitivity_reduce_cuda_launch(const T* xs, const T* v, const T* weight, T* acc,
-                                           const SensGeometry& g, int64_t n_points,
-                                           SensitivityReduce reduce, cudaStream_t stream);
+cudaError_t sensitivity_reduce_cuda_launch(const T* xs, const T* v, const T* weight, T* acc, const SensGeometry& g,
+                                           int64_t n_points, SensitivityReduce reduce, cudaStream_t stream);
 
 }  // namespace lostprune

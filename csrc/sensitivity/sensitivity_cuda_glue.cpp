@@ -31,8 +31,8 @@ constexpr const char* kWeightOp = "lostprune.weight_sensitivity";
 constexpr const char* kChannelOp = "lostprune.channel_sensitivity";
 
 // acc [Cout, edges]: the max over data points of the reduction of A * V (before |w| * scale).
-at::Tensor accumulate_cuda(const char* op, const SensitivityProblem& p, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation) {
+at::Tensor accumulate_cuda(const char* op, const SensitivityProblem& p, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation) {
   const SensGeometry& g = p.geo;
   const int64_t edges = edges_per_output(g);
   TORCH_CHECK(p.x.isfinite().all().item<bool>(), op, ": x (the layer input) contains NaN or inf");
@@ -42,9 +42,8 @@ at::Tensor accumulate_cuda(const char* op, const SensitivityProblem& p, at::IntA
   // Weights as 2 x Cout outputs ordered [group, sign, unit]: z+ and z- in one convolution.
   const int64_t cout_g = group_out_channels(g);
   const at::Tensor w = p.weight.view({g.groups, cout_g, -1});
-  const at::Tensor split_weight =
-      at::stack({at::clamp_min(w, 0), at::clamp_min(w.neg(), 0)}, 1)
-          .reshape({2 * g.out_channels, p.weight.size(1), g.kh, g.kw});
+  const at::Tensor split_weight = at::stack({at::clamp_min(w, 0), at::clamp_min(w.neg(), 0)}, 1)
+                                      .reshape({2 * g.out_channels, p.weight.size(1), g.kh, g.kw});
   const at::Tensor negative_flags = p.x.lt(0).flatten(1).any(1);
   const at::Tensor negative_count = negative_flags.to(at::kLong).cumsum(0).cpu();  // one sync
   const int64_t* cumulative = negative_count.const_data_ptr<int64_t>();
@@ -69,9 +68,8 @@ at::Tensor accumulate_cuda(const char* op, const SensitivityProblem& p, at::IntA
     inv = inv.contiguous();
     AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "sensitivity_reduce_cuda", [&] {
       C10_CUDA_CHECK(sensitivity_reduce_cuda_launch<scalar_t>(
-          points.const_data_ptr<scalar_t>(), inv.const_data_ptr<scalar_t>(),
-          p.weight.const_data_ptr<scalar_t>(), acc.mutable_data_ptr<scalar_t>(), g, points.size(0), p.reduce,
-          stream.stream()));
+          points.const_data_ptr<scalar_t>(), inv.const_data_ptr<scalar_t>(), p.weight.const_data_ptr<scalar_t>(),
+          acc.mutable_data_ptr<scalar_t>(), g, points.size(0), p.reduce, stream.stream()));
     });
   }
   return acc;
@@ -81,9 +79,8 @@ at::Tensor weight_sensitivity_cuda(const at::Tensor& x, const at::Tensor& weight
                                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                    c10::string_view reduce, const std::optional<at::Tensor>& running) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const SensitivityProblem p = prepare_sensitivity(kWeightOp, x, weight, stride, padding, dilation, groups,
-                                                   reduce, running, SensitivityLevel::kWeight,
-                                                   c10::DeviceType::CUDA);
+  const SensitivityProblem p = prepare_sensitivity(kWeightOp, x, weight, stride, padding, dilation, groups, reduce,
+                                                   running, SensitivityLevel::kWeight, c10::DeviceType::CUDA);
   const at::Tensor acc = accumulate_cuda(kWeightOp, p, stride, padding, dilation);
   const double scale = reduce_scale<double>(p.reduce, positions(p.geo));
   at::Tensor out = at::abs(p.weight).reshape(acc.sizes()).mul(acc).mul(scale).reshape(p.weight.sizes());
@@ -94,9 +91,8 @@ at::Tensor channel_sensitivity_cuda(const at::Tensor& x, const at::Tensor& weigh
                                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                     const std::optional<at::Tensor>& running) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const SensitivityProblem p = prepare_sensitivity(kChannelOp, x, weight, stride, padding, dilation, groups,
-                                                   "max", running, SensitivityLevel::kChannel,
-                                                   c10::DeviceType::CUDA);
+  const SensitivityProblem p = prepare_sensitivity(kChannelOp, x, weight, stride, padding, dilation, groups, "max",
+                                                   running, SensitivityLevel::kChannel, c10::DeviceType::CUDA);
   const SensGeometry& g = p.geo;
   const at::Tensor acc = accumulate_cuda(kChannelOp, p, stride, padding, dilation);
   at::Tensor scores = at::abs(p.weight).reshape(acc.sizes()).mul(acc);

@@ -43,8 +43,10 @@ struct SignedLists {
   int64_t blocks = 1, lists = 0, block_edges = 1, channels = 0;
 
   ListsView<T> view() const {
+    // clang-format off
     return {bounds.data(), entry.data(), blocks, lists, block_edges, largest.data(), channel_begin.data(),
             channel_count.data(), channels};
+    // clang-format on
   }
   int64_t entries() const { return bounds.back(); }
 };
@@ -52,8 +54,8 @@ struct SignedLists {
 // kernel_area > 0: also the per (list, input channel) ranges and largest |w| of ListsView
 // (block_edges must then be a multiple of kernel_area).
 template <typename T>
-SignedLists<T> signed_lists(const char* op, const T* w, int64_t cout, int64_t edges, int64_t width,
-                            int64_t block_edges, int64_t kernel_area = 0) {
+SignedLists<T> signed_lists(const char* op, const T* w, int64_t cout, int64_t edges, int64_t width, int64_t block_edges,
+                            int64_t kernel_area = 0) {
   SignedLists<T> out;
   const int64_t blocks = (edges + block_edges - 1) / block_edges, lists = 2 * cout;
   out.blocks = blocks;

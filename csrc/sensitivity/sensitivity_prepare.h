@@ -18,16 +18,15 @@ struct SensitivityProblem {
   SensGeometry geo;
   int64_t batch = 0;
   SensitivityReduce reduce = SensitivityReduce::kMean;
-  at::Tensor x;       // contiguous [B, Cin, H, W]
-  at::Tensor weight;  // contiguous [Cout, Cin / groups, kh, kw]
+  at::Tensor x;                       // contiguous [B, Cin, H, W]
+  at::Tensor weight;                  // contiguous [Cout, Cin / groups, kh, kw]
   std::optional<at::Tensor> running;  // contiguous, shaped like the output
 };
 
 SensitivityProblem prepare_sensitivity(const char* op, const at::Tensor& x, const at::Tensor& weight,
-                                       at::IntArrayRef stride, at::IntArrayRef padding,
-                                       at::IntArrayRef dilation, int64_t groups,
-                                       c10::string_view reduce,
-                                       const std::optional<at::Tensor>& running,
-                                       SensitivityLevel level, c10::DeviceType device_type);
+                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                       int64_t groups, c10::string_view reduce,
+                                       const std::optional<at::Tensor>& running, SensitivityLevel level,
+                                       c10::DeviceType device_type);
 
 }  // namespace lostprune

@@ -212,12 +212,11 @@ struct WeightKernel {
       for (int64_t l = l0; l < l1; ++l) {
         const int64_t k0 = lists.begin(b, l);
         T* s = slot + (k0 - first);
-        Ops::template for_groups<kReduce, S, M>(tile, lists.entry + k0, lists.begin(b, l + 1) - k0, z + (l - l0) * NV,
-                                          [s]<int G>(int64_t k, V value) {
-                                            const auto folded = reduce_step(kFold, simd::load_narrow<T, G>(s + k),
-                                                                            simd::first_lanes<T, G>(value));
-                                            simd::store_narrow<T, G>(s + k, folded);
-                                          });
+        Ops::template for_groups<kReduce, S, M>(
+            tile, lists.entry + k0, lists.begin(b, l + 1) - k0, z + (l - l0) * NV, [s]<int G>(int64_t k, V value) {
+              const auto folded = reduce_step(kFold, simd::load_narrow<T, G>(s + k), simd::first_lanes<T, G>(value));
+              simd::store_narrow<T, G>(s + k, folded);
+            });
       }
       slot += lists.begin(b, l1) - first;
     }
@@ -241,8 +240,8 @@ struct ChannelKernel {
   static int64_t scratch_size(int64_t edges, int64_t channels) { return edges + channels; }
 
   // best: the group's channels; kernel_area: edges per channel; z: as WeightKernel's.
-  static void run(const T* tile, const ListsView<T>& lists, int64_t u0, int64_t u1, int64_t kernel_area, V* z,
-                  T* best, T* scratch) {
+  static void run(const T* tile, const ListsView<T>& lists, int64_t u0, int64_t u1, int64_t kernel_area, V* z, T* best,
+                  T* scratch) {
     Ops::inverses(tile, lists, u0, u1, z);
     const int64_t channels = lists.channels;
     T* row_max = scratch;

@@ -46,9 +46,11 @@ inline void tile_segments(const SensGeometry& g, int64_t q0, int64_t filled, std
 
 // dst[ox] = split(src[ox * stride]) for ox in [lo, hi) and 0 elsewhere in [begin, end).
 // (No loop-distribution: short zero runs must not become memset calls.)
+// clang-format off
 template <typename T>
 __attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void copy_split_segment(
     T* dst, const T* src, int64_t begin, int64_t end, int64_t lo, int64_t hi, int64_t stride, int sign) {
+  // clang-format on
   lo = std::clamp(lo, begin, end);
   hi = std::clamp(hi, lo, end);
   for (int64_t ox = begin; ox < lo; ++ox) dst[ox] = T(0);

@@ -55,8 +55,8 @@ LP_HD int64_t nth_phase(int64_t kernel, int64_t stride, int64_t dil, int64_t ind
 }
 
 struct SparseConvGeometry {
-  int64_t H, W;            // input size
-  int64_t KH, KW;          // kernel size
+  int64_t H, W;    // input size
+  int64_t KH, KW;  // kernel size
   int64_t sh, sw, ph, pw, dh, dw;
   int64_t OH, OW;          // output size
   int64_t ny, nx;          // used phases along rows / columns
@@ -67,11 +67,13 @@ struct SparseConvGeometry {
   int64_t max_dx;          // largest column shift of a tap (over-read past a channel's last row)
 };
 
-LP_HD SparseConvGeometry make_geometry(int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh,
-                                       int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+LP_HD SparseConvGeometry make_geometry(int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph,
+                                       int64_t pw, int64_t dh, int64_t dw) {
   SparseConvGeometry g{};
+  // clang-format off
   g.H = H; g.W = W; g.KH = KH; g.KW = KW;
   g.sh = sh; g.sw = sw; g.ph = ph; g.pw = pw; g.dh = dh; g.dw = dw;
+  // clang-format on
   g.OH = conv_out_size(H, KH, sh, ph, dh);
   g.OW = conv_out_size(W, KW, sw, pw, dw);
   g.ny = phase_count(KH, sh, dh);
@@ -94,8 +96,7 @@ struct SparseConvArgs {
 // Offset of tap (kh, kw) within its input channel's phase planes.
 LP_HD int64_t tap_offset(const SparseConvGeometry& g, int64_t kh, int64_t kw) {
   const int64_t r = kh * g.dh, c = kw * g.dw;
-  const int64_t plane_index = phase_index(g.KH, g.sh, g.dh, r % g.sh) * g.nx +
-                              phase_index(g.KW, g.sw, g.dw, c % g.sw);
+  const int64_t plane_index = phase_index(g.KH, g.sh, g.dh, r % g.sh) * g.nx + phase_index(g.KW, g.sw, g.dw, c % g.sw);
   return plane_index * g.plane_stride + (r / g.sh) * g.Wq + c / g.sw;
 }
 
@@ -108,8 +109,8 @@ LP_HD int64_t pixel_plane_offset(const SparseConvGeometry& g, int64_t p) {
 
 // Input coordinates (row u, column v, in the unpadded input; may be out of range = zero)
 // that element (y, x) of plane `plane_index` holds.
-LP_HD void plane_source(const SparseConvGeometry& g, int64_t plane_index, int64_t y, int64_t x,
-                        int64_t* u, int64_t* v) {
+LP_HD void plane_source(const SparseConvGeometry& g, int64_t plane_index, int64_t y, int64_t x, int64_t* u,
+                        int64_t* v) {
   const int64_t a = nth_phase(g.KH, g.sh, g.dh, plane_index / g.nx);
   const int64_t b = nth_phase(g.KW, g.sw, g.dw, plane_index % g.nx);
   *u = y * g.sh + a - g.ph;
@@ -164,7 +165,8 @@ LP_HD SparseConvTiling make_cuda_tiling(const SparseConvGeometry& g, int64_t N, 
     t.TB = ceil_div(N, ceil_div(N, t.TB));
   }
   const int64_t budget = kCudaTileBytes / elem_bytes;  // elements
-  for (;;) {  // shrink until one channel of the tile fits
+  // shrink until one channel of the tile fits
+  for (;;) {
     t.IH = tile_input_extent(t.TH, g.sh, g.KH, g.dh);
     t.IW = tile_input_extent(t.TW, g.sw, g.KW, g.dw);
     if (t.TB * t.IH * t.IW <= budget) break;
@@ -194,20 +196,20 @@ LP_HD SparseConvTiling make_cuda_tiling(const SparseConvGeometry& g, int64_t N, 
 
 // Position (b, ty, tx) of a tile -> its first staged element; tap (channel cc of the chunk,
 // kh, kw) -> the offset added to it. Their sum indexes the staged [cc][b][y][x] input.
-LP_HD int64_t tile_position_base(const SparseConvGeometry& g, const SparseConvTiling& t, int64_t b,
-                                 int64_t ty, int64_t tx) {
+LP_HD int64_t tile_position_base(const SparseConvGeometry& g, const SparseConvTiling& t, int64_t b, int64_t ty,
+                                 int64_t tx) {
   return (b * t.IH + ty * g.sh) * t.IW + tx * g.sw;
 }
 
-LP_HD int64_t tile_tap_offset(const SparseConvGeometry& g, const SparseConvTiling& t, int64_t cc,
-                              int64_t kh, int64_t kw) {
+LP_HD int64_t tile_tap_offset(const SparseConvGeometry& g, const SparseConvTiling& t, int64_t cc, int64_t kh,
+                              int64_t kw) {
   return (cc * t.TB * t.IH + kh * g.dh) * t.IW + kw * g.dw;
 }
 
 // Where staged element (b, y, x) of tile (n0, oh0, ow0) comes from: image n0 + b, input row
 // *u and column *v (out of range: padding, staged as zero).
-LP_HD void tile_source(const SparseConvGeometry& g, int64_t oh0, int64_t ow0, int64_t y, int64_t x,
-                       int64_t* u, int64_t* v) {
+LP_HD void tile_source(const SparseConvGeometry& g, int64_t oh0, int64_t ow0, int64_t y, int64_t x, int64_t* u,
+                       int64_t* v) {
   *u = oh0 * g.sh - g.ph + y;
   *v = ow0 * g.sw - g.pw + x;
 }

@@ -146,8 +146,8 @@ void sparse_conv2d_kernel(const at::Tensor& x, const at::Tensor& values, const a
   if (k >= 0) {
     const int64_t row = std::upper_bound(rp, rp + a.Cout + 1, k) - rp - 1;
     TORCH_CHECK(col[k] >= 0 && col[k] < codes, kOp, ": col_index[", k, "] = ", col[k],
-                " is out of range for weight_shape [", a.Cout, ", ", a.Cin_g, ", ", g.KH, ", ", g.KW,
-                "] (allowed 0..", codes - 1, ")");
+                " is out of range for weight_shape [", a.Cout, ", ", a.Cin_g, ", ", g.KH, ", ", g.KW, "] (allowed 0..",
+                codes - 1, ")");
     TORCH_CHECK(false, kOp, ": col_index must increase strictly within each row (canonical CSR, as ",
                 "pack_weight makes it); col_index[", k, "] = ", col[k], " follows ", k > rp[row] ? col[k - 1] : 0);
   }
@@ -187,14 +187,11 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& x, const at::Tensor& values, cons
   const ContiguousInputs in = contiguous_inputs(x, values, col_index, row_ptr, bias, residual);
   at::Tensor out = at::empty({a.N, a.Cout, a.g.OH, a.g.OW}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_conv2d_cpu", [&] {
-    cpu::sparse_conv2d_kernel<scalar_t>(in.x, in.values, in.col_index, in.row_ptr, in.bias, in.residual, relu, a,
-                                        out);
+    cpu::sparse_conv2d_kernel<scalar_t>(in.x, in.values, in.col_index, in.row_ptr, in.bias, in.residual, relu, a, out);
   });
   return out;
 }
 
-TORCH_LIBRARY_IMPL(lostprune, CPU, m) {
-  m.impl("sparse_conv2d", &sparse_conv2d_cpu);
-}
+TORCH_LIBRARY_IMPL(lostprune, CPU, m) { m.impl("sparse_conv2d", &sparse_conv2d_cpu); }
 
 }  // namespace lostprune

@@ -33,18 +33,32 @@ constexpr int kWarpPositions = kWarp * kPositionsPerLane;
 constexpr unsigned kFullMask = 0xffffffffu;
 static_assert(kWarpPositions == kCudaTilePositions, "a tile is one warp's positions");
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
 
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-template <typename T> __device__ __forceinline__ T from_acc(float v);
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+template <typename T>
+__device__ __forceinline__ T from_acc(float v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
   return __float2bfloat16(v);
 }
 __device__ __forceinline__ double from_acc_double(double v) { return v; }
@@ -179,8 +193,8 @@ sparse_conv2d_tiled_kernel(SparseConvCudaArgs a, SparseConvTiling t) {
   const int64_t oh0 = tile / t.tiles_w % t.tiles_h * TH;
   const int64_t ow0 = tile % t.tiles_w * TW;
   const int co_block = blockIdx.y * kWarpsPerBlock * CPW;
-  const int co_block_end = co_block + kWarpsPerBlock * CPW < a.Cout ? co_block + kWarpsPerBlock * CPW
-                                                                   : static_cast<int>(a.Cout);
+  const int co_block_end =
+      co_block + kWarpsPerBlock * CPW < a.Cout ? co_block + kWarpsPerBlock * CPW : static_cast<int>(a.Cout);
   int64_t first_channel, last_channel;
   block_input_channels(co_block, co_block_end, a.Cin_g, a.Cout_g, &first_channel, &last_channel);
   const int c_begin = static_cast<int>(first_channel), c_end = static_cast<int>(last_channel);
@@ -313,8 +327,7 @@ sparse_linear_kernel(SparseLinearCudaArgs a) {
   T* y = static_cast<T*>(a.y);
   // Warp w handles pairs (o, m) = w, w + warps, ...; o fastest, so neighbouring warps
   // share the row of x.
-  for (int64_t pair = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
-       pair < a.M * a.out; pair += warps) {
+  for (int64_t pair = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp; pair < a.M * a.out; pair += warps) {
     const int64_t m = pair / a.out, o = pair - m * a.out;
     int64_t k0, k1;
     row_range(a.w, o, &k0, &k1);
@@ -370,8 +383,7 @@ cudaError_t launch_conv_direct(const SparseConvCudaArgs& a, cudaStream_t stream)
     part.x = static_cast<const T*>(a.x) + n0 * a.Cin * a.g.H * a.g.W;
     part.out = static_cast<T*>(a.out) + n0 * a.Cout * positions;
     if (a.residual != nullptr) part.residual = static_cast<const T*>(a.residual) + n0 * a.Cout * positions;
-    const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y),
-                    static_cast<unsigned>(part.N));
+    const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y), static_cast<unsigned>(part.N));
     sparse_conv2d_direct_kernel<T><<<grid, kWarp * kWarpsPerBlock, 0, stream>>>(part);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;

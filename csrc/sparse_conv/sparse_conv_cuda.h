@@ -23,7 +23,7 @@ struct CsrWeight {
 struct SparseConvCudaArgs {
   const void* x;  // [N, Cin, H, W], contiguous
   CsrWeight w;
-  void* out;      // [N, Cout, OH, OW], contiguous
+  void* out;  // [N, Cout, OH, OW], contiguous
   int64_t N, Cin, Cout, Cin_g, Cout_g;
   SparseConvGeometry g;
   SparseDtype dtype;
@@ -34,7 +34,7 @@ struct SparseConvCudaArgs {
 struct SparseLinearCudaArgs {
   const void* x;  // [M, in], contiguous
   CsrWeight w;
-  void* y;        // [M, out]
+  void* y;  // [M, out]
   int64_t M, in, out;
   SparseDtype dtype;
 };

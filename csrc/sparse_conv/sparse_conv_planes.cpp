@@ -28,8 +28,7 @@ inline __mmask16 columns_inside(int64_t first, int64_t W) {
 // With `odd_row` (stride 2 only), also odd_row[x] = in_row[v0 + 2x + 1]: the next column
 // phase's plane row comes from the same two loads.
 template <typename S>
-void fill_row(S* row, const S* in_row, int64_t W, int64_t v0, int64_t Wq, int64_t stride,
-              S* odd_row = nullptr) {
+void fill_row(S* row, const S* in_row, int64_t W, int64_t v0, int64_t Wq, int64_t stride, S* odd_row = nullptr) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<S, float>) {
     if (stride <= 2) {
@@ -179,7 +178,6 @@ void fill_planes(const S* x, int64_t image_stride, int64_t G, const SparseConvGe
     }
   }
 }
-
 
 template void fill_planes<float>(const float*, int64_t, int64_t, const SparseConvGeometry&, int64_t, int64_t, float*);
 template void fill_planes<double>(const double*, int64_t, int64_t, const SparseConvGeometry&, int64_t, int64_t,

@@ -77,8 +77,8 @@ constexpr int kTwoSetsMaxVectors = 3;  // 16 registers: 2 x 3 sums, weights and 
 // Sums start from zero and meet the tile's start (bias or partial sums, often in L2) at
 // the end, so that load overlaps the FMAs instead of delaying them.
 template <typename S, int T, bool kScan, bool kTable>
-inline int64_t tile_kernel(const S* base, int64_t row_stride, const int32_t* table, const int32_t* code,
-                           const S* val, int64_t k0, int64_t k1, int32_t code_end, const TileAcc<S>& io) {
+inline int64_t tile_kernel(const S* base, int64_t row_stride, const int32_t* table, const int32_t* code, const S* val,
+                           int64_t k0, int64_t k1, int32_t code_end, const TileAcc<S>& io) {
   using V = typename Simd<S>::V;
   constexpr int L = Simd<S>::L;
   constexpr int kSets = T <= kTwoSetsMaxVectors ? 2 : 1;

@@ -31,15 +31,15 @@ inline bool fits_int32_offsets(const SparseConvArgs& a, int64_t G) {
 
 // How one call cuts its work (the same for every thread).
 struct Layout {
-  int64_t G = 1;             // images interleaved per pixel
+  int64_t G = 1;  // images interleaved per pixel
   bool band = false;
   int64_t pixels = 0;        // per image: OH * OW (band) or OH * Wq (direct), times G
   int64_t tile_vectors = 0;  // vectors per full tile
   int64_t tiles = 0;
-  int64_t chunk_codes = 0;   // tap codes per chunk
-  int64_t chunks = 0;        // per group
-  int64_t codes = 0;         // per group: Cin_g * KH * KW
-  const int32_t* tap_off = nullptr;  // per tap: offset in a channel's planes (times G)
+  int64_t chunk_codes = 0;            // tap codes per chunk
+  int64_t chunks = 0;                 // per group
+  int64_t codes = 0;                  // per group: Cin_g * KH * KW
+  const int32_t* tap_off = nullptr;   // per tap: offset in a channel's planes (times G)
   const int32_t* code_off = nullptr;  // direct: per code, offset in the group's planes
 };
 
@@ -79,9 +79,9 @@ struct ChunkPass {
   int32_t code_end;      // the chunk's end
   int64_t c;             // chunk index
   bool first_chunk, last_chunk;
-  int64_t channels;      // the thread's channels (bounds row length)
-  int64_t first;         // the thread's first channel
-  S* partial;            // per channel of the thread, when chunks > 1
+  int64_t channels;  // the thread's channels (bounds row length)
+  int64_t first;     // the thread's first channel
+  S* partial;        // per channel of the thread, when chunks > 1
   S* tile_out;
   // last chunk: the tile's pixels [p0, p0 + n) go through the epilogue into out
   int64_t p0, n;
@@ -115,9 +115,10 @@ void chunk_pass(const ChunkPass<S>& cp, const SparseConvArgs& a, const Layout& l
     const TileAcc<S> io{first_chunk ? nullptr : part, bias != nullptr ? bias[co] : S(0), last_chunk ? tile_out : part};
     const int64_t k0 = kScan && first_chunk ? rp[co] : b_now[co];
     const int64_t k1 = kScan ? rp[co + 1] : b_next[co];
-    const int64_t stop = table != nullptr
-        ? tile_kernel<S, T, kScan, true>(base, 0, table, col, values, k0, k1, code_end, io)
-        : tile_kernel<S, T, kScan, false>(base, row_stride, nullptr, col, values, k0, k1, code_end, io);
+    const int64_t stop =
+        table != nullptr
+            ? tile_kernel<S, T, kScan, true>(base, 0, table, col, values, k0, k1, code_end, io)
+            : tile_kernel<S, T, kScan, false>(base, row_stride, nullptr, col, values, k0, k1, code_end, io);
     if (kScan) {
       if (first_chunk) b_first[co] = static_cast<int32_t>(k0);
       b_next[co] = static_cast<int32_t>(stop);
@@ -138,6 +139,7 @@ void dispatch_chunk_pass(int vectors, const ChunkPass<S>& cp, const SparseConvAr
                          const int32_t* col, const int32_t* rp, const S* values, const S* bias, int64_t co_begin,
                          int64_t co_end, int32_t* bounds, S* out, int64_t out_image, const Epilogue<S>& epilogue) {
   static_assert(kTileVectors == 8, "extend the switch with kTileVectors");
+  // clang-format off
   switch (vectors) {
 #define LP_TILE_CASE(T)                                                                                       \
   case T:                                                                                                     \
@@ -150,6 +152,7 @@ void dispatch_chunk_pass(int vectors, const ChunkPass<S>& cp, const SparseConvAr
       return chunk_pass<S, 8, kScan>(cp, a, lay, col, rp, values, bias, co_begin, co_end, bounds, out, out_image,
                                      epilogue);
   }
+  // clang-format on
 }
 
 // Output channels [co_begin, co_end), tiles [tile_begin, tile_end), of one image or
@@ -183,16 +186,19 @@ void conv_tiles(const S* planes, const Layout& lay, const SparseConvArgs& a, con
         if (lay.band) {
           int64_t ci = code0 / taps, tap = code0 - ci * taps;
           for (int64_t code = code0; code < code1; ++code) {
-            gather_band_row(band + (code - code0) * row_stride, gplanes + ci * g.channel_stride + lay.tap_off[tap], gather);
+            gather_band_row(band + (code - code0) * row_stride, gplanes + ci * g.channel_stride + lay.tap_off[tap],
+                            gather);
             if (++tap == taps) {
               tap = 0;
               ++ci;
             }
           }
         }
+        // clang-format off
         const ChunkPass<S> cp{lay.band ? band - code0 * row_stride : gplanes + p0, row_stride,
                               lay.band ? nullptr : lay.code_off, static_cast<int32_t>(code1), c, c == 0,
                               c + 1 == lay.chunks, channels, co_begin, partial, tile_out, p0, n};
+        // clang-format on
         if (scanned) {
           dispatch_chunk_pass<S, false>(vectors, cp, a, lay, col, rp, values, bias, cg_begin, cg_end, bounds, out,
                                         out_image, epilogue);

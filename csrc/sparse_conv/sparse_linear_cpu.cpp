@@ -59,8 +59,8 @@ S sparse_dot(const S* x, const S* values, const int32_t* col, int64_t k0, int64_
 // y[o] = bias[o] + x . row o, for a single row of x (vectorizing over rows would leave
 // every SIMD lane but one idle).
 template <typename S>
-void sparse_linear_row(const S* x, const S* values, const int32_t* col, const int32_t* row_ptr,
-                       const S* bias, const SparseLinearArgs& a, S* y) {
+void sparse_linear_row(const S* x, const S* values, const int32_t* col, const int32_t* row_ptr, const S* bias,
+                       const SparseLinearArgs& a, S* y) {
   const int64_t grain = std::max<int64_t>(1, kGrainNonzeros * a.out / std::max<int64_t>(1, a.nnz));
   at::parallel_for(0, a.out, grain, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
@@ -69,12 +69,12 @@ void sparse_linear_row(const S* x, const S* values, const int32_t* col, const in
   });
 }
 
-at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
-                             const at::Tensor& col_index, const at::Tensor& row_ptr,
-                             at::IntArrayRef weight_shape, const std::optional<at::Tensor>& bias) {
+at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& col_index,
+                             const at::Tensor& row_ptr, at::IntArrayRef weight_shape,
+                             const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "lostprune.sparse_linear";
-  const SparseLinearArgs a = check_sparse_linear(x, values, col_index, row_ptr, weight_shape, bias,
-                                                 c10::DeviceType::CPU);
+  const SparseLinearArgs a =
+      check_sparse_linear(x, values, col_index, row_ptr, weight_shape, bias, c10::DeviceType::CPU);
   const std::vector<int64_t> out_shape = sparse_linear_out_shape(x, a.out);
   const ContiguousInputs in = contiguous_inputs(x, values, col_index, row_ptr, bias);
   const int32_t* col = in.col_index.const_data_ptr<int32_t>();
@@ -92,8 +92,7 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
   for (int64_t o = 0; fails && o < a.out; ++o) {
     for (int32_t k = rp[o]; k < rp[o + 1]; ++k) {
       TORCH_CHECK(col[k] >= 0 && col[k] < a.in, op, ": col_index[", k, "] = ", col[k],
-                  " is out of range for weight_shape [", a.out, ", ", a.in, "] (allowed 0..",
-                  a.in - 1, ")");
+                  " is out of range for weight_shape [", a.out, ", ", a.in, "] (allowed 0..", a.in - 1, ")");
       TORCH_CHECK(k == rp[o] || col[k] > col[k - 1], op,
                   ": col_index must increase strictly within each row (canonical CSR, as ",
                   "pack_weight makes it); col_index[", k, "] = ", col[k], " follows ", col[k - 1]);
@@ -105,23 +104,20 @@ at::Tensor sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values,
     const at::Tensor image = in.x.reshape({a.M, a.in}).t().reshape({1, a.in, 1, a.M});
     const int64_t shape[] = {a.out, a.in, 1, 1};
     const int64_t ones[] = {1, 1}, zeros[] = {0, 0};
-    const at::Tensor y = sparse_conv2d_cpu(image, in.values, in.col_index, in.row_ptr, shape, in.bias,
-                                           ones, zeros, ones, 1, std::nullopt, false);
+    const at::Tensor y = sparse_conv2d_cpu(image, in.values, in.col_index, in.row_ptr, shape, in.bias, ones, zeros,
+                                           ones, 1, std::nullopt, false);
     return y.reshape({a.out, a.M}).t().contiguous().reshape(out_shape);
   }
   at::Tensor y = at::empty(out_shape, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_linear_cpu", [&] {
-    sparse_linear_row<scalar_t>(in.x.const_data_ptr<scalar_t>(), in.values.const_data_ptr<scalar_t>(),
-                                col, rp, static_cast<const scalar_t*>(in.bias_ptr()), a,
-                                y.mutable_data_ptr<scalar_t>());
+    sparse_linear_row<scalar_t>(in.x.const_data_ptr<scalar_t>(), in.values.const_data_ptr<scalar_t>(), col, rp,
+                                static_cast<const scalar_t*>(in.bias_ptr()), a, y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lostprune, CPU, m) {
-  m.impl("sparse_linear", &sparse_linear_cpu);
-}
+TORCH_LIBRARY_IMPL(lostprune, CPU, m) { m.impl("sparse_linear", &sparse_linear_cpu); }
 
 }  // namespace lostprune

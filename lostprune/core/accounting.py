@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .layers import weight_parameter
+from .layers import weight_of, weight_parameter
 from .shapes import shape_only_forward
 
 
@@ -119,7 +119,7 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
     shared = shared or {}
     modules = dict(model.named_modules())
     total = sum(p.numel() for p in model.parameters())  # each Parameter once, shared or not
-    kept_by_name = {name: int(mask.sum()) for name, mask in removed.items()} if removed is not None else dict(kept)
+    kept_by_name = {name: int(mask.sum()) for name, mask in removed.items()} if removed is not None else dict(kept or {})
     # by Parameter identity: a tied weight is one tensor whichever module names it
     kept_of: dict[int, int] = {}
     sizes: dict[int, int] = {}
@@ -133,21 +133,24 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
 
     def kept_weights(module: nn.Module) -> int:
         param = weight_parameter(module)
-        return kept_of.get(id(param), module.weight.numel()) if param is not None else module.weight.numel()
+        weights = weight_of(module).numel()
+        return kept_of.get(id(param), weights) if param is not None else weights
 
+    at: dict[str, int]  # output positions per layer
+    elements: dict[str, int]
     if example_input is None:
-        positions, elements = {}, {}
+        at, elements = {}, {}
     else:
-        positions, elements = positions if positions is not None else output_positions(model, example_input)
+        at, elements = positions if positions is not None else output_positions(model, example_input)
     layer_stats = []
     for name, layer in layers.items():
-        weights = layer.weight.numel()
-        kept = kept_weights(layer)
-        pos = positions.get(name)
+        weights = weight_of(layer).numel()
+        kept_here = kept_weights(layer)
+        pos = at.get(name)
         if pos is not None:  # a tied layer's uses all compute over the one kept weight
-            pos += sum(positions.get(other, 0) for other in shared.get(name, ()))
-        layer_stats.append(LayerStats(name, type(layer).__name__, tuple(layer.weight.shape), weights, kept,
-                                      None if pos is None else weights * pos, None if pos is None else kept * pos,
+            pos += sum(at.get(other, 0) for other in shared.get(name, ()))
+        layer_stats.append(LayerStats(name, type(layer).__name__, tuple(weight_of(layer).shape), weights, kept_here,
+                                      None if pos is None else weights * pos, None if pos is None else kept_here * pos,
                                       tuple(shared.get(name, ()))))
     prunable = sum(s.weights for s in layer_stats)
     kept_prunable = sum(s.kept for s in layer_stats)
@@ -156,10 +159,10 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
     if example_input is not None:
         flops_dense = flops_pruned = 0
         for name, module in modules.items():
-            if name in positions:
-                weights = module.weight.numel()
-                flops_dense += weights * positions[name]
-                flops_pruned += kept_weights(module) * positions[name]
+            if name in at:
+                weights = weight_of(module).numel()
+                flops_dense += weights * at[name]
+                flops_pruned += kept_weights(module) * at[name]
         other_dense = sum(elements.values())
         other_pruned = 0
         for name, count in elements.items():
@@ -168,7 +171,7 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
             if param is not None and id(param) in kept_of:
                 # a BN with removed channels: its kept fraction (float32, like a mask mean)
                 share = float(torch.tensor(kept_of[id(param)], dtype=torch.float32) / param.numel())
-            other_pruned += int(round(count * share))
+            other_pruned += round(count * share)
     return PruneStats(
         method=method, target_ratio=float(target_ratio),
         achieved_ratio=1.0 - kept_prunable / prunable if prunable else 0.0,

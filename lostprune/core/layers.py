@@ -4,6 +4,7 @@ layers that share one weight Parameter (tied weights) are one prunable tensor.""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch.nn as nn
 from torch import Tensor
@@ -88,6 +89,12 @@ def prunable_layers(model: nn.Module, layers: Iterable[LayerSelector] | LayerSel
     return selected
 
 
+def weight_of(layer: nn.Module) -> Tensor:
+    """A prunable layer's weight (orig * mask once pruned). nn.Module's attribute access is
+    typed ``Tensor | Module``; every layer discover_layers returns has a tensor weight."""
+    return cast(Tensor, layer.weight)
+
+
 def weight_parameter(module: nn.Module, name: str = "weight") -> Tensor | None:
     """The Parameter behind ``module.<name>`` (``<name>_orig`` once pruned)."""
     return module._parameters.get(f"{name}_orig", module._parameters.get(name))
@@ -131,4 +138,4 @@ def split_shared(model: nn.Module, layers: dict[str, nn.Module]) -> tuple[dict[s
 
 
 def weight_count(layers: dict[str, nn.Module]) -> int:
-    return sum(m.weight.numel() for m in layers.values())
+    return sum(weight_of(m).numel() for m in layers.values())

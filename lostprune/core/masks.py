@@ -12,6 +12,8 @@ from torch import Tensor
 from torch.nn.utils import prune as torch_prune
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .layers import weight_of
+
 
 def is_pruned(module: nn.Module, name: str = "weight") -> bool:
     return hasattr(module, f"{name}_mask") and hasattr(module, f"{name}_orig")
@@ -43,7 +45,7 @@ def current_masks(layers: Mapping[str, nn.Module], materialize: bool = True, val
                                  "since it was installed?); masks are 0/1 keep masks")
             masks[name] = mask.clone()
         else:
-            masks[name] = ones(module.weight.detach())
+            masks[name] = ones(weight_of(module).detach())
     return masks
 
 

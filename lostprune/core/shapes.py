@@ -81,7 +81,7 @@ def shape_only_forward(module: nn.Module, x: Tensor, call: Callable | None = Non
             try:
                 with meta_parameters(module), shape_keeping_skipped(module):
                     call(x.to("meta"))
-            except Exception:  # an op without a meta kernel: pay for one real pass
+            except Exception:  # noqa: BLE001 - an op without a meta kernel: pay for one real pass
                 call(x)
     finally:
         for m, mode in training.items():  # per module: a frozen BN stays frozen

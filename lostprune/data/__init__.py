@@ -53,6 +53,19 @@ def load(name: str, root: str | Path | None = None, *, train_size: int | None = 
     return splits.subset(train_size=train_size, test_size=test_size, seed=seed)
 
 
-__all__ = ["DataSplits", "ImageTensorDataset", "LOADERS", "available", "first_batch", "iter_inputs",
-           "iter_inputs_and_labels", "load", "load_cifar10", "load_digits", "load_imagefolder", "load_imagenet",
-           "load_voc", "stratified_split"]
+__all__ = [
+    "LOADERS",
+    "DataSplits",
+    "ImageTensorDataset",
+    "available",
+    "first_batch",
+    "iter_inputs",
+    "iter_inputs_and_labels",
+    "load",
+    "load_cifar10",
+    "load_digits",
+    "load_imagefolder",
+    "load_imagenet",
+    "load_voc",
+    "stratified_split",
+]

@@ -9,6 +9,7 @@ archive of either, read in place without extracting. Decoded images are cached u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pickle
@@ -56,7 +57,7 @@ class _Source:
             self.tar = None
             self.names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
         else:
-            self.tar = tarfile.open(root)
+            self.tar = tarfile.open(root)  # noqa: SIM115 - open while the source is read; close() closes it
             self.members = {m.name.lstrip("./"): m for m in self.tar.getmembers() if m.isfile()}
             self.names = sorted(self.members)
 
@@ -74,7 +75,7 @@ def _read_pickle_layout(source: _Source) -> dict | None:
     by_base = {}
     for name in source.names:
         by_base.setdefault(name.rsplit("/", 1)[-1], name)
-    if not all(b in by_base for b in _PICKLE_TRAIN + [_PICKLE_TEST]):
+    if not all(b in by_base for b in [*_PICKLE_TRAIN, _PICKLE_TEST]):
         return None
     train = [_unpickle(source.read(by_base[b])) for b in _PICKLE_TRAIN]
     test = _unpickle(source.read(by_base[_PICKLE_TEST]))
@@ -148,10 +149,8 @@ def cifar10_tensors(root: str | Path, *, cache: bool = True) -> dict:
         raise ValueError(f"root: found no CIFAR-10 data in {root}; expected {_LAYOUTS}")
     data = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
     if cache:
-        try:
+        with contextlib.suppress(OSError):
             save_atomic(data, path)
-        except OSError:
-            pass
     return data
 
 

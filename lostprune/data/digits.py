@@ -11,6 +11,7 @@ first takes milliseconds and does not import scikit-learn.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -55,10 +56,8 @@ def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     except (OSError, KeyError, RuntimeError, EOFError):
         pass  # absent or unreadable: rebuild it
     images, labels = _upsample()
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache only costs the upsampling next time
         save_atomic({"images": images, "labels": labels}, path)
-    except OSError:
-        pass  # a read-only cache only costs the upsampling next time
     return images, labels
 
 

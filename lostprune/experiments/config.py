@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import json
 import types
 import typing
@@ -401,7 +402,7 @@ def _validate_semantics(config: ExperimentConfig) -> None:
     if config.data.name != "digits" and not config.data.root:
         raise ConfigError(f"data.root is required for data.name={config.data.name!r} (the dataset's location)")
     keep = config.keep_ratios()  # validates the schedule
-    if config.schedule.mode != "oneshot" and any(b >= a for a, b in zip(keep, keep[1:])):
+    if config.schedule.mode != "oneshot" and any(b >= a for a, b in itertools.pairwise(keep)):
         raise ConfigError(f"schedule: prune ratios must increase in {config.schedule.mode} mode "
                           f"(each cycle prunes further), got {[round(1 - k, 4) for k in keep]}")
     if config.test.noise is not None:

@@ -75,7 +75,7 @@ def build_plan(config: ExperimentConfig) -> list[Task]:
                     tasks.append(Task(f"eval/{key}", "evaluate", {"network": key}, [key, parent], priority=10))
                 feature_nets += [pruned_key(seed, arm, method, s) for s in feature_steps(n_steps)]
             if config.metrics.informative_features:
-                networks = feature_nets + [reference]
+                networks = [*feature_nets, reference]
                 tasks.append(Task(f"features/s{seed}/{arm}", "features", {"seed": seed, "arm": arm,
                                                                           "networks": networks},
                                   networks, priority=5))

@@ -126,7 +126,7 @@ def worker_loop(config: ExperimentConfig, root: Path, on_task=None, splits=None,
                 on_task(task)
             try:
                 networks, results = EXECUTORS[task.kind](env, task, publish)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failed task is stored with its traceback; the rest go on
                 if main:
                     store.fail(task.key, traceback.format_exc())
             else:

@@ -298,7 +298,7 @@ def damage(path: str | Path) -> str | None:
         return f"SQLite finds it corrupt ({check})"
     if not tables:
         return "it holds no tables: truncated or overwritten"
-    if not TABLES <= tables:
+    if not tables >= TABLES:
         return f"it is not a lostprune results store (tables: {', '.join(sorted(tables))})"
     return None
 

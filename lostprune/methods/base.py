@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ..core.layers import weight_count, weight_of
 from ..data.batches import iter_inputs_and_labels
 from ..structure.group_plan import check_coupled, check_round_to
 
@@ -40,11 +41,11 @@ class PruneContext:
 
     @property
     def prunable_count(self) -> int:
-        return sum(m.weight.numel() for m in self.layers.values())
+        return weight_count(self.layers)
 
     def keep_budget(self) -> int:
         """Number of prunable weights to keep: round((1 - ratio) * N)."""
-        return int(round((1.0 - self.ratio) * self.prunable_count))
+        return round((1.0 - self.ratio) * self.prunable_count)
 
     def remove_budget(self) -> int:
         return self.prunable_count - self.keep_budget()
@@ -62,11 +63,11 @@ class PruneContext:
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.layers.values())).weight.device
+        return weight_of(next(iter(self.layers.values()))).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(iter(self.layers.values())).weight.dtype
+        return weight_of(next(iter(self.layers.values()))).dtype
 
     def graph(self) -> DependencyGraph:
         """The model's channel dependency graph (built once, on the example input)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
+from ..core.layers import weight_of
 from ..structure.group_plan import GroupPlan
 from ..structure.layer_plan import LayerPlan
 from .base import PER_LAYER, PruneContext, PruningMethod, structured_options
@@ -31,7 +32,7 @@ from .registry import register_method
 
 def filter_scores(ctx: PruneContext, norm: int) -> dict[str, Tensor]:
     # layer.weight is already the masked weight (orig * mask) of a pruned layer
-    return {name: layer.weight.detach().flatten(1).norm(p=norm, dim=1) for name, layer in ctx.layers.items()}
+    return {name: weight_of(layer).detach().flatten(1).norm(p=norm, dim=1) for name, layer in ctx.layers.items()}
 
 
 def uniform_filter_masks(ctx: PruneContext, scores: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -88,6 +88,8 @@ def kept_channels(model: LayerErrorModel, eps: float) -> int:
 
 
 def error_models(ctx: PruneContext, scores: dict[str, Tensor]) -> dict[str, LayerErrorModel]:
+    if ctx.example_input is None:
+        raise ValueError("pfp: needs an example input to count each layer's output positions; pass data")
     positions, _ = output_positions(ctx.model, ctx.example_input)
     models = {}
     for name, layer in ctx.layers.items():
@@ -130,8 +132,8 @@ class KeptFamily:
         extra = sum(max(0, kept.get(name, 0) - self.base[name]) for name in self.base if self.zeros[name])
         if not extra:
             return []
-        return [f"{sum(self.zeros.values()):,} input channels score 0 on S (never active there) and the error "
-                f"analysis drops them all; the budget keeps {extra:,} of them — a larger S scores them"]
+        return [(f"{sum(self.zeros.values()):,} input channels score 0 on S (never active there) and the error "
+                f"analysis drops them all; the budget keeps {extra:,} of them — a larger S scores them")]
 
 
 def warn_silent_layers(models: dict[str, LayerErrorModel]) -> None:

@@ -24,9 +24,9 @@ class RandomPruning(PruningMethod):
             raise TypeError(f"random: seed must be an integer, got {seed!r}") from None
         generator = torch.Generator().manual_seed(seed)
         masks = {}
-        for name, layer in ctx.layers.items():
+        for name in ctx.layers:
             current = ctx.current_masks[name]
-            keep = int(round((1.0 - ctx.ratio) * current.numel()))
+            keep = round((1.0 - ctx.ratio) * current.numel())
             alive = (current.flatten() != 0).nonzero().flatten().cpu()
             keep = min(keep, len(alive))
             chosen = alive[torch.randperm(len(alive), generator=generator)[:keep]]

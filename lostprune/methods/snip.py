@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.layers import weight_of
 from .allocation import keep_top_global
 from .base import PruneContext, PruningMethod
 from .registry import register_method
@@ -33,8 +34,8 @@ class SNIP(PruningMethod):
 
     def compute_masks(self, ctx: PruneContext):
         model = ctx.model
-        scores = {name: torch.zeros_like(layer.weight) for name, layer in ctx.layers.items()}
-        params = {name: getattr(layer, "weight_orig", layer.weight) for name, layer in ctx.layers.items()}
+        scores = {name: torch.zeros_like(weight_of(layer)) for name, layer in ctx.layers.items()}
+        params: dict[str, Tensor] = {name: getattr(layer, "weight_orig", weight_of(layer)) for name, layer in ctx.layers.items()}
         frozen = [p for p in params.values() if not p.requires_grad]
         was_training = model.training
         model.eval()

@@ -3,6 +3,7 @@ B = (1 − ratio)·N over all prunable layers together."""
 
 from __future__ import annotations
 
+from ..core.layers import weight_of
 from .allocation import keep_top_global
 from .base import PruneContext, PruningMethod
 from .registry import register_method
@@ -14,5 +15,5 @@ class WeightThresholding(PruningMethod):
     option_names = ()
 
     def compute_masks(self, ctx: PruneContext):
-        scores = {name: layer.weight.detach().abs() for name, layer in ctx.layers.items()}
+        scores = {name: weight_of(layer).detach().abs() for name, layer in ctx.layers.items()}
         return keep_top_global(scores, ctx.keep_budget(), ctx.current_masks)

@@ -216,11 +216,13 @@ class EvaluationGrid:
         ``per_draw``: the mean over noise draws of each draw's P_δ (the original's reading)
         instead of P_δ of the errors averaged over the draws."""
         names = list(ratios)
-        table = self.error_draws if per_draw else self.errors
-        curve = [ratios[n] for n in names], [table[n][shift] for n in names], table[parent][shift]
+        r = [ratios[n] for n in names]
         if per_draw:
-            return prune_potential_over_draws(*curve, delta, reading, boundary).mean
-        return prune_potential(*curve, delta, reading, boundary)
+            draws = self.error_draws
+            return prune_potential_over_draws(r, [draws[n][shift] for n in names], draws[parent][shift], delta,
+                                              reading, boundary).mean
+        errors = self.errors
+        return prune_potential(r, [errors[n][shift] for n in names], errors[parent][shift], delta, reading, boundary)
 
     def excess_error(
         self, model: str, parent: str, shifts: str | Sequence[str], nominal_shift: str = "nominal"
@@ -411,7 +413,7 @@ def _run_shift(
     y = labels.to(torch.long).cpu()
     for draw in range(shift.draws):
         x = base
-        if shift.random:  # made once, on the CPU, and moved: every device sees the same noise
+        if shift.random and shift.noise is not None:  # made once, on the CPU, and moved: every device sees the same noise
             gen = torch.Generator().manual_seed(_seed(seed, shift.name, batch, draw))
             x = base + noise_like(base, shift.noise, shift.level, gen)
         on_device: dict[torch.device, Tensor] = {}

@@ -74,7 +74,7 @@ def informative_features(
     target: the class whose confidence is kept high (default: the model's prediction on the
     full image)."""
     _check(images, fraction, mode)
-    n, c, h, w = images.shape
+    n, _c, h, w = images.shape
     hw = h * w
     keep = max(1, round(fraction * hw))
     step = pixels_per_step or max(1, round(0.01 * hw))
@@ -128,7 +128,7 @@ def _exact_scores(model, x, kept, target, baseline, batch_size) -> Tensor:
 
 
 def _gradient_scores(model, x, kept, target, baseline, batch_size) -> Tensor:
-    n, c, h, w = x.shape
+    n, _c, h, w = x.shape
     scores = []
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)

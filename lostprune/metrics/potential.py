@@ -59,7 +59,8 @@ def _check_rate(value: float, name: str) -> float:
     return value
 
 
-def _check_curve(ratios: Sequence[float], errors: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _check_curve(ratios: Sequence[float] | np.ndarray, errors: Sequence[float] | np.ndarray,
+                 ) -> tuple[np.ndarray, np.ndarray]:
     r = np.asarray(ratios, dtype=np.float64).reshape(-1)
     e = np.asarray(errors, dtype=np.float64).reshape(-1)
     if r.shape != e.shape:
@@ -72,8 +73,8 @@ def _check_curve(ratios: Sequence[float], errors: Sequence[float]) -> tuple[np.n
 
 
 def prune_potential(
-    ratios: Sequence[float],
-    errors: Sequence[float],
+    ratios: Sequence[float] | np.ndarray,
+    errors: Sequence[float] | np.ndarray,
     parent_error: float,
     delta: float = DEFAULT_DELTA,
     reading: str = "any",
@@ -130,9 +131,9 @@ def prune_potential_over_seeds(
 
 
 def prune_potential_over_draws(
-    ratios: Sequence[float],
-    errors: Sequence[Sequence[float]],
-    parent_errors: Sequence[float],
+    ratios: Sequence[float] | np.ndarray,
+    errors: Sequence[Sequence[float]] | np.ndarray,
+    parent_errors: Sequence[float] | np.ndarray,
     delta: float = DEFAULT_DELTA,
     reading: str = "any",
     boundary: str = "inclusive",
@@ -150,7 +151,7 @@ def prune_potential_over_draws(
 
 
 def _mean_rate(value, name: str) -> float:
-    values = [value] if np.isscalar(value) else list(value)
+    values: list = [value] if np.isscalar(value) else list(value)
     if not values:
         raise ValueError(f"{name} is empty")
     return float(np.mean([_check_rate(v, name) for v in values]))

@@ -77,10 +77,8 @@ def _curves(results, method, arm) -> list[tuple[list[float], list[dict], dict]]:
         if not curves:
             raise ValueError(f"no evaluated networks for method={method!r}, arm={arm!r} "
                              f"(methods: {', '.join(results.methods)}; arms: {', '.join(results.arms)})")
-        out = []
-        for curve in curves:
-            out.append((curve.ratios, [_errors_of(n.values) for n in curve.networks], _errors_of(curve.parent.values)))
-        return out
+        return [(curve.ratios, [_errors_of(n.values) for n in curve.networks], _errors_of(curve.parent.values))
+                for curve in curves]
     if method is not None:
         raise ValueError("method= applies to experiment results; a plain table holds one method's networks")
     tables = [results] if isinstance(results, Mapping) else list(results)

@@ -64,4 +64,4 @@ def create(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
     return model
 
 
-__all__ = ["CifarResNet", "CifarVGG", "REGISTRY", "SmallCNN", "available", "create", "randomize_norm_statistics"]
+__all__ = ["REGISTRY", "CifarResNet", "CifarVGG", "SmallCNN", "available", "create", "randomize_norm_statistics"]

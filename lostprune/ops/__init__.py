@@ -17,16 +17,36 @@ from .sensitivity import (
     weight_sensitivity_literal,
     weight_sensitivity_reference,
 )
-from .sparse import (PackedWeight, pack_weight, sparse_conv2d, sparse_conv2d_reference, sparse_linear,
-                     sparse_linear_reference)
+from .sparse import (
+    PackedWeight,
+    pack_weight,
+    sparse_conv2d,
+    sparse_conv2d_reference,
+    sparse_linear,
+    sparse_linear_reference,
+)
 
 __all__ = [
-    "BuildState", "LostpruneBuildWarning", "all_ops", "backend", "build_info", "ensure_loaded",
-    "gather_channels", "gather_channels_reference",
-    "PackedWeight", "pack_weight", "sparse_conv2d", "sparse_conv2d_reference", "sparse_linear",
+    "BuildState",
+    "LostpruneBuildWarning",
+    "PackedWeight",
+    "all_ops",
+    "backend",
+    "build_info",
+    "channel_sensitivity",
+    "channel_sensitivity_literal",
+    "channel_sensitivity_reference",
+    "ensure_loaded",
+    "gather_channels",
+    "gather_channels_reference",
+    "pack_weight",
+    "sparse_conv2d",
+    "sparse_conv2d_reference",
+    "sparse_linear",
     "sparse_linear_reference",
-    "channel_sensitivity", "channel_sensitivity_literal", "channel_sensitivity_reference",
-    "weight_sensitivity", "weight_sensitivity_literal", "weight_sensitivity_reference",
+    "weight_sensitivity",
+    "weight_sensitivity_literal",
+    "weight_sensitivity_reference",
 ]
 
 

@@ -120,7 +120,7 @@ def find_cuda_home() -> Path | None:
         try:
             out = subprocess.run(
                 [nvcc, "-v", "-E", "-x", "cu", os.devnull, "-o", os.devnull],
-                capture_output=True, text=True, timeout=60,
+                check=False, capture_output=True, text=True, timeout=60,
             )
             for line in (out.stderr + out.stdout).splitlines():
                 if line.startswith("#$ TOP="):
@@ -210,7 +210,7 @@ VECTOR_ISAS = ("SSE2", "NEON", "AVX", "AVX2", "AVX-512")
 def vector_isa_note(built: str, flags: set[str]) -> str | None:
     """Why a build with CPU kernels for `built` cannot use this CPU's fast path, or None."""
     best = "AVX-512" if "avx512f" in flags else "AVX2" if {"avx2", "fma"} <= flags else None
-    if built in ("AVX-512", "NEON") or best is None and built == "AVX2":
+    if built in ("AVX-512", "NEON") or (best is None and built == "AVX2"):
         return None
     march = _march() or "none"
     if best is None:
@@ -526,7 +526,7 @@ def _build_into(b: _Build, root: Path, force: bool, seed_from: Path | None = Non
             scratch.mkdir(parents=True, exist_ok=True)
         try:
             built = _compile(list_sources(b.src, b.cuda), scratch, b.cuda, b.verbose)
-        except Exception as exc:  # compiler missing, compile or link error
+        except Exception as exc:  # noqa: BLE001 - compiler missing, compile or link error
             shutil.rmtree(scratch, ignore_errors=True)
             with _writing(root):
                 failed.write_text(f"lostprune kernel build failed ({b.key})\nsources: {b.src}\n"

@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from .results import ExperimentResults, is_corruption, is_noise, label  # noqa: E402
+from .results import ExperimentResults, is_corruption, is_noise, label
 
 METHOD_STYLE = {"wt": ("tab:blue", "o"), "sipp": ("tab:orange", "s"), "ft": ("tab:green", "^"),
                 "pfp": ("tab:red", "D"), "random": ("tab:gray", "x"), "snip": ("tab:purple", "v"),
@@ -45,7 +45,7 @@ def _accuracy_curve(results: ExperimentResults, method: str, distributions: list
 
 def _parent_accuracy(results: ExperimentResults, distributions: list[str], arm: str) -> float | None:
     values = []
-    for (seed, a), parent in results.parents().items():
+    for (_seed, a), parent in results.parents().items():
         errors = [parent.error(d) for d in distributions]
         if a == arm and all(e is not None for e in errors):
             values.append(1 - float(np.mean(errors)))
@@ -119,7 +119,7 @@ def potential_vs_noise(results: ExperimentResults, path: Path, arm: str = "nomin
     levels = [0.0] + [float(d.rsplit(":", 1)[1]) for d in noise]
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     for method in results.methods:
-        values = [results.prune_potential(method, d, arm) for d in ["nominal"] + noise]
+        values = [results.prune_potential(method, d, arm) for d in ["nominal", *noise]]
         means = [100 * v.mean if v else np.nan for v in values]
         stds = [100 * v.std if v else 0.0 for v in values]
         color, marker = _style(method)

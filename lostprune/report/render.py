@@ -8,8 +8,8 @@ from pathlib import Path
 from . import figures
 from .blocks import Block, Image, Table, pm, rel, to_html, to_markdown
 from .export import write_csv
-from .robust import robust_blocks
 from .results import ExperimentResults, is_corruption, is_noise, label
+from .robust import robust_blocks
 
 # Guideline 1 flags a method when its prune potential under a shift falls this far below
 # the nominal one (absolute, in prune-ratio points) ...
@@ -20,19 +20,16 @@ FLAG_FRACTION = 0.5
 
 def potential_table(results: ExperimentResults, arm: str) -> Table:
     dists = results.distributions()
-    rows = []
-    for method in results.methods:
-        rows.append([method.upper()] + [pm(results.prune_potential(method, d, arm)) for d in dists])
+    rows = [[method.upper()] + [pm(results.prune_potential(method, d, arm)) for d in dists]
+            for method in results.methods]
     return Table(["method"] + [label(d) for d in dists], rows)
 
 
 def control_table(results: ExperimentResults, control: str) -> Table:
     """Nominal accuracy of the control's networks per cycle, beside their parent's."""
-    rows = []
-    for arm in results.arms:
-        for curve in results.curves(control, arm):
-            rows.append([str(curve.seed), arm, _acc(curve.parent.error("nominal"))]
-                        + [_acc(n.error("nominal")) for n in curve.networks])
+    rows = [[str(curve.seed), arm, _acc(curve.parent.error("nominal"))]
+            + [_acc(n.error("nominal")) for n in curve.networks]
+            for arm in results.arms for curve in results.curves(control, arm)]
     cycles = max((len(r) - 3 for r in rows), default=0)
     return Table(["seed", "training", "parent (%)"] + [f"cycle {i + 1} (%)" for i in range(cycles)], rows)
 
@@ -86,9 +83,9 @@ def build(results: ExperimentResults, out: Path) -> list[Block]:
                                             f"accuracy, {label(_first_noise(results))} (%)"], parents)]
     for control in results.controls:
         blocks += [f"## Control: {control}",
-                   "The parent retrained on the same prune–retrain cycles as the pruned networks, pruned by "
+                   ("The parent retrained on the same prune–retrain cycles as the pruned networks, pruned by "
                    "nothing: how much of a pruned network's accuracy comes from the extra training alone. Prune "
-                   "potentials below compare with the parent itself, as the paper does.",
+                   "potentials below compare with the parent itself, as the paper does."),
                    control_table(results, control)]
 
     for arm in results.arms:

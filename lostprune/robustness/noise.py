@@ -59,9 +59,9 @@ class InputNoise(nn.Module):
         return f"kind={self.kind!r}, level={self.level}"
 
 
-def UniformNoise(level: float, seed: int | None = None) -> InputNoise:  # noqa: N802 - transform-style name
+def UniformNoise(level: float, seed: int | None = None) -> InputNoise:
     return InputNoise("uniform", level, seed)
 
 
-def GaussianNoise(level: float, seed: int | None = None) -> InputNoise:  # noqa: N802
+def GaussianNoise(level: float, seed: int | None = None) -> InputNoise:
     return InputNoise("gaussian", level, seed)

@@ -71,8 +71,8 @@ class ConversionReport:
         return [d.name for d in self.layers if d.converted]
 
     def summary(self) -> str:
-        lines = [f"{'layer':<32} {'kind':<6} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>7} "
-                 f"{'fused':<12} decision"]
+        lines = [(f"{'layer':<32} {'kind':<6} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>7} "
+                 f"{'fused':<12} decision")]
         for d in self.layers:
             dense = f"{d.dense_ms:9.3f}" if d.dense_ms is not None else f"{'-':>9}"
             sparse = f"{d.sparse_ms:9.3f}" if d.sparse_ms is not None else f"{'-':>9}"

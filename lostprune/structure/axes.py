@@ -174,7 +174,7 @@ def reshape(ch: Channels, in_shape, out_shape) -> tuple[Channels | None, bool]:
     # a block whose labels vary along no output dim holds a single label: spread over the block
     chosen = set(varying)
     start = 0
-    for ins, outs in blocks:
+    for _ins, outs in blocks:
         axes = range(start, start + len(outs))
         if not any(a in chosen for a in axes):
             sized = [a for a in axes if full.shape[a] > 1]

@@ -121,8 +121,8 @@ class DependencyGraph:
         return {g.id: self._removed(g, rows, cols) for g in self.groups if g.prunable}
 
     def summary(self) -> str:
-        lines = [f"{len(self.groups)} channel groups "
-                 f"({sum(g.prunable for g in self.groups)} prunable, {sum(g.coupled for g in self.groups)} coupled)"]
+        lines = [(f"{len(self.groups)} channel groups "
+                 f"({sum(g.prunable for g in self.groups)} prunable, {sum(g.coupled for g in self.groups)} coupled)")]
         lines += [f"  {g!r}" for g in self.groups]
         return "\n".join(lines)
 

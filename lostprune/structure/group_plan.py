@@ -36,6 +36,7 @@ import bisect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -46,6 +47,8 @@ from ..core.masks import outer_mask, single_value
 from .granularity import channel_multiple
 from .graph import DEPTHWISE, IN, OUT, ChannelGroup, DependencyGraph, GraphError
 from .group_counts import Refinement, WeightCounter, flat
+
+C = TypeVar("C")  # a candidate of a fit: a ratio, a threshold, ...
 
 Reduce = Callable[[Tensor], Tensor]
 
@@ -326,12 +329,12 @@ class GroupPlan:
         return masks
 
     # ------------------------------------------------------------------ search
-    def fit(self, candidates: Sequence, counts_of: Callable[[object], list[int]], target: int) -> list[int]:
+    def fit(self, candidates: Sequence[C], counts_of: Callable[[C], list[int]], target: int) -> list[int]:
         """Bisect ``candidates`` (ordered so that removal grows) for the last one whose
         counts remove at most ``target`` weights; returns its counts."""
         return counts_of(candidates[self.fit_index(candidates, counts_of, target)])
 
-    def fit_index(self, candidates: Sequence, counts_of: Callable[[object], list[int]], target: int) -> int:
+    def fit_index(self, candidates: Sequence[C], counts_of: Callable[[C], list[int]], target: int) -> int:
         """The index ``fit`` chooses."""
         lo, hi = 0, len(candidates) - 1
         while lo < hi:

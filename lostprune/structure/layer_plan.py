@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 
 from .graph import DependencyGraph
 from .propagation import Propagation
+
+C = TypeVar("C")  # a candidate of a fit: a ratio, a threshold, ...
 
 
 class LayerPlan:
@@ -124,7 +127,7 @@ class LayerPlan:
         return self.propagation.masks(*self.final(kept), self.current_masks)
 
     # ------------------------------------------------------------------ search
-    def fit(self, candidates: Sequence, kept_of: Callable[[object], dict[str, int]], target: int,
+    def fit(self, candidates: Sequence[C], kept_of: Callable[[C], dict[str, int]], target: int,
             tolerance: float = 0.005) -> dict[str, int]:
         """Kept counts from the family ``kept_of(c)``, ``candidates`` ordered so that removal
         grows: the member closest to ``target`` removed weights (bisection), then single

@@ -251,7 +251,7 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: SlicePla
     # One output per distinct (tensor, slicing): weights tied between modules stay tied.
     distinct: dict[tuple, int] = {}
     sources, rows, cols, which = [], [], [], []
-    for module, attr, old, source, r, c in jobs:
+    for _module, _attr, old, source, r, c in jobs:
         key = (id(old), None if r is None else tuple(r.tolist()), None if c is None else tuple(c.tolist())) \
             if source is None else (id(source),)
         if key not in distinct:

@@ -4,6 +4,8 @@ them (written sizes fix a dim, chunks shrink alike, written positions freeze).""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from torch import fx
 
@@ -155,7 +157,7 @@ class ShapeOps:
             return tuple(value for _ in shapes)
         axis = value.axis(dim)
         bounds = np.cumsum([0] + [s[dim] if not drop else 1 for s in shapes])
-        parts = [np.take(value.labels, np.arange(a, b), axis=axis) for a, b in zip(bounds[:-1], bounds[1:])]
+        parts = [np.take(value.labels, np.arange(a, b), axis=axis) for a, b in itertools.pairwise(bounds)]
         if dim not in value.fixed:
             if equal and len({p.shape for p in parts}) == 1:
                 for p in parts[1:]:
@@ -186,7 +188,7 @@ class ShapeOps:
         shapes = []
         for t in tensors:
             part = list(node_shape(t) or ())
-            shapes.append(tuple(part[:dim] + [1] + part[dim:]) if part else None)
+            shapes.append((*part[:dim], 1, *part[dim:]) if part else None)
         return self.concat(node, tensors, dim, values, shapes)
 
     def concat(self, node: fx.Node, tensors, dim: int, values=None, shapes=None):
@@ -246,7 +248,7 @@ class ShapeOps:
 
     def op_constant(self, node: fx.Node):
         """A function of its inputs' shapes only (Swin's window mask)."""
-        return None
+        return
 
     # ------------------------------------------------------------------ indexing
     def getitem(self, node: fx.Node):

@@ -11,6 +11,21 @@ from .cycles import MODES, PrunedNetwork, prune_retrain
 from .loop import TrainConfig, TrainResult, evaluate, logits_of, settle_masks, train
 from .schedules import Geometric, Linear, LRSchedule, keep_ratio_schedule, paper_keep_ratios
 
-__all__ = ["Geometric", "LRSchedule", "Linear", "MODES", "PrunedNetwork", "TrainConfig", "TrainResult", "evaluate", "keep_ratio_schedule",
-           "logits_of", "paper_keep_ratios", "prune_retrain", "settle_masks", "train",
-           "ShiftAugmentation", "ShiftedSample"]
+__all__ = [
+           "MODES",
+           "Geometric",
+           "LRSchedule",
+           "Linear",
+           "PrunedNetwork",
+           "ShiftAugmentation",
+           "ShiftedSample",
+           "TrainConfig",
+           "TrainResult",
+           "evaluate",
+           "keep_ratio_schedule",
+           "logits_of",
+           "paper_keep_ratios",
+           "prune_retrain",
+           "settle_masks",
+           "train",
+]

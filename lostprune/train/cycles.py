@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ def _check_keep_ratios(keep_ratios, mode: str) -> list[float]:
     if bad:
         raise ValueError(f"keep_ratios must lie in (0, 1] (the fraction of prunable weights kept), got {bad}")
     if mode != "oneshot":
-        for i, (a, b) in enumerate(zip(ratios, ratios[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(ratios)):
             if b >= a:
                 raise ValueError(f"keep_ratios must decrease in {mode} mode (each cycle prunes further), "
                                  f"got {a} then {b} at positions {i} and {i + 1}")

@@ -446,7 +446,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
                 result.snapshots[epoch + 1] = state_on_cpu(model)
             bar.set_postfix(epoch=epoch + 1, loss=f"{stats['train_loss']:.3f}",
                             acc=f"{stats['train_accuracy']:.3f}", refresh=False)
-            stop = result.stopped_early = any([bool(callback(record)) for callback in callbacks])
+            stop = result.stopped_early = any(bool(callback(record)) for callback in callbacks)
             if checkpoint is not None and (stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
                 save(epoch + 1)
                 distributed.barrier()

@@ -8,6 +8,7 @@ again at 0". Keep-ratio schedules are concatenations of geometric and linear seg
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -62,7 +63,7 @@ class LRSchedule:
                              f"is the warm-up), got {self.warmup_epochs!r}")
         if self.milestones is not None:
             ms = tuple(float(m) for m in self.milestones)
-            if any(b <= a for a, b in zip(ms, ms[1:])) or any(m <= 0 for m in ms):
+            if any(b <= a for a, b in itertools.pairwise(ms)) or any(m <= 0 for m in ms):
                 raise ValueError(f"milestones must be positive and increasing, got {self.milestones!r}")
             object.__setattr__(self, "milestones", ms)
 

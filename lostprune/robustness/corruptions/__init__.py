@@ -9,8 +9,8 @@ overrides. uint8 results are truncated to 8 bits like the scripts' ``np.uint8``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -163,10 +163,10 @@ def corrupt(
 
 __all__ = [
     "DETERMINISTIC",
-    "Corruption",
     "NAMES",
     "REGISTRY",
     "TABLES",
+    "Corruption",
     "corrupt",
     "corruption_names",
     "corruption_params",

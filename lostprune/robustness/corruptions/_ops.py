@@ -163,9 +163,9 @@ def grid_sample_pixels(x: Tensor, ys: Tensor, xs: Tensor, mode: str) -> Tensor:
 def _zoom_matrix_cached(n: int, zoom: float, centered: bool, full: bool = False) -> Tensor:
     # scipy.ndimage.zoom(order=1) of the centre crop of ceil(n / zoom) pixels: output size
     # round(crop * zoom), sample i at crop position i * (crop - 1) / (out - 1).
-    crop = int(math.ceil(n / zoom))
+    crop = math.ceil(n / zoom)
     top = (n - crop) // 2
-    out = int(round(crop * zoom))
+    out = round(crop * zoom)
     start = (out - n) // 2 if centered else 0
     size = out if full else n
     i = torch.arange(start, start + size, dtype=torch.float64)

@@ -104,7 +104,7 @@ def elastic_transform(x: Tensor, params, gen: torch.Generator, table: str = "cif
     """Smooth random displacement field (uniform noise, Gaussian-filtered, scaled), sampled
     bilinearly with mirrored borders. The CIFAR script first applies a random affine warp
     (its constants are fractions of the 32-px size; here of the image height)."""
-    n, c, h, w = x.shape
+    n, _c, h, w = x.shape
     dtype = x.dtype
     if table == "cifar":
         alpha, sigma, jitter = (v * h for v in params)

@@ -93,10 +93,10 @@ def _scaled_texture_from(source: str, index: int, height: int, width: int, table
     tex = frost_textures.textures()[index]
     th, tw = tex.shape[-2:]
     if table == "cifar" and th * 0.2 > height and tw * 0.2 > width:
-        size, mode = (int(round(th * 0.2)), int(round(tw * 0.2))), "bilinear"
+        size, mode = (round(th * 0.2), round(tw * 0.2)), "bilinear"
     else:
         factor = 1.1 * max(1.0, height / th, width / tw)
-        size, mode = (int(math.ceil(th * factor)), int(math.ceil(tw * factor))), "bicubic"
+        size, mode = (math.ceil(th * factor), math.ceil(tw * factor)), "bicubic"
     out = F.interpolate(tex.unsqueeze(0), size=size, mode=mode, align_corners=False)
     return _ops.quantize(out[0]).to(device)
 
@@ -112,7 +112,7 @@ def frost(
 
     ``crops`` = (texture index, top, left) per image replaces the random draws, for tests."""
     image_weight, frost_weight = params
-    n, c, h, w = x.shape
+    n, _c, h, w = x.shape
     if crops is None:
         which = torch.randint(0, len(frost_textures.FILES), (n,), generator=gen, device=x.device).cpu()
         draws = torch.rand((n, 2), generator=gen, device=x.device, dtype=torch.float64).cpu()
@@ -168,7 +168,7 @@ def spatter(x: Tensor, params, gen: torch.Generator, table: str = "cifar") -> Te
     """Water drops (pale turquoise highlights) for the milder severities, mud (brown
     blotches replacing the image) for the stronger ones."""
     loc, scale, sigma, threshold, strength, mud = params
-    n, c, h, w = x.shape
+    n, _c, h, w = x.shape
     liquid = torch.randn((n, 1, h, w), generator=gen, device=x.device, dtype=x.dtype) * scale + loc
     liquid = _ops.gaussian_filter(liquid, sigma)
     liquid = torch.where(liquid < threshold, 0.0, liquid)
