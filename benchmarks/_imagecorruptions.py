@@ -29,10 +29,13 @@ def frost_dir(python: str | None = None) -> str | None:
         [
             python,
             "-c",
-            ("import imagecorruptions, os; "
-            "print(os.path.join(os.path.dirname(imagecorruptions.__file__), 'frost'))"),
+            (
+                "import imagecorruptions, os; "
+                "print(os.path.join(os.path.dirname(imagecorruptions.__file__), 'frost'))"
+            ),
         ],
-        check=False, capture_output=True,
+        check=False,
+        capture_output=True,
         text=True,
     )
     return out.stdout.strip() or None

@@ -15,8 +15,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def machine_line() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 def write_section(name: str, title: str, command: str, body: str, directory: Path = RESULTS_DIR) -> Path:
@@ -24,6 +26,8 @@ def write_section(name: str, title: str, command: str, body: str, directory: Pat
     to assemble RESULTS.md."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.md"
-    path.write_text(f"## {title}\n\nCommand: `{command}`  \nMachine: {machine_line()}  \n"
-                    f"Date: {time.strftime('%Y-%m-%d')}\n\n{body.strip()}\n")
+    path.write_text(
+        f"## {title}\n\nCommand: `{command}`  \nMachine: {machine_line()}  \n"
+        f"Date: {time.strftime('%Y-%m-%d')}\n\n{body.strip()}\n"
+    )
     return path

@@ -42,19 +42,38 @@ def run_seed(splits, seed: int) -> dict:
     started = time.perf_counter()
     train(parent, splits, dataclasses.replace(PARENT, seed=seed), progress=False)
     seconds = time.perf_counter() - started
-    row = {"parent": evaluate(parent, splits.test)["accuracy"], "parent_seconds": seconds,
-           "parent_val": evaluate(parent, splits.validation)["accuracy"]}
+    row = {
+        "parent": evaluate(parent, splits.test)["accuracy"],
+        "parent_seconds": seconds,
+        "parent_val": evaluate(parent, splits.validation)["accuracy"],
+    }
     retrain = dataclasses.replace(PARENT.scaled(RETRAIN_EPOCHS), seed=seed)
     for method, ratio in PRUNINGS:
         pruned = lostprune.prune(parent, method, ratio, progress=False)
         row[f"{method}{ratio}_noretrain"] = evaluate(pruned.model, splits.test)["accuracy"]
-        (network,) = prune_retrain(parent, method, [1 - ratio], splits, retrain, mode="oneshot", progress=False,
-                                   evaluate=lambda m: evaluate(m, splits.test))
+        (network,) = prune_retrain(
+            parent,
+            method,
+            [1 - ratio],
+            splits,
+            retrain,
+            mode="oneshot",
+            progress=False,
+            evaluate=lambda m: evaluate(m, splits.test),
+        )
         row[f"{method}{ratio}"] = network.metrics["accuracy"]
         row[f"{method}{ratio}_achieved"] = network.achieved_ratio
         row[f"{method}{ratio}_seconds"] = network.train_seconds
-    for network in prune_retrain(parent, "wt", CASCADE, splits, retrain, mode="cascade", progress=False,
-                                 evaluate=lambda m: evaluate(m, splits.test)):
+    for network in prune_retrain(
+        parent,
+        "wt",
+        CASCADE,
+        splits,
+        retrain,
+        mode="cascade",
+        progress=False,
+        evaluate=lambda m: evaluate(m, splits.test),
+    ):
         row[f"cascade{network.cycle}"] = network.metrics["accuracy"]
         row[f"cascade{network.cycle}_achieved"] = network.achieved_ratio
     return row
@@ -62,7 +81,11 @@ def run_seed(splits, seed: int) -> dict:
 
 def mean_std(values) -> str:
     values = [100 * v for v in values]
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+    return (
+        f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        if len(values) > 1
+        else f"{values[0]:.2f}"
+    )
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -93,29 +116,38 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
 
     parent = [r["parent"] for r in rows]
-    lines = ["| network | retrain | achieved prune ratio | test accuracy (%) | Δ vs parent (points) |",
-             "|---|---|---|---|---|",
-             (f"| small_cnn parent ({PARENT.epochs} epochs, {statistics.mean(r['parent_seconds'] for r in rows):.0f} s "
-             f"per run) | — | 0 | {mean_std(parent)} | — |")]
+    lines = [
+        "| network | retrain | achieved prune ratio | test accuracy (%) | Δ vs parent (points) |",
+        "|---|---|---|---|---|",
+        (
+            f"| small_cnn parent ({PARENT.epochs} epochs, {statistics.mean(r['parent_seconds'] for r in rows):.0f} s "
+            f"per run) | — | 0 | {mean_std(parent)} | — |"
+        ),
+    ]
     for method, ratio in PRUNINGS:
         key = f"{method}{ratio}"
         achieved = statistics.mean(r[f"{key}_achieved"] for r in rows)
         for suffix, label in (("_noretrain", "none"), ("", f"{RETRAIN_EPOCHS} epochs")):
             accuracy = [r[key + suffix] for r in rows]
             delta = [a - p for a, p in zip(accuracy, parent)]
-            lines.append(f"| {method.upper()} {100 * ratio:.0f} % | {label} | {100 * achieved:.4f} % | "
-                         f"{mean_std(accuracy)} | {mean_std(delta)} |")
+            lines.append(
+                f"| {method.upper()} {100 * ratio:.0f} % | {label} | {100 * achieved:.4f} % | "
+                f"{mean_std(accuracy)} | {mean_std(delta)} |"
+            )
     for cycle, keep in enumerate(CASCADE, 1):
         accuracy = [r[f"cascade{cycle}"] for r in rows]
         achieved = statistics.mean(r[f"cascade{cycle}_achieved"] for r in rows)
-        lines.append(f"| WT cascade, cycle {cycle} (keep {keep}) | {RETRAIN_EPOCHS} epochs per cycle | "
-                     f"{100 * achieved:.4f} % | {mean_std(accuracy)} | "
-                     f"{mean_std([a - p for a, p in zip(accuracy, parent)])} |")
+        lines.append(
+            f"| WT cascade, cycle {cycle} (keep {keep}) | {RETRAIN_EPOCHS} epochs per cycle | "
+            f"{100 * achieved:.4f} % | {mean_std(accuracy)} | "
+            f"{mean_std([a - p for a, p in zip(accuracy, parent)])} |"
+        )
 
     dense = models.create("small_cnn")
     masked = lostprune.prune(models.create("small_cnn"), "wt", 0.8, progress=False).model
-    t_dense, t_masked, ratio = interleaved_ratio(one_epoch(dense, splits), one_epoch(masked, splits), rounds=3,
-                                                 min_time=0.0)
+    t_dense, t_masked, ratio = interleaved_ratio(
+        one_epoch(dense, splits), one_epoch(masked, splits), rounds=3, min_time=0.0
+    )
     cold_started = time.perf_counter()
     data.digits._upsample()
     cold = time.perf_counter() - cold_started
@@ -141,7 +173,7 @@ previous cycle's network further, `mode="cascade"`). Test accuracy on the 360 te
 {chr(10).join(lines)}
 
 Done-when check: the parent reaches {mean_std(parent)} % (goal ≥ 95 %); WT at 80 % after a
-{RETRAIN_EPOCHS}-epoch retrain is {mean_std([r['wt0.8'] - r['parent'] for r in rows])} points from it
+{RETRAIN_EPOCHS}-epoch retrain is {mean_std([r["wt0.8"] - r["parent"] for r in rows])} points from it
 (goal: within one point).
 
 What masks cost in training (same run, interleaved): one epoch of the dense `small_cnn`
@@ -150,8 +182,14 @@ What masks cost in training (same run, interleaved): one epoch of the dense `sma
 Loading the digits: cold (importing scikit-learn, upsampling) {1e3 * cold:.0f} ms, from the disk cache
 {1e3 * disk:.1f} ms, `load("digits")` with the tensor in memory {1e3 * warm:.2f} ms.
 """
-    print(write_section("core", "Core: training and WT on the built-in digits (CPU)",
-                        f"python benchmarks/bench_core.py --seeds {args.seeds}", body))
+    print(
+        write_section(
+            "core",
+            "Core: training and WT on the built-in digits (CPU)",
+            f"python benchmarks/bench_core.py --seeds {args.seeds}",
+            body,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -204,8 +204,10 @@ def throughput(worker: ReferenceWorker, images: np.ndarray, rounds: int = 3) -> 
             corrupt(x, name, 3, seed=0, table="imagenet")
             per_ours_in[name].append(time.perf_counter() - t)
     lines = [
-        ("| corruption | imagecorruptions (s) | lostprune, CIFAR table (s) | speedup | "
-        "lostprune, ImageNet table (s) | speedup |"),
+        (
+            "| corruption | imagecorruptions (s) | lostprune, CIFAR table (s) | speedup | "
+            "lostprune, ImageNet table (s) | speedup |"
+        ),
         "|---|---|---|---|---|---|",
     ]
     tot = [0.0, 0.0, 0.0]
@@ -235,8 +237,10 @@ def main() -> None:
     # which also keeps the ratio stable on a shared machine
     torch.set_num_threads(int(os.environ.get("LOSTPRUNE_BENCH_THREADS", "1")))
     if reference_python() is None:
-        sys.exit("no imagecorruptions venv: run benchmarks/make_imagecorruptions_venv.sh "
-                 "and set IMAGECORRUPTIONS_PYTHON")
+        sys.exit(
+            "no imagecorruptions venv: run benchmarks/make_imagecorruptions_venv.sh "
+            "and set IMAGECORRUPTIONS_PYTHON"
+        )
     cifar = cifar_test_images(1000)
     photos = photo_crops()
     with ReferenceWorker() as worker:

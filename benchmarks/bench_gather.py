@@ -27,8 +27,11 @@ def slicing_step(model_name: str = "resnet18", keep: float = 0.5):
             continue
         tensors.append(p)
         rows.append(torch.randperm(p.shape[0], generator=gen)[: max(1, int(keep * p.shape[0]))].sort().values)
-        cols.append(torch.randperm(p.shape[1], generator=gen)[: max(1, int(keep * p.shape[1]))].sort().values
-                    if p.dim() >= 2 else None)
+        cols.append(
+            torch.randperm(p.shape[1], generator=gen)[: max(1, int(keep * p.shape[1]))].sort().values
+            if p.dim() >= 2
+            else None
+        )
     return tensors, rows, cols
 
 
@@ -43,16 +46,24 @@ def test_gather_index_select_loop(benchmark):
 
 
 def main() -> None:
-    lines = ["| model | tensors | elements moved | index_select loop (ms) | gather op (ms) | speedup |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | tensors | elements moved | index_select loop (ms) | gather op (ms) | speedup |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in ("resnet18", "resnet50"):
         tensors, rows, cols = slicing_step(name)
         moved = sum(t.numel() for t in gather_channels(tensors, rows, cols))
-        tb, tc, ratio = interleaved_ratio(lambda t=tensors, r=rows, c=cols: gather_channels_reference(t, r, c),
-                                          lambda t=tensors, r=rows, c=cols: gather_channels(t, r, c))
-        lines.append(f"| {name} | {len(tensors)} | {moved:,} | {tb * 1e3:.2f} | {tc * 1e3:.2f} | {ratio:.2f}× |")
-    body = ("One slicing step: every floating tensor of the model, half of its rows and columns kept "
-            "(random sorted indices), CPU float32.\n\n" + "\n".join(lines))
+        tb, tc, ratio = interleaved_ratio(
+            lambda t=tensors, r=rows, c=cols: gather_channels_reference(t, r, c),
+            lambda t=tensors, r=rows, c=cols: gather_channels(t, r, c),
+        )
+        lines.append(
+            f"| {name} | {len(tensors)} | {moved:,} | {tb * 1e3:.2f} | {tc * 1e3:.2f} | {ratio:.2f}× |"
+        )
+    body = (
+        "One slicing step: every floating tensor of the model, half of its rows and columns kept "
+        "(random sorted indices), CPU float32.\n\n" + "\n".join(lines)
+    )
     print(write_section("gather", "Channel-slicing gather (CPU)", "python benchmarks/bench_gather.py", body))
 
 

@@ -31,8 +31,16 @@ def prune_call(model, method: str, S: torch.Tensor, **options):
     def call():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return lostprune.prune(model, method, 0.5, data=S if method == "pfp" else None,
-                                   example_input=S[:1], progress=False, **options)
+            return lostprune.prune(
+                model,
+                method,
+                0.5,
+                data=S if method == "pfp" else None,
+                example_input=S[:1],
+                progress=False,
+                **options,
+            )
+
     return call
 
 
@@ -57,18 +65,26 @@ def main() -> None:
             t_fwd, t_pfp, fwd_ratio = interleaved_ratio(forward, pfp, rounds=args.rounds, min_time=0.0)
             t_ft, _t_pfp2, ft_ratio = interleaved_ratio(ft, pfp, rounds=args.rounds, min_time=0.0)
             achieved = pfp().stats.achieved_ratio
-            rows.append(f"| {name} | {size}² | {variant} | {1e3 * t_fwd:.0f} | {t_pfp:.2f} | {1 / fwd_ratio:.1f}× | "
-                        f"{t_ft:.2f} | {1 / ft_ratio:.1f}× | {100 * achieved:.2f} % |")
+            rows.append(
+                f"| {name} | {size}² | {variant} | {1e3 * t_fwd:.0f} | {t_pfp:.2f} | {1 / fwd_ratio:.1f}× | "
+                f"{t_ft:.2f} | {1 / ft_ratio:.1f}× | {100 * achieved:.2f} % |"
+            )
             print(rows[-1], flush=True)
-    body = ("`prune(model, \"pfp\", 0.5, data=S)` with S = 16 images; *PFP / forward* is PFP's time over one "
-            "eval forward pass of S (goal ≤ 8× for ResNet50), *PFP / FT* over FT on the same model. PFP's "
-            "time is one channel-sensitivity pass over S plus an allocation that evaluates candidate ε on "
-            "flat per-layer arrays (`structure.Propagation`, `GroupPlan`): no re-evaluation of the network "
-            "per ε, no loop over channels.\n\n"
-            "| model | input | variant | forward of S (ms) | PFP (s) | PFP / forward | FT (s) | PFP / FT | "
-            "PFP achieved (target 50 %) |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
-    write_section("methods", "Structured pruning cost: PFP against a forward pass and against FT",
-                  "python benchmarks/bench_methods.py", body)
+    body = (
+        '`prune(model, "pfp", 0.5, data=S)` with S = 16 images; *PFP / forward* is PFP\'s time over one '
+        "eval forward pass of S (goal ≤ 8× for ResNet50), *PFP / FT* over FT on the same model. PFP's "
+        "time is one channel-sensitivity pass over S plus an allocation that evaluates candidate ε on "
+        "flat per-layer arrays (`structure.Propagation`, `GroupPlan`): no re-evaluation of the network "
+        "per ε, no loop over channels.\n\n"
+        "| model | input | variant | forward of S (ms) | PFP (s) | PFP / forward | FT (s) | PFP / FT | "
+        "PFP achieved (target 50 %) |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
+    write_section(
+        "methods",
+        "Structured pruning cost: PFP against a forward pass and against FT",
+        "python benchmarks/bench_methods.py",
+        body,
+    )
 
 
 if __name__ == "__main__":

@@ -90,10 +90,16 @@ def accuracy_by_ratio(results, held_out: list[str]) -> list[str]:
     import statistics
 
     steps = max(len(c.networks) for m in results.methods for a in results.arms for c in results.curves(m, a))
-    lines = [("\nAbsolute accuracy, mean over seeds — nominal test set / mean of the held-out corruptions (%); "
-             "P above compares each network with its own arm's parent:\n"),
-             "| method | training | parent | " + " | ".join(f"cycle {i + 1}" for i in range(steps))
-             + " | mean of pruned, held-out |", "|---|---|---|" + "---|" * steps + "---|"]
+    lines = [
+        (
+            "\nAbsolute accuracy, mean over seeds — nominal test set / mean of the held-out corruptions (%); "
+            "P above compares each network with its own arm's parent:\n"
+        ),
+        "| method | training | parent | "
+        + " | ".join(f"cycle {i + 1}" for i in range(steps))
+        + " | mean of pruned, held-out |",
+        "|---|---|---|" + "---|" * steps + "---|",
+    ]
 
     def cell(networks) -> tuple[str, float]:
         nominal = statistics.mean(100 * (1 - n.error("nominal")) for n in networks)
@@ -109,14 +115,17 @@ def accuracy_by_ratio(results, held_out: list[str]) -> list[str]:
             steps = [cell([c.networks[i] for c in curves]) for i in range(len(curves[0].networks))]
             pruned = statistics.mean(value for _, value in steps)
             ratios = [statistics.mean(c.networks[i].ratio for c in curves) for i in range(len(steps))]
-            lines.append(f"| {method.upper()} | {arm} | {parent} | "
-                         + " | ".join(f"{text} ({100 * r:.0f} %)" for (text, _), r in zip(steps, ratios))
-                         + f" | {pruned:.2f} |")
+            lines.append(
+                f"| {method.upper()} | {arm} | {parent} | "
+                + " | ".join(f"{text} ({100 * r:.0f} %)" for (text, _), r in zip(steps, ratios))
+                + f" | {pruned:.2f} |"
+            )
     return lines
 
 
-def effect(seeds: list[int], methods: list[str], out: Path, workers: int,
-           prune_sample: str = "shifted") -> tuple[list[str], str]:
+def effect(
+    seeds: list[int], methods: list[str], out: Path, workers: int, prune_sample: str = "shifted"
+) -> tuple[list[str], str]:
     from lostprune.experiments import run
     from lostprune.report import ExperimentResults, write_report
     from lostprune.report.robust import held_out_corruptions, mean_potential
@@ -130,9 +139,14 @@ def effect(seeds: list[int], methods: list[str], out: Path, workers: int,
     held_out = held_out_corruptions(results)
     lines = []
     for delta in (0.005, 0.01, 0.02):
-        lines += [(f"\n**δ = {100 * delta:g} %** — mean prune potential over the {len(held_out)} held-out "
-                  "corruptions (%), per seed and mean ± std:\n"),
-                  "| method | nominal training | shift-aware training | gain (points) |", "|---|---|---|---|"]
+        lines += [
+            (
+                f"\n**δ = {100 * delta:g} %** — mean prune potential over the {len(held_out)} held-out "
+                "corruptions (%), per seed and mean ± std:\n"
+            ),
+            "| method | nominal training | shift-aware training | gain (points) |",
+            "|---|---|---|---|",
+        ]
         results.delta = delta
         for method in results.methods:
             cells = []
@@ -148,12 +162,16 @@ def effect(seeds: list[int], methods: list[str], out: Path, workers: int,
             nominal_rows.append(f"{method.upper()} {100 * p[0].mean:.1f} → {100 * p[1].mean:.1f}")
         lines.append(f"\nNominal test set, nominal → shift-aware training: {'; '.join(nominal_rows)}.")
     results.delta = 0.005
-    parents = ["\n| seed | training | nominal accuracy (%) | mean accuracy, held-out corruptions (%) |",
-               "|---|---|---|---|"]
+    parents = [
+        "\n| seed | training | nominal accuracy (%) | mean accuracy, held-out corruptions (%) |",
+        "|---|---|---|---|",
+    ]
     for (seed, arm), parent in sorted(results.parents().items()):
         shifted = [parent.error(d) for d in held_out]
-        parents.append(f"| {seed} | {arm} | {100 * (1 - parent.error('nominal')):.2f} | "
-                       f"{100 * (1 - sum(shifted) / len(shifted)):.2f} |")
+        parents.append(
+            f"| {seed} | {arm} | {100 * (1 - parent.error('nominal')):.2f} | "
+            f"{100 * (1 - sum(shifted) / len(shifted)):.2f} |"
+        )
     return parents + lines + accuracy_by_ratio(results, held_out), str(report)
 
 
@@ -164,8 +182,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/lostprune-bench-robust"))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--skip-overhead", action="store_true")
-    parser.add_argument("--prune-sample", choices=("shifted", "clean"), default="shifted",
-                        help="what SiPP/PFP score on in the shift-aware arm (robust.prune_sample)")
+    parser.add_argument(
+        "--prune-sample",
+        choices=("shifted", "clean"),
+        default="shifted",
+        help="what SiPP/PFP score on in the shift-aware arm (robust.prune_sample)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread per process keeps timings stable
     from lostprune.methods import available_methods
@@ -174,19 +196,29 @@ def main() -> None:
     command = "python benchmarks/bench_robust_training.py" + "".join(f" {a}" for a in sys.argv[1:])
     overhead = [] if args.skip_overhead else epoch_overhead()
     lines, report = effect(args.seeds, methods, args.out, args.workers, args.prune_sample)
-    body = ["### Cost: epoch time with the augmentation vs the clean pipeline",
-            ("Built-in digits (1,129 training images), small CNN (width 16), batch 64, one CPU thread; "
-            "medians of 5 interleaved epochs each."), ""] + (overhead or ["(not measured in this run)"])
-    body += ["", "### Effect: prune potential on held-out corruptions",
-             ("The shipped `demo_robust` config (`lostprune demo --robust` is seed 0) run by the experiment "
-              f"runner: digits, small CNN (width 16), methods {', '.join(m.upper() for m in methods)}, "
-             "cascade to prune ratios 0.3/0.5/0.7/0.8/0.9, parent 12 epochs, retraining 3 epochs per cycle, "
-             f"seeds {', '.join(map(str, args.seeds))}. Shift-aware arm: parent and retraining on the default "
-             f"mix ({', '.join(DEFAULT_TRAINING_CORRUPTIONS)} at severities 0–5, Gaussian noise 0–0.3). "
-             f"Held-out test corruptions: the 15 of the benchmark at severity 3 (360 test images: one image is "
-             f"0.28 %). In the shift-aware arm PFP scores on S {'plus one shifted copy of it' if args.prune_sample == 'shifted' else 'alone'} "
-             f"(`robust.prune_sample: {args.prune_sample}`). P is measured against each arm's own parent. "
-             f"Report: `{report}`.")]
+    body = [
+        "### Cost: epoch time with the augmentation vs the clean pipeline",
+        (
+            "Built-in digits (1,129 training images), small CNN (width 16), batch 64, one CPU thread; "
+            "medians of 5 interleaved epochs each."
+        ),
+        "",
+    ] + (overhead or ["(not measured in this run)"])
+    body += [
+        "",
+        "### Effect: prune potential on held-out corruptions",
+        (
+            "The shipped `demo_robust` config (`lostprune demo --robust` is seed 0) run by the experiment "
+            f"runner: digits, small CNN (width 16), methods {', '.join(m.upper() for m in methods)}, "
+            "cascade to prune ratios 0.3/0.5/0.7/0.8/0.9, parent 12 epochs, retraining 3 epochs per cycle, "
+            f"seeds {', '.join(map(str, args.seeds))}. Shift-aware arm: parent and retraining on the default "
+            f"mix ({', '.join(DEFAULT_TRAINING_CORRUPTIONS)} at severities 0–5, Gaussian noise 0–0.3). "
+            f"Held-out test corruptions: the 15 of the benchmark at severity 3 (360 test images: one image is "
+            f"0.28 %). In the shift-aware arm PFP scores on S {'plus one shifted copy of it' if args.prune_sample == 'shifted' else 'alone'} "
+            f"(`robust.prune_sample: {args.prune_sample}`). P is measured against each arm's own parent. "
+            f"Report: `{report}`."
+        ),
+    ]
     body += lines
     print(write_section("robust_training", "Shift-aware training (CPU, digits)", command, "\n".join(body)))
 

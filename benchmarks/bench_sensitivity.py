@@ -44,8 +44,12 @@ KINDS = [("weight", "mean", "SiPP"), ("channel", "max", "PFP")]
 # The two builds: LOSTPRUNE_MARCH and, for AVX2, torch's own kernels held to AVX2.
 ISAS = {
     "AVX-512": {"LOSTPRUNE_MARCH": "native"},
-    "AVX2": {"LOSTPRUNE_MARCH": "x86-64-v3", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-             "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "AVX2": {
+        "LOSTPRUNE_MARCH": "x86-64-v3",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    },
 }
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent
@@ -64,8 +68,15 @@ def forward(model, x):
 
 
 def score(model, x, kind: str, reduce: str, implementation: str = "kernel"):
-    return sensitivity_pass(model, x, kind=kind, reduce=reduce, batch_size=x.shape[0], progress=False,
-                            implementation=implementation)
+    return sensitivity_pass(
+        model,
+        x,
+        kind=kind,
+        reduce=reduce,
+        batch_size=x.shape[0],
+        progress=False,
+        implementation=implementation,
+    )
 
 
 def layer_inputs(model, x) -> dict:
@@ -75,10 +86,14 @@ def layer_inputs(model, x) -> dict:
     def record(name):
         def hook(module, args, output):
             seen.setdefault(name, (module, args[0]))  # returns None: the output stays
+
         return hook
 
-    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(record(n))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     forward(model, x)
     for h in hooks:
         h.remove()
@@ -137,8 +152,10 @@ def measure_isa(isa: str, rounds: int) -> dict:
 
     built = _build.vector_isa()
     if built != isa:
-        raise RuntimeError(f"asked for the {isa} build, got {built} kernels (LOSTPRUNE_MARCH="
-                           f"{os.environ.get('LOSTPRUNE_MARCH')})")
+        raise RuntimeError(
+            f"asked for the {isa} build, got {built} kernels (LOSTPRUNE_MARCH="
+            f"{os.environ.get('LOSTPRUNE_MARCH')})"
+        )
     threads = torch.get_num_threads()
     out = {"isa": isa, "threads": threads, "torch_isa": torch.backends.cpu.get_cpu_capability(), "models": {}}
     for name, batch, _, _ in CASES:
@@ -159,19 +176,27 @@ def measure_isa(isa: str, rounds: int) -> dict:
                 else:
                     conv_args = dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
                     conv = lambda m=m, inp=inp, a=conv_args: F.conv2d(inp, m.weight, None, **a)  # noqa: E731
-                t = thread_times({
-                    "conv": conv,
-                    "SiPP": lambda m=m, inp=inp, a=conv_args: weight_sensitivity(inp, m.weight, reduce="mean", **a),
-                    "PFP": lambda m=m, inp=inp, a=conv_args: channel_sensitivity(inp, m.weight, **a),
-                }, max(1, rounds - 1))
+                t = thread_times(
+                    {
+                        "conv": conv,
+                        "SiPP": lambda m=m, inp=inp, a=conv_args: weight_sensitivity(
+                            inp, m.weight, reduce="mean", **a
+                        ),
+                        "PFP": lambda m=m, inp=inp, a=conv_args: channel_sensitivity(inp, m.weight, **a),
+                    },
+                    max(1, rounds - 1),
+                )
                 layers.append({"name": layer, "input": list(inp.shape), "weight": list(m.weight.shape), **t})
         result["layers"] = layers
         torch.set_num_threads(threads)
         result["wall"] = {}
         for kind, reduce, label in KINDS:
-            tf, tp, _ = interleaved_ratio(lambda model=model, x=x: forward(model, x),
-                                          lambda model=model, x=x, kind=kind, reduce=reduce:
-                                          score(model, x, kind, reduce), rounds=rounds, min_time=0.0)
+            tf, tp, _ = interleaved_ratio(
+                lambda model=model, x=x: forward(model, x),
+                lambda model=model, x=x, kind=kind, reduce=reduce: score(model, x, kind, reduce),
+                rounds=rounds,
+                min_time=0.0,
+            )
             result["wall"][label] = {"forward": tf, "pass": tp}
         out["models"][name] = result
     return out
@@ -179,8 +204,15 @@ def measure_isa(isa: str, rounds: int) -> dict:
 
 def run_child(args: list[str], env_update: dict, timeout: float = 7200) -> str:
     env = dict(os.environ, LOSTPRUNE_CUDA="0", **env_update)
-    done = subprocess.run([sys.executable, str(SCRIPT), *args], check=False, capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{args} failed:\n{done.stderr[-4000:]}")
     return done.stdout.strip().splitlines()[-1]
@@ -218,8 +250,13 @@ PHASES = [
     ("pass 2: PFP bound tests + reductions", r"ChannelKernel<.*>::run"),
     ("im2col tiles", r"build_tile|copy_split_segment"),
     ("signed weight lists", r"signed_lists"),
-    ("driver: input scan, item folds, scores out", (r"data_points|weight_sensitivity_cpu|channel_sensitivity_cpu|"
-                                                   r"accumulate_tiles")),
+    (
+        "driver: input scan, item folds, scores out",
+        (
+            r"data_points|weight_sensitivity_cpu|channel_sensitivity_cpu|"
+            r"accumulate_tiles"
+        ),
+    ),
 ]
 
 
@@ -240,13 +277,39 @@ def profile(name: str, batch: int, kind: str, reduce: str, env_update: dict) -> 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "perf.data"
         env = dict(os.environ, LOSTPRUNE_CUDA="0", OMP_NUM_THREADS="1", **env_update)
-        record = subprocess.run([perf, "record", "-q", "-o", str(data), "--", sys.executable, str(SCRIPT),
-                                 "--profile", name, str(batch), kind, reduce, "2"],
-                                check=False, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+        record = subprocess.run(
+            [
+                perf,
+                "record",
+                "-q",
+                "-o",
+                str(data),
+                "--",
+                sys.executable,
+                str(SCRIPT),
+                "--profile",
+                name,
+                str(batch),
+                kind,
+                reduce,
+                "2",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=3600,
+        )
         if record.returncode != 0:
             return None
-        report = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym"],
-                                check=True, capture_output=True, text=True, timeout=600).stdout
+        report = subprocess.run(
+            [perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        ).stdout
     shares: dict[str, float] = {}
     for line in report.splitlines():
         m = re.match(r"\s*([\d.]+)%\s+(.*?)\s+\[[.k]\]\s+(.*)$", line)
@@ -254,7 +317,9 @@ def profile(name: str, batch: int, kind: str, reduce: str, env_update: dict) -> 
             continue
         pct, dso, sym = float(m.group(1)), m.group(2), m.group(3)
         if "lostprune" in dso:
-            phase = next((label for label, pattern in PHASES if re.search(pattern, sym)), "other lostprune code")
+            phase = next(
+                (label for label, pattern in PHASES if re.search(pattern, sym)), "other lostprune code"
+            )
         elif re.search(r"python|libc|ld-linux|kernel", dso):
             phase = "Python, libc, OS (process start and imports included)"
         else:
@@ -272,20 +337,29 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
         results[isa] = json.loads(run_child(["--isa", isa, str(rounds), *extra], env))
     mb = 1 << 20
 
-    ratio = [("| model | batch | scores | build | forward (s) | pass (s) | pass ÷ forward, 1 thread CPU time "
-             "| pass ÷ forward, wall clock | Σ conv ÷ forward |"), "|---|---|---|---|---|---|---|---|---|"]
+    ratio = [
+        (
+            "| model | batch | scores | build | forward (s) | pass (s) | pass ÷ forward, 1 thread CPU time "
+            "| pass ÷ forward, wall clock | Σ conv ÷ forward |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, batch, _, _ in CASES:
         for _, _, label in KINDS:
             for isa in ISAS:
                 r = results[isa]["models"][name]
                 cpu, wall = r["cpu"], r["wall"][label]
                 conv = sum(lay["conv"] for lay in r["layers"]) / cpu["forward"]
-                ratio.append(f"| {name} | {batch} | {label} | {isa} | {cpu['forward']:.3f} | {cpu[label]:.3f} "
-                             f"| **{cpu[label] / cpu['forward']:.2f}×** | {wall['pass'] / wall['forward']:.2f}× "
-                             f"| {conv:.2f} |")
+                ratio.append(
+                    f"| {name} | {batch} | {label} | {isa} | {cpu['forward']:.3f} | {cpu[label]:.3f} "
+                    f"| **{cpu[label] / cpu['forward']:.2f}×** | {wall['pass'] / wall['forward']:.2f}× "
+                    f"| {conv:.2f} |"
+                )
 
-    per_op = ["| model | build | Σ conv (s) | SiPP op ÷ conv | PFP op ÷ conv | layers where SiPP ÷ conv is largest |",
-              "|---|---|---|---|---|---|"]
+    per_op = [
+        "| model | build | Σ conv (s) | SiPP op ÷ conv | PFP op ÷ conv | layers where SiPP ÷ conv is largest |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, _, _, _ in CASES:
         for isa in ISAS:
             layers = results[isa]["models"][name]["layers"]
@@ -293,12 +367,18 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
             sipp = sum(lay["SiPP"] for lay in layers)
             pfp = sum(lay["PFP"] for lay in layers)
             worst = sorted(layers, key=lambda lay: lay["SiPP"] / max(lay["conv"], 1e-9), reverse=True)[:3]
-            worst_text = ", ".join(f"{lay['name']} {tuple(lay['input'][1:])} {lay['SiPP'] / lay['conv']:.1f}×"
-                                   for lay in worst)
-            per_op.append(f"| {name} | {isa} | {conv:.3f} | {sipp / conv:.2f}× | {pfp / conv:.2f}× | {worst_text} |")
+            worst_text = ", ".join(
+                f"{lay['name']} {tuple(lay['input'][1:])} {lay['SiPP'] / lay['conv']:.1f}×" for lay in worst
+            )
+            per_op.append(
+                f"| {name} | {isa} | {conv:.3f} | {sipp / conv:.2f}× | {pfp / conv:.2f}× | {worst_text} |"
+            )
 
     # Where the op time goes, by layer shape (AVX-512 build).
-    shape_rows = ["| model | layers | share of SiPP op time | SiPP ÷ conv | PFP ÷ conv |", "|---|---|---|---|---|"]
+    shape_rows = [
+        "| model | layers | share of SiPP op time | SiPP ÷ conv | PFP ÷ conv |",
+        "|---|---|---|---|---|",
+    ]
     for name, _, _, _ in CASES:
         layers = results["AVX-512"]["models"][name]["layers"]
         total = sum(lay["SiPP"] for lay in layers)
@@ -316,10 +396,17 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
             s, c, p = (sum(lay[f] for lay in group) for f in ("SiPP", "conv", "PFP"))
             if s / total < 0.03:
                 continue
-            shape_rows.append(f"| {name} | {key} ({len(group)}) | {100 * s / total:.0f} % | {s / c:.2f}× | {p / c:.2f}× |")
+            shape_rows.append(
+                f"| {name} | {key} ({len(group)}) | {100 * s / total:.0f} % | {s / c:.2f}× | {p / c:.2f}× |"
+            )
 
-    memory = [("| model | batch | scores | build | largest layer input (MB) | forward peak extra (MB) "
-              "| pass peak extra (MB) | (pass − forward) ÷ largest input |"), "|---|---|---|---|---|---|---|---|"]
+    memory = [
+        (
+            "| model | batch | scores | build | largest layer input (MB) | forward peak extra (MB) "
+            "| pass peak extra (MB) | (pass − forward) ÷ largest input |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, batch, _, _ in CASES:
         model, x = setup(name, batch)
         largest = largest_layer_input(model, x)
@@ -328,11 +415,13 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
             for isa, env in ISAS.items():
                 print(f"memory {name} {label} {isa}", file=sys.stderr, flush=True)
                 sens = peak_extra(name, batch, kind, reduce, "kernel", env)
-                memory.append(f"| {name} | {batch} | {label} | {isa} | {largest / mb:.1f} | {fwd / mb:.1f} "
-                              f"| {sens / mb:.1f} | {(sens - fwd) / largest:.2f} |")
+                memory.append(
+                    f"| {name} | {batch} | {label} | {isa} | {largest / mb:.1f} | {fwd / mb:.1f} "
+                    f"| {sens / mb:.1f} | {(sens - fwd) / largest:.2f} |"
+                )
 
     profile_rows = ["| model | scores | phase | share of samples |", "|---|---|---|---|"]
-    for name, batch in (("resnet18", 8), ("mobilenet_v2", 8))[:1 if quick else 2]:
+    for name, batch in (("resnet18", 8), ("mobilenet_v2", 8))[: 1 if quick else 2]:
         for kind, reduce, label in KINDS:
             print(f"profile {name} {label}", file=sys.stderr, flush=True)
             shares = profile(name, batch, kind, reduce, ISAS["AVX-512"])
@@ -345,17 +434,19 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
 
     ref_section = ""
     if references:
-        ref_section = ("\n**Against the references** (AVX-512 build, default threads, wall clock; the kernel "
-                       "repeats for at least 1 s per sample):\n\n") + "\n".join(reference_rows())
+        ref_section = (
+            "\n**Against the references** (AVX-512 build, default threads, wall clock; the kernel "
+            "repeats for at least 1 s per sample):\n\n"
+        ) + "\n".join(reference_rows())
     a, b = results["AVX-512"], results["AVX2"]
     body = f"""CPU, float32, random-initialized models, inputs N(0, 1) (so the first layer takes the sign
 split). ResNet20 on {CASES[0][1]} CIFAR-shaped images, torchvision ResNet18 and MobileNetV2 at
 224×224 on {CASES[1][1]} images; the whole data pass through `lostprune.datapass.sensitivity_pass`
 (hooks, every conv and linear layer; the pass includes its own forward).
-Builds: AVX-512 (kernels `{a['isa']}`, torch `{a['torch_isa']}`) and AVX2 (LOSTPRUNE_MARCH=x86-64-v3:
-kernels `{b['isa']}`, torch held to `{b['torch_isa']}`), same CPU. Interleaved medians of {rounds};
+Builds: AVX-512 (kernels `{a["isa"]}`, torch `{a["torch_isa"]}`) and AVX2 (LOSTPRUNE_MARCH=x86-64-v3:
+kernels `{b["isa"]}`, torch held to `{b["torch_isa"]}`), same CPU. Interleaved medians of {rounds};
 "1 thread CPU time" is thread CPU seconds with torch.set_num_threads(1) (robust to the shared
-machine's load), "wall clock" uses the default {a['threads']} threads.
+machine's load), "wall clock" uses the default {a["threads"]} threads.
 
 **Sensitivity pass ÷ one forward pass** on the same batch. "Σ conv ÷ forward" is the share of
 the forward spent in its convolutions (op by op below): SiPP needs z± (one multiply-add per
@@ -395,8 +486,10 @@ passes after a warm-up; "Python ..." includes starting the process and importing
 
 
 def reference_rows() -> list[str]:
-    rows = ["| model | scores | reference | images | reference (s) | kernel pass (s) | speedup |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | scores | reference | images | reference (s) | kernel pass (s) | speedup |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, _, n_vec, n_lit in CASES[:2]:
         model, x = setup(name, max(n_vec, n_lit))
         for kind, reduce, label in KINDS:
@@ -411,7 +504,9 @@ def reference_rows() -> list[str]:
 
                 t_ref, t_kernel, speedup = interleaved_ratio(reference, kernel, rounds=2, min_time=1.0)
                 tag = "(b) vectorized" if implementation == "reference" else "(a) literal"
-                rows.append(f"| {name} | {label} | {tag} | {n} | {t_ref:.2f} | {t_kernel:.3f} | {speedup:.0f}× |")
+                rows.append(
+                    f"| {name} | {label} | {tag} | {n} | {t_ref:.2f} | {t_kernel:.3f} | {speedup:.0f}× |"
+                )
     return rows
 
 
@@ -427,4 +522,8 @@ if __name__ == "__main__":
         if argv[:1] == ["--isa"]:
             print(json.dumps(measure_isa(argv[1], int(argv[2]))))
         else:
-            main(references="--references" in argv, rounds=1 if "--quick" in argv else 3, quick="--quick" in argv)
+            main(
+                references="--references" in argv,
+                rounds=1 if "--quick" in argv else 3,
+                quick="--quick" in argv,
+            )

@@ -85,7 +85,7 @@ def layer_callables(cin, cout, size, kernel, stride, padding, sparsity, batch, d
     x, weight = x.to(device), weight.to(device)
     packed = pack_weight(weight)
     csr = weight.reshape(cout, -1).to_sparse_csr()
-    out_hw = (F.conv2d(x[:1], weight, None, stride, padding).shape[-2:])
+    out_hw = F.conv2d(x[:1], weight, None, stride, padding).shape[-2:]
     return {
         "dense": lambda: F.conv2d(x, weight, None, stride, padding),
         "sparse": lambda: sparse_conv2d(x, packed, None, stride, padding),
@@ -110,7 +110,11 @@ def test_layer(benchmark, case, impl):
 def test_resnet18_wt90(benchmark, impl):
     pruned = pruned_resnet18(0.9)
     x = torch.randn(1, 3, 224, 224)
-    model = fair_dense(pruned) if impl == "dense" else lostprune.sparse.convert(pruned, example_input=x, progress=False)
+    model = (
+        fair_dense(pruned)
+        if impl == "dense"
+        else lostprune.sparse.convert(pruned, example_input=x, progress=False)
+    )
     x = x.to(memory_format=torch.channels_last) if impl == "dense" else x
     with torch.inference_mode():
         benchmark(model, x)
@@ -198,13 +202,33 @@ def profile(ratio: float, repeats: int) -> list[dict]:
         runs_as = type(module).__name__ if module is not None else "(fused away)"
         if d is not None and d.fused:
             runs_as += f" + {d.fused}"
-        rows.append({"name": name, "sparsity": d.sparsity if d is not None else None, "dense_ms": dense_ms.get(name),
-                     "sparse_ms": sparse_ms.get(name), "runs_as": runs_as})
-    rows.append({"name": "other (outside modules: adds, flatten, hooks)", "sparsity": None,
-                 "dense_ms": dense_total - sum(dense_ms.values()), "sparse_ms": sparse_total - sum(sparse_ms.values()),
-                 "runs_as": ""})
-    rows.append({"name": "whole forward", "sparsity": None, "dense_ms": dense_total, "sparse_ms": sparse_total,
-                 "runs_as": ""})
+        rows.append(
+            {
+                "name": name,
+                "sparsity": d.sparsity if d is not None else None,
+                "dense_ms": dense_ms.get(name),
+                "sparse_ms": sparse_ms.get(name),
+                "runs_as": runs_as,
+            }
+        )
+    rows.append(
+        {
+            "name": "other (outside modules: adds, flatten, hooks)",
+            "sparsity": None,
+            "dense_ms": dense_total - sum(dense_ms.values()),
+            "sparse_ms": sparse_total - sum(sparse_ms.values()),
+            "runs_as": "",
+        }
+    )
+    rows.append(
+        {
+            "name": "whole forward",
+            "sparsity": None,
+            "dense_ms": dense_total,
+            "sparse_ms": sparse_total,
+            "runs_as": "",
+        }
+    )
     return rows
 
 
@@ -221,15 +245,31 @@ def end_to_end(ratio: float, batch: int, threads: int, rounds: int) -> dict:
         expected, got = dense(x_cl), sparse(x)
         err = ((got - expected).abs().max() / expected.abs().max()).item()
         min_time = 0.3 if batch == 1 else 0.0
-        tb, tc, speedup = interleaved_ratio(lambda: dense(x_cl), lambda: sparse(x), rounds=rounds, min_time=min_time)
+        tb, tc, speedup = interleaved_ratio(
+            lambda: dense(x_cl), lambda: sparse(x), rounds=rounds, min_time=min_time
+        )
         cpu_speedup = None
         if threads == 1:  # the same, counting only this thread's CPU time (the scheduler's share left out)
-            cpu_speedup = interleaved_ratio(lambda: dense(x_cl), lambda: sparse(x), rounds=rounds, min_time=min_time,
-                                            clock=time.thread_time)[2]
-    return {"ratio": ratio, "batch": batch, "threads": threads, "dense_ms": tb * 1e3, "sparse_ms": tc * 1e3,
-            "speedup": speedup, "cpu_speedup": cpu_speedup, "converted": len(report.converted),
-            "layers": len(report.layers), "error": err,
-            "decisions": report.summary() if batch == 1 and threads == 1 else None}
+            cpu_speedup = interleaved_ratio(
+                lambda: dense(x_cl),
+                lambda: sparse(x),
+                rounds=rounds,
+                min_time=min_time,
+                clock=time.thread_time,
+            )[2]
+    return {
+        "ratio": ratio,
+        "batch": batch,
+        "threads": threads,
+        "dense_ms": tb * 1e3,
+        "sparse_ms": tc * 1e3,
+        "speedup": speedup,
+        "cpu_speedup": cpu_speedup,
+        "converted": len(report.converted),
+        "layers": len(report.layers),
+        "error": err,
+        "decisions": report.summary() if batch == 1 and threads == 1 else None,
+    }
 
 
 def cpu_model() -> str:
@@ -246,14 +286,26 @@ def measure(label: str, quick: bool) -> dict:
 
     state = ensure_loaded()
     rounds = 3 if quick else 7
-    rows = [end_to_end(ratio, batch, threads, rounds if batch == 1 else max(3, rounds - 2))
-            for ratio in RATIOS for batch, threads in CONFIGS]
+    rows = [
+        end_to_end(ratio, batch, threads, rounds if batch == 1 else max(3, rounds - 2))
+        for ratio in RATIOS
+        for batch, threads in CONFIGS
+    ]
     for row in rows:
-        print(f"{label}: WT-{row['ratio']:.0%} batch {row['batch']} threads {row['threads']}: dense "
-              f"{row['dense_ms']:.2f} ms, sparse {row['sparse_ms']:.2f} ms, {row['speedup']:.2f}x", flush=True)
-    return {"label": label, "kernels": state.key, "march": os.environ.get("LOSTPRUNE_MARCH", "native"),
-            "aten": torch.backends.cpu.get_cpu_capability(), "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
-            "rows": rows, "profiles": {str(r): profile(r, 5 if quick else 15) for r in RATIOS}}
+        print(
+            f"{label}: WT-{row['ratio']:.0%} batch {row['batch']} threads {row['threads']}: dense "
+            f"{row['dense_ms']:.2f} ms, sparse {row['sparse_ms']:.2f} ms, {row['speedup']:.2f}x",
+            flush=True,
+        )
+    return {
+        "label": label,
+        "kernels": state.key,
+        "march": os.environ.get("LOSTPRUNE_MARCH", "native"),
+        "aten": torch.backends.cpu.get_cpu_capability(),
+        "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
+        "rows": rows,
+        "profiles": {str(r): profile(r, 5 if quick else 15) for r in RATIOS},
+    }
 
 
 def measure_avx2(quick: bool) -> dict:
@@ -271,23 +323,36 @@ def _ms(v) -> str:
 
 
 def e2e_section(results: list[dict]) -> list[str]:
-    lines = [("| build | WT | batch | threads | fair dense ms | converted ms | speedup | speedup, thread CPU time "
-              "| layers sparse | max rel. diff |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| build | WT | batch | threads | fair dense ms | converted ms | speedup | speedup, thread CPU time "
+            "| layers sparse | max rel. diff |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for res in results:
         for r in res["rows"]:
             cpu = "-" if r["cpu_speedup"] is None else f"{r['cpu_speedup']:.2f}×"
-            lines.append(f"| {res['label']} | {r['ratio']:.0%} | {r['batch']} | {r['threads']} | {r['dense_ms']:.2f} | "
-                         f"{r['sparse_ms']:.2f} | **{r['speedup']:.2f}×** | {cpu} | {r['converted']} of {r['layers']} | "
-                         f"{r['error']:.1e} |")
+            lines.append(
+                f"| {res['label']} | {r['ratio']:.0%} | {r['batch']} | {r['threads']} | {r['dense_ms']:.2f} | "
+                f"{r['sparse_ms']:.2f} | **{r['speedup']:.2f}×** | {cpu} | {r['converted']} of {r['layers']} | "
+                f"{r['error']:.1e} |"
+            )
     return lines
 
 
 def profile_section(res: dict, ratio: str) -> list[str]:
-    lines = [f"#### {res['label']}, WT-{float(ratio):.0%}, batch 1, one thread (ms per forward, CPU time of the thread)",
-             "", "| module | sparsity | fair dense | converted | runs as |", "|---|---|---|---|---|"]
+    lines = [
+        f"#### {res['label']}, WT-{float(ratio):.0%}, batch 1, one thread (ms per forward, CPU time of the thread)",
+        "",
+        "| module | sparsity | fair dense | converted | runs as |",
+        "|---|---|---|---|---|",
+    ]
     for r in res["profiles"][ratio]:
         sp = "" if r["sparsity"] is None else f"{r['sparsity']:.0%}"
-        lines.append(f"| {r['name']} | {sp} | {_ms(r['dense_ms'])} | {_ms(r['sparse_ms'])} | {r['runs_as']} |")
+        lines.append(
+            f"| {r['name']} | {sp} | {_ms(r['dense_ms'])} | {_ms(r['sparse_ms'])} | {r['runs_as']} |"
+        )
     return lines
 
 
@@ -310,6 +375,7 @@ def gpu_rows(layers, sparsities, batch):
                 def run():
                     fn()
                     torch.cuda.synchronize()
+
                 return run
 
             dense = timed(lambda x=x, w=weight, s=stride, p=padding: F.conv2d(x, w, None, s, p))
@@ -325,8 +391,10 @@ def gpu_rows(layers, sparsities, batch):
                     return w_csr @ cupy.asarray(cols)
 
                 _, _, r_cusparse = interleaved_ratio(timed(cusparse_conv), ours, rounds=5, min_time=0.02)
-            rows.append(f"| {name} | {batch} | {sparsity:.0%} | {tb * 1e6:.0f} | {tc * 1e6:.0f} | "
-                        f"{r_dense:.2f}× | {r_cusparse:.2f}× |")
+            rows.append(
+                f"| {name} | {batch} | {sparsity:.0%} | {tb * 1e6:.0f} | {tc * 1e6:.0f} | "
+                f"{r_dense:.2f}× | {r_cusparse:.2f}× |"
+            )
     return rows
 
 
@@ -337,12 +405,17 @@ def layer_rows(layers, sparsities, batch, rounds, min_time):
         for sparsity in sparsities:
             fns = layer_callables(cin, cout, size, kernel, stride, padding, sparsity, batch)
             with torch.inference_mode():
-                tb, tc, vs_dense = interleaved_ratio(fns["dense"], fns["sparse"], rounds=rounds, min_time=min_time)
+                tb, tc, vs_dense = interleaved_ratio(
+                    fns["dense"], fns["sparse"], rounds=rounds, min_time=min_time
+                )
                 # CSR is 2-70x slower: a round or three settle the ratio's first digit.
-                tcsr, _, vs_csr = interleaved_ratio(fns["csr"], fns["sparse"], rounds=3 if batch == 1 else 1,
-                                                    min_time=min_time)
-            row = (f"| {name} | {batch} | {sparsity:.0%} | {tb * 1e6:.0f} | {tcsr * 1e6:.0f} | {tc * 1e6:.0f} | "
-                   f"**{vs_dense:.2f}×** | {vs_csr:.1f}× |")
+                tcsr, _, vs_csr = interleaved_ratio(
+                    fns["csr"], fns["sparse"], rounds=3 if batch == 1 else 1, min_time=min_time
+                )
+            row = (
+                f"| {name} | {batch} | {sparsity:.0%} | {tb * 1e6:.0f} | {tcsr * 1e6:.0f} | {tc * 1e6:.0f} | "
+                f"**{vs_dense:.2f}×** | {vs_csr:.1f}× |"
+            )
             print(row, flush=True)
             rows.append(row)
     return rows
@@ -353,29 +426,44 @@ def goal_lines(rows):
     by = {}
     for row in rows:
         cells = [c.strip().strip("*×") for c in row.strip("|").split("|")]
-        name, batch, sparsity, vs_dense, vs_csr = cells[0], int(cells[1]), cells[2], float(cells[6]), float(cells[7])
+        name, batch, sparsity, vs_dense, vs_csr = (
+            cells[0],
+            int(cells[1]),
+            cells[2],
+            float(cells[6]),
+            float(cells[7]),
+        )
         by[(name, batch, sparsity)] = (vs_dense, vs_csr)
 
     def worst(sparsity, strided):
-        vals = [(v[0], k[0]) for k, v in by.items()
-                if k[1] == 1 and k[2] == sparsity and "stem" not in k[0] and (" s2" in k[0]) == strided]
+        vals = [
+            (v[0], k[0])
+            for k, v in by.items()
+            if k[1] == 1 and k[2] == sparsity and "stem" not in k[0] and (" s2" in k[0]) == strided
+        ]
         return min(vals) if vals else (float("nan"), "-")
 
     lines = []
     for sparsity, goal in (("90%", "≥ 2.5×"), ("95%", "≥ 4×"), ("70%", "≥ 1× (break-even)")):
         (one, one_name), (two, two_name) = worst(sparsity, False), worst(sparsity, True)
-        lines.append(f"- 3×3 convs, batch 1, {sparsity} sparse (goal {goal}): slowest stride-1 layer {one:.2f}× "
-                     f"({one_name}), slowest stride-2 layer {two:.2f}× ({two_name})")
+        lines.append(
+            f"- 3×3 convs, batch 1, {sparsity} sparse (goal {goal}): slowest stride-1 layer {one:.2f}× "
+            f"({one_name}), slowest stride-2 layer {two:.2f}× ({two_name})"
+        )
     worst_csr = min((v[1], k) for k, v in by.items())
-    lines.append(f"- vs torch.sparse CSR (goal > 1× everywhere): slowest {worst_csr[0]:.1f}× "
-                 f"({worst_csr[1][0]}, batch {worst_csr[1][1]}, {worst_csr[1][2]})")
+    lines.append(
+        f"- vs torch.sparse CSR (goal > 1× everywhere): slowest {worst_csr[0]:.1f}× "
+        f"({worst_csr[1][0]}, batch {worst_csr[1][1]}, {worst_csr[1][2]})"
+    )
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds; AVX-512 build only")
-    parser.add_argument("--layers", action="store_true", help="also the per-layer kernel sweep vs dense and CSR")
+    parser.add_argument(
+        "--layers", action="store_true", help="also the per-layer kernel sweep vs dense and CSR"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the per-layer sweep")
     parser.add_argument("--isa-json", help=argparse.SUPPRESS)  # internal: measure this build, write JSON
     args = parser.parse_args()
@@ -391,37 +479,47 @@ def main() -> None:
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     body = [
-        (f"CPU: {cpu_model()} ({os.cpu_count()} cores, {native}), float32, wall clock, inference mode. Each "
-         "speedup is the median of interleaved rounds (fair dense and converted alternate, so machine noise hits "
-         f"both alike). Load average at the end of the run: {load} (shared machine: absolute times drift, ratios "
-         "are what the run measured)."),
+        (
+            f"CPU: {cpu_model()} ({os.cpu_count()} cores, {native}), float32, wall clock, inference mode. Each "
+            "speedup is the median of interleaved rounds (fair dense and converted alternate, so machine noise hits "
+            f"both alike). Load average at the end of the run: {load} (shared machine: absolute times drift, ratios "
+            "are what the run measured)."
+        ),
         "",
-        ("*Fair dense*: the WT-pruned resnet18 (torchvision, random init, random BatchNorm statistics) with its "
-         "masks baked into plain weights, BatchNorms folded (`torch.fx.experimental.optimization.fuse`), model "
-         "and input channels_last (oneDNN's own layout), same threads. *Converted*: "
-         "`lostprune.sparse.convert(pruned, example_input=x)` at that batch and thread count (per-layer "
-         "calibration, dense fallback where the kernel loses; BatchNorm, ReLU and residual adds fused into the "
-         "sparse kernels; NCHW). Per-layer sparsity of global WT: about 51 % in layer1 … 95 % in layer4 at "
-         "WT-90 %, 61 % … 98 % at WT-95 %. At WT-95 % this randomly initialized network's output no longer "
-         "depends on the input (some layer's activations are all zero after its ReLU), so the max relative "
-         "difference there checks little; the kernels' work does not depend on the values, and the op tests "
-         "check every path against float64 references."),
+        (
+            "*Fair dense*: the WT-pruned resnet18 (torchvision, random init, random BatchNorm statistics) with its "
+            "masks baked into plain weights, BatchNorms folded (`torch.fx.experimental.optimization.fuse`), model "
+            "and input channels_last (oneDNN's own layout), same threads. *Converted*: "
+            "`lostprune.sparse.convert(pruned, example_input=x)` at that batch and thread count (per-layer "
+            "calibration, dense fallback where the kernel loses; BatchNorm, ReLU and residual adds fused into the "
+            "sparse kernels; NCHW). Per-layer sparsity of global WT: about 51 % in layer1 … 95 % in layer4 at "
+            "WT-90 %, 61 % … 98 % at WT-95 %. At WT-95 % this randomly initialized network's output no longer "
+            "depends on the input (some layer's activations are all zero after its ReLU), so the max relative "
+            "difference there checks little; the kernels' work does not depend on the values, and the op tests "
+            "check every path against float64 references."
+        ),
         "",
-        ("2-thread rows: the machine has 2 cores shared with other jobs, so two threads per side mostly measure "
-         "OpenMP waits on both sides (dense at 2 threads is slower than at 1 here); the 1-thread rows also give "
-         "the ratio of thread CPU time, which the scheduler does not distort."),
+        (
+            "2-thread rows: the machine has 2 cores shared with other jobs, so two threads per side mostly measure "
+            "OpenMP waits on both sides (dense at 2 threads is slower than at 1 here); the 1-thread rows also give "
+            "the ratio of thread CPU time, which the scheduler does not distort."
+        ),
         "",
-        ("Builds: *AVX-512* = kernels compiled with `-march=native`; *AVX2* = `LOSTPRUNE_MARCH=x86-64-v3`, run in a "
-         "subprocess with `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2` so that the dense baseline is limited "
-         "to AVX2 too (an AVX2 CPU on this machine)."),
+        (
+            "Builds: *AVX-512* = kernels compiled with `-march=native`; *AVX2* = `LOSTPRUNE_MARCH=x86-64-v3`, run in a "
+            "subprocess with `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2` so that the dense baseline is limited "
+            "to AVX2 too (an AVX2 CPU on this machine)."
+        ),
         "",
         "### End to end",
         *e2e_section(results),
         "",
         "### Where the time goes",
-        ("Leaf modules timed by forward hooks (CPU time of the thread, median of the forwards); *(fused away)*: "
-         "a ReLU module of the dense model that runs in the sparse kernel's epilogue in the converted one (the "
-         "BatchNorms are folded in both). The hooks' own cost lands in *other*."),
+        (
+            "Leaf modules timed by forward hooks (CPU time of the thread, median of the forwards); *(fused away)*: "
+            "a ReLU module of the dense model that runs in the sparse kernel's epilogue in the converted one (the "
+            "BatchNorms are folded in both). The hooks' own cost lands in *other*."
+        ),
         "",
     ]
     for res in results:
@@ -429,21 +527,43 @@ def main() -> None:
             body += [*profile_section(res, ratio), ""]
     decisions = next((r["decisions"] for r in results[0]["rows"] if r["decisions"]), None)
     if decisions:
-        body += ["<details><summary>convert() decisions, WT-90 %, batch 1, one thread (AVX-512 build)</summary>",
-                 "", "```", decisions, "```", "</details>", ""]
+        body += [
+            "<details><summary>convert() decisions, WT-90 %, batch 1, one thread (AVX-512 build)</summary>",
+            "",
+            "```",
+            decisions,
+            "```",
+            "</details>",
+            "",
+        ]
     if args.layers:
         torch.set_num_threads(1)
         rows = []
         for batch in (1, 32):
             rows += layer_rows(RESNET20_LAYERS + RESNET18_LAYERS, SPARSITIES, batch, args.rounds, 0.05)
-        body += ["### Per layer (one thread, random unstructured masks, dense = NCHW `F.conv2d`)", *goal_lines(rows), "",
-                 "| layer | batch | sparsity | dense µs | CSR µs | sparse µs | vs dense | vs CSR |",
-                 "|---|---|---|---|---|---|---|---|", *rows]
+        body += [
+            "### Per layer (one thread, random unstructured masks, dense = NCHW `F.conv2d`)",
+            *goal_lines(rows),
+            "",
+            "| layer | batch | sparsity | dense µs | CSR µs | sparse µs | vs dense | vs CSR |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
     if torch.cuda.is_available():
         layers = RESNET20_LAYERS + RESNET18_LAYERS
-        body += ["", "### GPU", "| layer | batch | sparsity | cuDNN µs | sparse µs | vs cuDNN | vs cuSPARSE |",
-                 "|---|---|---|---|---|---|---|", *gpu_rows(layers, SPARSITIES, 1), *gpu_rows(layers, SPARSITIES, 32)]
-    command = "python benchmarks/bench_sparse.py" + (" --quick" if args.quick else "") + (" --layers" if args.layers else "")
+        body += [
+            "",
+            "### GPU",
+            "| layer | batch | sparsity | cuDNN µs | sparse µs | vs cuDNN | vs cuSPARSE |",
+            "|---|---|---|---|---|---|---|",
+            *gpu_rows(layers, SPARSITIES, 1),
+            *gpu_rows(layers, SPARSITIES, 32),
+        ]
+    command = (
+        "python benchmarks/bench_sparse.py"
+        + (" --quick" if args.quick else "")
+        + (" --layers" if args.layers else "")
+    )
     print(write_section("sparse", "Sparse inference (CPU)", command, "\n".join(body)))
 
 

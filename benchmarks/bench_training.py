@@ -57,28 +57,47 @@ def main() -> None:
     for pruned in (False, True):
         name = "ResNet20, WT 80 % (masked)" if pruned else "ResNet20, dense"
         for threads in sorted({1, cores}):
-            base, cand, ratio = interleaved_ratio(make_step(network(pruned), False, threads),
-                                                  make_step(network(pruned), True, threads), rounds=7, min_time=0.5)
-            rows.append(f"| {name} | channels-last vs contiguous, {threads} thread(s) | {1e3 * base:.0f} | "
-                        f"{1e3 * cand:.0f} | **{ratio:.2f}x** |")
+            base, cand, ratio = interleaved_ratio(
+                make_step(network(pruned), False, threads),
+                make_step(network(pruned), True, threads),
+                rounds=7,
+                min_time=0.5,
+            )
+            rows.append(
+                f"| {name} | channels-last vs contiguous, {threads} thread(s) | {1e3 * base:.0f} | "
+                f"{1e3 * cand:.0f} | **{ratio:.2f}x** |"
+            )
             print(rows[-1], flush=True)
         if cores > 1:
-            base, cand, ratio = interleaved_ratio(make_step(network(pruned), True, cores),
-                                                  make_step(network(pruned), True, 1), rounds=7, min_time=0.5)
-            rows.append(f"| {name} | 1 thread vs {cores} (channels-last) | {1e3 * base:.0f} | {1e3 * cand:.0f} | "
-                        f"**{ratio:.2f}x** |")
+            base, cand, ratio = interleaved_ratio(
+                make_step(network(pruned), True, cores),
+                make_step(network(pruned), True, 1),
+                rounds=7,
+                min_time=0.5,
+            )
+            rows.append(
+                f"| {name} | 1 thread vs {cores} (channels-last) | {1e3 * base:.0f} | {1e3 * cand:.0f} | "
+                f"**{ratio:.2f}x** |"
+            )
             print(rows[-1], flush=True)
     torch.set_num_threads(logical)  # the machine line reports torch's default
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    body = (f"One SGD step (batch 128, 3×32×32) on the CPU; {cores} physical core(s), torch's default "
-            f"{logical} thread(s), load average {load:.1f} at the end of the run. Ratio = baseline ms / "
-            "candidate ms (> 1: the candidate is faster).\n\n"
-            "| network | candidate vs baseline | baseline ms | candidate ms | speed-up |\n|---|---|---|---|---|\n"
-            + "\n".join(rows) + "\n\nOn a machine shared with other jobs, more threads than free cores lose "
-            "most (the '1 thread vs N' rows): experiments take `threads` (default: the physical cores, a "
-            "warning beyond them); on a busy machine set `threads: 1`.")
-    path = write_section("training", "Training on the CPU: memory format and threads",
-                         "python benchmarks/bench_training.py", body)
+    body = (
+        f"One SGD step (batch 128, 3×32×32) on the CPU; {cores} physical core(s), torch's default "
+        f"{logical} thread(s), load average {load:.1f} at the end of the run. Ratio = baseline ms / "
+        "candidate ms (> 1: the candidate is faster).\n\n"
+        "| network | candidate vs baseline | baseline ms | candidate ms | speed-up |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n\nOn a machine shared with other jobs, more threads than free cores lose "
+        "most (the '1 thread vs N' rows): experiments take `threads` (default: the physical cores, a "
+        "warning beyond them); on a busy machine set `threads: 1`."
+    )
+    path = write_section(
+        "training",
+        "Training on the CPU: memory format and threads",
+        "python benchmarks/bench_training.py",
+        body,
+    )
     print(f"wrote {path}")
 
 

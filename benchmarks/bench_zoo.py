@@ -38,10 +38,30 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODELS = [
-    "alexnet", "vgg16_bn", "googlenet", "inception_v3", "resnet18", "resnet50", "resnext50_32x4d",
-    "wide_resnet50_2", "densenet121", "squeezenet1_1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-    "mnasnet1_0", "shufflenet_v2_x1_0", "efficientnet_b0", "efficientnet_v2_s", "regnet_x_400mf",
-    "regnet_y_400mf", "convnext_tiny", "vit_b_16", "swin_t", "swin_v2_t", "maxvit_t",
+    "alexnet",
+    "vgg16_bn",
+    "googlenet",
+    "inception_v3",
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "densenet121",
+    "squeezenet1_1",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "mnasnet1_0",
+    "shufflenet_v2_x1_0",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "convnext_tiny",
+    "vit_b_16",
+    "swin_t",
+    "swin_v2_t",
+    "maxvit_t",
 ]
 TARGET, TOLERANCE = 0.5, 0.015
 
@@ -67,8 +87,11 @@ def conv_linear_macs(model: nn.Module, x: torch.Tensor) -> int:
     from lostprune.core.accounting import output_positions
 
     positions, _ = output_positions(model, x)
-    return sum(m.weight.numel() * positions[name] for name, m in model.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) and name in positions)
+    return sum(
+        m.weight.numel() * positions[name]
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and name in positions
+    )
 
 
 def secant(evaluate, start: float, low: float, high: float, steps: int = 4):
@@ -110,8 +133,14 @@ def torch_pruning_step(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Mo
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                      pruning_ratio=ratio, ignored_layers=[classifier], num_heads=heads)
+        pruner = tp.pruner.MetaPruner(
+            model,
+            x,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            ignored_layers=[classifier],
+            num_heads=heads,
+        )
         pruner.step()
     return model.eval()
 
@@ -129,8 +158,11 @@ def run_one(name: str) -> dict:
     gather_channels([torch.zeros(2, 2)], [torch.tensor([0])], [None])  # load the kernels before timing
     model, x = create(name), example(name)
     dense_macs = conv_linear_macs(model, x)
-    row = {"model": name, "dense_gmacs": dense_macs / 1e9,
-           "params": sum(p.numel() for p in model.parameters())}
+    row = {
+        "model": name,
+        "dense_gmacs": dense_macs / 1e9,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
     # lostprune
     def lp_evaluate(r: float):
@@ -142,8 +174,12 @@ def run_one(name: str) -> dict:
         ratio, share, (result, sliced) = secant(lp_evaluate, 0.5, 0.05, 0.95)
         with torch.no_grad():
             masked_out, sliced_out = result.model.eval()(x), sliced.eval()(x)
-        row["lp"] = {"ratio": ratio, "macs": share, "params": sum(p.numel() for p in sliced.parameters()) / row["params"],
-                     "error": float((masked_out - sliced_out).abs().max() / masked_out.abs().max())}
+        row["lp"] = {
+            "ratio": ratio,
+            "macs": share,
+            "params": sum(p.numel() for p in sliced.parameters()) / row["params"],
+            "error": float((masked_out - sliced_out).abs().max() / masked_out.abs().max()),
+        }
         del result
     except Exception as exc:  # noqa: BLE001 - reported in the table
         row["lp"] = {"failed": error_text(exc)}
@@ -157,8 +193,12 @@ def run_one(name: str) -> dict:
         tp_ratio, share, pruned = secant(tp_evaluate, 0.3, 0.02, 0.9)
         with torch.no_grad():
             out = pruned(x)
-        row["tp"] = {"ratio": tp_ratio, "macs": share, "params": sum(p.numel() for p in pruned.parameters()) / row["params"],
-                     "runs": tuple(out.shape) == (1, 1000)}
+        row["tp"] = {
+            "ratio": tp_ratio,
+            "macs": share,
+            "params": sum(p.numel() for p in pruned.parameters()) / row["params"],
+            "runs": tuple(out.shape) == (1, 1000),
+        }
     except Exception as exc:  # noqa: BLE001 - reported in the table
         row["tp"] = {"failed": error_text(exc)}
 
@@ -187,8 +227,12 @@ def run_one(name: str) -> dict:
             xb = example(name, batch)
             try:
                 with torch.inference_mode():
-                    _, _, speedup = interleaved_ratio(lambda xb=xb: model(xb), lambda c=candidate, xb=xb: c(xb), rounds=3,
-                                                      min_time=0.3 if batch == 1 else 0.0)
+                    _, _, speedup = interleaved_ratio(
+                        lambda xb=xb: model(xb),
+                        lambda c=candidate, xb=xb: c(xb),
+                        rounds=3,
+                        min_time=0.3 if batch == 1 else 0.0,
+                    )
                 row[key][f"speedup{batch}"] = speedup
             except Exception as exc:  # noqa: BLE001
                 row[key][f"speedup{batch}"] = error_text(exc)
@@ -201,29 +245,49 @@ def cell(value, fmt: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [("| model | GMACs | lostprune: MACs kept | params kept | time to prune (s) | exact (max rel. error) | "
-             "speedup b1 | speedup b32 | Torch-Pruning: MACs kept | params kept | time to prune (s) | runs | "
-             "speedup b1 | speedup b32 | time lostprune / Torch-Pruning |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| model | GMACs | lostprune: MACs kept | params kept | time to prune (s) | exact (max rel. error) | "
+            "speedup b1 | speedup b32 | Torch-Pruning: MACs kept | params kept | time to prune (s) | runs | "
+            "speedup b1 | speedup b32 | time lostprune / Torch-Pruning |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         lp, tp = row.get("lp", {}), row.get("tp", {})
         if "failed" in lp:
             lp_cells = [f"fails: {lp['failed']}"] + ["–"] * 5
         else:
             exact = lp.get("error")
-            lp_cells = [cell(lp.get("macs"), ".1%"), cell(lp.get("params"), ".1%"), cell(lp.get("time"), ".2f"),
-                        (f"yes ({exact:.0e})" if exact is not None and exact <= 1e-5 else f"no ({exact:.0e})")
-                        if exact is not None else "–",
-                        cell(lp.get("speedup1"), ".2f") + "×", cell(lp.get("speedup32"), ".2f") + "×"]
+            lp_cells = [
+                cell(lp.get("macs"), ".1%"),
+                cell(lp.get("params"), ".1%"),
+                cell(lp.get("time"), ".2f"),
+                (f"yes ({exact:.0e})" if exact is not None and exact <= 1e-5 else f"no ({exact:.0e})")
+                if exact is not None
+                else "–",
+                cell(lp.get("speedup1"), ".2f") + "×",
+                cell(lp.get("speedup32"), ".2f") + "×",
+            ]
         if "failed" in tp:
             tp_cells = [f"fails: {tp['failed']}"] + ["–"] * 5
         else:
-            tp_cells = [cell(tp.get("macs"), ".1%"), cell(tp.get("params"), ".1%"), cell(tp.get("time"), ".2f"),
-                        "yes" if tp.get("runs") else "no",
-                        cell(tp.get("speedup1"), ".2f") + "×", cell(tp.get("speedup32"), ".2f") + "×"]
+            tp_cells = [
+                cell(tp.get("macs"), ".1%"),
+                cell(tp.get("params"), ".1%"),
+                cell(tp.get("time"), ".2f"),
+                "yes" if tp.get("runs") else "no",
+                cell(tp.get("speedup1"), ".2f") + "×",
+                cell(tp.get("speedup32"), ".2f") + "×",
+            ]
         ratio = lp["time"] / tp["time"] if "time" in lp and "time" in tp else None
-        lines.append(f"| {row['model']} | {row['dense_gmacs']:.2f} | " + " | ".join(lp_cells) + " | "
-                     + " | ".join(tp_cells) + f" | {cell(ratio, '.2f')} |")
+        lines.append(
+            f"| {row['model']} | {row['dense_gmacs']:.2f} | "
+            + " | ".join(lp_cells)
+            + " | "
+            + " | ".join(tp_cells)
+            + f" | {cell(ratio, '.2f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -241,12 +305,24 @@ def main() -> None:
     for name in args.models:
         start = time.perf_counter()
         try:
-            done = subprocess.run([sys.executable, __file__, "--one", name], check=False, capture_output=True, text=True,
-                                  timeout=args.timeout)
+            done = subprocess.run(
+                [sys.executable, __file__, "--one", name],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=args.timeout,
+            )
             found = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
-            row = json.loads(found[0]) if found else {
-                "model": name, "dense_gmacs": float("nan"),
-                "lp": {"failed": (done.stderr.strip().splitlines() or ["no output"])[-1][:120]}, "tp": {}}
+            row = (
+                json.loads(found[0])
+                if found
+                else {
+                    "model": name,
+                    "dense_gmacs": float("nan"),
+                    "lp": {"failed": (done.stderr.strip().splitlines() or ["no output"])[-1][:120]},
+                    "tp": {},
+                }
+            )
         except subprocess.TimeoutExpired:
             row = {"model": name, "dense_gmacs": float("nan"), "lp": {"failed": "timed out"}, "tp": {}}
         rows.append(row)
@@ -258,8 +334,11 @@ def main() -> None:
 
         torch.set_num_threads(1)  # (the machine line names the workers' thread count)
         path = write_section(
-            "zoo", "The torchvision zoo at 50 % of MACs: lostprune and Torch-Pruning (CPU)",
-            "python benchmarks/bench_zoo.py", _intro() + "\n\n" + body)
+            "zoo",
+            "The torchvision zoo at 50 % of MACs: lostprune and Torch-Pruning (CPU)",
+            "python benchmarks/bench_zoo.py",
+            _intro() + "\n\n" + body,
+        )
         print(f"wrote {path}")
 
 

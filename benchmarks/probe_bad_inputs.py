@@ -87,6 +87,7 @@ def achieved(target: float, tolerance: float = 0.02):
     def check(result):
         got = result.stats.achieved_ratio
         return None if abs(got - target) <= tolerance else f"achieved {got:.3f} for target {target}"
+
     return check
 
 
@@ -167,12 +168,18 @@ def same_masks_as(reference: Callable[[], object]):
             if not torch.equal(mask, result.masks[name]):
                 return f"masks differ from the same S given as a tensor (layer {name})"
         return None
+
     return check
 
 
 def only_layers(expected: set[str]):
     def check(result):
-        return None if set(result.masks) == expected else f"pruned {sorted(result.masks)}, expected {sorted(expected)}"
+        return (
+            None
+            if set(result.masks) == expected
+            else f"pruned {sorted(result.masks)}, expected {sorted(expected)}"
+        )
+
     return check
 
 
@@ -246,8 +253,17 @@ def state_dict_file() -> Path:
 
 def unknown_network_file() -> Path:
     p = TMP / "unknown.pt"
-    torch.save({"format": lpio.FORMAT, "network": "no_such_net", "num_classes": 4, "options": {},
-                "state_dict": {}, "meta": {}}, p)
+    torch.save(
+        {
+            "format": lpio.FORMAT,
+            "network": "no_such_net",
+            "num_classes": 4,
+            "options": {},
+            "state_dict": {},
+            "meta": {},
+        },
+        p,
+    )
     return p
 
 
@@ -268,7 +284,7 @@ def tied_load():
 
 
 def data_generator():
-    return (S[i:i + 4] for i in range(0, 16, 4))
+    return (S[i : i + 4] for i in range(0, 16, 4))
 
 
 def frozen():
@@ -312,21 +328,39 @@ def cases() -> list[Case]:
         C("pfp without data", lambda: prune(method="pfp"), "error", ("data",)),
         C("snip without data", lambda: prune(method="snip"), "error", ("data",)),
         C("wt colour='red'", lambda: prune(colour="red"), "error", ("colour",)),
-        C("sipp reduce='median'", lambda: prune(method="sipp", data=S, reduce="median"), "error", ("reduce",)),
+        C(
+            "sipp reduce='median'",
+            lambda: prune(method="sipp", data=S, reduce="median"),
+            "error",
+            ("reduce",),
+        ),
         C("random seed='abc'", lambda: prune(method="random", seed="abc"), "error", ("seed",)),
         C("random seed=-1", lambda: prune(method="random", seed=-1), "ok", check=achieved(0.5)),
         C("ft coupled='bogus'", lambda: prune(method="ft", coupled="bogus"), "error", ("coupled",)),
         C("ft round_to=0", lambda: prune(method="ft", coupled="sum", round_to=0), "error", ("round_to",)),
-        C("pfp epsilon_typo=1", lambda: prune(method="pfp", data=S, epsilon_typo=1), "error", ("epsilon_typo",)),
+        C(
+            "pfp epsilon_typo=1",
+            lambda: prune(method="pfp", data=S, epsilon_typo=1),
+            "error",
+            ("epsilon_typo",),
+        ),
         # models
         C("model=None", lambda: lostprune.prune(None, "wt", 0.5), "error", ("model",)),
         C("model='resnet20' (a name)", lambda: lostprune.prune("resnet20", "wt", 0.5), "error", ("model",)),
-        C("model without conv/linear", lambda: lostprune.prune(nn.Sequential(nn.ReLU()), "wt", 0.5), "error",
-          ("model",)),
+        C(
+            "model without conv/linear",
+            lambda: lostprune.prune(nn.Sequential(nn.ReLU()), "wt", 0.5),
+            "error",
+            ("model",),
+        ),
         C("model on meta device", lambda: prune(meta_model()), "error", ("meta device",)),
         C("model with NaN weights", lambda: prune(_nan_model()), "error", ("nan",)),
-        C("float64 model, float32 S (sipp)", lambda: prune(Tiny().double(), "sipp", data=S), "error",
-          ("float64",)),
+        C(
+            "float64 model, float32 S (sipp)",
+            lambda: prune(Tiny().double(), "sipp", data=S),
+            "error",
+            ("float64",),
+        ),
         C("training-mode model (sipp)", training_mode_sipp, "ok", check=training_kept),
         C("frozen parameters (snip)", lambda: prune(frozen(), "snip", data=S), "ok", check=frozen_snip),
         C("frozen parameters (wt)", lambda: prune(frozen()), "ok", check=achieved(0.5)),
@@ -337,131 +371,283 @@ def cases() -> list[Case]:
         C("tied Linear pair (random)", lambda: prune(TiedPair(), "random"), "ok", check=tied_ok),
         C("tied Linear pair (sipp)", lambda: prune(TiedPair(), "sipp", data=S16), "ok", check=tied_ok),
         C("tied Linear pair (snip)", lambda: prune(TiedPair(), "snip", data=S16), "ok", check=tied_ok),
-        C("tied Linear pair (ft)", lambda: prune(TiedPair(), "ft", example_input=S16[:1]), "error", ("a", "b")),
+        C(
+            "tied Linear pair (ft)",
+            lambda: prune(TiedPair(), "ft", example_input=S16[:1]),
+            "error",
+            ("a", "b"),
+        ),
         C("tied pair, one use excluded", lambda: prune(TiedPair(), exclude=["b"]), "error", ("'b'",)),
-        C("tied embedding/classifier (wt)", lambda: prune(TiedEmbedding(), example_input=torch.zeros(1, 5).long()),
-          "ok", check=tied_embedding_ok),
+        C(
+            "tied embedding/classifier (wt)",
+            lambda: prune(TiedEmbedding(), example_input=torch.zeros(1, 5).long()),
+            "ok",
+            check=tied_embedding_ok,
+        ),
         C("module reused under two names (wt)", lambda: prune(Reused()), "ok", check=reused_ok),
         C("module reused under two names: shape pass", lambda: _shape_pass(Reused()), "ok", check=no_meta),
         C("load_pruned of a pruned tied model", tied_load, "ok", check=tied_state_loaded),
-        C("remove_masks on a pruned tied model", lambda: lostprune.remove_masks(pruned_tied()), "ok",
-          check=tied_removed),
+        C(
+            "remove_masks on a pruned tied model",
+            lambda: lostprune.remove_masks(pruned_tied()),
+            "ok",
+            check=tied_removed,
+        ),
         # a layer pruned to nothing
         C("wt 0.9 empties fc: warning", lambda: prune(TinyFc(), ratio=0.9), "warn", ("fc",)),
         C("wt 0.9 empties fc: statistics", lambda: prune(TinyFc(), ratio=0.9), "ok", check=emptied_in_stats),
         # data S
         C("S empty tensor", lambda: prune(method="sipp", data=torch.empty(0, 3, 8, 8)), "error", ("data",)),
         C("S empty list", lambda: prune(method="sipp", data=[]), "error", ("data",)),
-        C("S empty DataLoader", lambda: prune(method="sipp", data=DataLoader(TensorDataset(torch.empty(0, 3, 8, 8)))),
-          "error", ("data",)),
+        C(
+            "S empty DataLoader",
+            lambda: prune(method="sipp", data=DataLoader(TensorDataset(torch.empty(0, 3, 8, 8)))),
+            "error",
+            ("data",),
+        ),
         C("S one sample", lambda: prune(method="sipp", data=S[:1]), "error", ("data",)),
         C("S uint8", lambda: prune(method="sipp", data=(S * 50).to(torch.uint8)), "error", ("data",)),
         C("S with NaN", lambda: prune(method="sipp", data=S.clone().fill_(math.nan)), "error", ("data",)),
         C("S wrong channels", lambda: prune(method="sipp", data=torch.randn(8, 1, 8, 8)), "error", ("data",)),
-        C("S wrong channels, example_input given", lambda: prune(method="sipp", data=torch.randn(8, 1, 8, 8),
-                                                                 example_input=S[:1]), "error", ("data",)),
+        C(
+            "S wrong channels, example_input given",
+            lambda: prune(method="sipp", data=torch.randn(8, 1, 8, 8), example_input=S[:1]),
+            "error",
+            ("data",),
+        ),
         C("S wrong rank (one C x H x W image)", lambda: prune(method="sipp", data=S[0]), "error", ("data",)),
         C("S float64", lambda: prune(method="sipp", data=S.double()), "error", ("data",)),
         C("S on meta", lambda: prune(method="sipp", data=S.to("meta")), "error", ("data",)),
         C("S numpy array", lambda: prune(method="sipp", data=S.numpy()), "error", ("data",)),
         C("S = 5", lambda: prune(method="sipp", data=5), "error", ("data",)),
         C("S = a path string", lambda: prune(method="sipp", data="images/"), "error", ("data",)),
-        C("S as (x, y) batches", lambda: prune(method="sipp", data=[(S[:8], LABELS[:8]), (S[8:], LABELS[8:])]), "ok",
-          check=same_masks_as(lambda: prune(method="sipp", data=S))),
-        C("S as dict batches", lambda: prune(method="sipp", data=[{"image": S}]), "ok",
-          check=same_masks_as(lambda: prune(method="sipp", data=S))),
-        C("S as a generator", lambda: prune(method="sipp", data=data_generator()), "ok",
-          check=same_masks_as(lambda: prune(method="sipp", data=S))),
-        C("S as TensorDataset", lambda: prune(method="sipp", data=TensorDataset(S, LABELS)), "ok",
-          check=same_masks_as(lambda: prune(method="sipp", data=S))),
-        C("S as the pair (inputs, labels)", lambda: prune(method="sipp", data=(S, LABELS)), "ok",
-          check=same_masks_as(lambda: prune(method="sipp", data=S))),
-        C("snip S labels out of range", lambda: prune(method="snip", data=TensorDataset(S, LABELS + 10)), "error",
-          ("label",)),
-        C("pfp S wrong channels", lambda: prune(method="pfp", data=torch.randn(8, 1, 8, 8)), "error", ("data",)),
+        C(
+            "S as (x, y) batches",
+            lambda: prune(method="sipp", data=[(S[:8], LABELS[:8]), (S[8:], LABELS[8:])]),
+            "ok",
+            check=same_masks_as(lambda: prune(method="sipp", data=S)),
+        ),
+        C(
+            "S as dict batches",
+            lambda: prune(method="sipp", data=[{"image": S}]),
+            "ok",
+            check=same_masks_as(lambda: prune(method="sipp", data=S)),
+        ),
+        C(
+            "S as a generator",
+            lambda: prune(method="sipp", data=data_generator()),
+            "ok",
+            check=same_masks_as(lambda: prune(method="sipp", data=S)),
+        ),
+        C(
+            "S as TensorDataset",
+            lambda: prune(method="sipp", data=TensorDataset(S, LABELS)),
+            "ok",
+            check=same_masks_as(lambda: prune(method="sipp", data=S)),
+        ),
+        C(
+            "S as the pair (inputs, labels)",
+            lambda: prune(method="sipp", data=(S, LABELS)),
+            "ok",
+            check=same_masks_as(lambda: prune(method="sipp", data=S)),
+        ),
+        C(
+            "snip S labels out of range",
+            lambda: prune(method="snip", data=TensorDataset(S, LABELS + 10)),
+            "error",
+            ("label",),
+        ),
+        C(
+            "pfp S wrong channels",
+            lambda: prune(method="pfp", data=torch.randn(8, 1, 8, 8)),
+            "error",
+            ("data",),
+        ),
         C("batch_size=0", lambda: prune(method="sipp", data=S, batch_size=0), "error", ("batch_size",)),
         C("batch_size=-1", lambda: prune(method="sipp", data=S, batch_size=-1), "error", ("batch_size",)),
         C("batch_size=2.5", lambda: prune(method="sipp", data=S, batch_size=2.5), "error", ("batch_size",)),
         C("batch_size='8'", lambda: prune(method="sipp", data=S, batch_size="8"), "error", ("batch_size",)),
         # example_input
-        C("example_input wrong channels", lambda: prune(example_input=torch.randn(1, 1, 8, 8)), "error",
-          ("example_input",)),
-        C("example_input wrong channels (ft)", lambda: prune(method="ft", example_input=torch.randn(1, 1, 8, 8)),
-          "error", ("example_input",)),
+        C(
+            "example_input wrong channels",
+            lambda: prune(example_input=torch.randn(1, 1, 8, 8)),
+            "error",
+            ("example_input",),
+        ),
+        C(
+            "example_input wrong channels (ft)",
+            lambda: prune(method="ft", example_input=torch.randn(1, 1, 8, 8)),
+            "error",
+            ("example_input",),
+        ),
         C("example_input a list", lambda: prune(example_input=[1, 2, 3]), "error", ("example_input",)),
         C("example_input 1-d", lambda: prune(example_input=torch.randn(3)), "error", ("example_input",)),
-        C("example_input empty batch", lambda: prune(example_input=torch.randn(0, 3, 8, 8)), "error",
-          ("example_input",)),
-        C("example_input int64", lambda: prune(example_input=torch.zeros(1, 3, 8, 8, dtype=torch.long)), "error",
-          ("example_input",)),
+        C(
+            "example_input empty batch",
+            lambda: prune(example_input=torch.randn(0, 3, 8, 8)),
+            "error",
+            ("example_input",),
+        ),
+        C(
+            "example_input int64",
+            lambda: prune(example_input=torch.zeros(1, 3, 8, 8, dtype=torch.long)),
+            "error",
+            ("example_input",),
+        ),
         C("example_input numpy", lambda: prune(example_input=S[:1].numpy()), "error", ("example_input",)),
         C("model.input_size wrong", lambda: prune(wrong_input_size()), "error", ("input_size",)),
         C("no input at all (wt)", lambda: prune(no_input_size()), "ok", check=achieved(0.5)),
         C("no input at all (ft)", lambda: prune(no_input_size(), "ft"), "error", ("example_input",)),
         # layers / exclude
         C("layers='conv1' (one name)", lambda: prune(layers="conv1"), "ok", check=only_layers({"conv1"})),
-        C("exclude='fc' (one name)", lambda: prune(exclude="fc"), "ok", check=only_layers({"conv1", "conv2"})),
-        C("layers=nn.Conv2d (one type)", lambda: prune(layers=nn.Conv2d), "ok", check=only_layers({"conv1", "conv2"})),
+        C(
+            "exclude='fc' (one name)",
+            lambda: prune(exclude="fc"),
+            "ok",
+            check=only_layers({"conv1", "conv2"}),
+        ),
+        C(
+            "layers=nn.Conv2d (one type)",
+            lambda: prune(layers=nn.Conv2d),
+            "ok",
+            check=only_layers({"conv1", "conv2"}),
+        ),
         C("layers=['nope']", lambda: prune(layers=["nope"]), "error", ("layers",)),
         C("layers=['bn']", lambda: prune(layers=["bn"]), "error", ("layers",)),
         C("layers=[]", lambda: prune(layers=[]), "error", ("layers",)),
         C("layers=[123]", lambda: prune(layers=[123]), "error", ("layers",)),
-        C("layers=[lambda name: True] (one argument)", lambda: prune(layers=[lambda name: True]), "error",
-          ("layers",)),
+        C(
+            "layers=[lambda name: True] (one argument)",
+            lambda: prune(layers=[lambda name: True]),
+            "error",
+            ("layers",),
+        ),
         C("layers=[nn.BatchNorm2d]", lambda: prune(layers=[nn.BatchNorm2d]), "error", ("layers",)),
         C("exclude every layer", lambda: prune(exclude=[nn.Conv2d, nn.Linear]), "error", ("exclude",)),
         C("exclude=['nope'] (typo)", lambda: prune(exclude=["nope"]), "error", ("exclude",)),
         # masks, load_pruned, remove_masks
         C("load_pruned(model, None)", lambda: lostprune.load_pruned(Tiny(), None), "error", ("state_dict",)),
-        C("load_pruned(model, 'file.pt')", lambda: lostprune.load_pruned(Tiny(), "net.pt"), "error",
-          ("state_dict",)),
-        C("load_pruned(None, state)", lambda: lostprune.load_pruned(None, prune().model.state_dict()), "error",
-          ("model",)),
-        C("load_pruned mask of wrong shape", lambda: lostprune.load_pruned(Tiny(), bad_state("shape")), "error",
-          ("mask",)),
-        C("load_pruned mask with 0.5", lambda: lostprune.load_pruned(Tiny(), bad_state("values")), "error",
-          ("mask",)),
-        C("load_pruned mask for a missing layer", lambda: lostprune.load_pruned(Tiny(), bad_state("name")),
-          "error", ("conv9",)),
-        C("load_pruned other architecture", lambda: lostprune.load_pruned(Tiny(channels=1), prune().model.state_dict()),
-          "error", ("state_dict", "shape")),
+        C(
+            "load_pruned(model, 'file.pt')",
+            lambda: lostprune.load_pruned(Tiny(), "net.pt"),
+            "error",
+            ("state_dict",),
+        ),
+        C(
+            "load_pruned(None, state)",
+            lambda: lostprune.load_pruned(None, prune().model.state_dict()),
+            "error",
+            ("model",),
+        ),
+        C(
+            "load_pruned mask of wrong shape",
+            lambda: lostprune.load_pruned(Tiny(), bad_state("shape")),
+            "error",
+            ("mask",),
+        ),
+        C(
+            "load_pruned mask with 0.5",
+            lambda: lostprune.load_pruned(Tiny(), bad_state("values")),
+            "error",
+            ("mask",),
+        ),
+        C(
+            "load_pruned mask for a missing layer",
+            lambda: lostprune.load_pruned(Tiny(), bad_state("name")),
+            "error",
+            ("conv9",),
+        ),
+        C(
+            "load_pruned other architecture",
+            lambda: lostprune.load_pruned(Tiny(channels=1), prune().model.state_dict()),
+            "error",
+            ("state_dict", "shape"),
+        ),
         C("remove_masks(None)", lambda: lostprune.remove_masks(None), "error", ("model",)),
-        C("remove_masks on an unpruned model", lambda: lostprune.remove_masks(Tiny()), "ok", check=lambda m: None),
+        C(
+            "remove_masks on an unpruned model",
+            lambda: lostprune.remove_masks(Tiny()),
+            "ok",
+            check=lambda m: None,
+        ),
         # slice_model
         C("slice_model(None)", lambda: lostprune.slice_model(None), "error", ("model",)),
         C("slice_model of an unpruned model", lambda: lostprune.slice_model(Tiny()), "warn", ("no channel",)),
-        C("slice_model example_input wrong channels",
-          lambda: lostprune.slice_model(prune(method="ft").model, torch.randn(1, 1, 8, 8)), "error", ("example_input",)),
-        C("slice_model without any input", lambda: lostprune.slice_model(prune(no_input_size(), example_input=S[:1],
-                                                                               method="ft").model), "error",
-          ("example_input",)),
-        C("slice_model example_input a list", lambda: lostprune.slice_model(prune(method="ft").model, [1]), "error",
-          ("example_input",)),
-        C("slice_model of an ft model", lambda: lostprune.slice_model(prune(method="ft").model), "ok",
-          check=sliced_equal),
+        C(
+            "slice_model example_input wrong channels",
+            lambda: lostprune.slice_model(prune(method="ft").model, torch.randn(1, 1, 8, 8)),
+            "error",
+            ("example_input",),
+        ),
+        C(
+            "slice_model without any input",
+            lambda: lostprune.slice_model(prune(no_input_size(), example_input=S[:1], method="ft").model),
+            "error",
+            ("example_input",),
+        ),
+        C(
+            "slice_model example_input a list",
+            lambda: lostprune.slice_model(prune(method="ft").model, [1]),
+            "error",
+            ("example_input",),
+        ),
+        C(
+            "slice_model of an ft model",
+            lambda: lostprune.slice_model(prune(method="ft").model),
+            "ok",
+            check=sliced_equal,
+        ),
         # sparse.convert
         C("convert(None)", lambda: lostprune.sparse.convert(None), "error", ("model",)),
         C("convert min_sparsity=2", lambda: convert(min_sparsity=2), "error", ("min_sparsity",)),
         C("convert min_sparsity='high'", lambda: convert(min_sparsity="high"), "error", ("min_sparsity",)),
         C("convert rounds=0", lambda: convert(rounds=0), "error", ("rounds",)),
         C("convert layers=['nope']", lambda: convert(layers=["nope"]), "error", ("nope",)),
-        C("convert example_input wrong channels", lambda: convert(example_input=torch.randn(1, 1, 8, 8)), "error",
-          ("example_input",)),
+        C(
+            "convert example_input wrong channels",
+            lambda: convert(example_input=torch.randn(1, 1, 8, 8)),
+            "error",
+            ("example_input",),
+        ),
         C("convert an unpruned model", lambda: convert(Tiny()), "ok", check=lambda m: None),
         # io
-        C("load_network missing file", lambda: lpio.load_network(TMP / "missing.pt"), "error", ("missing.pt",)),
+        C(
+            "load_network missing file",
+            lambda: lpio.load_network(TMP / "missing.pt"),
+            "error",
+            ("missing.pt",),
+        ),
         C("load_network text file", lambda: lpio.load_network(text_file()), "error", ("notes.pt",)),
         C("load_network empty file", lambda: lpio.load_network(empty_file()), "error", ("empty.pt",)),
         C("load_network plain state_dict", lambda: lpio.load_network(state_dict_file()), "error", ("sd.pt",)),
         C("load_network a directory", lambda: lpio.load_network(TMP), "error", ("directory",)),
-        C("load_network unknown network", lambda: lpio.load_network(unknown_network_file()), "error",
-          ("no_such_net",)),
-        C("load_network device='nope'", lambda: lpio.load_network(lpio.save_network(
-            TMP / "n2.pt", models.create("small_cnn"), network="small_cnn"), device="nope"), "error", ("device", "nope")),
-        C("save_network(model=None)", lambda: lpio.save_network(TMP / "x.pt", None, network="small_cnn"), "error",
-          ("model",)),
-        C("save_network unknown network name", lambda: lpio.save_network(TMP / "y.pt", Tiny(), network="tiny"),
-          "error", ("network",)),
+        C(
+            "load_network unknown network",
+            lambda: lpio.load_network(unknown_network_file()),
+            "error",
+            ("no_such_net",),
+        ),
+        C(
+            "load_network device='nope'",
+            lambda: lpio.load_network(
+                lpio.save_network(TMP / "n2.pt", models.create("small_cnn"), network="small_cnn"),
+                device="nope",
+            ),
+            "error",
+            ("device", "nope"),
+        ),
+        C(
+            "save_network(model=None)",
+            lambda: lpio.save_network(TMP / "x.pt", None, network="small_cnn"),
+            "error",
+            ("model",),
+        ),
+        C(
+            "save_network unknown network name",
+            lambda: lpio.save_network(TMP / "y.pt", Tiny(), network="tiny"),
+            "error",
+            ("network",),
+        ),
         C("save/load round trip of a pruned net", round_trip, "ok", check=masks_restored),
     ]
 
@@ -484,7 +670,11 @@ def _nan_model():
 def _raised_by_lostprune(exc: BaseException) -> bool:
     """A deliberate error: the innermost frame is a ``raise`` statement in lostprune."""
     frames = traceback.extract_tb(exc.__traceback__)
-    return bool(frames) and frames[-1].filename.startswith(PACKAGE) and (frames[-1].line or "").startswith("raise")
+    return (
+        bool(frames)
+        and frames[-1].filename.startswith(PACKAGE)
+        and (frames[-1].line or "").startswith("raise")
+    )
 
 
 def classify(case: Case) -> tuple[str, str]:
@@ -512,7 +702,9 @@ def classify(case: Case) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="print every case, not only the bad ones")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print every case, not only the bad ones"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     counts: Counter = Counter()
@@ -522,8 +714,10 @@ def main() -> None:
         counts[outcome] += 1
         if args.verbose or outcome in ("obscure", "silently wrong"):
             print(f"{outcome:<15} {case.id:<45} {message[:150]}")
-    print(f"\n{len(all_cases)} inputs: " + ", ".join(f"{counts[k]} {k}" for k in
-                                                    ("clear", "acceptable", "obscure", "silently wrong")))
+    print(
+        f"\n{len(all_cases)} inputs: "
+        + ", ".join(f"{counts[k]} {k}" for k in ("clear", "acceptable", "obscure", "silently wrong"))
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["machine", "gather", "core", "sensitivity", "slicing", "sparse", "gpu", "corruptions", "robust_training"]
+ORDER = [
+    "machine",
+    "gather",
+    "core",
+    "sensitivity",
+    "slicing",
+    "sparse",
+    "gpu",
+    "corruptions",
+    "robust_training",
+]
 
 HEADER = """# Benchmark results
 

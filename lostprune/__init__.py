@@ -1,7 +1,7 @@
 """lostprune: prune PyTorch networks fast and measure what pruning loses beyond test accuracy.
 
-    result = lostprune.prune(model, "wt", 0.8)            # or "sipp", "ft", "pfp" (data=S)
-    result.model, result.masks, result.stats
+result = lostprune.prune(model, "wt", 0.8)            # or "sipp", "ft", "pfp" (data=S)
+result.model, result.masks, result.stats
 """
 
 from . import sparse  # lostprune.sparse.convert

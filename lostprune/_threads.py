@@ -43,8 +43,12 @@ def physical_cores() -> int:
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
-            cores.add((topology.joinpath("physical_package_id").read_text().strip(),
-                       topology.joinpath("core_id").read_text().strip()))
+            cores.add(
+                (
+                    topology.joinpath("physical_package_id").read_text().strip(),
+                    topology.joinpath("core_id").read_text().strip(),
+                )
+            )
         except OSError:
             cores.add(("cpu", str(cpu)))  # no topology (not Linux): count logical CPUs
     count = len(cores) or len(cpus) or 1
@@ -58,11 +62,16 @@ def set_threads(threads: int | None = None, *, argument: str = "threads") -> int
     import torch
 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"{argument} must be a positive integer (or None for the physical cores), got {threads!r}")
+        raise ValueError(
+            f"{argument} must be a positive integer (or None for the physical cores), got {threads!r}"
+        )
     cores = physical_cores()
     torch.set_num_threads(threads or cores)
     used = torch.get_num_threads()
     if used > cores:
-        warnings.warn(f"torch uses {used} threads but this process has {cores} physical core(s); training and "
-                      f"evaluation run slower that way. Set {argument} to {cores} or fewer", stacklevel=2)
+        warnings.warn(
+            f"torch uses {used} threads but this process has {cores} physical core(s); training and "
+            f"evaluation run slower that way. Set {argument} to {cores} or fewer",
+            stacklevel=2,
+        )
     return used

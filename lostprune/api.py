@@ -52,21 +52,32 @@ def _reusable(data):
     example input and the scoring pass, so a one-shot iterator (a generator) is collected into
     a list of its batches; an (inputs, labels) pair of tensors becomes a TensorDataset."""
     data = as_pair_dataset(data)
-    return list(data) if isinstance(data, Iterator) else data  # never iter(): a DataLoader would start workers
+    return (
+        list(data) if isinstance(data, Iterator) else data
+    )  # never iter(): a DataLoader would start workers
 
 
 def _example_input(model: nn.Module, data, example_input, device, dtype) -> tuple[Tensor | None, str]:
     """(one sample the model is run / traced on, the argument it came from)."""
     if example_input is not None:
         if not isinstance(example_input, Tensor) or example_input.dim() < 2:
-            raise ValueError("example_input must be a batch tensor (N x C x H x W or N x features), got "
-                             + (f"shape {tuple(example_input.shape)}" if isinstance(example_input, Tensor)
-                                else type(example_input).__name__))
+            raise ValueError(
+                "example_input must be a batch tensor (N x C x H x W or N x features), got "
+                + (
+                    f"shape {tuple(example_input.shape)}"
+                    if isinstance(example_input, Tensor)
+                    else type(example_input).__name__
+                )
+            )
         if example_input.shape[0] == 0:
-            raise ValueError(f"example_input is an empty batch (shape {tuple(example_input.shape)}); pass one sample")
+            raise ValueError(
+                f"example_input is an empty batch (shape {tuple(example_input.shape)}); pass one sample"
+            )
         if example_input.is_meta:
-            raise ValueError("example_input is on the meta device; pass a real tensor (only its shape matters), "
-                             "e.g. torch.zeros(1, C, H, W)")
+            raise ValueError(
+                "example_input is on the meta device; pass a real tensor (only its shape matters), "
+                "e.g. torch.zeros(1, C, H, W)"
+            )
         return example_input[:1].to(device), "example_input"
     if data is not None:
         return first_batch(data, "data", batch_size=1, dtype=dtype).to(device), "data (its first sample)"
@@ -76,22 +87,38 @@ def _example_input(model: nn.Module, data, example_input, device, dtype) -> tupl
             shape = (1, *(int(n) for n in size))
         except (TypeError, ValueError):
             raise ValueError(f"model.input_size must be the (C, H, W) of one sample, got {size!r}") from None
-        return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype), "model.input_size"
+        return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(
+            device, dtype
+        ), "model.input_size"
     return None, ""
 
 
 def _check_weights(layers: dict[str, nn.Module]) -> None:
     meta = [name for name, module in layers.items() if module.weight.is_meta]
     if meta:
-        raise ValueError(f"model: the weights of {meta[0]!r}" + (f" and {len(meta) - 1} more layers" if len(meta) > 1
-                                                                else "")
-                         + " are on the meta device (shapes without values), there is nothing to score: materialize "
-                         "them first (model.to_empty(device=...) and load_state_dict)")
+        raise ValueError(
+            f"model: the weights of {meta[0]!r}"
+            + (f" and {len(meta) - 1} more layers" if len(meta) > 1 else "")
+            + " are on the meta device (shapes without values), there is nothing to score: materialize "
+            "them first (model.to_empty(device=...) and load_state_dict)"
+        )
 
 
-def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None, exclude=None,
-          inplace: bool = False, example_input: Tensor | None = None, progress: bool = True,
-          batch_size: int = 64, leaf_modules=(), **options) -> PruneResult:
+def prune(
+    model: nn.Module,
+    method: str,
+    ratio: float,
+    data=None,
+    *,
+    layers=None,
+    exclude=None,
+    inplace: bool = False,
+    example_input: Tensor | None = None,
+    progress: bool = True,
+    batch_size: int = 64,
+    leaf_modules=(),
+    **options,
+) -> PruneResult:
     """Prune ``model`` so that ``ratio`` of its prunable weights are removed.
 
     Args:
@@ -124,8 +151,10 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
         unknown = sorted(set(options) - set(pruning_method.option_names))
         if unknown:  # before any expensive pass
             allowed = ", ".join(pruning_method.option_names) or "none"
-            raise TypeError(f"method {pruning_method.name!r} got unexpected options: {', '.join(unknown)} "
-                            f"(it takes: {allowed})")
+            raise TypeError(
+                f"method {pruning_method.name!r} got unexpected options: {', '.join(unknown)} "
+                f"(it takes: {allowed})"
+            )
     _check_weights(prunable_layers(model, layers, exclude))  # validate before copying
     data = _reusable(data)
     target = model if inplace else copy.deepcopy(settle_masks(model))
@@ -134,27 +163,49 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     selected, shared = split_shared(target, prunable_layers(target, layers, exclude))
     if shared and pruning_method.structured:
         owner, aliases = next(iter(shared.items()))
-        raise ValueError(f"{pruning_method.name}: layers {owner!r} and {aliases[0]!r} share one weight Parameter (tied "
-                         "weights); removing its channels would change both layers, which the channel analysis "
-                         f"does not model: exclude them (exclude={[owner, *aliases]!r}) or use an unstructured "
-                         "method (wt, sipp, snip, random)")
+        raise ValueError(
+            f"{pruning_method.name}: layers {owner!r} and {aliases[0]!r} share one weight Parameter (tied "
+            "weights); removing its channels would change both layers, which the channel analysis "
+            f"does not model: exclude them (exclude={[owner, *aliases]!r}) or use an unstructured "
+            "method (wt, sipp, snip, random)"
+        )
     first = next(iter(selected.values())).weight
     device, dtype = first.device, first.dtype
     if pruning_method.data_informed:
         if data is None:
-            raise ValueError(f"method {pruning_method.name!r} is data-informed: pass data=S, a held-out set "
-                             "of at least 2 inputs (never the test set)")
-        shape = tuple(example_input.shape[1:]) if isinstance(example_input, Tensor) and example_input.dim() >= 2 \
+            raise ValueError(
+                f"method {pruning_method.name!r} is data-informed: pass data=S, a held-out set "
+                "of at least 2 inputs (never the test set)"
+            )
+        shape = (
+            tuple(example_input.shape[1:])
+            if isinstance(example_input, Tensor) and example_input.dim() >= 2
             else None
-        count = sum(x.shape[0] for x in iter_inputs(data, "data", batch_size=batch_size, limit=2,
-                                                    expected_shape=shape, dtype=dtype))
+        )
+        count = sum(
+            x.shape[0]
+            for x in iter_inputs(
+                data, "data", batch_size=batch_size, limit=2, expected_shape=shape, dtype=dtype
+            )
+        )
         if count < 2:
             raise ValueError(f"data has {count} input; method {pruning_method.name!r} needs at least 2")
     sample, source = _example_input(target, data, example_input, device, dtype)
-    current = current_masks(selected, materialize=False, validate=True)  # unpruned layers: a view of one, no memory
-    ctx = PruneContext(model=target, layers=selected, ratio=ratio, current_masks=current, data=data,
-                       example_input=sample, options=dict(options), progress=progress, batch_size=batch_size,
-                       leaf_modules=tuple(leaf_modules))
+    current = current_masks(
+        selected, materialize=False, validate=True
+    )  # unpruned layers: a view of one, no memory
+    ctx = PruneContext(
+        model=target,
+        layers=selected,
+        ratio=ratio,
+        current_masks=current,
+        data=data,
+        example_input=sample,
+        options=dict(options),
+        progress=progress,
+        batch_size=batch_size,
+        leaf_modules=tuple(leaf_modules),
+    )
     # the model runs on the example input before any expensive pass: the trace a structured
     # method needs anyway, else the shape pass the statistics need anyway
     positions = None
@@ -166,7 +217,9 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
             positions = output_positions(target, sample)
     masks = pruning_method.compute_masks(ctx)
     if ctx.options:
-        raise TypeError(f"method {pruning_method.name!r} got unexpected options: {', '.join(sorted(ctx.options))}")
+        raise TypeError(
+            f"method {pruning_method.name!r} got unexpected options: {', '.join(sorted(ctx.options))}"
+        )
     missing = set(selected) - set(masks)
     if missing:
         raise RuntimeError(f"method {pruning_method.name!r} returned no mask for {sorted(missing)}")
@@ -182,15 +235,26 @@ def prune(model: nn.Module, method: str, ratio: float, data=None, *, layers=None
     kept = {f"{name}.weight": int(torch.count_nonzero(mask)) for name, mask in masks.items()}
     if ctx._graph is not None:
         positions = ctx.graph().output_positions()  # the trace's shapes
-    stats = compute_stats(target, selected, kept=kept, method=pruning_method.name, target_ratio=ratio,
-                          example_input=sample, positions=positions, shared=shared)
+    stats = compute_stats(
+        target,
+        selected,
+        kept=kept,
+        method=pruning_method.name,
+        target_ratio=ratio,
+        example_input=sample,
+        positions=positions,
+        shared=shared,
+    )
     if sample is not None:  # slice_model traces the pruned model on it
         setattr(target, EXAMPLE_INPUT, sample.detach())
     if stats.emptied_layers:
-        warnings.warn(f"{pruning_method.name} at ratio {ratio:g} removed every weight of "
-                      f"{len(stats.emptied_layers)} layer(s): {', '.join(stats.emptied_layers[:8])}"
-                      + (" …" if len(stats.emptied_layers) > 8 else "")
-                      + " (emptied: they output their bias alone; see result.stats.emptied_layers)", stacklevel=2)
+        warnings.warn(
+            f"{pruning_method.name} at ratio {ratio:g} removed every weight of "
+            f"{len(stats.emptied_layers)} layer(s): {', '.join(stats.emptied_layers[:8])}"
+            + (" …" if len(stats.emptied_layers) > 8 else "")
+            + " (emptied: they output their bias alone; see result.stats.emptied_layers)",
+            stacklevel=2,
+        )
     return PruneResult(target, masks, stats, pruning_method.name)
 
 

@@ -18,6 +18,7 @@ def _kernel_table(state) -> tuple[list[tuple[str, ...]], bool]:
     gpu = torch.cuda.is_available()
     rows, complete = [], compiled
     for op, reference in all_ops().items():
+
         def has(key: str, op: str = op) -> bool:
             return compiled and torch._C._dispatch_has_kernel_for_dispatch_key(f"lostprune::{op}", key)
 
@@ -26,8 +27,15 @@ def _kernel_table(state) -> tuple[list[tuple[str, ...]], bool]:
         active = ["CPU: " + ("kernel" if cpu else "reference")]
         if gpu:
             active.append("CUDA: " + ("kernel" if cuda else "reference"))
-        rows.append((op, "compiled" if cpu else "-", "compiled" if cuda else "-",
-                     reference.__name__, ", ".join(active)))
+        rows.append(
+            (
+                op,
+                "compiled" if cpu else "-",
+                "compiled" if cuda else "-",
+                reference.__name__,
+                ", ".join(active),
+            )
+        )
     return rows, complete
 
 
@@ -51,8 +59,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         console.print(f"library: {state.library}  ({state.seconds:.1f} s)")
     if state.log:
         console.print(f"[red]build log: {state.log}[/red]")
-    console.print(f"CUDA kernels: {'compiled' if state.cuda else 'not compiled'}; "
-                  f"cache: {_build.cache_root()}")
+    console.print(
+        f"CUDA kernels: {'compiled' if state.cuda else 'not compiled'}; cache: {_build.cache_root()}"
+    )
     isa = _build.vector_isa()
     if isa is not None:
         console.print(f"CPU kernels: {isa} vectors")
@@ -81,10 +90,17 @@ def print_potential_table(results_dir, console=None) -> None:
     results = ExperimentResults(results_dir)
     console = console or _console()
     for arm in results.arms:
-        _print_table(console, potential_table(results, arm), f"prune potential (%), δ = {100 * results.delta:g} %"
-                     + ("" if arm == "nominal" else f", {arm} training"))
-    _print_table(console, recommendation_table(results),
-                 f"where to stop pruning: within δ = {100 * results.delta:g} % of the parent (%)")
+        _print_table(
+            console,
+            potential_table(results, arm),
+            f"prune potential (%), δ = {100 * results.delta:g} %"
+            + ("" if arm == "nominal" else f", {arm} training"),
+        )
+    _print_table(
+        console,
+        recommendation_table(results),
+        f"where to stop pruning: within δ = {100 * results.delta:g} % of the parent (%)",
+    )
 
 
 def _print_table(console, data, title: str) -> None:
@@ -104,8 +120,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report import write_report
 
     console = _console()
-    root = run(args.config, args.out, workers=args.workers, ray_address=args.ray, retry_failed=args.retry_failed,
-               threads=args.threads, data_root=getattr(args, "data", None))
+    root = run(
+        args.config,
+        args.out,
+        workers=args.workers,
+        ray_address=args.ray,
+        retry_failed=args.retry_failed,
+        threads=args.threads,
+        data_root=getattr(args, "data", None),
+    )
     print_potential_table(root, console)
     if not args.no_report:
         console.print(f"report: {write_report(root)}")
@@ -174,11 +197,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     meta = read_network_file(args.model)
     model = load_network(args.model)
-    result = lostprune.prune(model, args.method, args.ratio, data=_load_data(args.data, model),
-                             **_method_options(args.option))
+    result = lostprune.prune(
+        model, args.method, args.ratio, data=_load_data(args.data, model), **_method_options(args.option)
+    )
     out = args.out or str(args.model).replace(".pt", f"-{args.method}{round(100 * args.ratio)}.pt")
-    save_network(out, result.model, meta["network"], meta["num_classes"], options=meta.get("options"),
-                 pruned_by=args.method, ratio=args.ratio)
+    save_network(
+        out,
+        result.model,
+        meta["network"],
+        meta["num_classes"],
+        options=meta.get("options"),
+        pruned_by=args.method,
+        ratio=args.ratio,
+    )
     print(result.stats.summary())
     print(f"saved: {out}")
     return 0
@@ -231,20 +262,33 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="compile the C++/CUDA kernels now and show which are active")
     build.add_argument("--force", action="store_true", help="rebuild even after a failed build")
     build.add_argument("--verbose", action="store_true", help="show the compiler's output")
-    build.add_argument("--check", action="store_true",
-                       help="exit 1 unless every op has its CPU kernel (and CUDA kernel when CUDA is built)")
+    build.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 unless every op has its CPU kernel (and CUDA kernel when CUDA is built)",
+    )
     build.set_defaults(func=cmd_build)
 
     run = sub.add_parser("run", help="run (or resume) an experiment config, then write its report")
-    run.add_argument("config", help="a YAML config file, or the name of a shipped one (see `lostprune configs`)")
+    run.add_argument(
+        "config", help="a YAML config file, or the name of a shipped one (see `lostprune configs`)"
+    )
     run.add_argument("--out", help="results directory (default runs/<name>)")
-    run.add_argument("--data", help="where the data set is (overrides the config's data.root): e.g. the CIFAR-10 "
-                                    "folder with train/ and test/, or its .tar.gz")
+    run.add_argument(
+        "--data",
+        help="where the data set is (overrides the config's data.root): e.g. the CIFAR-10 "
+        "folder with train/ and test/, or its .tar.gz",
+    )
     run.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
-    run.add_argument("--ray", metavar="ADDRESS", help="spread the work over a Ray cluster (needs lostprune[dist])")
+    run.add_argument(
+        "--ray", metavar="ADDRESS", help="spread the work over a Ray cluster (needs lostprune[dist])"
+    )
     run.add_argument("--retry-failed", action="store_true", help="run failed tasks again")
-    run.add_argument("--threads", type=int, help="torch threads, all workers together (default: the config's "
-                                                 "threads, else the physical cores)")
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads, all workers together (default: the config's threads, else the physical cores)",
+    )
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.set_defaults(func=cmd_run)
 
@@ -266,10 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     prune = sub.add_parser("prune", help="prune a saved network")
     prune.add_argument("model", help="network file (lostprune.io.save_network)")
     prune.add_argument("--method", required=True)
-    prune.add_argument("--ratio", type=float, required=True, help="fraction of prunable weights removed, [0, 1)")
-    prune.add_argument("--data", help="S for data-informed methods: a data set name (its S split) or a tensor file")
-    prune.add_argument("--option", action="append", metavar="KEY=VALUE",
-                       help="a method option, repeatable (e.g. round_to=auto, coupled=per_layer)")
+    prune.add_argument(
+        "--ratio", type=float, required=True, help="fraction of prunable weights removed, [0, 1)"
+    )
+    prune.add_argument(
+        "--data", help="S for data-informed methods: a data set name (its S split) or a tensor file"
+    )
+    prune.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a method option, repeatable (e.g. round_to=auto, coupled=per_layer)",
+    )
     prune.add_argument("--out", help="output network file")
     prune.set_defaults(func=cmd_prune)
 
@@ -289,8 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     plain = (ValueError, TypeError, OSError, RuntimeError, ImportError)
-    return text if text and isinstance(exc, plain) and type(exc).__name__ not in ("KeyError", "IndexError") \
+    return (
+        text
+        if text and isinstance(exc, plain) and type(exc).__name__ not in ("KeyError", "IndexError")
         else f"{type(exc).__name__}: {text}"
+    )
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -316,11 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"lostprune {args.command}: interrupted; finished work is kept (rerun the same command to resume)",
-              file=sys.stderr)
+        print(
+            f"lostprune {args.command}: interrupted; finished work is kept (rerun the same command to resume)",
+            file=sys.stderr,
+        )
         return 130
     except Exception as exc:  # noqa: BLE001 - the command line reports every error the same way
-        print(f"lostprune {args.command}: error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        print(
+            f"lostprune {args.command}: error: {_one_line(exc)} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         warnings.showwarning = show

@@ -31,19 +31,25 @@ KINDS = ("weight", "channel")
 # reference without a compiler), or one of the references (for cross-checks and benchmarks).
 IMPLEMENTATIONS = {
     "kernel": (sensitivity_ops.weight_sensitivity, sensitivity_ops.channel_sensitivity),
-    "reference": (sensitivity_ops.weight_sensitivity_reference,
-                  sensitivity_ops.channel_sensitivity_reference),
+    "reference": (
+        sensitivity_ops.weight_sensitivity_reference,
+        sensitivity_ops.channel_sensitivity_reference,
+    ),
     "literal": (sensitivity_ops.weight_sensitivity_literal, sensitivity_ops.channel_sensitivity_literal),
 }
 SUPPORTED_LAYERS = (nn.Conv2d, nn.Linear)
 
 
 def _check_layers(layers: dict[str, nn.Module]) -> None:
-    bad = [f"{name!r} ({type(module).__name__})" for name, module in layers.items()
-           if not isinstance(module, SUPPORTED_LAYERS)]
+    bad = [
+        f"{name!r} ({type(module).__name__})"
+        for name, module in layers.items()
+        if not isinstance(module, SUPPORTED_LAYERS)
+    ]
     if bad:
-        raise TypeError("the sensitivity pass supports Conv2d and Linear layers; unsupported: "
-                        + ", ".join(bad))
+        raise TypeError(
+            "the sensitivity pass supports Conv2d and Linear layers; unsupported: " + ", ".join(bad)
+        )
 
 
 def check_reduce(reduce: str) -> str:
@@ -52,8 +58,9 @@ def check_reduce(reduce: str) -> str:
     return reduce
 
 
-def _layer_score(module: nn.Module, x: Tensor, kind: str, reduce: str, running: Tensor | None,
-                 implementation: str) -> Tensor:
+def _layer_score(
+    module: nn.Module, x: Tensor, kind: str, reduce: str, running: Tensor | None, implementation: str
+) -> Tensor:
     weight = module.weight  # the masked weight for pruned layers (set by their forward pre-hook)
     if isinstance(module, nn.Linear):
         conv = {}
@@ -69,9 +76,17 @@ def _layer_score(module: nn.Module, x: Tensor, kind: str, reduce: str, running: 
     return channel_op(x, weight, running=running, **conv)
 
 
-def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: dict[str, nn.Module], *,
-                          kind: str = "weight", reduce: str = "mean", progress: bool = True,
-                          total: int | None = None, implementation: str = "kernel") -> dict[str, Tensor]:
+def collect_sensitivities(
+    model: nn.Module,
+    batches: Iterable[Tensor],
+    layers: dict[str, nn.Module],
+    *,
+    kind: str = "weight",
+    reduce: str = "mean",
+    progress: bool = True,
+    total: int | None = None,
+    implementation: str = "kernel",
+) -> dict[str, Tensor]:
     """Run ``model`` (in eval mode, without gradients) on every batch and return the layers'
     sensitivities, max over all samples and all calls. ``batches`` must already sit on the
     model's device; ``total`` (samples) sizes the progress bar. ``implementation``:
@@ -93,10 +108,13 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
                 scores[name] = _layer_score(module, args[0], kind, reduce, scores.get(name), implementation)
             except (RuntimeError, ValueError) as exc:
                 if "NaN or inf" in str(exc):
-                    raise ValueError(f"layer {name!r} received NaN or inf activations in batch {batch_index} "
-                                     "(the model's forward produced them: check the weights and the input "
-                                     "normalization)") from None
+                    raise ValueError(
+                        f"layer {name!r} received NaN or inf activations in batch {batch_index} "
+                        "(the model's forward produced them: check the weights and the input "
+                        "normalization)"
+                    ) from None
                 raise
+
         return hook
 
     # every Conv2d / Linear using a scored weight Parameter feeds that weight's scores (tied
@@ -104,15 +122,22 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
     key_of: dict[int, str] = {}
     for name, module in layers.items():
         key_of.setdefault(id(weight_parameter(module)), name)
-    users = {module: key_of[id(weight_parameter(module))] for module in [*layers.values(), *model.modules()]
-             if isinstance(module, SUPPORTED_LAYERS) and id(weight_parameter(module)) in key_of}
+    users = {
+        module: key_of[id(weight_parameter(module))]
+        for module in [*layers.values(), *model.modules()]
+        if isinstance(module, SUPPORTED_LAYERS) and id(weight_parameter(module)) in key_of
+    }
     handles = [module.register_forward_hook(make_hook(key)) for module, key in users.items()]
     was_training = model.training
     model.eval()  # never update BatchNorm statistics while scoring
     seen = 0
     try:
-        with torch.no_grad(), tqdm(total=total, unit="img", desc=f"{kind} sensitivities",
-                                   disable=not progress, leave=False) as bar:
+        with (
+            torch.no_grad(),
+            tqdm(
+                total=total, unit="img", desc=f"{kind} sensitivities", disable=not progress, leave=False
+            ) as bar,
+        ):
             for batch_index, x in enumerate(batches):  # noqa: B007 - the hooks name the batch
                 model(x)
                 seen += x.shape[0]
@@ -122,12 +147,16 @@ def collect_sensitivities(model: nn.Module, batches: Iterable[Tensor], layers: d
             handle.remove()
         model.train(was_training)
     if seen < 2:
-        raise ValueError(f"data has {seen} input; sensitivities need at least 2 (a held-out set S, 256 images "
-                         "by default; docs/methods.md §Sensitivities)")
+        raise ValueError(
+            f"data has {seen} input; sensitivities need at least 2 (a held-out set S, 256 images "
+            "by default; docs/methods.md §Sensitivities)"
+        )
     missing = [name for name in layers if key_of[id(weight_parameter(layers[name]))] not in scores]
     if missing:
-        raise RuntimeError(f"layers {missing} were never called in the model's forward; they cannot be "
-                           "scored (exclude them with exclude=...)")
+        raise RuntimeError(
+            f"layers {missing} were never called in the model's forward; they cannot be "
+            "scored (exclude them with exclude=...)"
+        )
     return {name: scores[key_of[id(weight_parameter(module))]] for name, module in layers.items()}
 
 
@@ -147,14 +176,25 @@ def sample_count(data) -> int | None:
 def _on_device(batches: Iterator[Tensor], device: torch.device) -> Iterator[Tensor]:
     for index, x in enumerate(batches):
         if x.device != device:
-            raise ValueError(f"data: batch {index} is on {x.device} but the model is on {device}; move the "
-                             "data (or the model) to one device")
+            raise ValueError(
+                f"data: batch {index} is on {x.device} but the model is on {device}; move the "
+                "data (or the model) to one device"
+            )
         yield x
 
 
-def sensitivity_pass(model: nn.Module, data, *, kind: str = "weight", reduce: str = "mean", layers=None,
-                     exclude=None, batch_size: int = 64, progress: bool = True,
-                     implementation: str = "kernel") -> dict[str, Tensor]:
+def sensitivity_pass(
+    model: nn.Module,
+    data,
+    *,
+    kind: str = "weight",
+    reduce: str = "mean",
+    layers=None,
+    exclude=None,
+    batch_size: int = 64,
+    progress: bool = True,
+    implementation: str = "kernel",
+) -> dict[str, Tensor]:
     """Sensitivities of ``model``'s prunable layers on ``data`` (S).
 
     Args:
@@ -178,5 +218,13 @@ def sensitivity_pass(model: nn.Module, data, *, kind: str = "weight", reduce: st
     if total is not None and total < 2:
         raise ValueError(f"data has {total} input; sensitivities need at least 2")
     batches = _on_device(iter_inputs(data, "data", batch_size=batch_size), device)
-    return collect_sensitivities(model, batches, selected, kind=kind, reduce=reduce, progress=progress,
-                                 total=total, implementation=implementation)
+    return collect_sensitivities(
+        model,
+        batches,
+        selected,
+        kind=kind,
+        reduce=reduce,
+        progress=progress,
+        total=total,
+        implementation=implementation,
+    )

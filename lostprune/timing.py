@@ -9,8 +9,14 @@ import time
 from collections.abc import Callable
 
 
-def time_call(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1, min_time: float = 0.05,
-              clock: Callable[[], float] = time.perf_counter) -> float:
+def time_call(
+    fn: Callable[[], object],
+    *,
+    repeat: int = 5,
+    warmup: int = 1,
+    min_time: float = 0.05,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """Median seconds per call. Each sample loops until it lasts at least ``min_time``.
     ``clock=time.thread_time`` counts only this thread's CPU time: for single-threaded work
     on a shared machine, what the call costs rather than when the scheduler ran it."""
@@ -29,9 +35,14 @@ def time_call(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1, min
     return statistics.median(samples)
 
 
-def interleaved_ratio(baseline: Callable[[], object], candidate: Callable[[], object], *, rounds: int = 5,
-                      min_time: float = 0.05, clock: Callable[[], float] = time.perf_counter
-                      ) -> tuple[float, float, float]:
+def interleaved_ratio(
+    baseline: Callable[[], object],
+    candidate: Callable[[], object],
+    *,
+    rounds: int = 5,
+    min_time: float = 0.05,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[float, float, float]:
     """(baseline s, candidate s, baseline/candidate), medians of samples taken alternately
     so machine noise hits both sides alike."""
     baseline(), candidate()

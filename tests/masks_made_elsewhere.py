@@ -17,6 +17,11 @@ def filters_removed(model: nn.Module, ratio: float) -> nn.Module:
     copy_ = copy.deepcopy(model)
     layers = prunable_layers(copy_)
     rows = {name: (mask != 0).flatten(1).any(1) for name, mask in result.masks.items()}
-    apply_masks(layers, {name: rows[name].view(-1, *[1] * (layer.weight.dim() - 1)).expand_as(layer.weight).float()
-                         for name, layer in layers.items()})
+    apply_masks(
+        layers,
+        {
+            name: rows[name].view(-1, *[1] * (layer.weight.dim() - 1)).expand_as(layer.weight).float()
+            for name, layer in layers.items()
+        },
+    )
     return copy_

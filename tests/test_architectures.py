@@ -40,8 +40,9 @@ def prune(name: str, method: str, ratio: float, coupled: str):
     data = {"data": S} if method == "pfp" else {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(instead of the target|score 0 on S|see no signal).*")
-        return lostprune.prune(create(name), method, ratio, example_input=X[:1], coupled=coupled, progress=False,
-                               **data)
+        return lostprune.prune(
+            create(name), method, ratio, example_input=X[:1], coupled=coupled, progress=False, **data
+        )
 
 
 @pytest.mark.parametrize("method", ["ft", "pfp"])
@@ -60,7 +61,9 @@ def test_group_aware_variant_slices_what_it_reports(name, method):
         report, stats = sliced.slice_report, result.stats
         assert not report.kept and report.zeros_kept == 0
         # what the statistics say is removed is what disappears
-        assert weight_count(sliced) == stats.prunable_params - round(stats.achieved_ratio * stats.prunable_params)
+        assert weight_count(sliced) == stats.prunable_params - round(
+            stats.achieved_ratio * stats.prunable_params
+        )
         assert report.param_reduction >= 0.95 * stats.paper_prune_ratio
         assert abs(stats.achieved_ratio - ratio) <= 0.03
 
@@ -147,9 +150,12 @@ def test_converted_multihead_attention_computes_the_same(batch_first):
     x, y = torch.randn(shape), torch.randn(shape)
     padding = torch.tensor([[False] * 4 + [True], [False] * 5])
     causal = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)
-    for args, kwargs in [((x, x, x), {"need_weights": False}), ((x, y, y), {}),
-                         ((x, x, x), {"key_padding_mask": padding, "attn_mask": causal}),
-                         ((x, x, x), {"average_attn_weights": False})]:
+    for args, kwargs in [
+        ((x, x, x), {"need_weights": False}),
+        ((x, y, y), {}),
+        ((x, x, x), {"key_padding_mask": padding, "attn_mask": causal}),
+        ((x, x, x), {"average_attn_weights": False}),
+    ]:
         with torch.no_grad():
             expected, expected_weights = mha(*args, **kwargs)
             got, weights = ours(*args, **kwargs)
@@ -167,7 +173,11 @@ def test_converted_multihead_attention_computes_the_same(batch_first):
 class CoupledCumsum(nn.Module):
     def __init__(self):
         super().__init__()
-        self.stem, self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+        self.stem, self.conv, self.head = (
+            nn.Conv2d(3, 8, 1),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Conv2d(8, 2, 1),
+        )
 
     def forward(self, x):
         y = self.stem(x)
@@ -182,12 +192,20 @@ def test_a_model_that_cannot_be_sliced_is_named_before_the_data_pass(monkeypatch
 
     monkeypatch.setattr(pfp, "channel_sensitivities", no_pass)
     with pytest.raises(GraphError, match=r"unsupported op function 'cumsum' at node 'cumsum'"):
-        lostprune.prune(CoupledCumsum(), "pfp", 0.5, data=torch.randn(4, 3, 6, 6), coupled="sum", progress=False)
+        lostprune.prune(
+            CoupledCumsum(), "pfp", 0.5, data=torch.randn(4, 3, 6, 6), coupled="sum", progress=False
+        )
 
 
 def test_slice_model_remembers_the_example_input_of_prune():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(),
-                          nn.Linear(4 * 3 * 3, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 2),
+    )
     x = torch.randn(2, 3, 7, 7)
     result = lostprune.prune(model, "ft", 0.5, example_input=x[:1], coupled="sum", progress=False)
     sliced = slice_model(result.model)  # no example_input, no input_size: prune's is used

@@ -129,54 +129,121 @@ CASES = [
     case("pfp option typo", lambda _: prune(method="pfp", data=S, epsilon_typo=1), TypeError, "epsilon_typo"),
     # model
     case("model=None", lambda _: lostprune.prune(None, "wt", 0.5), TypeError, "model"),
-    case("model without conv/linear", lambda _: lostprune.prune(nn.Sequential(nn.ReLU()), "wt", 0.5), ValueError,
-         "model"),
+    case(
+        "model without conv/linear",
+        lambda _: lostprune.prune(nn.Sequential(nn.ReLU()), "wt", 0.5),
+        ValueError,
+        "model",
+    ),
     case("model on the meta device", lambda _: prune(meta_model()), ValueError, "model", "meta device"),
-    case("float64 model, float32 S", lambda _: prune(Tiny().double(), "sipp", data=S), TypeError, "data", "float64"),
+    case(
+        "float64 model, float32 S",
+        lambda _: prune(Tiny().double(), "sipp", data=S),
+        TypeError,
+        "data",
+        "float64",
+    ),
     case("mask changed to 0.5", lambda _: prune(tampered(), ratio=0.7), ValueError, "weight_mask", "conv1"),
-    case("tied weights, structured method", lambda _: prune(TiedPair(), "ft", example_input=torch.randn(1, 16)),
-         ValueError, "'a'", "'b'"),
-    case("tied weights, one use excluded", lambda _: prune(TiedPair(), exclude="b"), ValueError, "'a'", "'b'"),
+    case(
+        "tied weights, structured method",
+        lambda _: prune(TiedPair(), "ft", example_input=torch.randn(1, 16)),
+        ValueError,
+        "'a'",
+        "'b'",
+    ),
+    case(
+        "tied weights, one use excluded", lambda _: prune(TiedPair(), exclude="b"), ValueError, "'a'", "'b'"
+    ),
     # data S
     case("S empty tensor", lambda _: prune(method="sipp", data=torch.empty(0, 3, 8, 8)), ValueError, "data"),
     case("S empty list", lambda _: prune(method="sipp", data=[]), ValueError, "data"),
-    case("S empty DataLoader", lambda _: prune(method="sipp", data=DataLoader(TensorDataset(torch.empty(0, 3, 8, 8)))),
-         ValueError, "data"),
+    case(
+        "S empty DataLoader",
+        lambda _: prune(method="sipp", data=DataLoader(TensorDataset(torch.empty(0, 3, 8, 8)))),
+        ValueError,
+        "data",
+    ),
     case("S one sample", lambda _: prune(method="sipp", data=S[:1]), ValueError, "data"),
     case("S uint8", lambda _: prune(method="sipp", data=S.to(torch.uint8)), TypeError, "data"),
     case("S with NaN", lambda _: prune(method="sipp", data=torch.full_like(S, math.nan)), ValueError, "data"),
-    case("S wrong channels", lambda _: prune(method="sipp", data=torch.randn(8, 1, 8, 8)), ValueError, "data",
-         "(1, 1, 8, 8)"),
-    case("S wrong channels, example_input given",
-         lambda _: prune(method="sipp", data=torch.randn(8, 1, 8, 8), example_input=S[:1]), ValueError, "data"),
+    case(
+        "S wrong channels",
+        lambda _: prune(method="sipp", data=torch.randn(8, 1, 8, 8)),
+        ValueError,
+        "data",
+        "(1, 1, 8, 8)",
+    ),
+    case(
+        "S wrong channels, example_input given",
+        lambda _: prune(method="sipp", data=torch.randn(8, 1, 8, 8), example_input=S[:1]),
+        ValueError,
+        "data",
+    ),
     case("S wrong rank", lambda _: prune(method="sipp", data=S[0]), ValueError, "data"),
     case("S float64", lambda _: prune(method="sipp", data=S.double()), TypeError, "data", "float64"),
-    case("S on the meta device", lambda _: prune(method="sipp", data=S.to("meta")), ValueError, "data", "meta"),
+    case(
+        "S on the meta device", lambda _: prune(method="sipp", data=S.to("meta")), ValueError, "data", "meta"
+    ),
     case("S numpy", lambda _: prune(method="sipp", data=S.numpy()), TypeError, "data"),
     case("S = 5", lambda _: prune(method="sipp", data=5), TypeError, "data", "int"),
-    case("snip labels out of range", lambda _: prune(method="snip", data=TensorDataset(S, LABELS + 10)), ValueError,
-         "data", "labels"),
-    case("pfp S wrong channels", lambda _: prune(method="pfp", data=torch.randn(8, 1, 8, 8)), ValueError, "data"),
+    case(
+        "snip labels out of range",
+        lambda _: prune(method="snip", data=TensorDataset(S, LABELS + 10)),
+        ValueError,
+        "data",
+        "labels",
+    ),
+    case(
+        "pfp S wrong channels",
+        lambda _: prune(method="pfp", data=torch.randn(8, 1, 8, 8)),
+        ValueError,
+        "data",
+    ),
     # batch_size
     case("batch_size=0", lambda _: prune(method="sipp", data=S, batch_size=0), ValueError, "batch_size"),
     case("batch_size=-1", lambda _: prune(method="sipp", data=S, batch_size=-1), ValueError, "batch_size"),
     case("batch_size=2.5", lambda _: prune(method="sipp", data=S, batch_size=2.5), TypeError, "batch_size"),
     case("batch_size='8'", lambda _: prune(method="sipp", data=S, batch_size="8"), TypeError, "batch_size"),
-    case("sensitivity_pass batch_size=0", lambda _: sensitivity_pass(Tiny(), S, batch_size=0), ValueError,
-         "batch_size"),
+    case(
+        "sensitivity_pass batch_size=0",
+        lambda _: sensitivity_pass(Tiny(), S, batch_size=0),
+        ValueError,
+        "batch_size",
+    ),
     # example_input
-    case("example_input wrong channels", lambda _: prune(example_input=torch.randn(1, 1, 8, 8)), ValueError,
-         "example_input", "(1, 1, 8, 8)"),
-    case("example_input wrong channels, ft", lambda _: prune(method="ft", example_input=torch.randn(1, 1, 8, 8)),
-         ValueError, "example_input"),
+    case(
+        "example_input wrong channels",
+        lambda _: prune(example_input=torch.randn(1, 1, 8, 8)),
+        ValueError,
+        "example_input",
+        "(1, 1, 8, 8)",
+    ),
+    case(
+        "example_input wrong channels, ft",
+        lambda _: prune(method="ft", example_input=torch.randn(1, 1, 8, 8)),
+        ValueError,
+        "example_input",
+    ),
     case("example_input a list", lambda _: prune(example_input=[1, 2]), ValueError, "example_input"),
     case("example_input 1-d", lambda _: prune(example_input=torch.randn(3)), ValueError, "example_input"),
-    case("example_input empty batch", lambda _: prune(example_input=torch.randn(0, 3, 8, 8)), ValueError,
-         "example_input"),
-    case("example_input int64", lambda _: prune(example_input=torch.zeros(1, 3, 8, 8, dtype=torch.long)),
-         ValueError, "example_input"),
-    case("example_input on the meta device", lambda _: prune(example_input=S[:1].to("meta")), ValueError,
-         "example_input"),
+    case(
+        "example_input empty batch",
+        lambda _: prune(example_input=torch.randn(0, 3, 8, 8)),
+        ValueError,
+        "example_input",
+    ),
+    case(
+        "example_input int64",
+        lambda _: prune(example_input=torch.zeros(1, 3, 8, 8, dtype=torch.long)),
+        ValueError,
+        "example_input",
+    ),
+    case(
+        "example_input on the meta device",
+        lambda _: prune(example_input=S[:1].to("meta")),
+        ValueError,
+        "example_input",
+    ),
     case("model.input_size wrong", lambda _: prune(wrong_input_size()), ValueError, "model.input_size"),
     case("ft without any input", lambda _: prune(no_input_size(), "ft"), ValueError, "example_input"),
     # layers / exclude
@@ -190,43 +257,111 @@ CASES = [
     case("exclude everything", lambda _: prune(exclude=[nn.Conv2d, nn.Linear]), ValueError, "layers/exclude"),
     # load_pruned / remove_masks
     case("load_pruned(model, None)", lambda _: lostprune.load_pruned(Tiny(), None), TypeError, "state_dict"),
-    case("load_pruned(model, 'net.pt')", lambda _: lostprune.load_pruned(Tiny(), "net.pt"), TypeError, "state_dict",
-         "torch.load"),
+    case(
+        "load_pruned(model, 'net.pt')",
+        lambda _: lostprune.load_pruned(Tiny(), "net.pt"),
+        TypeError,
+        "state_dict",
+        "torch.load",
+    ),
     case("load_pruned(None, state)", lambda _: lostprune.load_pruned(None, {}), TypeError, "model"),
-    case("load_pruned mask shape", lambda _: lostprune.load_pruned(Tiny(), bad_state("shape")), ValueError, "mask",
-         "conv1"),
-    case("load_pruned mask 0.5", lambda _: lostprune.load_pruned(Tiny(), bad_state("values")), ValueError, "mask"),
-    case("load_pruned mask of a missing layer", lambda _: lostprune.load_pruned(Tiny(), bad_state("name")), KeyError,
-         "conv9"),
+    case(
+        "load_pruned mask shape",
+        lambda _: lostprune.load_pruned(Tiny(), bad_state("shape")),
+        ValueError,
+        "mask",
+        "conv1",
+    ),
+    case(
+        "load_pruned mask 0.5",
+        lambda _: lostprune.load_pruned(Tiny(), bad_state("values")),
+        ValueError,
+        "mask",
+    ),
+    case(
+        "load_pruned mask of a missing layer",
+        lambda _: lostprune.load_pruned(Tiny(), bad_state("name")),
+        KeyError,
+        "conv9",
+    ),
     case("remove_masks(None)", lambda _: lostprune.remove_masks(None), TypeError, "model"),
     # sparse.convert
     case("convert(None)", lambda _: lostprune.sparse.convert(None), TypeError, "model"),
-    case("convert min_sparsity='high'", lambda _: lostprune.sparse.convert(Tiny(), "high"), ValueError,
-         "min_sparsity"),
-    case("convert example_input wrong channels",
-         lambda _: lostprune.sparse.convert(Tiny(), example_input=torch.randn(1, 1, 8, 8)), ValueError, "example_input"),
+    case(
+        "convert min_sparsity='high'",
+        lambda _: lostprune.sparse.convert(Tiny(), "high"),
+        ValueError,
+        "min_sparsity",
+    ),
+    case(
+        "convert example_input wrong channels",
+        lambda _: lostprune.sparse.convert(Tiny(), example_input=torch.randn(1, 1, 8, 8)),
+        ValueError,
+        "example_input",
+    ),
     # slice_model
-    case("slice_model example_input wrong channels",
-         lambda _: slice_model(prune(method="ft").model, example_input=torch.randn(1, 1, 8, 8)),
-         ValueError, "example_input", "(1, 1, 8, 8)"),
-    case("slice_model empty example_input",
-         lambda _: slice_model(prune(method="ft").model, example_input=torch.randn(0, 3, 8, 8)),
-         ValueError, "example_input", "non-empty"),
-    case("slice_model model.input_size wrong channels",
-         lambda _: slice_model(ft_pruned_without_input(1)), ValueError, "model.input_size"),
+    case(
+        "slice_model example_input wrong channels",
+        lambda _: slice_model(prune(method="ft").model, example_input=torch.randn(1, 1, 8, 8)),
+        ValueError,
+        "example_input",
+        "(1, 1, 8, 8)",
+    ),
+    case(
+        "slice_model empty example_input",
+        lambda _: slice_model(prune(method="ft").model, example_input=torch.randn(0, 3, 8, 8)),
+        ValueError,
+        "example_input",
+        "non-empty",
+    ),
+    case(
+        "slice_model model.input_size wrong channels",
+        lambda _: slice_model(ft_pruned_without_input(1)),
+        ValueError,
+        "model.input_size",
+    ),
     # network files
-    case("load_network missing", lambda tmp: lpio.load_network(tmp / "missing.pt"), FileNotFoundError, "missing.pt"),
-    case("load_network text file", lambda tmp: lpio.load_network(write(tmp, "text")), ValueError, "text.pt",
-         "not a torch checkpoint"),
-    case("load_network empty file", lambda tmp: lpio.load_network(write(tmp, "empty")), ValueError, "empty.pt",
-         "not a torch checkpoint"),
-    case("load_network plain state_dict", lambda tmp: lpio.load_network(write(tmp, "state_dict")), ValueError,
-         "state_dict.pt", "lostprune-network"),
+    case(
+        "load_network missing",
+        lambda tmp: lpio.load_network(tmp / "missing.pt"),
+        FileNotFoundError,
+        "missing.pt",
+    ),
+    case(
+        "load_network text file",
+        lambda tmp: lpio.load_network(write(tmp, "text")),
+        ValueError,
+        "text.pt",
+        "not a torch checkpoint",
+    ),
+    case(
+        "load_network empty file",
+        lambda tmp: lpio.load_network(write(tmp, "empty")),
+        ValueError,
+        "empty.pt",
+        "not a torch checkpoint",
+    ),
+    case(
+        "load_network plain state_dict",
+        lambda tmp: lpio.load_network(write(tmp, "state_dict")),
+        ValueError,
+        "state_dict.pt",
+        "lostprune-network",
+    ),
     case("load_network a directory", lpio.load_network, IsADirectoryError, "directory"),
-    case("save_network model=None", lambda tmp: lpio.save_network(tmp / "x.pt", None, "small_cnn"), TypeError,
-         "model"),
-    case("save_network unknown network", lambda tmp: lpio.save_network(tmp / "x.pt", Tiny(), "tiny"), ValueError,
-         "network", "tiny"),
+    case(
+        "save_network model=None",
+        lambda tmp: lpio.save_network(tmp / "x.pt", None, "small_cnn"),
+        TypeError,
+        "model",
+    ),
+    case(
+        "save_network unknown network",
+        lambda tmp: lpio.save_network(tmp / "x.pt", Tiny(), "tiny"),
+        ValueError,
+        "network",
+        "tiny",
+    ),
 ]
 
 
@@ -239,13 +374,17 @@ def test_bad_input_is_named(call, error, words, tmp_path):
         assert word in message, f"{word!r} not in {message!r}"
 
 
-@pytest.mark.parametrize("bad", [
-    dict(data=torch.randn(8, 1, 8, 8)),
-    dict(data=S, example_input=torch.randn(1, 1, 8, 8)),
-    dict(data=S.double()),
-    dict(data=S, batch_size=0),
-    dict(data=S, reduce="median"),
-], ids=["S channels", "example_input channels", "S dtype", "batch_size", "option"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(data=torch.randn(8, 1, 8, 8)),
+        dict(data=S, example_input=torch.randn(1, 1, 8, 8)),
+        dict(data=S.double()),
+        dict(data=S, batch_size=0),
+        dict(data=S, reduce="median"),
+    ],
+    ids=["S channels", "example_input channels", "S dtype", "batch_size", "option"],
+)
 def test_errors_come_before_the_data_pass(bad, monkeypatch):
     def data_pass(*args, **kwargs):
         raise AssertionError("the sensitivity pass ran before the input was checked")
@@ -264,8 +403,12 @@ def test_one_selector_need_not_be_a_list():
 
 @pytest.mark.parametrize("form", ["generator", "pair", "pairs", "dataset"])
 def test_every_form_of_S_scores_the_same(form):
-    data = {"generator": (S[i:i + 4] for i in range(0, 16, 4)), "pair": (S, LABELS),
-            "pairs": [(S[:8], LABELS[:8]), (S[8:], LABELS[8:])], "dataset": TensorDataset(S, LABELS)}[form]
+    data = {
+        "generator": (S[i : i + 4] for i in range(0, 16, 4)),
+        "pair": (S, LABELS),
+        "pairs": [(S[:8], LABELS[:8]), (S[8:], LABELS[8:])],
+        "dataset": TensorDataset(S, LABELS),
+    }[form]
     want = prune(method="sipp", data=S)
     got = prune(method="sipp", data=data)
     for name, mask in want.masks.items():

@@ -35,16 +35,24 @@ def probe(env_update: dict, cwd=None) -> dict:
     import json
 
     env = {**os.environ, "LOSTPRUNE_CUDA": "0", **env_update}
-    done = subprocess.run([sys.executable, "-c", PROBE], check=False, env=env, capture_output=True, text=True, cwd=cwd,
-                          timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def start_probe(env_update: dict) -> subprocess.Popen:
     env = {**os.environ, "LOSTPRUNE_CUDA": "0", **env_update}
-    return subprocess.Popen([sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.fixture
@@ -78,18 +86,31 @@ def test_reference_backend_is_forced_without_building(tmp_path):
 
 
 def test_compiled_backend_raises_when_build_fails(broken_csrc, tmp_path):
-    env = {**os.environ, "LOSTPRUNE_CUDA": "0", "LOSTPRUNE_BACKEND": "compiled",
-           "LOSTPRUNE_CSRC": str(broken_csrc), "LOSTPRUNE_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-c", "import lostprune.ops as o; o.backend()"], check=False, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "LOSTPRUNE_CUDA": "0",
+        "LOSTPRUNE_BACKEND": "compiled",
+        "LOSTPRUNE_CSRC": str(broken_csrc),
+        "LOSTPRUNE_CACHE": str(tmp_path / "cache"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "import lostprune.ops as o; o.backend()"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode != 0 and "kernel build failed" in done.stderr
 
 
 def test_cuda_forced_without_nvcc_fails_loudly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
     env.update(LOSTPRUNE_CUDA="1", PATH=str(tmp_path), LOSTPRUNE_CACHE=str(tmp_path / "cache"))
-    code = ("import lostprune.ops._build as b; b.find_cuda_home = lambda: None; b.ensure_loaded()")
-    done = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300)
+    code = "import lostprune.ops._build as b; b.find_cuda_home = lambda: None; b.ensure_loaded()"
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode != 0 and "LOSTPRUNE_CUDA=1 but CUDA kernels cannot be built" in done.stderr
 
 
@@ -115,7 +136,9 @@ def test_concurrent_first_builds_both_succeed_then_load_from_cache(tmp_path):
     assert sorted(r["reason"] for r in results) == ["built now", "loaded from cache"]
     assert all(r["result"] == [[4.0, 5.0], [0.0, 1.0]] for r in results)
     entries = sorted(p.name for p in cache.iterdir() if not p.name.startswith(".build.lock"))
-    assert len(entries) == 1 and not entries[0].startswith(".")  # no scratch directory left, stale ones removed
+    assert len(entries) == 1 and not entries[0].startswith(
+        "."
+    )  # no scratch directory left, stale ones removed
     later = probe(env)
     assert later["reason"] == "loaded from cache" and later["library"].startswith(str(cache))
 
@@ -170,8 +193,14 @@ def test_arch_tag_reads_every_gencode_form():
 
 def test_cache_key_holds_architectures_cuda_version_and_toolchain(monkeypatch):
     root = _build.csrc_dir()
-    monkeypatch.setattr(_build, "toolchain", lambda cuda: "c++ = /usr/bin/g++\ng++ 12\nnvcc = /cuda/bin/nvcc\n"
-                                                          "Cuda compilation tools, release 13.0, V13.0.88")
+    monkeypatch.setattr(
+        _build,
+        "toolchain",
+        lambda cuda: (
+            "c++ = /usr/bin/g++\ng++ 12\nnvcc = /cuda/bin/nvcc\n"
+            "Cuda compilation tools, release 13.0, V13.0.88"
+        ),
+    )
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     prefix, key = _build.build_key(root, cuda=True)
     assert key.startswith(prefix) and f"cuda{_build.torch.version.cuda}-nvcc13.0-sm80.sm90.ptx90-" in prefix
@@ -202,7 +231,7 @@ def test_toolchain_names_the_compilers_path_and_version(monkeypatch, tmp_path):
 def test_no_fast_math_and_line_info_for_the_sanitizer():
     _, cuda_flags, _ = _build.compile_flags(cuda=True, march=None)
     assert "--use_fast_math" not in cuda_flags and "-lineinfo" in cuda_flags
-    cmake = (Path(_build.csrc_dir()).parent / "CMakeLists.txt")
+    cmake = Path(_build.csrc_dir()).parent / "CMakeLists.txt"
     if cmake.is_file():  # the CMake build compiles the same way
         assert "use_fast_math" not in cmake.read_text() and "9.0+PTX" in cmake.read_text()
 
@@ -239,8 +268,13 @@ def test_unwritable_cache_builds_in_a_private_temporary_directory(tmp_path):
 def test_unwritable_cache_and_failing_build_fall_back_to_references_with_one_warning(broken_csrc, tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    result = probe({"LOSTPRUNE_CSRC": str(broken_csrc), "LOSTPRUNE_CACHE": str(_unwritable(tmp_path)),
-                    "TMPDIR": str(tmp)})
+    result = probe(
+        {
+            "LOSTPRUNE_CSRC": str(broken_csrc),
+            "LOSTPRUNE_CACHE": str(_unwritable(tmp_path)),
+            "TMPDIR": str(tmp),
+        }
+    )
     assert result["backend"] == "reference" and result["result"] == [[4.0, 5.0], [0.0, 1.0]]
     assert len(result["warnings"]) == 1
     warning = result["warnings"][0]
@@ -252,7 +286,9 @@ def test_a_fixed_toolchain_builds_again_without_force(broken_csrc, tmp_path):
     compiler = tmp_path / "cc"
 
     def install(version: str) -> None:  # a compiler that reports a version and fails everything else
-        compiler.write_text(f"#!/bin/sh\nif [ \"$1\" = --version ]; then echo '{version}'; exit 0; fi\nexit 1\n")
+        compiler.write_text(
+            f"#!/bin/sh\nif [ \"$1\" = --version ]; then echo '{version}'; exit 0; fi\nexit 1\n"
+        )
         compiler.chmod(0o755)
 
     cache = tmp_path / "cache"
@@ -270,14 +306,22 @@ def test_a_fixed_toolchain_builds_again_without_force(broken_csrc, tmp_path):
 
 def test_waiting_for_the_build_lock_says_so(tmp_path, capsys):
     lock = tmp_path / ".build.lock"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import fcntl, sys, time
         with open({str(lock)!r}, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             f.write("pid 424242 on buildhost"); f.flush()
             print("locked", flush=True)
             time.sleep(1.5)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     with _build._file_lock(lock, "building the kernels"):
         assert lock.read_text().startswith(f"pid {os.getpid()}")  # the holder names itself

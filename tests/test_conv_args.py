@@ -10,13 +10,20 @@ import torch.nn.functional as F
 from lostprune.ops._conv_args import conv_out_hw, conv_out_size, pair
 
 
-@pytest.mark.parametrize("size, kernel, stride, padding, dilation",
-                         list(itertools.product((1, 2, 3, 5, 8), (1, 2, 3, 5), (1, 2, 3), (0, 1, 2), (1, 2))))
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding, dilation",
+    list(itertools.product((1, 2, 3, 5, 8), (1, 2, 3, 5), (1, 2, 3), (0, 1, 2), (1, 2))),
+)
 def test_conv_out_size_is_torchs(size, kernel, stride, padding, dilation):
     """Every small geometry, against what F.conv2d returns (0 where torch refuses the input)."""
     try:
-        out = F.conv2d(torch.zeros(1, 1, size, 1), torch.zeros(1, 1, kernel, 1), stride=(stride, 1),
-                       padding=(padding, 0), dilation=(dilation, 1)).shape[2]
+        out = F.conv2d(
+            torch.zeros(1, 1, size, 1),
+            torch.zeros(1, 1, kernel, 1),
+            stride=(stride, 1),
+            padding=(padding, 0),
+            dilation=(dilation, 1),
+        ).shape[2]
     except RuntimeError:  # "Kernel size can't be greater than actual input size"
         out = 0
     assert conv_out_size(size, kernel, stride, padding, dilation) == out

@@ -13,9 +13,16 @@ from lostprune.core.masks import load_pruned, remove_masks
 
 def chain():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 5))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
 
 
 X = torch.randn(4, 3, 12, 12)
@@ -53,7 +60,9 @@ def test_data_with_nan_or_wrong_shape_or_too_small():
     bad[1, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="data: batch 0 contains NaN or inf"):
         lostprune.prune(chain(), "snip", 0.5, data=bad)
-    with pytest.raises(ValueError, match=r"samples have shape \(1, 12, 12\) but the model expects \(3, 12, 12\)"):
+    with pytest.raises(
+        ValueError, match=r"samples have shape \(1, 12, 12\) but the model expects \(3, 12, 12\)"
+    ):
         lostprune.prune(chain(), "snip", 0.5, data=torch.randn(4, 1, 12, 12), example_input=X[:1])
     with pytest.raises(ValueError, match="needs at least 2"):
         lostprune.prune(chain(), "snip", 0.5, data=X[:1])
@@ -66,7 +75,9 @@ def test_unexpected_option_is_named():
 
 def test_layer_selection_by_name_type_and_exclude():
     model = models.create("resnet20")
-    assert list(prunable_layers(model, layers=["layer1"])) == [f"layer1.{b}.conv{c}" for b in range(3) for c in (1, 2)]
+    assert list(prunable_layers(model, layers=["layer1"])) == [
+        f"layer1.{b}.conv{c}" for b in range(3) for c in (1, 2)
+    ]
     assert list(prunable_layers(model, layers=[nn.Linear])) == ["fc"]
     assert "fc" not in prunable_layers(model, exclude=["fc"])
     with pytest.raises(ValueError, match="layers: no module named 'layer9'"):
@@ -88,8 +99,14 @@ def test_a_layer_pruned_to_nothing_is_named():
     """WT is global: a layer of small weights can lose all of them. Say so — a warning and
     the statistics — instead of a silent dead layer."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 4),
+    )
     with torch.no_grad():
         model[5].weight.mul_(1e-4)
     with pytest.warns(UserWarning, match=r"removed every weight of 1 layer\(s\): 5 \(emptied"):
@@ -113,8 +130,10 @@ def test_wt_hits_the_global_budget_exactly(ratio):
     assert result.stats.prunable_params == n
     assert abs(result.stats.achieved_ratio - ratio) <= 1 / n
     # global: the smallest kept magnitude is >= the largest removed one
-    weights = {k: v.weight_orig.detach().abs() if hasattr(v, "weight_orig") else v.weight.detach().abs()
-               for k, v in prunable_layers(model).items()}
+    weights = {
+        k: v.weight_orig.detach().abs() if hasattr(v, "weight_orig") else v.weight.detach().abs()
+        for k, v in prunable_layers(model).items()
+    }
     kept = torch.cat([weights[k][m.bool()] for k, m in result.masks.items()])
     gone = torch.cat([weights[k][~m.bool()] for k, m in result.masks.items()])
     if gone.numel() and kept.numel():
@@ -213,8 +232,11 @@ def test_state_dict_round_trip_restores_outputs():
 def test_saved_mask_that_does_not_fit():
     state = lostprune.prune(chain(), "wt", 0.5).model.state_dict()
     state["0.weight_mask"] = torch.ones(4, 3, 3, 3)
-    with pytest.raises(ValueError, match=r"mask for 0.weight has shape \(4, 3, 3, 3\) but the parameter has shape "
-                                         r"\(8, 3, 3, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"mask for 0.weight has shape \(4, 3, 3, 3\) but the parameter has shape "
+        r"\(8, 3, 3, 3\)",
+    ):
         load_pruned(chain(), state)
 
 

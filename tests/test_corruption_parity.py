@@ -73,7 +73,13 @@ CIFAR = {
     "jpeg_compression": [80, 65, 58, 50, 40],
     "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
     # (alpha, sigma, affine jitter) as multiples of the 32-px size
-    "elastic_transform": [(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)],
+    "elastic_transform": [
+        (0, 0, 0.08),
+        (0.05, 0.2, 0.07),
+        (0.08, 0.06, 0.06),
+        (0.1, 0.04, 0.05),
+        (0.1, 0.03, 0.03),
+    ],
 }
 
 IMAGENET = {
@@ -160,7 +166,9 @@ def uniform(gen: torch.Generator, shape, low: float, high: float) -> np.ndarray:
     return low + (high - low) * torch.rand(shape, generator=gen, dtype=torch.float64).numpy()
 
 
-def assert_parity(ours: np.ndarray, ref: np.ndarray, atol: float = FLOAT32, share: float = 0.0, bound: float = 0.0):
+def assert_parity(
+    ours: np.ndarray, ref: np.ndarray, atol: float = FLOAT32, share: float = 0.0, bound: float = 0.0
+):
     """All values within ``atol``, except at most ``share`` of them within ``bound``."""
     assert ours.shape == ref.shape
     err = np.abs(ours - ref)
@@ -226,7 +234,7 @@ def ic_shift(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
 def ic_motion_blur(x: np.ndarray, radius: int, sigma: float, angle: float) -> np.ndarray:
     """imagecorruptions' _motion_blur (its stand-in for ImageMagick's MotionBlurImage)."""
     width = radius * 2 + 1
-    kernel = np.exp(-np.arange(width) ** 2 / (2 * sigma**2))
+    kernel = np.exp(-(np.arange(width) ** 2) / (2 * sigma**2))
     kernel /= kernel.sum()
     point = (width * np.sin(np.deg2rad(angle)), width * np.cos(np.deg2rad(angle)))
     hypot = math.hypot(*point)
@@ -289,7 +297,16 @@ def chamfer_distance(zero: np.ndarray) -> np.ndarray:
     h, w = zero.shape
     big = 1e9
     d = np.pad(np.where(zero, 0.0, big), 2, constant_values=big)
-    fwd = [(0, -1, 1), (-1, -1, 1.4), (-1, 0, 1), (-1, 1, 1.4), (-1, -2, 2.1969), (-1, 2, 2.1969), (-2, -1, 2.1969), (-2, 1, 2.1969)]
+    fwd = [
+        (0, -1, 1),
+        (-1, -1, 1.4),
+        (-1, 0, 1),
+        (-1, 1, 1.4),
+        (-1, -2, 2.1969),
+        (-1, 2, 2.1969),
+        (-2, -1, 2.1969),
+        (-2, 1, 2.1969),
+    ]
     for y in range(2, h + 2):
         for x in range(2, w + 2):
             d[y, x] = min([d[y, x]] + [d[y + i, x + j] + c for i, j, c in fwd])
@@ -577,7 +594,11 @@ def parity(name: str, table: str, severity: int, seed: int = SEED, **variant):
     """(input, op, reference) on two images of the table's test size."""
     x = natural_images(2, *SHAPES[table])
     c = CONSTANTS[table][name][severity - 1]
-    return x, run_op(x, name, severity, table, seed), REFERENCES[name](x, c, table, generator(seed), **variant)
+    return (
+        x,
+        run_op(x, name, severity, table, seed),
+        REFERENCES[name](x, c, table, generator(seed), **variant),
+    )
 
 
 def cv2_resize_matrix(n_in: int, n_out: int, kind: str, scale: float | None = None) -> np.ndarray:
@@ -642,8 +663,13 @@ def ref_frost(x, c, table, gen, textures):
         else:
             rows = cv2_resize_matrix(th, math.ceil(th * 1.1), "cubic")
             cols = cv2_resize_matrix(tw, math.ceil(tw * 1.1), "cubic")
-        tex = np.clip(np.round(np.einsum("ab,bcz,dc->adz", rows, tex, cols, optimize=True) * 255), 0, 255) / 255
-        top, left = int(u[i, 0] * (tex.shape[0] - h)), int(u[i, 1] * (tex.shape[1] - w))  # randint(0, size - h)
+        tex = (
+            np.clip(np.round(np.einsum("ab,bcz,dc->adz", rows, tex, cols, optimize=True) * 255), 0, 255) / 255
+        )
+        top, left = (
+            int(u[i, 0] * (tex.shape[0] - h)),
+            int(u[i, 1] * (tex.shape[1] - w)),
+        )  # randint(0, size - h)
         out.append(np.clip(c[0] * img + c[1] * tex[top : top + h, left : left + w], 0, 1))
     return np.stack(out)
 
@@ -677,7 +703,9 @@ QUANTIZED = {"glass_blur": (0.005, STEP), "snow": (0.005, 2 * STEP), "spatter": 
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_corruption_matches_its_formula(name, table, severity):
     x, ours, ref = parity(name, table, severity)
-    assert np.abs(ref - x).max() > 0.01, "the corruption left the images unchanged: the comparison says nothing"
+    assert np.abs(ref - x).max() > 0.01, (
+        "the corruption left the images unchanged: the comparison says nothing"
+    )
     share, bound = QUANTIZED.get(name, (0.0, 0.0))
     assert_parity(ours, ref, share=share, bound=bound)
 

@@ -389,7 +389,9 @@ def test_cifar10c_loader(tmp_path):
     imgs, labels = ds.tensors()
     assert imgs.dtype == torch.uint8 and imgs.shape == (2, 3, 32, 32) and labels.tolist() == [1, 2]
     assert cifar10c(tmp_path, "fog", 1, transform=lambda t: t * 2)[0][0].max() == 0
-    with pytest.raises(FileNotFoundError, match=re.escape("snow.npy not found; the folder has fog.npy, labels.npy")):
+    with pytest.raises(
+        FileNotFoundError, match=re.escape("snow.npy not found; the folder has fog.npy, labels.npy")
+    ):
         cifar10c(tmp_path, "snow", 1)
     with pytest.raises(ValueError, match="unknown corruption 'fug'"):
         cifar10c(tmp_path, "fug", 1)

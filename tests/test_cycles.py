@@ -46,14 +46,19 @@ def same_state(a, b):
 def test_three_cycle_cascade_on_the_builtin_data(digits, parent):
     before = {k: v.clone() for k, v in parent.state_dict().items()}
     seen = []
-    networks = list(prune_retrain(parent, "wt", RATIOS, digits, TINY, evaluate=lambda m: evaluate(m, digits.test),
-                                  progress=False))
+    networks = list(
+        prune_retrain(
+            parent, "wt", RATIOS, digits, TINY, evaluate=lambda m: evaluate(m, digits.test), progress=False
+        )
+    )
     assert [(n.index, n.cycle, n.keep_ratio) for n in networks] == [(0, 1, 0.5), (1, 2, 0.3), (2, 3, 0.15)]
     previous = None
     for network in networks:
         stats = network.stats
         kept = round(network.keep_ratio * stats.prunable_params)
-        assert stats.prunable_params - round(stats.achieved_ratio * stats.prunable_params) == kept  # exact budget
+        assert (
+            stats.prunable_params - round(stats.achieved_ratio * stats.prunable_params) == kept
+        )  # exact budget
         masks = masks_of(network.model)
         for name, module in network.model.named_modules():
             if name in masks:  # retraining kept removed weights at exactly zero
@@ -90,8 +95,19 @@ def test_rewind_resets_surviving_weights_to_the_rewind_point(digits):
             assert torch.equal(module.weight_orig, early[f"{name}.weight"] * module.weight_mask)
             assert torch.equal(module.weight, module.weight_orig)
     assert torch.equal(pruned.features[1].running_mean, early["features.1.running_mean"])
-    networks = list(prune_retrain(model, "wt", [0.5, 0.25], digits, config, mode="rewind", rewind_state=early,
-                                  rewind_epoch=1, progress=False))
+    networks = list(
+        prune_retrain(
+            model,
+            "wt",
+            [0.5, 0.25],
+            digits,
+            config,
+            mode="rewind",
+            rewind_state=early,
+            rewind_epoch=1,
+            progress=False,
+        )
+    )
     assert [len(n.history) for n in networks] == [2, 2] and networks[0].history[0]["epoch"] == 2
 
 
@@ -101,8 +117,11 @@ def test_cascade_resumes_from_stored_networks(digits, parent):
     resumed = list(prune_retrain(parent, "wt", RATIOS, digits, TINY, completed=stored, progress=False))
     assert [n.index for n in resumed] == [1, 2]
     assert same_state(resumed[-1].model, full[-1].model)  # deterministic: same networks as one run
-    oneshot = list(prune_retrain(parent, "wt", RATIOS, digits, TINY, mode="oneshot", completed={1: stored[0]},
-                                 progress=False))
+    oneshot = list(
+        prune_retrain(
+            parent, "wt", RATIOS, digits, TINY, mode="oneshot", completed={1: stored[0]}, progress=False
+        )
+    )
     assert [n.index for n in oneshot] == [0, 2]
 
 
@@ -119,13 +138,31 @@ def test_interrupted_retraining_resumes_from_its_checkpoint(digits, parent, tmp_
 
     stored = {}
     with pytest.raises(KeyboardInterrupt):
-        for network in prune_retrain(parent, "wt", RATIOS[:2], digits, config, checkpoint_dir=tmp_path,
-                                     train_options={"callbacks": [crash_once]}, progress=False):
+        for network in prune_retrain(
+            parent,
+            "wt",
+            RATIOS[:2],
+            digits,
+            config,
+            checkpoint_dir=tmp_path,
+            train_options={"callbacks": [crash_once]},
+            progress=False,
+        ):
             stored[network.index] = network.state_dict()
     assert list(stored) == [0] and not (tmp_path / "cycle-000.pt").exists()
     assert (tmp_path / "cycle-001.pt").exists()
-    resumed = list(prune_retrain(parent, "wt", RATIOS[:2], digits, config, checkpoint_dir=tmp_path,
-                                 completed=stored, progress=False))
+    resumed = list(
+        prune_retrain(
+            parent,
+            "wt",
+            RATIOS[:2],
+            digits,
+            config,
+            checkpoint_dir=tmp_path,
+            completed=stored,
+            progress=False,
+        )
+    )
     assert [n.index for n in resumed] == [1] and len(resumed[0].history) == 2
     assert same_state(resumed[0].model, reference[1].model)
     assert not any(tmp_path.iterdir())  # finished cycles leave no checkpoints behind
@@ -149,27 +186,53 @@ def test_networks_restore_from_their_state_dict(digits, parent):
         assert torch.equal(restored(x), network.model.eval()(x))
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"keep_ratios": [0.5, 0.6]}, ValueError, "keep_ratios must decrease in cascade mode.* 0.5 then 0.6"),
-    ({"keep_ratios": [0.5, 0.0]}, ValueError, r"keep_ratios must lie in \(0, 1\]"),
-    ({"keep_ratios": []}, ValueError, "keep_ratios is empty"),
-    ({"keep_ratios": "abc"}, TypeError, "keep_ratios must be a sequence of numbers"),
-    ({"mode": "iterative"}, ValueError, "mode must be one of oneshot, cascade, rewind"),
-    ({"method": "magnitude"}, ValueError, "unknown pruning method 'magnitude'; valid methods: .*wt"),
-    ({"mode": "rewind"}, ValueError, "rewind mode needs rewind_state"),
-    ({"mode": "rewind", "rewind_state": {}, "rewind_epoch": 1}, ValueError, r"rewind_epoch must be an integer in \[0, "),
-    ({"rewind_state": {}}, ValueError, "rewind_state is only used in rewind mode"),
-    ({"completed": {5: {}}}, ValueError, r"completed has indices outside keep_ratios \(0..1\): \[5\]"),
-    ({"retrain": {"epochs": 1}}, TypeError, "retrain must be a TrainConfig"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"keep_ratios": [0.5, 0.6]}, ValueError, "keep_ratios must decrease in cascade mode.* 0.5 then 0.6"),
+        ({"keep_ratios": [0.5, 0.0]}, ValueError, r"keep_ratios must lie in \(0, 1\]"),
+        ({"keep_ratios": []}, ValueError, "keep_ratios is empty"),
+        ({"keep_ratios": "abc"}, TypeError, "keep_ratios must be a sequence of numbers"),
+        ({"mode": "iterative"}, ValueError, "mode must be one of oneshot, cascade, rewind"),
+        ({"method": "magnitude"}, ValueError, "unknown pruning method 'magnitude'; valid methods: .*wt"),
+        ({"mode": "rewind"}, ValueError, "rewind mode needs rewind_state"),
+        (
+            {"mode": "rewind", "rewind_state": {}, "rewind_epoch": 1},
+            ValueError,
+            r"rewind_epoch must be an integer in \[0, ",
+        ),
+        ({"rewind_state": {}}, ValueError, "rewind_state is only used in rewind mode"),
+        ({"completed": {5: {}}}, ValueError, r"completed has indices outside keep_ratios \(0..1\): \[5\]"),
+        ({"retrain": {"epochs": 1}}, TypeError, "retrain must be a TrainConfig"),
+    ],
+)
 def test_bad_cycle_arguments(digits, parent, kwargs, error, message):
     arguments = {"method": "wt", "keep_ratios": [0.5, 0.3], "retrain": TINY, **kwargs}
     with pytest.raises(error, match=message):
-        next(prune_retrain(parent, arguments.pop("method"), arguments.pop("keep_ratios"), digits,
-                           arguments.pop("retrain"), progress=False, **arguments))
+        next(
+            prune_retrain(
+                parent,
+                arguments.pop("method"),
+                arguments.pop("keep_ratios"),
+                digits,
+                arguments.pop("retrain"),
+                progress=False,
+                **arguments,
+            )
+        )
 
 
 def test_rewind_state_must_fit_the_model(digits, parent):
     with pytest.raises(KeyError, match=re.escape("rewind_state has no entry 'features.0.weight'")):
-        next(prune_retrain(parent, "wt", [0.5], digits, TINY, mode="rewind", rewind_state={"other": torch.zeros(1)},
-                           progress=False))
+        next(
+            prune_retrain(
+                parent,
+                "wt",
+                [0.5],
+                digits,
+                TINY,
+                mode="rewind",
+                rewind_state={"other": torch.zeros(1)},
+                progress=False,
+            )
+        )

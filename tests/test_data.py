@@ -25,7 +25,12 @@ def digits():
 
 # ----------------------------------------------------------------------------- built-in digits
 def test_digits_shapes_and_fixed_split_sizes(digits):
-    assert (len(digits.train), len(digits.validation), len(digits.s), len(digits.test)) == (1129, 180, 128, 360)
+    assert (len(digits.train), len(digits.validation), len(digits.s), len(digits.test)) == (
+        1129,
+        180,
+        128,
+        360,
+    )
     assert digits.input_size == (3, 32, 32) and digits.num_classes == 10 and digits.task == "classification"
     x, y = digits.test[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -119,16 +124,21 @@ def test_stratified_split_sizes_proportions_and_seed():
     assert len(torch.cat(list(a.values())).unique()) == 100
     assert np.bincount(labels[a["a"]], minlength=3).tolist() == [5, 3, 2]
     assert np.bincount(labels[a["b"]], minlength=3).tolist() == [10, 6, 4]
-    assert all(torch.equal(a[k], v) for k, v in stratified_split(labels, {"a": 10, "b": 20, "rest": None}).items())
+    assert all(
+        torch.equal(a[k], v) for k, v in stratified_split(labels, {"a": 10, "b": 20, "rest": None}).items()
+    )
     assert not torch.equal(a["a"], stratified_split(labels, {"a": 10, "b": 20, "rest": None}, seed=1)["a"])
 
 
-@pytest.mark.parametrize("sizes, message", [
-    ({"a": None, "b": None}, "at most one split may take the rest"),
-    ({"a": 80, "b": 30}, "ask for 110 samples"),
-    ({"a": 100, "b": None}, "plus a non-empty rest"),
-    ({"a": -1, "b": None}, r"sizes\['a'\] must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "sizes, message",
+    [
+        ({"a": None, "b": None}, "at most one split may take the rest"),
+        ({"a": 80, "b": 30}, "ask for 110 samples"),
+        ({"a": 100, "b": None}, "plus a non-empty rest"),
+        ({"a": -1, "b": None}, r"sizes\['a'\] must be an integer >= 0"),
+    ],
+)
 def test_stratified_split_bad_sizes(sizes, message):
     with pytest.raises(ValueError, match=message):
         stratified_split(np.zeros(100), sizes)
@@ -142,7 +152,7 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image():
     gen = torch.Generator().manual_seed(3)
     dy, dx = torch.randint(0, 5, (16,), generator=gen), torch.randint(0, 5, (16,), generator=gen)
     for i in range(16):
-        assert torch.equal(out[i], padded[i, :, dy[i]:dy[i] + 9, dx[i]:dx[i] + 7])
+        assert torch.equal(out[i], padded[i, :, dy[i] : dy[i] + 9, dx[i] : dx[i] + 7])
     assert len({(int(a), int(b)) for a, b in zip(dy, dx)}) > 1
     assert random_crop(images, 0) is images
 
@@ -170,7 +180,9 @@ def test_image_tensor_dataset_bad_input():
     with pytest.raises(ValueError, match="images must be a uint8 N x C x H x W tensor"):
         ImageTensorDataset(torch.rand(2, 3, 4, 4), torch.zeros(2), mean=(0,) * 3, std=(1,) * 3)
     with pytest.raises(ValueError, match="labels must hold one label per image"):
-        ImageTensorDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(3), mean=(0,) * 3, std=(1,) * 3)
+        ImageTensorDataset(
+            torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(3), mean=(0,) * 3, std=(1,) * 3
+        )
     with pytest.raises(ValueError, match="mean and std need one value per channel"):
         ImageTensorDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2), mean=(0,), std=(1,))
 
@@ -178,8 +190,12 @@ def test_image_tensor_dataset_bad_input():
 # ----------------------------------------------------------------------------- CIFAR-10 (fake local copies)
 def _fake_cifar_arrays(n_train=100, n_test=20, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8), np.arange(n_train) % 10,
-            rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8), np.arange(n_test) % 10)
+    return (
+        rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8),
+        np.arange(n_train) % 10,
+        rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8),
+        np.arange(n_test) % 10,
+    )
 
 
 def _write_pickles(root, arrays):
@@ -213,7 +229,9 @@ def cache(tmp_path, monkeypatch):
 def test_cifar10_from_pickle_layout(tmp_path, cache):
     arrays = _fake_cifar_arrays()
     _write_pickles(tmp_path / "c10", arrays)
-    splits = data.load("cifar10", tmp_path / "c10", s_size=10, validation_size=20, augment=False, normalize=False)
+    splits = data.load(
+        "cifar10", tmp_path / "c10", s_size=10, validation_size=20, augment=False, normalize=False
+    )
     assert (len(splits.train), len(splits.validation), len(splits.s), len(splits.test)) == (70, 20, 10, 20)
     assert splits.classes == [f"class{i}" for i in range(10)] and splits.mean == cifar_module.MEAN
     x, y = splits.test.batch(range(20))
@@ -239,13 +257,17 @@ def test_cifar10_folder_tar_and_cache_agree(tmp_path, cache, monkeypatch):
     assert torch.equal(from_folder["train_images"], torch.from_numpy(arrays[0][order]))  # PNG is lossless
     assert from_folder["classes"] == [f"c{i}" for i in range(10)]
     monkeypatch.setattr(cifar_module, "_read_folder_layout", lambda source: pytest.fail("cache not used"))
-    assert torch.equal(cifar_module.cifar10_tensors(tmp_path / "c10.tar.gz")["test_images"], from_tar["test_images"])
+    assert torch.equal(
+        cifar_module.cifar10_tensors(tmp_path / "c10.tar.gz")["test_images"], from_tar["test_images"]
+    )
     splits = data.load("cifar10", tmp_path / "c10.tar.gz", s_size=4)
     assert len(splits.train) == 36 and splits.train.crop_padding == 4 and splits.train.flip
 
 
 def test_cifar10_bad_input(tmp_path, cache):
-    with pytest.raises(FileNotFoundError, match=r"root: .* does not exist; expected a folder holding cifar-10"):
+    with pytest.raises(
+        FileNotFoundError, match=r"root: .* does not exist; expected a folder holding cifar-10"
+    ):
         data.load("cifar10", tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="found no CIFAR-10 data"):
@@ -308,12 +330,16 @@ def _fake_voc(root, n_train=5, n_val=3):
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (base / sub).mkdir(parents=True)
     rng = np.random.default_rng(0)
-    names = {"train": [f"2012_{i:06d}" for i in range(n_train)],
-             "val": [f"2012_{i:06d}" for i in range(n_train, n_train + n_val)]}
+    names = {
+        "train": [f"2012_{i:06d}" for i in range(n_train)],
+        "val": [f"2012_{i:06d}" for i in range(n_train, n_train + n_val)],
+    }
     for split, ids in names.items():
         (base / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
         for name in ids:
-            Image.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{name}.jpg")
+            Image.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(
+                base / "JPEGImages" / f"{name}.jpg"
+            )
             mask = rng.integers(0, 21, (20, 28)).astype(np.uint8)
             mask[0] = 255
             palette_mask = Image.fromarray(mask, mode="P")
@@ -364,12 +390,19 @@ def test_balanced_subset_every_class_in_equal_share():
         index = balanced_subset(labels, size, seed=3)
         counts = np.bincount(labels[index.numpy()], minlength=4)
         assert index.tolist() == sorted(set(index.tolist())) and len(index) == size
-        assert counts.min() >= 1 and counts.max() - counts.min() <= (0 if size % 4 == 0 else 1), (size, counts)
+        assert counts.min() >= 1 and counts.max() - counts.min() <= (0 if size % 4 == 0 else 1), (
+            size,
+            counts,
+        )
     assert torch.equal(balanced_subset(labels, 40, seed=3), balanced_subset(labels, 40, seed=3))
     assert not torch.equal(balanced_subset(labels, 40, seed=3), balanced_subset(labels, 40, seed=4))
-    with pytest.raises(ValueError, match=r"test_size=200 is larger than the split it is drawn from \(185 items\)"):
+    with pytest.raises(
+        ValueError, match=r"test_size=200 is larger than the split it is drawn from \(185 items\)"
+    ):
         balanced_subset(labels, 200, argument="test_size")
-    with pytest.raises(ValueError, match=r"test_size=100 needs 25 items of class 1, which has only 20 .* at most 80"):
+    with pytest.raises(
+        ValueError, match=r"test_size=100 needs 25 items of class 1, which has only 20 .* at most 80"
+    ):
         balanced_subset(labels, 100, argument="test_size")
     with pytest.raises(ValueError, match="train_size must be an integer >= 1"):
         balanced_subset(labels, 0, argument="train_size")
@@ -384,7 +417,9 @@ def test_load_with_train_and_test_subsets_is_stratified_and_seeded():
     assert torch.equal(cut.test.images, data.load("digits", test_size=100).test.images)  # seeded
     assert not torch.equal(cut.test.images, data.load("digits", test_size=100, seed=1).test.images)
     assert cut.info["test_size"] == 100 and cut.train.crop_padding == full.train.crop_padding
-    with pytest.raises(ValueError, match=r"test_size=1000 is larger than the split it is drawn from \(360 items\)"):
+    with pytest.raises(
+        ValueError, match=r"test_size=1000 is larger than the split it is drawn from \(360 items\)"
+    ):
         data.load("digits", test_size=1000)
 
 

@@ -43,8 +43,11 @@ def _inputs(n=10, seed=0, size=8):
 def _layer_inputs(model, x):
     """Every call's input per module, recorded with plain hooks."""
     seen = {}
-    handles = [m.register_forward_hook(lambda mod, args, out, n=n: seen.setdefault(n, []).append(args[0]))
-               for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(lambda mod, args, out, n=n: seen.setdefault(n, []).append(args[0]))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model.eval()(x)
     for h in handles:
@@ -84,7 +87,11 @@ def test_data_forms_dataset_loader_pairs(compiled):
     x = _inputs(8)
     y = torch.zeros(8, dtype=torch.long)
     reference = sensitivity_pass(model, x, progress=False)
-    for data in (TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=3), [(x[:5], y[:5]), (x[5:], y[5:])]):
+    for data in (
+        TensorDataset(x, y),
+        DataLoader(TensorDataset(x, y), batch_size=3),
+        [(x[:5], y[:5]), (x[5:], y[5:])],
+    ):
         scores = sensitivity_pass(model, data, progress=False)
         for name in reference:
             torch.testing.assert_close(scores[name], reference[name])

@@ -43,8 +43,15 @@ TRAIN_SCRIPT = textwrap.dedent(
 
 def torchrun(args, tmp_path, timeout=900):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_ddp_training_keeps_processes_in_sync(tmp_path):
@@ -57,13 +64,18 @@ def test_ddp_training_keeps_processes_in_sync(tmp_path):
 
 def test_runner_under_torchrun(tmp_path):
     config = yaml.safe_load((SHIPPED / "tiny.yaml").read_text())
-    config.update(methods=["wt"], schedule={"mode": "cascade", "ratios": [0.5]},
-                  metrics={"similarity": False, "informative_features": False}, network_options={"width": 8})
+    config.update(
+        methods=["wt"],
+        schedule={"mode": "cascade", "ratios": [0.5]},
+        metrics={"similarity": False, "informative_features": False},
+        network_options={"width": 8},
+    )
     config["test"] = {"noise": {"kind": "gaussian", "levels": [0.2], "draws": 1}}
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))
-    done = torchrun(["-m", "lostprune.cli", "run", str(path), "--out", str(tmp_path / "run"), "--no-report"],
-                    tmp_path)
+    done = torchrun(
+        ["-m", "lostprune.cli", "run", str(path), "--out", str(tmp_path / "run"), "--no-report"], tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     from lostprune.report import ExperimentResults
 

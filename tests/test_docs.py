@@ -53,21 +53,37 @@ def broken_citations(text: str, methods: list[str], architecture: list[str], *, 
         while True:  # the chain "§A, §B and §C" after one "docs/methods.md"
             name = _section_at(text, at, methods)
             if name is None:
-                broken.append(text[at - 1: at + 30])
+                broken.append(text[at - 1 : at + 30])
                 break
-            follow = re.match(r"(?:,| and|/)\s*§", text[at + len(name):])
+            follow = re.match(r"(?:,| and|/)\s*§", text[at + len(name) :])
             if not follow:
                 break
             at += len(name) + follow.end()
-    broken.extend(text[m.start(): m.end() + 30] for m in re.finditer(r"docs/architecture\.md, ", text)
-                  if not any(h.startswith(text[m.end():].split(")")[0].split(";")[0].strip()) for h in architecture))
+    broken.extend(
+        text[m.start() : m.end() + 30]
+        for m in re.finditer(r"docs/architecture\.md, ", text)
+        if not any(h.startswith(text[m.end() :].split(")")[0].split(";")[0].strip()) for h in architecture)
+    )
     return broken
 
 
 def test_the_documents_have_the_sections_the_code_needs():
-    assert {"Prune ratio", "WT", "SiPP", "FT", "PFP", "Sensitivities", "Allocation", "Control", "Prune potential",
-            "Excess error", "Functional similarity", "Informative features", "Corruptions",
-            "Noise shifts"} <= set(METHODS)
+    assert {
+        "Prune ratio",
+        "WT",
+        "SiPP",
+        "FT",
+        "PFP",
+        "Sensitivities",
+        "Allocation",
+        "Control",
+        "Prune potential",
+        "Excess error",
+        "Functional similarity",
+        "Informative features",
+        "Corruptions",
+        "Noise shifts",
+    } <= set(METHODS)
     assert any(h.startswith("Kernels") for h in ARCHITECTURE)
 
 
@@ -76,8 +92,10 @@ def test_every_cited_section_exists():
     for path in repository_files():
         text = path.read_text(errors="replace")
         inside = path == ROOT / "docs" / "methods.md"
-        broken += [f"{path.relative_to(ROOT)}: {c!r}" for c in broken_citations(text, METHODS, ARCHITECTURE,
-                                                                                 inside_methods=inside)]
+        broken += [
+            f"{path.relative_to(ROOT)}: {c!r}"
+            for c in broken_citations(text, METHODS, ARCHITECTURE, inside_methods=inside)
+        ]
     assert broken == [], "citations of sections that do not exist:\n" + "\n".join(broken)
 
 
@@ -86,15 +104,18 @@ def test_no_spec_citations_are_left():
     assert left == []
 
 
-@pytest.mark.parametrize("text, broken", [
-    ("see docs/methods.md §PFP.", []),
-    ("see docs/methods.md §Prune\n    potential", []),
-    ("(docs/methods.md §WT, §SiPP and §Nope)", ["§Nope)"]),
-    ("docs/methods.md §Sensitivity", ["§Sensitivity"]),  # a prefix of a heading is not the heading
-    ("docs/methods.md §Pruning", ["§Pruning"]),
-    ("(docs/architecture.md, Kernels)", []),
-    ("(docs/architecture.md, Kernals)", ["docs/architecture.md, Kernals)"]),
-])
+@pytest.mark.parametrize(
+    "text, broken",
+    [
+        ("see docs/methods.md §PFP.", []),
+        ("see docs/methods.md §Prune\n    potential", []),
+        ("(docs/methods.md §WT, §SiPP and §Nope)", ["§Nope)"]),
+        ("docs/methods.md §Sensitivity", ["§Sensitivity"]),  # a prefix of a heading is not the heading
+        ("docs/methods.md §Pruning", ["§Pruning"]),
+        ("(docs/architecture.md, Kernels)", []),
+        ("(docs/architecture.md, Kernals)", ["docs/architecture.md, Kernals)"]),
+    ],
+)
 def test_the_check_fails_on_a_broken_citation(text, broken):
     found = broken_citations(text, METHODS, ARCHITECTURE)
     assert len(found) == len(broken) and all(f.startswith(b) for f, b in zip(found, broken)), found

@@ -35,42 +35,56 @@ def tiny(**changes) -> dict:
 
 
 # ----------------------------------------------------------------------------- config
-@pytest.mark.parametrize("change, message", [
-    ({"netwrok": "x"}, r"unknown key 'netwrok'; did you mean 'network'\?"),
-    ({"network": "resnet21"}, r"network must be one of .*resnet20"),
-    ({"methods": ["wt", "magnitude"]}, r"methods\[1\] must be one of .*wt"),
-    ({"schedule.mode": "sideways"}, r"schedule.mode must be one of cascade, oneshot, rewind"),
-    ({"schedule.ratios": [0.5, 1.2]}, r"schedule.ratios\[1\] must be a prune ratio in \(0, 1\)"),
-    ({"schedule.ratios": [0.8, 0.5]}, r"prune ratios must increase in cascade mode"),
-    ({"schedule.paper": 23}, r"schedule needs exactly one of ratios, keep or paper \(got ratios, paper\)"),
-    ({"schedule.keep": [{"cubic": [1, 2, 3]}], "schedule.ratios": None}, r"schedule.keep\[0\] must be"),
-    ({"train.lr": "fast"}, r"train: "),
-    ({"train.epocs": 3}, r"unknown key train.epocs; did you mean 'epochs'\?"),
-    ({"retrain.epochs": 0}, r"retrain: epochs must be a positive integer"),
-    ({"data.name": "mnist"}, r"data.name must be one of digits, cifar10"),
-    ({"data.name": "cifar10"}, r"data.root is required for data.name='cifar10'"),
-    ({"test.corruptions.names": ["fogg"]}, r"test.corruptions.names\[0\] must be one of .*fog"),
-    ({"test.corruptions.severities": [6]}, r"test.corruptions.severities\[0\] must be in 1..5"),
-    ({"metrics.delta": 2}, r"metrics.delta must be in \[0, 1\], got 2"),
-    ({"seeds": []}, r"seeds must list at least one seed"),
-    ({"network_options": {"depth": 3}}, r"network_options: "),
-    ({"method_options": {"sipp": {"reduce": "max"}}}, r"method_options.sipp: not in methods \(wt, ft\)"),
-    ({"method_options": {"ft": {"roundto": 8}}},
-     r"unknown option method_options.ft.roundto \(options of ft: coupled, round_to\)"),
-    ({"method_options": {"wt": {"seed": 1}}}, r"unknown option method_options.wt.seed \(options of wt: none\)"),
-    ({"method_options": {"ft": 8}}, r"method_options.ft must map option names to values"),
-    ({"schedule.ratios": []}, r"schedule.ratios is empty; list at least one prune ratio"),
-    ({"schedule.keep": [], "schedule.ratios": None}, r"schedule.keep is empty"),
-    ({"threads": 0}, r"threads must be >= 1, got 0"),
-    ({"data.test_size": 0}, r"data.test_size must be >= 1, got 0"),
-    ({"data.train_size": -5}, r"data.train_size must be >= 1, got -5"),
-    ({"data.s_size": 1}, r"data.s_size must be >= 2, got 1"),
-    ({"eval.shift_test_size": 0}, r"eval.shift_test_size must be >= 1, got 0"),
-    ({"train.steps": 10}, r"train: give epochs or steps, not both"),
-    ({"train.schedule": "onecycle", "train.warmup_epochs": 0.5}, r"train: warmup_epochs must be 0 with the onecycle"),
-    ({"metrics.boundary": "loose"}, r"metrics.boundary must be one of inclusive, strict"),
-    ({"metrics.feature_mode": "fast"}, r"metrics.feature_mode must be one of gradient, exact"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"netwrok": "x"}, r"unknown key 'netwrok'; did you mean 'network'\?"),
+        ({"network": "resnet21"}, r"network must be one of .*resnet20"),
+        ({"methods": ["wt", "magnitude"]}, r"methods\[1\] must be one of .*wt"),
+        ({"schedule.mode": "sideways"}, r"schedule.mode must be one of cascade, oneshot, rewind"),
+        ({"schedule.ratios": [0.5, 1.2]}, r"schedule.ratios\[1\] must be a prune ratio in \(0, 1\)"),
+        ({"schedule.ratios": [0.8, 0.5]}, r"prune ratios must increase in cascade mode"),
+        (
+            {"schedule.paper": 23},
+            r"schedule needs exactly one of ratios, keep or paper \(got ratios, paper\)",
+        ),
+        ({"schedule.keep": [{"cubic": [1, 2, 3]}], "schedule.ratios": None}, r"schedule.keep\[0\] must be"),
+        ({"train.lr": "fast"}, r"train: "),
+        ({"train.epocs": 3}, r"unknown key train.epocs; did you mean 'epochs'\?"),
+        ({"retrain.epochs": 0}, r"retrain: epochs must be a positive integer"),
+        ({"data.name": "mnist"}, r"data.name must be one of digits, cifar10"),
+        ({"data.name": "cifar10"}, r"data.root is required for data.name='cifar10'"),
+        ({"test.corruptions.names": ["fogg"]}, r"test.corruptions.names\[0\] must be one of .*fog"),
+        ({"test.corruptions.severities": [6]}, r"test.corruptions.severities\[0\] must be in 1..5"),
+        ({"metrics.delta": 2}, r"metrics.delta must be in \[0, 1\], got 2"),
+        ({"seeds": []}, r"seeds must list at least one seed"),
+        ({"network_options": {"depth": 3}}, r"network_options: "),
+        ({"method_options": {"sipp": {"reduce": "max"}}}, r"method_options.sipp: not in methods \(wt, ft\)"),
+        (
+            {"method_options": {"ft": {"roundto": 8}}},
+            r"unknown option method_options.ft.roundto \(options of ft: coupled, round_to\)",
+        ),
+        (
+            {"method_options": {"wt": {"seed": 1}}},
+            r"unknown option method_options.wt.seed \(options of wt: none\)",
+        ),
+        ({"method_options": {"ft": 8}}, r"method_options.ft must map option names to values"),
+        ({"schedule.ratios": []}, r"schedule.ratios is empty; list at least one prune ratio"),
+        ({"schedule.keep": [], "schedule.ratios": None}, r"schedule.keep is empty"),
+        ({"threads": 0}, r"threads must be >= 1, got 0"),
+        ({"data.test_size": 0}, r"data.test_size must be >= 1, got 0"),
+        ({"data.train_size": -5}, r"data.train_size must be >= 1, got -5"),
+        ({"data.s_size": 1}, r"data.s_size must be >= 2, got 1"),
+        ({"eval.shift_test_size": 0}, r"eval.shift_test_size must be >= 1, got 0"),
+        ({"train.steps": 10}, r"train: give epochs or steps, not both"),
+        (
+            {"train.schedule": "onecycle", "train.warmup_epochs": 0.5},
+            r"train: warmup_epochs must be 0 with the onecycle",
+        ),
+        ({"metrics.boundary": "loose"}, r"metrics.boundary must be one of inclusive, strict"),
+        ({"metrics.feature_mode": "fast"}, r"metrics.feature_mode must be one of gradient, exact"),
+    ],
+)
 def test_config_errors_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(tiny(**change))
@@ -118,14 +132,25 @@ def test_digest_unchanged_by_options_added_later():
     assert dataclasses.replace(demo, methods=["wt", "sipp"]).digest() == "90d5f5df9aa32fdf"
     before = yaml.safe_load((SHIPPED / "cifar10_resnet20.yaml").read_text())  # as it was then:
     before["test"]["noise"] = {"kind": "gaussian", "levels": [0.05, 0.1, 0.2, 0.4], "draws": 3}
-    before["metrics"] = {"delta": 0.005, "similarity": True, "informative_features": True, "feature_images": 64}
+    before["metrics"] = {
+        "delta": 0.005,
+        "similarity": True,
+        "informative_features": True,
+        "feature_images": 64,
+    }
     assert parse_config(before).digest() == "08221fad43289c7a" != "72e6a80f1ac4e2e3"
     assert parse_config(dict(before, methods=["wt", "sipp"])).digest() == "59f44081c0a2b334"
     config = parse_config(tiny())
     assert parse_config(tiny(threads=1)).digest() == config.digest()  # threads do not change results
-    for change in ({"data.train_size": 500}, {"data.seed": 1}, {"eval.shift_test_size": 50},
-                   {"metrics.boundary": "strict"}, {"metrics.noise_potential": "per_draw"},
-                   {"metrics.excess_bootstrap": 100}, {"metrics.feature_mode": "exact"}):
+    for change in (
+        {"data.train_size": 500},
+        {"data.seed": 1},
+        {"eval.shift_test_size": 50},
+        {"metrics.boundary": "strict"},
+        {"metrics.noise_potential": "per_draw"},
+        {"metrics.excess_bootstrap": 100},
+        {"metrics.feature_mode": "exact"},
+    ):
         assert parse_config(tiny(**change)).digest() != config.digest(), change
 
 
@@ -137,15 +162,30 @@ def test_retrain_length_overrides_the_other_length_of_train():
     assert config.retrain_config().steps == 5
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"data.test_size": 1000}, r"data.test_size=1000 is larger than the split it is drawn from \(360 items\)"),
-    ({"data.train_size": 5000}, r"data.train_size=5000 is larger than the split"),
-    ({"data.test_size": None, "eval.shift_test_size": 500}, r"eval.shift_test_size=500 is larger than the split"),
-    ({"data.s_size": 1500}, r"data.s_size=1500 leaves no training images"),
-    ({"metrics.feature_images": 97}, r"metrics.feature_images=97 is larger than the split"),
-    ({"data.name": "imagefolder", "data.root": "/no/such/folder"}, r"data.root: /no/such/folder is not a folder"),
-    ({"data.name": "cifar10", "data.root": "/no/such/folder"}, r"data.root: /no/such/folder does not exist"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"data.test_size": 1000},
+            r"data.test_size=1000 is larger than the split it is drawn from \(360 items\)",
+        ),
+        ({"data.train_size": 5000}, r"data.train_size=5000 is larger than the split"),
+        (
+            {"data.test_size": None, "eval.shift_test_size": 500},
+            r"eval.shift_test_size=500 is larger than the split",
+        ),
+        ({"data.s_size": 1500}, r"data.s_size=1500 leaves no training images"),
+        ({"metrics.feature_images": 97}, r"metrics.feature_images=97 is larger than the split"),
+        (
+            {"data.name": "imagefolder", "data.root": "/no/such/folder"},
+            r"data.root: /no/such/folder is not a folder",
+        ),
+        (
+            {"data.name": "cifar10", "data.root": "/no/such/folder"},
+            r"data.root: /no/such/folder does not exist",
+        ),
+    ],
+)
 def test_bad_data_fails_before_any_training(tmp_path, change, message):
     config_path = tmp_path / "bad.yaml"
     config_path.write_text(yaml.safe_dump(tiny(**change)))
@@ -157,7 +197,9 @@ def test_bad_data_fails_before_any_training(tmp_path, change, message):
 def test_environment_test_sets_are_balanced_subsets(tmp_path):
     from lostprune.experiments.environment import Environment
 
-    config = parse_config(tiny(**{"data.test_size": 200, "eval.shift_test_size": 50, "metrics.feature_images": 20}))
+    config = parse_config(
+        tiny(**{"data.test_size": 200, "eval.shift_test_size": 50, "metrics.feature_images": 20})
+    )
     env = Environment(config)
     assert torch.bincount(env.feature_pixels[1], minlength=10).tolist() == [2] * 10
     pixels, labels = env.test_pixels
@@ -195,7 +237,9 @@ def test_store_claims_in_dependency_order_and_completes_atomically(tmp_path):
 def test_store_releases_tasks_of_dead_workers(tmp_path):
     store = Store(tmp_path / "r.sqlite")
     store.add_tasks([Task("a", "train")])
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
     import socket
 
     assert store.claim(f"{socket.gethostname()}:{dead.stdout.strip()}").key == "a"
@@ -207,8 +251,11 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     from lostprune.report import ExperimentResults, write_report
 
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(tiny(methods=["wt", "ft", "unpruned"],
-                                               method_options={"ft": {"coupled": "sum", "round_to": 4}})))
+    config_path.write_text(
+        yaml.safe_dump(
+            tiny(methods=["wt", "ft", "unpruned"], method_options={"ft": {"coupled": "sum", "round_to": 4}})
+        )
+    )
     root = run(config_path, tmp_path / "run", progress=False)
     results = ExperimentResults(root)
     assert results.counts["done"] == results.counts["pending"] + results.counts["done"]  # everything ran
@@ -219,9 +266,15 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     pruned = [n for n in results.networks.values() if n.role == "pruned" and n.method != "unpruned"]
     assert sorted((n.method, n.step) for n in pruned) == [("ft", 0), ("ft", 1), ("wt", 0), ("wt", 1)]
     checkpoints = {r["key"]: r["checkpoint"] for r in Store(root / "results.sqlite").networks()}
-    for net in (n for n in pruned if n.method == "ft"):  # method_options reach prune: filters in multiples of 4
+    for net in (
+        n for n in pruned if n.method == "ft"
+    ):  # method_options reach prune: filters in multiples of 4
         state = read_network_file(checkpoints[net.key])["state_dict"]
-        kept = [int(m.flatten(1).any(1).sum()) for k, m in state.items() if k.endswith("weight_mask") and m.dim() == 4]
+        kept = [
+            int(m.flatten(1).any(1).sum())
+            for k, m in state.items()
+            if k.endswith("weight_mask") and m.dim() == 4
+        ]
         assert kept and all(k % 4 == 0 for k in kept), (net.key, kept)
     for net in pruned:
         assert {"nominal", "noise:gaussian:0.2", "corruption:contrast:3"} <= {d for d, m in net.values}
@@ -230,7 +283,11 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     assert results.feature_matrix(0) is not None
     report = write_report(root)
     text = report.read_text()
-    assert "## Prune potential" in text and "| WT |" in text and (report.parent / "figures" / "accuracy.png").is_file()
+    assert (
+        "## Prune potential" in text
+        and "| WT |" in text
+        and (report.parent / "figures" / "accuracy.png").is_file()
+    )
     assert "## Control: unpruned" in text and "| UNPRUNED |" not in text  # no prune potential of nothing
     with (report.parent / "results.csv").open() as handle:  # every stored value, once
         rows = list(csv.DictReader(handle))
@@ -268,6 +325,7 @@ def test_parent_runs_once_per_test_distribution(tmp_path, monkeypatch):
         def count(module, inputs, output):
             if evaluating[0]:
                 seen[role] += inputs[0].shape[0]
+
         model.register_forward_hook(count)
         return model
 
@@ -280,9 +338,17 @@ def test_parent_runs_once_per_test_distribution(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Environment, "load", counting_load)
     monkeypatch.setitem(tasks.EXECUTORS, "evaluate", counting_evaluate)
-    config = tiny(**{"methods": ["wt"], "metrics.informative_features": False, "test.noise.draws": 2,
-                     "eval.shift_test_size": 40, "metrics.boundary": "strict", "metrics.noise_potential": "per_draw",
-                     "metrics.excess_bootstrap": 50})
+    config = tiny(
+        **{
+            "methods": ["wt"],
+            "metrics.informative_features": False,
+            "test.noise.draws": 2,
+            "eval.shift_test_size": 40,
+            "metrics.boundary": "strict",
+            "metrics.noise_potential": "per_draw",
+            "metrics.excess_bootstrap": 50,
+        }
+    )
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config))
     root = run(config_path, tmp_path / "run", progress=False)
@@ -295,16 +361,24 @@ def test_parent_runs_once_per_test_distribution(tmp_path, monkeypatch):
     env = Environment(parse_config(config), Store(root / "results.sqlite"))
     net, parent = env.load("pruned/s0/nominal/wt/01"), env.load("parent/s0/nominal")
     shifts = env.noise_shifts()
-    joint = evaluate_grid({"network": net, "parent": parent}, shifts, env.shift_pixels, normalize=env.normalize,
-                          reference="parent", batch_size=env.eval_batch_size, progress=False)
+    joint = evaluate_grid(
+        {"network": net, "parent": parent},
+        shifts,
+        env.shift_pixels,
+        normalize=env.normalize,
+        reference="parent",
+        batch_size=env.eval_batch_size,
+        progress=False,
+    )
     stored = results.networks["pruned/s0/nominal/wt/01"].values
     name = shifts[0].name
     assert stored[(name, "agreement")] == joint.agreement["network"][name]
     assert stored[(name, "softmax_l2")] == pytest.approx(joint.softmax_l2["network"][name], abs=1e-12)
     assert stored[(name, "error")] == joint.errors["network"][name]
     assert results.networks["parent/s0/nominal"].values[(name, "error")] == joint.errors["parent"][name]
-    clean = evaluate_grid({"parent": parent}, [Shift("nominal")], env.test_pixels, normalize=env.normalize,
-                          progress=False)
+    clean = evaluate_grid(
+        {"parent": parent}, [Shift("nominal")], env.test_pixels, normalize=env.normalize, progress=False
+    )
     assert results.networks["parent/s0/nominal"].error("nominal") == clean.errors["parent"]["nominal"]
     # the original's readings, chosen in the config, are used and named in the report
     from lostprune.metrics import prune_potential, prune_potential_over_draws
@@ -313,19 +387,26 @@ def test_parent_runs_once_per_test_distribution(tmp_path, monkeypatch):
     curve = results.curves("wt")[0]
     draws = [n.draws[name] for n in curve.networks]
     assert all(len(d) == 2 for d in draws) and draws[1] == joint.error_draws["network"][name]
-    expected = prune_potential_over_draws(curve.ratios, draws, curve.parent.draws[name], 0.005, boundary="strict")
+    expected = prune_potential_over_draws(
+        curve.ratios, draws, curve.parent.draws[name], 0.005, boundary="strict"
+    )
     assert results.prune_potential("wt", name).mean == expected.mean
     nominal_errors = curve.errors("nominal")
     assert results.prune_potential("wt", "nominal").mean == prune_potential(
-        curve.ratios, nominal_errors, curve.parent.error("nominal"), 0.005, boundary="strict")
+        curve.ratios, nominal_errors, curve.parent.error("nominal"), 0.005, boundary="strict"
+    )
     _, fit = results.excess_errors("wt", [name])
     assert fit.resamples == 50 and fit.band[0] <= fit.slope <= fit.band[1]
     text = write_report(root).read_text()
     assert "## How the numbers are computed" in text
     assert "below the parent's + δ (strict, the original implementation's acc + δ > acc_parent)" in text
-    assert "P of each draw (parent and pruned network on the same noisy inputs), averaged over the draws" in text
-    assert ("Nominal errors on 96 test images (an equal share per class); noisy and corrupted test sets on a "
-            "class-balanced subset of 40 of them.") in text
+    assert (
+        "P of each draw (parent and pruned network on the same noisy inputs), averaged over the draws" in text
+    )
+    assert (
+        "Nominal errors on 96 test images (an equal share per class); noisy and corrupted test sets on a "
+        "class-balanced subset of 40 of them."
+    ) in text
     assert "with a 95 % bootstrap band (50 resamples of the networks)" in text
 
 
@@ -346,7 +427,9 @@ def test_corrupted_test_sets_are_kept_as_truncated_uint8(tmp_path, monkeypatch):
     images, name, severity, seed = calls[0]
     # the 8-bit test images go in as they are; the result is corrupt()'s uint8 (truncated, as CIFAR-10-C's
     # np.uint8), not a rounding of float output
-    assert images.dtype == torch.uint8 and torch.equal(images, env.shift_pixels[0].mul(255).round().to(torch.uint8))
+    assert images.dtype == torch.uint8 and torch.equal(
+        images, env.shift_pixels[0].mul(255).round().to(torch.uint8)
+    )
     assert torch.equal(pixels.mul(255).round().to(torch.uint8), corrupt(images, name, severity, seed=seed))
     float_rounded = corrupt(images.float() / 255, name, severity, seed=seed).mul(255).round()
     assert not torch.equal(pixels.mul(255).round(), float_rounded)  # rounding would move values up a level
@@ -360,8 +443,11 @@ def test_damaged_store_is_kept_aside_and_its_backup_restored(tmp_path):
     from lostprune.report import ExperimentResults
 
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(tiny(**{"methods": ["wt"], "schedule.ratios": [0.5],
-                                                  "metrics.informative_features": False})))
+    config_path.write_text(
+        yaml.safe_dump(
+            tiny(**{"methods": ["wt"], "schedule.ratios": [0.5], "metrics.informative_features": False})
+        )
+    )
     out = tmp_path / "run"
     root = run(config_path, out, progress=False)
     path = root / "results.sqlite"
@@ -375,23 +461,31 @@ def test_damaged_store_is_kept_aside_and_its_backup_restored(tmp_path):
 
     before = snapshot()
     assert (root / "results.sqlite.backup").is_file()
-    faults = {"it is empty (0 bytes): truncated": lambda data: b"",
-              "SQLite cannot read it": lambda data: data[: len(data) // 2],
-              "not a database": lambda data: b"\x00" * 100 + data[100:]}
+    faults = {
+        "it is empty (0 bytes): truncated": lambda data: b"",
+        "SQLite cannot read it": lambda data: data[: len(data) // 2],
+        "not a database": lambda data: b"\x00" * 100 + data[100:],
+    }
     for reason, fault in faults.items():
         path.write_bytes(fault(path.read_bytes()))
         with pytest.raises(StoreDamaged, match=f"is damaged \\(.*{re.escape(reason)}"):
             ExperimentResults(root)  # the report says so too, and changes nothing
-        with pytest.warns(StoreRecoveredWarning, match=f"was damaged \\(.*{re.escape(reason)}.*\\); kept it as "
-                                                       r"results.sqlite.damaged-\S+ and restored the backup"):
+        with pytest.warns(
+            StoreRecoveredWarning,
+            match=f"was damaged \\(.*{re.escape(reason)}.*\\); kept it as "
+            r"results.sqlite.damaged-\S+ and restored the backup",
+        ):
             run(config_path, out, progress=False)
         assert snapshot() == before  # nothing lost, nothing redone
     kept = sorted(root.glob("results.sqlite.damaged-*"))
     assert len(kept) == 3 and kept[0].stat().st_size == 0  # kept aside, never deleted
     (root / "results.sqlite.backup").unlink()
     path.write_bytes(b"")
-    with pytest.raises(StoreDamaged, match=r"found no usable backup .* To start this experiment over in the same "
-                                           r"directory, rerun `lostprune run` with the same config"):
+    with pytest.raises(
+        StoreDamaged,
+        match=r"found no usable backup .* To start this experiment over in the same "
+        r"directory, rerun `lostprune run` with the same config",
+    ):
         run(config_path, out, progress=False)
     assert not path.exists() and len(list(root.glob("results.sqlite.damaged-*"))) == 4
 
@@ -400,7 +494,16 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(tiny(**{"metrics.informative_features": False})))
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "lostprune.cli", "run", str(config_path), "--out", str(out), "--no-report"]
+    command = [
+        sys.executable,
+        "-m",
+        "lostprune.cli",
+        "run",
+        str(config_path),
+        "--out",
+        str(out),
+        "--no-report",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = out / "results.sqlite"
     deadline = time.time() + 600
@@ -426,8 +529,10 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
         statuses = dict(conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall())
         after = dict(conn.execute("SELECT key, finished FROM tasks WHERE status = 'done'").fetchall())
         networks = conn.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM networks").fetchone()
-        results = conn.execute("SELECT network, distribution, metric, COUNT(*) FROM results "
-                               "GROUP BY network, distribution, metric HAVING COUNT(*) > 1").fetchall()
+        results = conn.execute(
+            "SELECT network, distribution, metric, COUNT(*) FROM results "
+            "GROUP BY network, distribution, metric HAVING COUNT(*) > 1"
+        ).fetchall()
         evaluated = conn.execute("SELECT COUNT(DISTINCT network) FROM results").fetchone()[0]
     assert statuses == {"done": sum(statuses.values())}
     assert all(after[k] == v for k, v in done_before.items())  # finished work was not redone

@@ -19,9 +19,13 @@ def _random_case(gen: torch.Generator, dtype: torch.dtype, device="cpu"):
             t = t.transpose(-1, -2)  # non-contiguous input
         row = col = None
         if bool(torch.randint(0, 3, (1,), generator=gen)):
-            row = torch.randint(0, t.shape[0], (int(torch.randint(1, t.shape[0] + 2, (1,), generator=gen)),), generator=gen)
+            row = torch.randint(
+                0, t.shape[0], (int(torch.randint(1, t.shape[0] + 2, (1,), generator=gen)),), generator=gen
+            )
         if rank >= 2 and bool(torch.randint(0, 3, (1,), generator=gen)):
-            col = torch.randperm(t.shape[1], generator=gen)[: int(torch.randint(1, t.shape[1] + 1, (1,), generator=gen))]
+            col = torch.randperm(t.shape[1], generator=gen)[
+                : int(torch.randint(1, t.shape[1] + 1, (1,), generator=gen))
+            ]
         tensors.append(t.to(device))
         rows.append(None if row is None else row.to(device))
         cols.append(None if col is None else col.to(device))

@@ -25,8 +25,9 @@ pytestmark = [
 def run_check(tmp_path: Path, **env_update: str) -> tuple[subprocess.CompletedProcess, dict[str, str], Path]:
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, **env_update}
-    done = subprocess.run(["bash", str(CHECK)], check=False, env=env, capture_output=True, text=True, timeout=1200,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        ["bash", str(CHECK)], check=False, env=env, capture_output=True, text=True, timeout=1200, cwd=tmp_path
+    )
     lines = (out / "summary.txt").read_text().splitlines()
     assert lines == done.stdout.splitlines()  # every summary line is printed as it happens
     steps = {}

@@ -22,7 +22,9 @@ def test_resnet20_groups_residual_channels():
     assert stage1.size == 16 and stage1.coupled and stage1.prunable
     assert {m.module for m in stage1.norms} == {"bn1", "layer1.0.bn2", "layer1.1.bn2", "layer1.2.bn2"}
     # stage 2 starts with a projection shortcut, which joins the group
-    assert tuple(sorted(["layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2", "layer2.2.conv2"])) in groups
+    assert (
+        tuple(sorted(["layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2", "layer2.2.conv2"])) in groups
+    )
     inner = groups[("layer1.0.conv1",)]
     assert not inner.coupled and [m.module for m in inner.consumers] == ["layer1.0.conv2"]
     assert not groups[("fc",)].prunable and "output" in groups[("fc",)].reason
@@ -34,8 +36,10 @@ def test_flatten_into_linear_gives_spans():
     group = groups_by_producers(graph)[("0",)]
     (consumer,) = group.consumers
     assert consumer.module == "3" and consumer.span == 36
-    assert torch.equal(consumer.select(torch.tensor([False, True, False, True])),
-                       torch.cat([torch.arange(36, 72), torch.arange(108, 144)]))
+    assert torch.equal(
+        consumer.select(torch.tensor([False, True, False, True])),
+        torch.cat([torch.arange(36, 72), torch.arange(108, 144)]),
+    )
 
 
 class Concat(nn.Module):
@@ -56,10 +60,16 @@ def test_concat_offsets_consumer_columns():
 
 
 def test_depthwise_conv_joins_its_input_channels():
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 1)
+    )
     graph = build_graph(model, torch.randn(1, 3, 6, 6))
     group = groups_by_producers(graph)[("0", "2")]
-    assert group.prunable and {(m.module, m.role) for m in group.members} == {("0", "out"), ("2", "depthwise"), ("3", "in")}
+    assert group.prunable and {(m.module, m.role) for m in group.members} == {
+        ("0", "out"),
+        ("2", "depthwise"),
+        ("3", "in"),
+    }
 
 
 def test_grouped_conv_removes_channel_j_of_every_group_together():
@@ -76,7 +86,11 @@ def test_grouped_conv_removes_channel_j_of_every_group_together():
 class Reuse(nn.Module):
     def __init__(self):
         super().__init__()
-        self.stem, self.shared, self.head = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 2, 1)
+        self.stem, self.shared, self.head = (
+            nn.Conv2d(3, 6, 1),
+            nn.Conv2d(6, 6, 3, padding=1),
+            nn.Conv2d(6, 2, 1),
+        )
 
     def forward(self, x):
         x = torch.relu(self.stem(x))
@@ -87,7 +101,11 @@ def test_module_called_twice_couples_its_channels():
     graph = build_graph(Reuse(), torch.randn(1, 3, 5, 5))
     # shared's output feeds shared again: its input and output channels are the same channels
     group = next(g for g in graph.groups if any(m.module == "shared" and m.role == "out" for m in g.members))
-    assert {(m.module, m.role) for m in group.members} >= {("stem", "out"), ("shared", "out"), ("shared", "in")}
+    assert {(m.module, m.role) for m in group.members} >= {
+        ("stem", "out"),
+        ("shared", "out"),
+        ("shared", "in"),
+    }
 
 
 class Cumsum(nn.Module):
@@ -132,8 +150,14 @@ def test_propagation_drops_constant_columns_and_unread_filters():
     from lostprune.core.layers import prunable_layers
     from lostprune.structure.propagation import Propagation
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.Flatten(),
-                          nn.Linear(5 * 2 * 2, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3),
+        nn.Flatten(),
+        nn.Linear(5 * 2 * 2, 3),
+    )
     graph = build_graph(model, torch.randn(1, 3, 6, 6))
     layers = prunable_layers(model)
     masks = {"0": torch.ones(4, 3, 3, 3), "3": torch.ones(5, 4, 3, 3), "5": torch.ones(3, 20)}
@@ -196,7 +220,9 @@ class ChannelsLast(nn.Module):
 def test_channels_follow_permute_transpose_linear_and_layer_scale():
     graph = build_graph(ChannelsLast(), torch.randn(1, 3, 5, 5))
     hidden = groups_by_producers(graph)[("fc1",)]
-    assert hidden.prunable and hidden.size == 16 and set(members_of(hidden)) == {("fc1", "out"), ("fc2", "in")}
+    assert (
+        hidden.prunable and hidden.size == 16 and set(members_of(hidden)) == {("fc1", "out"), ("fc2", "in")}
+    )
     stream = groups_by_producers(graph)[("fc2", "stem")]
     assert stream.prunable and stream.size == 8
     scale = members_of(stream)[("scale", "param")]

@@ -47,7 +47,9 @@ def test_achieved_ratio_is_what_slicing_really_removes():
         result = lostprune.prune(model, "ft", 0.45, progress=False, **options)
         sliced = slice_model(result.model)
         kept = sum(m.weight.numel() for m in prunable_layers(sliced).values())
-        assert kept == result.stats.prunable_params - round(result.stats.achieved_ratio * result.stats.prunable_params)
+        assert kept == result.stats.prunable_params - round(
+            result.stats.achieved_ratio * result.stats.prunable_params
+        )
         assert abs(result.stats.achieved_ratio - 0.45) <= 0.005 * 0.45 or options.get("round_to")
 
 
@@ -61,8 +63,12 @@ def test_coupled_skip_leaves_coupled_groups_alone():
 
 def test_coupled_skip_that_cannot_reach_the_ratio_warns():
     model = models.create("mobilenet_v2")  # every inner group is coupled through its depthwise conv
-    with pytest.warns(UserWarning, match=r"ft removes .* instead of the target 90.00 % \(coupled='skip' leaves"):
-        lostprune.prune(model, "ft", 0.9, coupled="skip", progress=False, example_input=torch.randn(1, 3, 64, 64))
+    with pytest.warns(
+        UserWarning, match=r"ft removes .* instead of the target 90.00 % \(coupled='skip' leaves"
+    ):
+        lostprune.prune(
+            model, "ft", 0.9, coupled="skip", progress=False, example_input=torch.randn(1, 3, 64, 64)
+        )
 
 
 @pytest.mark.parametrize("round_to", [4, 8])
@@ -75,7 +81,9 @@ def test_round_to_keeps_multiples(round_to):
             assert layer.out_channels % round_to == 0, (name, layer.out_channels)
 
 
-@pytest.mark.parametrize("capability, multiple", [("AVX512", 16), ("AVX512_BF16", 16), ("AVX2", 8), ("DEFAULT", 8)])
+@pytest.mark.parametrize(
+    "capability, multiple", [("AVX512", 16), ("AVX512_BF16", 16), ("AVX2", 8), ("DEFAULT", 8)]
+)
 def test_channel_multiple_follows_the_cpu_vector_width(monkeypatch, capability, multiple):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert channel_multiple("cpu") == channel_multiple() == multiple
@@ -84,7 +92,9 @@ def test_channel_multiple_follows_the_cpu_vector_width(monkeypatch, capability, 
 
 def test_round_to_auto_keeps_the_kernels_channel_multiple(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # any CPU: 8
-    result = lostprune.prune(models.create("resnet20"), "ft", 0.5, coupled="sum", round_to="auto", progress=False)
+    result = lostprune.prune(
+        models.create("resnet20"), "ft", 0.5, coupled="sum", round_to="auto", progress=False
+    )
     sliced = slice_model(result.model)
     assert {layer.out_channels % 8 for name, layer in prunable_layers(sliced).items() if name != "fc"} == {0}
     assert sliced.slice_report.channel_multiple == 8 and sliced.slice_report.padding_share == 0
@@ -93,30 +103,43 @@ def test_round_to_auto_keeps_the_kernels_channel_multiple(monkeypatch):
 
 def test_slice_report_counts_the_work_on_channel_padding(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 16, 3, stride=2, padding=1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 16, 3, stride=2, padding=1)
+    )
     conv = model[0]
     prune = torch.nn.utils.prune
-    prune.custom_from_mask(conv, "weight", (torch.arange(32) < 18).float().view(32, 1, 1, 1).expand_as(conv.weight))
+    prune.custom_from_mask(
+        conv, "weight", (torch.arange(32) < 18).float().view(32, 1, 1, 1).expand_as(conv.weight)
+    )
     report = slice_model(model, torch.randn(1, 3, 10, 10)).slice_report
     # conv 0: 18 of 32 filters kept, computed as 32 at 10x10; conv 2: 16 outputs at 5x5 over 18 inputs
     kept, padded_work = 18 * 27 * 100 + 16 * 18 * 9 * 25, 32 * 27 * 100 + 16 * 18 * 9 * 25
     assert (report.conv_macs, report.conv_macs_padded, report.unaligned) == (kept, padded_work, ["0"])
     assert report.padding_share == pytest.approx(1 - kept / padded_work)
-    assert "runs on channel padding: 1 convs keep output channel counts that are not a multiple of 16" \
+    assert (
+        "runs on channel padding: 1 convs keep output channel counts that are not a multiple of 16"
         in report.summary()
+    )
 
 
 def test_bad_options_are_named():
-    with pytest.raises(ValueError, match="coupled must be one of 'sum', 'mean', 'max', 'min', 'skip', 'per_layer' or a "
-                                         "callable"):
+    with pytest.raises(
+        ValueError,
+        match="coupled must be one of 'sum', 'mean', 'max', 'min', 'skip', 'per_layer' or a callable",
+    ):
         lostprune.prune(models.create("small_cnn"), "ft", 0.5, coupled="add", progress=False)
     for bad in (0, -8, 2.5, True):
         with pytest.raises(ValueError, match="round_to must be a positive integer"):
-            lostprune.prune(models.create("small_cnn"), "ft", 0.5, coupled="sum", round_to=bad, progress=False)
+            lostprune.prune(
+                models.create("small_cnn"), "ft", 0.5, coupled="sum", round_to=bad, progress=False
+            )
     with pytest.raises(ValueError, match=r"round_to must be .* or 'auto'"):
         lostprune.prune(models.create("small_cnn"), "ft", 0.5, coupled="sum", round_to="fast", progress=False)
-    with pytest.raises(ValueError, match=r"round_to=8 rounds the kept channels of whole channel groups.*"
-                                         r"coupled='sum'"):  # the paper's per-layer FT does not round
+    with pytest.raises(
+        ValueError,
+        match=r"round_to=8 rounds the kept channels of whole channel groups.*"
+        r"coupled='sum'",
+    ):  # the paper's per-layer FT does not round
         lostprune.prune(models.create("small_cnn"), "ft", 0.5, round_to=8, progress=False)
 
 
@@ -125,7 +148,11 @@ class GatedResidual(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.stem, self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+        self.stem, self.conv, self.head = (
+            nn.Conv2d(3, 8, 1),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Conv2d(8, 2, 1),
+        )
         self.inner, self.out = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
 
     def forward(self, x):
@@ -138,8 +165,11 @@ class GatedResidual(nn.Module):
 def test_unsupported_op_in_a_coupled_group_is_named_with_the_skip_way_out():
     model = GatedResidual()
     x = torch.randn(1, 3, 6, 6)
-    with pytest.raises(GraphError, match=r"coupled channel group \(8 channels produced by (conv, stem|stem, conv)\) passes an unsupported op function 'cumsum' at "
-                                         r"node 'cumsum'.*coupled='skip'"):
+    with pytest.raises(
+        GraphError,
+        match=r"coupled channel group \(8 channels produced by (conv, stem|stem, conv)\) passes an unsupported op function 'cumsum' at "
+        r"node 'cumsum'.*coupled='skip'",
+    ):
         lostprune.prune(model, "ft", 0.3, example_input=x, coupled="sum", progress=False)
     with pytest.warns(UserWarning, match="instead of the target 30.00 %"):  # only `inner` can go
         result = lostprune.prune(model, "ft", 0.3, example_input=x, coupled="skip", progress=False)
@@ -159,15 +189,24 @@ def test_cascade_never_revives_and_removes_dead_channels_first():
 PFP_DATA = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
 
-@pytest.mark.parametrize("options", [{"coupled": "sum"}, {"coupled": "skip"}, {"coupled": "sum", "round_to": 4},
-                                     {"coupled": "sum", "round_to": "auto"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"coupled": "sum"},
+        {"coupled": "skip"},
+        {"coupled": "sum", "round_to": 4},
+        {"coupled": "sum", "round_to": "auto"},
+    ],
+)
 def test_pfp_group_options_remove_what_slicing_removes(compiled, options):
     torch.manual_seed(0)
     model = models.create("resnet20")
     result = lostprune.prune(model, "pfp", 0.5, data=PFP_DATA, progress=False, **options)
     sliced = slice_model(result.model)
     kept = sum(m.weight.numel() for m in prunable_layers(sliced).values())
-    assert kept == result.stats.prunable_params - round(result.stats.achieved_ratio * result.stats.prunable_params)
+    assert kept == result.stats.prunable_params - round(
+        result.stats.achieved_ratio * result.stats.prunable_params
+    )
     assert abs(result.stats.achieved_ratio - 0.5) <= 0.005 * 0.5 or "round_to" in options
     if options.get("coupled") == "skip":
         for name in ["conv1", "layer1.0.conv2", "layer3.2.conv2"]:
@@ -183,28 +222,50 @@ def test_pfp_group_options_remove_what_slicing_removes(compiled, options):
 
 
 def test_pfp_bad_group_option_is_named(compiled):
-    with pytest.raises(ValueError, match=r"coupled must be one of 'sum', .*'skip', 'per_layer' or a callable"):
+    with pytest.raises(
+        ValueError, match=r"coupled must be one of 'sum', .*'skip', 'per_layer' or a callable"
+    ):
         lostprune.prune(models.create("resnet20"), "pfp", 0.5, data=PFP_DATA, coupled="add", progress=False)
-    with pytest.raises(ValueError, match=r"round_to=8 rounds the kept channels of whole channel groups, which "
-                                         r"the paper's per-layer variant .* coupled='sum'"):
-        lostprune.prune(models.create("resnet20"), "pfp", 0.5, data=PFP_DATA, coupled="per_layer", round_to=8,
-                        progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"round_to=8 rounds the kept channels of whole channel groups, which "
+        r"the paper's per-layer variant .* coupled='sum'",
+    ):
+        lostprune.prune(
+            models.create("resnet20"),
+            "pfp",
+            0.5,
+            data=PFP_DATA,
+            coupled="per_layer",
+            round_to=8,
+            progress=False,
+        )
 
 
 # ----------------------------------------------------------------------------- GroupPlan
 class TwoProducers(nn.Module):
     def __init__(self):
         super().__init__()
-        self.a, self.b, self.head = nn.Conv2d(1, 3, 1, bias=False), nn.Conv2d(1, 3, 1, bias=False), nn.Conv2d(3, 1, 1)
+        self.a, self.b, self.head = (
+            nn.Conv2d(1, 3, 1, bias=False),
+            nn.Conv2d(1, 3, 1, bias=False),
+            nn.Conv2d(3, 1, 1),
+        )
 
     def forward(self, x):
         return self.head(self.a(x) + self.b(x))
 
 
-@pytest.mark.parametrize("coupled, expected", [
-    ("sum", [5.0, 5.0, 4.0]), ("mean", [2.5, 2.5, 2.0]), ("max", [4.0, 3.0, 2.0]), ("min", [1.0, 2.0, 2.0]),
-    (lambda s: s.prod(0), [4.0, 6.0, 4.0]),
-])
+@pytest.mark.parametrize(
+    "coupled, expected",
+    [
+        ("sum", [5.0, 5.0, 4.0]),
+        ("mean", [2.5, 2.5, 2.0]),
+        ("max", [4.0, 3.0, 2.0]),
+        ("min", [1.0, 2.0, 2.0]),
+        (lambda s: s.prod(0), [4.0, 6.0, 4.0]),
+    ],
+)
 def test_group_score_reduces_the_members_scores(coupled, expected):
     model = TwoProducers()
     with torch.no_grad():
@@ -235,7 +296,9 @@ def test_removed_weights_match_the_accounting_also_after_unstructured_pruning():
 
 def test_by_input_channels_and_counts_from_kept():
     """The PFP path: scores per input column, kept columns per layer → removal per group."""
-    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 9, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 9, 2)
+    )
     plan, _ = plan_for(model, torch.randn(1, 3, 3, 3), by="in")
     scores = {"2": torch.tensor([6.0, 1, 5, 2, 4, 3]), "5": torch.arange(36.0)}
     plan.rank(scores)

@@ -132,7 +132,8 @@ def test_the_check_fails_on_a_violating_import():
     graph["lostprune.train.loop"].add("lostprune.metrics")  # train -> metrics: same layer
     assert upward_imports(graph) == [
         "lostprune.core.masks imports lostprune.metrics.potential ('core' may not import 'metrics')",
-        "lostprune.train.loop imports lostprune.metrics ('train' may not import 'metrics')"]
+        "lostprune.train.loop imports lostprune.metrics ('train' may not import 'metrics')",
+    ]
     graph = {m: set(t) for m, t in GRAPH.items()}
     graph["lostprune.report.robust"].add("lostprune.report.render")  # the old cycle: render imports robust
     assert import_cycles(graph) == [["lostprune.report.render", "lostprune.report.robust"]]
@@ -145,8 +146,13 @@ def test_the_check_sees_function_local_imports(tmp_path):
     assert imports_of("lostprune.train.probe", source) >= {"lostprune.report.render", "lostprune.cli"}
 
 
-@pytest.mark.parametrize("module, former", [("lostprune.train.augment", "lostprune.experiments.config"),
-                                            ("lostprune.report.robust", "lostprune.report.render"),
-                                            ("lostprune.sparse.convert", "lostprune.bench")])
+@pytest.mark.parametrize(
+    "module, former",
+    [
+        ("lostprune.train.augment", "lostprune.experiments.config"),
+        ("lostprune.report.robust", "lostprune.report.render"),
+        ("lostprune.sparse.convert", "lostprune.bench"),
+    ],
+)
 def test_the_cycles_of_issue_21_stay_broken(module, former):
     assert former not in GRAPH[module]

@@ -49,7 +49,9 @@ def test_prune_potential_both_readings(delta, any_, prefix):
 
 def test_prune_potential_edge_cases():
     assert prune_potential(RATIOS, [0.2] * 4, PARENT) == 0.0  # nothing qualifies: the parent's 0
-    with pytest.raises(ValueError, match="ratios is empty: a prune potential needs at least one pruned network"):
+    with pytest.raises(
+        ValueError, match="ratios is empty: a prune potential needs at least one pruned network"
+    ):
         prune_potential([], [], PARENT)  # nothing measured is not a potential of 0
     assert prune_potential(RATIOS[::-1], ERRORS[::-1], PARENT, 0.005, "prefix") == 0.4  # order-free
     assert prune_potential([0.5], [0.105], 0.1) == 0.5  # exactly parent + δ, despite float round-off
@@ -60,7 +62,9 @@ def test_strict_boundary_is_the_originals_test():
     parent, on_boundary = 860 / 10000, 910 / 10000
     assert prune_potential([0.5], [on_boundary], parent, 0.005) == 0.5
     assert prune_potential([0.5], [on_boundary], parent, 0.005, boundary="strict") == 0.0
-    assert prune_potential([0.5], [909 / 10000], parent, 0.005, boundary="strict") == 0.5  # acc + δ > acc_parent
+    assert (
+        prune_potential([0.5], [909 / 10000], parent, 0.005, boundary="strict") == 0.5
+    )  # acc + δ > acc_parent
     with pytest.raises(ValueError, match="boundary must be one of"):
         prune_potential([0.5], [0.1], 0.1, boundary="loose")
 
@@ -190,7 +194,9 @@ def test_grid_makes_each_shifted_set_once(monkeypatch):
     shifts = [nominal(), corruption_shift("contrast", 3), corruption_shift("gaussian_noise", 2)]
     grid = evaluate_grid(models, shifts, (x, y), batch_size=10, progress=False)
     assert len(calls) == 2 * 3  # two corruptions × three batches, whatever the number of models
-    assert all(grid.error(m, "corruption:contrast:3") == grid.error("m0", "corruption:contrast:3") for m in models)
+    assert all(
+        grid.error(m, "corruption:contrast:3") == grid.error("m0", "corruption:contrast:3") for m in models
+    )
 
 
 def test_grid_noise_draws_and_reproducibility():
@@ -214,10 +220,13 @@ def test_grid_noise_draws_and_reproducibility():
     assert g1.error("parent", name) > g1.error("parent")
     assert g1.prune_potential("parent", {"other": 0.5}, name, delta=0.99) == 0.5
     assert len(g1.error_draws["other"][name]) == 4
-    per_draw = [0.5 if o <= p + 0.01 + 1e-12 else 0.0 for o, p in zip(g1.error_draws["other"][name],
-                                                                        g1.error_draws["parent"][name])]
+    per_draw = [
+        0.5 if o <= p + 0.01 + 1e-12 else 0.0
+        for o, p in zip(g1.error_draws["other"][name], g1.error_draws["parent"][name])
+    ]
     assert g1.prune_potential("parent", {"other": 0.5}, name, delta=0.01, per_draw=True) == pytest.approx(
-        sum(per_draw) / 4)
+        sum(per_draw) / 4
+    )
     assert g1.excess_error("other", "parent", [name]) == pytest.approx(
         (g1.error("other", name) - g1.error("other")) - (g1.error("parent", name) - g1.error("parent"))
     )
@@ -240,8 +249,15 @@ def test_grid_noise_is_made_once_on_the_cpu_for_every_device():
     x, y = vote_data(12)
     shift = noise_shift("gaussian", 0.3, draws=2)
     a, b = Recorder(), Recorder()
-    evaluate_grid({"a": a, "b": b}, [shift], (x, y), normalize=((0.5,) * 3, (0.25,) * 3), batch_size=5, seed=7,
-                  progress=False)
+    evaluate_grid(
+        {"a": a, "b": b},
+        [shift],
+        (x, y),
+        normalize=((0.5,) * 3, (0.25,) * 3),
+        batch_size=5,
+        seed=7,
+        progress=False,
+    )
     assert len(a.seen) == 2 * 3 and all(torch.equal(u, v) for u, v in zip(a.seen, b.seen))
     # batch 1, draw 1: normalized pixels plus CPU noise from the stable per-(shift, batch, draw) seed
     generator = torch.Generator().manual_seed(evaluation_module._seed(7, shift.name, 1, 1))
@@ -254,8 +270,15 @@ def test_grid_noise_is_made_once_on_the_cpu_for_every_device():
 def test_grid_models_on_cpu_and_cuda_see_the_same_noisy_inputs():
     x, y = vote_data(12)
     on_cpu, on_gpu = Recorder(), Recorder("cuda")
-    grid = evaluate_grid({"cpu": on_cpu, "gpu": on_gpu}, [noise_shift("uniform", 0.5, draws=3)], (x, y),
-                         normalize=((0.5,) * 3, (0.25,) * 3), reference="cpu", batch_size=5, progress=False)
+    grid = evaluate_grid(
+        {"cpu": on_cpu, "gpu": on_gpu},
+        [noise_shift("uniform", 0.5, draws=3)],
+        (x, y),
+        normalize=((0.5,) * 3, (0.25,) * 3),
+        reference="cpu",
+        batch_size=5,
+        progress=False,
+    )
     assert all(torch.equal(u, v) for u, v in zip(on_cpu.seen, on_gpu.seen))
     name = grid.shifts[0].name
     assert grid.agreement["gpu"][name] == 1.0 and grid.errors["gpu"][name] == grid.errors["cpu"][name]
@@ -265,28 +288,71 @@ def test_grid_reuses_kept_reference_outputs():
     x, y = vote_data(30)
     shifts = [nominal(), noise_shift("gaussian", 20.0, draws=3)]
     parent, other = ChannelVote(), ChannelVote((0, 2, 1))
-    joint = evaluate_grid({"parent": parent, "other": other}, shifts, (x, y), reference="parent", batch_size=7,
-                          normalize=((0.5,) * 3, (0.25,) * 3), progress=False)
-    kept = evaluate_grid({"parent": parent}, shifts, (x, y), batch_size=7, normalize=((0.5,) * 3, (0.25,) * 3),
-                         keep_outputs=["parent"], progress=False)
+    joint = evaluate_grid(
+        {"parent": parent, "other": other},
+        shifts,
+        (x, y),
+        reference="parent",
+        batch_size=7,
+        normalize=((0.5,) * 3, (0.25,) * 3),
+        progress=False,
+    )
+    kept = evaluate_grid(
+        {"parent": parent},
+        shifts,
+        (x, y),
+        batch_size=7,
+        normalize=((0.5,) * 3, (0.25,) * 3),
+        keep_outputs=["parent"],
+        progress=False,
+    )
     assert kept.outputs["parent"][shifts[1].name].shape == (3, 30, 3)
-    reused = evaluate_grid({"other": other}, shifts, (x, y), reference="parent", batch_size=7,
-                           normalize=((0.5,) * 3, (0.25,) * 3), reference_outputs=kept.outputs["parent"],
-                           progress=False)
+    reused = evaluate_grid(
+        {"other": other},
+        shifts,
+        (x, y),
+        reference="parent",
+        batch_size=7,
+        normalize=((0.5,) * 3, (0.25,) * 3),
+        reference_outputs=kept.outputs["parent"],
+        progress=False,
+    )
     for field_name in ("errors", "error_std", "agreement", "agreement_std", "softmax_l2", "softmax_l2_std"):
         assert getattr(reused, field_name)["other"] == getattr(joint, field_name)["other"], field_name
     assert reused.error_draws["other"] == joint.error_draws["other"]
     with pytest.raises(ValueError, match="reference must name the model they came from"):
-        evaluate_grid({"other": other}, shifts, (x, y), reference="other", reference_outputs=kept.outputs["parent"],
-                      progress=False)
+        evaluate_grid(
+            {"other": other},
+            shifts,
+            (x, y),
+            reference="other",
+            reference_outputs=kept.outputs["parent"],
+            progress=False,
+        )
     with pytest.raises(ValueError, match=r"reference_outputs\['nominal'\] must hold the reference's outputs"):
-        evaluate_grid({"other": other}, shifts, (x, y), reference="parent", reference_outputs={}, progress=False)
+        evaluate_grid(
+            {"other": other}, shifts, (x, y), reference="parent", reference_outputs={}, progress=False
+        )
     with pytest.raises(ValueError, match="hold more samples than data"):
-        evaluate_grid({"other": other}, shifts, (x[:20], y[:20]), reference="parent", batch_size=7,
-                      reference_outputs=kept.outputs["parent"], progress=False)
+        evaluate_grid(
+            {"other": other},
+            shifts,
+            (x[:20], y[:20]),
+            reference="parent",
+            batch_size=7,
+            reference_outputs=kept.outputs["parent"],
+            progress=False,
+        )
     with pytest.raises(ValueError, match="holds fewer samples than data"):
-        evaluate_grid({"other": other}, shifts, (torch.cat([x, x]), torch.cat([y, y])), reference="parent",
-                      batch_size=7, reference_outputs=kept.outputs["parent"], progress=False)
+        evaluate_grid(
+            {"other": other},
+            shifts,
+            (torch.cat([x, x]), torch.cat([y, y])),
+            reference="parent",
+            batch_size=7,
+            reference_outputs=kept.outputs["parent"],
+            progress=False,
+        )
     with pytest.raises(ValueError, match=r"keep_outputs \['x'\] are not among the models"):
         evaluate_grid({"other": other}, shifts, (x, y), keep_outputs=["x"], progress=False)
 
@@ -418,7 +484,9 @@ def test_informative_features_rank_saturated_confidence_by_log_probability(mode)
     masks = informative_features(model, images, fraction=4 / 16, mode=mode, pixels_per_step=1, progress=False)
     for i in range(2):  # the 4 largest contributions wᵢ xᵢ survive backward selection
         contribution = (images[i].flatten() * model.w).detach()
-        assert set(masks[i].flatten().nonzero().flatten().tolist()) == set(contribution.topk(4).indices.tolist())
+        assert set(masks[i].flatten().nonzero().flatten().tolist()) == set(
+            contribution.topk(4).indices.tolist()
+        )
 
 
 def test_log_confidence_is_the_log_probability():

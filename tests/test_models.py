@@ -4,8 +4,16 @@ import torch
 import lostprune.models as models
 
 
-@pytest.mark.parametrize("name, params", [("resnet20", 272_474), ("resnet56", 855_770), ("resnet110", 1_730_714),
-                                          ("vgg16_bn", 14_987_722), ("small_cnn", 141_034)])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("resnet20", 272_474),
+        ("resnet56", 855_770),
+        ("resnet110", 1_730_714),
+        ("vgg16_bn", 14_987_722),
+        ("small_cnn", 141_034),
+    ],
+)
 def test_cifar_models_shape_and_size(name, params):
     model = models.create(name).eval()
     assert model.input_size == (3, 32, 32) and model.task == "classification"

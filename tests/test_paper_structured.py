@@ -60,11 +60,16 @@ def test_ft_on_a_chain_keeps_the_same_fraction_per_layer_and_drops_constant_colu
     # channels of a (the others carry only a BN shift: dropped) = 54 of 216; fc keeps 3 of 6 columns
     removed = 2 * 27 + (216 - 3 * 2 * 9) + (18 - 3 * 3)
     total = 108 + 216 + 18
-    result = lostprune.prune(model, "ft", removed / total, example_input=torch.randn(1, 3, 8, 8).double(),
-                             progress=False)
+    result = lostprune.prune(
+        model, "ft", removed / total, example_input=torch.randn(1, 3, 8, 8).double(), progress=False
+    )
     assert rows(result.masks["a"]) == [0, 2] and cols(result.masks["a"]) == [0, 1, 2]
     assert rows(result.masks["b"]) == [0, 2, 4] and cols(result.masks["b"]) == [0, 2]
-    assert rows(result.masks["fc"]) == [0, 1, 2] and cols(result.masks["fc"]) == [0, 2, 4]  # output layer: all rows
+    assert rows(result.masks["fc"]) == [0, 1, 2] and cols(result.masks["fc"]) == [
+        0,
+        2,
+        4,
+    ]  # output layer: all rows
     assert zeros(result) == removed == result.stats.removed_params
     # what is zero in a mask is zero in the weight the forward pass uses
     for name, mask in result.masks.items():
@@ -72,7 +77,7 @@ def test_ft_on_a_chain_keeps_the_same_fraction_per_layer_and_drops_constant_colu
 
 
 def test_l2_ranks_filters_by_their_l2_norm():
-    """"l2" is FT with ‖W_i‖₂: a filter with one large weight beats one spread thin, which
+    """ "l2" is FT with ‖W_i‖₂: a filter with one large weight beats one spread thin, which
     L1 ranks the other way round (docs/methods.md §Baselines)."""
     model = Chain().double()
     with torch.no_grad():
@@ -86,8 +91,9 @@ def test_l2_ranks_filters_by_their_l2_norm():
     ratio = removed / (108 + 216 + 18)
     kept = {}
     for method in ("ft", "l2"):
-        result = lostprune.prune(model, method, ratio, example_input=torch.randn(1, 3, 8, 8).double(),
-                                 progress=False)
+        result = lostprune.prune(
+            model, method, ratio, example_input=torch.randn(1, 3, 8, 8).double(), progress=False
+        )
         kept[method] = rows(result.masks["a"]), cols(result.masks["b"]), rows(result.masks["b"])
         assert zeros(result) == removed == result.stats.removed_params
     assert kept["ft"] == ([0, 1], [0, 1], [0, 2, 4])
@@ -122,8 +128,9 @@ def test_ft_on_a_residual_block_follows_each_tensor():
     # constant channel 1: 3 rows × 3 columns kept; fc: every channel of the add is live
     removed = 27 + (144 - 81) + (144 - 81)
     total = 108 + 144 + 144 + 8
-    result = lostprune.prune(model, "ft", removed / total, example_input=torch.randn(1, 3, 8, 8).double(),
-                             progress=False)
+    result = lostprune.prune(
+        model, "ft", removed / total, example_input=torch.randn(1, 3, 8, 8).double(), progress=False
+    )
     assert rows(result.masks["stem"]) == [1, 2, 3]
     assert rows(result.masks["conv1"]) == [0, 2, 3] and cols(result.masks["conv1"]) == [1, 2, 3]
     assert rows(result.masks["conv2"]) == [0, 1, 3] and cols(result.masks["conv2"]) == [0, 2, 3]
@@ -138,8 +145,9 @@ def test_channel_dead_in_every_producer_of_a_residual_add_is_dropped_everywhere(
     set_filter_norms(model.conv2, [1.0, 3.0, 4.0, 2.0])  # removes 0 too: channel 0 of the add is constant
     removed = 27 + (144 - 81) + (144 - 81) + 2  # ... and fc drops its column 0
     total = 108 + 144 + 144 + 8
-    result = lostprune.prune(model, "ft", removed / total, example_input=torch.randn(1, 3, 8, 8).double(),
-                             progress=False)
+    result = lostprune.prune(
+        model, "ft", removed / total, example_input=torch.randn(1, 3, 8, 8).double(), progress=False
+    )
     assert rows(result.masks["conv2"]) == [1, 2, 3]
     assert cols(result.masks["fc"]) == [1, 2, 3]
     assert zeros(result) == removed == result.stats.removed_params
@@ -161,7 +169,7 @@ def expected_kept(scores: torch.Tensor, positions: int, kernel: int, eps: float)
     """c(ε) of the error analysis, written out in float64 (the oracle for kept_channels)."""
     alpha = 2 * 3.0 * math.log(8 * (positions + 1) * kernel / 1e-16)
     total = float(scores.sum())
-    m = math.ceil(3.0 * (6 + 2 * eps) * alpha * total / eps ** 2)
+    m = math.ceil(3.0 * (6 + 2 * eps) * alpha * total / eps**2)
     p = scores.double() / total
     return max(1, min(len(scores), math.ceil(float((1 - (1 - p) ** m).sum()) - 1e-9)))
 
@@ -176,12 +184,20 @@ def test_pfp_keeps_the_top_c_channels_of_every_layer_for_one_eps(compiled):
 
     def by_hand(kept: dict[str, int]) -> tuple[dict, int]:
         """Top-c columns per layer; a filter whose channel the next layer dropped is zeroed."""
-        top = {n: torch.sort(scores[n].double(), descending=True, stable=True).indices[:kept[n]].sort().values.tolist()
-               for n in layers}
+        top = {
+            n: torch.sort(scores[n].double(), descending=True, stable=True)
+            .indices[: kept[n]]
+            .sort()
+            .values.tolist()
+            for n in layers
+        }
         rows_a = [j for j in range(6) if j in top["b"]]
         rows_b = [j for j in range(8) if j in top["fc"]]
-        removed = (162 - 9 * len(rows_a) * len(top["a"])) + (432 - 9 * len(rows_b) * len(top["b"])) \
+        removed = (
+            (162 - 9 * len(rows_a) * len(top["a"]))
+            + (432 - 9 * len(rows_b) * len(top["b"]))
             + (32 - 4 * len(top["fc"]))
+        )
         return {"top": top, "rows_a": rows_a, "rows_b": rows_b}, removed
 
     eps = 2000.0  # a relative error at which b and fc lose channels (m is tiny on 6 and 8 channels)
@@ -221,21 +237,39 @@ def test_pfp_residual_channel_read_by_one_consumer_stays_dropped_by_all_goes(com
     for name in stage3_producers:
         produced = nonzero_rows_and_columns(result.masks[name])[0]
         assert not (produced & ~read).any(), f"{name} keeps a filter nobody reads"
-    partially = [j for j in range(64) if read[j] and not all(
-        nonzero_rows_and_columns(result.masks[n])[1][j] for n in stage3_readers)]
+    partially = [
+        j
+        for j in range(64)
+        if read[j] and not all(nonzero_rows_and_columns(result.masks[n])[1][j] for n in stage3_readers)
+    ]
     assert partially, "some residual channel is read by one layer and dropped by another"
     assert zeros(result) == result.stats.removed_params
 
 
 # ----------------------------------------------------------------------------- masks are the truth
-MODELS = {"resnet20": (3, 32, 32), "resnet18": (3, 64, 64), "mobilenet_v2": (3, 64, 64),
-          "densenet121": (3, 64, 64)}
+MODELS = {
+    "resnet20": (3, 32, 32),
+    "resnet18": (3, 64, 64),
+    "mobilenet_v2": (3, 64, 64),
+    "densenet121": (3, 64, 64),
+}
 SLOW = {"densenet121"}
 
 
-@pytest.mark.parametrize("method, options", [("wt", {}), ("sipp", {}), ("ft", {}), ("ft", {"coupled": "sum"}),
-                                             ("pfp", {}), ("pfp", {"coupled": "sum"})])
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("wt", {}),
+        ("sipp", {}),
+        ("ft", {}),
+        ("ft", {"coupled": "sum"}),
+        ("pfp", {}),
+        ("pfp", {"coupled": "sum"}),
+    ],
+)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS]
+)
 def test_reported_count_is_the_zeros_of_the_masks_at_three_ratios(compiled, name, method, options):
     torch.manual_seed(0)
     model = models.randomize_norm_statistics(models.create(name), 0)
@@ -249,8 +283,9 @@ def test_reported_count_is_the_zeros_of_the_masks_at_three_ratios(compiled, name
         assert zeros(result) == result.stats.removed_params
         off = [w for w in caught if "instead of the target" in str(w.message)]
         # on budget, or one warning that names the achieved ratio
-        assert abs(result.stats.achieved_ratio - ratio) <= 0.005 * ratio or \
-            (len(off) == 1 and f"{100 * result.stats.achieved_ratio:.2f} %" in str(off[0].message))
+        assert abs(result.stats.achieved_ratio - ratio) <= 0.005 * ratio or (
+            len(off) == 1 and f"{100 * result.stats.achieved_ratio:.2f} %" in str(off[0].message)
+        )
         assert abs(result.stats.achieved_ratio - ratio) <= 0.01, "never far off the budget"
 
 
@@ -260,8 +295,12 @@ def test_masks_survive_retraining_save_load_and_further_pruning(compiled):
     result = lostprune.prune(model, "ft", 0.5, progress=False)
     x = torch.randn(32, 3, 32, 32)
     y = torch.randint(0, 10, (32,))
-    train(result.model, torch.utils.data.TensorDataset(x, y),
-          TrainConfig(epochs=1, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-3), progress=False)
+    train(
+        result.model,
+        torch.utils.data.TensorDataset(x, y),
+        TrainConfig(epochs=1, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-3),
+        progress=False,
+    )
     for name, mask in result.masks.items():
         module = result.model.get_submodule(name)
         assert torch.equal(module.weight_mask, mask)
@@ -310,8 +349,17 @@ def _zero_constants(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "googlenet", "shufflenet_v2_x0_5", "efficientnet_b0",
-                                  pytest.param("densenet121", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet18",
+        "mobilenet_v2",
+        "googlenet",
+        "shufflenet_v2_x0_5",
+        "efficientnet_b0",
+        pytest.param("densenet121", marks=pytest.mark.slow),
+    ],
+)
 def test_propagation_removes_only_what_cannot_change_the_output(name):
     """Random rows and columns removed; what propagation adds on top is exactly output-neutral
     when constants are zero, on graphs with residual adds, concats, depthwise convs, channel
@@ -353,19 +401,24 @@ def test_propagation_removes_only_what_cannot_change_the_output(name):
     assert np.array_equal(again[0], final_rows) and np.array_equal(again[1], final_cols)
 
 
-@pytest.mark.parametrize("method, options", [("ft", {}), ("ft", {"coupled": "sum"}), ("pfp", {}),
-                                             ("pfp", {"coupled": "sum"})])
+@pytest.mark.parametrize(
+    "method, options", [("ft", {}), ("ft", {"coupled": "sum"}), ("pfp", {}), ("pfp", {"coupled": "sum"})]
+)
 def test_inception_style_branches_meet_the_budget(compiled, method, options):
     """GoogLeNet: four parallel branches concatenated, max-pool branches, 1x1 reductions."""
     import torchvision
 
     torch.manual_seed(0)
-    model = models.randomize_norm_statistics(torchvision.models.googlenet(aux_logits=False, init_weights=True), 0)
+    model = models.randomize_norm_statistics(
+        torchvision.models.googlenet(aux_logits=False, init_weights=True), 0
+    )
     S = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     data = {"data": S} if method == "pfp" else {"example_input": S[:1]}
     for ratio in (0.3, 0.5):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zero-score channels of a random network (PFP) are named, not errors
+            warnings.simplefilter(
+                "ignore"
+            )  # zero-score channels of a random network (PFP) are named, not errors
             result = lostprune.prune(model.eval(), method, ratio, progress=False, **data, **options)
         assert zeros(result) == result.stats.removed_params
         assert abs(result.stats.achieved_ratio - ratio) <= 0.005 * ratio

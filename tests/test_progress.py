@@ -9,7 +9,14 @@ from lostprune.experiments.progress import format_seconds, seconds_left
 
 def task(key, kind, status, seconds=None, started=None, chain=None):
     payload = json.dumps({"chain": chain} if chain else {})
-    return {"key": key, "kind": kind, "status": status, "seconds": seconds, "started": started, "payload": payload}
+    return {
+        "key": key,
+        "kind": kind,
+        "status": status,
+        "seconds": seconds,
+        "started": started,
+        "payload": payload,
+    }
 
 
 def test_seconds_left_counts_each_kind_at_its_own_pace():
@@ -38,8 +45,11 @@ def test_seconds_left_waits_for_a_first_example_of_each_kind():
     assert format_seconds(None) == "estimating"
     assert format_seconds(75) == "1:15" and format_seconds(3 * 3600 + 61) == "3:01:01"
     # failed work is not waited for
-    rows = [task("parent", "train", "failed"), task("chain/wt", "chain", "failed"),
-            task("wt/0", "network", "pending", chain="chain/wt")]
+    rows = [
+        task("parent", "train", "failed"),
+        task("chain/wt", "chain", "failed"),
+        task("wt/0", "network", "pending", chain="chain/wt"),
+    ]
     assert seconds_left(rows, 10.0) == 0.0
 
 
@@ -70,8 +80,10 @@ def test_a_worker_stops_when_its_runner_dies():
     import sys
     import time
 
-    code = ("import time; from lostprune.experiments.runner import exit_with_parent; "
-            "exit_with_parent(-1, poll=0.01); time.sleep(60)")
+    code = (
+        "import time; from lostprune.experiments.runner import exit_with_parent; "
+        "exit_with_parent(-1, poll=0.01); time.sleep(60)"
+    )
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-c", code], check=False, timeout=50)
     assert done.returncode == 1 and time.monotonic() - start < 50

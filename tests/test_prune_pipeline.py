@@ -69,7 +69,9 @@ def test_trace_is_not_reused_once_the_structure_changes(traces):
     model.conv1.stride = (2, 2)  # a plain attribute the trace depends on
     changed = build_graph(model, X)
     assert len(traces) == 2
-    shape = changed.fx_graph.find_nodes(op="call_module", target="layer1.0.conv1")[0].meta["tensor_meta"].shape
+    shape = (
+        changed.fx_graph.find_nodes(op="call_module", target="layer1.0.conv1")[0].meta["tensor_meta"].shape
+    )
     assert tuple(shape) == (1, 16, 16, 16)
     model.layer1[0].conv1 = nn.Conv2d(16, 16, 3, padding=1, bias=False).eval()  # same structure: same key
     build_graph(model, X)
@@ -136,7 +138,7 @@ def test_sort_order_matches_lexsort_and_falls_back_for_wide_keys():
     a, b = rng.integers(0, 50, 500), rng.integers(0, 7, 500)
     c = np.arange(500)
     assert np.array_equal(_sort_order(a, b, c), np.lexsort((c, b, a)))
-    wide = rng.integers(0, 2 ** 40, 500)
+    wide = rng.integers(0, 2**40, 500)
     assert np.array_equal(_sort_order(wide, wide, c), np.lexsort((c, wide, wide)))
 
 
@@ -183,7 +185,9 @@ def test_outer_mask_remembers_its_factors_until_changed():
     like = torch.ones(4, 3, 2, 2)
     rows, cols = torch.tensor([True, False, True, True]), torch.tensor([False, True, True])
     mask = outer_mask(rows, cols, like)
-    assert torch.equal(mask, (rows[:, None, None, None] & cols[None, :, None, None]).expand(4, 3, 2, 2).float())
+    assert torch.equal(
+        mask, (rows[:, None, None, None] & cols[None, :, None, None]).expand(4, 3, 2, 2).float()
+    )
     assert mask_factors(mask) is not None
     live_rows, live_cols = nonzero_rows_and_columns(mask)
     assert torch.equal(live_rows, rows) and torch.equal(live_cols, cols)
@@ -213,8 +217,9 @@ def test_stats_count_exactly_what_the_masks_remove(pre, coupled):
     assert result.stats.removed_params == zeros
     assert result.stats.achieved_ratio == pytest.approx(zeros / result.stats.prunable_params, rel=1e-12)
     layers = prunable_layers(result.model)
-    by_masks = compute_stats(result.model, layers, {f"{n}.weight": m for n, m in result.masks.items()},
-                             example_input=X)
+    by_masks = compute_stats(
+        result.model, layers, {f"{n}.weight": m for n, m in result.masks.items()}, example_input=X
+    )
     assert by_masks == dataclasses.replace(result.stats, method="", target_ratio=0.0)
 
 
@@ -262,8 +267,9 @@ def test_slicing_never_shares_storage_with_the_pruned_model():
 def test_raw_weight_changed_after_pruning_still_slices_exactly():
     """orig no longer zero outside the mask (an optimizer step without re-zeroing): slicing
     multiplies by the mask instead of sharing the raw weight."""
-    result = lostprune.prune(models.randomize_norm_statistics(cifar_resnet()), "ft", 0.5, example_input=X,
-                             progress=False)
+    result = lostprune.prune(
+        models.randomize_norm_statistics(cifar_resnet()), "ft", 0.5, example_input=X, progress=False
+    )
     with torch.no_grad():
         for module in prunable_layers(result.model).values():
             module.weight_orig.add_(0.01)
@@ -286,4 +292,3 @@ def test_shape_keeping_modules_skipped_on_meta_only_and_hooks_still_fire():
         x = torch.randn(1, 4, 2, 2)
         assert model[1](x) is x
     assert not torch.equal(model.eval()[1](x), x)  # running statistics: not the identity
-

@@ -10,7 +10,9 @@ RATIOS = [0.2, 0.5, 0.8]
 SHIFT = "noise:gaussian:0.1"
 
 
-def _results(rows: dict[str, tuple[int, str, str | None, int | None, float, float, float]]) -> ExperimentResults:
+def _results(
+    rows: dict[str, tuple[int, str, str | None, int | None, float, float, float]],
+) -> ExperimentResults:
     """rows: key -> (seed, role, method, step, ratio, nominal error, shifted error)."""
     results = ExperimentResults.__new__(ExperimentResults)
     results.config = {"methods": ["wt", "unpruned"]}
@@ -30,7 +32,15 @@ def _study(offset: dict[int, float], slope: float):
     for seed in (0, 1):
         rows[f"parent/s{seed}"] = (seed, "parent", None, None, 0.0, 0.10, 0.20)
         for step, r in enumerate(RATIOS):
-            rows[f"wt/s{seed}/{step}"] = (seed, "pruned", "wt", step, r, 0.11, 0.21 + offset[seed] + slope * r)
+            rows[f"wt/s{seed}/{step}"] = (
+                seed,
+                "pruned",
+                "wt",
+                step,
+                r,
+                0.11,
+                0.21 + offset[seed] + slope * r,
+            )
             rows[f"ctrl/s{seed}/{step}"] = (seed, "pruned", "unpruned", step, 0.0, 0.10, 0.20 + offset[seed])
     return _results(rows)
 
@@ -38,7 +48,9 @@ def _study(offset: dict[int, float], slope: float):
 def test_excess_errors_against_the_control_remove_the_shared_offset():
     results = _study({0: 0.02, 1: -0.03}, slope=0.01)
     points, plain = results.excess_errors("wt", [SHIFT])
-    expected = [excess_error(0.11, [0.21 + off + 0.01 * r], 0.10, [0.20]) for off in (0.02, -0.03) for r in RATIOS]
+    expected = [
+        excess_error(0.11, [0.21 + off + 0.01 * r], 0.10, [0.20]) for off in (0.02, -0.03) for r in RATIOS
+    ]
     assert [e for _, e in points] == pytest.approx(expected)
     r = np.array(RATIOS * 2)
     assert plain.slope == pytest.approx(float(r @ np.array(expected) / (r @ r)))

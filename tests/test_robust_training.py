@@ -53,7 +53,9 @@ def test_each_sample_gets_its_own_corruption_and_severity():
     """Deterministic corruptions: every sample equals that corruption applied to it alone;
     severity 0 leaves it as it was; no noise here."""
     x = normalized_batch(40)
-    augment = ShiftAugmentation(["gaussian_blur", "contrast", "pixelate"], noise=None, mean=MEAN, std=STD, seed=1)
+    augment = ShiftAugmentation(
+        ["gaussian_blur", "contrast", "pixelate"], noise=None, mean=MEAN, std=STD, seed=1
+    )
     draw = augment.draw(len(x))
     out = augment.apply(x, draw)
     assert set(draw.severity.tolist()) > {0} and len(set(draw.corruption.tolist())) == 3
@@ -64,13 +66,14 @@ def test_each_sample_gets_its_own_corruption_and_severity():
             assert torch.equal(out[i], x[i])
             continue
         name = augment.corruptions[int(draw.corruption[i])]
-        expected = corrupt(pixels[i:i + 1], name, severity)
-        torch.testing.assert_close(to_pixels(out[i:i + 1]), expected, atol=1e-5, rtol=0)
+        expected = corrupt(pixels[i : i + 1], name, severity)
+        torch.testing.assert_close(to_pixels(out[i : i + 1]), expected, atol=1e-5, rtol=0)
 
 
 def test_draws_cover_the_mix_uniformly():
-    augment = ShiftAugmentation(["fog", "contrast"], severities=[0, 2, 5], noise="uniform", noise_levels=[0, 0.1],
-                                seed=0)
+    augment = ShiftAugmentation(
+        ["fog", "contrast"], severities=[0, 2, 5], noise="uniform", noise_levels=[0, 0.1], seed=0
+    )
     draw = augment.draw(6000)
     pairs = torch.stack([draw.corruption, draw.severity], 1)
     counts = torch.unique(pairs, dim=0, return_counts=True)[1]
@@ -115,19 +118,22 @@ def test_pixel_inputs_without_normalization():
     torch.testing.assert_close(out, corrupt(pixels, "contrast", 5))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"corruptions": ["fogg"]}, r"corruptions\[0\] must be one of .*fog"),
-    ({"corruptions": "fog"}, r"corruptions must be a list of names"),
-    ({"severities": [0, 6]}, r"severities\[1\] must be an integer in 0..5"),
-    ({"severities": []}, r"severities must list at least one"),
-    ({"noise": "salt"}, r"noise must be one of uniform, gaussian or None"),
-    ({"noise_levels": [0.1, -1]}, r"noise_levels\[1\] must be a finite number >= 0"),
-    ({"corruptions": [], "noise": None}, r"augments nothing"),
-    ({"severities": [0], "noise_levels": [0]}, r"augments nothing"),
-    ({"mean": MEAN}, r"mean and std: give both"),
-    ({"mean": MEAN, "std": (1, 0, 1)}, r"std must be positive"),
-    ({"seed": 1.5}, r"seed must be an integer or None"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"corruptions": ["fogg"]}, r"corruptions\[0\] must be one of .*fog"),
+        ({"corruptions": "fog"}, r"corruptions must be a list of names"),
+        ({"severities": [0, 6]}, r"severities\[1\] must be an integer in 0..5"),
+        ({"severities": []}, r"severities must list at least one"),
+        ({"noise": "salt"}, r"noise must be one of uniform, gaussian or None"),
+        ({"noise_levels": [0.1, -1]}, r"noise_levels\[1\] must be a finite number >= 0"),
+        ({"corruptions": [], "noise": None}, r"augments nothing"),
+        ({"severities": [0], "noise_levels": [0]}, r"augments nothing"),
+        ({"mean": MEAN}, r"mean and std: give both"),
+        ({"mean": MEAN, "std": (1, 0, 1)}, r"std must be positive"),
+        ({"seed": 1.5}, r"seed must be an integer or None"),
+    ],
+)
 def test_augmentation_errors(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         ShiftAugmentation(**kwargs)
@@ -201,33 +207,45 @@ def test_robust_section_parses_with_defaults():
     keys = {t.key for t in build_plan(config)}
     assert {"parent/s0/robust", "chain/s0/robust/wt", "eval/pruned/s0/robust/ft/01"} <= keys
     assert arms(parse_config(tiny())) == ["nominal"]
-    noise_only = parse_config(tiny(robust={"corruptions": [], "noise": {"kind": "uniform", "levels": [0, 0.2]}}))
+    noise_only = parse_config(
+        tiny(robust={"corruptions": [], "noise": {"kind": "uniform", "levels": [0, 0.2]}})
+    )
     assert noise_only.robust.noise.levels == [0, 0.2]
     assert parse_config(tiny(robust={"noise": None})).robust.noise is None
-    assert parse_config(tiny(robust={})).digest() != parse_config(tiny(robust={"severities": [0, 5]})).digest()
+    assert (
+        parse_config(tiny(robust={})).digest() != parse_config(tiny(robust={"severities": [0, 5]})).digest()
+    )
 
 
 def test_held_out_and_training_corruptions_cannot_overlap_silently():
-    overlapping = tiny(robust={"corruptions": ["fog", "contrast"]},
-                       test={"corruptions": {"names": ["gaussian_noise", "contrast"], "severities": [3]}})
-    with pytest.raises(ConfigError, match=r"test.corruptions.names\[1\]='contrast' also in robust.corruptions: "
-                                          r"held-out .* test.allow_training_corruptions: true"):
+    overlapping = tiny(
+        robust={"corruptions": ["fog", "contrast"]},
+        test={"corruptions": {"names": ["gaussian_noise", "contrast"], "severities": [3]}},
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"test.corruptions.names\[1\]='contrast' also in robust.corruptions: "
+        r"held-out .* test.allow_training_corruptions: true",
+    ):
         parse_config(overlapping)
     overlapping["test"]["allow_training_corruptions"] = True
     assert parse_config(overlapping).test.allow_training_corruptions
 
 
-@pytest.mark.parametrize("robust, message", [
-    ({"corruptions": ["fogg"]}, r"robust.corruptions\[0\] must be one of .*fog"),
-    ({"severities": [0, 6]}, r"robust.severities\[1\] must be in 0..5 \(0 = clean\), got 6"),
-    ({"severities": []}, r"robust.severities must list at least one"),
-    ({"noise": {"levels": [0.1, -0.1]}}, r"robust.noise.levels\[1\] must be >= 0"),
-    ({"noise": {"kind": "salt"}}, r"robust.noise.kind must be one of gaussian, uniform"),
-    ({"corruptions": [], "noise": None}, r"robust augments nothing"),
-    ({"severities": [0], "noise": {"levels": [0]}}, r"robust augments nothing"),
-    ({"nosie": None}, r"unknown key 'robust.nosie'; did you mean 'noise'\?"),
-    ([1, 2], r"robust must be a mapping of corruptions, severities, noise"),
-])
+@pytest.mark.parametrize(
+    "robust, message",
+    [
+        ({"corruptions": ["fogg"]}, r"robust.corruptions\[0\] must be one of .*fog"),
+        ({"severities": [0, 6]}, r"robust.severities\[1\] must be in 0..5 \(0 = clean\), got 6"),
+        ({"severities": []}, r"robust.severities must list at least one"),
+        ({"noise": {"levels": [0.1, -0.1]}}, r"robust.noise.levels\[1\] must be >= 0"),
+        ({"noise": {"kind": "salt"}}, r"robust.noise.kind must be one of gaussian, uniform"),
+        ({"corruptions": [], "noise": None}, r"robust augments nothing"),
+        ({"severities": [0], "noise": {"levels": [0]}}, r"robust augments nothing"),
+        ({"nosie": None}, r"unknown key 'robust.nosie'; did you mean 'noise'\?"),
+        ([1, 2], r"robust must be a mapping of corruptions, severities, noise"),
+    ],
+)
 def test_robust_config_errors_name_the_key(robust, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(tiny(robust=robust))
@@ -266,14 +284,17 @@ def test_recommend_ratio_on_a_hand_made_table():
     assert recommend_ratio([TABLE, other_seed], [FOG], 0.005) == 0.5
 
 
-@pytest.mark.parametrize("table, shifts, message", [
-    (TABLE, ["corruption:snow:3"], r"no errors for 'corruption:snow:3' .*available: corruption:fog:3"),
-    (TABLE, "fog", r"shifts must be a list"),
-    ({0.5: TABLE[0.5]}, [FOG], r"needs the parent's errors at ratio 0"),
-    ({**TABLE, 1.5: TABLE[0.5]}, [FOG], r"keys must be prune ratios in \[0, 1\)"),
-    ({**TABLE, 0.6: {"nominal": 0.1}}, [FOG], r"a pruned network has no error on 'corruption:fog:3'"),
-    ([], [FOG], r"results is empty"),
-])
+@pytest.mark.parametrize(
+    "table, shifts, message",
+    [
+        (TABLE, ["corruption:snow:3"], r"no errors for 'corruption:snow:3' .*available: corruption:fog:3"),
+        (TABLE, "fog", r"shifts must be a list"),
+        ({0.5: TABLE[0.5]}, [FOG], r"needs the parent's errors at ratio 0"),
+        ({**TABLE, 1.5: TABLE[0.5]}, [FOG], r"keys must be prune ratios in \[0, 1\)"),
+        ({**TABLE, 0.6: {"nominal": 0.1}}, [FOG], r"a pruned network has no error on 'corruption:fog:3'"),
+        ([], [FOG], r"results is empty"),
+    ],
+)
 def test_recommend_ratio_errors(table, shifts, message):
     with pytest.raises((ValueError, TypeError), match=message):
         recommend_ratio(table, shifts, 0.005)
@@ -284,10 +305,17 @@ def test_recommend_ratio_errors(table, shifts, message):
 # ----------------------------------------------------------------------------- report (synthetic store)
 def synthetic_store(root, tables: dict):
     """A results store with the given {(arm, method): table} curves (seed 0), no training."""
-    config = parse_config(tiny(robust={"corruptions": ["snow"]}, methods=["wt", "ft"],
-                               schedule={"mode": "cascade", "ratios": [0.5, 0.7, 0.8, 0.9]},
-                               test={"noise": {"kind": "gaussian", "levels": [0.1]},
-                                     "corruptions": {"names": ["fog"], "severities": [3]}}))
+    config = parse_config(
+        tiny(
+            robust={"corruptions": ["snow"]},
+            methods=["wt", "ft"],
+            schedule={"mode": "cascade", "ratios": [0.5, 0.7, 0.8, 0.9]},
+            test={
+                "noise": {"kind": "gaussian", "levels": [0.1]},
+                "corruptions": {"names": ["fog"], "severities": [3]},
+            },
+        )
+    )
     store = Store(root / "results.sqlite")
     store.set_meta("config", config.to_yaml())
     networks, results = [], []
@@ -307,8 +335,15 @@ def test_recommend_ratio_and_report_on_experiment_results(tmp_path):
     from lostprune.report import ExperimentResults, write_report
 
     robust_table = {r: {**errors, FOG: errors["nominal"] + 0.2} for r, errors in TABLE.items()}
-    synthetic_store(tmp_path, {("nominal", "wt"): TABLE, ("robust", "wt"): robust_table,
-                               ("nominal", "ft"): TABLE, ("robust", "ft"): TABLE})
+    synthetic_store(
+        tmp_path,
+        {
+            ("nominal", "wt"): TABLE,
+            ("robust", "wt"): robust_table,
+            ("nominal", "ft"): TABLE,
+            ("robust", "ft"): TABLE,
+        },
+    )
     results = ExperimentResults(tmp_path)
     assert recommend_ratio(results, [NOISE, FOG], method="wt") == 0.8  # δ from the config: 0.005
     assert recommend_ratio(results, [NOISE, FOG], method="wt", reading="prefix") == 0.5
@@ -334,9 +369,12 @@ def test_recommend_ratio_and_report_on_experiment_results(tmp_path):
 def test_shifted_sample_is_clean_then_shifted_and_the_same_on_every_pass():
     pixels = torch.rand(10, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     labels = torch.arange(10)
-    data = torch.utils.data.TensorDataset((pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1),
-                                          labels)
-    augment = ShiftAugmentation(["contrast", "gaussian_blur"], severities=[3], noise_levels=[0.1], mean=MEAN, std=STD)
+    data = torch.utils.data.TensorDataset(
+        (pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1), labels
+    )
+    augment = ShiftAugmentation(
+        ["contrast", "gaussian_blur"], severities=[3], noise_levels=[0.1], mean=MEAN, std=STD
+    )
     sample = ShiftedSample(data, augment, copies=2, seed=1, chunk=4)
     assert len(sample) == 30
     forward = [sample[i] for i in range(30)]
@@ -351,8 +389,10 @@ def test_shifted_sample_is_clean_then_shifted_and_the_same_on_every_pass():
     other_seed = ShiftedSample(data, augment, copies=2, seed=2, chunk=4)
     assert not torch.equal(other_seed[10][0], forward[10][0])
     assert len(ShiftedSample(data, augment, clean=False)) == 10
-    for kwargs, message in [({"copies": 0}, "copies must be an integer >= 1"),
-                            ({"chunk": 0}, "chunk must be an integer >= 1")]:
+    for kwargs, message in [
+        ({"copies": 0}, "copies must be an integer >= 1"),
+        ({"chunk": 0}, "chunk must be an integer >= 1"),
+    ]:
         with pytest.raises(ValueError, match=message):
             ShiftedSample(data, augment, **kwargs)
     with pytest.raises(TypeError, match="augment must be a ShiftAugmentation"):
@@ -372,9 +412,12 @@ def test_prune_sample_option():
 def test_runner_trains_and_retrains_the_robust_arm(tmp_path):
     from lostprune.report import ExperimentResults
 
-    config = tiny(methods=["wt"], schedule={"mode": "cascade", "ratios": [0.5]},
-                  robust={"corruptions": ["gaussian_blur"], "severities": [0, 3], "noise": None},
-                  metrics={"similarity": False, "informative_features": False})
+    config = tiny(
+        methods=["wt"],
+        schedule={"mode": "cascade", "ratios": [0.5]},
+        robust={"corruptions": ["gaussian_blur"], "severities": [0, 3], "noise": None},
+        metrics={"similarity": False, "informative_features": False},
+    )
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     results = ExperimentResults(run(path, tmp_path / "run", progress=False))
@@ -382,8 +425,11 @@ def test_runner_trains_and_retrains_the_robust_arm(tmp_path):
     robust_parent = results.parents()[(0, "robust")]
     nominal_parent = results.parents()[(0, "nominal")]
     # the robust arm is evaluated on every test distribution the nominal arm is
-    assert {d for d, m in robust_parent.values if m == "error"} == \
-        {d for d, m in nominal_parent.values if m == "error"} == set(results.distributions())
+    assert (
+        {d for d, m in robust_parent.values if m == "error"}
+        == {d for d, m in nominal_parent.values if m == "error"}
+        == set(results.distributions())
+    )
     # trained on other inputs (after one tiny epoch both may still score at chance on the
     # class-balanced test subset, so compare the weights, not the errors)
     from lostprune.io import read_network_file
@@ -395,6 +441,8 @@ def test_runner_trains_and_retrains_the_robust_arm(tmp_path):
     # within δ of its parent on every distribution, else 0
     (curve,) = results.curves("wt", "robust")
     (network,) = curve.networks
-    within = all(network.error(d) <= curve.parent.error(d) + results.delta + 1e-12 for d in results.distributions())
+    within = all(
+        network.error(d) <= curve.parent.error(d) + results.delta + 1e-12 for d in results.distributions()
+    )
     assert network.ratio == pytest.approx(0.5, abs=0.01)
     assert recommend_ratio(results, None, method="wt", arm="robust") == (network.ratio if within else 0.0)

@@ -22,8 +22,12 @@ TINY = [
     ("depthwise", (2, 3, 5, 5), (3, 1, 3, 3), dict(padding=1, groups=3)),
     ("dilation", (2, 2, 7, 7), (3, 2, 3, 3), dict(padding=2, dilation=2)),
     ("stride_2", (2, 2, 7, 6), (3, 2, 3, 3), dict(stride=2, padding=1)),
-    ("non_square_everything", (2, 4, 9, 7), (6, 2, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2),
-                                                               groups=2)),
+    (
+        "non_square_everything",
+        (2, 4, 9, 7),
+        (6, 2, 3, 2),
+        dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
+    ),
     ("pointwise", (3, 5, 4, 4), (2, 5, 1, 1), {}),
     ("no_padding", (2, 2, 5, 4), (3, 2, 2, 2), {}),
     ("same_even_kernel", (2, 2, 5, 5), (3, 2, 2, 4), dict(padding="same")),
@@ -83,7 +87,9 @@ def test_kernel_paths_match_literal(compiled, name, x_shape, w_shape, conv, dtyp
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-6)
     for reduce in ("mean", "max"):
         out = weight_sensitivity(x.to(dtype), w.to(dtype), reduce=reduce, **conv)
-        torch.testing.assert_close(out.double(), weight_sensitivity_literal(x, w, reduce=reduce, **conv), **tol)
+        torch.testing.assert_close(
+            out.double(), weight_sensitivity_literal(x, w, reduce=reduce, **conv), **tol
+        )
     out = channel_sensitivity(x.to(dtype), w.to(dtype), **conv)
     torch.testing.assert_close(out.double(), channel_sensitivity_literal(x, w, **conv), **tol)
 
@@ -96,10 +102,12 @@ def test_channel_bounds_start_from_running(compiled):
     assert torch.equal(channel_sensitivity(x, w, padding=1, running=above), above)
     half = exact.clone()
     half[::2] /= 2  # below the result for some channels, equal for the others
-    torch.testing.assert_close(channel_sensitivity(x, w, padding=1, running=half), exact, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        channel_sensitivity(x, w, padding=1, running=half), exact, rtol=1e-10, atol=1e-12
+    )
 
 
-_OTHER_ISA_PROBE = '''
+_OTHER_ISA_PROBE = """
 import json, torch
 from lostprune.ops import _build, channel_sensitivity, channel_sensitivity_literal, weight_sensitivity, \\
     weight_sensitivity_literal
@@ -112,12 +120,14 @@ for name, x_shape, w_shape, conv in TINY + KERNEL_PATHS:
         worst = max(worst, diff.abs().max().item())
     worst = max(worst, (channel_sensitivity(x, w, **conv) - channel_sensitivity_literal(x, w, **conv)).abs().max().item())
 print(json.dumps({"isa": _build.vector_isa(), "worst": worst}))
-'''
+"""
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not {"avx2", "fma"} <= __import__("lostprune.ops._build", fromlist=["x"]).cpu_flags(),
-                    reason="needs an AVX2 CPU")
+@pytest.mark.skipif(
+    not {"avx2", "fma"} <= __import__("lostprune.ops._build", fromlist=["x"]).cpu_flags(),
+    reason="needs an AVX2 CPU",
+)
 def test_avx2_build_matches_literal():
     """The AVX2 code path (LOSTPRUNE_MARCH=x86-64-v3: 32-byte vectors, 16 registers) in float64."""
     import json
@@ -127,10 +137,22 @@ def test_avx2_build_matches_literal():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "LOSTPRUNE_MARCH": "x86-64-v3", "LOSTPRUNE_CUDA": "0", "LOSTPRUNE_BACKEND": "compiled",
-           "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, "-c", _OTHER_ISA_PROBE], check=False, env=env, cwd=root, capture_output=True,
-                          text=True, timeout=1800)
+    env = {
+        **os.environ,
+        "LOSTPRUNE_MARCH": "x86-64-v3",
+        "LOSTPRUNE_CUDA": "0",
+        "LOSTPRUNE_BACKEND": "compiled",
+        "PYTHONPATH": str(root),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_ISA_PROBE],
+        check=False,
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["isa"] == "AVX2"
@@ -141,10 +163,18 @@ def test_avx2_build_matches_literal():
 def test_vectorized_reference_matches_literal(name, x_shape, w_shape, conv):
     x, w = _inputs(x_shape, w_shape, seed=1)
     for reduce in ("mean", "max"):
-        torch.testing.assert_close(weight_sensitivity_reference(x, w, reduce=reduce, **conv),
-                                   weight_sensitivity_literal(x, w, reduce=reduce, **conv), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(channel_sensitivity_reference(x, w, **conv), channel_sensitivity_literal(x, w, **conv),
-                               rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            weight_sensitivity_reference(x, w, reduce=reduce, **conv),
+            weight_sensitivity_literal(x, w, reduce=reduce, **conv),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+    torch.testing.assert_close(
+        channel_sensitivity_reference(x, w, **conv),
+        channel_sensitivity_literal(x, w, **conv),
+        rtol=1e-10,
+        atol=1e-12,
+    )
 
 
 def test_all_zero_input_scores_zero(compiled):
@@ -201,10 +231,15 @@ def _random_layer(gen):
 def test_kernels_match_vectorized_reference_on_random_layers(compiled, seed):
     x, w, conv = _random_layer(torch.Generator().manual_seed(seed))
     for reduce in ("mean", "max"):
-        torch.testing.assert_close(weight_sensitivity(x, w, reduce=reduce, **conv),
-                                   weight_sensitivity_reference(x, w, reduce=reduce, **conv), rtol=2e-5, atol=1e-6)
-    torch.testing.assert_close(channel_sensitivity(x, w, **conv), channel_sensitivity_reference(x, w, **conv),
-                               rtol=2e-5, atol=1e-6)
+        torch.testing.assert_close(
+            weight_sensitivity(x, w, reduce=reduce, **conv),
+            weight_sensitivity_reference(x, w, reduce=reduce, **conv),
+            rtol=2e-5,
+            atol=1e-6,
+        )
+    torch.testing.assert_close(
+        channel_sensitivity(x, w, **conv), channel_sensitivity_reference(x, w, **conv), rtol=2e-5, atol=1e-6
+    )
 
 
 def test_larger_layer_matches_reference(compiled):
@@ -213,10 +248,18 @@ def test_larger_layer_matches_reference(compiled):
     x = torch.randn(4, 24, 37, 29, generator=gen).relu()
     w = torch.randn(40, 24, 3, 3, generator=gen)
     for reduce in ("mean", "max"):
-        torch.testing.assert_close(weight_sensitivity(x, w, padding=1, reduce=reduce),
-                                   weight_sensitivity_reference(x, w, padding=1, reduce=reduce), rtol=2e-5, atol=1e-6)
-    torch.testing.assert_close(channel_sensitivity(x, w, padding=1), channel_sensitivity_reference(x, w, padding=1),
-                               rtol=2e-5, atol=1e-6)
+        torch.testing.assert_close(
+            weight_sensitivity(x, w, padding=1, reduce=reduce),
+            weight_sensitivity_reference(x, w, padding=1, reduce=reduce),
+            rtol=2e-5,
+            atol=1e-6,
+        )
+    torch.testing.assert_close(
+        channel_sensitivity(x, w, padding=1),
+        channel_sensitivity_reference(x, w, padding=1),
+        rtol=2e-5,
+        atol=1e-6,
+    )
 
 
 def test_running_max_streams_batches(compiled):
@@ -227,8 +270,9 @@ def test_running_max_streams_batches(compiled):
         running = weight_sensitivity(x[2:], w, padding=1, reduce=reduce, running=running)
         torch.testing.assert_close(running, whole)
     running = channel_sensitivity(x[:5], w, padding=1)
-    torch.testing.assert_close(channel_sensitivity(x[5:], w, padding=1, running=running),
-                               channel_sensitivity(x, w, padding=1))
+    torch.testing.assert_close(
+        channel_sensitivity(x[5:], w, padding=1, running=running), channel_sensitivity(x, w, padding=1)
+    )
 
 
 def test_channel_is_the_max_of_weight_max_over_filters_and_offsets(compiled):
@@ -243,10 +287,14 @@ def test_half_precision_computes_in_float32(compiled):
     assert out.dtype == torch.float32
     # the float64 oracle on the bfloat16 values: what float32 arithmetic on them must give
     xb, wb = x.to(torch.bfloat16).double(), w.to(torch.bfloat16).double()
-    torch.testing.assert_close(out, weight_sensitivity_literal(xb, wb, padding=1).float(), rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out, weight_sensitivity_literal(xb, wb, padding=1).float(), rtol=2e-5, atol=1e-6
+    )
     channels = channel_sensitivity(x.to(torch.bfloat16), w.to(torch.bfloat16), padding=1)
     assert channels.dtype == torch.float32
-    torch.testing.assert_close(channels, channel_sensitivity_literal(xb, wb, padding=1).float(), rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(
+        channels, channel_sensitivity_literal(xb, wb, padding=1).float(), rtol=2e-5, atol=1e-6
+    )
 
 
 def test_weight_requiring_grad_is_fine(compiled):
@@ -264,16 +312,31 @@ def test_meta_tensors_give_shapes(compiled):
 def test_opcheck(compiled):
     x, w = _inputs((2, 4, 6, 5), (6, 2, 3, 2), dtype=torch.float32)
     running = torch.rand(6, 2, 3, 2)
-    for args in [(x, w, [2, 1], [1, 0], [1, 2], 2, "mean", None), (x, w, [1, 1], [1, 1], [1, 1], 2, "max", running)]:
+    for args in [
+        (x, w, [2, 1], [1, 0], [1, 2], 2, "mean", None),
+        (x, w, [1, 1], [1, 1], [1, 1], 2, "max", running),
+    ]:
         torch.library.opcheck(torch.ops.lostprune.weight_sensitivity.default, args)
-    torch.library.opcheck(torch.ops.lostprune.channel_sensitivity.default, (x, w, [1, 1], [0, 0], [1, 1], 2, None))
-    torch.library.opcheck(torch.ops.lostprune.channel_sensitivity.default,
-                          (x, w, [1, 1], [0, 0], [1, 1], 2, torch.rand(4)))
+    torch.library.opcheck(
+        torch.ops.lostprune.channel_sensitivity.default, (x, w, [1, 1], [0, 0], [1, 1], 2, None)
+    )
+    torch.library.opcheck(
+        torch.ops.lostprune.channel_sensitivity.default, (x, w, [1, 1], [0, 0], [1, 1], 2, torch.rand(4))
+    )
 
 
 # --------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("fn", [weight_sensitivity, weight_sensitivity_reference, weight_sensitivity_literal,
-                                channel_sensitivity, channel_sensitivity_reference, channel_sensitivity_literal])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        weight_sensitivity,
+        weight_sensitivity_reference,
+        weight_sensitivity_literal,
+        channel_sensitivity,
+        channel_sensitivity_reference,
+        channel_sensitivity_literal,
+    ],
+)
 def test_nan_or_inf_input_is_an_error(compiled, fn):
     x, w = _inputs((2, 2, 4, 4), (3, 2, 3, 3), dtype=torch.float32)
     x[1, 0, 2, 2] = float("nan")
@@ -382,10 +445,18 @@ def test_cuda_kernels_match_reference(compiled, seed):
     for reduce in ("mean", "max"):
         out = weight_sensitivity(x, w, reduce=reduce, **conv)
         assert out.is_cuda
-        torch.testing.assert_close(out.cpu(), weight_sensitivity_reference(x.cpu(), w.cpu(), reduce=reduce, **conv),
-                                   rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(channel_sensitivity(x, w, **conv).cpu(),
-                               channel_sensitivity_reference(x.cpu(), w.cpu(), **conv), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            out.cpu(),
+            weight_sensitivity_reference(x.cpu(), w.cpu(), reduce=reduce, **conv),
+            rtol=1e-4,
+            atol=1e-6,
+        )
+    torch.testing.assert_close(
+        channel_sensitivity(x, w, **conv).cpu(),
+        channel_sensitivity_reference(x.cpu(), w.cpu(), **conv),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.cuda
@@ -393,10 +464,13 @@ def test_cuda_kernels_match_reference(compiled, seed):
 def test_cuda_float64_matches_literal(compiled, name, x_shape, w_shape, conv):
     x, w = _inputs(x_shape, w_shape)
     for reduce in ("mean", "max"):
-        torch.testing.assert_close(weight_sensitivity(x.cuda(), w.cuda(), reduce=reduce, **conv).cpu(),
-                                   weight_sensitivity_literal(x, w, reduce=reduce, **conv))
-    torch.testing.assert_close(channel_sensitivity(x.cuda(), w.cuda(), **conv).cpu(),
-                               channel_sensitivity_literal(x, w, **conv))
+        torch.testing.assert_close(
+            weight_sensitivity(x.cuda(), w.cuda(), reduce=reduce, **conv).cpu(),
+            weight_sensitivity_literal(x, w, reduce=reduce, **conv),
+        )
+    torch.testing.assert_close(
+        channel_sensitivity(x.cuda(), w.cuda(), **conv).cpu(), channel_sensitivity_literal(x, w, **conv)
+    )
 
 
 @pytest.mark.cuda
@@ -412,11 +486,14 @@ def test_cuda_ops_ignore_tf32_and_keep_the_users_setting(compiled):
         torch.set_float32_matmul_precision("high")
         setting = _tf32_state()
         for fn in (weight_sensitivity, weight_sensitivity_reference):
-            torch.testing.assert_close(fn(x.cuda(), w.cuda(), **conv).double().cpu(), want, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(
+                fn(x.cuda(), w.cuda(), **conv).double().cpu(), want, rtol=1e-4, atol=1e-6
+            )
             assert _tf32_state() == setting
         for fn in (channel_sensitivity, channel_sensitivity_reference):
-            torch.testing.assert_close(fn(x.cuda(), w.cuda(), **conv).double().cpu(), want_channel, rtol=1e-4,
-                                       atol=1e-6)
+            torch.testing.assert_close(
+                fn(x.cuda(), w.cuda(), **conv).double().cpu(), want_channel, rtol=1e-4, atol=1e-6
+            )
             assert _tf32_state() == setting
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before[0], before[1]
@@ -426,9 +503,12 @@ def test_cuda_ops_ignore_tf32_and_keep_the_users_setting(compiled):
 @pytest.mark.cuda
 def test_cuda_opcheck_and_errors(compiled):
     x, w = torch.randn(2, 4, 6, 5, device="cuda"), torch.randn(6, 2, 3, 2, device="cuda")
-    torch.library.opcheck(torch.ops.lostprune.weight_sensitivity.default,
-                          (x, w, [2, 1], [1, 0], [1, 2], 2, "mean", None))
-    torch.library.opcheck(torch.ops.lostprune.channel_sensitivity.default, (x, w, [1, 1], [0, 0], [1, 1], 2, None))
+    torch.library.opcheck(
+        torch.ops.lostprune.weight_sensitivity.default, (x, w, [2, 1], [1, 0], [1, 2], 2, "mean", None)
+    )
+    torch.library.opcheck(
+        torch.ops.lostprune.channel_sensitivity.default, (x, w, [1, 1], [0, 0], [1, 1], 2, None)
+    )
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(RuntimeError, match="NaN or inf"):
         weight_sensitivity(x, w, groups=2)

@@ -64,7 +64,9 @@ class Reused(nn.Module):
 
 
 S = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
-LABELED = torch.utils.data.TensorDataset(S, torch.randint(0, 4, (32,), generator=torch.Generator().manual_seed(2)))
+LABELED = torch.utils.data.TensorDataset(
+    S, torch.randint(0, 4, (32,), generator=torch.Generator().manual_seed(2))
+)
 SHARED, HEAD = 16 * 16, 4 * 16
 
 
@@ -113,14 +115,17 @@ def test_tied_weight_scores_take_every_use():
     """SiPP: the max over S of each use's sensitivity, as if both uses were one layer's calls."""
     model = TiedPair().eval()
     inputs = {}
-    hooks = [getattr(model, n).register_forward_hook(lambda m, args, out, n=n: inputs.__setitem__(n, args[0]))
-             for n in ("a", "b")]
+    hooks = [
+        getattr(model, n).register_forward_hook(lambda m, args, out, n=n: inputs.__setitem__(n, args[0]))
+        for n in ("a", "b")
+    ]
     with torch.no_grad():
         model(S)
     for h in hooks:
         h.remove()
-    want = torch.maximum(*(sensitivity_ops.weight_sensitivity_reference(inputs[n], model.a.weight)
-                           for n in ("a", "b")))
+    want = torch.maximum(
+        *(sensitivity_ops.weight_sensitivity_reference(inputs[n], model.a.weight) for n in ("a", "b"))
+    )
     got = sensitivity_pass(model, S, layers=["a"], progress=False)["a"]
     torch.testing.assert_close(got, want)
     # both layers selected: one score, shared
@@ -129,8 +134,9 @@ def test_tied_weight_scores_take_every_use():
 
 
 def test_tied_embedding_follows_the_pruned_classifier():
-    result = lostprune.prune(TiedEmbedding(), "wt", 0.5, example_input=torch.zeros(1, 5, dtype=torch.long),
-                             progress=False)
+    result = lostprune.prune(
+        TiedEmbedding(), "wt", 0.5, example_input=torch.zeros(1, 5, dtype=torch.long), progress=False
+    )
     model, stats = result.model, result.stats
     assert torch.equal(model.emb(torch.arange(32)), model.out.weight)  # the embedding reads the pruned table
     assert stats.total_params == sum(p.numel() for p in model.parameters())

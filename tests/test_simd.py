@@ -28,8 +28,22 @@ def _marches() -> list[str]:
 @pytest.mark.parametrize("march", _marches())
 def test_transposing_reduction_at_every_width(tmp_path, march):
     exe = tmp_path / "test_simd_arith"
-    subprocess.run(["g++", "-std=c++20", "-O2", f"-march={march}", "-Wall", "-Wextra", "-Werror",
-                    str(ROOT / "tests/cpp/test_simd_arith.cpp"), "-o", str(exe)], check=True, timeout=300)
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++20",
+            "-O2",
+            f"-march={march}",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            str(ROOT / "tests/cpp/test_simd_arith.cpp"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+        timeout=300,
+    )
     done = subprocess.run([str(exe)], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     expect = {"x86-64": "SSE2", "x86-64-v3": "AVX2", "native": "AVX-512"}[march]

@@ -17,9 +17,16 @@ from lostprune.structure.graph import build_graph
 
 def chain():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 5))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
 
 
 S = torch.randn(12, 3, 10, 10, generator=torch.Generator().manual_seed(1))
@@ -33,8 +40,10 @@ class TinyResNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(8)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(),
-                                                  nn.Conv2d(12, 8, 3, padding=1)) for _ in range(2))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 8, 3, padding=1))
+            for _ in range(2)
+        )
         self.fc = nn.Linear(8, 4)
 
     def forward(self, x):
@@ -112,7 +121,7 @@ def test_error_model_formulas():
     model = LayerErrorModel(torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64), positions=1024, kernel=9)
     assert model.alpha == pytest.approx(2 * 3 * math.log(8 * 1025 * 9 / 1e-16))
     eps = 50.0
-    m = math.ceil(3 * (6 + 2 * eps) * model.alpha * 1.0 / eps ** 2)
+    m = math.ceil(3 * (6 + 2 * eps) * model.alpha * 1.0 / eps**2)
     assert model.samples(eps) == m
     expect = math.ceil(sum(1 - (1 - p) ** m for p in (0.5, 0.25, 0.25)))
     assert kept_channels(model, eps) == min(3, expect)
@@ -121,7 +130,7 @@ def test_error_model_formulas():
 def test_kept_channels_monotone_and_clamped():
     gen = torch.Generator().manual_seed(0)
     model = LayerErrorModel(torch.rand(40, generator=gen, dtype=torch.float64) ** 4, positions=64, kernel=9)
-    counts = [kept_channels(model, 10.0 ** e) for e in torch.linspace(-3, 12, 60).tolist()]
+    counts = [kept_channels(model, 10.0**e) for e in torch.linspace(-3, 12, 60).tolist()]
     assert counts[0] == 40 and counts[-1] == 1
     assert all(a >= b for a, b in itertools.pairwise(counts))
     assert kept_channels(LayerErrorModel(torch.zeros(5, dtype=torch.float64), 4, 1), 1.0) == 1
@@ -177,7 +186,9 @@ def test_pfp_meets_the_budget_on_what_is_really_removed(compiled, tiny, ratio, c
     result = lostprune.prune(tiny, "pfp", ratio, data=S, coupled=coupled, progress=False)
     assert abs(result.stats.achieved_ratio - ratio) <= TOLERANCE[coupled] * ratio
     kept = sum(int((m != 0).sum()) for m in result.masks.values())
-    assert result.stats.prunable_params - kept == round(result.stats.achieved_ratio * result.stats.prunable_params)
+    assert result.stats.prunable_params - kept == round(
+        result.stats.achieved_ratio * result.stats.prunable_params
+    )
 
 
 @pytest.mark.parametrize("coupled", ["sum", "per_layer"])
@@ -198,7 +209,9 @@ def test_pfp_per_layer_residual_channel_every_reader_dropped_loses_its_producers
         read = torch.zeros(group.size, dtype=torch.bool)
         for member in group.consumers:
             read |= _kept_columns(result.masks[member.module])[member.index].any(1)
-        for member in group.producers:  # a filter no reader reads is zeroed (the original's zero-gradient rule)
+        for (
+            member
+        ) in group.producers:  # a filter no reader reads is zeroed (the original's zero-gradient rule)
             assert not (_kept_rows(result.masks[member.module])[member.index].any(1) & ~read).any()
 
 
@@ -216,8 +229,13 @@ def test_pfp_ratio_zero_keeps_everything(compiled):
     assert all(bool((m != 0).all()) for m in result.masks.values())
 
 
-@pytest.mark.parametrize("coupled, message", [("sum", r"pfp removes .* instead of the target 99.00 %"),
-                                               ("per_layer", r"pfp removes .* instead of the target 99.00 %")])
+@pytest.mark.parametrize(
+    "coupled, message",
+    [
+        ("sum", r"pfp removes .* instead of the target 99.00 %"),
+        ("per_layer", r"pfp removes .* instead of the target 99.00 %"),
+    ],
+)
 def test_pfp_budget_beyond_reach_warns_and_prunes_as_far_as_it_can(compiled, coupled, message):
     with pytest.warns(UserWarning, match=message):
         result = lostprune.prune(chain(), "pfp", 0.99, data=S, coupled=coupled, progress=False)

@@ -49,7 +49,9 @@ def weight_count(model: nn.Module) -> int:
 
 # ----------------------------------------------------------------------------- real architectures
 @pytest.mark.parametrize("method", ["ft", "pfp"])
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CIFAR + IMAGENET])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CIFAR + IMAGENET]
+)
 def test_sliced_model_equals_masked_model(name, method):
     """The group-aware variant (deployment): slicing drops exactly what the masks remove."""
     model = with_nonzero_constants(models.create(name))
@@ -68,8 +70,9 @@ def test_sliced_model_equals_masked_model(name, method):
     assert not report.kept
     assert report.zeros_kept == 0
     # the accounting's achieved ratio is what really disappeared
-    assert weight_count(sliced) == result.stats.prunable_params - round(result.stats.achieved_ratio
-                                                                       * result.stats.prunable_params)
+    assert weight_count(sliced) == result.stats.prunable_params - round(
+        result.stats.achieved_ratio * result.stats.prunable_params
+    )
     assert report.params_after == sum(p.numel() for p in sliced.parameters())
     # a plain dense model of the same classes; the input model is untouched
     assert not torch_prune.is_pruned(sliced) and not any(hasattr(m, "weight_mask") for m in sliced.modules())
@@ -79,7 +82,9 @@ def test_sliced_model_equals_masked_model(name, method):
 
 
 @pytest.mark.parametrize("method", ["ft", "pfp"])
-@pytest.mark.parametrize("name", ["resnet20", "vgg16_bn", "mobilenet_v2", pytest.param("densenet121", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["resnet20", "vgg16_bn", "mobilenet_v2", pytest.param("densenet121", marks=pytest.mark.slow)]
+)
 def test_paper_variant_slices_what_is_removable_and_says_what_stayed(name, method):
     """The paper's per-layer FT / PFP: slicing keeps the function, removes every channel no
     layer uses any more, and counts the masked weights that stay as zeros."""
@@ -127,7 +132,9 @@ def test_sliced_model_is_independent_of_the_input_model():
     result = lostprune.prune(with_nonzero_constants(models.create("small_cnn")), "ft", 0.5, progress=False)
     sliced = slice_model(result.model)
     ours = {p.data_ptr() for p in sliced.parameters()} | {b.data_ptr() for b in sliced.buffers()}
-    theirs = {p.data_ptr() for p in result.model.parameters()} | {b.data_ptr() for b in result.model.buffers()}
+    theirs = {p.data_ptr() for p in result.model.parameters()} | {
+        b.data_ptr() for b in result.model.buffers()
+    }
     assert not ours & theirs
     assert all(hasattr(m, "weight_mask") for m in prunable_layers(result.model).values())
 
@@ -153,7 +160,9 @@ def test_training_modes_are_kept():
 
 
 # ----------------------------------------------------------------------------- small graphs
-def masked(model: nn.Module, rows: dict[str, list[int]], cols: dict[str, list[int]] | None = None) -> nn.Module:
+def masked(
+    model: nn.Module, rows: dict[str, list[int]], cols: dict[str, list[int]] | None = None
+) -> nn.Module:
     """Mask the given weight rows (filters) and columns (input channels), nn.utils.prune format."""
     model = copy.deepcopy(model)
     for name, module in prunable_layers(model).items():
@@ -209,7 +218,12 @@ def test_channel_nobody_reads_is_dropped_without_folding():
 class PaddedBranch(nn.Module):
     def __init__(self, pad: nn.Module):
         super().__init__()
-        self.conv, self.bn, self.pad, self.head = nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), pad, nn.Conv2d(6, 2, 3)
+        self.conv, self.bn, self.pad, self.head = (
+            nn.Conv2d(3, 6, 3),
+            nn.BatchNorm2d(6),
+            pad,
+            nn.Conv2d(6, 2, 3),
+        )
 
     def forward(self, x):
         return self.head(self.pad(torch.relu(self.bn(self.conv(x)))))
@@ -226,7 +240,9 @@ def test_constant_through_a_non_preserving_op_keeps_the_channel_and_says_so(pad)
     assert_same_function(pruned, sliced, x)
 
 
-@pytest.mark.parametrize("pad", [nn.ReflectionPad2d(1), nn.AvgPool2d(3, 1, padding=1, count_include_pad=False)])
+@pytest.mark.parametrize(
+    "pad", [nn.ReflectionPad2d(1), nn.AvgPool2d(3, 1, padding=1, count_include_pad=False)]
+)
 def test_constant_preserving_spatial_ops_fold(pad):
     model = with_nonzero_constants(PaddedBranch(pad))
     pruned = masked(model, {"conv": [0, 4]})
@@ -259,9 +275,17 @@ def test_concat_channels_slice_at_their_offsets():
 
 def test_depthwise_conv_changes_groups():
     torch.manual_seed(0)
-    model = with_nonzero_constants(nn.Sequential(
-        nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8),
-        nn.ReLU6(), nn.Conv2d(8, 4, 1)))
+    model = with_nonzero_constants(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 1),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+            nn.Conv2d(8, 4, 1),
+        )
+    )
     pruned = masked(model, {"0": [2, 3, 7], "3": [2, 3, 7]})
     x = torch.randn(2, 3, 7, 7)
     sliced = slice_model(pruned, x[:1])
@@ -276,7 +300,11 @@ class SharedTwice(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.stem, self.shared, self.head = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 2, 1)
+        self.stem, self.shared, self.head = (
+            nn.Conv2d(3, 6, 1),
+            nn.Conv2d(6, 6, 3, padding=1),
+            nn.Conv2d(6, 2, 1),
+        )
 
     def forward(self, x):
         x = self.stem(x)

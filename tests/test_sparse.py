@@ -48,11 +48,13 @@ def test_pack_roundtrip_and_layout():
     assert packed.density == pytest.approx(packed.nnz / w.numel())
     assert torch.equal(packed.to_dense(), w)
     for o in range(6):  # canonical CSR: columns ascend within each row
-        cols = packed.col_index[packed.row_ptr[o]:packed.row_ptr[o + 1]]
+        cols = packed.col_index[packed.row_ptr[o] : packed.row_ptr[o + 1]]
         assert torch.all(cols[1:] > cols[:-1])
     # the same structure as torch's CSR of the flattened weight
     csr = w.reshape(6, -1).to_sparse_csr()
-    assert torch.equal(packed.row_ptr.long(), csr.crow_indices()) and torch.equal(packed.col_index.long(), csr.col_indices())
+    assert torch.equal(packed.row_ptr.long(), csr.crow_indices()) and torch.equal(
+        packed.col_index.long(), csr.col_indices()
+    )
 
 
 def test_pack_with_mask_and_prune_format():
@@ -66,11 +68,14 @@ def test_pack_with_mask_and_prune_format():
     assert empty.nnz == 0 and torch.equal(empty.row_ptr, torch.zeros(4, dtype=torch.int32))
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda: pack_weight(torch.ones(3, 3, dtype=torch.int64)), "floating-point"),
-    (lambda: pack_weight(torch.ones(3, 3, 3)), "2-D .linear. or 4-D .conv."),
-    (lambda: pack_weight(torch.ones(3, 3), torch.ones(3, 4)), "mask has shape"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda: pack_weight(torch.ones(3, 3, dtype=torch.int64)), "floating-point"),
+        (lambda: pack_weight(torch.ones(3, 3, 3)), "2-D .linear. or 4-D .conv."),
+        (lambda: pack_weight(torch.ones(3, 3), torch.ones(3, 4)), "mask has shape"),
+    ],
+)
 def test_pack_errors(bad, match):
     with pytest.raises((TypeError, ValueError), match=match):
         bad()
@@ -81,26 +86,26 @@ def test_pack_errors(bad, match):
 CONV_CASES = [
     (1, 3, 8, 9, 11, 3, 1, 1, 1, 1),
     (2, 4, 6, 10, 7, 3, 2, 1, 1, 2),
-    (1, 8, 8, 15, 15, 1, 2, 0, 1, 1),          # 1x1 stride 2: one phase plane of four
+    (1, 8, 8, 15, 15, 1, 2, 0, 1, 1),  # 1x1 stride 2: one phase plane of four
     (3, 6, 9, 12, 13, 5, 3, 2, 2, 3),
-    (4, 5, 5, 9, 9, 3, 1, 4, 3, 5),             # depthwise, padding wider than the kernel reach
+    (4, 5, 5, 9, 9, 3, 1, 4, 3, 5),  # depthwise, padding wider than the kernel reach
     (1, 2, 3, 4, 5, (1, 3), (1, 2), (0, 1), (2, 1), 1),
-    (1, 3, 16, 33, 31, 7, 2, 3, 1, 1),          # resnet stem shape, odd sizes
-    (1, 300, 20, 9, 9, 3, 1, 1, 1, 1),          # many input channels: several L1 chunks
-    (2, 64, 32, 40, 40, 3, 1, 1, 1, 1),         # many vectors per nonzero: sorted aligned path
-    (5, 32, 16, 20, 20, 3, 2, 1, 1, 1),         # batch > threads: one image per task
-    (1, 7, 5, 1, 1, 1, 1, 0, 1, 1),             # single output position
-    (2, 4, 4, 6, 6, 3, 1, 0, 1, 1),             # no padding
-    (16, 6, 9, 7, 7, 3, 1, 1, 1, 3),            # small planes, batch 16: images interleaved
-    (17, 8, 8, 9, 9, 3, 2, 1, 1, 1),            # one interleaved group + one image on its own
-    (33, 24, 16, 5, 6, 3, 1, 1, 2, 1),          # two groups + one, dilation
+    (1, 3, 16, 33, 31, 7, 2, 3, 1, 1),  # resnet stem shape, odd sizes
+    (1, 300, 20, 9, 9, 3, 1, 1, 1, 1),  # many input channels: several L1 chunks
+    (2, 64, 32, 40, 40, 3, 1, 1, 1, 1),  # many vectors per nonzero: sorted aligned path
+    (5, 32, 16, 20, 20, 3, 2, 1, 1, 1),  # batch > threads: one image per task
+    (1, 7, 5, 1, 1, 1, 1, 0, 1, 1),  # single output position
+    (2, 4, 4, 6, 6, 3, 1, 0, 1, 1),  # no padding
+    (16, 6, 9, 7, 7, 3, 1, 1, 1, 3),  # small planes, batch 16: images interleaved
+    (17, 8, 8, 9, 9, 3, 2, 1, 1, 1),  # one interleaved group + one image on its own
+    (33, 24, 16, 5, 6, 3, 1, 1, 2, 1),  # two groups + one, dilation
     # single images read through the band (im2col of a tile) when enough output channels
     # share its rows (nnz / codes >= 4), else the planes in place ("direct"):
-    (1, 64, 48, 19, 23, 3, 1, 1, 1, 1),         # band: several tiles and chunks
-    (1, 96, 128, 9, 9, 3, 1, 1, 1, 1),          # band; at 95 %: the larger sparse-chunk budget
-    (1, 16, 32, 40, 3, 3, 1, 1, 1, 1),          # band, 3 columns: rows gathered lane by lane
-    (1, 64, 64, 9, 9, 1, 1, 0, 1, 1),           # band, 1x1: plane rows without a gap
-    (2, 32, 2, 15, 15, 3, 1, 1, 1, 1),          # direct: 2 channels never repay a band
+    (1, 64, 48, 19, 23, 3, 1, 1, 1, 1),  # band: several tiles and chunks
+    (1, 96, 128, 9, 9, 3, 1, 1, 1, 1),  # band; at 95 %: the larger sparse-chunk budget
+    (1, 16, 32, 40, 3, 3, 1, 1, 1, 1),  # band, 3 columns: rows gathered lane by lane
+    (1, 64, 64, 9, 9, 1, 1, 0, 1, 1),  # band, 1x1: plane rows without a gap
+    (2, 32, 2, 15, 15, 3, 1, 1, 1, 1),  # direct: 2 channels never repay a band
 ]
 
 
@@ -122,8 +127,9 @@ def test_conv_matches_reference(compiled, case, sparsity, dtype):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("cout, size", [(24, (23, 19)), (64, (7, 7)), (2, (23, 19))],
-                         ids=["band-tiles", "band-one-tile", "direct"])
+@pytest.mark.parametrize(
+    "cout, size", [(24, (23, 19)), (64, (7, 7)), (2, (23, 19))], ids=["band-tiles", "band-one-tile", "direct"]
+)
 def test_conv_thread_counts(compiled, threads, cout, size):
     """Batch 1 split by tiles (several tiles) or by output-channel blocks (one tile), batch 3
     by images, at 1 and 2 threads, band and direct layouts; with the fused epilogue."""
@@ -138,8 +144,11 @@ def test_conv_thread_counts(compiled, threads, cout, size):
             ref = F.conv2d(x, weight, bias, 1, 1)
             residual = torch.randn_like(ref)
             _assert_close(sparse_conv2d(x, pack_weight(weight), bias, 1, 1), ref, 1e-5)
-            _assert_close(sparse_conv2d(x, pack_weight(weight), bias, 1, 1, residual=residual, relu=True),
-                          torch.relu(ref + residual), 1e-5)
+            _assert_close(
+                sparse_conv2d(x, pack_weight(weight), bias, 1, 1, residual=residual, relu=True),
+                torch.relu(ref + residual),
+                1e-5,
+            )
     finally:
         torch.set_num_threads(before)
 
@@ -190,9 +199,18 @@ def test_linear_shapes(compiled):
 def _conv_args(**change):
     weight = torch.randn(4, 3, 3, 3)
     packed = pack_weight(weight)
-    args = dict(x=torch.randn(1, 3, 8, 8), values=packed.values, col_index=packed.col_index,
-                row_ptr=packed.row_ptr, weight_shape=[4, 3, 3, 3], bias=None, stride=[1, 1], padding=[1, 1],
-                dilation=[1, 1], groups=1)
+    args = dict(
+        x=torch.randn(1, 3, 8, 8),
+        values=packed.values,
+        col_index=packed.col_index,
+        row_ptr=packed.row_ptr,
+        weight_shape=[4, 3, 3, 3],
+        bias=None,
+        stride=[1, 1],
+        padding=[1, 1],
+        dilation=[1, 1],
+        groups=1,
+    )
     args.update(change)
     return args
 
@@ -203,18 +221,32 @@ def _call_op(args):
 
 CONV_OP_ERRORS = [
     (dict(x=torch.ones(1, 3, 8, 8, dtype=torch.int32)), "x must be a floating-point tensor"),
-    (dict(x=torch.randn(1, 5, 8, 8)), r"x has 5 channels but the packed weight expects 3 \(3 per group x 1 groups\)"),
+    (
+        dict(x=torch.randn(1, 5, 8, 8)),
+        r"x has 5 channels but the packed weight expects 3 \(3 per group x 1 groups\)",
+    ),
     (dict(x=torch.randn(1, 3, 8, 8).half()), "CPU kernel supports float32 and float64"),
     (dict(x=torch.randn(3, 8, 8)), r"x must be 4-D \[N, C, H, W\]"),
     (dict(values=torch.randn(4)), "col_index has 108 entries but values has 4"),
     (dict(values=torch.randn(108).double()), "values has dtype Double but x has dtype Float"),
     (dict(col_index=torch.arange(108)), "col_index must be int32"),
     (dict(row_ptr=torch.zeros(3, dtype=torch.int32)), "row_ptr has 3 entries but weight_shape.0. = 4"),
-    (dict(row_ptr=torch.tensor([0, 50, 20, 80, 108], dtype=torch.int32)), "row_ptr is not a valid CSR row pointer at output channel 1"),
-    (dict(row_ptr=torch.tensor([0, 27, 54, 81, 100], dtype=torch.int32)), "row_ptr is not a valid CSR row pointer at output channel 4"),
-    (dict(col_index=torch.zeros(108, dtype=torch.int32)), r"col_index must increase strictly within each row"),
-    (dict(col_index=(torch.arange(108, dtype=torch.int32) % 27).index_fill_(0, torch.tensor([26]), 27)),
-     r"col_index\[26\] = 27 is out of range .*allowed 0..26"),
+    (
+        dict(row_ptr=torch.tensor([0, 50, 20, 80, 108], dtype=torch.int32)),
+        "row_ptr is not a valid CSR row pointer at output channel 1",
+    ),
+    (
+        dict(row_ptr=torch.tensor([0, 27, 54, 81, 100], dtype=torch.int32)),
+        "row_ptr is not a valid CSR row pointer at output channel 4",
+    ),
+    (
+        dict(col_index=torch.zeros(108, dtype=torch.int32)),
+        r"col_index must increase strictly within each row",
+    ),
+    (
+        dict(col_index=(torch.arange(108, dtype=torch.int32) % 27).index_fill_(0, torch.tensor([26]), 27)),
+        r"col_index\[26\] = 27 is out of range .*allowed 0..26",
+    ),
     (dict(bias=torch.randn(5)), r"bias must have shape \[4\]"),
     (dict(weight_shape=[4, 3, 3]), "weight_shape must be"),
     (dict(groups=2), "output channels are not divisible by groups = 2|x has 3 channels"),
@@ -232,8 +264,18 @@ def test_conv_op_errors(compiled, change, match):
 
 IMPLS = {
     "kernel": sparse_conv2d,
-    "reference": lambda x, packed, *a: sparse_conv2d_reference(x, packed.values, packed.col_index, packed.row_ptr,
-                                                               list(packed.shape), None, [1, 1], [1, 1], [1, 1], 1),
+    "reference": lambda x, packed, *a: sparse_conv2d_reference(
+        x,
+        packed.values,
+        packed.col_index,
+        packed.row_ptr,
+        list(packed.shape),
+        None,
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        1,
+    ),
 }
 
 
@@ -260,15 +302,24 @@ def test_wrapper_errors(compiled):
         sparse_conv2d(torch.randn(1, 3, 8, 8), conv, None, 2, "same")
     with pytest.raises(ValueError, match="stride must be an int or a pair"):
         sparse_conv2d(torch.randn(1, 3, 8, 8), conv, None, (1, 1, 1))
-    with pytest.raises((ValueError, RuntimeError), match="x has 4 features in its last dimension but the packed weight expects 3"):
+    with pytest.raises(
+        (ValueError, RuntimeError),
+        match="x has 4 features in its last dimension but the packed weight expects 3",
+    ):
         sparse_linear(torch.randn(2, 4), linear)
     with pytest.raises((TypeError, RuntimeError), match="x must be a floating-point tensor"):
         sparse_linear(torch.ones(2, 3, dtype=torch.int64), linear)
     with pytest.raises(ValueError, match="is on meta but x is on cpu"):
         sparse_linear(torch.randn(2, 3), linear.to("meta"))
     with pytest.raises(RuntimeError, match=r"col_index\[0\] = 9 is out of range .*allowed 0..2"):
-        torch.ops.lostprune.sparse_linear(torch.randn(1, 3), torch.ones(1), torch.tensor([9], dtype=torch.int32),
-                                          torch.tensor([0, 1, 1, 1, 1], dtype=torch.int32), [4, 3], None)
+        torch.ops.lostprune.sparse_linear(
+            torch.randn(1, 3),
+            torch.ones(1),
+            torch.tensor([9], dtype=torch.int32),
+            torch.tensor([0, 1, 1, 1, 1], dtype=torch.int32),
+            [4, 3],
+            None,
+        )
 
 
 def test_other_float_dtypes_fall_back_on_cpu(compiled):
@@ -287,8 +338,18 @@ def _opcheck_conv(requires_grad, device="cpu"):
     x = torch.randn(2, 3, 7, 6, generator=gen, dtype=torch.float64).to(device).requires_grad_(requires_grad)
     values = packed.values.to(device).requires_grad_(requires_grad)
     bias = torch.randn(4, dtype=torch.float64, device=device).requires_grad_(requires_grad)
-    return (x, values, packed.col_index.to(device), packed.row_ptr.to(device), [4, 3, 3, 3], bias,
-            [2, 1], [1, 0], [1, 2], 1)
+    return (
+        x,
+        values,
+        packed.col_index.to(device),
+        packed.row_ptr.to(device),
+        [4, 3, 3, 3],
+        bias,
+        [2, 1],
+        [1, 0],
+        [1, 2],
+        1,
+    )
 
 
 def _opcheck_linear(requires_grad, device="cpu"):
@@ -310,10 +371,12 @@ def test_gradients(compiled):
     conv_args = _opcheck_conv(True)
     x, values, col, row, shape, bias, *rest = conv_args
     assert torch.autograd.gradcheck(
-        lambda x, v, b: torch.ops.lostprune.sparse_conv2d(x, v, col, row, shape, b, *rest), (x, values, bias))
+        lambda x, v, b: torch.ops.lostprune.sparse_conv2d(x, v, col, row, shape, b, *rest), (x, values, bias)
+    )
     x, values, col, row, shape, bias = _opcheck_linear(True)
     assert torch.autograd.gradcheck(
-        lambda x, v, b: torch.ops.lostprune.sparse_linear(x, v, col, row, shape, b), (x, values, bias))
+        lambda x, v, b: torch.ops.lostprune.sparse_linear(x, v, col, row, shape, b), (x, values, bias)
+    )
 
 
 def test_gradient_of_values_matches_dense(compiled):
@@ -323,7 +386,9 @@ def test_gradient_of_values_matches_dense(compiled):
     packed = pack_weight(weight)
     x = torch.randn(2, 4, 9, 9, generator=gen, dtype=torch.float64)
     values = packed.values.clone().requires_grad_()
-    sparse_conv2d(x, PackedWeight(values, packed.col_index, packed.row_ptr, packed.shape), None, 1, 1).square().sum().backward()
+    sparse_conv2d(
+        x, PackedWeight(values, packed.col_index, packed.row_ptr, packed.shape), None, 1, 1
+    ).square().sum().backward()
     dense = weight.clone().requires_grad_()
     F.conv2d(x, dense, None, 1, 1).square().sum().backward()
     assert torch.allclose(values.grad, dense.grad[weight != 0], rtol=1e-10)
@@ -357,7 +422,9 @@ def test_modules_from_dense_roundtrip_and_state_dict(compiled):
     with torch.no_grad():
         _assert_close(sconv(x), conv(x), 1e-5)
         _assert_close(slin(v), linear(v), 1e-5)
-    assert torch.equal(sconv.to_dense().weight, conv.weight) and torch.equal(slin.to_dense().weight, linear.weight)
+    assert torch.equal(sconv.to_dense().weight, conv.weight) and torch.equal(
+        slin.to_dense().weight, linear.weight
+    )
     assert "density=" in repr(sconv) and sconv.in_channels == 4 and sconv.stride == (2, 2)
     # a state dict of another sparsity pattern loads into a module of a different nnz
     other = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
@@ -391,6 +458,7 @@ def test_module_errors():
 
 # --------------------------------------------------------------------------- convert
 
+
 @pytest.fixture(scope="module")
 def pruned_resnet20():
     torch.manual_seed(0)
@@ -416,7 +484,9 @@ def test_convert_pruned_model_matches_dense(compiled, pruned_resnet20):
 
 def test_convert_calibrates_on_example_input(compiled, pruned_resnet20):
     x = torch.randn(1, 3, 32, 32)
-    sparse = convert(pruned_resnet20, min_sparsity=0.8, example_input=x, rounds=1, min_time=1e-3, progress=False)
+    sparse = convert(
+        pruned_resnet20, min_sparsity=0.8, example_input=x, rounds=1, min_time=1e-3, progress=False
+    )
     timed = [d for d in report(sparse).layers if d.dense_ms is not None]
     assert timed and all(d.sparse_ms > 0 and d.sparsity >= 0.8 for d in timed)
     for d in timed:  # the decision follows the measurement
@@ -453,7 +523,9 @@ def test_convert_autotune_cache(compiled, pruned_resnet20, tmp_path, monkeypatch
 
 
 def test_convert_plain_zeros_inplace_and_layer_selection(compiled):
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 36, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 36, 4)
+    )
     with torch.no_grad():
         model[0].weight[:, :, :2] = 0  # 8 of 9 taps zero: above the cost model's break-even
         model[0].weight[:, :, 2, :2] = 0
@@ -501,8 +573,10 @@ def test_bench_network_variants_include_sparse(compiled):
 
 # --------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 5e-3),
-                                        (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize(
+    "dtype, tol",
+    [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)],
+)
 def test_cuda_matches_reference(compiled, dtype, tol):
     for i, case in enumerate(CONV_CASES):
         n, cin, cout, h, w, k, s, p, d, g = case
@@ -525,18 +599,18 @@ def test_cuda_matches_reference(compiled, dtype, tol):
 # odd maps whose lanes split the nonzeros, several images per tile, column tiles, several
 # channel chunks, two channel blocks, depthwise, and the unstaged path of huge dilations.
 CUDA_TILE_CASES = [
-    (1, 3, 5, 7, 7, 3, 1, 1, 1, 1),          # 49 positions: two 16-lane groups
-    (1, 5, 3, 1, 1, 1, 1, 0, 1, 1),          # one position: 32 groups of one lane
-    (3, 4, 6, 4, 4, 3, 1, 1, 1, 1),          # 16 positions, 3 images in one tile
-    (7, 6, 10, 5, 3, 3, 2, 1, 1, 2),         # odd map, stride 2, groups, images spread over tiles
-    (1, 2, 3, 5, 300, 3, 1, 1, 1, 1),        # wider than a tile: column tiles
-    (2, 600, 2, 6, 6, 3, 1, 1, 1, 1),        # many input channels: several staged chunks
-    (5, 3, 40, 3, 5, 1, 1, 0, 1, 1),         # 40 output channels: two blocks of channels
-    (2, 48, 48, 9, 9, 3, 1, 1, 1, 48),       # depthwise
-    (2, 2, 2, 40, 40, 3, 1, 0, 12, 1),       # dilation 12: small tiles
-    (1, 2, 3, 120, 120, 3, 1, 0, 50, 1),     # dilation 50: nothing fits shared memory
-    (32, 64, 64, 14, 14, 3, 1, 1, 1, 1),     # batch 32, 14x14 maps
-    (800, 4, 80, 4, 4, 3, 1, 1, 1, 1),       # 100 tiles x 3 channel blocks: four channels per warp
+    (1, 3, 5, 7, 7, 3, 1, 1, 1, 1),  # 49 positions: two 16-lane groups
+    (1, 5, 3, 1, 1, 1, 1, 0, 1, 1),  # one position: 32 groups of one lane
+    (3, 4, 6, 4, 4, 3, 1, 1, 1, 1),  # 16 positions, 3 images in one tile
+    (7, 6, 10, 5, 3, 3, 2, 1, 1, 2),  # odd map, stride 2, groups, images spread over tiles
+    (1, 2, 3, 5, 300, 3, 1, 1, 1, 1),  # wider than a tile: column tiles
+    (2, 600, 2, 6, 6, 3, 1, 1, 1, 1),  # many input channels: several staged chunks
+    (5, 3, 40, 3, 5, 1, 1, 0, 1, 1),  # 40 output channels: two blocks of channels
+    (2, 48, 48, 9, 9, 3, 1, 1, 1, 48),  # depthwise
+    (2, 2, 2, 40, 40, 3, 1, 0, 12, 1),  # dilation 12: small tiles
+    (1, 2, 3, 120, 120, 3, 1, 0, 50, 1),  # dilation 50: nothing fits shared memory
+    (32, 64, 64, 14, 14, 3, 1, 1, 1, 1),  # batch 32, 14x14 maps
+    (800, 4, 80, 4, 4, 3, 1, 1, 1, 1),  # 100 tiles x 3 channel blocks: four channels per warp
 ]
 
 
@@ -554,8 +628,17 @@ def test_cuda_tiles_match_reference(compiled, case, dtype, tol):
     packed = pack_weight(weight).to("cuda", dtype)
     out = sparse_conv2d(x.to("cuda", dtype), packed, bias.to("cuda", dtype), s, p, d, g)
     _assert_close(out.double().cpu(), ref, tol)
-    fused = sparse_conv2d(x.to("cuda", dtype), packed, bias.to("cuda", dtype), s, p, d, g,
-                          residual=residual.to("cuda", dtype), relu=True)
+    fused = sparse_conv2d(
+        x.to("cuda", dtype),
+        packed,
+        bias.to("cuda", dtype),
+        s,
+        p,
+        d,
+        g,
+        residual=residual.to("cuda", dtype),
+        relu=True,
+    )
     _assert_close(fused.double().cpu(), torch.relu(ref + residual), tol)
 
 
@@ -567,5 +650,15 @@ def test_cuda_opcheck_and_device_errors(compiled):
     with pytest.raises(ValueError, match="is on cpu but x is on cuda"):
         sparse_conv2d(torch.randn(1, 3, 8, 8, device="cuda"), packed)
     with pytest.raises(RuntimeError, match=r"values \(packed weight\) is on cpu but x is on cuda"):
-        torch.ops.lostprune.sparse_conv2d(torch.randn(1, 3, 8, 8, device="cuda"), packed.values, packed.col_index,
-                                          packed.row_ptr, [4, 3, 3, 3], None, [1, 1], [1, 1], [1, 1], 1)
+        torch.ops.lostprune.sparse_conv2d(
+            torch.randn(1, 3, 8, 8, device="cuda"),
+            packed.values,
+            packed.col_index,
+            packed.row_ptr,
+            [4, 3, 3, 3],
+            None,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+        )

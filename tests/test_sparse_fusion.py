@@ -80,13 +80,39 @@ def test_epilogue_opcheck(compiled, requires_grad, relu):
     values = packed.values.clone().requires_grad_(requires_grad)
     bias = torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=requires_grad)
     residual = torch.randn(2, 6, 7, 7, generator=gen, dtype=torch.float64, requires_grad=requires_grad)
-    args = (x, values, packed.col_index, packed.row_ptr, list(packed.shape), bias, [1, 1], [1, 1], [1, 1], 1,
-            residual, relu)
+    args = (
+        x,
+        values,
+        packed.col_index,
+        packed.row_ptr,
+        list(packed.shape),
+        bias,
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        1,
+        residual,
+        relu,
+    )
     torch.library.opcheck(torch.ops.lostprune.sparse_conv2d.default, args)
     if requires_grad:
-        assert torch.autograd.gradcheck(lambda *t: torch.ops.lostprune.sparse_conv2d(
-            t[0], t[1], packed.col_index, packed.row_ptr, list(packed.shape), t[2], [1, 1], [1, 1], [1, 1], 1,
-            t[3], relu), (x, values, bias, residual))
+        assert torch.autograd.gradcheck(
+            lambda *t: torch.ops.lostprune.sparse_conv2d(
+                t[0],
+                t[1],
+                packed.col_index,
+                packed.row_ptr,
+                list(packed.shape),
+                t[2],
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                1,
+                t[3],
+                relu,
+            ),
+            (x, values, bias, residual),
+        )
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
@@ -98,8 +124,20 @@ def test_epilogue_bad_residual(compiled, impl):
     def call(residual):
         if impl == "kernel":
             return sparse_conv2d(x, packed, None, 1, 1, residual=residual)
-        return sparse_conv2d_reference(x, packed.values, packed.col_index, packed.row_ptr, list(packed.shape), None,
-                                       [1, 1], [1, 1], [1, 1], 1, residual, False)
+        return sparse_conv2d_reference(
+            x,
+            packed.values,
+            packed.col_index,
+            packed.row_ptr,
+            list(packed.shape),
+            None,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+            residual,
+            False,
+        )
 
     with pytest.raises((RuntimeError, ValueError), match=r"residual must have the output's shape"):
         call(torch.randn(2, 6, 1, 1))  # would broadcast: refused
@@ -140,7 +178,9 @@ def test_fuse_false_and_training_mode_keep_batchnorm(compiled):
     pruned = _pruned("resnet20")
     x = torch.randn(2, 3, 32, 32)
     plain = convert(pruned, 0.5, calibrate=False, fuse=False, progress=False)
-    assert not isinstance(plain, fx.GraphModule) and any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert not isinstance(plain, fx.GraphModule) and any(
+        isinstance(m, nn.BatchNorm2d) for m in plain.modules()
+    )
     pruned.train()
     training = convert(pruned, 0.5, calibrate=False, progress=False)
     assert any(isinstance(m, nn.BatchNorm2d) for m in training.modules())
@@ -201,7 +241,9 @@ def test_fusion_refuses_what_it_cannot_fold(compiled):
     assert fused.get_submodule("bn_train").training  # modes survive the recording passes
     with torch.no_grad():  # bn_train uses batch statistics on both sides
         assert _rel_err(fused(x), model(x)) <= 1e-5
-    assert {"bn_in", "bn_c", "bn_train"} <= {n for n, m in fused.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert {"bn_in", "bn_c", "bn_train"} <= {
+        n for n, m in fused.named_modules() if isinstance(m, nn.BatchNorm2d)
+    }
 
 
 def test_fusion_outputs_with_untraceable_model(compiled):
@@ -267,7 +309,9 @@ def test_fuse_folds_batchnorm_into_sliced_convs_and_their_border_terms(sliced_wi
 
 
 def test_convert_keeps_border_folding_convs_dense(compiled, sliced_with_border_terms):
-    sliced = lostprune.prune(sliced_with_border_terms, "wt", 0.9, progress=False).model.eval()  # sparse enough
+    sliced = lostprune.prune(
+        sliced_with_border_terms, "wt", 0.9, progress=False
+    ).model.eval()  # sparse enough
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     converted = convert(sliced, example_input=x, calibrate=False, progress=False)
     assert report(converted).converted  # the plain convs go sparse
@@ -279,7 +323,9 @@ def test_convert_keeps_border_folding_convs_dense(compiled, sliced_with_border_t
         assert _rel_err(converted(x), sliced(x)) <= 1e-5
 
 
-@pytest.mark.parametrize("args", [(3, 2, 1), (2, 2, 0), (3, 1, 1), ((3, 2), (2, 1), (1, 0)), (5, 3, 2), (2, None, 0)])
+@pytest.mark.parametrize(
+    "args", [(3, 2, 1), (2, 2, 0), (3, 1, 1), ((3, 2), (2, 1), (1, 0)), (5, 3, 2), (2, None, 0)]
+)
 @pytest.mark.parametrize("shape", [(1, 64, 112, 112), (3, 5, 17, 13), (2, 1, 4, 4)])
 def test_fast_max_pool_is_exact(args, shape):
     kernel, stride, padding = args
@@ -305,8 +351,10 @@ def test_fast_max_pool_falls_back():
 
 # --------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 5e-3),
-                                        (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize(
+    "dtype, tol",
+    [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)],
+)
 def test_cuda_epilogue_matches_reference(compiled, dtype, tol):
     for case in EPILOGUE_CASES:
         n, cin, cout, h, w, k, s, p, d, g = case
@@ -316,12 +364,32 @@ def test_cuda_epilogue_matches_reference(compiled, dtype, tol):
         bias = torch.randn(cout, generator=gen, dtype=torch.float64)
         dense = F.conv2d(x, weight, bias, s, p, d, g)
         residual = torch.randn(dense.shape, generator=gen, dtype=torch.float64)
-        out = sparse_conv2d(x.to("cuda", dtype), pack_weight(weight).to("cuda", dtype), bias.to("cuda", dtype),
-                            s, p, d, g, residual=residual.to("cuda", dtype), relu=True)
+        out = sparse_conv2d(
+            x.to("cuda", dtype),
+            pack_weight(weight).to("cuda", dtype),
+            bias.to("cuda", dtype),
+            s,
+            p,
+            d,
+            g,
+            residual=residual.to("cuda", dtype),
+            relu=True,
+        )
         assert _rel_err(out.double().cpu(), (dense + residual).relu()) <= tol
     gen = torch.Generator().manual_seed(5)
     packed = pack_weight(_sparse_weight((6, 4, 3, 3), 0.6, gen, torch.float64)).to("cuda")
-    args = (torch.randn(2, 4, 7, 7, dtype=torch.float64, device="cuda", requires_grad=True),
-            packed.values.clone().requires_grad_(), packed.col_index, packed.row_ptr, list(packed.shape), None,
-            [1, 1], [1, 1], [1, 1], 1, torch.randn(2, 6, 7, 7, dtype=torch.float64, device="cuda"), True)
+    args = (
+        torch.randn(2, 4, 7, 7, dtype=torch.float64, device="cuda", requires_grad=True),
+        packed.values.clone().requires_grad_(),
+        packed.col_index,
+        packed.row_ptr,
+        list(packed.shape),
+        None,
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        1,
+        torch.randn(2, 6, 7, 7, dtype=torch.float64, device="cuda"),
+        True,
+    )
     torch.library.opcheck(torch.ops.lostprune.sparse_conv2d.default, args)

@@ -27,9 +27,16 @@ from lostprune.train import (
 
 def tiny_cnn(classes=3):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(8, classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, classes),
+    )
 
 
 def blobs(n=96, classes=3, seed=0):
@@ -64,12 +71,22 @@ def test_training_learns_a_separable_task():
 def test_training_accepts_data_splits_and_dataloaders():
     from lostprune.data.splits import DataSplits
 
-    splits = DataSplits("blobs", train=blobs(), test=blobs(seed=1), s=blobs(8), validation=blobs(12, seed=2),
-                        classes=["a", "b", "c"], input_size=(3, 8, 8), mean=(0,) * 3, std=(1,) * 3)
+    splits = DataSplits(
+        "blobs",
+        train=blobs(),
+        test=blobs(seed=1),
+        s=blobs(8),
+        validation=blobs(12, seed=2),
+        classes=["a", "b", "c"],
+        input_size=(3, 8, 8),
+        mean=(0,) * 3,
+        std=(1,) * 3,
+    )
     result = train(tiny_cnn(), splits, dataclasses.replace(FAST, epochs=1), val_data=splits, progress=False)
     assert result.final["val_accuracy"] == evaluate(result.model, splits.validation)["accuracy"]
-    history = train(tiny_cnn(), DataLoader(blobs(), batch_size=32), dataclasses.replace(FAST, epochs=1),
-                    progress=False).history
+    history = train(
+        tiny_cnn(), DataLoader(blobs(), batch_size=32), dataclasses.replace(FAST, epochs=1), progress=False
+    ).history
     assert len(history) == 1
     assert evaluate(tiny_cnn(), splits)["samples"] == 96
 
@@ -92,14 +109,25 @@ def test_same_seed_same_result_other_seed_other_result():
 
 def test_batch_transform_sees_every_batch_on_the_device():
     seen = []
-    train(tiny_cnn(), blobs(), dataclasses.replace(FAST, epochs=1),
-          batch_transform=lambda x: seen.append(x.shape[0]) or x * 0, progress=False)
+    train(
+        tiny_cnn(),
+        blobs(),
+        dataclasses.replace(FAST, epochs=1),
+        batch_transform=lambda x: seen.append(x.shape[0]) or x * 0,
+        progress=False,
+    )
     assert sum(seen) == 96
 
 
 def test_callbacks_stop_early_for_good(tmp_path):
-    result = train(tiny_cnn(), blobs(), FAST, callbacks=[lambda record: record["epoch"] == 2],
-                   checkpoint=tmp_path / "c.pt", progress=False)
+    result = train(
+        tiny_cnn(),
+        blobs(),
+        FAST,
+        callbacks=[lambda record: record["epoch"] == 2],
+        checkpoint=tmp_path / "c.pt",
+        progress=False,
+    )
     assert result.stopped_early and len(result.history) == 2
     again = train(tiny_cnn(), blobs(), FAST, checkpoint=tmp_path / "c.pt", progress=False)
     assert again.stopped_early and len(again.history) == 2
@@ -119,7 +147,9 @@ def test_masks_survive_an_epoch_of_momentum_and_weight_decay():
     model = lostprune.prune(tiny_cnn(), "wt", 0.7, progress=False).model
     masks = {name: m.weight_mask.clone() for name, m in model.named_modules() if hasattr(m, "weight_mask")}
     before = {name: m.weight.detach().clone() for name, m in model.named_modules() if name in masks}
-    config = TrainConfig(epochs=1, lr=0.1, momentum=0.9, weight_decay=0.05, batch_size=16, schedule="constant")
+    config = TrainConfig(
+        epochs=1, lr=0.1, momentum=0.9, weight_decay=0.05, batch_size=16, schedule="constant"
+    )
     train(model, blobs(), config, progress=False)
     for name, module in model.named_modules():
         if name in masks:
@@ -165,11 +195,25 @@ def test_interrupted_run_resumes_exactly(tmp_path):
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):
-    train(tiny_cnn(), blobs(), dataclasses.replace(FAST, epochs=1), checkpoint=tmp_path / "c.pt", progress=False)
+    train(
+        tiny_cnn(), blobs(), dataclasses.replace(FAST, epochs=1), checkpoint=tmp_path / "c.pt", progress=False
+    )
     with pytest.raises(ValueError, match=r"written with another config \(epochs: 1 -> 2\).*resume=False"):
-        train(tiny_cnn(), blobs(), dataclasses.replace(FAST, epochs=2), checkpoint=tmp_path / "c.pt", progress=False)
-    train(tiny_cnn(), blobs(), dataclasses.replace(FAST, epochs=2), checkpoint=tmp_path / "c.pt", resume=False,
-          progress=False)
+        train(
+            tiny_cnn(),
+            blobs(),
+            dataclasses.replace(FAST, epochs=2),
+            checkpoint=tmp_path / "c.pt",
+            progress=False,
+        )
+    train(
+        tiny_cnn(),
+        blobs(),
+        dataclasses.replace(FAST, epochs=2),
+        checkpoint=tmp_path / "c.pt",
+        resume=False,
+        progress=False,
+    )
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a lostprune training checkpoint"):
         train(tiny_cnn(), blobs(), FAST, checkpoint=tmp_path / "other.pt", progress=False)
@@ -210,8 +254,12 @@ def test_channels_last_trains_the_same_and_leaves_weights_contiguous():
 
         def record(module, args, seen=seen):
             x, weight = args[0], module.weight
-            seen.add((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
-                      weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()))
+            seen.add(
+                (
+                    x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                    weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous(),
+                )
+            )
 
         hook = model[3].register_forward_pre_hook(record)
         train(model, blobs(), dataclasses.replace(FAST, channels_last=channels_last), progress=False)
@@ -239,7 +287,9 @@ def test_checkpoint_written_before_new_fields_existed_resumes(tmp_path):
     resumed = train(tiny_cnn(), blobs(), config, checkpoint=path, progress=False)
     assert resumed.resumed_from == 1 and resumed.stopped_early
     with pytest.raises(ValueError, match=r"written with another config .*pct_start: None -> 0.5"):
-        train(tiny_cnn(), blobs(), dataclasses.replace(config, pct_start=0.5), checkpoint=path, progress=False)
+        train(
+            tiny_cnn(), blobs(), dataclasses.replace(config, pct_start=0.5), checkpoint=path, progress=False
+        )
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -255,7 +305,9 @@ def test_evaluate_counts_top1_and_ignores_unlabelled_pixels():
     labels = torch.tensor([0, 1, 1, 2, 1])
     result = evaluate(Constant(torch.tensor([0.0, 1.0, 0.0])), TensorDataset(torch.zeros(5, 2), labels))
     assert result["accuracy"] == pytest.approx(3 / 5) and result["samples"] == 5
-    assert result["loss"] == pytest.approx(nn.functional.cross_entropy(torch.tensor([[0.0, 1, 0]] * 5), labels).item())
+    assert result["loss"] == pytest.approx(
+        nn.functional.cross_entropy(torch.tensor([[0.0, 1, 0]] * 5), labels).item()
+    )
     masks = torch.tensor([[[1, 255], [0, 1]]] * 2)  # 2 images, 3 labelled pixels each, 2 of them class 1
     seg = Constant(torch.tensor([0.0, 1.0]).view(2, 1, 1).expand(2, 2, 2).clone())
     assert evaluate(seg, TensorDataset(torch.zeros(2, 1), masks))["accuracy"] == pytest.approx(2 / 3)
@@ -294,8 +346,12 @@ def test_amp_on_cuda_keeps_masks():
 def test_bad_data_is_named():
     model = tiny_cnn()
     with pytest.raises(ValueError, match=re.escape("data yields torch.uint8 inputs")):
-        train(model, TensorDataset(torch.zeros(8, 3, 8, 8, dtype=torch.uint8), torch.zeros(8).long()), FAST,
-              progress=False)
+        train(
+            model,
+            TensorDataset(torch.zeros(8, 3, 8, 8, dtype=torch.uint8), torch.zeros(8).long()),
+            FAST,
+            progress=False,
+        )
     nan = torch.randn(8, 3, 8, 8)
     nan[3, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="data contains NaN or inf inputs"):
@@ -310,29 +366,45 @@ def test_bad_data_is_named():
         train(model, [1, 2], FAST, progress=False)
     import lostprune.models as models
 
-    with pytest.raises(ValueError, match=r"samples of shape \(1, 32, 32\) but the model expects \(3, 32, 32\)"):
-        train(models.create("small_cnn", width=4), TensorDataset(torch.randn(4, 1, 32, 32), torch.zeros(4).long()),
-              FAST, progress=False)
+    with pytest.raises(
+        ValueError, match=r"samples of shape \(1, 32, 32\) but the model expects \(3, 32, 32\)"
+    ):
+        train(
+            models.create("small_cnn", width=4),
+            TensorDataset(torch.randn(4, 1, 32, 32), torch.zeros(4).long()),
+            FAST,
+            progress=False,
+        )
 
 
 def test_diverging_training_stops_with_a_clear_error():
-    with pytest.raises(FloatingPointError, match=r"training loss became (nan|inf) in epoch 1 .*lower the learning rate"):
-        train(tiny_cnn(), blobs(), TrainConfig(epochs=1, lr=1e30, batch_size=16, schedule="constant"), progress=False)
+    with pytest.raises(
+        FloatingPointError, match=r"training loss became (nan|inf) in epoch 1 .*lower the learning rate"
+    ):
+        train(
+            tiny_cnn(),
+            blobs(),
+            TrainConfig(epochs=1, lr=1e30, batch_size=16, schedule="constant"),
+            progress=False,
+        )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"epochs": 0}, "epochs must be a positive integer"),
-    ({"epochs": 2.5}, "epochs must be a positive integer"),
-    ({"batch_size": 0}, "batch_size must be a positive integer"),
-    ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
-    ({"weight_decay": -1}, "weight_decay must be >= 0"),
-    ({"lr": 0}, "lr must be a positive finite number"),
-    ({"schedule": "step"}, "schedule must be one of multistep, cosine, constant"),
-    ({"warmup_epochs": 30}, r"warmup_epochs must be in \[0, epochs=30\)"),
-    ({"milestones": (20, 10)}, "milestones must be positive and increasing"),
-    ({"amp_dtype": "float8"}, "amp_dtype must be 'float16' or 'bfloat16'"),
-    ({"momentum": 0, "nesterov": True}, "nesterov needs momentum > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"epochs": 2.5}, "epochs must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"weight_decay": -1}, "weight_decay must be >= 0"),
+        ({"lr": 0}, "lr must be a positive finite number"),
+        ({"schedule": "step"}, "schedule must be one of multistep, cosine, constant"),
+        ({"warmup_epochs": 30}, r"warmup_epochs must be in \[0, epochs=30\)"),
+        ({"milestones": (20, 10)}, "milestones must be positive and increasing"),
+        ({"amp_dtype": "float8"}, "amp_dtype must be 'float16' or 'bfloat16'"),
+        ({"momentum": 0, "nesterov": True}, "nesterov needs momentum > 0"),
+    ],
+)
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
@@ -341,7 +413,9 @@ def test_bad_config(kwargs, message):
 def test_bad_train_arguments():
     with pytest.raises(ValueError, match=r"start_epoch must be an integer in \[0, epochs=3\)"):
         train(tiny_cnn(), blobs(), FAST, start_epoch=3, progress=False)
-    with pytest.raises(ValueError, match=r"snapshot_epochs must lie in \[start_epoch=0, epochs=3\], got \[5\]"):
+    with pytest.raises(
+        ValueError, match=r"snapshot_epochs must lie in \[start_epoch=0, epochs=3\], got \[5\]"
+    ):
         train(tiny_cnn(), blobs(), FAST, snapshot_epochs=[5], progress=False)
     with pytest.raises(ValueError, match="model has no trainable parameters"):
         train(nn.Flatten(), blobs(), FAST, progress=False)
@@ -357,13 +431,21 @@ def test_warmup_then_multistep():
 
 def test_multistep_defaults_to_the_papers_proportions():
     paper = TrainConfig.paper_cifar()
-    assert (paper.epochs, paper.lr, paper.batch_size, paper.weight_decay, paper.warmup_epochs) == (182, 0.1, 128, 1e-4, 5)
+    assert (paper.epochs, paper.lr, paper.batch_size, paper.weight_decay, paper.warmup_epochs) == (
+        182,
+        0.1,
+        128,
+        1e-4,
+        5,
+    )
     schedule = paper.lr_schedule()
     assert schedule.lr_at(90.9) == pytest.approx(0.1) and schedule.lr_at(91.1) == pytest.approx(0.01)
     assert schedule.lr_at(136.1) == pytest.approx(0.001)
     assert LRSchedule(epochs=182).resolved_milestones == (91, 136)
     short = paper.scaled(18)
-    assert short.milestones == pytest.approx((9.0, 13.45), abs=0.01) and short.warmup_epochs == pytest.approx(5 * 18 / 182)
+    assert short.milestones == pytest.approx((9.0, 13.45), abs=0.01) and short.warmup_epochs == pytest.approx(
+        5 * 18 / 182
+    )
 
 
 def test_cosine_ends_at_min_lr():
@@ -385,8 +467,15 @@ def test_onecycle_rises_to_lr_then_anneals_far_below_it():
     # the same curve as torch's OneCycleLR (cosine annealing), sampled per step
     model = nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    torch_lr = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.2, total_steps=1001, pct_start=0.25,
-                                                   div_factor=20, final_div_factor=100, cycle_momentum=False)
+    torch_lr = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=0.2,
+        total_steps=1001,
+        pct_start=0.25,
+        div_factor=20,
+        final_div_factor=100,
+        cycle_momentum=False,
+    )
     values = []
     for _ in range(1001):
         values.append(optimizer.param_groups[0]["lr"])
@@ -404,8 +493,12 @@ def test_onecycle_rises_to_lr_then_anneals_far_below_it():
 def test_geometric_and_linear_segments():
     assert Geometric(0.8, 0.1, 4).points() == pytest.approx([0.8, 0.4, 0.2, 0.1])
     assert Linear(0.5, 0.2, 4).points() == pytest.approx([0.5, 0.4, 0.3, 0.2])
-    assert keep_ratio_schedule(Geometric(0.8, 0.2, 3), Linear(0.2, 0.1, 3)) == pytest.approx([0.8, 0.4, 0.2, 0.15, 0.1])
-    assert keep_ratio_schedule([Linear(0.9, 0.5, 2), Linear(0.4, 0.3, 2)]) == pytest.approx([0.9, 0.5, 0.4, 0.3])
+    assert keep_ratio_schedule(Geometric(0.8, 0.2, 3), Linear(0.2, 0.1, 3)) == pytest.approx(
+        [0.8, 0.4, 0.2, 0.15, 0.1]
+    )
+    assert keep_ratio_schedule([Linear(0.9, 0.5, 2), Linear(0.4, 0.3, 2)]) == pytest.approx(
+        [0.9, 0.5, 0.4, 0.3]
+    )
 
 
 def test_paper_keep_ratios():
@@ -413,17 +506,20 @@ def test_paper_keep_ratios():
     assert len(ratios) == 23 and ratios[0] == pytest.approx(0.85) and ratios[-1] == pytest.approx(0.02)
     assert 0.15 in [round(r, 10) for r in ratios]
     assert all(b < a for a, b in itertools.pairwise(ratios))
-    head = ratios[:ratios.index(min(ratios, key=lambda r: abs(r - 0.15))) + 1]
+    head = ratios[: ratios.index(min(ratios, key=lambda r: abs(r - 0.15))) + 1]
     steps = [b / a for a, b in itertools.pairwise(head)]
     assert max(steps) - min(steps) < 1e-9  # geometric down to 0.15
     assert len(paper_keep_ratios(10)) == 10
 
 
-@pytest.mark.parametrize("segment, message", [
-    (Geometric(0.0, 0.1, 3), r"Geometric.start is a keep ratio and must be in \(0, 1\]"),
-    (Linear(0.5, 1.5, 3), r"Linear.stop is a keep ratio and must be in \(0, 1\]"),
-    (Linear(0.5, 0.1, 0), "Linear.num must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "segment, message",
+    [
+        (Geometric(0.0, 0.1, 3), r"Geometric.start is a keep ratio and must be in \(0, 1\]"),
+        (Linear(0.5, 1.5, 3), r"Linear.stop is a keep ratio and must be in \(0, 1\]"),
+        (Linear(0.5, 0.1, 0), "Linear.num must be a positive integer"),
+    ],
+)
 def test_bad_segments(segment, message):
     with pytest.raises(ValueError, match=message):
         keep_ratio_schedule(segment)

@@ -42,9 +42,19 @@ from lostprune.ops import pack_weight, sparse_linear
 from lostprune.ops._precision import exact_fp32
 
 # resnet18's convolutions at 224x224: the stem, one per stage and one strided.
-CONV_LAYERS = [layer for layer in RESNET18_LAYERS if layer[0] in (
-    "resnet18 stem 7x7 s2", "resnet18 64@56", "resnet18 64->128 s2", "resnet18 128@28", "resnet18 256@14",
-    "resnet18 512@7")]
+CONV_LAYERS = [
+    layer
+    for layer in RESNET18_LAYERS
+    if layer[0]
+    in (
+        "resnet18 stem 7x7 s2",
+        "resnet18 64@56",
+        "resnet18 64->128 s2",
+        "resnet18 128@28",
+        "resnet18 256@14",
+        "resnet18 512@7",
+    )
+]
 LINEAR_LAYERS = [("resnet18 fc 512->1000", 512, 1000), ("4096->4096", 4096, 4096)]
 SMOKE_CONV = [("smoke 8@9", 8, 8, 9, 3, 1, 1)]
 SMOKE_LINEAR = [("smoke 24->10", 24, 10)]
@@ -77,7 +87,9 @@ class Timer:
                 return max(1, min(1 << 16, int(self.min_time / max(per_call, 1e-9)) + 1))
             calls *= 4
 
-    def ratio(self, baseline: Callable[[], object], contender: Callable[[], object]) -> tuple[float, float, float]:
+    def ratio(
+        self, baseline: Callable[[], object], contender: Callable[[], object]
+    ) -> tuple[float, float, float]:
         """(baseline s, contender s, baseline / contender), medians of interleaved samples."""
         with torch.inference_mode():
             nb, nc = self._calls(baseline), self._calls(contender)
@@ -96,8 +108,10 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def checked(name: str, out: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
     err = relative_error(out, ref)
     if not err <= tol:
-        raise AssertionError(f"{name}: the contender's output is off by {err:.2e} of the baseline's scale "
-                             f"(allowed {tol:.0e}); not timing a wrong answer")
+        raise AssertionError(
+            f"{name}: the contender's output is off by {err:.2e} of the baseline's scale "
+            f"(allowed {tol:.0e}); not timing a wrong answer"
+        )
 
 
 # --------------------------------------------------------------------------- sensitivity pass
@@ -109,13 +123,19 @@ def sensitivity_rows(timer: Timer, device: torch.device, smoke: bool) -> tuple[l
         model = models.randomize_norm_statistics(models.create(name)).eval().to(device)
         x = torch.randn(batch, 3, size, size, device=device)
         for kind in ("weight", "channel"):
-            scores = functools.partial(sensitivity_pass, model, x, kind=kind, batch_size=batch, progress=False)
+            scores = functools.partial(
+                sensitivity_pass, model, x, kind=kind, batch_size=batch, progress=False
+            )
             tb, tc, ratio = timer.ratio(functools.partial(model, x), scores)
             slowdown = 1 / ratio
-            rows.append(f"| {name} {size}×{size} | {batch} | {kind} ({'SiPP' if kind == 'weight' else 'PFP'}) | "
-                        f"{tb * 1e3:.2f} | {tc * 1e3:.2f} | **{slowdown:.2f}×** |")
-            goals.append(f"- sensitivity pass / forward, {name} batch {batch}, {kind}: {slowdown:.2f}× "
-                         f"(goal ≤ 3×: {'met' if slowdown <= 3 else 'NOT met'})")
+            rows.append(
+                f"| {name} {size}×{size} | {batch} | {kind} ({'SiPP' if kind == 'weight' else 'PFP'}) | "
+                f"{tb * 1e3:.2f} | {tc * 1e3:.2f} | **{slowdown:.2f}×** |"
+            )
+            goals.append(
+                f"- sensitivity pass / forward, {name} batch {batch}, {kind}: {slowdown:.2f}× "
+                f"(goal ≤ 3×: {'met' if slowdown <= 3 else 'NOT met'})"
+            )
             print(rows[-1], flush=True)
     return rows, goals
 
@@ -126,9 +146,14 @@ def conv_rows(timer: Timer, device: torch.device, layers, sparsities, batches) -
     for name, cin, cout, size, kernel, stride, padding in layers:
         for batch in batches:
             for sparsity in sparsities:
-                fns = layer_callables(cin, cout, size, kernel, stride, padding, sparsity, batch, device=device)
-                rows.append(_layer_row(timer, f"{name} k{kernel}", batch, sparsity, fns["dense"], fns["sparse"],
-                                       fns["csr"]))
+                fns = layer_callables(
+                    cin, cout, size, kernel, stride, padding, sparsity, batch, device=device
+                )
+                rows.append(
+                    _layer_row(
+                        timer, f"{name} k{kernel}", batch, sparsity, fns["dense"], fns["sparse"], fns["csr"]
+                    )
+                )
     return rows
 
 
@@ -139,8 +164,11 @@ def linear_callables(fin: int, fout: int, sparsity: float, batch: int, device: t
     x = torch.randn(batch, fin, generator=gen).to(device)
     weight = weight.to(device)
     packed, csr = pack_weight(weight), weight.to_sparse_csr()
-    return {"dense": lambda: F.linear(x, weight), "sparse": lambda: sparse_linear(x, packed),
-            "csr": lambda: torch.sparse.mm(csr, x.t()).t()}
+    return {
+        "dense": lambda: F.linear(x, weight),
+        "sparse": lambda: sparse_linear(x, packed),
+        "csr": lambda: torch.sparse.mm(csr, x.t()).t(),
+    }
 
 
 def linear_rows(timer: Timer, device: torch.device, layers, sparsities, batches) -> list[str]:
@@ -162,8 +190,10 @@ def _layer_row(timer: Timer, name: str, batch: int, sparsity: float, dense, ours
     with exact_fp32():  # the lostprune kernels use neither cuDNN nor cuBLAS: only the baseline changes
         _, _, vs_ieee = timer.ratio(dense, ours)
     t_csr, _, vs_csr = timer.ratio(cusparse, ours)
-    row = (f"| {name} | {batch} | {sparsity:.0%} | {t_dense * 1e6:.0f} | {t_csr * 1e6:.0f} | {t_ours * 1e6:.0f} | "
-           f"**{vs_dense:.2f}×** | {vs_ieee:.2f}× | {vs_csr:.2f}× |")
+    row = (
+        f"| {name} | {batch} | {sparsity:.0%} | {t_dense * 1e6:.0f} | {t_csr * 1e6:.0f} | {t_ours * 1e6:.0f} | "
+        f"**{vs_dense:.2f}×** | {vs_ieee:.2f}× | {vs_csr:.2f}× |"
+    )
     print(row, flush=True)
     return row
 
@@ -181,12 +211,17 @@ def wt90_rows(timer: Timer, device: torch.device, batches, size: int) -> tuple[l
         if not err <= 1e-3:
             raise AssertionError(f"WT-90 resnet18: converted output off by {err:.2e}")
         report = lostprune.sparse.report(sparse)
-        for base, label in ((dense, "dense (as users run it)"), (folded, "dense, BN folded, channels_last (fair)")):
+        for base, label in (
+            (dense, "dense (as users run it)"),
+            (folded, "dense, BN folded, channels_last (fair)"),
+        ):
             tb, tc, ratio = timer.ratio(functools.partial(base, x), functools.partial(sparse, x))
             rows.append(f"| {batch} | {label} | {tb * 1e3:.3f} | {tc * 1e3:.3f} | **{ratio:.2f}×** |")
             print(rows[-1], flush=True)
-        notes.append(f"- batch {batch}: {len(report.converted)} of {len(report.layers)} layers sparse after "
-                     f"calibration; output vs dense (IEEE float32): max relative difference {err:.1e}")
+        notes.append(
+            f"- batch {batch}: {len(report.converted)} of {len(report.layers)} layers sparse after "
+            f"calibration; output vs dense (IEEE float32): max relative difference {err:.1e}"
+        )
     return rows, notes
 
 
@@ -205,18 +240,26 @@ def ft50_rows(timer: Timer, device: torch.device, batches, size: int) -> tuple[l
     sliced = lostprune.slice_model(result.model).eval()
     dense = lostprune.remove_masks(copy.deepcopy(result.model)).eval()
     fused_dense, fused_sliced = lostprune.sparse.fuse(dense), lostprune.sparse.fuse(sliced)
-    rows, notes = [], [f"- `lostprune.prune(resnet18, 'ft', 0.5, {used})`; {result.stats.summary().splitlines()[0]}"]
+    rows, notes = (
+        [],
+        [f"- `lostprune.prune(resnet18, 'ft', 0.5, {used})`; {result.stats.summary().splitlines()[0]}"],
+    )
     for batch in batches:
         x = torch.randn(batch, 3, size, size, device=device)
         with torch.inference_mode(), exact_fp32():
             err = relative_error(sliced(x), dense(x))
         if not err <= 1e-3:
             raise AssertionError(f"FT-50 resnet18: sliced output off by {err:.2e}")
-        for base, ours, label in ((dense, sliced, "as returned"), (fused_dense, fused_sliced, "both BN-folded (fuse)")):
+        for base, ours, label in (
+            (dense, sliced, "as returned"),
+            (fused_dense, fused_sliced, "both BN-folded (fuse)"),
+        ):
             tb, tc, ratio = timer.ratio(functools.partial(base, x), functools.partial(ours, x))
             rows.append(f"| {batch} | {label} | {tb * 1e3:.3f} | {tc * 1e3:.3f} | **{ratio:.2f}×** |")
             print(rows[-1], flush=True)
-        notes.append(f"- batch {batch}: sliced vs dense output (IEEE float32): max relative difference {err:.1e}")
+        notes.append(
+            f"- batch {batch}: sliced vs dense output (IEEE float32): max relative difference {err:.1e}"
+        )
     return rows, notes
 
 
@@ -225,9 +268,11 @@ def device_line(device: torch.device) -> str:
     if device.type != "cuda":
         return f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__} (dry run: not a GPU measurement)"
     props = torch.cuda.get_device_properties(device)
-    return (f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, "
-            f"{props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA {torch.version.cuda}, "
-            f"cuDNN {torch.backends.cudnn.version()}")
+    return (
+        f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, "
+        f"{props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"cuDNN {torch.backends.cudnn.version()}"
+    )
 
 
 def main() -> int:
@@ -256,14 +301,18 @@ def main() -> int:
 
     sens_rows, goals = sensitivity_rows(timer, device, args.smoke)
     layer_rows = conv_rows(timer, device, SMOKE_CONV if args.smoke else CONV_LAYERS, sparsities, batches)
-    layer_rows += linear_rows(timer, device, SMOKE_LINEAR if args.smoke else LINEAR_LAYERS, sparsities, batches)
+    layer_rows += linear_rows(
+        timer, device, SMOKE_LINEAR if args.smoke else LINEAR_LAYERS, sparsities, batches
+    )
     wt_rows, wt_notes = wt90_rows(timer, device, batches, size)
     ft_rows, ft_notes = ft50_rows(timer, device, batches, size)
 
     body = [
-        (f"Device: {device_line(device)}. float32, inference mode. Each ratio interleaves {args.rounds} "
-         f"synchronized samples of each side (≥ {args.min_time * 1e3:.0f} ms each); medians. Dense baselines run "
-         "with torch's default settings (cuDNN may use TF32 for float32 convolutions) unless marked IEEE."),
+        (
+            f"Device: {device_line(device)}. float32, inference mode. Each ratio interleaves {args.rounds} "
+            f"synchronized samples of each side (≥ {args.min_time * 1e3:.0f} ms each); medians. Dense baselines run "
+            "with torch's default settings (cuDNN may use TF32 for float32 convolutions) unless marked IEEE."
+        ),
         "",
         "### Goals",
         *goals,
@@ -274,8 +323,10 @@ def main() -> int:
         *sens_rows,
         "",
         "### Sparse layers (random unstructured masks)",
-        ("cuSPARSE: `torch.sparse.mm` of the CSR weight with the input (`F.unfold` first for convolutions: part "
-         "of that baseline). Speedups > 1 mean the lostprune kernel is faster."),
+        (
+            "cuSPARSE: `torch.sparse.mm` of the CSR weight with the input (`F.unfold` first for convolutions: part "
+            "of that baseline). Speedups > 1 mean the lostprune kernel is faster."
+        ),
         "",
         "| layer | batch | sparsity | dense µs | cuSPARSE µs | lostprune µs | vs dense | vs dense IEEE | vs cuSPARSE |",
         "|---|---|---|---|---|---|---|---|---|",

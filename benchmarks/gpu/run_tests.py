@@ -22,8 +22,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Files that take longest (they compile kernels or train): started first.
-SLOW_FIRST = ["test_build.py", "test_experiments.py", "test_cli.py", "test_slicing.py", "test_sparse.py",
-              "test_robust_training.py", "test_sipp_pfp.py", "test_group_pruning.py", "test_cycles.py"]
+SLOW_FIRST = [
+    "test_build.py",
+    "test_experiments.py",
+    "test_cli.py",
+    "test_slicing.py",
+    "test_sparse.py",
+    "test_robust_training.py",
+    "test_sipp_pfp.py",
+    "test_group_pruning.py",
+    "test_cycles.py",
+]
 # Files with several tests of a minute or more (builds, training runs): one job per test.
 SPLIT_BY_TEST = ["test_build.py", "test_experiments.py", "test_cycles.py"]
 SUMMARY = re.compile(r"^=* ?(\d+ (?:passed|failed|skipped|deselected|errors?)\b.*?) in [\d.]+s", re.MULTILINE)
@@ -37,8 +46,15 @@ def order(files: list[Path]) -> list[Path]:
 def split(path: Path, marker: str | None, env: dict) -> list[str]:
     """The test ids of ``path`` (selected by ``marker``), or the file itself if they cannot be listed."""
     command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(path)]
-    done = subprocess.run(command + (["-m", marker] if marker else []), cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        command + (["-m", marker] if marker else []),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     ids = [line.strip() for line in done.stdout.splitlines() if "::" in line]
     return ids or [str(path)]
 
@@ -77,14 +93,21 @@ def main() -> int:
         start = time.monotonic()
         with open(log, "w") as out:
             try:
-                code = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                      timeout=left, check=False).returncode
+                code = subprocess.run(
+                    command,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=left,
+                    check=False,
+                ).returncode
             except subprocess.TimeoutExpired:
                 code = None
         text = log.read_text(errors="replace")
         found = SUMMARY.findall(text)
         detail = f"{found[-1] if found else 'no summary'} ({time.monotonic() - start:.0f} s)"
-        status = ("TIMEOUT" if code is None else "PASS" if code in (0, 5) else "FAIL")  # 5: all deselected
+        status = "TIMEOUT" if code is None else "PASS" if code in (0, 5) else "FAIL"  # 5: all deselected
         with lock:
             results[name] = (status, detail)
             print(f"  {status:7} {name}: {detail}", flush=True)
@@ -108,7 +131,10 @@ def main() -> int:
             print(f"  {status:7} {name}: {detail}")
     names = sorted(bad)
     listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-    print(f"{len(results) - len(bad)} of {len(results)} test jobs passed" + (f"; not passed: {listed}" if bad else ""))
+    print(
+        f"{len(results) - len(bad)} of {len(results)} test jobs passed"
+        + (f"; not passed: {listed}" if bad else "")
+    )
     return 1 if bad else 0
 
 

@@ -46,12 +46,17 @@ def gather() -> None:
     gen = torch.Generator().manual_seed(0)
     for dtype in (torch.bool, torch.uint8, torch.float16, torch.float32, torch.float64, torch.complex128):
         base = torch.randn(5, 7, 3, 3, generator=gen, dtype=torch.float64)
-        tensor = torch.complex(base, -base) if dtype.is_complex else (base > 0 if dtype == torch.bool else base.to(dtype))
+        tensor = (
+            torch.complex(base, -base)
+            if dtype.is_complex
+            else (base > 0 if dtype == torch.bool else base.to(dtype))
+        )
         bias = torch.arange(5.0)
         rows, cols = [4, 1, 2], [6, 0, 3, 5]
         got = ops.gather_channels([tensor.to(DEVICE), bias.to(DEVICE)], [rows, rows], [cols, None])
-        want = ops.gather_channels_reference([tensor, bias], [torch.tensor(rows), torch.tensor(rows)],
-                                             [torch.tensor(cols), None])
+        want = ops.gather_channels_reference(
+            [tensor, bias], [torch.tensor(rows), torch.tensor(rows)], [torch.tensor(cols), None]
+        )
         ok = all(torch.equal(g.cpu(), w) for g, w in zip(got, want))
         if not ok:
             FAILURES.append(f"gather_channels {dtype}")
@@ -60,16 +65,16 @@ def gather() -> None:
 
 # (N, Cin, Cout, H, W, k, stride, padding, dilation, groups): one per tile plan of the kernel.
 CONV_CASES = [
-    (1, 3, 5, 7, 7, 3, 1, 1, 1, 1),       # 49 positions: lanes split the nonzeros
-    (1, 5, 3, 1, 1, 1, 1, 0, 1, 1),       # one position
-    (3, 4, 6, 4, 4, 3, 1, 1, 1, 1),       # three images per tile
-    (7, 6, 10, 5, 3, 3, 2, 1, 1, 2),      # odd map, stride 2, groups
-    (1, 2, 3, 3, 150, 3, 1, 1, 1, 1),     # column tiles
-    (2, 300, 2, 5, 5, 3, 1, 1, 1, 1),     # several channel chunks
-    (5, 3, 40, 3, 5, 1, 1, 0, 1, 1),      # two blocks of output channels
-    (2, 8, 8, 9, 9, 3, 1, 1, 1, 8),       # depthwise
+    (1, 3, 5, 7, 7, 3, 1, 1, 1, 1),  # 49 positions: lanes split the nonzeros
+    (1, 5, 3, 1, 1, 1, 1, 0, 1, 1),  # one position
+    (3, 4, 6, 4, 4, 3, 1, 1, 1, 1),  # three images per tile
+    (7, 6, 10, 5, 3, 3, 2, 1, 1, 2),  # odd map, stride 2, groups
+    (1, 2, 3, 3, 150, 3, 1, 1, 1, 1),  # column tiles
+    (2, 300, 2, 5, 5, 3, 1, 1, 1, 1),  # several channel chunks
+    (5, 3, 40, 3, 5, 1, 1, 0, 1, 1),  # two blocks of output channels
+    (2, 8, 8, 9, 9, 3, 1, 1, 1, 8),  # depthwise
     (1, 2, 3, 110, 105, 3, 1, 0, 50, 1),  # dilation 50: unstaged path
-    (800, 4, 80, 4, 4, 3, 1, 1, 1, 1),    # 300 blocks, the last channel block partial: four channels per warp
+    (800, 4, 80, 4, 4, 3, 1, 1, 1, 1),  # 300 blocks, the last channel block partial: four channels per warp
 ]
 
 
@@ -81,21 +86,36 @@ def sparse() -> None:
         bias = torch.randn(cout, generator=gen, dtype=torch.float64)
         ref = F.conv2d(x, weight, bias, s, p, d, g)
         residual = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
-        for dtype, rtol in ((torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 5e-3),
-                            (torch.bfloat16, 3e-2)):
+        for dtype, rtol in (
+            (torch.float32, 1e-5),
+            (torch.float64, 1e-12),
+            (torch.float16, 5e-3),
+            (torch.bfloat16, 3e-2),
+        ):
             packed = ops.pack_weight(weight).to(DEVICE, dtype)
             out = ops.sparse_conv2d(x.to(DEVICE, dtype), packed, bias.to(DEVICE, dtype), s, p, d, g)
             check(f"sparse_conv2d case {i} {dtype}", out, ref, rtol)
         packed = ops.pack_weight(weight).to(DEVICE, torch.float32)
-        fused = ops.sparse_conv2d(x.float().to(DEVICE), packed, bias.float().to(DEVICE), s, p, d, g,
-                                  residual=residual.float().to(DEVICE), relu=True)
+        fused = ops.sparse_conv2d(
+            x.float().to(DEVICE),
+            packed,
+            bias.float().to(DEVICE),
+            s,
+            p,
+            d,
+            g,
+            residual=residual.float().to(DEVICE),
+            relu=True,
+        )
         check(f"sparse_conv2d case {i} residual+relu", fused, torch.relu(ref + residual), 1e-5)
     for m, inp, out_features in ((1, 53, 30), (17, 7, 3), (4, 300, 65)):
         weight = sparse_weight((out_features, inp), 0.85, gen)
         x = torch.randn(m, inp, generator=gen, dtype=torch.float64)
         bias = torch.randn(out_features, generator=gen, dtype=torch.float64)
         for dtype, rtol in ((torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 5e-3)):
-            y = ops.sparse_linear(x.to(DEVICE, dtype), ops.pack_weight(weight).to(DEVICE, dtype), bias.to(DEVICE, dtype))
+            y = ops.sparse_linear(
+                x.to(DEVICE, dtype), ops.pack_weight(weight).to(DEVICE, dtype), bias.to(DEVICE, dtype)
+            )
             check(f"sparse_linear {m}x{inp}->{out_features} {dtype}", y, F.linear(x, weight, bias), rtol)
 
 
@@ -104,7 +124,7 @@ SENSITIVITY_CASES = [
     ((2, 4, 7, 5), (6, 2, 3, 2), {"stride": (2, 1), "padding": (1, 0), "dilation": (1, 2), "groups": 2}),
     ((3, 5, 9, 9), (7, 5, 3, 3), {"stride": 1, "padding": 1}),
     ((1, 3, 5, 6), (70, 3, 1, 1), {}),  # more units than one block's 16
-    ((2, 9, 33), (5, 33), {}),          # a linear layer over 9 tokens
+    ((2, 9, 33), (5, 33), {}),  # a linear layer over 9 tokens
 ]
 
 
@@ -117,11 +137,18 @@ def sensitivity() -> None:
         for dtype, rtol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
             xc, wc = x.to(DEVICE, dtype), w.to(DEVICE, dtype)
             for reduce in ("mean", "max"):
-                check(f"weight_sensitivity case {i} {reduce} {dtype}",
-                      ops.weight_sensitivity(xc, wc, reduce=reduce, **conv),
-                      ops.weight_sensitivity_reference(x, w, reduce=reduce, **conv), rtol)
-            check(f"channel_sensitivity case {i} {dtype}", ops.channel_sensitivity(xc, wc, **conv),
-                  ops.channel_sensitivity_reference(x, w, **conv), rtol)
+                check(
+                    f"weight_sensitivity case {i} {reduce} {dtype}",
+                    ops.weight_sensitivity(xc, wc, reduce=reduce, **conv),
+                    ops.weight_sensitivity_reference(x, w, reduce=reduce, **conv),
+                    rtol,
+                )
+            check(
+                f"channel_sensitivity case {i} {dtype}",
+                ops.channel_sensitivity(xc, wc, **conv),
+                ops.channel_sensitivity_reference(x, w, **conv),
+                rtol,
+            )
 
 
 def main() -> int:

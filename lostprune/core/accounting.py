@@ -58,11 +58,17 @@ class PruneStats:
         return 1.0 - self.flops_pruned / self.flops_dense
 
     def summary(self) -> str:
-        flops = (f", FLOPs −{100 * self.flop_reduction:.1f} %" if self.flop_reduction is not None else "")
-        return (f"{self.method}: target {100 * self.target_ratio:.2f} %, achieved {100 * self.achieved_ratio:.2f} % "
-                f"of {self.prunable_params:,} prunable weights (PR {100 * self.paper_prune_ratio:.2f} % of "
-                f"{self.total_params:,} parameters){flops}"
-                + (f"; emptied (every weight removed): {', '.join(self.emptied_layers)}" if self.emptied_layers else ""))
+        flops = f", FLOPs −{100 * self.flop_reduction:.1f} %" if self.flop_reduction is not None else ""
+        return (
+            f"{self.method}: target {100 * self.target_ratio:.2f} %, achieved {100 * self.achieved_ratio:.2f} % "
+            f"of {self.prunable_params:,} prunable weights (PR {100 * self.paper_prune_ratio:.2f} % of "
+            f"{self.total_params:,} parameters){flops}"
+            + (
+                f"; emptied (every weight removed): {', '.join(self.emptied_layers)}"
+                if self.emptied_layers
+                else ""
+            )
+        )
 
 
 _ELEMENTWISE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish)
@@ -93,8 +99,11 @@ def output_positions(model: nn.Module, example_input: Tensor) -> tuple[dict[str,
         target = positions if is_layer else elements
         target[name] = target.get(name, 0) + n
 
-    hooks = [module.register_forward_hook(functools.partial(count, name=name))
-             for name, module in model.named_modules() if isinstance(module, COUNTED_MODULES)]
+    hooks = [
+        module.register_forward_hook(functools.partial(count, name=name))
+        for name, module in model.named_modules()
+        if isinstance(module, COUNTED_MODULES)
+    ]
     try:
         shape_only_forward(model, example_input[:1])
     finally:
@@ -103,11 +112,18 @@ def output_positions(model: nn.Module, example_input: Tensor) -> tuple[dict[str,
     return positions, elements
 
 
-def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[str, Tensor] | None = None, *,
-                  kept: dict[str, int] | None = None, method: str = "", target_ratio: float = 0.0,
-                  example_input: Tensor | None = None,
-                  positions: tuple[dict[str, int], dict[str, int]] | None = None,
-                  shared: dict[str, list[str]] | None = None) -> PruneStats:
+def compute_stats(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    removed: dict[str, Tensor] | None = None,
+    *,
+    kept: dict[str, int] | None = None,
+    method: str = "",
+    target_ratio: float = 0.0,
+    example_input: Tensor | None = None,
+    positions: tuple[dict[str, int], dict[str, int]] | None = None,
+    shared: dict[str, list[str]] | None = None,
+) -> PruneStats:
     """Stats of ``model`` where ``removed`` maps parameter names to 0/1 keep masks (the
     weight masks of pruned layers) — or ``kept`` maps them to the number of entries kept (the
     masks' nonzeros, no masks needed). Parameters without either count as kept. ``positions``: ``output_positions(model, example_input)`` where already known
@@ -119,7 +135,9 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
     shared = shared or {}
     modules = dict(model.named_modules())
     total = sum(p.numel() for p in model.parameters())  # each Parameter once, shared or not
-    kept_by_name = {name: int(mask.sum()) for name, mask in removed.items()} if removed is not None else dict(kept or {})
+    kept_by_name = (
+        {name: int(mask.sum()) for name, mask in removed.items()} if removed is not None else dict(kept or {})
+    )
     # by Parameter identity: a tied weight is one tensor whichever module names it
     kept_of: dict[int, int] = {}
     sizes: dict[int, int] = {}
@@ -149,9 +167,18 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
         pos = at.get(name)
         if pos is not None:  # a tied layer's uses all compute over the one kept weight
             pos += sum(at.get(other, 0) for other in shared.get(name, ()))
-        layer_stats.append(LayerStats(name, type(layer).__name__, tuple(weight_of(layer).shape), weights, kept_here,
-                                      None if pos is None else weights * pos, None if pos is None else kept_here * pos,
-                                      tuple(shared.get(name, ()))))
+        layer_stats.append(
+            LayerStats(
+                name,
+                type(layer).__name__,
+                tuple(weight_of(layer).shape),
+                weights,
+                kept_here,
+                None if pos is None else weights * pos,
+                None if pos is None else kept_here * pos,
+                tuple(shared.get(name, ())),
+            )
+        )
     prunable = sum(s.weights for s in layer_stats)
     kept_prunable = sum(s.kept for s in layer_stats)
     emptied = [n for s in layer_stats if s.weights and not s.kept for n in (s.name, *s.shared_with)]
@@ -173,10 +200,18 @@ def compute_stats(model: nn.Module, layers: dict[str, nn.Module], removed: dict[
                 share = float(torch.tensor(kept_of[id(param)], dtype=torch.float32) / param.numel())
             other_pruned += round(count * share)
     return PruneStats(
-        method=method, target_ratio=float(target_ratio),
+        method=method,
+        target_ratio=float(target_ratio),
         achieved_ratio=1.0 - kept_prunable / prunable if prunable else 0.0,
-        total_params=total, prunable_params=prunable, nonzero_params=total - removed_total,
-        removed_params=removed_total, paper_prune_ratio=removed_total / total if total else 0.0,
-        flops_dense=flops_dense, flops_pruned=flops_pruned, other_ops_dense=other_dense,
-        other_ops_pruned=other_pruned, layers=layer_stats, emptied_layers=emptied,
+        total_params=total,
+        prunable_params=prunable,
+        nonzero_params=total - removed_total,
+        removed_params=removed_total,
+        paper_prune_ratio=removed_total / total if total else 0.0,
+        flops_dense=flops_dense,
+        flops_pruned=flops_pruned,
+        other_ops_dense=other_dense,
+        other_ops_pruned=other_pruned,
+        layers=layer_stats,
+        emptied_layers=emptied,
     )

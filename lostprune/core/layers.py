@@ -24,14 +24,18 @@ def _selectors(value, arg: str) -> list[LayerSelector] | None:
     try:
         selectors = list(value)
     except TypeError:
-        raise TypeError(f"{arg} must be a module name, a module type, a predicate (name, module) -> bool, or a "
-                        f"list of them; got {type(value).__name__}") from None
+        raise TypeError(
+            f"{arg} must be a module name, a module type, a predicate (name, module) -> bool, or a "
+            f"list of them; got {type(value).__name__}"
+        ) from None
     for index, selector in enumerate(selectors):
         if isinstance(selector, type) and not issubclass(selector, nn.Module):
             raise TypeError(f"{arg}[{index}] is the type {selector.__name__}, which is not an nn.Module type")
         if not isinstance(selector, (str, type)) and not callable(selector):
-            raise TypeError(f"{arg}[{index}] is {selector!r} ({type(selector).__name__}); expected a module name, "
-                            "a module type or a predicate (name, module) -> bool")
+            raise TypeError(
+                f"{arg}[{index}] is {selector!r} ({type(selector).__name__}); expected a module name, "
+                "a module type or a predicate (name, module) -> bool"
+            )
     return selectors
 
 
@@ -43,12 +47,17 @@ def _matches(name: str, module: nn.Module, selector: LayerSelector, arg: str) ->
     try:
         return bool(selector(name, module))
     except TypeError as exc:  # most often the predicate's signature
-        raise TypeError(f"{arg}: the predicate {getattr(selector, '__qualname__', selector)!r} failed on "
-                        f"({name!r}, {type(module).__name__}): {exc}; predicates take (name, module)") from exc
+        raise TypeError(
+            f"{arg}: the predicate {getattr(selector, '__qualname__', selector)!r} failed on "
+            f"({name!r}, {type(module).__name__}): {exc}; predicates take (name, module)"
+        ) from exc
 
 
-def prunable_layers(model: nn.Module, layers: Iterable[LayerSelector] | LayerSelector | None = None,
-                    exclude: Iterable[LayerSelector] | LayerSelector | None = None) -> dict[str, nn.Module]:
+def prunable_layers(
+    model: nn.Module,
+    layers: Iterable[LayerSelector] | LayerSelector | None = None,
+    exclude: Iterable[LayerSelector] | LayerSelector | None = None,
+) -> dict[str, nn.Module]:
     """Conv2d/Linear layers of ``model`` in definition order, as {qualified name: module}.
 
     ``layers`` keeps only modules matching any selector: a qualified name (a prefix selects a
@@ -66,10 +75,15 @@ def prunable_layers(model: nn.Module, layers: Iterable[LayerSelector] | LayerSel
         for selector in selectors:
             if isinstance(selector, str) and selector not in named:
                 raise ValueError(f"{arg}: no module named {selector!r} in the model")
-            if isinstance(selector, str) and not isinstance(named[selector], PRUNABLE_TYPES) \
-                    and not any(isinstance(m, PRUNABLE_TYPES) for m in named[selector].modules()):
-                raise ValueError(f"{arg}: {selector!r} is a {type(named[selector]).__name__}, which holds no "
-                                 f"prunable layer (supported: {', '.join(t.__name__ for t in PRUNABLE_TYPES)})")
+            if (
+                isinstance(selector, str)
+                and not isinstance(named[selector], PRUNABLE_TYPES)
+                and not any(isinstance(m, PRUNABLE_TYPES) for m in named[selector].modules())
+            ):
+                raise ValueError(
+                    f"{arg}: {selector!r} is a {type(named[selector]).__name__}, which holds no "
+                    f"prunable layer (supported: {', '.join(t.__name__ for t in PRUNABLE_TYPES)})"
+                )
     selected = {}
     for name, module in named.items():
         if not isinstance(module, PRUNABLE_TYPES):
@@ -110,7 +124,9 @@ def weight_users(model: nn.Module) -> dict[int, list[str]]:
     return users
 
 
-def split_shared(model: nn.Module, layers: dict[str, nn.Module]) -> tuple[dict[str, nn.Module], dict[str, list[str]]]:
+def split_shared(
+    model: nn.Module, layers: dict[str, nn.Module]
+) -> tuple[dict[str, nn.Module], dict[str, list[str]]]:
     """(``layers`` with one entry per weight Parameter, {kept layer: the other selected layers
     sharing its weight}). A shared weight is one prunable tensor with one mask: the first
     layer using it stands for all. Raises when a Conv2d / Linear outside the selection shares
@@ -128,8 +144,10 @@ def split_shared(model: nn.Module, layers: dict[str, nn.Module]) -> tuple[dict[s
         others = [n for n in users.get(id(weight_parameter(module)), []) if n != name]
         outside = [n for n in others if n not in layers and isinstance(named[n], PRUNABLE_TYPES)]
         if outside:
-            raise ValueError(f"layers {name!r} and {outside[0]!r} share one weight Parameter (tied weights), but only "
-                             f"{name!r} is selected: select both or neither (layers= / exclude=)")
+            raise ValueError(
+                f"layers {name!r} and {outside[0]!r} share one weight Parameter (tied weights), but only "
+                f"{name!r} is selected: select both or neither (layers= / exclude=)"
+            )
         aliases = [n for n in others if n in layers]
         if aliases:
             shared[name] = aliases

@@ -26,13 +26,15 @@ def get_mask(module: nn.Module, name: str = "weight") -> Tensor:
     return torch.ones_like(getattr(module, name))
 
 
-def current_masks(layers: Mapping[str, nn.Module], materialize: bool = True, validate: bool = False
-                  ) -> dict[str, Tensor]:
+def current_masks(
+    layers: Mapping[str, nn.Module], materialize: bool = True, validate: bool = False
+) -> dict[str, Tensor]:
     """{layer name: weight mask}, ones for unpruned layers (detached copies).
 
     ``materialize=False``: an unpruned layer's mask is a read-only broadcast view of a single
     one (``ones_view``) instead of a tensor of the weight's size. ``validate``: raise on a mask
     holding other values than 0 and 1 (changed by hand since it was installed)."""
+
     def ones(weight: Tensor) -> Tensor:
         return torch.ones_like(weight) if materialize else ones_view(weight)
 
@@ -41,8 +43,10 @@ def current_masks(layers: Mapping[str, nn.Module], materialize: bool = True, val
         if is_pruned(module):
             mask = get_mask(module).detach()
             if validate and mask_factors(mask) is None and not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError(f"model: the weight_mask of layer {name!r} holds values other than 0 and 1 (changed "
-                                 "since it was installed?); masks are 0/1 keep masks")
+                raise ValueError(
+                    f"model: the weight_mask of layer {name!r} holds values other than 0 and 1 (changed "
+                    "since it was installed?); masks are 0/1 keep masks"
+                )
             masks[name] = mask.clone()
         else:
             masks[name] = ones(weight_of(module).detach())
@@ -66,8 +70,9 @@ def outer_mask(rows: Tensor, cols: Tensor, like: Tensor) -> Tensor:
     shape = [1] * like.dim()
     row_shape, col_shape = list(shape), list(shape)
     row_shape[0] = col_shape[1] = -1
-    factor = rows.to(device=like.device, dtype=like.dtype).view(row_shape) \
-        * cols.to(device=like.device, dtype=like.dtype).view(col_shape)
+    factor = rows.to(device=like.device, dtype=like.dtype).view(row_shape) * cols.to(
+        device=like.device, dtype=like.dtype
+    ).view(col_shape)
     mask = factor.expand(like.shape).contiguous()
     _OUTER_MASKS[mask] = (mask._version, rows.detach().cpu().bool(), cols.detach().cpu().bool())
     return mask
@@ -122,8 +127,10 @@ def _check_mask(name: str, module: nn.Module, mask: Tensor, param: str, values: 
     if target is None:
         target = getattr(module, param)
     if tuple(mask.shape) != tuple(target.shape):
-        raise ValueError(f"mask for {name}.{param} has shape {tuple(mask.shape)} but the parameter has "
-                         f"shape {tuple(target.shape)}")
+        raise ValueError(
+            f"mask for {name}.{param} has shape {tuple(mask.shape)} but the parameter has "
+            f"shape {tuple(target.shape)}"
+        )
     if values and not bool(((mask == 0) | (mask == 1)).all()):  # elementwise: a sort (unique) is 10x slower
         raise ValueError(f"mask for {name}.{param} must contain only 0 and 1")
     return mask.to(device=target.device, dtype=target.dtype)
@@ -142,8 +149,13 @@ def _install(module: nn.Module, name: str, mask: Tensor) -> None:
     module.register_forward_pre_hook(method)
 
 
-def apply_masks(layers: Mapping[str, nn.Module], masks: Mapping[str, Tensor], param: str = "weight",
-                validate: bool = True, copy: bool = True) -> None:
+def apply_masks(
+    layers: Mapping[str, nn.Module],
+    masks: Mapping[str, Tensor],
+    param: str = "weight",
+    validate: bool = True,
+    copy: bool = True,
+) -> None:
     """Install ``masks`` on the layers' ``param`` in nn.utils.prune format.
 
     A layer that is already pruned keeps its hook: the new mask is combined with the old one
@@ -266,10 +278,15 @@ def load_pruned(model: nn.Module, state_dict: Mapping[str, Tensor], strict: bool
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(state_dict, Mapping):
-        hint = (" (a file name? read it with torch.load, or use lostprune.io.load_network for network files)"
-                if isinstance(state_dict, (str, bytes)) or hasattr(state_dict, "__fspath__") else "")
-        raise TypeError(f"state_dict must be a mapping of tensor names to tensors (model.state_dict()), got "
-                        f"{type(state_dict).__name__}{hint}")
+        hint = (
+            " (a file name? read it with torch.load, or use lostprune.io.load_network for network files)"
+            if isinstance(state_dict, (str, bytes)) or hasattr(state_dict, "__fspath__")
+            else ""
+        )
+        raise TypeError(
+            f"state_dict must be a mapping of tensor names to tensors (model.state_dict()), got "
+            f"{type(state_dict).__name__}{hint}"
+        )
     modules = dict(model.named_modules())
     for key, mask in state_dict.items():
         if not key.endswith("_mask"):

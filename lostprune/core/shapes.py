@@ -23,7 +23,10 @@ def meta_parameters(module: nn.Module):
     meta: dict[str, Tensor] = {}
     made: dict[int, Tensor] = {}
     slots: set[tuple[int, str]] = set()
-    for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+    for name, t in [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]:
         path, _, attr = name.rpartition(".")
         slot = (id(module.get_submodule(path)), attr)
         if slot in slots:
@@ -44,12 +47,39 @@ def meta_parameters(module: nn.Module):
 # Modules whose output has their input's shape and dtype. A shape-only pass on meta tensors
 # passes their input through: BN's meta kernel alone decomposes into dozens of Python-level
 # ops, most of the time of a ResNet's meta pass. Exact types only (a subclass may reshape).
-SHAPE_KEEPING_MODULES = frozenset({
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d,
-    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-})
+SHAPE_KEEPING_MODULES = frozenset(
+    {
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.GroupNorm,
+        nn.LayerNorm,
+        nn.InstanceNorm1d,
+        nn.InstanceNorm2d,
+        nn.InstanceNorm3d,
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.ELU,
+        nn.SELU,
+        nn.CELU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Mish,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.Hardtanh,
+        nn.Sigmoid,
+        nn.Tanh,
+        nn.Softplus,
+        nn.Identity,
+        nn.Dropout,
+        nn.Dropout1d,
+        nn.Dropout2d,
+        nn.Dropout3d,
+        nn.AlphaDropout,
+    }
+)
 
 
 def _same(input: Tensor) -> Tensor:
@@ -59,7 +89,9 @@ def _same(input: Tensor) -> Tensor:
 @contextmanager
 def shape_keeping_skipped(module: nn.Module):
     """Inside, the shape-keeping submodules of ``module`` return their input (hooks still run)."""
-    skipped = [m for m in module.modules() if type(m) in SHAPE_KEEPING_MODULES and "forward" not in m.__dict__]
+    skipped = [
+        m for m in module.modules() if type(m) in SHAPE_KEEPING_MODULES and "forward" not in m.__dict__
+    ]
     for m in skipped:
         m.forward = _same
     try:
@@ -117,7 +149,9 @@ def blame_input(module: nn.Module, x: Tensor, name: str):
         problem = input_problem(module, x)
         if problem is None:
             raise
-        raise ValueError(f"the model cannot run on {name} (shape {tuple(x.shape)}, {x.dtype}): {problem}") from exc
+        raise ValueError(
+            f"the model cannot run on {name} (shape {tuple(x.shape)}, {x.dtype}): {problem}"
+        ) from exc
 
 
 def check_input(module: nn.Module, x: Tensor, name: str = "example_input") -> None:

@@ -20,16 +20,27 @@ from .splits import DataSplits, stratified_split
 from .tensor_images import ImageTensorDataset
 from .voc import load_voc
 
-LOADERS = {"digits": load_digits, "cifar10": load_cifar10, "imagenet": load_imagenet,
-           "imagefolder": load_imagefolder, "voc": load_voc}
+LOADERS = {
+    "digits": load_digits,
+    "cifar10": load_cifar10,
+    "imagenet": load_imagenet,
+    "imagefolder": load_imagefolder,
+    "voc": load_voc,
+}
 
 
 def available() -> list[str]:
     return sorted(LOADERS)
 
 
-def load(name: str, root: str | Path | None = None, *, train_size: int | None = None,
-         test_size: int | None = None, **options) -> DataSplits:
+def load(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    **options,
+) -> DataSplits:
     """The data set ``name`` (see ``available()``); ``root`` is its local copy (not used by "digits").
 
     ``train_size`` / ``test_size`` cut the training / test split to a random subset with an
@@ -46,7 +57,9 @@ def load(name: str, root: str | Path | None = None, *, train_size: int | None = 
         options.pop("seed", None)
         splits = load_digits(**options)
     elif root is None:
-        raise ValueError(f"root: {key} needs the folder (or archive) of a local copy; lostprune never downloads")
+        raise ValueError(
+            f"root: {key} needs the folder (or archive) of a local copy; lostprune never downloads"
+        )
     else:
         splits = LOADERS[key](root, **options)
     splits.check_s_held_out()

@@ -19,13 +19,21 @@ def _split_batch(batch, name: str, index: int) -> tuple[Tensor, Tensor | None]:
         labels = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
         return batch[0], labels
     if isinstance(batch, dict):
-        labels = next((batch[k] for k in ("label", "labels", "target", "targets", "y")
-                       if isinstance(batch.get(k), Tensor)), None)
+        labels = next(
+            (
+                batch[k]
+                for k in ("label", "labels", "target", "targets", "y")
+                if isinstance(batch.get(k), Tensor)
+            ),
+            None,
+        )
         for key in ("input", "inputs", "image", "images", "x"):
             if isinstance(batch.get(key), Tensor):
                 return batch[key], labels
-    raise TypeError(f"{name}: batch {index} is a {type(batch).__name__}; expected a tensor of inputs "
-                    "or an (inputs, labels) pair")
+    raise TypeError(
+        f"{name}: batch {index} is a {type(batch).__name__}; expected a tensor of inputs "
+        "or an (inputs, labels) pair"
+    )
 
 
 def check_batch_size(batch_size, name: str = "batch_size") -> int:
@@ -51,10 +59,15 @@ def as_pair_dataset(data):
     return data
 
 
-def iter_inputs_and_labels(data, name: str = "data", batch_size: int = 128,
-                           expected_shape: Sequence[int] | None = None, device: torch.device | str | None = None,
-                           limit: int | None = None, dtype: torch.dtype | None = None
-                           ) -> Iterator[tuple[Tensor, Tensor | None]]:
+def iter_inputs_and_labels(
+    data,
+    name: str = "data",
+    batch_size: int = 128,
+    expected_shape: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+    limit: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Iterator[tuple[Tensor, Tensor | None]]:
     """Yield (inputs, labels or None) batches from ``data``.
 
     ``data`` may be a tensor (split into ``batch_size`` chunks), a Dataset (batched), a
@@ -81,25 +94,38 @@ def iter_inputs_and_labels(data, name: str = "data", batch_size: int = 128,
     try:
         batches = iter(source)
     except TypeError:
-        raise TypeError(f"{name} must be a tensor, a Dataset, a DataLoader or an iterable of batches, got "
-                        f"{type(data).__name__}") from None
+        raise TypeError(
+            f"{name} must be a tensor, a Dataset, a DataLoader or an iterable of batches, got "
+            f"{type(data).__name__}"
+        ) from None
     seen = 0
     for index, batch in enumerate(batches):
         x, y = _split_batch(batch, name, index)
         if not x.is_floating_point():
-            raise TypeError(f"{name}: inputs must be floating point (normalized images), got {x.dtype} "
-                            f"in batch {index}")
+            raise TypeError(
+                f"{name}: inputs must be floating point (normalized images), got {x.dtype} in batch {index}"
+            )
         if dtype is not None and x.dtype != dtype:
-            raise TypeError(f"{name}: inputs are {x.dtype} in batch {index} but the model's weights are {dtype}; "
-                            f"convert them (inputs.to({dtype}))")
+            raise TypeError(
+                f"{name}: inputs are {x.dtype} in batch {index} but the model's weights are {dtype}; "
+                f"convert them (inputs.to({dtype}))"
+            )
         if x.is_meta:
-            raise ValueError(f"{name}: batch {index} is on the meta device (shapes without values); pass real inputs")
+            raise ValueError(
+                f"{name}: batch {index} is on the meta device (shapes without values); pass real inputs"
+            )
         if x.dim() < 2 or x.shape[0] == 0:
-            raise ValueError(f"{name}: batch {index} has shape {tuple(x.shape)}; expected N x ... with N >= 1")
-        if expected_shape is not None and (x.dim() - 1 != len(expected_shape) or x.shape[1] != expected_shape[0]):
+            raise ValueError(
+                f"{name}: batch {index} has shape {tuple(x.shape)}; expected N x ... with N >= 1"
+            )
+        if expected_shape is not None and (
+            x.dim() - 1 != len(expected_shape) or x.shape[1] != expected_shape[0]
+        ):
             # Spatial sizes may differ (fully convolutional nets); rank and channels may not.
-            raise ValueError(f"{name}: samples have shape {tuple(x.shape[1:])} but the model expects "
-                             f"{tuple(expected_shape)} (channels first)")
+            raise ValueError(
+                f"{name}: samples have shape {tuple(x.shape[1:])} but the model expects "
+                f"{tuple(expected_shape)} (channels first)"
+            )
         if not torch.isfinite(x).all():
             raise ValueError(f"{name}: batch {index} contains NaN or inf values")
         if limit is not None and seen + x.shape[0] > limit:

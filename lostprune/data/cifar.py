@@ -28,8 +28,10 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
 _PICKLE_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _PICKLE_TEST = "test_batch"
-_LAYOUTS = ("a folder holding cifar-10-batches-py/ (torchvision pickle layout), the data_batch_1..5 / test_batch "
-            "files themselves, an ImageFolder tree with train/ and test/ class folders, or a .tar / .tar.gz of one")
+_LAYOUTS = (
+    "a folder holding cifar-10-batches-py/ (torchvision pickle layout), the data_batch_1..5 / test_batch "
+    "files themselves, an ImageFolder tree with train/ and test/ class folders, or a .tar / .tar.gz of one"
+)
 
 
 def _unpickle(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +84,13 @@ def _read_pickle_layout(source: _Source) -> dict | None:
     classes = [str(i) for i in range(10)]
     if "batches.meta" in by_base:
         classes = list(pickle.loads(source.read(by_base["batches.meta"]), encoding="latin1")["label_names"])
-    return {"train_images": np.concatenate([t[0] for t in train]), "train_labels": np.concatenate([t[1] for t in train]),
-            "test_images": test[0], "test_labels": test[1], "classes": classes}
+    return {
+        "train_images": np.concatenate([t[0] for t in train]),
+        "train_labels": np.concatenate([t[1] for t in train]),
+        "test_images": test[0],
+        "test_labels": test[1],
+        "classes": classes,
+    }
 
 
 def _read_folder_layout(source: _Source) -> dict | None:
@@ -122,7 +129,9 @@ def _read_folder_layout(source: _Source) -> dict | None:
 
 def _cache_key(root: Path) -> str:
     stat = root.stat()
-    newest = max((p.stat().st_mtime_ns for p in root.rglob("*")), default=stat.st_mtime_ns) if root.is_dir() else 0
+    newest = (
+        max((p.stat().st_mtime_ns for p in root.rglob("*")), default=stat.st_mtime_ns) if root.is_dir() else 0
+    )
     text = f"{root}|{stat.st_size}|{stat.st_mtime_ns}|{newest}"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -154,8 +163,16 @@ def cifar10_tensors(root: str | Path, *, cache: bool = True) -> dict:
     return data
 
 
-def load_cifar10(root: str | Path, *, validation_size: int = 0, s_size: int = 256, seed: int = 0,
-                 augment: bool = True, normalize: bool = True, cache: bool = True) -> DataSplits:
+def load_cifar10(
+    root: str | Path,
+    *,
+    validation_size: int = 0,
+    s_size: int = 256,
+    seed: int = 0,
+    augment: bool = True,
+    normalize: bool = True,
+    cache: bool = True,
+) -> DataSplits:
     """CIFAR-10 as ``DataSplits``: S (``s_size`` images, docs/methods.md §Sensitivities: 256 by
     default) and an optional validation split are held out of the 50,000 training images, stratified
     by ``seed``; the 10,000 test images stay the test set. Training augmentation (``augment``) is
@@ -163,12 +180,25 @@ def load_cifar10(root: str | Path, *, validation_size: int = 0, s_size: int = 25
     check_split_size("s_size", s_size, minimum=2)
     check_split_size("validation_size", validation_size)
     data = cifar10_tensors(root, cache=cache)
-    train = ImageTensorDataset(data["train_images"], data["train_labels"], mean=MEAN, std=STD,
-                               normalize=normalize, classes=data["classes"])
-    test = ImageTensorDataset(data["test_images"], data["test_labels"], mean=MEAN, std=STD,
-                              normalize=normalize, classes=data["classes"])
-    index = stratified_split(data["train_labels"].numpy(), {"validation": validation_size, "s": s_size,
-                                                             "train": None}, seed=seed)
+    train = ImageTensorDataset(
+        data["train_images"],
+        data["train_labels"],
+        mean=MEAN,
+        std=STD,
+        normalize=normalize,
+        classes=data["classes"],
+    )
+    test = ImageTensorDataset(
+        data["test_images"],
+        data["test_labels"],
+        mean=MEAN,
+        std=STD,
+        normalize=normalize,
+        classes=data["classes"],
+    )
+    index = stratified_split(
+        data["train_labels"].numpy(), {"validation": validation_size, "s": s_size, "train": None}, seed=seed
+    )
     return DataSplits(
         name="cifar10",
         train=train.subset(index["train"], crop_padding=4 if augment else 0, flip=augment),
@@ -177,6 +207,8 @@ def load_cifar10(root: str | Path, *, validation_size: int = 0, s_size: int = 25
         test=test,
         classes=list(data["classes"]),
         input_size=(3, 32, 32),
-        mean=MEAN, std=STD, normalized=normalize,
+        mean=MEAN,
+        std=STD,
+        normalized=normalize,
         info={"root": str(root), "seed": seed},
     )

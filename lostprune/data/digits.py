@@ -77,10 +77,19 @@ def load_digits(*, s_size: int = S_SIZE, augment: bool = True, normalize: bool =
     images, labels = digits_tensors()
     available = len(labels) - SPLIT_SIZES["test"] - SPLIT_SIZES["validation"]
     if s_size >= available:
-        raise ValueError(f"s_size={s_size} leaves no training images (the digits hold {available} images "
-                         "outside the test and validation splits)")
-    full = ImageTensorDataset(images, labels, mean=MEAN, std=STD, normalize=normalize, channels=3,
-                              classes=[str(d) for d in range(10)])
+        raise ValueError(
+            f"s_size={s_size} leaves no training images (the digits hold {available} images "
+            "outside the test and validation splits)"
+        )
+    full = ImageTensorDataset(
+        images,
+        labels,
+        mean=MEAN,
+        std=STD,
+        normalize=normalize,
+        channels=3,
+        classes=[str(d) for d in range(10)],
+    )
     index = split_indices(s_size)
     return DataSplits(
         name="digits",
@@ -90,7 +99,11 @@ def load_digits(*, s_size: int = S_SIZE, augment: bool = True, normalize: bool =
         test=full.subset(index["test"]),
         classes=full.classes,
         input_size=(3, SIZE, SIZE),
-        mean=MEAN, std=STD, normalized=normalize,
-        info={"source": "sklearn.datasets.load_digits, bilinear 8x8 -> 32x32",
-              "sizes": {k: len(v) for k, v in index.items()}},
+        mean=MEAN,
+        std=STD,
+        normalized=normalize,
+        info={
+            "source": "sklearn.datasets.load_digits, bilinear 8x8 -> 32x32",
+            "sizes": {k: len(v) for k, v in index.items()},
+        },
     )

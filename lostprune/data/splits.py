@@ -41,8 +41,10 @@ def stratified_split(labels, sizes: Mapping[str, int | None], *, seed: int = 0) 
             check_split_size(f"sizes[{name!r}]", size)
     fixed = sum(size for size in sizes.values() if size is not None)
     if fixed > n or (rest and fixed == n):
-        raise ValueError(f"sizes: {dict(sizes)} ask for {fixed} samples{' plus a non-empty rest' if rest else ''}, "
-                         f"but there are only {n}")
+        raise ValueError(
+            f"sizes: {dict(sizes)} ask for {fixed} samples{' plus a non-empty rest' if rest else ''}, "
+            f"but there are only {n}"
+        )
     rng = np.random.default_rng(seed)
     jitter = rng.permutation(n)
     # Rank every sample inside its class in random order; sorting by (rank + 0.5) / class size
@@ -57,7 +59,7 @@ def stratified_split(labels, sizes: Mapping[str, int | None], *, seed: int = 0) 
     out, start = {}, 0
     for name, size in sizes.items():
         take = n - fixed if size is None else size
-        out[name] = torch.from_numpy(np.sort(interleaved[start:start + take])).long()
+        out[name] = torch.from_numpy(np.sort(interleaved[start : start + take])).long()
         start += take
     return out
 
@@ -74,8 +76,10 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
         labels = [dataset[i][1] for i in range(len(dataset))]
     labels = torch.as_tensor(np.asarray(labels))
     if labels.dim() != 1 or labels.is_floating_point():
-        raise ValueError("dataset: stratified subsets need one class label per item, got labels of shape "
-                         f"{tuple(labels.shape)} and type {labels.dtype}")
+        raise ValueError(
+            "dataset: stratified subsets need one class label per item, got labels of shape "
+            f"{tuple(labels.shape)} and type {labels.dtype}"
+        )
     return labels.long()
 
 
@@ -98,8 +102,10 @@ def balanced_subset(labels, size: int, *, seed: int = 0, argument: str = "size")
     if short:
         c, n, k = short[0]
         most = int(counts.min()) * len(classes)
-        raise ValueError(f"{argument}={size} needs {k} items of class {c}, which has only {n} in this split; "
-                         f"an equal share of every class allows at most {most}")
+        raise ValueError(
+            f"{argument}={size} needs {k} items of class {c}, which has only {n} in this split; "
+            f"an equal share of every class allows at most {most}"
+        )
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, share)]
     return torch.from_numpy(np.sort(np.concatenate(chosen))).long()
 
@@ -135,7 +141,9 @@ def overlap(s: Dataset, test: Dataset) -> list[int]:
 
     if isinstance(s, ImageTensorDataset) and isinstance(test, ImageTensorDataset):
         seen = {_digest(image.numpy().tobytes()) for image in test.images.contiguous()}
-        return [i for i, image in enumerate(s.images.contiguous()) if _digest(image.numpy().tobytes()) in seen]
+        return [
+            i for i, image in enumerate(s.images.contiguous()) if _digest(image.numpy().tobytes()) in seen
+        ]
     s_files, test_files = _item_files(s), _item_files(test)
     if s_files is None or test_files is None:
         return []  # no cheap identity to compare (e.g. VOC pairs); their loaders split by list files
@@ -148,7 +156,9 @@ def overlap(s: Dataset, test: Dataset) -> list[int]:
             sizes.setdefault(Path(f).stat().st_size, []).append(i)
     if sizes:
         digests = {_digest(Path(f).read_bytes()) for f in test_files if Path(f).stat().st_size in sizes}
-        same |= {i for group in sizes.values() for i in group if _digest(Path(s_files[i]).read_bytes()) in digests}
+        same |= {
+            i for group in sizes.values() for i in group if _digest(Path(s_files[i]).read_bytes()) in digests
+        }
     return sorted(same)
 
 
@@ -194,16 +204,29 @@ class DataSplits:
             raise ValueError(f"{self.name} has no {name} split (ask the loader for validation_size > 0)")
         return options[name]
 
-    def loader(self, split: str, batch_size: int = 128, *, shuffle: bool | None = None, num_workers: int = 0,
-               **kwargs) -> DataLoader:
+    def loader(
+        self,
+        split: str,
+        batch_size: int = 128,
+        *,
+        shuffle: bool | None = None,
+        num_workers: int = 0,
+        **kwargs,
+    ) -> DataLoader:
         """A DataLoader over one split; shuffled for ``train`` unless told otherwise."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        return DataLoader(self.split(split), batch_size=batch_size,
-                          shuffle=(split == "train") if shuffle is None else shuffle,
-                          num_workers=num_workers, **kwargs)
+        return DataLoader(
+            self.split(split),
+            batch_size=batch_size,
+            shuffle=(split == "train") if shuffle is None else shuffle,
+            num_workers=num_workers,
+            **kwargs,
+        )
 
-    def subset(self, *, train_size: int | None = None, test_size: int | None = None, seed: int = 0) -> DataSplits:
+    def subset(
+        self, *, train_size: int | None = None, test_size: int | None = None, seed: int = 0
+    ) -> DataSplits:
         """These splits with the training and/or test split cut to a random subset of that
         many items, an equal share per class (``balanced_subset``; segmentation sets: a
         random subset), deterministic in ``seed``. S and validation stay as they are."""
@@ -218,8 +241,12 @@ class DataSplits:
             else:
                 check_split_size(argument, size, minimum=1)
                 if size > len(dataset):
-                    raise ValueError(f"{argument}={size} is larger than the {name} split ({len(dataset)} items)")
-                index = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(dataset))[:size]))
+                    raise ValueError(
+                        f"{argument}={size} is larger than the {name} split ({len(dataset)} items)"
+                    )
+                index = torch.from_numpy(
+                    np.sort(np.random.default_rng(seed).permutation(len(dataset))[:size])
+                )
             changes[name] = subset_of(dataset, index)
             info[argument] = size
         return dataclasses.replace(self, **changes, info=info) if changes else self
@@ -231,9 +258,11 @@ class DataSplits:
             raise ValueError("s: S is empty; data-informed methods need at least 2 images")
         shared = overlap(self.s, self.test)
         if shared:
-            raise ValueError(f"s: {len(shared)} of the {len(self.s)} images of S are also in the test set "
-                             f"(S items {shared[:5]}{'...' if len(shared) > 5 else ''}); S must come from the "
-                             "training images only. Check that the train and test folders differ")
+            raise ValueError(
+                f"s: {len(shared)} of the {len(self.s)} images of S are also in the test set "
+                f"(S items {shared[:5]}{'...' if len(shared) > 5 else ''}); S must come from the "
+                "training images only. Check that the train and test folders differ"
+            )
 
     def s_inputs(self) -> torch.Tensor:
         """All of S as one input tensor (N x C x H x W)."""
@@ -257,7 +286,17 @@ class DataSplits:
         return inputs * std + mean
 
     def __repr__(self) -> str:
-        sizes = ", ".join(f"{k}={len(v)}" for k, v in (("train", self.train), ("validation", self.validation),
-                                                        ("s", self.s), ("test", self.test)) if v is not None)
-        return (f"DataSplits({self.name!r}, {sizes}, classes={self.num_classes}, input_size={self.input_size}, "
-                f"task={self.task!r})")
+        sizes = ", ".join(
+            f"{k}={len(v)}"
+            for k, v in (
+                ("train", self.train),
+                ("validation", self.validation),
+                ("s", self.s),
+                ("test", self.test),
+            )
+            if v is not None
+        )
+        return (
+            f"DataSplits({self.name!r}, {sizes}, classes={self.num_classes}, input_size={self.input_size}, "
+            f"task={self.task!r})"
+        )

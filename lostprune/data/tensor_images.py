@@ -44,19 +44,37 @@ class ImageTensorDataset(Dataset):
     presented as ``channels`` identical channels without copying it.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
-                 crop_padding: int = 0, flip: bool = False, normalize: bool = True, channels: int | None = None,
-                 classes: Sequence[str] | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_padding: int = 0,
+        flip: bool = False,
+        normalize: bool = True,
+        channels: int | None = None,
+        classes: Sequence[str] | None = None,
+    ):
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be a uint8 N x C x H x W tensor, got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be a uint8 N x C x H x W tensor, got {images.dtype} {tuple(images.shape)}"
+            )
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must hold one label per image ({images.shape[0]}), got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must hold one label per image ({images.shape[0]}), got {tuple(labels.shape)}"
+            )
         if channels is not None and channels != images.shape[1]:
             if images.shape[1] != 1:
-                raise ValueError(f"channels: only a 1-channel tensor can be repeated, got {images.shape[1]} channels")
+                raise ValueError(
+                    f"channels: only a 1-channel tensor can be repeated, got {images.shape[1]} channels"
+                )
             images = images.expand(-1, channels, -1, -1)
         if len(mean) != images.shape[1] or len(std) != images.shape[1]:
-            raise ValueError(f"mean and std need one value per channel ({images.shape[1]}), got {len(mean)}, {len(std)}")
+            raise ValueError(
+                f"mean and std need one value per channel ({images.shape[1]}), got {len(mean)}, {len(std)}"
+            )
         self.images, self.labels = images, labels.long()
         self.crop_padding, self.flip, self.normalize = int(crop_padding), bool(flip), bool(normalize)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
@@ -88,13 +106,20 @@ class ImageTensorDataset(Dataset):
     def subset(self, indices: torch.Tensor, **overrides) -> ImageTensorDataset:
         """The images at ``indices`` as a new dataset; keyword arguments replace settings
         (e.g. ``crop_padding=0, flip=False`` for held-out data)."""
-        settings = dict(mean=self.mean.flatten().tolist(), std=self.std.flatten().tolist(),
-                        crop_padding=self.crop_padding, flip=self.flip, normalize=self.normalize,
-                        classes=self.classes)
+        settings = dict(
+            mean=self.mean.flatten().tolist(),
+            std=self.std.flatten().tolist(),
+            crop_padding=self.crop_padding,
+            flip=self.flip,
+            normalize=self.normalize,
+            classes=self.classes,
+        )
         settings.update(overrides)
         images = self.images[indices]
         return ImageTensorDataset(images, self.labels[indices], **settings)
 
     def __repr__(self) -> str:
-        return (f"ImageTensorDataset({len(self)} images {tuple(self.images.shape[1:])}, crop_padding="
-                f"{self.crop_padding}, flip={self.flip}, normalize={self.normalize})")
+        return (
+            f"ImageTensorDataset({len(self)} images {tuple(self.images.shape[1:])}, crop_padding="
+            f"{self.crop_padding}, flip={self.flip}, normalize={self.normalize})"
+        )

@@ -3,5 +3,12 @@
 from .config import ConfigError, ExperimentConfig, load_config, parse_config, shipped_configs
 from .runner import ExperimentError, run
 
-__all__ = ["ConfigError", "ExperimentConfig", "ExperimentError", "load_config", "parse_config", "run",
-           "shipped_configs"]
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "ExperimentError",
+    "load_config",
+    "parse_config",
+    "run",
+    "shipped_configs",
+]

@@ -30,14 +30,20 @@ def _range(low=None, high=None, *, low_open=False):
 
 @dataclass
 class DataConfig:
-    name: str = field(default="digits", metadata=_choice("digits", "cifar10", "imagefolder", "imagenet", "voc"))
+    name: str = field(
+        default="digits", metadata=_choice("digits", "cifar10", "imagefolder", "imagenet", "voc")
+    )
     root: str | None = None  # dataset location (not needed for the built-in digits)
     # images in S (data-informed methods), held out of the training split; None: the loader's
     # default (256; the built-in digits: 128)
     s_size: int | None = field(default=None, metadata=_range(2))
     batch_size: int = field(default=128, metadata=_range(1))
-    train_size: int | None = field(default=None, metadata=_range(1))  # train on N images, an equal share per class
-    test_size: int | None = field(default=None, metadata=_range(1))  # test on N images, an equal share per class
+    train_size: int | None = field(
+        default=None, metadata=_range(1)
+    )  # train on N images, an equal share per class
+    test_size: int | None = field(
+        default=None, metadata=_range(1)
+    )  # test on N images, an equal share per class
     seed: int = field(default=0, metadata=_range(0))  # draws S, validation and the train/test subsets
     workers: int = field(default=0, metadata=_range(0))
     augment: bool = True  # training augmentation (random crop + flip)
@@ -61,12 +67,16 @@ class ScheduleConfig:
 
         given = [k for k in ("ratios", "keep", "paper") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ConfigError("schedule needs exactly one of ratios, keep or paper"
-                              + (f" (got {', '.join(given)})" if given else ""))
+            raise ConfigError(
+                "schedule needs exactly one of ratios, keep or paper"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
         for key in ("ratios", "keep"):
             if getattr(self, key) == []:
-                raise ConfigError(f"schedule.{key} is empty; list at least one "
-                                  + ("prune ratio in (0, 1)" if key == "ratios" else "segment"))
+                raise ConfigError(
+                    f"schedule.{key} is empty; list at least one "
+                    + ("prune ratio in (0, 1)" if key == "ratios" else "segment")
+                )
         if self.paper is not None:
             return paper_keep_ratios(self.paper)
         if self.ratios is not None:
@@ -78,8 +88,10 @@ class ScheduleConfig:
         kinds = {"geometric": Geometric, "linear": Linear}
         for i, segment in enumerate(self.keep):
             if not isinstance(segment, dict) or len(segment) != 1 or next(iter(segment)) not in kinds:
-                raise ConfigError(f"schedule.keep[{i}] must be {{geometric: [start, stop, num]}} or "
-                                  f"{{linear: [start, stop, num]}}, got {segment!r}")
+                raise ConfigError(
+                    f"schedule.keep[{i}] must be {{geometric: [start, stop, num]}} or "
+                    f"{{linear: [start, stop, num]}}, got {segment!r}"
+                )
             kind, args = next(iter(segment.items()))
             if not isinstance(args, list) or len(args) != 3:
                 raise ConfigError(f"schedule.keep[{i}].{kind} must be [start, stop, num], got {args!r}")
@@ -174,7 +186,9 @@ class MetricsConfig:
     feature_mode: str = field(default="gradient", metadata=_choice("gradient", "exact"))
     feature_images: int = field(default=16, metadata=_range(1))
     feature_fraction: float = field(default=0.1, metadata=_range(0, 1, low_open=True))
-    feature_step: float = field(default=0.01, metadata=_range(0, 1, low_open=True))  # pixels removed per round
+    feature_step: float = field(
+        default=0.01, metadata=_range(0, 1, low_open=True)
+    )  # pixels removed per round
 
 
 @dataclass
@@ -277,8 +291,10 @@ def _train_config(values: dict, key: str, seed: int):
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown key {key}.{name}{hint} (allowed: {', '.join(sorted(allowed))})")
     if "epochs" in values and "steps" in values:
-        raise ConfigError(f"{key}: give epochs or steps, not both (got epochs={values['epochs']!r}, "
-                          f"steps={values['steps']!r})")
+        raise ConfigError(
+            f"{key}: give epochs or steps, not both (got epochs={values['epochs']!r}, "
+            f"steps={values['steps']!r})"
+        )
     try:
         return TrainConfig(**values, seed=seed)
     except (TypeError, ValueError) as exc:
@@ -296,8 +312,10 @@ def _check_value(value, tp, meta: dict, path: str):
         return _check_value(value, inner[0], meta, path)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"{path} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, "
+                f"got {value!r}"
+            )
         return _build(tp, value, path)
     if origin is list:
         if not isinstance(value, list):
@@ -312,7 +330,11 @@ def _check_value(value, tp, meta: dict, path: str):
             raise ConfigError(f"{path} must be true or false, got {value!r}")
         return value
     if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not float(value).is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (tp is int and not float(value).is_integer())
+        ):
             raise ConfigError(f"{path} must be {'an integer' if tp is int else 'a number'}, got {value!r}")
         value = tp(value)
         low, high, open_low = meta.get("low"), meta.get("high"), meta.get("low_open")
@@ -371,7 +393,9 @@ def _validate_method_options(config: ExperimentConfig) -> None:
         for name in options:
             if known is not None and name not in known:
                 allowed = ", ".join(known) if known else "none"
-                raise ConfigError(f"unknown option method_options.{method}.{name} (options of {method}: {allowed})")
+                raise ConfigError(
+                    f"unknown option method_options.{method}.{name} (options of {method}: {allowed})"
+                )
 
 
 def prune_options_for(config: ExperimentConfig, method: str) -> dict:
@@ -400,11 +424,15 @@ def _validate_semantics(config: ExperimentConfig) -> None:
     config.train_config()
     config.retrain_config()
     if config.data.name != "digits" and not config.data.root:
-        raise ConfigError(f"data.root is required for data.name={config.data.name!r} (the dataset's location)")
+        raise ConfigError(
+            f"data.root is required for data.name={config.data.name!r} (the dataset's location)"
+        )
     keep = config.keep_ratios()  # validates the schedule
     if config.schedule.mode != "oneshot" and any(b >= a for a, b in itertools.pairwise(keep)):
-        raise ConfigError(f"schedule: prune ratios must increase in {config.schedule.mode} mode "
-                          f"(each cycle prunes further), got {[round(1 - k, 4) for k in keep]}")
+        raise ConfigError(
+            f"schedule: prune ratios must increase in {config.schedule.mode} mode "
+            f"(each cycle prunes further), got {[round(1 - k, 4) for k in keep]}"
+        )
     if config.test.noise is not None:
         for i, level in enumerate(config.test.noise.levels):
             if level < 0:
@@ -414,7 +442,9 @@ def _validate_semantics(config: ExperimentConfig) -> None:
 
         for i, name in enumerate(config.test.corruptions.names):
             if name not in NAMES:
-                raise ConfigError(f"test.corruptions.names[{i}] must be one of {', '.join(NAMES)}; got {name!r}")
+                raise ConfigError(
+                    f"test.corruptions.names[{i}] must be one of {', '.join(NAMES)}; got {name!r}"
+                )
         for i, sev in enumerate(config.test.corruptions.severities):
             if not 1 <= sev <= 5:
                 raise ConfigError(f"test.corruptions.severities[{i}] must be in 1..5, got {sev}")
@@ -442,15 +472,19 @@ def _validate_robust(config: ExperimentConfig) -> None:
                 raise ConfigError(f"robust.noise.levels[{i}] must be >= 0, got {level}")
     corrupts = bool(robust.corruptions) and max(robust.severities) > 0
     if not corrupts and (robust.noise is None or max(robust.noise.levels) == 0):
-        raise ConfigError("robust augments nothing: list robust.corruptions with a severity > 0 in "
-                          "robust.severities, or robust.noise levels > 0")
+        raise ConfigError(
+            "robust augments nothing: list robust.corruptions with a severity > 0 in "
+            "robust.severities, or robust.noise levels > 0"
+        )
     tested = config.test.corruptions.names if config.test.corruptions is not None else []
     overlap = [(i, name) for i, name in enumerate(tested) if name in robust.corruptions]
     if overlap and not config.test.allow_training_corruptions:
         listed = ", ".join(f"test.corruptions.names[{i}]={name!r}" for i, name in overlap)
-        raise ConfigError(f"{listed} also in robust.corruptions: held-out test corruptions must differ from the "
-                          "training ones. Remove them from one list, or set test.allow_training_corruptions: true "
-                          "to test on training corruptions on purpose")
+        raise ConfigError(
+            f"{listed} also in robust.corruptions: held-out test corruptions must differ from the "
+            "training ones. Remove them from one list, or set test.allow_training_corruptions: true "
+            "to test on training corruptions on purpose"
+        )
 
 
 def parse_config(data: dict, source: str = "config") -> ExperimentConfig:
@@ -470,8 +504,10 @@ def load_config(path: str | Path) -> ExperimentConfig:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
-                          "save the config as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}); "
+            "save the config as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

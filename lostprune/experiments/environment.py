@@ -24,7 +24,12 @@ def load_splits(config: ExperimentConfig):
     from .. import data
 
     cfg = config.data
-    options = {"augment": cfg.augment, "train_size": cfg.train_size, "test_size": cfg.test_size, "seed": cfg.seed}
+    options = {
+        "augment": cfg.augment,
+        "train_size": cfg.train_size,
+        "test_size": cfg.test_size,
+        "seed": cfg.seed,
+    }
     if cfg.s_size is not None:
         options["s_size"] = cfg.s_size
     try:
@@ -38,7 +43,9 @@ def load_splits(config: ExperimentConfig):
 
 
 class Environment:
-    def __init__(self, config: ExperimentConfig, store: Store | None = None, device: str | None = None, splits=None):
+    def __init__(
+        self, config: ExperimentConfig, store: Store | None = None, device: str | None = None, splits=None
+    ):
         """``store`` None: the data part only (``check``), no files."""
         self.config = config
         self.store = store
@@ -79,7 +86,9 @@ class Environment:
     @functools.cached_property
     def test_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The clean test set (``data.test_size`` of it when given) as ([0, 1] pixels, labels)."""
-        loader = DataLoader(self.splits.test, batch_size=512, shuffle=False, num_workers=self.config.data.workers)
+        loader = DataLoader(
+            self.splits.test, batch_size=512, shuffle=False, num_workers=self.config.data.workers
+        )
         xs, ys = [], []
         for x, y in loader:
             xs.append(x)
@@ -95,7 +104,9 @@ class Environment:
         """The test images of the shifted test sets: ``eval.shift_test_size`` of the test set,
         an equal share per class (seeded by ``data.seed``), or all of it."""
         size = self.config.eval.shift_test_size
-        return self.test_pixels if size is None else self._subset(self.test_pixels, size, "eval.shift_test_size")
+        return (
+            self.test_pixels if size is None else self._subset(self.test_pixels, size, "eval.shift_test_size")
+        )
 
     @functools.cached_property
     def feature_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +127,9 @@ class Environment:
         else:
             if size > len(labels):
                 raise ConfigError(f"{argument}={size} is larger than the test set ({len(labels)} images)")
-            index = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.config.data.seed))[:size]
+            index = torch.randperm(
+                len(labels), generator=torch.Generator().manual_seed(self.config.data.seed)
+            )[:size]
             index = index.sort().values
         return pixels[index], labels[index]
 
@@ -135,8 +148,7 @@ class Environment:
         noise = self.config.test.noise
         if noise is None:
             return []
-        return [noise_shift(noise.kind, level, noise.draws)
-                for level in noise.levels]
+        return [noise_shift(noise.kind, level, noise.draws) for level in noise.levels]
 
     def similarity_shifts(self) -> list:
         """Nominal and input-noise test distributions (functional similarity is measured on these)."""
@@ -148,8 +160,7 @@ class Environment:
         corruptions = self.config.test.corruptions
         if corruptions is None:
             return []
-        return [corruption_shift(name, sev)
-                for name in corruptions.names for sev in corruptions.severities]
+        return [corruption_shift(name, sev) for name in corruptions.names for sev in corruptions.severities]
 
     def similarity_groups(self) -> list[tuple[list, tuple[torch.Tensor, torch.Tensor]]]:
         """(shifts, test pixels) pairs: the nominal test set whole, noise on the shift subset."""
@@ -167,20 +178,29 @@ class Environment:
         pixels, labels = self.shift_pixels
         if path.is_file():
             cached = torch.load(path, map_location="cpu")
-            if isinstance(cached, dict) and cached.get("format") == SHIFTS_FORMAT and \
-                    cached["pixels"].shape == pixels.shape:
+            if (
+                isinstance(cached, dict)
+                and cached.get("format") == SHIFTS_FORMAT
+                and cached["pixels"].shape == pixels.shape
+            ):
                 return cached["pixels"].float().div_(255), labels
         seed = int.from_bytes(hashlib.blake2b(shift.name.encode(), digest_size=7).digest(), "little")
         # The test images are 8-bit: rounding recovers them exactly from the (de)normalized
         # floats; corrupt() on uint8 returns uint8 truncated as CIFAR-10-C's np.uint8 does.
         images = pixels.mul(255).round_().to(torch.uint8)
-        corrupted = torch.cat([corrupt(images[i:i + 256], shift.corruption, shift.severity, seed=seed + i)
-                               for i in range(0, len(images), 256)])
+        corrupted = torch.cat(
+            [
+                corrupt(images[i : i + 256], shift.corruption, shift.severity, seed=seed + i)
+                for i in range(0, len(images), 256)
+            ]
+        )
         save_atomic({"format": SHIFTS_FORMAT, "pixels": corrupted}, path)
         return corrupted.float().div_(255), labels
 
     # ------------------------------------------------------------------ the parent's outputs
-    def parent_results(self, key: str, shifts: list, pixels) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
+    def parent_results(
+        self, key: str, shifts: list, pixels
+    ) -> tuple[dict[str, torch.Tensor], dict[str, list]]:
         """(outputs, errors) of network ``key`` (a parent) on ``shifts`` of ``pixels``, per
         shift and draw: computed once per experiment and kept on disk, so the parent is not
         run again beside every network compared with it. Outputs are N × classes per draw
@@ -198,10 +218,24 @@ class Environment:
                 cached = {}  # unreadable: computed again below
             if cached.get("format") == OUTPUTS_FORMAT and cached.get("fingerprint") == fingerprint:
                 return cached["outputs"], cached["errors"]
-        grid = evaluate_grid({key: self.load(key)}, shifts, pixels, normalize=self.normalize,
-                             batch_size=self.eval_batch_size, progress=False, keep_outputs=[key])
-        save_atomic({"format": OUTPUTS_FORMAT, "fingerprint": fingerprint, "outputs": grid.outputs[key],
-                     "errors": grid.error_draws[key]}, path)
+        grid = evaluate_grid(
+            {key: self.load(key)},
+            shifts,
+            pixels,
+            normalize=self.normalize,
+            batch_size=self.eval_batch_size,
+            progress=False,
+            keep_outputs=[key],
+        )
+        save_atomic(
+            {
+                "format": OUTPUTS_FORMAT,
+                "fingerprint": fingerprint,
+                "outputs": grid.outputs[key],
+                "errors": grid.error_draws[key],
+            },
+            path,
+        )
         return grid.outputs[key], grid.error_draws[key]
 
     @property

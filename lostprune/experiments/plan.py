@@ -59,24 +59,41 @@ def build_plan(config: ExperimentConfig) -> list[Task]:
             # the baseline of an unrelated network, and training it costs as much as a parent
             reference = reference_key(config.seeds[0], arm)
             if needs_reference(config) and seed == config.seeds[0]:
-                tasks.append(Task(reference, "train", {"seed": seed, "arm": arm, "role": "reference"}, [],
-                                  priority=25))
-                tasks.append(Task(f"eval/{reference}", "evaluate", {"network": reference}, [reference, parent],
-                                  priority=10))
+                tasks.append(
+                    Task(reference, "train", {"seed": seed, "arm": arm, "role": "reference"}, [], priority=25)
+                )
+                tasks.append(
+                    Task(
+                        f"eval/{reference}",
+                        "evaluate",
+                        {"network": reference},
+                        [reference, parent],
+                        priority=10,
+                    )
+                )
             tasks.append(Task(f"eval/{parent}", "evaluate", {"network": parent}, eval_deps, priority=10))
             feature_nets = [parent]
             for method in config.methods:
                 chain = chain_key(seed, arm, method)
-                tasks.append(Task(chain, "chain", {"seed": seed, "arm": arm, "method": method}, [parent],
-                                  priority=20))
+                tasks.append(
+                    Task(chain, "chain", {"seed": seed, "arm": arm, "method": method}, [parent], priority=20)
+                )
                 for step in range(n_steps):
                     key = pruned_key(seed, arm, method, step)
                     tasks.append(Task(key, PLACEHOLDER, {"chain": chain, "step": step}, [parent]))
-                    tasks.append(Task(f"eval/{key}", "evaluate", {"network": key}, [key, parent], priority=10))
+                    tasks.append(
+                        Task(f"eval/{key}", "evaluate", {"network": key}, [key, parent], priority=10)
+                    )
                 feature_nets += [pruned_key(seed, arm, method, s) for s in feature_steps(n_steps)]
             if config.metrics.informative_features:
                 networks = [*feature_nets, reference]
-                tasks.append(Task(f"features/s{seed}/{arm}", "features", {"seed": seed, "arm": arm,
-                                                                          "networks": networks},
-                                  networks, priority=5))
+                tasks.append(
+                    Task(
+                        f"features/s{seed}/{arm}",
+                        "features",
+                        {"seed": seed, "arm": arm, "networks": networks},
+                        networks,
+                        priority=5,
+                    )
+                )
     return tasks

@@ -79,8 +79,9 @@ class Progress:
     stderr is not a terminal (``nohup ... > log``), a redrawn bar would write a line every few
     seconds for hours: there it writes one plain line every ``LOG_SECONDS`` instead."""
 
-    def __init__(self, store: Store, name: str, enabled: bool = True, workers: int = 1,
-                 interactive: bool | None = None):
+    def __init__(
+        self, store: Store, name: str, enabled: bool = True, workers: int = 1, interactive: bool | None = None
+    ):
         from tqdm.auto import tqdm
 
         self.store, self.workers, self.enabled, self.name = store, workers, enabled, name
@@ -88,9 +89,15 @@ class Progress:
         self._logged = 0.0
         counts = store.counts()
         self._lock = threading.Lock()
-        self.bar = tqdm(total=sum(counts.values()), initial=counts["done"], desc=name, unit="task",
-                        disable=not (enabled and self.interactive), dynamic_ncols=True,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        self.bar = tqdm(
+            total=sum(counts.values()),
+            initial=counts["done"],
+            desc=name,
+            unit="task",
+            disable=not (enabled and self.interactive),
+            dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+        )
         self._stop = threading.Event()
         self._thread = None
         if enabled:
@@ -116,8 +123,12 @@ class Progress:
             now = time.time()
             if self.enabled and not self.interactive and (now - self._logged >= LOG_SECONDS or final):
                 self._logged = now
-                print(f"{time.strftime('%H:%M:%S')} {self.name}: {counts['done']}/{sum(counts.values())} tasks done, "
-                      f"{status}", file=sys.stderr, flush=True)
+                print(
+                    f"{time.strftime('%H:%M:%S')} {self.name}: {counts['done']}/{sum(counts.values())} tasks done, "
+                    f"{status}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def show(self, task) -> None:
         self.refresh()

@@ -53,8 +53,10 @@ def prepare(config: ExperimentConfig, root: Path, retry_failed: bool = False) ->
     digest = store.get_meta("config_digest")
     if digest is not None and digest != config.digest():
         store.close()
-        raise ExperimentError(f"{root} holds results of a different configuration (digest {digest}, this config "
-                              f"{config.digest()}); pass another --out directory")
+        raise ExperimentError(
+            f"{root} holds results of a different configuration (digest {digest}, this config "
+            f"{config.digest()}); pass another --out directory"
+        )
     if digest is None:
         store.set_meta("config_digest", config.digest())
         store.set_meta("config", config.to_yaml())
@@ -101,13 +103,16 @@ def _next_task(store: Store, owner: str):
     return distributed.broadcast(task)
 
 
-def worker_loop(config: ExperimentConfig, root: Path, on_task=None, splits=None, backups: bool = False) -> int:
+def worker_loop(
+    config: ExperimentConfig, root: Path, on_task=None, splits=None, backups: bool = False
+) -> int:
     """Claim and run tasks until none is left. Returns the number of tasks this worker ran.
     ``splits``: the experiment's data when already loaded; ``backups``: this worker keeps the
     store's backup fresh (the one in the main process)."""
     store = Store(root / "results.sqlite")
-    env = Environment(config, store, device=str(distributed.device()) if distributed.active() else None,
-                      splits=splits)
+    env = Environment(
+        config, store, device=str(distributed.device()) if distributed.active() else None, splits=splits
+    )
     main = distributed.is_main()
     heartbeat = _Heartbeat(store.path) if main else None
     owner = worker_id()
@@ -150,6 +155,7 @@ def exit_with_parent(parent_pid: int, poll: float = POLL_SECONDS) -> threading.T
     """Stop this process when ``parent_pid`` is no longer its parent. A worker whose runner was
     killed (SIGTERM has no handler there, SIGKILL none anywhere) would otherwise run on unseen
     and keep writing to the store; its claimed task is released at the next start instead."""
+
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(poll)
@@ -177,9 +183,17 @@ def check_inputs(config: ExperimentConfig):
     return splits
 
 
-def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *, workers: int = 1,
-        ray_address: str | None = None, progress: bool = True, retry_failed: bool = False,
-        threads: int | None = None, data_root: str | Path | None = None) -> Path:
+def run(
+    config: str | Path | ExperimentConfig,
+    out: str | Path | None = None,
+    *,
+    workers: int = 1,
+    ray_address: str | None = None,
+    progress: bool = True,
+    retry_failed: bool = False,
+    threads: int | None = None,
+    data_root: str | Path | None = None,
+) -> Path:
     """Run (or resume) an experiment; returns its results directory. ``threads``: torch
     threads of this process (all workers together), overriding the config's ``threads``;
     ``data_root``: where the data set is, overriding the config's ``data.root``."""
@@ -231,19 +245,26 @@ def run(config: str | Path | ExperimentConfig, out: str | Path | None = None, *,
     if failed:
         first = failed[0]
         last = next((line for line in reversed(first["error"].strip().splitlines()) if line.strip()), "")
-        raise ExperimentError(f"{len(failed)} task(s) failed, e.g. {first['key']}: {last.strip()}. Fix the cause and "
-                              f"rerun with --retry-failed; finished work is kept in {root} (each task's traceback "
-                              "is in its results.sqlite, table tasks, column error)", details=first["error"])
+        raise ExperimentError(
+            f"{len(failed)} task(s) failed, e.g. {first['key']}: {last.strip()}. Fix the cause and "
+            f"rerun with --retry-failed; finished work is kept in {root} (each task's traceback "
+            "is in its results.sqlite, table tasks, column error)",
+            details=first["error"],
+        )
     if counts["pending"]:
-        raise ExperimentError(f"{counts['pending']} task(s) could not start (their inputs failed); see {root}")
+        raise ExperimentError(
+            f"{counts['pending']} task(s) could not start (their inputs failed); see {root}"
+        )
     return root
 
 
 def _run_processes(config_path: str, root: Path, workers: int, bar: Progress, threads: int | None) -> None:
     threads = max(1, (threads or physical_cores()) // workers)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker_process, args=(config_path, str(root), threads, os.getpid()))
-             for _ in range(workers)]
+    procs = [
+        ctx.Process(target=_worker_process, args=(config_path, str(root), threads, os.getpid()))
+        for _ in range(workers)
+    ]
     for p in procs:
         p.start()
     try:
@@ -261,8 +282,9 @@ def _run_processes(config_path: str, root: Path, workers: int, bar: Progress, th
     bar.refresh()
 
 
-def _run_ray(config: ExperimentConfig, config_path: str | None, root: Path, workers: int, address: str,
-             bar: Progress) -> None:
+def _run_ray(
+    config: ExperimentConfig, config_path: str | None, root: Path, workers: int, address: str, bar: Progress
+) -> None:
     try:
         import ray
     except ImportError:

@@ -185,7 +185,10 @@ class Store:
             before = db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
             db.executemany(
                 "INSERT OR IGNORE INTO tasks (key, kind, payload, deps, priority) VALUES (?, ?, ?, ?, ?)",
-                [(t.key, t.kind, json.dumps(t.payload, sort_keys=True), json.dumps(t.deps), t.priority) for t in tasks],
+                [
+                    (t.key, t.kind, json.dumps(t.payload, sort_keys=True), json.dumps(t.deps), t.priority)
+                    for t in tasks
+                ],
             )
             return db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] - before
 
@@ -195,31 +198,41 @@ class Store:
         host = socket.gethostname()
         released = 0
         with self.transaction() as db:
-            for row in db.execute("SELECT key, owner, heartbeat FROM tasks WHERE status = 'running'").fetchall():
+            for row in db.execute(
+                "SELECT key, owner, heartbeat FROM tasks WHERE status = 'running'"
+            ).fetchall():
                 owner_host, _, pid = (row["owner"] or "").rpartition(":")
                 dead = owner_host == host and pid.isdigit() and not pid_alive(int(pid))
                 if dead or (row["heartbeat"] or 0) < time.time() - stale_after:
-                    db.execute("UPDATE tasks SET status = 'pending', owner = NULL WHERE key = ?", (row["key"],))
+                    db.execute(
+                        "UPDATE tasks SET status = 'pending', owner = NULL WHERE key = ?", (row["key"],)
+                    )
                     released += 1
         return released
 
     def retry_failed(self) -> int:
         with self.transaction() as db:
-            return db.execute("UPDATE tasks SET status = 'pending', error = NULL WHERE status = 'failed'").rowcount
+            return db.execute(
+                "UPDATE tasks SET status = 'pending', error = NULL WHERE status = 'failed'"
+            ).rowcount
 
     def claim(self, owner: str | None = None) -> Task | None:
         """Atomically take the highest-priority pending task whose dependencies are done."""
         owner = owner or worker_id()
         with self.transaction() as db:
             done = {r[0] for r in db.execute("SELECT key FROM tasks WHERE status = 'done'")}
-            pending = db.execute("SELECT * FROM tasks WHERE status = 'pending' AND kind != ? "
-                                 "ORDER BY priority DESC, rowid", (PLACEHOLDER_KIND,)).fetchall()
+            pending = db.execute(
+                "SELECT * FROM tasks WHERE status = 'pending' AND kind != ? ORDER BY priority DESC, rowid",
+                (PLACEHOLDER_KIND,),
+            ).fetchall()
             for row in pending:
                 deps = json.loads(row["deps"])
                 if all(d in done for d in deps):
-                    db.execute("UPDATE tasks SET status = 'running', owner = ?, heartbeat = ?, started = ?, "
-                               "attempts = attempts + 1 WHERE key = ?",
-                               (owner, time.time(), time.time(), row["key"]))
+                    db.execute(
+                        "UPDATE tasks SET status = 'running', owner = ?, heartbeat = ?, started = ?, "
+                        "attempts = attempts + 1 WHERE key = ?",
+                        (owner, time.time(), time.time(), row["key"]),
+                    )
                     return Task(row["key"], row["kind"], json.loads(row["payload"]), deps, row["priority"])
         return None
 
@@ -227,27 +240,58 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE tasks SET heartbeat = ? WHERE key = ?", (time.time(), key))
 
-    def complete(self, key: str, networks: Iterable[NetworkRow] = (), results: Iterable[ResultRow] = (),
-                 seconds: float | None = None) -> None:
+    def complete(
+        self,
+        key: str,
+        networks: Iterable[NetworkRow] = (),
+        results: Iterable[ResultRow] = (),
+        seconds: float | None = None,
+    ) -> None:
         """Record a task's outputs and mark it done, all in one transaction."""
         with self.transaction() as db:
             for n in networks:
                 db.execute(
                     "INSERT OR REPLACE INTO networks (key, role, seed, method, step, target_ratio, achieved_ratio, "
                     "paper_ratio, flop_reduction, arm, checkpoint, stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (n.key, n.role, n.seed, n.method, n.step, n.target_ratio, n.achieved_ratio, n.paper_ratio,
-                     n.flop_reduction, n.arm, n.checkpoint, json.dumps(n.stats) if n.stats is not None else None))
+                    (
+                        n.key,
+                        n.role,
+                        n.seed,
+                        n.method,
+                        n.step,
+                        n.target_ratio,
+                        n.achieved_ratio,
+                        n.paper_ratio,
+                        n.flop_reduction,
+                        n.arm,
+                        n.checkpoint,
+                        json.dumps(n.stats) if n.stats is not None else None,
+                    ),
+                )
             db.executemany(
                 "INSERT OR REPLACE INTO results (network, distribution, metric, value, extra) VALUES (?, ?, ?, ?, ?)",
-                [(r.network, r.distribution, r.metric, float(r.value),
-                  json.dumps(r.extra) if r.extra is not None else None) for r in results])
-            db.execute("UPDATE tasks SET status = 'done', finished = ?, seconds = ?, error = NULL WHERE key = ?",
-                       (time.time(), seconds, key))
+                [
+                    (
+                        r.network,
+                        r.distribution,
+                        r.metric,
+                        float(r.value),
+                        json.dumps(r.extra) if r.extra is not None else None,
+                    )
+                    for r in results
+                ],
+            )
+            db.execute(
+                "UPDATE tasks SET status = 'done', finished = ?, seconds = ?, error = NULL WHERE key = ?",
+                (time.time(), seconds, key),
+            )
 
     def fail(self, key: str, error: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE tasks SET status = 'failed', finished = ?, error = ? WHERE key = ?",
-                       (time.time(), error, key))
+            db.execute(
+                "UPDATE tasks SET status = 'failed', finished = ?, error = ? WHERE key = ?",
+                (time.time(), error, key),
+            )
 
     # ------------------------------------------------------------------ queries
     def counts(self) -> dict[str, int]:
@@ -334,11 +378,16 @@ def open_or_recover(path: str | Path, resume_hint: str = "rerun the same command
         store = Store(path)
         counts = store.counts()
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(backup.stat().st_mtime))
-        warnings.warn(f"{path} was damaged ({reason}); kept it as {aside.name} and restored the backup of {when} "
-                      f"({counts['done']} tasks done): work finished after it is done again", StoreRecoveredWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"{path} was damaged ({reason}); kept it as {aside.name} and restored the backup of {when} "
+            f"({counts['done']} tasks done): work finished after it is done again",
+            StoreRecoveredWarning,
+            stacklevel=2,
+        )
         return store
-    raise StoreDamaged(f"{path} is damaged ({reason}); kept it as {aside} (nothing was deleted) and found no usable "
-                       f"backup ({backup.name}). To start this experiment over in the same directory, {resume_hint} "
-                       f"(trained networks are trained again); to resume instead, copy an intact copy of the store "
-                       f"to {path} and {resume_hint}")
+    raise StoreDamaged(
+        f"{path} is damaged ({reason}); kept it as {aside} (nothing was deleted) and found no usable "
+        f"backup ({backup.name}). To start this experiment over in the same directory, {resume_hint} "
+        f"(trained networks are trained again); to resume instead, copy an intact copy of the store "
+        f"to {path} and {resume_hint}"
+    )

@@ -31,8 +31,13 @@ def robust_batch_transform(config: RobustConfig, splits=None) -> ShiftAugmentati
     normalize = {}
     if splits is not None and getattr(splits, "normalized", False):
         normalize = {"mean": splits.mean, "std": splits.std}
-    return ShiftAugmentation(config.corruptions, config.severities, noise.kind if noise else None,
-                             noise.levels if noise else (0.0,), **normalize)
+    return ShiftAugmentation(
+        config.corruptions,
+        config.severities,
+        noise.kind if noise else None,
+        noise.levels if noise else (0.0,),
+        **normalize,
+    )
 
 
 def _train_options(env: Environment, arm: str) -> dict:
@@ -49,20 +54,41 @@ def run_train(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
     seed, arm, role = task.payload["seed"], task.payload["arm"], task.payload["role"]
     run_seed = seed + (REFERENCE_SEED_OFFSET if role == "reference" else 0)
     torch.manual_seed(run_seed)
-    model = models.create(config.network, num_classes=config.num_classes or env.splits.num_classes,
-                          **config.network_options).to(env.device)
+    model = models.create(
+        config.network, num_classes=config.num_classes or env.splits.num_classes, **config.network_options
+    ).to(env.device)
     rewind = config.schedule.mode == "rewind" and role == "parent"
     snapshot = [config.schedule.rewind_epoch] if rewind else []
-    result = train(model, env.splits.train, config.train_config(seed=run_seed), device=env.device,
-                   checkpoint=env.checkpoint_path(task.key).with_suffix(".train.pt"), snapshot_epochs=snapshot,
-                   progress=False, desc=task.key, **_train_options(env, arm))
+    result = train(
+        model,
+        env.splits.train,
+        config.train_config(seed=run_seed),
+        device=env.device,
+        checkpoint=env.checkpoint_path(task.key).with_suffix(".train.pt"),
+        snapshot_epochs=snapshot,
+        progress=False,
+        desc=task.key,
+        **_train_options(env, arm),
+    )
     path = env.network_path(task.key)
     if distributed.is_main():
-        save_network(path, model, config.network, options=config.network_options, key=task.key, final=result.final)
+        save_network(
+            path, model, config.network, options=config.network_options, key=task.key, final=result.final
+        )
         if rewind:
             save_atomic(result.snapshots[config.schedule.rewind_epoch], path.with_suffix(".rewind.pt"))
-    row = NetworkRow(task.key, role, seed, 0.0, 0.0, arm=arm, checkpoint=str(path), paper_ratio=0.0,
-                     flop_reduction=0.0, stats={"final": result.final})
+    row = NetworkRow(
+        task.key,
+        role,
+        seed,
+        0.0,
+        0.0,
+        arm=arm,
+        checkpoint=str(path),
+        paper_ratio=0.0,
+        flop_reduction=0.0,
+        stats={"final": result.final},
+    )
     return [row], []
 
 
@@ -82,29 +108,65 @@ def run_chain(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
             completed[step] = read_network_file(path)["state_dict"]
     rewind = {}
     if config.schedule.mode == "rewind":
-        rewind = {"rewind_state": torch.load(parent_path.with_suffix(".rewind.pt"), map_location="cpu"),
-                  "rewind_epoch": config.schedule.rewind_epoch}
+        rewind = {
+            "rewind_state": torch.load(parent_path.with_suffix(".rewind.pt"), map_location="cpu"),
+            "rewind_epoch": config.schedule.rewind_epoch,
+        }
     train_options = _train_options(env, arm)
     prune_data = None  # S of the data split
     if arm == "robust" and config.robust.prune_sample == "shifted":
         from ..train.augment import ShiftedSample
 
         prune_data = ShiftedSample(env.splits.s, train_options["batch_transform"], seed=seed)
-    cycles = prune_retrain(parent, method, keep_ratios, env.splits, config.retrain_config(seed=seed * 1000),
-                           mode=config.schedule.mode, completed=completed, device=env.device, progress=False,
-                           checkpoint_dir=env.checkpoint_path(task.key), train_options=train_options,
-                           prune_data=prune_data, prune_options=prune_options_for(config, method), **rewind)
+    cycles = prune_retrain(
+        parent,
+        method,
+        keep_ratios,
+        env.splits,
+        config.retrain_config(seed=seed * 1000),
+        mode=config.schedule.mode,
+        completed=completed,
+        device=env.device,
+        progress=False,
+        checkpoint_dir=env.checkpoint_path(task.key),
+        train_options=train_options,
+        prune_data=prune_data,
+        prune_options=prune_options_for(config, method),
+        **rewind,
+    )
     for network in cycles:
         key = pruned_key(seed, arm, method, network.index)
         path = env.network_path(key)
         if distributed.is_main():
-            save_network(path, network.model, config.network, options=config.network_options, key=key,
-                         final=network.history[-1] if network.history else {})
+            save_network(
+                path,
+                network.model,
+                config.network,
+                options=config.network_options,
+                key=key,
+                final=network.history[-1] if network.history else {},
+            )
         stats = network.stats
-        publish(key, [NetworkRow(key, "pruned", seed, network.target_ratio, stats.achieved_ratio, method=method,
-                                 step=network.index, paper_ratio=stats.paper_prune_ratio,
-                                 flop_reduction=stats.flop_reduction, arm=arm, checkpoint=str(path),
-                                 stats=network.summary())], [])
+        publish(
+            key,
+            [
+                NetworkRow(
+                    key,
+                    "pruned",
+                    seed,
+                    network.target_ratio,
+                    stats.achieved_ratio,
+                    method=method,
+                    step=network.index,
+                    paper_ratio=stats.paper_prune_ratio,
+                    flop_reduction=stats.flop_reduction,
+                    arm=arm,
+                    checkpoint=str(path),
+                    stats=network.summary(),
+                )
+            ],
+            [],
+        )
     return [], []
 
 
@@ -114,10 +176,15 @@ def _error_rows(key: str, distribution: str, draws: list[float]) -> list[ResultR
 
     error = summarize(draws)
     extra = {"draws": list(draws)} if len(draws) > 1 else None
-    return [ResultRow(key, distribution, "error", error.mean, extra), ResultRow(key, distribution, "error_std", error.std)]
+    return [
+        ResultRow(key, distribution, "error", error.mean, extra),
+        ResultRow(key, distribution, "error_std", error.std),
+    ]
 
 
-def _grid_rows(key: str, grid, model: str, with_similarity: bool, rename: dict | None = None) -> list[ResultRow]:
+def _grid_rows(
+    key: str, grid, model: str, with_similarity: bool, rename: dict | None = None
+) -> list[ResultRow]:
     rows = []
     for shift in grid.shifts:
         distribution = (rename or {}).get(shift.name, shift.name)
@@ -147,17 +214,38 @@ def run_evaluate(env: Environment, task: Task, publish: Publish) -> tuple[list[N
             rows += [row for shift in shifts for row in _error_rows(key, shift.name, errors[shift.name])]
         elif env.splits.task == "classification":
             outputs, _ = env.parent_results(parent_name, shifts, pixels)
-            grid = evaluate_grid({"network": net}, shifts, pixels, normalize=env.normalize, reference=parent_name,
-                                 reference_outputs=outputs, batch_size=batch, progress=False)
+            grid = evaluate_grid(
+                {"network": net},
+                shifts,
+                pixels,
+                normalize=env.normalize,
+                reference=parent_name,
+                reference_outputs=outputs,
+                batch_size=batch,
+                progress=False,
+            )
             rows += _grid_rows(key, grid, "network", env.config.metrics.similarity)
         else:  # segmentation outputs are too large to keep: run the parent beside the network
-            grid = evaluate_grid({"network": net, "parent": env.load(parent_name)}, shifts, pixels,
-                                 normalize=env.normalize, reference="parent", batch_size=batch, progress=False)
+            grid = evaluate_grid(
+                {"network": net, "parent": env.load(parent_name)},
+                shifts,
+                pixels,
+                normalize=env.normalize,
+                reference="parent",
+                batch_size=batch,
+                progress=False,
+            )
             rows += _grid_rows(key, grid, "network", env.config.metrics.similarity)
     net = net if net is not None else env.load(key)
     for shift in env.corruption_shifts():  # each corrupted test set is made once per experiment
-        grid = evaluate_grid({"network": net}, [Shift("clean")], env.corrupted(shift), normalize=env.normalize,
-                             batch_size=batch, progress=False)
+        grid = evaluate_grid(
+            {"network": net},
+            [Shift("clean")],
+            env.corrupted(shift),
+            normalize=env.normalize,
+            batch_size=batch,
+            progress=False,
+        )
         rows += _grid_rows(key, grid, "network", False, rename={"clean": shift.name})
     return [], rows
 
@@ -175,9 +263,15 @@ def run_features(env: Environment, task: Task, publish: Publish) -> tuple[list[N
         std = torch.tensor(env.normalize[1]).view(-1, 1, 1)
         images = (images - mean) / std
     step = max(1, round(env.config.metrics.feature_step * images.shape[-1] * images.shape[-2]))
-    matrix = informative_feature_matrix(nets, images.to(env.device), labels.to(env.device),
-                                        fraction=env.config.metrics.feature_fraction, pixels_per_step=step,
-                                        mode=env.config.metrics.feature_mode, progress=False)
+    matrix = informative_feature_matrix(
+        nets,
+        images.to(env.device),
+        labels.to(env.device),
+        fraction=env.config.metrics.feature_fraction,
+        pixels_per_step=step,
+        mode=env.config.metrics.feature_mode,
+        progress=False,
+    )
     rows = []
     for a in names:
         for b in names:

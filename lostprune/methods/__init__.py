@@ -6,5 +6,11 @@ from .allocation import keep_top_global
 from .base import PruneContext, PruningMethod
 from .registry import available_methods, get_method, register_method
 
-__all__ = ["PruneContext", "PruningMethod", "available_methods", "get_method", "keep_top_global",
-           "register_method"]
+__all__ = [
+    "PruneContext",
+    "PruningMethod",
+    "available_methods",
+    "get_method",
+    "keep_top_global",
+    "register_method",
+]

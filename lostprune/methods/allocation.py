@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 
-def keep_top_global(scores: dict[str, Tensor], keep: int, current_masks: dict[str, Tensor]) -> dict[str, Tensor]:
+def keep_top_global(
+    scores: dict[str, Tensor], keep: int, current_masks: dict[str, Tensor]
+) -> dict[str, Tensor]:
     """Masks keeping exactly ``keep`` weights over all layers: the largest scores win.
 
     Weights already removed (mask 0) can never be kept again; if fewer than ``keep`` survive,
@@ -28,8 +30,11 @@ def keep_top_global(scores: dict[str, Tensor], keep: int, current_masks: dict[st
     if keep < alive_total:
         # The keep-th largest score, by selection (linear time, no full sort), then ties at
         # the threshold filled in position order so exactly `keep` survive.
-        threshold = torch.kthvalue(all_scores.cpu(), all_scores.numel() - keep + 1).values.to(all_scores.device) \
-            if keep > 0 else torch.tensor(torch.inf, device=all_scores.device)
+        threshold = (
+            torch.kthvalue(all_scores.cpu(), all_scores.numel() - keep + 1).values.to(all_scores.device)
+            if keep > 0
+            else torch.tensor(torch.inf, device=all_scores.device)
+        )
         chosen = all_scores > threshold
         missing = keep - int(chosen.sum())
         if missing > 0:
@@ -38,7 +43,7 @@ def keep_top_global(scores: dict[str, Tensor], keep: int, current_masks: dict[st
     masks, offset = {}, 0
     for name in names:
         n = scores[name].numel()
-        mask = chosen[offset:offset + n].view(scores[name].shape)
+        mask = chosen[offset : offset + n].view(scores[name].shape)
         masks[name] = mask.to(current_masks[name].dtype).to(current_masks[name].device)
         offset += n
     return masks

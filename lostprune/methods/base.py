@@ -50,16 +50,21 @@ class PruneContext:
     def remove_budget(self) -> int:
         return self.prunable_count - self.keep_budget()
 
-    def warn_off_target(self, method: str, removed: int, why: Sequence[str] = (), tolerance: float = 0.005) -> None:
+    def warn_off_target(
+        self, method: str, removed: int, why: Sequence[str] = (), tolerance: float = 0.005
+    ) -> None:
         """One warning when the ``removed`` prunable weights miss ``remove_budget()`` by more
         than ``tolerance`` of it (coarse structured steps); ``why`` names the options to blame.
         Call it from a method's ``compute_masks`` or one function below it."""
         target = self.remove_budget()
         if abs(removed - target) <= tolerance * target:
             return
-        warnings.warn(f"{method} removes {removed:,} of {self.prunable_count:,} prunable weights "
-                      f"({100 * removed / self.prunable_count:.2f} %) instead of the target {100 * self.ratio:.2f} %"
-                      + (f" ({'; '.join(why)})" if why else ""), stacklevel=5)
+        warnings.warn(
+            f"{method} removes {removed:,} of {self.prunable_count:,} prunable weights "
+            f"({100 * removed / self.prunable_count:.2f} %) instead of the target {100 * self.ratio:.2f} %"
+            + (f" ({'; '.join(why)})" if why else ""),
+            stacklevel=5,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -75,8 +80,10 @@ class PruneContext:
             from ..structure.graph import build_graph
 
             if self.example_input is None:
-                raise ValueError("this method traces the model and needs an example input: pass "
-                                 "example_input=torch.randn(1, C, H, W) or data")
+                raise ValueError(
+                    "this method traces the model and needs an example input: pass "
+                    "example_input=torch.randn(1, C, H, W) or data"
+                )
             self._graph = build_graph(self.model, self.example_input, self.leaf_modules)
         return self._graph
 
@@ -88,8 +95,14 @@ class PruneContext:
     def labeled_batches(self, name: str = "data") -> Iterator[tuple[Tensor, Tensor | None]]:
         """Validated (inputs, labels or None) batches of S on the model's device."""
         shape = tuple(self.example_input.shape[1:]) if self.example_input is not None else None
-        return iter_inputs_and_labels(self.data, name, batch_size=self.batch_size, expected_shape=shape,
-                                      device=self.device, dtype=self.dtype)
+        return iter_inputs_and_labels(
+            self.data,
+            name,
+            batch_size=self.batch_size,
+            expected_shape=shape,
+            device=self.device,
+            dtype=self.dtype,
+        )
 
     def option(self, key: str, default):
         return self.options.pop(key, default)
@@ -123,7 +136,9 @@ def structured_options(ctx: PruneContext, method: str):
     round_to = ctx.option("round_to", 1)
     if coupled == PER_LAYER and round_to != 1:
         check_round_to(round_to)  # a bad value gets its own message first
-        raise ValueError(f"{method}: round_to={round_to!r} rounds the kept channels of whole channel groups, "
-                         "which the paper's per-layer variant (coupled='per_layer', the default) does not "
-                         "form: pass a group-aware variant too, e.g. coupled='sum'")
+        raise ValueError(
+            f"{method}: round_to={round_to!r} rounds the kept channels of whole channel groups, "
+            "which the paper's per-layer variant (coupled='per_layer', the default) does not "
+            "form: pass a group-aware variant too, e.g. coupled='sum'"
+        )
     return coupled, round_to

@@ -32,15 +32,19 @@ from .registry import register_method
 
 def filter_scores(ctx: PruneContext, norm: int) -> dict[str, Tensor]:
     # layer.weight is already the masked weight (orig * mask) of a pruned layer
-    return {name: weight_of(layer).detach().flatten(1).norm(p=norm, dim=1) for name, layer in ctx.layers.items()}
+    return {
+        name: weight_of(layer).detach().flatten(1).norm(p=norm, dim=1) for name, layer in ctx.layers.items()
+    }
 
 
 def uniform_filter_masks(ctx: PruneContext, scores: dict[str, Tensor]) -> dict[str, Tensor]:
     """The paper's FT allocation: the same fraction of every layer's filters kept."""
     plan = LayerPlan(ctx.graph(), ctx.layers, ctx.current_masks, by="out")
     if not plan.units:
-        raise ValueError("ft: no layer has filters that can be removed (every output channel is a network "
-                         "output or belongs to a grouped convolution)")
+        raise ValueError(
+            "ft: no layer has filters that can be removed (every output channel is a network "
+            "output or belongs to a grouped convolution)"
+        )
     plan.rank(scores)
     extent = {name: plan.extent[name] for name in plan.units}
 
@@ -48,7 +52,9 @@ def uniform_filter_masks(ctx: PruneContext, scores: dict[str, Tensor]) -> dict[s
         return {name: max(1, int(np.floor(f * fraction + 0.5))) for name, f in extent.items()}
 
     # every fraction where some layer's rounded count steps, descending: removal grows
-    points = np.unique(np.concatenate([[0.0, 1.0]] + [(np.arange(1, f + 1) - 0.5) / f for f in extent.values()]))
+    points = np.unique(
+        np.concatenate([[0.0, 1.0]] + [(np.arange(1, f + 1) - 0.5) / f for f in extent.values()])
+    )
     kept = plan.fit(points[::-1].tolist(), kept_of, ctx.remove_budget())
     ctx.warn_off_target("ft", plan.removed_weights(kept))
     return plan.masks(kept)
@@ -58,9 +64,12 @@ def group_filter_masks(ctx: PruneContext, scores: dict[str, Tensor], coupled, ro
     """The group-aware variant: the same fraction of every channel group."""
     plan = GroupPlan(ctx.graph(), ctx.layers, ctx.current_masks, by="out", coupled=coupled, round_to=round_to)
     if not plan.units:
-        raise ValueError("ft: no layer has filters that can be removed (every output channel is frozen: "
-                         "network output, grouped convolution or unsupported op"
-                         + (f"; {plan.skipped_note()}" if plan.skipped else "") + ")")
+        raise ValueError(
+            "ft: no layer has filters that can be removed (every output channel is frozen: "
+            "network output, grouped convolution or unsupported op"
+            + (f"; {plan.skipped_note()}" if plan.skipped else "")
+            + ")"
+        )
     plan.rank(scores)
     counts = plan.fit_uniform(ctx.remove_budget())
     ctx.warn_off_target("ft", plan.removed_weights(counts), plan.constraints())
@@ -87,4 +96,3 @@ class FilterThresholding(PruningMethod):
 class FilterL2Thresholding(FilterThresholding):
     description = "filter L2 norm, same fraction of every layer's filters (structured)"
     norm = 2
-

@@ -51,8 +51,14 @@ _LOG10_EPS_RANGE = (-8.0, 20.0)  # ε from "keep everything" to "one channel per
 # --------------------------------------------------------------------------- scores
 def channel_sensitivities(ctx: PruneContext) -> dict[str, Tensor]:
     """{layer name: s_j per input channel} of the context's layers on its data S (docs/methods.md §Sensitivities)."""
-    return collect_sensitivities(ctx.model, ctx.batches(), ctx.layers, kind="channel", progress=ctx.progress,
-                                 total=sample_count(ctx.data))
+    return collect_sensitivities(
+        ctx.model,
+        ctx.batches(),
+        ctx.layers,
+        kind="channel",
+        progress=ctx.progress,
+        total=sample_count(ctx.data),
+    )
 
 
 # --------------------------------------------------------------------------- error-based allocation
@@ -70,8 +76,8 @@ class LayerErrorModel:
 
     def samples(self, eps: float) -> float:
         """m(ε) = ⌈K (6 + 2ε) α S / ε²⌉."""
-        value = K * (6.0 + 2.0 * eps) * self.alpha * float(self.scores.sum()) / eps ** 2
-        return float(math.ceil(value)) if value < 2.0 ** 52 else value
+        value = K * (6.0 + 2.0 * eps) * self.alpha * float(self.scores.sum()) / eps**2
+        return float(math.ceil(value)) if value < 2.0**52 else value
 
 
 def kept_channels(model: LayerErrorModel, eps: float) -> int:
@@ -123,17 +129,23 @@ class KeptFamily:
     def kept(self, point: tuple[str, float]) -> dict[str, int]:
         kind, value = point
         if kind == "zeros":
-            return {name: min(self.models[name].scores.numel(), base + math.floor(value * self.zeros[name] + 0.5))
-                    for name, base in self.base.items()}
-        return {name: kept_channels(model, 10.0 ** value) for name, model in self.models.items()}
+            return {
+                name: min(self.models[name].scores.numel(), base + math.floor(value * self.zeros[name] + 0.5))
+                for name, base in self.base.items()
+            }
+        return {name: kept_channels(model, 10.0**value) for name, model in self.models.items()}
 
     def zero_note(self, kept: dict[str, int]) -> list[str]:
         """Why a budget keeps channels that score 0, for the off-target warning and stats."""
         extra = sum(max(0, kept.get(name, 0) - self.base[name]) for name in self.base if self.zeros[name])
         if not extra:
             return []
-        return [(f"{sum(self.zeros.values()):,} input channels score 0 on S (never active there) and the error "
-                f"analysis drops them all; the budget keeps {extra:,} of them — a larger S scores them")]
+        return [
+            (
+                f"{sum(self.zeros.values()):,} input channels score 0 on S (never active there) and the error "
+                f"analysis drops them all; the budget keeps {extra:,} of them — a larger S scores them"
+            )
+        ]
 
 
 def warn_silent_layers(models: dict[str, LayerErrorModel]) -> None:
@@ -141,11 +153,16 @@ def warn_silent_layers(models: dict[str, LayerErrorModel]) -> None:
     signal the error analysis can weigh: they keep one channel; say which."""
     silent = [name for name, model in models.items() if float(model.scores.sum()) <= 0.0]
     if silent:
-        warnings.warn(f"pfp: {len(silent)} layer(s) see no signal on S (every input channel scores 0), each keeps "
-                      f"one input channel: {', '.join(silent[:8])}{' ...' if len(silent) > 8 else ''}", stacklevel=5)
+        warnings.warn(
+            f"pfp: {len(silent)} layer(s) see no signal on S (every input channel scores 0), each keeps "
+            f"one input channel: {', '.join(silent[:8])}{' ...' if len(silent) > 8 else ''}",
+            stacklevel=5,
+        )
 
 
-def layer_masks(ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, LayerErrorModel]) -> dict[str, Tensor]:
+def layer_masks(
+    ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, LayerErrorModel]
+) -> dict[str, Tensor]:
     """The paper's PFP: every layer keeps its own top-c_ℓ(ε) input channels, one ε for all,
     searched on the weights the masks really remove (propagation included)."""
     plan = LayerPlan(ctx.graph(), ctx.layers, ctx.current_masks, by="in")
@@ -159,15 +176,19 @@ def layer_masks(ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, 
     return plan.masks(kept)
 
 
-def group_masks(ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, LayerErrorModel],
-                coupled, round_to) -> dict[str, Tensor]:
+def group_masks(
+    ctx: PruneContext, scores: dict[str, Tensor], models: dict[str, LayerErrorModel], coupled, round_to
+) -> dict[str, Tensor]:
     """The group-aware variant: the group plan's counts for c_ℓ(ε), with ε the largest on a
     fine log grid whose removal stays within the budget, then single steps (one group ±1
     allowed count) where channels are too coarse to land on it."""
     plan = GroupPlan(ctx.graph(), ctx.layers, ctx.current_masks, by="in", coupled=coupled, round_to=round_to)
     if not plan.units:
-        raise ValueError("pfp: no input channel group can be removed (every group is frozen"
-                         + (f"; {plan.skipped_note()}" if plan.skipped else "") + ")")
+        raise ValueError(
+            "pfp: no input channel group can be removed (every group is frozen"
+            + (f"; {plan.skipped_note()}" if plan.skipped else "")
+            + ")"
+        )
     plan.rank(scores)
     target = ctx.remove_budget()
     family = KeptFamily(models)
@@ -193,7 +214,9 @@ class ProvableFilterPruning(PruningMethod):
     structured = True
     version = 2  # 2: the paper's per-layer variant by default (1: whole channel groups)
     data_informed = True
-    description = "channel sensitivity on S, error-based allocation of input channels per layer (structured; paper)"
+    description = (
+        "channel sensitivity on S, error-based allocation of input channels per layer (structured; paper)"
+    )
     option_names = ("coupled", "round_to")
 
     def compute_masks(self, ctx: PruneContext):

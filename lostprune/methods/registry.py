@@ -28,5 +28,7 @@ def get_method(method: str | PruningMethod) -> PruningMethod:
     if isinstance(method, PruningMethod):
         return method
     if not isinstance(method, str) or method.lower() not in _METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; valid methods: {', '.join(available_methods())}")
+        raise ValueError(
+            f"unknown pruning method {method!r}; valid methods: {', '.join(available_methods())}"
+        )
     return _METHODS[method.lower()]()

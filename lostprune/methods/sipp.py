@@ -16,8 +16,15 @@ from .registry import register_method
 
 def weight_sensitivities(ctx: PruneContext, reduce: str = "mean"):
     """{layer name: sensitivity per weight} of the context's layers on its data S."""
-    return collect_sensitivities(ctx.model, ctx.batches(), ctx.layers, kind="weight", reduce=reduce,
-                                 progress=ctx.progress, total=sample_count(ctx.data))
+    return collect_sensitivities(
+        ctx.model,
+        ctx.batches(),
+        ctx.layers,
+        kind="weight",
+        reduce=reduce,
+        progress=ctx.progress,
+        total=sample_count(ctx.data),
+    )
 
 
 @register_method("sipp")

@@ -22,8 +22,10 @@ def check_labels(labels: Tensor, classes: int, name: str = "data") -> None:
     valid = ((labels >= 0) & (labels < classes)) | (labels == -100)
     if not bool(valid.all()):
         bad = labels[~valid]
-        raise ValueError(f"{name}: labels must lie in [0, {classes}) (the model has {classes} outputs), got "
-                         f"{int(bad.min())}" + (f" .. {int(bad.max())}" if bad.numel() > 1 else ""))
+        raise ValueError(
+            f"{name}: labels must lie in [0, {classes}) (the model has {classes} outputs), got "
+            f"{int(bad.min())}" + (f" .. {int(bad.max())}" if bad.numel() > 1 else "")
+        )
 
 
 @register_method("snip")
@@ -35,7 +37,9 @@ class SNIP(PruningMethod):
     def compute_masks(self, ctx: PruneContext):
         model = ctx.model
         scores = {name: torch.zeros_like(weight_of(layer)) for name, layer in ctx.layers.items()}
-        params: dict[str, Tensor] = {name: getattr(layer, "weight_orig", weight_of(layer)) for name, layer in ctx.layers.items()}
+        params: dict[str, Tensor] = {
+            name: getattr(layer, "weight_orig", weight_of(layer)) for name, layer in ctx.layers.items()
+        }
         frozen = [p for p in params.values() if not p.requires_grad]
         was_training = model.training
         model.eval()

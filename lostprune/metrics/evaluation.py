@@ -219,10 +219,13 @@ class EvaluationGrid:
         r = [ratios[n] for n in names]
         if per_draw:
             draws = self.error_draws
-            return prune_potential_over_draws(r, [draws[n][shift] for n in names], draws[parent][shift], delta,
-                                              reading, boundary).mean
+            return prune_potential_over_draws(
+                r, [draws[n][shift] for n in names], draws[parent][shift], delta, reading, boundary
+            ).mean
         errors = self.errors
-        return prune_potential(r, [errors[n][shift] for n in names], errors[parent][shift], delta, reading, boundary)
+        return prune_potential(
+            r, [errors[n][shift] for n in names], errors[parent][shift], delta, reading, boundary
+        )
 
     def excess_error(
         self, model: str, parent: str, shifts: str | Sequence[str], nominal_shift: str = "nominal"
@@ -310,20 +313,25 @@ def evaluate_grid(
         raise ValueError(f"evaluate_grid: shift names must be unique, got {names}")
     if reference_outputs is not None:
         if reference is None or reference in models:
-            raise ValueError("evaluate_grid: with reference_outputs, reference must name the model they came from "
-                             f"(not one of the models run here), got {reference!r}")
+            raise ValueError(
+                "evaluate_grid: with reference_outputs, reference must name the model they came from "
+                f"(not one of the models run here), got {reference!r}"
+            )
         for s in shifts:
             out = reference_outputs.get(s.name)
             if out is None or out.shape[0] != s.draws:
-                raise ValueError(f"evaluate_grid: reference_outputs[{s.name!r}] must hold the reference's outputs "
-                                 f"for its {s.draws} draw(s), got {None if out is None else tuple(out.shape)}")
+                raise ValueError(
+                    f"evaluate_grid: reference_outputs[{s.name!r}] must hold the reference's outputs "
+                    f"for its {s.draws} draw(s), got {None if out is None else tuple(out.shape)}"
+                )
     elif reference is not None and reference not in models:
         raise ValueError(f"evaluate_grid: reference {reference!r} is not one of the models {list(models)}")
     unknown = [k for k in keep_outputs if k not in models]
     if unknown:
         raise ValueError(f"evaluate_grid: keep_outputs {unknown} are not among the models {list(models)}")
-    kept: dict[tuple[str, str, int], list[Tensor]] = {(m, s.name, d): [] for m in keep_outputs for s in shifts
-                                                       for d in range(s.draws)}
+    kept: dict[tuple[str, str, int], list[Tensor]] = {
+        (m, s.name, d): [] for m in keep_outputs for s in shifts for d in range(s.draws)
+    }
     acc = {(m, s.name, d): _Accumulator() for m in models for s in shifts for d in range(s.draws)}
     was_training = {m: model.training for m, model in models.items()}
     for model in models.values():
@@ -349,9 +357,24 @@ def evaluate_grid(
                     if reference_outputs is not None:
                         given = reference_outputs[shift.name][:, samples : samples + len(x)]
                         if given.shape[1] != len(x):
-                            raise ValueError(f"evaluate_grid: reference_outputs[{shift.name!r}] holds fewer samples "
-                                             "than data; pass the outputs of the same data")
-                    _run_shift(models, shift, pixels, y, b, seed, normalize, reference, ignore_index, acc, kept, given)
+                            raise ValueError(
+                                f"evaluate_grid: reference_outputs[{shift.name!r}] holds fewer samples "
+                                "than data; pass the outputs of the same data"
+                            )
+                    _run_shift(
+                        models,
+                        shift,
+                        pixels,
+                        y,
+                        b,
+                        seed,
+                        normalize,
+                        reference,
+                        ignore_index,
+                        acc,
+                        kept,
+                        given,
+                    )
                 samples += len(x)
     finally:
         for m, model in models.items():
@@ -361,12 +384,15 @@ def evaluate_grid(
     if reference_outputs is not None:
         longer = [s.name for s in shifts if reference_outputs[s.name].shape[1] != samples]
         if longer:
-            raise ValueError(f"evaluate_grid: reference_outputs of {longer} hold more samples than data ({samples}); "
-                             "pass the outputs of the same data")
+            raise ValueError(
+                f"evaluate_grid: reference_outputs of {longer} hold more samples than data ({samples}); "
+                "pass the outputs of the same data"
+            )
     grid = EvaluationGrid(list(models), shifts, reference=reference, samples=samples)
     for m in keep_outputs:
-        grid.outputs[m] = {s.name: torch.stack([torch.cat(kept[(m, s.name, d)]) for d in range(s.draws)])
-                           for s in shifts}
+        grid.outputs[m] = {
+            s.name: torch.stack([torch.cat(kept[(m, s.name, d)]) for d in range(s.draws)]) for s in shifts
+        }
     for m in models:
         for field_name in (
             "errors",
@@ -413,7 +439,9 @@ def _run_shift(
     y = labels.to(torch.long).cpu()
     for draw in range(shift.draws):
         x = base
-        if shift.random and shift.noise is not None:  # made once, on the CPU, and moved: every device sees the same noise
+        if (
+            shift.random and shift.noise is not None
+        ):  # made once, on the CPU, and moved: every device sees the same noise
             gen = torch.Generator().manual_seed(_seed(seed, shift.name, batch, draw))
             x = base + noise_like(base, shift.noise, shift.level, gen)
         on_device: dict[torch.device, Tensor] = {}

@@ -116,7 +116,9 @@ def _exact_scores(model, x, kept, target, baseline, batch_size) -> Tensor:
     n, c, h, w = x.shape
     hw = h * w
     current = reduce_to(x, kept.view(n, h, w), baseline)
-    scores = torch.full((n, hw), float("-inf"), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    scores = torch.full(
+        (n, hw), float("-inf"), device=x.device, dtype=torch.promote_types(x.dtype, torch.float32)
+    )
     candidates = kept.nonzero()  # (image, pixel) pairs still present
     with torch.no_grad():
         for start in range(0, len(candidates), batch_size):

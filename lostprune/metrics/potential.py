@@ -59,8 +59,10 @@ def _check_rate(value: float, name: str) -> float:
     return value
 
 
-def _check_curve(ratios: Sequence[float] | np.ndarray, errors: Sequence[float] | np.ndarray,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _check_curve(
+    ratios: Sequence[float] | np.ndarray,
+    errors: Sequence[float] | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     r = np.asarray(ratios, dtype=np.float64).reshape(-1)
     e = np.asarray(errors, dtype=np.float64).reshape(-1)
     if r.shape != e.shape:
@@ -126,7 +128,10 @@ def prune_potential_over_seeds(
     if len(per_seed_ratios) != len(errors):
         raise ValueError(f"{len(per_seed_ratios)} ratio lists but {len(errors)} error curves")
     return summarize(
-        [prune_potential(r, e, p, delta, reading, boundary) for r, e, p in zip(per_seed_ratios, errors, parent_errors)]
+        [
+            prune_potential(r, e, p, delta, reading, boundary)
+            for r, e, p in zip(per_seed_ratios, errors, parent_errors)
+        ]
     )
 
 
@@ -144,10 +149,16 @@ def prune_potential_over_draws(
     table = np.asarray(errors, dtype=np.float64)
     parent = np.asarray(parent_errors, dtype=np.float64).reshape(-1)
     if table.ndim != 2 or table.shape[1] != parent.size or parent.size == 0:
-        raise ValueError(f"errors must be networks × draws with as many draws as parent_errors ({parent.size}), "
-                         f"got shape {table.shape}")
-    return summarize([prune_potential(ratios, table[:, d], parent[d], delta, reading, boundary)
-                      for d in range(parent.size)])
+        raise ValueError(
+            f"errors must be networks × draws with as many draws as parent_errors ({parent.size}), "
+            f"got shape {table.shape}"
+        )
+    return summarize(
+        [
+            prune_potential(ratios, table[:, d], parent[d], delta, reading, boundary)
+            for d in range(parent.size)
+        ]
+    )
 
 
 def _mean_rate(value, name: str) -> float:
@@ -184,8 +195,14 @@ class ExcessErrorFit:
         return self.slope * float(ratio)
 
 
-def fit_excess_error(ratios: Sequence[float], excess: Sequence[float], *, bootstrap: int = 0,
-                     confidence: float = 0.95, seed: int = 0) -> ExcessErrorFit:
+def fit_excess_error(
+    ratios: Sequence[float],
+    excess: Sequence[float],
+    *,
+    bootstrap: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> ExcessErrorFit:
     """slope = Σ rᵢ eᵢ / Σ rᵢ² over the pruned networks. ``bootstrap`` > 0: the slope's
     percentile interval at ``confidence`` over that many resamples of the points (with
     replacement), as the band the original implementation plots."""
@@ -215,7 +232,9 @@ def fit_excess_error(ratios: Sequence[float], excess: Sequence[float], *, bootst
         pick = np.random.default_rng(seed).integers(0, r.size, (bootstrap, r.size))
         rr, ee = r[pick], e[pick]
         denoms = (rr * rr).sum(1)
-        slopes = (rr * ee).sum(1)[denoms > 0] / denoms[denoms > 0]  # a resample of only ratio-0 points has no line
+        slopes = (rr * ee).sum(1)[denoms > 0] / denoms[
+            denoms > 0
+        ]  # a resample of only ratio-0 points has no line
         tail = 100 * (1 - confidence) / 2
         band = (float(np.percentile(slopes, tail)), float(np.percentile(slopes, 100 - tail)))
     return ExcessErrorFit(slope, tuple(r.tolist()), tuple(e.tolist()), r2, band, confidence, bootstrap)

@@ -25,9 +25,16 @@ from .potential import DEFAULT_DELTA, READINGS, prune_potential
 NOMINAL = "nominal"
 
 
-def recommend_ratio(results, shifts: Sequence[str] | None = None, delta: float | None = None, *,
-                    method: str | None = None, arm: str = "nominal", reading: str = "any",
-                    include_nominal: bool = True) -> float:
+def recommend_ratio(
+    results,
+    shifts: Sequence[str] | None = None,
+    delta: float | None = None,
+    *,
+    method: str | None = None,
+    arm: str = "nominal",
+    reading: str = "any",
+    include_nominal: bool = True,
+) -> float:
     """The largest prune ratio within ``delta`` of the parent on every distribution of
     ``shifts`` (default: every distribution in ``results``) and, with ``include_nominal``,
     on the nominal test set. ``reading`` as for prune potential: ``"any"`` network, or the
@@ -41,15 +48,23 @@ def recommend_ratio(results, shifts: Sequence[str] | None = None, delta: float |
     if delta is None:
         delta = float(getattr(results, "delta", DEFAULT_DELTA))
     available = set().union(*(set(parent) for _, _, parent in curves))
-    wanted = list(dict.fromkeys(([NOMINAL] if include_nominal else []) +
-                                (sorted(available - {NOMINAL}) if shifts is None else list(shifts))))
+    wanted = list(
+        dict.fromkeys(
+            ([NOMINAL] if include_nominal else [])
+            + (sorted(available - {NOMINAL}) if shifts is None else list(shifts))
+        )
+    )
     if not wanted:
         raise ValueError("shifts is empty and include_nominal is False: nothing to check the networks on")
     missing = [d for d in wanted if d not in available]
     if missing:
-        raise ValueError(f"shifts: no errors for {', '.join(map(repr, missing))} in the results "
-                         f"(available: {', '.join(sorted(available))})")
-    return min(_recommend_one(ratios, errors, parent, wanted, delta, reading) for ratios, errors, parent in curves)
+        raise ValueError(
+            f"shifts: no errors for {', '.join(map(repr, missing))} in the results "
+            f"(available: {', '.join(sorted(available))})"
+        )
+    return min(
+        _recommend_one(ratios, errors, parent, wanted, delta, reading) for ratios, errors, parent in curves
+    )
 
 
 def _recommend_one(ratios, errors, parent, distributions, delta, reading) -> float:
@@ -72,13 +87,19 @@ def _curves(results, method, arm) -> list[tuple[list[float], list[dict], dict]]:
     """[(ratios, [{distribution: error} per network], {distribution: parent error})] per seed."""
     if hasattr(results, "curves") and hasattr(results, "methods"):  # lostprune.report.ExperimentResults
         if method is None:
-            raise ValueError(f"method is required with experiment results (one of {', '.join(results.methods)})")
+            raise ValueError(
+                f"method is required with experiment results (one of {', '.join(results.methods)})"
+            )
         curves = results.curves(method, arm)
         if not curves:
-            raise ValueError(f"no evaluated networks for method={method!r}, arm={arm!r} "
-                             f"(methods: {', '.join(results.methods)}; arms: {', '.join(results.arms)})")
-        return [(curve.ratios, [_errors_of(n.values) for n in curve.networks], _errors_of(curve.parent.values))
-                for curve in curves]
+            raise ValueError(
+                f"no evaluated networks for method={method!r}, arm={arm!r} "
+                f"(methods: {', '.join(results.methods)}; arms: {', '.join(results.arms)})"
+            )
+        return [
+            (curve.ratios, [_errors_of(n.values) for n in curve.networks], _errors_of(curve.parent.values))
+            for curve in curves
+        ]
     if method is not None:
         raise ValueError("method= applies to experiment results; a plain table holds one method's networks")
     tables = [results] if isinstance(results, Mapping) else list(results)
@@ -100,7 +121,9 @@ def _table_curve(table, index: int) -> tuple[list[float], list[dict], dict]:
         try:
             r = float(ratio)
         except (TypeError, ValueError):
-            raise ValueError(f"{name}: keys must be prune ratios in [0, 1) (0 = the parent), got {ratio!r}") from None
+            raise ValueError(
+                f"{name}: keys must be prune ratios in [0, 1) (0 = the parent), got {ratio!r}"
+            ) from None
         if not 0 <= r < 1:
             raise ValueError(f"{name}: keys must be prune ratios in [0, 1) (0 = the parent), got {ratio!r}")
         if not isinstance(errors, Mapping):

@@ -28,17 +28,38 @@ def _torchvision(builder: str, **fixed) -> Callable[..., nn.Module]:
 def _deeplab(num_classes: int = 21, **kwargs) -> nn.Module:
     from torchvision.models.segmentation import deeplabv3_resnet50
 
-    return deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes,
-                              aux_loss=False, **kwargs)
+    return deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False, **kwargs
+    )
 
 
 # name -> (builder, default num_classes, input size, task)
 REGISTRY: dict[str, tuple[Callable[..., nn.Module], int, tuple[int, int, int], str]] = {
     "small_cnn": (SmallCNN, 10, _CIFAR, "classification"),
-    "resnet20": (lambda num_classes=10, **kw: CifarResNet(20, num_classes, **kw), 10, _CIFAR, "classification"),
-    "resnet56": (lambda num_classes=10, **kw: CifarResNet(56, num_classes, **kw), 10, _CIFAR, "classification"),
-    "resnet110": (lambda num_classes=10, **kw: CifarResNet(110, num_classes, **kw), 10, _CIFAR, "classification"),
-    "vgg16_bn": (lambda num_classes=10, **kw: CifarVGG(num_classes=num_classes, **kw), 10, _CIFAR, "classification"),
+    "resnet20": (
+        lambda num_classes=10, **kw: CifarResNet(20, num_classes, **kw),
+        10,
+        _CIFAR,
+        "classification",
+    ),
+    "resnet56": (
+        lambda num_classes=10, **kw: CifarResNet(56, num_classes, **kw),
+        10,
+        _CIFAR,
+        "classification",
+    ),
+    "resnet110": (
+        lambda num_classes=10, **kw: CifarResNet(110, num_classes, **kw),
+        10,
+        _CIFAR,
+        "classification",
+    ),
+    "vgg16_bn": (
+        lambda num_classes=10, **kw: CifarVGG(num_classes=num_classes, **kw),
+        10,
+        _CIFAR,
+        "classification",
+    ),
     "resnet18": (_torchvision("resnet18"), 1000, _IMAGENET, "classification"),
     "resnet50": (_torchvision("resnet50"), 1000, _IMAGENET, "classification"),
     "resnet101": (_torchvision("resnet101"), 1000, _IMAGENET, "classification"),
@@ -64,4 +85,12 @@ def create(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
     return model
 
 
-__all__ = ["REGISTRY", "CifarResNet", "CifarVGG", "SmallCNN", "available", "create", "randomize_norm_statistics"]
+__all__ = [
+    "REGISTRY",
+    "CifarResNet",
+    "CifarVGG",
+    "SmallCNN",
+    "available",
+    "create",
+    "randomize_norm_statistics",
+]

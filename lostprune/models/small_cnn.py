@@ -15,9 +15,15 @@ class SmallCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            *_conv_bn(in_channels, w), *_conv_bn(w, w), nn.MaxPool2d(2),
-            *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-            *_conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *_conv_bn(in_channels, w),
+            *_conv_bn(w, w),
+            nn.MaxPool2d(2),
+            *_conv_bn(w, 2 * w),
+            *_conv_bn(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            *_conv_bn(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.classifier = nn.Linear(4 * w, num_classes)
 

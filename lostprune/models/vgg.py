@@ -16,12 +16,18 @@ class CifarVGG(nn.Module):
             if item == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                layers += [nn.Conv2d(channels, item, 3, padding=1, bias=False), nn.BatchNorm2d(item),
-                           nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(channels, item, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(item),
+                    nn.ReLU(inplace=True),
+                ]
                 channels = item
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(channels, 512),
+            nn.BatchNorm1d(512),
+            nn.ReLU(inplace=True),
             nn.Linear(512, num_classes),
         )
         for m in self.modules():

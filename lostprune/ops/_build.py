@@ -120,7 +120,10 @@ def find_cuda_home() -> Path | None:
         try:
             out = subprocess.run(
                 [nvcc, "-v", "-E", "-x", "cu", os.devnull, "-o", os.devnull],
-                check=False, capture_output=True, text=True, timeout=60,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             for line in (out.stderr + out.stdout).splitlines():
                 if line.startswith("#$ TOP="):
@@ -214,19 +217,24 @@ def vector_isa_note(built: str, flags: set[str]) -> str | None:
         return None
     march = _march() or "none"
     if best is None:
-        return (f"this CPU has neither AVX2 nor AVX-512: the CPU kernels use {built} vectors, no fast path "
-                "(the sensitivity pass costs several times more than on an AVX2 CPU)")
+        return (
+            f"this CPU has neither AVX2 nor AVX-512: the CPU kernels use {built} vectors, no fast path "
+            "(the sensitivity pass costs several times more than on an AVX2 CPU)"
+        )
     if VECTOR_ISAS.index(built) >= VECTOR_ISAS.index(best):
         return None
-    return (f"the CPU kernels were built for {built} (LOSTPRUNE_MARCH={march}) but this CPU has {best}: "
-            f"rebuild with LOSTPRUNE_MARCH=native (the default) for the {best} fast path")
+    return (
+        f"the CPU kernels were built for {built} (LOSTPRUNE_MARCH={march}) but this CPU has {best}: "
+        f"rebuild with LOSTPRUNE_MARCH=native (the default) for the {best} fast path"
+    )
 
 
 def vector_isa() -> str | None:
     """The vector ISA the loaded CPU kernels were compiled for (None without compiled kernels)."""
     state = ensure_loaded()
     if state.backend != "compiled" or not torch._C._dispatch_has_kernel_for_dispatch_key(
-            "lostprune::cpu_vector_isa", "CompositeExplicitAutograd"):
+        "lostprune::cpu_vector_isa", "CompositeExplicitAutograd"
+    ):
         return None
     return torch.ops.lostprune.cpu_vector_isa()
 
@@ -271,10 +279,15 @@ def cuda_arch_list() -> str:
     if env and env != "native":
         return env
     if torch.cuda.is_available() and torch.cuda.device_count() > 0:
-        supported = [tuple(divmod(int(re.sub(r"\D", "", a.split("_")[1])), 10))
-                     for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+        supported = [
+            tuple(divmod(int(re.sub(r"\D", "", a.split("_")[1])), 10))
+            for a in torch.cuda.get_arch_list()
+            if a.startswith("sm_")
+        ]
         newest = max(supported) if supported else (99, 9)
-        arches = sorted({min(newest, torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())})
+        arches = sorted(
+            {min(newest, torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())}
+        )
         names = [f"{major}.{minor}" for major, minor in arches]
         names[-1] += "+PTX"
         return ";".join(names)
@@ -331,8 +344,11 @@ def _tool_version(command: list[str]) -> str:
 @functools.cache
 def _toolchain_for(cxx: str, cuda_home: str | None) -> str:
     path = shutil.which(cxx)
-    parts = [f"{cxx} = {os.path.realpath(path)}\n{_tool_version([path, '--version'])}" if path
-             else f"{cxx}: not found"]
+    parts = [
+        f"{cxx} = {os.path.realpath(path)}\n{_tool_version([path, '--version'])}"
+        if path
+        else f"{cxx}: not found"
+    ]
     if cuda_home is not None:
         nvcc = Path(cuda_home) / "bin" / "nvcc"
         parts.append(f"nvcc = {nvcc.resolve()}\n{_tool_version([str(nvcc), '--version'])}")
@@ -423,7 +439,7 @@ def _remove_stale_private_caches() -> None:
     """Private caches (``lostprune-kernels-<pid>-*`` in the temporary directory) of processes
     that are gone (killed before their exit handler removed them)."""
     for stale in Path(tempfile.gettempdir()).glob(_PRIVATE_PREFIX + "*"):
-        pid = stale.name[len(_PRIVATE_PREFIX):].split("-", 1)[0]
+        pid = stale.name[len(_PRIVATE_PREFIX) :].split("-", 1)[0]
         if stale.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -493,8 +509,15 @@ class _Build:
         return BuildState("reference", cuda=False, log=log, key=self.key, reason=reason, note=warning)
 
     def compiled(self, library: Path, reason: str, note: str = "") -> BuildState:
-        return BuildState("compiled", cuda=self.cuda, library=library, key=self.key, reason=reason,
-                          seconds=time.perf_counter() - self.start, note=note)
+        return BuildState(
+            "compiled",
+            cuda=self.cuda,
+            library=library,
+            key=self.key,
+            reason=reason,
+            seconds=time.perf_counter() - self.start,
+            note=note,
+        )
 
 
 def _build_into(b: _Build, root: Path, force: bool, seed_from: Path | None = None) -> BuildState:
@@ -513,7 +536,9 @@ def _build_into(b: _Build, root: Path, force: bool, seed_from: Path | None = Non
         return b.fallback("an earlier build of these sources with this toolchain failed", failed)
     with contextlib.ExitStack() as locked:
         with _writing(root):
-            locked.enter_context(_file_lock(root / ".build.lock", f"building the lostprune kernels in {root}"))
+            locked.enter_context(
+                _file_lock(root / ".build.lock", f"building the lostprune kernels in {root}")
+            )
         if library.is_file():  # another process built it while this one waited
             torch.ops.load_library(str(library))
             return b.compiled(library, "loaded from cache")
@@ -529,8 +554,10 @@ def _build_into(b: _Build, root: Path, force: bool, seed_from: Path | None = Non
         except Exception as exc:  # noqa: BLE001 - compiler missing, compile or link error
             shutil.rmtree(scratch, ignore_errors=True)
             with _writing(root):
-                failed.write_text(f"lostprune kernel build failed ({b.key})\nsources: {b.src}\n"
-                                  f"{toolchain(b.cuda)}\n\n{exc}\n")
+                failed.write_text(
+                    f"lostprune kernel build failed ({b.key})\nsources: {b.src}\n"
+                    f"{toolchain(b.cuda)}\n\n{exc}\n"
+                )
             return b.fallback(f"kernel build failed ({type(exc).__name__})", failed)
         with _writing(root):
             shutil.rmtree(target, ignore_errors=True)
@@ -555,8 +582,10 @@ def _build_private(b: _Build, shared: Path, fault: _CacheUnwritable) -> BuildSta
         return b.fallback(f"{problem}, and the build in {private} failed", state.log)
     atexit.register(shutil.rmtree, private, True)
     state.reason = f"built in a private temporary directory ({problem})"
-    state.note = (f"lostprune: {problem}; the kernels were built in {private} for this process only "
-                  "(set LOSTPRUNE_CACHE to a writable directory to keep them)")
+    state.note = (
+        f"lostprune: {problem}; the kernels were built in {private} for this process only "
+        "(set LOSTPRUNE_CACHE to a writable directory to keep them)"
+    )
     return state
 
 
@@ -573,8 +602,13 @@ def _load(force: bool, verbose: bool) -> BuildState:
     if aot is not None:
         torch.ops.load_library(str(aot))
         has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("lostprune::gather_channels", "CUDA")
-        return BuildState("compiled", cuda=has_cuda, library=aot, reason="built at install time",
-                          seconds=time.perf_counter() - start)
+        return BuildState(
+            "compiled",
+            cuda=has_cuda,
+            library=aot,
+            reason="built at install time",
+            seconds=time.perf_counter() - start,
+        )
 
     src = csrc_dir()
     prefix, key = build_key(src, cuda)
@@ -595,8 +629,10 @@ def ensure_loaded(force: bool = False, verbose: bool = False) -> BuildState:
     with _lock:
         if _state is None or force:
             if force and _state is not None and _state.backend == "compiled":
-                raise RuntimeError("lostprune: kernels are already loaded in this process; "
-                                   "run the build in a fresh process to rebuild")
+                raise RuntimeError(
+                    "lostprune: kernels are already loaded in this process; "
+                    "run the build in a fresh process to rebuild"
+                )
             _state = _load(force, verbose)
             _kernel_answers.clear()
             if _state.backend == "compiled":
@@ -634,6 +670,9 @@ def _has_kernel(op: str, device_type: str) -> bool:
         return True
     if (op, device_type) not in state.warned_ops:
         state.warned_ops.add((op, device_type))
-        warnings.warn(f"lostprune.{op}: no compiled {device_type} kernel in this build; "
-                      "using the PyTorch reference", LostpruneBuildWarning, stacklevel=3)
+        warnings.warn(
+            f"lostprune.{op}: no compiled {device_type} kernel in this build; using the PyTorch reference",
+            LostpruneBuildWarning,
+            stacklevel=3,
+        )
     return False

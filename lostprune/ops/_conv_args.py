@@ -21,8 +21,9 @@ def pair(value: IntPair, name: str, op: str, minimum: int) -> tuple[int, int]:
             raise TypeError
         value = tuple(operator.index(v) for v in items)
     except TypeError:
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints (height, width), "
-                         f"got {value!r}") from None
+        raise ValueError(
+            f"{op}: {name} must be an int or a pair of ints (height, width), got {value!r}"
+        ) from None
     if min(value) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
     return value
@@ -35,7 +36,12 @@ def conv_out_size(size: int, kernel: int, stride: int, padding: int, dilation: i
     return span // stride + 1 if span >= 0 else 0
 
 
-def conv_out_hw(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
-                padding: Sequence[int], dilation: Sequence[int]) -> tuple[int, int]:
+def conv_out_hw(
+    hw: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[int, int]:
     """``conv_out_size`` along height and width."""
     return tuple(conv_out_size(*a) for a in zip(hw, kernel, stride, padding, dilation))

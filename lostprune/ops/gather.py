@@ -23,8 +23,9 @@ def _as_index(index: IndexLike, tensor: Tensor, name: str) -> Tensor | None:
     if index.dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
         index = index.long()
     if index.dtype == torch.bool:
-        raise TypeError(f"{OP}: {name} must hold kept indices, not a boolean mask "
-                        "(use mask.nonzero().flatten())")
+        raise TypeError(
+            f"{OP}: {name} must hold kept indices, not a boolean mask (use mask.nonzero().flatten())"
+        )
     return index.to(tensor.device)
 
 
@@ -34,8 +35,10 @@ def _normalize(tensors: Sequence[Tensor], indices, name: str) -> list[Tensor | N
         return [None] * n
     indices = list(indices)
     if len(indices) != n:
-        raise ValueError(f"{OP}: {name} has {len(indices)} entries but tensors has {n}; "
-                         "pass one index set (or None) per tensor")
+        raise ValueError(
+            f"{OP}: {name} has {len(indices)} entries but tensors has {n}; "
+            "pass one index set (or None) per tensor"
+        )
     return [_as_index(idx, t, f"{name}[{i}]") for i, (idx, t) in enumerate(zip(indices, tensors))]
 
 
@@ -49,20 +52,24 @@ def _check_index(index: Tensor | None, tensor: Tensor, t: int, dim: int) -> None
     if index.dim() != 1:
         raise ValueError(f"{OP}: {which}[{t}] must be 1-D, got shape {tuple(index.shape)}")
     if index.numel() == 0:
-        raise ValueError(f"{OP}: {which}[{t}] is empty; keep at least one index along dim {dim} "
-                         f"of tensors[{t}]")
+        raise ValueError(
+            f"{OP}: {which}[{t}] is empty; keep at least one index along dim {dim} of tensors[{t}]"
+        )
     if tensor.dim() <= dim:
         raise ValueError(f"{OP}: {which}[{t}] is given but tensors[{t}] has only {tensor.dim()} dimension(s)")
     size = tensor.shape[dim]
     bad = ((index < 0) | (index >= size)).nonzero()
     if bad.numel():
         i = int(bad[0])
-        raise IndexError(f"{OP}: {which}[{t}][{i}] = {int(index[i])} is out of range for dim {dim} "
-                         f"of tensors[{t}] (allowed 0..{size - 1})")
+        raise IndexError(
+            f"{OP}: {which}[{t}][{i}] = {int(index[i])} is out of range for dim {dim} "
+            f"of tensors[{t}] (allowed 0..{size - 1})"
+        )
 
 
-def gather_channels_reference(tensors: Sequence[Tensor], rows: Sequence[Tensor | None],
-                              cols: Sequence[Tensor | None]) -> list[Tensor]:
+def gather_channels_reference(
+    tensors: Sequence[Tensor], rows: Sequence[Tensor | None], cols: Sequence[Tensor | None]
+) -> list[Tensor]:
     """Plain PyTorch: ``t.index_select(0, rows).index_select(1, cols)`` per tensor."""
     out = []
     for t, (tensor, row, col) in enumerate(zip(tensors, rows, cols)):
@@ -78,8 +85,11 @@ def gather_channels_reference(tensors: Sequence[Tensor], rows: Sequence[Tensor |
     return out
 
 
-def gather_channels(tensors: Sequence[Tensor], rows: Sequence[IndexLike] | None = None,
-                    cols: Sequence[IndexLike] | None = None) -> list[Tensor]:
+def gather_channels(
+    tensors: Sequence[Tensor],
+    rows: Sequence[IndexLike] | None = None,
+    cols: Sequence[IndexLike] | None = None,
+) -> list[Tensor]:
     """Gather, for each tensor, the kept indices along dim 0 (``rows``) and dim 1 (``cols``).
 
     ``rows[i]`` / ``cols[i]`` are 1-D integer index sets (tensor or list) or ``None`` to
@@ -137,6 +147,7 @@ def _backward(ctx, grads):
             grad = full_cols
         full.index_add_(0, row, grad) if row is not None else full.add_(grad)
         grad_inputs.append(full)
+
     # torch.library flattens a list input into its tensors only when it holds no None.
     def no_grad(indices):
         return None if any(i is None for i in indices) else [None] * len(indices)

@@ -42,20 +42,23 @@ CHANNEL_OP = "lostprune.channel_sensitivity"
 EPS = torch.finfo(torch.float32).eps
 REDUCTIONS = ("mean", "max")
 
+
 # --------------------------------------------------------------------------- argument handling
 class _Layer:
     """A layer in convolution form: x [B, Cin, H, W] and weight [Cout, Cin/g, kh, kw]; a linear
     layer is a 1x1 convolution whose positions are the tokens of a 3-D (or higher) input."""
 
-    def __init__(self, op: str, x: Tensor, weight: Tensor, stride, padding, dilation, groups, running,
-                 level: str):
+    def __init__(
+        self, op: str, x: Tensor, weight: Tensor, stride, padding, dilation, groups, running, level: str
+    ):
         if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
             raise TypeError(f"{op}: x and weight must be tensors")
         if not x.is_floating_point() or not weight.is_floating_point():
             raise TypeError(f"{op}: x and weight must be floating point, got {x.dtype} and {weight.dtype}")
         if x.device != weight.device:
-            raise ValueError(f"{op}: x is on {x.device} but weight is on {weight.device}; move both to the "
-                             "same device")
+            raise ValueError(
+                f"{op}: x is on {x.device} but weight is on {weight.device}; move both to the same device"
+            )
         self.weight_shape = weight.shape
         self.dtype = torch.float64 if torch.float64 in (x.dtype, weight.dtype) else torch.float32
         weight = weight.detach().to(self.dtype)
@@ -65,8 +68,10 @@ class _Layer:
                 raise ValueError(f"{op}: a linear weight (2-D) takes no stride, padding, dilation or groups")
             if x.dim() < 2 or x.shape[-1] != weight.shape[1]:
                 features = weight.shape[1]
-                raise ValueError(f"{op}: a linear layer with weight {tuple(weight.shape)} needs x of shape "
-                                 f"[B, {features}] or [B, tokens, {features}], got {tuple(x.shape)}")
+                raise ValueError(
+                    f"{op}: a linear layer with weight {tuple(weight.shape)} needs x of shape "
+                    f"[B, {features}] or [B, tokens, {features}], got {tuple(x.shape)}"
+                )
             x = x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2).unsqueeze(-1)
             weight = weight[:, :, None, None]
             stride, padding, dilation, groups = (1, 1), (0, 0), (1, 1), 1
@@ -74,22 +79,26 @@ class _Layer:
             if x.dim() == 3:  # an unbatched image
                 x = x.unsqueeze(0)
             if x.dim() != 4:
-                raise ValueError(f"{op}: a conv weight (4-D) needs x of shape [B, C, H, W], "
-                                 f"got {tuple(x.shape)}")
+                raise ValueError(
+                    f"{op}: a conv weight (4-D) needs x of shape [B, C, H, W], got {tuple(x.shape)}"
+                )
             if not isinstance(groups, int) or groups < 1:
                 raise ValueError(f"{op}: groups must be an int >= 1, got {groups!r}")
             stride = pair(stride, "stride", op, 1)
             dilation = pair(dilation, "dilation", op, 1)
             x, padding = self._padding(op, x, weight, padding, dilation, stride)
             if x.shape[1] != weight.shape[1] * groups:
-                raise ValueError(f"{op}: weight {tuple(weight.shape)} with groups={groups} expects "
-                                 f"{weight.shape[1] * groups} input channels, but x has {x.shape[1]} "
-                                 f"(shape {tuple(x.shape)})")
+                raise ValueError(
+                    f"{op}: weight {tuple(weight.shape)} with groups={groups} expects "
+                    f"{weight.shape[1] * groups} input channels, but x has {x.shape[1]} "
+                    f"(shape {tuple(x.shape)})"
+                )
             if weight.shape[0] % groups:
                 raise ValueError(f"{op}: groups={groups} must divide the output channels ({weight.shape[0]})")
         else:
-            raise ValueError(f"{op}: weight must be 2-D (linear) or 4-D (conv2d), "
-                             f"got shape {tuple(weight.shape)}")
+            raise ValueError(
+                f"{op}: weight must be 2-D (linear) or 4-D (conv2d), got shape {tuple(weight.shape)}"
+            )
         self.x, self.weight = x.contiguous(), weight.contiguous()
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.out_shape = self.weight_shape if level == "weight" else (x.shape[1],)
@@ -97,12 +106,16 @@ class _Layer:
         if running is not None:
             if not isinstance(running, Tensor) or tuple(running.shape) != tuple(self.out_shape):
                 shape = tuple(running.shape) if isinstance(running, Tensor) else type(running).__name__
-                raise ValueError(f"{op}: running must have shape {tuple(self.out_shape)} "
-                                 f"(a previous result), got {shape}")
+                raise ValueError(
+                    f"{op}: running must have shape {tuple(self.out_shape)} (a previous result), got {shape}"
+                )
             if running.device != self.x.device:
                 raise ValueError(f"{op}: running is on {running.device} but x is on {self.x.device}")
-            self.running = running.detach().to(self.dtype).reshape(
-                self.weight.shape if level == "weight" else self.out_shape)
+            self.running = (
+                running.detach()
+                .to(self.dtype)
+                .reshape(self.weight.shape if level == "weight" else self.out_shape)
+            )
 
     @staticmethod
     def _padding(op: str, x: Tensor, weight: Tensor, padding, dilation, stride):
@@ -153,8 +166,17 @@ def _checked_layer(op: str, x, weight, stride, padding, dilation, groups, runnin
     """The references' argument handling: a weight-level op when ``reduce`` is given."""
     if reduce is not None:
         _check_reduce(reduce)
-    layer = _Layer(op, x, weight, stride, padding, dilation, groups, running,
-                   "weight" if reduce is not None else "channel")
+    layer = _Layer(
+        op,
+        x,
+        weight,
+        stride,
+        padding,
+        dilation,
+        groups,
+        running,
+        "weight" if reduce is not None else "channel",
+    )
     _check_finite(layer, op)
     return layer
 
@@ -176,8 +198,9 @@ def _inverse(z: Tensor) -> Tensor:
 def _literal(layer: _Layer, level: str, reduce: str) -> Tensor:
     w4 = layer.weight
     cout, cin_g, kh, kw = w4.shape
-    out = torch.zeros(w4.shape if level == "weight" else (layer.x.shape[1],), dtype=layer.dtype,
-                      device=layer.x.device)
+    out = torch.zeros(
+        w4.shape if level == "weight" else (layer.x.shape[1],), dtype=layer.dtype, device=layer.x.device
+    )
     for image in layer.x:
         points = [image.clamp(min=0)] + ([(-image).clamp(min=0)] if (image < 0).any() else [])
         for a in points:
@@ -201,18 +224,31 @@ def _literal(layer: _Layer, level: str, reduce: str) -> Tensor:
     return layer.finish(out)
 
 
-def weight_sensitivity_literal(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair | str = 0,
-                               dilation: IntPair = 1, groups: int = 1, reduce: str = "mean",
-                               running: Tensor | None = None) -> Tensor:
+def weight_sensitivity_literal(
+    x: Tensor,
+    weight: Tensor,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    reduce: str = "mean",
+    running: Tensor | None = None,
+) -> Tensor:
     """Reference (a): the definition step by step — per sample, per data point of the sign
     split, per output filter, on a materialized unfold. Slow by design; the oracle."""
     layer = _checked_layer(WEIGHT_OP, x, weight, stride, padding, dilation, groups, running, reduce)
     return _literal(layer, "weight", reduce)
 
 
-def channel_sensitivity_literal(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair | str = 0,
-                                dilation: IntPair = 1, groups: int = 1,
-                                running: Tensor | None = None) -> Tensor:
+def channel_sensitivity_literal(
+    x: Tensor,
+    weight: Tensor,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    running: Tensor | None = None,
+) -> Tensor:
     """Reference (a) of :func:`channel_sensitivity`."""
     layer = _checked_layer(CHANNEL_OP, x, weight, stride, padding, dilation, groups, running)
     return _literal(layer, "channel", "max")
@@ -234,8 +270,9 @@ def _vectorized_max_times(layer: _Layer, points: Tensor) -> Tensor:
         for i in range(cout):
             group, local = divmod(i, layer.cout_g)
             A = unfolded[:, group]  # [b, R, P]
-            v = torch.where(w[i, None, :, None] > 0, v_pos[:, group, local, None, :],
-                            v_neg[:, group, local, None, :])
+            v = torch.where(
+                w[i, None, :, None] > 0, v_pos[:, group, local, None, :], v_neg[:, group, local, None, :]
+            )
             best[i] = torch.maximum(best[i], (A * v).amax(dim=(0, 2)))
     return best
 
@@ -291,26 +328,46 @@ def _vectorized_scores(layer: _Layer, level: str, reduce: str) -> Tensor:
     return layer.finish(out)
 
 
-def weight_sensitivity_reference(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair | str = 0,
-                                 dilation: IntPair = 1, groups: int = 1, reduce: str = "mean",
-                                 running: Tensor | None = None) -> Tensor:
+def weight_sensitivity_reference(
+    x: Tensor,
+    weight: Tensor,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    reduce: str = "mean",
+    running: Tensor | None = None,
+) -> Tensor:
     """Reference (b): vectorized PyTorch, chunked over data points."""
     layer = _checked_layer(WEIGHT_OP, x, weight, stride, padding, dilation, groups, running, reduce)
     return _vectorized(layer, "weight", reduce)
 
 
-def channel_sensitivity_reference(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair | str = 0,
-                                  dilation: IntPair = 1, groups: int = 1,
-                                  running: Tensor | None = None) -> Tensor:
+def channel_sensitivity_reference(
+    x: Tensor,
+    weight: Tensor,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    running: Tensor | None = None,
+) -> Tensor:
     """Reference (b) of :func:`channel_sensitivity`."""
     layer = _checked_layer(CHANNEL_OP, x, weight, stride, padding, dilation, groups, running)
     return _vectorized(layer, "channel", "max")
 
 
 # --------------------------------------------------------------------------- public ops
-def weight_sensitivity(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair | str = 0,
-                       dilation: IntPair = 1, groups: int = 1, reduce: str = "mean",
-                       running: Tensor | None = None) -> Tensor:
+def weight_sensitivity(
+    x: Tensor,
+    weight: Tensor,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    reduce: str = "mean",
+    running: Tensor | None = None,
+) -> Tensor:
     """SiPP weight sensitivities of one layer for the batch ``x`` (docs/methods.md §Sensitivities).
 
     Args:
@@ -336,8 +393,15 @@ def weight_sensitivity(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: 
     return _vectorized(layer, "weight", reduce)
 
 
-def channel_sensitivity(x: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair | str = 0,
-                        dilation: IntPair = 1, groups: int = 1, running: Tensor | None = None) -> Tensor:
+def channel_sensitivity(
+    x: Tensor,
+    weight: Tensor,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    running: Tensor | None = None,
+) -> Tensor:
     """PFP channel sensitivities of one layer for the batch ``x`` (docs/methods.md §Sensitivities):
     one value per input channel, the max over data points, output units, kernel offsets and
     positions of the relative contribution g. Arguments as :func:`weight_sensitivity`; ``running``

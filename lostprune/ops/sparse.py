@@ -70,8 +70,12 @@ class PackedWeight:
         ``packed.to(torch.float16)`` works like ``Tensor.to``."""
         if isinstance(device, torch.dtype):
             device, dtype = None, device
-        return PackedWeight(self.values.to(device=device, dtype=dtype), self.col_index.to(device),
-                            self.row_ptr.to(device), self.shape)
+        return PackedWeight(
+            self.values.to(device=device, dtype=dtype),
+            self.col_index.to(device),
+            self.row_ptr.to(device),
+            self.shape,
+        )
 
     def to_dense(self) -> Tensor:
         """The dense weight, zeros where nothing is stored."""
@@ -82,18 +86,23 @@ def pack_weight(weight: Tensor, mask: Tensor | None = None) -> PackedWeight:
     """Pack a conv ``[Cout, Cin/g, KH, KW]`` or linear ``[out, in]`` weight: its nonzeros
     (where ``mask`` is nonzero too, when given) in CSR form. Done once per layer."""
     if not isinstance(weight, Tensor) or not weight.is_floating_point():
-        raise TypeError(f"pack_weight: weight must be a floating-point tensor, got "
-                        f"{getattr(weight, 'dtype', type(weight).__name__)}")
+        raise TypeError(
+            f"pack_weight: weight must be a floating-point tensor, got "
+            f"{getattr(weight, 'dtype', type(weight).__name__)}"
+        )
     if weight.dim() not in (2, 4):
-        raise ValueError(f"pack_weight: weight must be 2-D (linear) or 4-D (conv), got shape "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"pack_weight: weight must be 2-D (linear) or 4-D (conv), got shape {tuple(weight.shape)}"
+        )
     weight = weight.detach()
     if mask is not None:
         if tuple(mask.shape) != tuple(weight.shape):
-            raise ValueError(f"pack_weight: mask has shape {tuple(mask.shape)} but weight has shape "
-                             f"{tuple(weight.shape)}")
-        weight = torch.where(mask.to(weight.device) != 0, weight, torch.zeros((), dtype=weight.dtype,
-                                                                            device=weight.device))
+            raise ValueError(
+                f"pack_weight: mask has shape {tuple(mask.shape)} but weight has shape {tuple(weight.shape)}"
+            )
+        weight = torch.where(
+            mask.to(weight.device) != 0, weight, torch.zeros((), dtype=weight.dtype, device=weight.device)
+        )
     matrix = weight.reshape(weight.shape[0], -1)
     nonzero = matrix != 0
     if matrix.numel() >= 2**31:
@@ -110,8 +119,9 @@ def dense_weight(values: Tensor, col_index: Tensor, row_ptr: Tensor, shape) -> T
     rows = shape[0]
     cols = math.prod(shape[1:])
     counts = (row_ptr[1:] - row_ptr[:-1]).long()
-    row_of = torch.repeat_interleave(torch.arange(rows, device=values.device), counts,
-                                     output_size=values.numel())
+    row_of = torch.repeat_interleave(
+        torch.arange(rows, device=values.device), counts, output_size=values.numel()
+    )
     flat = values.new_zeros(rows * cols)
     flat = flat.index_put((row_of * cols + col_index.long(),), values)
     return flat.reshape(tuple(shape))
@@ -122,8 +132,10 @@ def _same_padding(shape, dilation: list[int], stride: list[int]) -> list[int]:
     for k, d, s in zip(shape[2:], dilation, stride):
         total = d * (k - 1)
         if s != 1 or total % 2:
-            raise ValueError(f"{CONV_OP}: padding='same' needs stride 1 and a symmetric padding "
-                             f"(kernel {tuple(shape[2:])}, dilation {tuple(dilation)}, stride {tuple(stride)})")
+            raise ValueError(
+                f"{CONV_OP}: padding='same' needs stride 1 and a symmetric padding "
+                f"(kernel {tuple(shape[2:])}, dilation {tuple(dilation)}, stride {tuple(stride)})"
+            )
         pad.append(total // 2)
     return pad
 
@@ -133,36 +145,65 @@ def conv_padding(padding, shape, stride, dilation) -> list[int]:
     if padding == "valid":
         return [0, 0]
     if padding == "same":
-        return _same_padding(shape, pair(dilation, "dilation", CONV_OP, 1), pair(stride, "stride", CONV_OP, 1))
+        return _same_padding(
+            shape, pair(dilation, "dilation", CONV_OP, 1), pair(stride, "stride", CONV_OP, 1)
+        )
     return list(pair(padding, "padding", CONV_OP, 0))
 
 
 # --------------------------------------------------------------------------- references
-def _check_conv(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor, weight_shape,
-                bias: Tensor | None, groups: int, residual: Tensor | None = None) -> None:
+def _check_conv(
+    x: Tensor,
+    values: Tensor,
+    col_index: Tensor,
+    row_ptr: Tensor,
+    weight_shape,
+    bias: Tensor | None,
+    groups: int,
+    residual: Tensor | None = None,
+) -> None:
     """The reference's checks; the compiled kernels make the same ones in C++."""
     if not x.is_floating_point():
         raise TypeError(f"{CONV_OP}: x must be a floating-point tensor, got {x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"{CONV_OP}: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
-    for name, t in (("values (packed weight)", values), ("col_index (packed weight)", col_index),
-                    ("row_ptr (packed weight)", row_ptr), ("bias", bias), ("residual", residual)):
+    for name, t in (
+        ("values (packed weight)", values),
+        ("col_index (packed weight)", col_index),
+        ("row_ptr (packed weight)", row_ptr),
+        ("bias", bias),
+        ("residual", residual),
+    ):
         if t is not None and t.device != x.device:
-            raise ValueError(f"{CONV_OP}: {name} is on {t.device} but x is on {x.device}; "
-                             "move both to the same device")
+            raise ValueError(
+                f"{CONV_OP}: {name} is on {t.device} but x is on {x.device}; move both to the same device"
+            )
     if values.dtype != x.dtype:
         raise TypeError(f"{CONV_OP}: values has dtype {values.dtype} but x has dtype {x.dtype}")
     if residual is not None and residual.dtype != x.dtype:
         raise TypeError(f"{CONV_OP}: residual has dtype {residual.dtype} but x has dtype {x.dtype}")
     cin = weight_shape[1] * groups
     if x.shape[1] != cin:
-        raise ValueError(f"{CONV_OP}: x has {x.shape[1]} channels but the packed weight expects {cin} "
-                         f"({weight_shape[1]} per group x {groups} groups)")
+        raise ValueError(
+            f"{CONV_OP}: x has {x.shape[1]} channels but the packed weight expects {cin} "
+            f"({weight_shape[1]} per group x {groups} groups)"
+        )
 
 
-def sparse_conv2d_reference(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor,
-                            weight_shape, bias: Tensor | None, stride, padding, dilation,
-                            groups: int, residual: Tensor | None = None, relu: bool = False) -> Tensor:
+def sparse_conv2d_reference(
+    x: Tensor,
+    values: Tensor,
+    col_index: Tensor,
+    row_ptr: Tensor,
+    weight_shape,
+    bias: Tensor | None,
+    stride,
+    padding,
+    dilation,
+    groups: int,
+    residual: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor:
     """Plain PyTorch: the dense weight rebuilt from the CSR arrays, then ``F.conv2d``, then
     the epilogue: ``+ residual`` (same shape as the output), then ReLU when ``relu``."""
     _check_conv(x, values, col_index, row_ptr, weight_shape, bias, groups, residual)
@@ -170,34 +211,43 @@ def sparse_conv2d_reference(x: Tensor, values: Tensor, col_index: Tensor, row_pt
     out = F.conv2d(x, weight, bias, list(stride), list(padding), list(dilation), groups)
     if residual is not None:
         if residual.shape != out.shape:
-            raise ValueError(f"{CONV_OP}: residual must have the output's shape {list(out.shape)} (it is added "
-                             f"before the ReLU, without broadcasting), got {list(residual.shape)}")
+            raise ValueError(
+                f"{CONV_OP}: residual must have the output's shape {list(out.shape)} (it is added "
+                f"before the ReLU, without broadcasting), got {list(residual.shape)}"
+            )
         out = out + residual
     return torch.relu(out) if relu else out
 
 
-def sparse_linear_reference(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor,
-                            weight_shape, bias: Tensor | None) -> Tensor:
+def sparse_linear_reference(
+    x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor, weight_shape, bias: Tensor | None
+) -> Tensor:
     """Plain PyTorch: the dense weight rebuilt from the CSR arrays, then ``F.linear``."""
     if not x.is_floating_point():
         raise TypeError(f"{LINEAR_OP}: x must be a floating-point tensor, got {x.dtype}")
     for name, t in (("values (packed weight)", values), ("bias", bias)):
         if t is not None and t.device != x.device:
-            raise ValueError(f"{LINEAR_OP}: {name} is on {t.device} but x is on {x.device}; "
-                             "move both to the same device")
+            raise ValueError(
+                f"{LINEAR_OP}: {name} is on {t.device} but x is on {x.device}; move both to the same device"
+            )
     if x.shape[-1] != weight_shape[1]:
-        raise ValueError(f"{LINEAR_OP}: x has {x.shape[-1]} features in its last dimension but the "
-                         f"packed weight expects {weight_shape[1]}")
+        raise ValueError(
+            f"{LINEAR_OP}: x has {x.shape[-1]} features in its last dimension but the "
+            f"packed weight expects {weight_shape[1]}"
+        )
     return F.linear(x, dense_weight(values, col_index, row_ptr, weight_shape), bias)
 
 
 # --------------------------------------------------------------------------- wrappers
-def _check_device(op: str, x: Tensor, packed_values: Tensor, bias: Tensor | None,
-                  residual: Tensor | None = None) -> None:
+def _check_device(
+    op: str, x: Tensor, packed_values: Tensor, bias: Tensor | None, residual: Tensor | None = None
+) -> None:
     # Before dispatch: torch would route mixed devices to one backend with a vaguer error.
     if packed_values.device != x.device:
-        raise ValueError(f"{op}: the packed weight is on {packed_values.device} but x is on {x.device}; "
-                         "move it with packed.to(x.device) (or module.to(device))")
+        raise ValueError(
+            f"{op}: the packed weight is on {packed_values.device} but x is on {x.device}; "
+            "move it with packed.to(x.device) (or module.to(device))"
+        )
     if bias is not None and bias.device != x.device:
         raise ValueError(f"{op}: bias is on {bias.device} but x is on {x.device}")
     if residual is not None and residual.device != x.device:
@@ -213,16 +263,28 @@ def _call_kernel(op, args: tuple, *tensors: Tensor | None) -> Tensor:
     """The compiled kernel. With no gradient to record (inference, frozen weights) it is
     called below the Autograd key: the Python-registered autograd formula otherwise costs
     about 4 µs a call, a third of a small sparse layer's time at batch 1."""
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled()
-                                         and any(t is not None and t.requires_grad for t in tensors)):
+    if torch.compiler.is_compiling() or (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    ):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
 
 
-def run_sparse_conv2d(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor, weight_shape: list[int],
-                      bias: Tensor | None, stride: list[int], padding: list[int], dilation: list[int],
-                      groups: int, residual: Tensor | None = None, relu: bool = False) -> Tensor:
+def run_sparse_conv2d(
+    x: Tensor,
+    values: Tensor,
+    col_index: Tensor,
+    row_ptr: Tensor,
+    weight_shape: list[int],
+    bias: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    residual: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor:
     """The op on normalized arguments (pairs as lists): the kernel when one is compiled for
     x's device and dtype, else the reference. Modules call this with arguments prepared once."""
     _check_device(CONV_OP, x, values, bias, residual)
@@ -234,8 +296,14 @@ def run_sparse_conv2d(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Ten
     return sparse_conv2d_reference(*args)
 
 
-def run_sparse_linear(x: Tensor, values: Tensor, col_index: Tensor, row_ptr: Tensor, weight_shape: list[int],
-                      bias: Tensor | None) -> Tensor:
+def run_sparse_linear(
+    x: Tensor,
+    values: Tensor,
+    col_index: Tensor,
+    row_ptr: Tensor,
+    weight_shape: list[int],
+    bias: Tensor | None,
+) -> Tensor:
     """``sparse_linear`` on normalized arguments (see ``run_sparse_conv2d``)."""
     _check_device(LINEAR_OP, x, values, bias)
     args = (x, values, col_index, row_ptr, weight_shape, bias)
@@ -251,8 +319,18 @@ def conv_arguments(shape, stride, padding, dilation) -> tuple[list[int], list[in
     return stride_, conv_padding(padding, shape, stride_, dilation_), dilation_
 
 
-def sparse_conv2d(x: Tensor, packed: PackedWeight, bias: Tensor | None = None, stride=1, padding=0,
-                  dilation=1, groups: int = 1, *, residual: Tensor | None = None, relu: bool = False) -> Tensor:
+def sparse_conv2d(
+    x: Tensor,
+    packed: PackedWeight,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    *,
+    residual: Tensor | None = None,
+    relu: bool = False,
+) -> Tensor:
     """``F.conv2d(x, packed.to_dense(), bias, stride, padding, dilation, groups)``, computed
     from the nonzeros only. ``padding`` may be an int, a pair, ``'valid'`` or ``'same'``.
 
@@ -264,19 +342,35 @@ def sparse_conv2d(x: Tensor, packed: PackedWeight, bias: Tensor | None = None, s
     builds without kernels) run the reference.
     """
     if len(packed.shape) != 4:
-        raise ValueError(f"{CONV_OP}: packed weight has shape {packed.shape}; expected a conv weight "
-                         "[Cout, Cin/groups, KH, KW] (use sparse_linear for linear weights)")
+        raise ValueError(
+            f"{CONV_OP}: packed weight has shape {packed.shape}; expected a conv weight "
+            "[Cout, Cin/groups, KH, KW] (use sparse_linear for linear weights)"
+        )
     stride_, padding_, dilation_ = conv_arguments(packed.shape, stride, padding, dilation)
-    return run_sparse_conv2d(x, packed.values, packed.col_index, packed.row_ptr, list(packed.shape), bias,
-                             stride_, padding_, dilation_, int(groups), residual, bool(relu))
+    return run_sparse_conv2d(
+        x,
+        packed.values,
+        packed.col_index,
+        packed.row_ptr,
+        list(packed.shape),
+        bias,
+        stride_,
+        padding_,
+        dilation_,
+        int(groups),
+        residual,
+        bool(relu),
+    )
 
 
 def sparse_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, packed.to_dense(), bias)`` computed from the nonzeros only; ``x`` is
     ``[..., in_features]``. Same dtype coverage as ``sparse_conv2d``."""
     if len(packed.shape) != 2:
-        raise ValueError(f"{LINEAR_OP}: packed weight has shape {packed.shape}; expected a linear "
-                         "weight [out_features, in_features]")
+        raise ValueError(
+            f"{LINEAR_OP}: packed weight has shape {packed.shape}; expected a linear "
+            "weight [out_features, in_features]"
+        )
     return run_sparse_linear(x, packed.values, packed.col_index, packed.row_ptr, list(packed.shape), bias)
 
 
@@ -284,8 +378,20 @@ def sparse_linear(x: Tensor, packed: PackedWeight, bias: Tensor | None = None) -
 OPS = {"sparse_conv2d": sparse_conv2d_reference, "sparse_linear": sparse_linear_reference}
 
 
-def _conv_fake(x, values, col_index, row_ptr, weight_shape, bias, stride, padding, dilation, groups,
-               residual=None, relu=False):
+def _conv_fake(
+    x,
+    values,
+    col_index,
+    row_ptr,
+    weight_shape,
+    bias,
+    stride,
+    padding,
+    dilation,
+    groups,
+    residual=None,
+    relu=False,
+):
     out = conv_out_hw(x.shape[2:], weight_shape[2:], stride, padding, dilation)
     return x.new_empty((x.shape[0], weight_shape[0], *out))
 
@@ -306,8 +412,9 @@ def _conv_setup(ctx, inputs, output):
 def _grad_values(grad_weight: Tensor, col_index: Tensor, row_ptr: Tensor, rows: int) -> Tensor:
     """The entries of a dense weight gradient at the packed nonzeros."""
     counts = (row_ptr[1:] - row_ptr[:-1]).long()
-    row_of = torch.repeat_interleave(torch.arange(rows, device=grad_weight.device), counts,
-                                     output_size=col_index.numel())
+    row_of = torch.repeat_interleave(
+        torch.arange(rows, device=grad_weight.device), counts, output_size=col_index.numel()
+    )
     return grad_weight.reshape(rows, -1)[row_of, col_index.long()]
 
 
@@ -328,7 +435,9 @@ def _conv_backward(ctx, grad):
         grad_values = _grad_values(grad_w, col_index, row_ptr, weight_shape[0])
     if has_bias and ctx.needs_input_grad[5]:
         grad_bias = grad.sum((0, 2, 3))
-    return (grad_x, grad_values, None, None, None, grad_bias, None, None, None, None, grad_residual, None)[:inputs]
+    return (grad_x, grad_values, None, None, None, grad_bias, None, None, None, None, grad_residual, None)[
+        :inputs
+    ]
 
 
 def _linear_setup(ctx, inputs, output):

@@ -29,8 +29,11 @@ def pm(summary, percent: bool = True) -> str:
     if summary is None:
         return "–"
     scale = 100 if percent else 1
-    return f"{scale * summary.mean:.1f} ± {scale * summary.std:.1f}" if len(summary.values) > 1 else \
-        f"{scale * summary.mean:.1f}"
+    return (
+        f"{scale * summary.mean:.1f} ± {scale * summary.std:.1f}"
+        if len(summary.values) > 1
+        else f"{scale * summary.mean:.1f}"
+    )
 
 
 def rel(path: Path, out: Path) -> str:
@@ -68,11 +71,15 @@ def to_html(blocks: list[Block], title: str) -> str:
     for block in blocks:
         if isinstance(block, Table):
             head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows
+            )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(block, Image):
-            body.append(f'<figure><img src="{html.escape(block.path)}" alt="{html.escape(block.caption)}">'
-                        f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+            body.append(
+                f'<figure><img src="{html.escape(block.path)}" alt="{html.escape(block.caption)}">'
+                f"<figcaption>{html.escape(block.caption)}</figcaption></figure>"
+            )
         elif block.startswith("## "):
             body.append(f"<h2>{_inline(block[3:])}</h2>")
         elif block.startswith("# "):
@@ -81,9 +88,13 @@ def to_html(blocks: list[Block], title: str) -> str:
             body.append(f"<ul><li>{_inline(block[2:])}</li></ul>")
         else:
             body.append(f"<p>{_inline(block)}</p>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
-             "padding:4px 8px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
-             "img{max-width:100%}figcaption{color:#555;font-size:13px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
+        "padding:4px 8px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
+        "img{max-width:100%}figcaption{color:#555;font-size:13px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )

@@ -8,8 +8,20 @@ from pathlib import Path
 
 from .results import ExperimentResults
 
-COLUMNS = ("network", "role", "method", "seed", "arm", "step", "prune_ratio", "paper_prune_ratio", "flop_reduction",
-           "distribution", "metric", "value")
+COLUMNS = (
+    "network",
+    "role",
+    "method",
+    "seed",
+    "arm",
+    "step",
+    "prune_ratio",
+    "paper_prune_ratio",
+    "flop_reduction",
+    "distribution",
+    "metric",
+    "value",
+)
 
 
 def write_csv(results: ExperimentResults, path: str | Path) -> Path:
@@ -23,10 +35,22 @@ def write_csv(results: ExperimentResults, path: str | Path) -> Path:
         writer.writerow(COLUMNS)
         for net in results.networks.values():
             for (distribution, metric), value in sorted(net.values.items()):
-                writer.writerow([net.key, net.role, net.method or "", net.seed, net.arm,
-                                 "" if net.step is None else net.step, _number(net.ratio),
-                                 _number(net.paper_ratio), _number(net.flop_reduction), distribution, metric,
-                                 _number(value)])
+                writer.writerow(
+                    [
+                        net.key,
+                        net.role,
+                        net.method or "",
+                        net.seed,
+                        net.arm,
+                        "" if net.step is None else net.step,
+                        _number(net.ratio),
+                        _number(net.paper_ratio),
+                        _number(net.flop_reduction),
+                        distribution,
+                        metric,
+                        _number(value),
+                    ]
+                )
     tmp.replace(path)
     return path
 

@@ -12,9 +12,15 @@ import numpy as np
 
 from .results import ExperimentResults, is_corruption, is_noise, label
 
-METHOD_STYLE = {"wt": ("tab:blue", "o"), "sipp": ("tab:orange", "s"), "ft": ("tab:green", "^"),
-                "pfp": ("tab:red", "D"), "random": ("tab:gray", "x"), "snip": ("tab:purple", "v"),
-                "l2": ("tab:olive", "P")}
+METHOD_STYLE = {
+    "wt": ("tab:blue", "o"),
+    "sipp": ("tab:orange", "s"),
+    "ft": ("tab:green", "^"),
+    "pfp": ("tab:red", "D"),
+    "random": ("tab:gray", "x"),
+    "snip": ("tab:purple", "v"),
+    "l2": ("tab:olive", "P"),
+}
 
 
 def _style(method: str):
@@ -84,7 +90,7 @@ def accuracy_vs_ratio(results: ExperimentResults, path: Path, arm: str = "nomina
         ax.set_xlabel("prune ratio (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(groups):]:
+    for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     return _save(fig, path)
@@ -103,8 +109,15 @@ def potential_bars(results: ExperimentResults, path: Path, arm: str = "nominal")
             means.append(100 * p.mean if p else np.nan)
             stds.append(100 * p.std if p else 0.0)
         color, _ = _style(method)
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=stds, color=color, label=method.upper(),
-               capsize=2)
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width,
+            means,
+            width,
+            yerr=stds,
+            color=color,
+            label=method.upper(),
+            capsize=2,
+        )
     ax.set_xticks(x, [label(d) for d in dists], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(f"prune potential P (%), δ = {100 * results.delta:g} %")
     ax.legend(fontsize=8)
@@ -133,8 +146,10 @@ def potential_vs_noise(results: ExperimentResults, path: Path, arm: str = "nomin
 
 def excess_error_plot(results: ExperimentResults, path: Path, arm: str = "nominal") -> Path | None:
     dists = results.distributions()
-    groups = [(name, [d for d in dists if test(d)]) for name, test in (("noise", is_noise),
-                                                                      ("corruptions", is_corruption))]
+    groups = [
+        (name, [d for d in dists if test(d)])
+        for name, test in (("noise", is_noise), ("corruptions", is_corruption))
+    ]
     groups = [(n, ds) for n, ds in groups if ds]
     if not groups:
         return None
@@ -147,14 +162,26 @@ def excess_error_plot(results: ExperimentResults, path: Path, arm: str = "nomina
             color, marker = _style(method)
             r = np.array([p[0] for p in points])
             e = np.array([p[1] for p in points])
-            ax.scatter(100 * r, 100 * e, color=color, marker=marker, s=14, label=f"{method.upper()} "
-                       f"(slope {100 * fit.slope:.1f} %/100 %)" if fit else method.upper())
+            ax.scatter(
+                100 * r,
+                100 * e,
+                color=color,
+                marker=marker,
+                s=14,
+                label=f"{method.upper()} (slope {100 * fit.slope:.1f} %/100 %)" if fit else method.upper(),
+            )
             if fit is not None:
                 xs = np.linspace(0, r.max(), 20)
                 ax.plot(100 * xs, 100 * fit.slope * xs, color=color, lw=1)
                 if fit.band is not None:  # the bootstrap band of the line through the origin
-                    ax.fill_between(100 * xs, 100 * fit.band[0] * xs, 100 * fit.band[1] * xs, color=color,
-                                    alpha=0.15, lw=0)
+                    ax.fill_between(
+                        100 * xs,
+                        100 * fit.band[0] * xs,
+                        100 * fit.band[1] * xs,
+                        color=color,
+                        alpha=0.15,
+                        lw=0,
+                    )
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(f"excess error, mean over {name}")
         ax.set_xlabel("prune ratio (%)")
@@ -171,15 +198,22 @@ def similarity_plot(results: ExperimentResults, path: Path, arm: str = "nominal"
         return None
     fig, axes = plt.subplots(2, len(dists), figsize=(4.0 * len(dists), 6.4), squeeze=False)
     for col, d in enumerate(dists):
-        for row, (metric, title) in enumerate((("agreement", "label agreement with parent"),
-                                               ("softmax_l2", "‖softmax − parent softmax‖₂"))):
+        for row, (metric, title) in enumerate(
+            (("agreement", "label agreement with parent"), ("softmax_l2", "‖softmax − parent softmax‖₂"))
+        ):
             ax = axes[row, col]
             for method in results.methods:
                 pts = results.similarity(method, d, metric, arm)
                 if pts:
                     color, marker = _style(method)
-                    ax.plot([100 * r for r, _ in pts], [v for _, v in pts], color=color, marker=marker, ms=4,
-                            label=method.upper())
+                    ax.plot(
+                        [100 * r for r, _ in pts],
+                        [v for _, v in pts],
+                        color=color,
+                        marker=marker,
+                        ms=4,
+                        label=method.upper(),
+                    )
             ref = results.reference_similarity(d, metric, arm)
             if ref is not None:
                 ax.axhline(ref, color="black", ls=":", lw=1, label="separate network")
@@ -195,7 +229,9 @@ def feature_heatmap(results: ExperimentResults, path: Path, seed: int, arm: str 
     if found is None:
         return None
     names, matrix = found
-    short = [n.replace("pruned/", "").replace(f"/s{seed}/{arm}", "").replace(f"s{seed}/{arm}/", "") for n in names]
+    short = [
+        n.replace("pruned/", "").replace(f"/s{seed}/{arm}", "").replace(f"s{seed}/{arm}/", "") for n in names
+    ]
     fig, ax = plt.subplots(figsize=(0.55 * len(names) + 3, 0.5 * len(names) + 2))
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(names)), short, rotation=60, ha="right", fontsize=7)

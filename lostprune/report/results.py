@@ -44,6 +44,7 @@ class Network:
 @dataclass
 class Curve:
     """One method's networks of one seed and arm, in schedule order, with their parent."""
+
     method: str
     seed: int
     arm: str
@@ -63,11 +64,15 @@ class ExperimentResults:
         root = Path(root)
         path = root / "results.sqlite" if root.is_dir() else root
         if not path.is_file():
-            raise FileNotFoundError(f"no results store at {path} (run `lostprune run CONFIG --out {root}` first)")
+            raise FileNotFoundError(
+                f"no results store at {path} (run `lostprune run CONFIG --out {root}` first)"
+            )
         reason = damage(path)
         if reason is not None:
-            raise StoreDamaged(f"{path} is damaged ({reason}); `lostprune run CONFIG --out {path.parent}` with the "
-                               "experiment's config keeps it aside and restores its backup")
+            raise StoreDamaged(
+                f"{path} is damaged ({reason}); `lostprune run CONFIG --out {path.parent}` with the "
+                "experiment's config keeps it aside and restores its backup"
+            )
         store = Store(path)
         try:
             self.root = path.parent
@@ -75,9 +80,17 @@ class ExperimentResults:
             self.counts = store.counts()
             self.networks: dict[str, Network] = {}
             for row in store.networks():
-                self.networks[row["key"]] = Network(row["key"], row["role"], row["seed"], row["arm"], row["method"],
-                                                    row["step"], row["achieved_ratio"], row["paper_ratio"],
-                                                    row["flop_reduction"])
+                self.networks[row["key"]] = Network(
+                    row["key"],
+                    row["role"],
+                    row["seed"],
+                    row["arm"],
+                    row["method"],
+                    row["step"],
+                    row["achieved_ratio"],
+                    row["paper_ratio"],
+                    row["flop_reduction"],
+                )
             for row in store.results():
                 if row["network"] in self.networks:
                     network = self.networks[row["network"]]
@@ -143,17 +156,23 @@ class ExperimentResults:
         for seed in self.seeds:
             if (seed, arm) not in parents:
                 continue
-            nets = sorted((n for n in self.networks.values()
-                           if n.method == method and n.seed == seed and n.arm == arm and n.role == "pruned"),
-                          key=lambda n: n.step)
+            nets = sorted(
+                (
+                    n
+                    for n in self.networks.values()
+                    if n.method == method and n.seed == seed and n.arm == arm and n.role == "pruned"
+                ),
+                key=lambda n: n.step,
+            )
             nets = [n for n in nets if n.error("nominal") is not None]
             if nets:
                 out.append(Curve(method, seed, arm, parents[(seed, arm)], nets))
         return out
 
     # ------------------------------------------------------------------ metrics
-    def curve_potential(self, curve: Curve, distribution: str, delta: float | None = None,
-                        reading: str = "any") -> float | None:
+    def curve_potential(
+        self, curve: Curve, distribution: str, delta: float | None = None, reading: str = "any"
+    ) -> float | None:
         """P_δ of one seed's curve, with the experiment's boundary and, under input noise, its
         noise reading (P of the mean error over draws, or the mean over draws of P); None
         without data."""
@@ -169,10 +188,18 @@ class ExperimentResults:
             return None
         return prune_potential(curve.ratios, errors, parent, delta, reading, self.boundary)
 
-    def prune_potential(self, method: str, distribution: str, arm: str = "nominal", delta: float | None = None,
-                        reading: str = "any"):
+    def prune_potential(
+        self,
+        method: str,
+        distribution: str,
+        arm: str = "nominal",
+        delta: float | None = None,
+        reading: str = "any",
+    ):
         """P_δ over seeds (SeedSummary: mean, std, values) or None without data."""
-        values = [self.curve_potential(curve, distribution, delta, reading) for curve in self.curves(method, arm)]
+        values = [
+            self.curve_potential(curve, distribution, delta, reading) for curve in self.curves(method, arm)
+        ]
         values = [v for v in values if v is not None]
         return summarize(values) if values else None
 
@@ -181,38 +208,68 @@ class ExperimentResults:
         config, metrics = self.config, self.config.get("metrics", {})
         noise = (config.get("test") or {}).get("noise") or {}
         draws = int(noise.get("draws", 1)) if noise else 0
-        text = [f"Prune potential P: δ = {100 * self.delta:g} %, the largest ratio of any network (not only "
-                "a prefix of the schedule) whose error is "
-                + ("at most the parent's + δ (inclusive)" if self.boundary == "inclusive" else
-                   "below the parent's + δ (strict, the original implementation's acc + δ > acc_parent)") + "."]
+        text = [
+            f"Prune potential P: δ = {100 * self.delta:g} %, the largest ratio of any network (not only "
+            "a prefix of the schedule) whose error is "
+            + (
+                "at most the parent's + δ (inclusive)"
+                if self.boundary == "inclusive"
+                else "below the parent's + δ (strict, the original implementation's acc + δ > acc_parent)"
+            )
+            + "."
+        ]
         if noise:
-            text.append(f"Under input noise ({noise.get('kind', 'gaussian')}, normalized space, {draws} draw(s) per "
-                        "level): " + ("P of the error averaged over the draws." if self.noise_potential == "mean_error"
-                                      else "P of each draw (parent and pruned network on the same noisy inputs), "
-                                           "averaged over the draws (the original implementation's reading)."))
+            text.append(
+                f"Under input noise ({noise.get('kind', 'gaussian')}, normalized space, {draws} draw(s) per "
+                "level): "
+                + (
+                    "P of the error averaged over the draws."
+                    if self.noise_potential == "mean_error"
+                    else "P of each draw (parent and pruned network on the same noisy inputs), "
+                    "averaged over the draws (the original implementation's reading)."
+                )
+            )
         subset = (config.get("eval") or {}).get("shift_test_size")
         test_size = (config.get("data") or {}).get("test_size")
         whole = f"{test_size} test images (an equal share per class)" if test_size else "the whole test set"
         if subset:
-            text.append(f"Nominal errors on {whole}; noisy and corrupted test sets on a class-balanced subset of "
-                        f"{subset} of them.")
+            text.append(
+                f"Nominal errors on {whole}; noisy and corrupted test sets on a class-balanced subset of "
+                f"{subset} of them."
+            )
         else:
             text.append(f"Errors on {whole}, nominal and shifted.")
-        text.append("Excess-error slope: least squares through the origin"
-                    + (f", with a 95 % bootstrap band ({self.excess_bootstrap} resamples of the networks)."
-                       if self.excess_bootstrap else ", no bootstrap band."))
+        text.append(
+            "Excess-error slope: least squares through the origin"
+            + (
+                f", with a 95 % bootstrap band ({self.excess_bootstrap} resamples of the networks)."
+                if self.excess_bootstrap
+                else ", no bootstrap band."
+            )
+        )
         if metrics.get("informative_features"):
             mode = metrics.get("feature_mode", "gradient")
             step = float(metrics.get("feature_step", 0.01))
-            text.append("Informative features: " + (
-                "exact backward selection (one forward pass per candidate pixel" if mode == "exact" else
-                "the gradient approximation of backward selection (first-order estimate of each pixel's removal")
+            text.append(
+                "Informative features: "
+                + (
+                    "exact backward selection (one forward pass per candidate pixel"
+                    if mode == "exact"
+                    else "the gradient approximation of backward selection (first-order estimate of each pixel's removal"
+                )
                 + f"), {100 * step:g} % of the pixels a round, ranked by log-probability; "
-                f"{metrics.get('feature_images', 16)} test images, an equal share per class.")
+                f"{metrics.get('feature_images', 16)} test images, an equal share per class."
+            )
         return text
 
-    def excess_errors(self, method: str, distributions: list[str], arm: str = "nominal",
-                      control: str | None = None, seeds: list[int] | None = None):
+    def excess_errors(
+        self,
+        method: str,
+        distributions: list[str],
+        arm: str = "nominal",
+        control: str | None = None,
+        seeds: list[int] | None = None,
+    ):
         """[(ratio, excess error over the mean of ``distributions``)] over all seeds (or
         ``seeds``), and the line through the origin fitted to them.
 
@@ -233,7 +290,9 @@ class ExperimentResults:
                 points.append((net.ratio, value - baseline[(curve.seed, net.step)]))
         if not points:
             return [], None
-        fit = fit_excess_error([r for r, _ in points], [e for _, e in points], bootstrap=self.excess_bootstrap)
+        fit = fit_excess_error(
+            [r for r, _ in points], [e for _, e in points], bootstrap=self.excess_bootstrap
+        )
         return points, fit
 
     def _excess_by_network(self, method: str, distributions: list[str], arm: str, seeds: list[int] | None):
@@ -259,11 +318,15 @@ class ExperimentResults:
                 value = net.values.get((distribution, metric))
                 if value is not None:
                     by_step[net.step].append((net.ratio, value))
-        return [(float(np.mean([r for r, _ in pts])), float(np.mean([v for _, v in pts])))
-                for _, pts in sorted(by_step.items())]
+        return [
+            (float(np.mean([r for r, _ in pts])), float(np.mean([v for _, v in pts])))
+            for _, pts in sorted(by_step.items())
+        ]
 
     def reference_similarity(self, distribution: str, metric: str = "agreement", arm: str = "nominal"):
-        values = [ref.values.get((distribution, metric)) for (seed, a), ref in self.references().items() if a == arm]
+        values = [
+            ref.values.get((distribution, metric)) for (seed, a), ref in self.references().items() if a == arm
+        ]
         values = [v for v in values if v is not None]
         return float(np.mean(values)) if values else None
 

@@ -15,5 +15,14 @@ from .convert import BREAK_EVEN_SPARSITY, ConversionReport, LayerDecision, conve
 from .fusion import FastMaxPool2d, fuse
 from .modules import SparseConv2d, SparseLinear
 
-__all__ = ["BREAK_EVEN_SPARSITY", "ConversionReport", "FastMaxPool2d", "LayerDecision", "SparseConv2d",
-           "SparseLinear", "convert", "fuse", "report"]
+__all__ = [
+    "BREAK_EVEN_SPARSITY",
+    "ConversionReport",
+    "FastMaxPool2d",
+    "LayerDecision",
+    "SparseConv2d",
+    "SparseLinear",
+    "convert",
+    "fuse",
+    "report",
+]

@@ -38,14 +38,41 @@ def cache_path() -> Path | None:
     return state.library.parent / CACHE_NAME
 
 
-def layer_key(kind: str, weight_shape, nnz: int, input_shape, *, stride=(), padding=(), dilation=(), groups: int = 1,
-              relu: bool = False, residual: bool = False, dtype: torch.dtype = torch.float32,
-              device: str = "cpu") -> str:
+def layer_key(
+    kind: str,
+    weight_shape,
+    nnz: int,
+    input_shape,
+    *,
+    stride=(),
+    padding=(),
+    dilation=(),
+    groups: int = 1,
+    relu: bool = False,
+    residual: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> str:
     """A stable string naming everything the layer's timing depends on."""
     padding = padding if isinstance(padding, str) else list(padding)  # 'same' / 'valid' stay strings
-    return json.dumps([kind, list(weight_shape), int(nnz), list(input_shape), list(stride), padding,
-                       list(dilation), int(groups), bool(relu), bool(residual), str(dtype), device,
-                       torch.get_num_threads()], separators=(",", ":"))
+    return json.dumps(
+        [
+            kind,
+            list(weight_shape),
+            int(nnz),
+            list(input_shape),
+            list(stride),
+            padding,
+            list(dilation),
+            int(groups),
+            bool(relu),
+            bool(residual),
+            str(dtype),
+            device,
+            torch.get_num_threads(),
+        ],
+        separators=(",", ":"),
+    )
 
 
 def _read(path: Path) -> dict[str, dict[str, float]]:

@@ -71,15 +71,21 @@ class ConversionReport:
         return [d.name for d in self.layers if d.converted]
 
     def summary(self) -> str:
-        lines = [(f"{'layer':<32} {'kind':<6} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>7} "
-                 f"{'fused':<12} decision")]
+        lines = [
+            (
+                f"{'layer':<32} {'kind':<6} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>7} "
+                f"{'fused':<12} decision"
+            )
+        ]
         for d in self.layers:
             dense = f"{d.dense_ms:9.3f}" if d.dense_ms is not None else f"{'-':>9}"
             sparse = f"{d.sparse_ms:9.3f}" if d.sparse_ms is not None else f"{'-':>9}"
             speed = f"{d.speedup:6.2f}x" if d.speedup is not None else f"{'-':>7}"
             verdict = ("sparse" if d.converted else "dense") + f" ({d.reason})"
-            lines.append(f"{d.name:<32} {d.kind:<6} {d.sparsity:8.1%} {dense} {sparse} {speed} {d.fused or '-':<12} "
-                         f"{verdict}")
+            lines.append(
+                f"{d.name:<32} {d.kind:<6} {d.sparsity:8.1%} {dense} {sparse} {speed} {d.fused or '-':<12} "
+                f"{verdict}"
+            )
         lines.append(f"{len(self.converted)} of {len(self.layers)} layers sparse")
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -104,8 +110,9 @@ def _unsupported(module: nn.Module) -> str | None:
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros":
             return f"padding_mode={module.padding_mode!r}"
-        if module.padding == "same" and any((d * (k - 1)) % 2 or s != 1 for k, d, s in
-                                            zip(module.kernel_size, module.dilation, module.stride)):
+        if module.padding == "same" and any(
+            (d * (k - 1)) % 2 or s != 1 for k, d, s in zip(module.kernel_size, module.dilation, module.stride)
+        ):
             return "asymmetric 'same' padding"
     return None
 
@@ -116,6 +123,7 @@ def _record_input_shapes(model: nn.Module, names: Iterable[str], example_input) 
     modules = dict(model.named_modules())
     handles = []
     for name in names:
+
         def hook(module, args, name=name):
             if args and isinstance(args[0], Tensor):
                 shapes.setdefault(name, args[0].shape)
@@ -133,8 +141,13 @@ def _record_input_shapes(model: nn.Module, names: Iterable[str], example_input) 
     return shapes
 
 
-def _best_ms(fn: Callable[[], object], other: Callable[[], object], rounds: int, min_time: float,
-             clock: Callable[[], float]) -> tuple[float, float]:
+def _best_ms(
+    fn: Callable[[], object],
+    other: Callable[[], object],
+    rounds: int,
+    min_time: float,
+    clock: Callable[[], float],
+) -> tuple[float, float]:
     """Best ms per call of fn and other over alternating rounds: other processes only ever
     slow a call down, so the minimum is the fairest estimate of each."""
     fn(), other()
@@ -145,8 +158,14 @@ def _best_ms(fn: Callable[[], object], other: Callable[[], object], rounds: int,
     return min(a), min(b)
 
 
-def _time_layer(dense: Callable[..., Tensor], sparse: nn.Module, shape: torch.Size, rounds: int,
-                min_time: float, residual: bool = False) -> tuple[float, float]:
+def _time_layer(
+    dense: Callable[..., Tensor],
+    sparse: nn.Module,
+    shape: torch.Size,
+    rounds: int,
+    min_time: float,
+    residual: bool = False,
+) -> tuple[float, float]:
     """(dense ms, sparse ms) on a random input of ``shape`` (and a random residual of the
     output's shape when the epilogue adds one), synchronizing CUDA."""
     weight = sparse.values
@@ -158,10 +177,14 @@ def _time_layer(dense: Callable[..., Tensor], sparse: nn.Module, shape: torch.Si
     clock = time.thread_time if not cuda and torch.get_num_threads() == 1 else time.perf_counter
     with torch.inference_mode():
         args = (x, torch.randn_like(dense(x))) if residual else (x,)
-        return _best_ms(lambda: (dense(*args), sync()), lambda: (sparse(*args), sync()), rounds, min_time, clock)
+        return _best_ms(
+            lambda: (dense(*args), sync()), lambda: (sparse(*args), sync()), rounds, min_time, clock
+        )
 
 
-def _dense_call(module: nn.Module, weight: Tensor, bias: Tensor | None, relu: bool = False) -> Callable[..., Tensor]:
+def _dense_call(
+    module: nn.Module, weight: Tensor, bias: Tensor | None, relu: bool = False
+) -> Callable[..., Tensor]:
     """The layer run dense, then its epilogue as separate ops (what it costs left dense)."""
     if isinstance(module, nn.Linear):
         return lambda x: F.linear(x, weight, bias)
@@ -175,12 +198,30 @@ def _dense_call(module: nn.Module, weight: Tensor, bias: Tensor | None, relu: bo
     return call
 
 
-def _autotune_key(kind: str, module: nn.Module, weight: Tensor, nnz: int, shape: torch.Size, relu: bool,
-                  residual: bool) -> str:
-    conv = ({"stride": module.stride, "padding": module.padding, "dilation": module.dilation, "groups": module.groups}
-            if kind == "conv" else {})
-    return autotune.layer_key(kind, weight.shape, nnz, shape, relu=relu, residual=residual, dtype=weight.dtype,
-                              device=weight.device.type, **conv)
+def _autotune_key(
+    kind: str, module: nn.Module, weight: Tensor, nnz: int, shape: torch.Size, relu: bool, residual: bool
+) -> str:
+    conv = (
+        {
+            "stride": module.stride,
+            "padding": module.padding,
+            "dilation": module.dilation,
+            "groups": module.groups,
+        }
+        if kind == "conv"
+        else {}
+    )
+    return autotune.layer_key(
+        kind,
+        weight.shape,
+        nnz,
+        shape,
+        relu=relu,
+        residual=residual,
+        dtype=weight.dtype,
+        device=weight.device.type,
+        **conv,
+    )
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -198,12 +239,17 @@ def report(model: nn.Module) -> ConversionReport | None:
     return getattr(model, REPORT_ATTRIBUTE, None)
 
 
-def _prepare_fusion(model: nn.Module, example_input, inplace: bool) -> tuple[torch.fx.GraphModule | None, str | None]:
+def _prepare_fusion(
+    model: nn.Module, example_input, inplace: bool
+) -> tuple[torch.fx.GraphModule | None, str | None]:
     """The traced model with shapes recorded, or None and why fusion is skipped."""
     if inplace:
         return None, "not fused: fusion builds a new module (torch.fx), use inplace=False"
     if model.training:
-        return None, "not fused: model in training mode (BatchNorm uses batch statistics); call model.eval() first"
+        return (
+            None,
+            "not fused: model in training mode (BatchNorm uses batch statistics); call model.eval() first",
+        )
     try:
         gm = fx_fusion.trace(model)
     except Exception as error:  # noqa: BLE001  (any tracing failure: the model stays unfused)
@@ -214,9 +260,20 @@ def _prepare_fusion(model: nn.Module, example_input, inplace: bool) -> tuple[tor
     return gm, None
 
 
-def convert(model: nn.Module, min_sparsity: float = 0.2, *, example_input=None, calibrate: bool = True,
-            layers: Iterable[str] | None = None, inplace: bool = False, rounds: int = 3,
-            min_time: float = 0.01, progress: bool = True, fuse: bool = True, cache: bool = True) -> nn.Module:
+def convert(
+    model: nn.Module,
+    min_sparsity: float = 0.2,
+    *,
+    example_input=None,
+    calibrate: bool = True,
+    layers: Iterable[str] | None = None,
+    inplace: bool = False,
+    rounds: int = 3,
+    min_time: float = 0.01,
+    progress: bool = True,
+    fuse: bool = True,
+    cache: bool = True,
+) -> nn.Module:
     """Replace sparse Conv2d / Linear layers of ``model`` by SparseConv2d / SparseLinear where
     that is faster; the others stay dense.
 
@@ -245,7 +302,11 @@ def convert(model: nn.Module, min_sparsity: float = 0.2, *, example_input=None, 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
+    if (
+        isinstance(min_sparsity, bool)
+        or not isinstance(min_sparsity, (int, float))
+        or not 0.0 <= min_sparsity <= 1.0
+    ):
         raise ValueError(f"convert: min_sparsity must lie in [0, 1] (a number), got {min_sparsity!r}")
     if rounds < 1 or min_time <= 0:
         raise ValueError(f"convert: rounds must be >= 1 and min_time > 0, got {rounds} and {min_time}")
@@ -277,9 +338,17 @@ def convert(model: nn.Module, min_sparsity: float = 0.2, *, example_input=None, 
 
     if example_input is None and (calibrate or fuse) and hasattr(model, "input_size"):  # fusion: shapes
         parameter = next(model.parameters(), None)
-        example_input = torch.randn(1, *model.input_size, device=parameter.device if parameter is not None else None,
-                                    dtype=parameter.dtype if parameter is not None else None)
-    shapes = _record_input_shapes(model, timed, example_input) if calibrate and example_input is not None and timed else {}
+        example_input = torch.randn(
+            1,
+            *model.input_size,
+            device=parameter.device if parameter is not None else None,
+            dtype=parameter.dtype if parameter is not None else None,
+        )
+    shapes = (
+        _record_input_shapes(model, timed, example_input)
+        if calibrate and example_input is not None and timed
+        else {}
+    )
     notes: list[str] = []
     gm, note = _prepare_fusion(model, example_input, inplace) if fuse else (None, None)
     notes += [note] if note else []
@@ -305,31 +374,45 @@ def convert(model: nn.Module, min_sparsity: float = 0.2, *, example_input=None, 
             weight, bias = fx_fusion.fold_batchnorm(weight, bias, fusion.bn)
         relu = fusion is not None and fusion.relu
         if decision.kind == "conv":
-            sparse = SparseConv2d(pack_weight(weight), bias, module.stride, module.padding, module.dilation,
-                                  module.groups, relu=relu)
+            sparse = SparseConv2d(
+                pack_weight(weight),
+                bias,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.groups,
+                relu=relu,
+            )
         else:
             sparse = SparseLinear(pack_weight(weight), bias)
         shape = shapes.get(name)
         if shape is None:
             threshold = max(min_sparsity, BREAK_EVEN_SPARSITY[decision.kind])
             decision.converted = decision.sparsity >= threshold
-            why = ("" if not calibrate else " (no example_input to calibrate)" if example_input is None
-                   else " (layer not reached by example_input)")
+            why = (
+                ""
+                if not calibrate
+                else " (no example_input to calibrate)"
+                if example_input is None
+                else " (layer not reached by example_input)"
+            )
             decision.reason = f"cost model: sparsity {'>=' if decision.converted else '<'} {threshold:g}{why}"
         else:
             residual = fusion is not None and fusion.residual is not None
             key = _autotune_key(decision.kind, module, weight, sparse.nnz, shape, relu, residual)
             cached = autotune.lookup(key) if cache else None
             if cached is None:
-                decision.dense_ms, decision.sparse_ms = _time_layer(_dense_call(module, weight, bias, relu), sparse,
-                                                                    shape, rounds, min_time, residual)
+                decision.dense_ms, decision.sparse_ms = _time_layer(
+                    _dense_call(module, weight, bias, relu), sparse, shape, rounds, min_time, residual
+                )
                 if cache:
                     autotune.record(key, decision.dense_ms, decision.sparse_ms)
             else:
                 decision.dense_ms, decision.sparse_ms = cached
             decision.converted = decision.sparse_ms < decision.dense_ms
-            decision.reason = (("cached: " if cached is not None else "calibrated: ")
-                               + ("sparse faster" if decision.converted else "dense faster"))
+            decision.reason = ("cached: " if cached is not None else "calibrated: ") + (
+                "sparse faster" if decision.converted else "dense faster"
+            )
         if fusion is not None:
             decision.fused = fusion.label(sparse=decision.converted)
             decision.reason += "".join(f"; {n}" for n in fusion.notes)
@@ -344,5 +427,7 @@ def convert(model: nn.Module, min_sparsity: float = 0.2, *, example_input=None, 
     else:
         for name, new in replacements.items():
             _set_module(model, name, new)
-    setattr(model, REPORT_ATTRIBUTE, ConversionReport(decisions, notes))  # a plain attribute: not in state_dict
+    setattr(
+        model, REPORT_ATTRIBUTE, ConversionReport(decisions, notes)
+    )  # a plain attribute: not in state_dict
     return model

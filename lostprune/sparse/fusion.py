@@ -41,12 +41,24 @@ class FastMaxPool2d(nn.MaxPool2d):
     the plain path."""
 
     def forward(self, x: Tensor) -> Tensor:
-        k, s, p = (pair(v, name, "FastMaxPool2d", 0) for v, name in (
-            (self.kernel_size, "kernel_size"), (self.stride or self.kernel_size, "stride"), (self.padding, "padding")))
-        if (x.device.type != "cpu" or x.dim() != 4 or self.return_indices or self.ceil_mode
-                or pair(self.dilation, "dilation", "FastMaxPool2d", 1) != (1, 1) or not x.is_floating_point()
-                or any(2 * pad > size for pad, size in zip(p, k))  # torch's error message
-                or _channels_last(x)):  # torch's channels-last kernel is vectorized already; keep the layout
+        k, s, p = (
+            pair(v, name, "FastMaxPool2d", 0)
+            for v, name in (
+                (self.kernel_size, "kernel_size"),
+                (self.stride or self.kernel_size, "stride"),
+                (self.padding, "padding"),
+            )
+        )
+        if (
+            x.device.type != "cpu"
+            or x.dim() != 4
+            or self.return_indices
+            or self.ceil_mode
+            or pair(self.dilation, "dilation", "FastMaxPool2d", 1) != (1, 1)
+            or not x.is_floating_point()
+            or any(2 * pad > size for pad, size in zip(p, k))  # torch's error message
+            or _channels_last(x)
+        ):  # torch's channels-last kernel is vectorized already; keep the layout
             return super().forward(x)
         n, c, h, w = x.shape
         rows = x.contiguous().reshape(n * c, h, 1, w).permute(0, 3, 1, 2)  # channels-last [n*c, w, h, 1]
@@ -55,9 +67,9 @@ class FastMaxPool2d(nn.MaxPool2d):
         rows = rows.permute(0, 2, 3, 1).reshape(n, c, h2, w)
         padded = F.pad(rows, (p[1], p[1]), value=float("-inf")) if p[1] else rows
         w2 = conv_out_size(w, k[1], s[1], p[1], 1)
-        out = padded[..., 0:(w2 - 1) * s[1] + 1:s[1]]
+        out = padded[..., 0 : (w2 - 1) * s[1] + 1 : s[1]]
         for j in range(1, k[1]):
-            out = torch.maximum(out, padded[..., j:j + (w2 - 1) * s[1] + 1:s[1]])
+            out = torch.maximum(out, padded[..., j : j + (w2 - 1) * s[1] + 1 : s[1]])
         return out
 
     @classmethod
@@ -74,8 +86,9 @@ class _Tracer(fx.Tracer):
     models' border-folding convs (convs to fuse into) as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (isinstance(m, (SparseConv2d, SparseLinear, FastMaxPool2d, FoldedConv2d))
-                or super().is_leaf_module(m, qualname))
+        return isinstance(
+            m, (SparseConv2d, SparseLinear, FastMaxPool2d, FoldedConv2d)
+        ) or super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -88,12 +101,12 @@ def trace(model: nn.Module) -> fx.GraphModule:
 class ConvFusion:
     """What follows one conv and can be fused into it."""
 
-    node: fx.Node                      # the conv's call_module node
-    bn: nn.BatchNorm2d | None = None   # folded into the weights
+    node: fx.Node  # the conv's call_module node
+    bn: nn.BatchNorm2d | None = None  # folded into the weights
     bn_node: fx.Node | None = None
-    residual: fx.Node | None = None    # added in the epilogue (sparse only)
+    residual: fx.Node | None = None  # added in the epilogue (sparse only)
     add_node: fx.Node | None = None
-    relu_node: fx.Node | None = None   # ReLU in the epilogue (sparse only)
+    relu_node: fx.Node | None = None  # ReLU in the epilogue (sparse only)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -122,8 +135,9 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 def _other_addend(node: fx.Node, current: fx.Node) -> fx.Node | None:
     """The other tensor of ``current + other`` at ``node`` (None: not such an add)."""
-    is_add = ((node.op == "call_function" and node.target in _ADD_FUNCTIONS)
-              or (node.op == "call_method" and node.target in ("add", "add_")))
+    is_add = (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target in ("add", "add_")
+    )
     if not is_add or node.kwargs or len(node.args) != 2 or node.args[0] is not current:
         return None
     other = node.args[1]
@@ -190,7 +204,11 @@ def plan(gm: fx.GraphModule) -> dict[str, ConvFusion]:
             continue
         current = nodes[0]
         user = _single_user(current)
-        if user is not None and user.op == "call_module" and isinstance(modules.get(user.target), nn.modules.batchnorm._BatchNorm):
+        if (
+            user is not None
+            and user.op == "call_module"
+            and isinstance(modules.get(user.target), nn.modules.batchnorm._BatchNorm)
+        ):
             problem = _bn_problem(modules[user.target], conv)
             if problem is not None:
                 fusion.notes.append(problem)
@@ -227,13 +245,25 @@ def fold_batchnorm(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> t
         return folded.to(weight.dtype), folded_bias.to(weight.dtype)
 
 
-def dense_conv(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d | None = None) -> nn.Conv2d:
+def dense_conv(
+    conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d | None = None
+) -> nn.Conv2d:
     """A plain ``nn.Conv2d`` like ``conv`` (no prune hooks) holding ``weight`` and ``bias`` —
     a ``FoldedConv2d`` if ``conv`` is one, its border term scaled by ``bn`` (folded into
     ``weight`` and ``bias`` already) where given."""
-    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, bias=bias is not None, padding_mode=conv.padding_mode,
-                    device=weight.device, dtype=weight.dtype)
+    new = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=bias is not None,
+        padding_mode=conv.padding_mode,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
@@ -259,12 +289,17 @@ def fuse(model: nn.Module) -> fx.GraphModule:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if model.training:
-        raise ValueError("fuse: the model is in training mode (BatchNorm uses batch statistics there); "
-                         "call model.eval() first")
+        raise ValueError(
+            "fuse: the model is in training mode (BatchNorm uses batch statistics there); "
+            "call model.eval() first"
+        )
     gm = trace(copy.deepcopy(model))
     fusions = plan(gm)
-    replacements = {target: bn_folded_conv(gm.get_submodule(target), fusion.bn)
-                    for target, fusion in fusions.items() if fusion.bn is not None}
+    replacements = {
+        target: bn_folded_conv(gm.get_submodule(target), fusion.bn)
+        for target, fusion in fusions.items()
+        if fusion.bn is not None
+    }
     fused = rewrite(gm, fusions, replacements)
     keep_attributes(model, fused)
     return fused
@@ -275,8 +310,12 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
-def rewrite(gm: fx.GraphModule, fusions: dict[str, ConvFusion], replacements: dict[str, nn.Module],
-            fast_pool: bool = True) -> fx.GraphModule:
+def rewrite(
+    gm: fx.GraphModule,
+    fusions: dict[str, ConvFusion],
+    replacements: dict[str, nn.Module],
+    fast_pool: bool = True,
+) -> fx.GraphModule:
     """Install ``replacements`` (conv target → new module: a folded dense conv, or a
     SparseConv2d whose epilogue covers the fused ReLU / residual) and drop the fused nodes."""
     graph = gm.graph
@@ -298,7 +337,9 @@ def rewrite(gm: fx.GraphModule, fusions: dict[str, ConvFusion], replacements: di
             continue
         last = pattern[-1]
         with graph.inserting_before(last):
-            call = graph.call_module(target, (fusion.node.args[0],) + ((residual,) if residual is not None else ()))
+            call = graph.call_module(
+                target, (fusion.node.args[0],) + ((residual,) if residual is not None else ())
+            )
         last.replace_all_uses_with(call)
         replaced[last] = call
         for node in reversed(pattern):

@@ -66,7 +66,9 @@ class _SparseBase(nn.Module):
             incoming = state_dict.get(prefix + name)
             current = getattr(self, name)
             if incoming is not None and incoming.shape != current.shape:
-                resized = torch.empty_like(current, memory_format=torch.contiguous_format).resize_(incoming.shape)
+                resized = torch.empty_like(current, memory_format=torch.contiguous_format).resize_(
+                    incoming.shape
+                )
                 if isinstance(current, nn.Parameter):
                     setattr(self, name, nn.Parameter(resized, requires_grad=current.requires_grad))
                 else:
@@ -81,11 +83,22 @@ class SparseConv2d(_SparseBase):
     ReLU): ``relu=True`` applies ReLU to the output and ``forward(x, residual)`` adds
     ``residual`` before it, inside the kernel."""
 
-    def __init__(self, packed: PackedWeight, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
-                 groups: int = 1, requires_grad: bool = False, relu: bool = False):
+    def __init__(
+        self,
+        packed: PackedWeight,
+        bias: Tensor | None = None,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        requires_grad: bool = False,
+        relu: bool = False,
+    ):
         super().__init__()
         if len(packed.shape) != 4:
-            raise ValueError(f"SparseConv2d needs a conv weight [Cout, Cin/groups, KH, KW], got shape {packed.shape}")
+            raise ValueError(
+                f"SparseConv2d needs a conv weight [Cout, Cin/groups, KH, KW], got shape {packed.shape}"
+            )
         self._init_packed(packed, bias, requires_grad)
         self.out_channels = packed.shape[0]
         self.in_channels = packed.shape[1] * groups
@@ -102,28 +115,63 @@ class SparseConv2d(_SparseBase):
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"SparseConv2d.from_dense needs an nn.Conv2d, got {type(conv).__name__}")
         if conv.padding_mode != "zeros":
-            raise ValueError(f"SparseConv2d supports zeros padding only, got padding_mode={conv.padding_mode!r}")
+            raise ValueError(
+                f"SparseConv2d supports zeros padding only, got padding_mode={conv.padding_mode!r}"
+            )
         weight = effective_weight(conv).detach()
-        return cls(pack_weight(weight), conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
-                   requires_grad=conv.weight_orig.requires_grad if hasattr(conv, "weight_orig")
-                   else conv.weight.requires_grad)
+        return cls(
+            pack_weight(weight),
+            conv.bias,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            requires_grad=conv.weight_orig.requires_grad
+            if hasattr(conv, "weight_orig")
+            else conv.weight.requires_grad,
+        )
 
     def to_dense(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the same weight and bias (e.g. to export or to compare); the
         fused epilogue (``relu``, residual) is not part of it."""
-        return self._filled(nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                                      self.padding, self.dilation, self.groups, bias=self.bias is not None,
-                                      device=self.values.device, dtype=self.values.dtype))
+        return self._filled(
+            nn.Conv2d(
+                self.in_channels,
+                self.out_channels,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups,
+                bias=self.bias is not None,
+                device=self.values.device,
+                dtype=self.values.dtype,
+            )
+        )
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         stride, padding, dilation = self._args
-        return run_sparse_conv2d(x, self.values, self.col_index, self.row_ptr, self._shape_list, self.bias,
-                                 stride, padding, dilation, self.groups, residual, self.relu)
+        return run_sparse_conv2d(
+            x,
+            self.values,
+            self.col_index,
+            self.row_ptr,
+            self._shape_list,
+            self.bias,
+            stride,
+            padding,
+            dilation,
+            self.groups,
+            residual,
+            self.relu,
+        )
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"bias={self.bias is not None}, density={self.density:.3f}" + (", relu=True" if self.relu else ""))
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"bias={self.bias is not None}, density={self.density:.3f}" + (", relu=True" if self.relu else "")
+        )
 
 
 class SparseLinear(_SparseBase):
@@ -142,17 +190,30 @@ class SparseLinear(_SparseBase):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"SparseLinear.from_dense needs an nn.Linear, got {type(linear).__name__}")
         weight = effective_weight(linear).detach()
-        return cls(pack_weight(weight), linear.bias,
-                   requires_grad=linear.weight_orig.requires_grad if hasattr(linear, "weight_orig")
-                   else linear.weight.requires_grad)
+        return cls(
+            pack_weight(weight),
+            linear.bias,
+            requires_grad=linear.weight_orig.requires_grad
+            if hasattr(linear, "weight_orig")
+            else linear.weight.requires_grad,
+        )
 
     def to_dense(self) -> nn.Linear:
-        return self._filled(nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                                      device=self.values.device, dtype=self.values.dtype))
+        return self._filled(
+            nn.Linear(
+                self.in_features,
+                self.out_features,
+                bias=self.bias is not None,
+                device=self.values.device,
+                dtype=self.values.dtype,
+            )
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return run_sparse_linear(x, self.values, self.col_index, self.row_ptr, self._shape_list, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, density={self.density:.3f}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, density={self.density:.3f}"
+        )

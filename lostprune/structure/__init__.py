@@ -9,6 +9,22 @@ from .graph import ChannelGroup, DependencyGraph, GraphError, Member, build_grap
 from .group_plan import GroupPlan, Unit, allowed_kept, snap
 from .slicing import SliceReport, SlicingWarning, slice_model
 
-__all__ = ["ChannelGroup", "DependencyGraph", "FoldedConv2d", "GraphError", "GroupPlan", "Member",
-           "MultiheadAttention", "SliceReport", "SlicingWarning", "Unit", "allowed_kept", "build_graph",
-           "channel_multiple", "convert_attention", "slice_model", "snap", "trace"]
+__all__ = [
+    "ChannelGroup",
+    "DependencyGraph",
+    "FoldedConv2d",
+    "GraphError",
+    "GroupPlan",
+    "Member",
+    "MultiheadAttention",
+    "SliceReport",
+    "SlicingWarning",
+    "Unit",
+    "allowed_kept",
+    "build_graph",
+    "channel_multiple",
+    "convert_attention",
+    "slice_model",
+    "snap",
+    "trace",
+]

@@ -39,13 +39,24 @@ class MultiheadAttention(nn.Module):
     """``nn.MultiheadAttention`` (q, k, v of one embedding size, no bias_k / bias_v / zero
     attention) with a traceable forward and ``num_heads · head_dim`` free of ``embed_dim``."""
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int | None = None, dropout: float = 0.0,
-                 bias: bool = True, batch_first: bool = False, device=None, dtype=None):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if head_dim is None:
             if embed_dim % num_heads:
-                raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads}) "
-                                 "unless head_dim is given")
+                raise ValueError(
+                    f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads}) "
+                    "unless head_dim is given"
+                )
             head_dim = embed_dim // num_heads
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
         self.dropout, self.batch_first = dropout, batch_first
@@ -60,17 +71,31 @@ class MultiheadAttention(nn.Module):
         reason = unsupported(mha)
         if reason:
             raise ValueError(f"cannot convert this nn.MultiheadAttention: {reason}")
-        new = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None,
-                  batch_first=mha.batch_first, device="meta")
+        new = cls(
+            mha.embed_dim,
+            mha.num_heads,
+            dropout=mha.dropout,
+            bias=mha.in_proj_bias is not None,
+            batch_first=mha.batch_first,
+            device="meta",
+        )
         new.in_proj.weight = mha.in_proj_weight
         new.in_proj.bias = mha.in_proj_bias
         new.out_proj = mha.out_proj
         new.train(mha.training)
         return new
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
-                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         self_attention = key is query and value is query
         if not self.batch_first:
             query = query.transpose(0, 1)
@@ -88,24 +113,31 @@ class MultiheadAttention(nn.Module):
         mask = _additive_mask(attn_mask, key_padding_mask, q, batch, length, source)
         dropout = self.dropout if self.training else 0.0
         if need_weights:
-            weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-                                    + (mask if mask is not None else 0.0), dim=-1)
+            weights = torch.softmax(
+                q @ k.transpose(-2, -1) / math.sqrt(self.head_dim) + (mask if mask is not None else 0.0),
+                dim=-1,
+            )
             if is_causal and mask is None:
-                raise ValueError("is_causal needs attn_mask when need_weights=True (as nn.MultiheadAttention)")
+                raise ValueError(
+                    "is_causal needs attn_mask when need_weights=True (as nn.MultiheadAttention)"
+                )
             out = F.dropout(weights, dropout, self.training) @ v
             weights = weights.mean(1) if average_attn_weights else weights
         else:
             weights = None
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                 is_causal=is_causal and mask is None)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal and mask is None
+            )
         out = self.out_proj(_merge_heads(out))
         if not self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
 
     def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
-                f"batch_first={self.batch_first}")
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+            f"batch_first={self.batch_first}"
+        )
 
 
 def _merge_heads(out: Tensor) -> Tensor:
@@ -115,7 +147,9 @@ def _merge_heads(out: Tensor) -> Tensor:
     return out.transpose(1, 2).clone(memory_format=torch.contiguous_format).flatten(2)
 
 
-def _additive_mask(attn_mask, key_padding_mask, q: Tensor, batch: int, length: int, source: int) -> Tensor | None:
+def _additive_mask(
+    attn_mask, key_padding_mask, q: Tensor, batch: int, length: int, source: int
+) -> Tensor | None:
     """nn.MultiheadAttention's masks (True / -inf = not attended) as one additive float mask."""
     mask = None
     if attn_mask is not None:
@@ -125,7 +159,8 @@ def _additive_mask(attn_mask, key_padding_mask, q: Tensor, batch: int, length: i
     if key_padding_mask is not None:
         if key_padding_mask.dtype == torch.bool:
             key_padding_mask = torch.zeros_like(key_padding_mask, dtype=q.dtype).masked_fill(
-                key_padding_mask, float("-inf"))
+                key_padding_mask, float("-inf")
+            )
         padding = key_padding_mask.view(batch, 1, 1, source)
         mask = padding if mask is None else mask + padding
     return mask
@@ -186,7 +221,7 @@ def window_mask(x: Tensor, window_size: list[int], shift_size: list[int]) -> Ten
     count = 0
     for h in h_slices:
         for w in w_slices:
-            mask[h[0]:h[1], w[0]:w[1]] = count
+            mask[h[0] : h[1], w[0] : w[1]] = count
             count += 1
     mask = mask.view(pad_h // window_size[0], window_size[0], pad_w // window_size[1], window_size[1])
     mask = mask.permute(0, 2, 1, 3).reshape(windows, tokens)
@@ -204,8 +239,9 @@ def window_merge(windows: Tensor, x: Tensor, window_size: list[int], shift_size:
     pad_w = width + (window_size[1] - width % window_size[1]) % window_size[1]
     shift = _shift(window_size, shift_size, pad_h, pad_w)
     channels = windows.shape[-1]
-    y = windows.view(batch, pad_h // window_size[0], pad_w // window_size[1], window_size[0], window_size[1],
-                     channels)
+    y = windows.view(
+        batch, pad_h // window_size[0], pad_w // window_size[1], window_size[0], window_size[1], channels
+    )
     y = y.permute(0, 1, 3, 2, 4, 5).reshape(batch, pad_h, pad_w, channels)
     if sum(shift) > 0:
         y = torch.roll(y, shifts=(shift[0], shift[1]), dims=(1, 2))
@@ -236,7 +272,9 @@ if _swin is not None:
         def forward(self, x: Tensor) -> Tensor:
             windows = window_partition(x, self.window_size, self.shift_size)
             qkv = self.qkv(windows)  # [B·nW, N, 3·H·head_dim]
-            q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, -1, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = (
+                qkv.view(qkv.shape[0], qkv.shape[1], 3, -1, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            )
             mask = self.relative_bias() + window_mask(x, self.window_size, self.shift_size)
             q, k, scale = self.scaled(q, k)
             dropout = self.attention_dropout if self.training else 0.0
@@ -272,14 +310,17 @@ def convert_attention(model: nn.Module) -> int:
         if type(module) is nn.MultiheadAttention and unsupported(module) is None:
             _set(model, name, MultiheadAttention.from_torch(module))
             count += 1
-        elif _swin is not None and type(module) in (_swin.ShiftedWindowAttention, _swin.ShiftedWindowAttentionV2):
+        elif _swin is not None and type(module) in (
+            _swin.ShiftedWindowAttention,
+            _swin.ShiftedWindowAttentionV2,
+        ):
             v2 = type(module) is _swin.ShiftedWindowAttentionV2
             module.__class__ = SwinAttentionV2 if v2 else SwinAttention
             module.head_dim = module.qkv.in_features // module.num_heads
             if v2 and module.qkv.bias is not None:
                 with torch.no_grad():
                     third = module.qkv.bias.numel() // 3
-                    module.qkv.bias[third:2 * third].zero_()
+                    module.qkv.bias[third : 2 * third].zero_()
             count += 1
     return count
 
@@ -298,7 +339,14 @@ def resize_attention(module: nn.Module) -> None:
         module.num_heads = module.qkv.weight.shape[0] // (3 * module.head_dim)
 
 
-__all__ = ["MultiheadAttention", "convert_attention", "resize_attention", "unsupported", "window_mask",
-           "window_merge", "window_partition"]
+__all__ = [
+    "MultiheadAttention",
+    "convert_attention",
+    "resize_attention",
+    "unsupported",
+    "window_mask",
+    "window_merge",
+    "window_partition",
+]
 if _swin is not None:
     __all__ += ["SwinAttention", "SwinAttentionV2"]

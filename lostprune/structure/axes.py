@@ -70,8 +70,12 @@ def permute(ch: Channels, perm) -> Channels:
     where = {old: new for new, old in enumerate(perm)}
     new_dims = [where[d] for d in ch.dims]
     order = np.argsort(new_dims)
-    return Channels(np.transpose(ch.labels, order), tuple(sorted(new_dims)), ch.ndim,
-                    frozenset(where[d] for d in ch.fixed))
+    return Channels(
+        np.transpose(ch.labels, order),
+        tuple(sorted(new_dims)),
+        ch.ndim,
+        frozenset(where[d] for d in ch.fixed),
+    )
 
 
 def transpose_perm(ndim: int, a: int, b: int) -> list[int]:
@@ -83,7 +87,9 @@ def transpose_perm(ndim: int, a: int, b: int) -> list[int]:
 
 def movedim_perm(ndim: int, source, destination) -> list[int]:
     source = [s % ndim for s in (source if isinstance(source, (tuple, list)) else [source])]
-    destination = [d % ndim for d in (destination if isinstance(destination, (tuple, list)) else [destination])]
+    destination = [
+        d % ndim for d in (destination if isinstance(destination, (tuple, list)) else [destination])
+    ]
     rest = [d for d in range(ndim) if d not in source]
     perm = [None] * ndim
     for s, d in zip(source, destination):
@@ -95,7 +101,9 @@ def movedim_perm(ndim: int, source, destination) -> list[int]:
 def unsqueeze(ch: Channels, d: int) -> Channels:
     d = d % (ch.ndim + 1)
     shift = lambda x: x + 1 if x >= d else x  # noqa: E731
-    return Channels(ch.labels, tuple(shift(x) for x in ch.dims), ch.ndim + 1, frozenset(shift(x) for x in ch.fixed))
+    return Channels(
+        ch.labels, tuple(shift(x) for x in ch.dims), ch.ndim + 1, frozenset(shift(x) for x in ch.fixed)
+    )
 
 
 def align(ch: Channels, ndim: int) -> Channels:
@@ -103,7 +111,9 @@ def align(ch: Channels, ndim: int) -> Channels:
     extra = ndim - ch.ndim
     if extra == 0:
         return ch
-    return Channels(ch.labels, tuple(d + extra for d in ch.dims), ndim, frozenset(d + extra for d in ch.fixed))
+    return Channels(
+        ch.labels, tuple(d + extra for d in ch.dims), ndim, frozenset(d + extra for d in ch.fixed)
+    )
 
 
 def broadcast(ch: Channels, out_shape: tuple[int, ...]) -> Channels:
@@ -223,7 +233,9 @@ def shift_param(param: Param, ndim: int, inserted: int | None = None) -> Param:
     """``param`` with leading dims added up to ``ndim`` (``inserted``: one new dim there instead)."""
     if inserted is not None:
         inserted %= param.ndim + 1
-        return Param(param.name, {a: d + 1 if d >= inserted else d for a, d in param.axes.items()}, param.ndim + 1)
+        return Param(
+            param.name, {a: d + 1 if d >= inserted else d for a, d in param.axes.items()}, param.ndim + 1
+        )
     extra = ndim - param.ndim
     return Param(param.name, {a: d + extra for a, d in param.axes.items()}, ndim)
 

@@ -47,8 +47,9 @@ class GroupWalk(ChannelWalk):
         for part in parts[1:]:
             self.elements.union(parts[0], part)
         for single in broadcast:
-            self.elements.freeze(single, f"one channel broadcast over the channels of another tensor at node "
-                                         f"'{node.name}'")
+            self.elements.freeze(
+                single, f"one channel broadcast over the channels of another tensor at node '{node.name}'"
+            )
         return parts[0]
 
     def mixed(self, ch: Channels, reason: str | None) -> Channels:
@@ -66,8 +67,9 @@ class GroupWalk(ChannelWalk):
         self.dims[(name, PARAM)] = axis
         self.record(name, PARAM, labels)
 
-    def layer(self, node: fx.Node, name: str, module: nn.Module, in_labels: np.ndarray | None,
-              reason: str) -> np.ndarray:
+    def layer(
+        self, node: fx.Node, name: str, module: nn.Module, in_labels: np.ndarray | None, reason: str
+    ) -> np.ndarray:
         if isinstance(module, nn.Conv2d):
             cin, cout, groups = module.in_channels, module.out_channels, module.groups
         else:

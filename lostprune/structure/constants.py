@@ -41,10 +41,22 @@ from .op_tables import (
 
 # Spatial ops whose output is constant wherever the input is (no padding with zeros).
 _CONSTANT_PRESERVING_MODULES = (
-    nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.UpsamplingBilinear2d,
-    nn.UpsamplingNearest2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Upsample,
+    nn.UpsamplingBilinear2d,
+    nn.UpsamplingNearest2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
 )
-_CONSTANT_PRESERVING_FUNCTIONS = {F.max_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate, F.upsample}
+_CONSTANT_PRESERVING_FUNCTIONS = {
+    F.max_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.interpolate,
+    F.upsample,
+}
 _SPATIAL_FUNCTIONS = _CONSTANT_PRESERVING_FUNCTIONS | {F.avg_pool2d, F.pad}
 _IDENTITY_METHODS = {"contiguous", "clone", "detach"}
 
@@ -72,10 +84,13 @@ def _function_preserves(node: fx.Node) -> bool:
         return True
     args, kwargs = node.args, node.kwargs
     if node.target is F.avg_pool2d:
+
         def arg(i, name, default):
             return kwargs.get(name, args[i] if len(args) > i else default)
 
-        return _avg_pool_preserves(arg(3, "padding", 0), arg(5, "count_include_pad", True), arg(6, "divisor_override", None))
+        return _avg_pool_preserves(
+            arg(3, "padding", 0), arg(5, "count_include_pad", True), arg(6, "divisor_override", None)
+        )
     if node.target is F.pad:
         mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
         return mode != "constant"
@@ -164,15 +179,20 @@ class _Probes:
     def layer(self, node: fx.Node, module: nn.Module, arg, probe: Tensor | None):
         in_shape = self.shape(arg)
         token_linear = isinstance(module, nn.Linear) and (in_shape is None or len(in_shape) != 2)
-        self.inputs.setdefault(node.target, []).append(None if probe is None or token_linear else probe.flatten())
+        self.inputs.setdefault(node.target, []).append(
+            None if probe is None or token_linear else probe.flatten()
+        )
         if token_linear:
             return None
         constant = self.dead_rows.get(node.target)
         constant = zero_rows(module.weight) if constant is None else constant.to(module.weight.device)
         if isinstance(module, FoldedConv2d):  # its fold term varies at the borders
             constant &= zero_rows(module.fold_weight)
-        bias = module.bias.detach() if module.bias is not None else torch.zeros(constant.shape[0],
-                                                                                 dtype=module.weight.dtype)
+        bias = (
+            module.bias.detach()
+            if module.bias is not None
+            else torch.zeros(constant.shape[0], dtype=module.weight.dtype)
+        )
         values = torch.where(constant.to(bias.device), bias, torch.full_like(bias, math.nan))
         return self.shaped(values, node)
 
@@ -193,8 +213,15 @@ class _Probes:
         if isinstance(value, (tuple, list)) and isinstance(key, int):
             return value[key]
         shape = self.shape(source)
-        if isinstance(value, Tensor) and isinstance(key, tuple) and len(key) >= 2 and key[0] == slice(None) \
-                and key[1] == slice(None) and shape is not None and len(shape) == 4:
+        if (
+            isinstance(value, Tensor)
+            and isinstance(key, tuple)
+            and len(key) >= 2
+            and key[0] == slice(None)
+            and key[1] == slice(None)
+            and shape is not None
+            and len(shape) == 4
+        ):
             return self.shaped(value, node)  # spatial indexing
         return None
 
@@ -205,14 +232,19 @@ class _Probes:
             return self.shaped(self.probe(args[0]), node)
         if not is_method and target in _SPATIAL_FUNCTIONS:
             return self.shaped(self.probe(args[0]), node) if _function_preserves(node) else None
-        if (is_method and target in ELEMENTWISE_METHODS | BINARY_METHODS) or \
-                (not is_method and target in ELEMENTWISE_FUNCTIONS | BINARY_FUNCTIONS):
+        if (is_method and target in ELEMENTWISE_METHODS | BINARY_METHODS) or (
+            not is_method and target in ELEMENTWISE_FUNCTIONS | BINARY_FUNCTIONS
+        ):
             return self.apply(node)
         if not is_method and target in (torch.cat, torch.concat):
             return self.concat(node)
         if (is_method and target == "flatten") or (not is_method and target in FLATTEN_FUNCTIONS):
-            return self.flatten(node, args[0], node.kwargs.get("start_dim", args[1] if len(args) > 1 else 0),
-                                node.kwargs.get("end_dim", args[2] if len(args) > 2 else -1))
+            return self.flatten(
+                node,
+                args[0],
+                node.kwargs.get("start_dim", args[1] if len(args) > 1 else 0),
+                node.kwargs.get("end_dim", args[2] if len(args) > 2 else -1),
+            )
         if (is_method and target in ("view", "reshape")) or (not is_method and target is torch.reshape):
             return self.reshape(node)
         if (is_method and target in REDUCE_METHODS) or (not is_method and target in REDUCE_FUNCTIONS):
@@ -221,6 +253,7 @@ class _Probes:
 
     def apply(self, node: fx.Node):
         """Run a per-channel op on the probes of its tensor arguments (scalars as they are)."""
+
         def substitute(value):
             if isinstance(value, fx.Node):
                 probe = self.values.get(value)
@@ -292,8 +325,9 @@ class _Probes:
         return getattr(meta, "dtype", torch.float32) or torch.float32
 
 
-def input_constants(graph: fx.Graph, modules: dict[str, nn.Module],
-                    dead_rows: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+def input_constants(
+    graph: fx.Graph, modules: dict[str, nn.Module], dead_rows: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
     """{conv/linear name: [in channels or features]} — the constant value of each input
     column, NaN where it is not a known constant. A layer called more than once has a
     constant only where every call sees the same one. ``graph``: the model's trace with
@@ -312,6 +346,10 @@ def input_constants(graph: fx.Graph, modules: dict[str, nn.Module],
                 merged = torch.full((width,), math.nan)
                 break
             probe = probe.to(torch.float64).cpu()
-            merged = probe if merged is None else torch.where(merged == probe, merged, torch.full_like(probe, math.nan))
+            merged = (
+                probe
+                if merged is None
+                else torch.where(merged == probe, merged, torch.full_like(probe, math.nan))
+            )
         result[name] = merged
     return result

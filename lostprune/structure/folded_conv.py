@@ -23,19 +23,35 @@ class FoldedConv2d(nn.Conv2d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.register_buffer("fold_weight", torch.zeros(self.out_channels, 1, *self.kernel_size,
-                                                        dtype=self.weight.dtype, device=self.weight.device))
+        self.register_buffer(
+            "fold_weight",
+            torch.zeros(
+                self.out_channels, 1, *self.kernel_size, dtype=self.weight.dtype, device=self.weight.device
+            ),
+        )
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, fold_weight: Tensor) -> FoldedConv2d:
         """A FoldedConv2d sharing ``conv``'s parameters (no copy) with the given fold kernel."""
         if conv.groups != 1:
             raise ValueError(f"FoldedConv2d needs groups=1, got groups={conv.groups}")
-        folded = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                     conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        folded = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",
+        )
         folded.weight = conv.weight
         folded.bias = conv.bias
-        folded.fold_weight = fold_weight.to(conv.weight.dtype).reshape(conv.out_channels, 1, *conv.kernel_size)
+        folded.fold_weight = fold_weight.to(conv.weight.dtype).reshape(
+            conv.out_channels, 1, *conv.kernel_size
+        )
         folded.train(conv.training)
         return folded
 

@@ -26,8 +26,19 @@ from .groups import DEPTHWISE, IN, NORM, OUT, PARAM, ChannelGroup, GraphError, M
 from .trace_cache import TraceCache, structure_key
 from .tracing import leaf_spec, trace
 
-__all__ = ["DEPTHWISE", "IN", "NORM", "OUT", "PARAM", "ChannelGroup", "DependencyGraph", "GraphError", "Member",
-           "build_graph", "trace"]
+__all__ = [
+    "DEPTHWISE",
+    "IN",
+    "NORM",
+    "OUT",
+    "PARAM",
+    "ChannelGroup",
+    "DependencyGraph",
+    "GraphError",
+    "Member",
+    "build_graph",
+    "trace",
+]
 
 
 @dataclass
@@ -63,7 +74,9 @@ class DependencyGraph:
             for name, child in module.named_children():
                 qualified = f"{prefix}.{name}" if prefix else name
                 # containers are never called: fx's leaf rule does not apply to them
-                leaf = tracer.is_leaf_module(child, qualified) and not isinstance(child, (nn.ModuleList, nn.ModuleDict))
+                leaf = tracer.is_leaf_module(child, qualified) and not isinstance(
+                    child, (nn.ModuleList, nn.ModuleDict)
+                )
                 if isinstance(child, COUNTED_MODULES) and (inside_leaf or not leaf):
                     return True
                 if hidden(child, qualified, inside_leaf or leaf):
@@ -86,8 +99,11 @@ class DependencyGraph:
         return positions, elements
 
     def groups_of(self, module: str, role: str | None = None) -> list[ChannelGroup]:
-        return [g for g in self.groups if any(m.module == module and (role is None or m.role == role)
-                                              for m in g.members)]
+        return [
+            g
+            for g in self.groups
+            if any(m.module == module and (role is None or m.role == role) for m in g.members)
+        ]
 
     @staticmethod
     def _alive(masks: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -121,8 +137,12 @@ class DependencyGraph:
         return {g.id: self._removed(g, rows, cols) for g in self.groups if g.prunable}
 
     def summary(self) -> str:
-        lines = [(f"{len(self.groups)} channel groups "
-                 f"({sum(g.prunable for g in self.groups)} prunable, {sum(g.coupled for g in self.groups)} coupled)")]
+        lines = [
+            (
+                f"{len(self.groups)} channel groups "
+                f"({sum(g.prunable for g in self.groups)} prunable, {sum(g.coupled for g in self.groups)} coupled)"
+            )
+        ]
         lines += [f"  {g!r}" for g in self.groups]
         return "\n".join(lines)
 
@@ -130,8 +150,9 @@ class DependencyGraph:
 _TRACES = TraceCache()  # structure key -> trace and groups
 
 
-def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=(), *,
-                reuse_from: nn.Module | None = None) -> DependencyGraph:
+def build_graph(
+    model: nn.Module, example_input: Tensor, leaf_modules=(), *, reuse_from: nn.Module | None = None
+) -> DependencyGraph:
     """Trace ``model`` on ``example_input`` (N x C x H x W, N >= 1) and group its coupled channels.
 
     ``leaf_modules``: module types or qualified names to keep opaque when the model's own
@@ -158,5 +179,6 @@ def build_graph(model: nn.Module, example_input: Tensor, leaf_modules=(), *,
     fx_graph, groups = cached
     # Fresh group objects: a caller may edit its groups without touching the cached ones.
     groups = [g.copy() for g in groups]
-    return DependencyGraph(model, fx_graph, groups, modules, tuple(leaf_modules),
-                           any(m.training for m in modules.values()))
+    return DependencyGraph(
+        model, fx_graph, groups, modules, tuple(leaf_modules), any(m.training for m in modules.values())
+    )

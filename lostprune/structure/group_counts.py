@@ -37,7 +37,7 @@ class WeightCounter:
         for i, mask in enumerate(masks.values()):
             inner.append(int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1)
             value = single_value(mask)  # an unpruned layer's ones_view
-            if (bool(value != 0) if value is not None else int(torch.count_nonzero(mask)) == mask.numel()):
+            if bool(value != 0) if value is not None else int(torch.count_nonzero(mask)) == mask.numel():
                 # dense: the common first step
                 live_rows.append(np.ones(mask.shape[0], dtype=bool))
                 live_cols.append(np.ones(mask.shape[1] if mask.dim() > 1 else 1, dtype=bool))
@@ -46,8 +46,12 @@ class WeightCounter:
             # every live (row, column) pair full <=> as many nonzeros as the outer product holds
             if int(torch.count_nonzero(mask)) != inner[-1] * int(rows.sum()) * int(cols.sum()):
                 nonzero = mask.detach() != 0
-                self.matrix[i] = (nonzero.flatten(2).sum(2) if nonzero.dim() > 2 else nonzero).cpu().to(
-                    torch.float64).numpy()
+                self.matrix[i] = (
+                    (nonzero.flatten(2).sum(2) if nonzero.dim() > 2 else nonzero)
+                    .cpu()
+                    .to(torch.float64)
+                    .numpy()
+                )
             live_rows.append(rows.numpy())
             live_cols.append(cols.numpy())
         self.inner = np.array(inner, dtype=np.int64)
@@ -77,11 +81,11 @@ class WeightCounter:
             span_channels = np.arange(base, base + g.size)
             for m in g.members:
                 if m.role == IN:
-                    self.has_in[base:base + g.size] = True
+                    self.has_in[base : base + g.size] = True
                 if m.role not in (OUT, DEPTHWISE, IN):
                     continue
                 if m.module not in self.layer:
-                    (self.forced_in if m.role == IN else self.forced_out)[base:base + g.size] = True
+                    (self.forced_in if m.role == IN else self.forced_out)[base : base + g.size] = True
                     continue
                 layer = self.layer[m.module]
                 index = m.index.numpy()
@@ -101,8 +105,10 @@ class WeightCounter:
     def slices(self, layer: str | int) -> tuple[slice, slice]:
         """Where a layer (name or index) sits in the flat row and column arrays."""
         i = self.layer[layer] if isinstance(layer, str) else layer
-        return (slice(int(self.row_start[i]), int(self.row_start[i + 1])),
-                slice(int(self.col_start[i]), int(self.col_start[i + 1])))
+        return (
+            slice(int(self.row_start[i]), int(self.row_start[i + 1])),
+            slice(int(self.col_start[i]), int(self.col_start[i + 1])),
+        )
 
     def fresh(self) -> tuple[np.ndarray, np.ndarray]:
         """Row and column masks that zero nothing."""
@@ -160,6 +166,7 @@ class _Plan(Protocol):
     """What a refinement reads of its plan (``GroupPlan``, which imports this module)."""
 
     units: Sequence
+
     def removed_weights(self, counts: Sequence[int]) -> int: ...
 
 
@@ -176,7 +183,9 @@ class Refinement:
         return [u.size - u.allowed[i] for u, i in zip(self.plan.units, index)]
 
     def valid(self, index: Sequence[int]) -> bool:
-        return all(abs(i - b) <= 1 and 0 <= i < len(u.allowed) for i, b, u in zip(index, self.base, self.plan.units))
+        return all(
+            abs(i - b) <= 1 and 0 <= i < len(u.allowed) for i, b, u in zip(index, self.base, self.plan.units)
+        )
 
     def moved(self, index: list[int], moves: Mapping[int, int]) -> list[int] | None:
         trial = list(index)
@@ -222,7 +231,9 @@ class Refinement:
                         if trial is None:
                             continue
                         trial_removed = removed_of(self.counts(trial))
-                        if abs(target - trial_removed) < error and (best is None or abs(target - trial_removed) < abs(target - best[1])):
+                        if abs(target - trial_removed) < error and (
+                            best is None or abs(target - trial_removed) < abs(target - best[1])
+                        ):
                             best = (trial, trial_removed)
                 if best is None:
                     break

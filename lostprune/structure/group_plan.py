@@ -67,8 +67,10 @@ def check_coupled(coupled, extra: tuple[str, ...] = ()) -> str | Reduce:
     choices = (*COUPLED_CHOICES, *extra)
     if callable(coupled) or coupled in choices:
         return coupled
-    raise ValueError(f"coupled must be one of {', '.join(map(repr, choices))} or a callable "
-                     f"[members, size] -> [size], got {coupled!r}")
+    raise ValueError(
+        f"coupled must be one of {', '.join(map(repr, choices))} or a callable "
+        f"[members, size] -> [size], got {coupled!r}"
+    )
 
 
 def check_round_to(round_to, device: torch.device | str | None = None) -> int:
@@ -76,9 +78,11 @@ def check_round_to(round_to, device: torch.device | str | None = None) -> int:
     if isinstance(round_to, str) and round_to == "auto":
         return channel_multiple(device)
     if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
-        raise ValueError(f"round_to must be a positive integer (kept channels per group are rounded to a "
-                         f"multiple of it; 1 = no rounding) or 'auto' (the convolution kernels' channel tile "
-                         f"on the model's device), got {round_to!r}")
+        raise ValueError(
+            f"round_to must be a positive integer (kept channels per group are rounded to a "
+            f"multiple of it; 1 = no rounding) or 'auto' (the convolution kernels' channel tile "
+            f"on the model's device), got {round_to!r}"
+        )
     return int(round_to)
 
 
@@ -141,8 +145,16 @@ class GroupPlan:
         coupled, round_to: see the module docstring.
     """
 
-    def __init__(self, graph: DependencyGraph, layers: Mapping[str, nn.Module], current_masks: Mapping[str, Tensor],
-                 *, by: str = "out", coupled="sum", round_to: int | str = 1):
+    def __init__(
+        self,
+        graph: DependencyGraph,
+        layers: Mapping[str, nn.Module],
+        current_masks: Mapping[str, Tensor],
+        *,
+        by: str = "out",
+        coupled="sum",
+        round_to: int | str = 1,
+    ):
         if by not in (OUT, IN):
             raise ValueError(f"by must be 'out' (filters) or 'in' (input channels), got {by!r}")
         self.graph = graph
@@ -166,7 +178,7 @@ class GroupPlan:
                 self.skipped.append(group)
                 continue
             start = self.counter.offset[group.id]
-            gone = torch.from_numpy(dead[start:start + group.size].copy())
+            gone = torch.from_numpy(dead[start : start + group.size].copy())
             alive = group.size - int(gone.sum())
             self.units.append(Unit(group, gone, allowed_kept(alive, self.round_to)))
         # the units' channels in the counter's numbering, and their removal ranks (see rank)
@@ -203,7 +215,9 @@ class GroupPlan:
                 raise ValueError(f"no scores for any member of {unit.group!r}")
             score = reduce(torch.stack(values))
             if score.shape != (unit.size,):
-                raise ValueError(f"coupled reduce returned shape {tuple(score.shape)}, expected ({unit.size},)")
+                raise ValueError(
+                    f"coupled reduce returned shape {tuple(score.shape)}, expected ({unit.size},)"
+                )
             result.append(score)
         return result
 
@@ -218,8 +232,10 @@ class GroupPlan:
         if self.by == IN and groups > 1 and values.numel() == extent * groups:
             values = reduce(values.view(groups, extent))
         if values.numel() != extent:
-            raise ValueError(f"scores[{name!r}] has {values.numel()} values but the layer has "
-                             f"{extent} {'output filters' if self.by == OUT else 'input columns'}")
+            raise ValueError(
+                f"scores[{name!r}] has {values.numel()} values but the layer has "
+                f"{extent} {'output filters' if self.by == OUT else 'input columns'}"
+            )
         return values
 
     def rank(self, scores: Mapping[str, Tensor]) -> None:
@@ -252,7 +268,7 @@ class GroupPlan:
                 raise KeyError(f"kept names {name!r}, which is not among the layers of this plan")
             layer_scores = torch.as_tensor(scores[name]).detach().flatten().cpu().double()
             top = torch.zeros(layer_scores.numel(), dtype=torch.bool)
-            top[torch.sort(layer_scores, descending=True, stable=True).indices[:max(0, int(count))]] = True
+            top[torch.sort(layer_scores, descending=True, stable=True).indices[: max(0, int(count))]] = True
             columns = self.layers[name].weight.shape[1]
             if top.numel() != columns:  # a grouped conv: a column is wanted where any group wants it
                 top = top.view(-1, columns).any(0)
@@ -271,7 +287,7 @@ class GroupPlan:
             start = 0
             for unit in self.units:
                 if unit.order is None:
-                    ranks[start:start + unit.size] = unit.size  # never removed; counts > 0 are refused
+                    ranks[start : start + unit.size] = unit.size  # never removed; counts > 0 are refused
                 else:
                     ranks[start + unit.order.numpy()] = np.arange(unit.size)
                 start += unit.size
@@ -350,13 +366,17 @@ class GroupPlan:
         whole channels are too coarse a step, units then move one allowed step each (staying
         within one step of the common fraction) while that brings removal closer."""
         if not self.units:
-            raise ValueError("no channel group can be pruned (every group is frozen"
-                             + (", or coupled and skipped by coupled='skip'" if self.skipped else "") + ")")
+            raise ValueError(
+                "no channel group can be pruned (every group is frozen"
+                + (", or coupled and skipped by coupled='skip'" if self.skipped else "")
+                + ")"
+            )
         if any(u.order is None for u in self.units):
             raise RuntimeError("rank(scores) must run before fit_uniform")
         # every fraction where some unit's rounded count steps: (k - 0.5) / size
-        points = np.unique(np.concatenate([[0.0]] + [(np.arange(1, u.size + 1) - 0.5) / u.size
-                                                     for u in self.units])).tolist()
+        points = np.unique(
+            np.concatenate([[0.0]] + [(np.arange(1, u.size + 1) - 0.5) / u.size for u in self.units])
+        ).tolist()
         return self.refine(self.fit(points, self.uniform_counts, target), target, tolerance)
 
     def refine(self, counts: list[int], target: int, tolerance: float = 0.005) -> list[int]:
@@ -390,9 +410,15 @@ def refuse_unsupported_coupling(graph: DependencyGraph) -> None:
     """A coupled group frozen by an op the graph does not understand would silently keep a
     whole stage of channels: name the node and op, and the ways out."""
     for group in graph.groups:
-        if not group.prunable and group.coupled and group.reason and group.reason.startswith("unsupported op"):
+        if (
+            not group.prunable
+            and group.coupled
+            and group.reason
+            and group.reason.startswith("unsupported op")
+        ):
             producers = ", ".join(m.module for m in group.producers)
             raise GraphError(
                 f"a coupled channel group ({group.size} channels produced by {producers}) passes an {group.reason}; "
                 "its channels cannot be removed consistently. Pass coupled='skip' to leave coupled groups alone, "
-                "or leaf_modules=[...] to make the op's module opaque.")
+                "or leaf_modules=[...] to make the op's module opaque."
+            )

@@ -80,8 +80,13 @@ class ChannelGroup:
         return len(self.producers) > 1
 
     def copy(self) -> ChannelGroup:
-        return ChannelGroup(self.id, self.size, [Member(m.module, m.role, m.index, m.dim) for m in self.members],
-                            self.prunable, self.reason)
+        return ChannelGroup(
+            self.id,
+            self.size,
+            [Member(m.module, m.role, m.index, m.dim) for m in self.members],
+            self.prunable,
+            self.reason,
+        )
 
     def __repr__(self) -> str:
         members = ", ".join(f"{m.module}:{m.role}" for m in self.members)
@@ -133,14 +138,15 @@ def sort_order(*keys: np.ndarray) -> np.ndarray:
     for key in keys:
         size = int(key.max()) + 1 if len(key) else 1
         bound *= size
-        if bound >= 2 ** 62:
+        if bound >= 2**62:
             return np.lexsort(keys[::-1])
         code = code * size + key
     return np.argsort(code)
 
 
-def assemble(elements: Elements, members: dict[tuple[str, str], np.ndarray],
-             dims: dict[tuple[str, str], int]) -> list[ChannelGroup]:
+def assemble(
+    elements: Elements, members: dict[tuple[str, str], np.ndarray], dims: dict[tuple[str, str], int]
+) -> list[ChannelGroup]:
     """Components of channel elements gathered by the members they appear in and how often
     (their *signature*), vectorized over all (component, member, position) entries.
     ``members``: (module, role) -> the element of each index, in recording order.
@@ -177,7 +183,9 @@ def assemble(elements: Elements, members: dict[tuple[str, str], np.ndarray],
         chosen = np.flatnonzero(comp_runs == count)
         ids = np.zeros(len(chosen), dtype=np.int64)
         for j in range(count):
-            ids = np.unique(ids * (int(pair.max()) + 1) + pair[comp_start[chosen] + j], return_inverse=True)[1].ravel()
+            ids = np.unique(ids * (int(pair.max()) + 1) + pair[comp_start[chosen] + j], return_inverse=True)[
+                1
+            ].ravel()
         signature_of[chosen] = signatures + ids
         signatures += int(ids.max()) + 1
     # groups in the order the walk first recorded one of their components
@@ -202,11 +210,14 @@ def assemble(elements: Elements, members: dict[tuple[str, str], np.ndarray],
         frozen_reason[first[0]] = frozen_texts[first[1]]
     comp_order = sort_order(group_of, first_pos, np.arange(len(components)))
     groups = []
-    starts = np.flatnonzero(np.r_[True, group_of[comp_order][1:] != group_of[comp_order][:-1]]) \
-        if len(comp_order) else np.zeros(0, dtype=np.int64)
+    starts = (
+        np.flatnonzero(np.r_[True, group_of[comp_order][1:] != group_of[comp_order][:-1]])
+        if len(comp_order)
+        else np.zeros(0, dtype=np.int64)
+    )
     bounds = np.r_[starts, len(comp_order)]
     for g in range(len(starts)):
-        comps = comp_order[bounds[g]:bounds[g + 1]]
+        comps = comp_order[bounds[g] : bounds[g + 1]]
         c0 = comps[0]
         width = int(entries_of[c0])
         block_entries = entry_start[comps][:, None] + np.arange(width)[None, :]  # [channels, width]
@@ -215,14 +226,18 @@ def assemble(elements: Elements, members: dict[tuple[str, str], np.ndarray],
         members_out, column = [], 0
         for member_rank, length in zip(run_rank[runs].tolist(), run_length[runs].tolist()):
             key = keys[sorted_keys[member_rank]]
-            members_out.append(Member(key[0], key[1], block[:, column:column + length].contiguous(),
-                                      dims.get(key, 0)))
+            members_out.append(
+                Member(key[0], key[1], block[:, column : column + length].contiguous(), dims.get(key, 0))
+            )
             column += length
         group_reasons = frozen_reason[components[comps]]
         has_reason = np.flatnonzero(group_reasons >= 0)
         has_producer = any(m.role in (OUT, DEPTHWISE) for m in members_out)
         # a group is frozen as a whole when any of its channels is (they share members)
-        reason = reasons[group_reasons[has_reason[0]]] if len(has_reason) else \
-            (None if has_producer else "no layer produces these channels")
+        reason = (
+            reasons[group_reasons[has_reason[0]]]
+            if len(has_reason)
+            else (None if has_producer else "no layer produces these channels")
+        )
         groups.append(ChannelGroup(len(groups), len(comps), members_out, reason is None, reason))
     return groups

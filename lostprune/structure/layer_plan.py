@@ -44,8 +44,14 @@ class LayerPlan:
             channels (features of a linear layer) per layer.
     """
 
-    def __init__(self, graph: DependencyGraph, layers: Mapping[str, nn.Module], current_masks: Mapping[str, Tensor],
-                 *, by: str):
+    def __init__(
+        self,
+        graph: DependencyGraph,
+        layers: Mapping[str, nn.Module],
+        current_masks: Mapping[str, Tensor],
+        *,
+        by: str,
+    ):
         if by not in ("out", "in"):
             raise ValueError(f"by must be 'out' (filters) or 'in' (input channels), got {by!r}")
         self.by = by
@@ -84,15 +90,18 @@ class LayerPlan:
             s = torch.as_tensor(scores[name]).detach().flatten().double().cpu()
             if s.numel() != self.extent[name]:
                 what = "output filters" if self.by == "out" else "input channels"
-                raise ValueError(f"scores[{name!r}] has {s.numel()} values but the layer has {self.extent[name]} {what}")
+                raise ValueError(
+                    f"scores[{name!r}] has {s.numel()} values but the layer has {self.extent[name]} {what}"
+                )
             if not torch.isfinite(s).all():
                 raise ValueError(f"scores of layer {name!r} contain NaN or inf")
             candidate = torch.from_numpy(self.candidates[name])
             alive = torch.from_numpy(live[where].copy()) & candidate
             # fixed (non-candidate) first so they are always inside the kept prefix, then live by
             # score, then dead
-            key = torch.where(~candidate, torch.full_like(s, math.inf),
-                              torch.where(alive, s, torch.full_like(s, -math.inf)))
+            key = torch.where(
+                ~candidate, torch.full_like(s, math.inf), torch.where(alive, s, torch.full_like(s, -math.inf))
+            )
             order = torch.sort(key, descending=True, stable=True).indices.numpy()
             layer_rank = np.empty(len(order), dtype=np.int64)
             layer_rank[order] = np.arange(len(order))
@@ -127,8 +136,13 @@ class LayerPlan:
         return self.propagation.masks(*self.final(kept), self.current_masks)
 
     # ------------------------------------------------------------------ search
-    def fit(self, candidates: Sequence[C], kept_of: Callable[[C], dict[str, int]], target: int,
-            tolerance: float = 0.005) -> dict[str, int]:
+    def fit(
+        self,
+        candidates: Sequence[C],
+        kept_of: Callable[[C], dict[str, int]],
+        target: int,
+        tolerance: float = 0.005,
+    ) -> dict[str, int]:
         """Kept counts from the family ``kept_of(c)``, ``candidates`` ordered so that removal
         grows: the member closest to ``target`` removed weights (bisection), then single
         moves (one layer keeps one more / one fewer) while they bring removal closer and it
@@ -188,6 +202,8 @@ class LayerPlan:
             for name, step in move.items():
                 trial[name] += step
             removed = self.removed_weights(trial)
-            if abs(target - removed) < error and (best is None or abs(target - removed) < abs(target - best[1])):
+            if abs(target - removed) < error and (
+                best is None or abs(target - removed) < abs(target - best[1])
+            ):
                 best = (trial, removed)
         return best

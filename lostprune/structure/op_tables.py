@@ -28,37 +28,121 @@ except ImportError:  # pragma: no cover
 
 # --------------------------------------------------------------------------- modules
 ACTIVATION_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Dropout1d,
+    nn.AlphaDropout,
 )
 # ops over the last two dims (H, W of NCHW): channels pass where they are not among them
 SPATIAL_MODULES = (
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
-    nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Upsample,
+    nn.UpsamplingBilinear2d,
+    nn.UpsamplingNearest2d,
+    nn.ZeroPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
     nn.ConstantPad2d,
 )
 NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)  # per-channel statistics and affine (dim 1)
 
 # --------------------------------------------------------------------------- functions and methods
 ELEMENTWISE_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-    F.hardtanh, F.softplus, F.dropout, F.dropout2d, torch.relu, torch.sigmoid, torch.tanh, F.sigmoid,
-    F.tanh, torch.clamp, torch.clip, torch.exp, torch.abs, torch.neg, torch.sqrt,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.softplus,
+    F.dropout,
+    F.dropout2d,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    F.sigmoid,
+    F.tanh,
+    torch.clamp,
+    torch.clip,
+    torch.exp,
+    torch.abs,
+    torch.neg,
+    torch.sqrt,
 }
 if _stochastic_depth is not None:
     ELEMENTWISE_FUNCTIONS.add(_stochastic_depth)
 ELEMENTWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "contiguous",
-    "clone", "detach", "float", "half", "bfloat16", "double", "to", "type_as", "abs", "neg", "exp",
-    "pow", "sqrt",
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "clamp",
+    "clamp_",
+    "clip",
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "half",
+    "bfloat16",
+    "double",
+    "to",
+    "type_as",
+    "abs",
+    "neg",
+    "exp",
+    "pow",
+    "sqrt",
 }
 # spatial ops on the last two dims (NCHW): channels pass where they are not among them
-SPATIAL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d, F.interpolate,
-                     F.upsample}
+SPATIAL_FUNCTIONS = {
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.avg_pool2d,
+    F.max_pool2d,
+    F.interpolate,
+    F.upsample,
+}
 BINARY_FUNCTIONS = {
-    operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, operator.isub,
-    operator.truediv, operator.itruediv, torch.add, torch.mul, torch.sub, torch.div, torch.maximum,
+    operator.add,
+    operator.iadd,
+    operator.mul,
+    operator.imul,
+    operator.sub,
+    operator.isub,
+    operator.truediv,
+    operator.itruediv,
+    torch.add,
+    torch.mul,
+    torch.sub,
+    torch.div,
+    torch.maximum,
     torch.minimum,
 }
 BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
@@ -69,25 +153,60 @@ NON_TENSOR_METHODS = {"size", "dim", "numel", "__len__"}
 
 # kind of every other followed function (by object) and method (by name)
 FUNCTION_KINDS = {
-    torch.cat: "cat", torch.concat: "cat", torch.stack: "stack",
-    torch.reshape: "reshape", torch.flatten: "flatten", torch.permute: "permute", torch.transpose: "transpose",
-    torch.swapaxes: "transpose", torch.movedim: "movedim", torch.unsqueeze: "unsqueeze", torch.squeeze: "squeeze",
-    torch.chunk: "chunk", torch.split: "split", torch.unbind: "unbind", torch.roll: "roll", F.pad: "pad",
-    F.layer_norm: "layer_norm", F.softmax: "mix", F.log_softmax: "mix", torch.softmax: "mix",
-    F.normalize: "mix", F.scaled_dot_product_attention: "attention", torch.matmul: "matmul",
-    operator.matmul: "matmul", torch.bmm: "matmul",
+    torch.cat: "cat",
+    torch.concat: "cat",
+    torch.stack: "stack",
+    torch.reshape: "reshape",
+    torch.flatten: "flatten",
+    torch.permute: "permute",
+    torch.transpose: "transpose",
+    torch.swapaxes: "transpose",
+    torch.movedim: "movedim",
+    torch.unsqueeze: "unsqueeze",
+    torch.squeeze: "squeeze",
+    torch.chunk: "chunk",
+    torch.split: "split",
+    torch.unbind: "unbind",
+    torch.roll: "roll",
+    F.pad: "pad",
+    F.layer_norm: "layer_norm",
+    F.softmax: "mix",
+    F.log_softmax: "mix",
+    torch.softmax: "mix",
+    F.normalize: "mix",
+    F.scaled_dot_product_attention: "attention",
+    torch.matmul: "matmul",
+    operator.matmul: "matmul",
+    torch.bmm: "matmul",
 }
 METHOD_KINDS = {
-    "view": "reshape", "reshape": "reshape", "flatten": "flatten", "unflatten": "unflatten",
-    "permute": "permute", "transpose": "transpose", "swapaxes": "transpose", "movedim": "movedim",
-    "unsqueeze": "unsqueeze", "squeeze": "squeeze", "chunk": "chunk", "split": "split", "unbind": "unbind",
-    "expand": "expand", "expand_as": "expand", "repeat": "repeat", "roll": "roll", "softmax": "mix",
-    "log_softmax": "mix", "matmul": "matmul", "bmm": "matmul",
+    "view": "reshape",
+    "reshape": "reshape",
+    "flatten": "flatten",
+    "unflatten": "unflatten",
+    "permute": "permute",
+    "transpose": "transpose",
+    "swapaxes": "transpose",
+    "movedim": "movedim",
+    "unsqueeze": "unsqueeze",
+    "squeeze": "squeeze",
+    "chunk": "chunk",
+    "split": "split",
+    "unbind": "unbind",
+    "expand": "expand",
+    "expand_as": "expand",
+    "repeat": "repeat",
+    "roll": "roll",
+    "softmax": "mix",
+    "log_softmax": "mix",
+    "matmul": "matmul",
+    "bmm": "matmul",
 }
 if _patch_merging_pad is not None:
     FUNCTION_KINDS[_patch_merging_pad] = "patch_merging"
-FUNCTION_KINDS.update({window_partition: "window_partition", window_merge: "window_merge",
-                       window_mask: "constant"})
+FUNCTION_KINDS.update(
+    {window_partition: "window_partition", window_merge: "window_merge", window_mask: "constant"}
+)
 
 
 def op_kind(node: fx.Node) -> str | None:
@@ -128,4 +247,3 @@ def node_shape(node) -> tuple[int, ...] | None:
     """The traced output shape of a node (its ``tensor_meta``), None where it is not one tensor."""
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-

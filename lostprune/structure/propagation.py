@@ -61,7 +61,9 @@ class Propagation:
         current_masks: {layer: 0/1 weight mask}; what they already remove stays removed.
     """
 
-    def __init__(self, graph: DependencyGraph, layers: Mapping[str, nn.Module], current_masks: Mapping[str, Tensor]):
+    def __init__(
+        self, graph: DependencyGraph, layers: Mapping[str, nn.Module], current_masks: Mapping[str, Tensor]
+    ):
         self.names = list(layers)
         self.modules = graph.modules
         self.layers: dict[str, _Layer] = {}
@@ -74,8 +76,14 @@ class Propagation:
             cin = mask.shape[1] * groups if mask.dim() > 1 else 1
             inner = int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1
             rows, cols, pairs = _live(mask, groups)
-            self.layers[name] = _Layer(name, slice(row_start, row_start + cout), slice(col_start, col_start + cin),
-                                       groups, inner, pairs)
+            self.layers[name] = _Layer(
+                name,
+                slice(row_start, row_start + cout),
+                slice(col_start, col_start + cin),
+                groups,
+                inner,
+                pairs,
+            )
             live_rows.append(rows)
             live_cols.append(cols)
             row_start += cout
@@ -83,7 +91,9 @@ class Propagation:
         self.live_rows = np.concatenate(live_rows) if live_rows else np.zeros(0, dtype=bool)
         self.live_cols = np.concatenate(live_cols) if live_cols else np.zeros(0, dtype=bool)
         self.events: list[tuple] = []
-        self.read_always: list[np.ndarray] = []  # channels read whatever the masks (network output, unknown ops)
+        self.read_always: list[
+            np.ndarray
+        ] = []  # channels read whatever the masks (network output, unknown ops)
         self.layer_output: dict[str, np.ndarray] = {}  # layer -> its (first) output channels
         compiler = _Compiler(graph.fx_graph, graph.modules, self)
         compiler.run()
@@ -131,7 +141,9 @@ class Propagation:
         """Row and column keep vectors that remove nothing new."""
         return self.live_rows.copy(), self.live_cols.copy()
 
-    def propagate(self, rows: np.ndarray, cols: np.ndarray, drop_constants: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def propagate(
+        self, rows: np.ndarray, cols: np.ndarray, drop_constants: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Final row and column keep vectors after removing ``~rows`` / ``~cols`` (and what the
         current masks remove): unread rows zeroed, and with ``drop_constants`` columns that
         read only a constant zeroed, until nothing changes."""
@@ -191,7 +203,9 @@ class Propagation:
                 total += round(float((row[:, None] * layer.pairs * _col_matrix(layer, col)).sum()))
         return total
 
-    def masks(self, rows: np.ndarray, cols: np.ndarray, current_masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def masks(
+        self, rows: np.ndarray, cols: np.ndarray, current_masks: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
         """{layer: 0/1 weight mask}: the current masks with the final rows and columns zeroed."""
         result = {}
         for name, layer in self.layers.items():
@@ -203,8 +217,11 @@ class Propagation:
                 continue
             factor = row[:, None] & _col_matrix(layer, col)  # [Cout, Cin / groups]
             factor = torch.from_numpy(factor).to(device=mask.device, dtype=mask.dtype)
-            result[name] = mask * factor.view(*factor.shape, *([1] * (mask.dim() - 2))) if mask.dim() >= 2 \
+            result[name] = (
+                mask * factor.view(*factor.shape, *([1] * (mask.dim() - 2)))
+                if mask.dim() >= 2
                 else mask * factor.view(-1)
+            )
         return result
 
 
@@ -286,7 +303,9 @@ class _Compiler(ChannelWalk):
     def combine(self, node: fx.Node, parts: list[np.ndarray], broadcast: list[np.ndarray]) -> np.ndarray:
         shape = parts[0].shape
         out = self.fresh(int(np.prod(shape))).reshape(shape)
-        self.propagation.events.append(("and", out.ravel(), [np.asarray(p).ravel() for p in parts + broadcast]))
+        self.propagation.events.append(
+            ("and", out.ravel(), [np.asarray(p).ravel() for p in parts + broadcast])
+        )
         return out
 
     def mixed(self, ch: Channels, reason: str | None) -> Channels:
@@ -294,8 +313,9 @@ class _Compiler(ChannelWalk):
         self.lose(ch.labels, reason or "")
         return Channels(self.fresh(ch.labels.size).reshape(ch.labels.shape), ch.dims, ch.ndim, ch.fixed)
 
-    def layer(self, node: fx.Node, name: str, module: nn.Module, in_labels: np.ndarray | None,
-              reason: str) -> np.ndarray:
+    def layer(
+        self, node: fx.Node, name: str, module: nn.Module, in_labels: np.ndarray | None, reason: str
+    ) -> np.ndarray:
         cout = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
         layer = self.propagation.layers.get(name)
         width = layer.cols.stop - layer.cols.start if layer is not None else None

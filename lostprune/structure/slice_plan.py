@@ -51,26 +51,33 @@ class SliceReport:
 
     def summary(self) -> str:
         borders = sum(kind == "border" for kind in self.folded_layers.values())
-        text = (f"sliced: {self.params_before:,} → {self.params_after:,} parameters "
-                f"(−{100 * self.param_reduction:.2f} %), {self.channels_removed:,} channels removed, "
-                f"{self.channels_folded:,} constant channels folded into {len(self.folded_layers)} layers "
-                f"({borders} with a border term)")
+        text = (
+            f"sliced: {self.params_before:,} → {self.params_after:,} parameters "
+            f"(−{100 * self.param_reduction:.2f} %), {self.channels_removed:,} channels removed, "
+            f"{self.channels_folded:,} constant channels folded into {len(self.folded_layers)} layers "
+            f"({borders} with a border term)"
+        )
         if self.padding_share >= 0.05:
-            text += (f"\n  {self.padding_share:.0%} of the convolution work runs on channel padding: "
-                     f"{len(self.unaligned)} convs keep output channel counts that are not a multiple of "
-                     f"{self.channel_multiple}, the kernels' channel tile on this device; prune with "
-                     f"round_to='auto' to keep multiples of it")
+            text += (
+                f"\n  {self.padding_share:.0%} of the convolution work runs on channel padding: "
+                f"{len(self.unaligned)} convs keep output channel counts that are not a multiple of "
+                f"{self.channel_multiple}, the kernels' channel tile on this device; prune with "
+                f"round_to='auto' to keep multiples of it"
+            )
         if self.zeros_kept:
-            text += (f"\n  {self.zeros_kept:,} masked weights stay as zeros: their channels are still read or "
-                     f"produced by another layer (per-layer pruning, the paper's FT / PFP); a group-aware "
-                     f"variant (coupled='sum') removes whole channels")
+            text += (
+                f"\n  {self.zeros_kept:,} masked weights stay as zeros: their channels are still read or "
+                f"produced by another layer (per-layer pruning, the paper's FT / PFP); a group-aware "
+                f"variant (coupled='sum') removes whole channels"
+            )
         if self.kept:
             text += "\n  kept: " + "\n  kept: ".join(self.kept)
         return text
 
 
-def live_rows_and_columns(modules: dict[str, nn.Module], known: dict[nn.Module, tuple[Tensor, Tensor]]
-                           ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def live_rows_and_columns(
+    modules: dict[str, nn.Module], known: dict[nn.Module, tuple[Tensor, Tensor]]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Per conv/linear layer: which weight rows and input columns hold a nonzero (one pass
     over the weights; a zero weight is a removed weight, masked or not). ``known``: those
     already found, per module."""
@@ -87,7 +94,9 @@ def _zero_padded(conv: nn.Conv2d) -> bool:
     if conv.padding_mode != "zeros":
         return False
     if isinstance(conv.padding, str):
-        return conv.padding == "same" and any(d * (k - 1) > 0 for d, k in zip(conv.dilation, conv.kernel_size))
+        return conv.padding == "same" and any(
+            d * (k - 1) > 0 for d, k in zip(conv.dilation, conv.kernel_size)
+        )
     return any(p > 0 for p in conv.padding)
 
 
@@ -98,8 +107,13 @@ def _border_capable(conv: nn.Module) -> bool:
 class _Decision:
     """Per group: which removed channels are dropped, and the constants to fold."""
 
-    def __init__(self, modules: dict[str, nn.Module], rows: dict[str, Tensor], cols: dict[str, Tensor],
-                 constants: dict[str, Tensor]):
+    def __init__(
+        self,
+        modules: dict[str, nn.Module],
+        rows: dict[str, Tensor],
+        cols: dict[str, Tensor],
+        constants: dict[str, Tensor],
+    ):
         self.modules = modules
         self.rows, self.cols = rows, cols
         self.constants = constants
@@ -124,20 +138,28 @@ class _Decision:
         reasons = []
         for m in group.consumers:
             module = self.modules[m.module]
-            reads = self.cols[m.module][m.index].any(1) if m.module in self.cols else torch.ones(group.size, dtype=torch.bool)
+            reads = (
+                self.cols[m.module][m.index].any(1)
+                if m.module in self.cols
+                else torch.ones(group.size, dtype=torch.bool)
+            )
             values = self.constants.get(m.module)
             values = values[m.index] if values is not None else torch.full(tuple(m.index.shape), math.nan)
             unknown = reads & ~torch.isfinite(values).all(1)
             if unknown.any():
-                reasons.append(f"its value at the input of '{m.module}' is not a constant slicing can determine "
-                               "(it passes an op that does not preserve constants, or the layer runs on different "
-                               "inputs)")
+                reasons.append(
+                    f"its value at the input of '{m.module}' is not a constant slicing can determine "
+                    "(it passes an op that does not preserve constants, or the layer runs on different "
+                    "inputs)"
+                )
             border = torch.zeros(group.size, dtype=torch.bool)
             if isinstance(module, nn.Conv2d) and _zero_padded(module) and not _border_capable(module):
                 border = reads & ~unknown & (values != 0).any(1)
                 if border.any():
-                    reasons.append(f"'{m.module}' is a {type(module).__name__} with zero padding "
-                                   "(only nn.Conv2d and FoldedConv2d take a border term)")
+                    reasons.append(
+                        f"'{m.module}' is a {type(module).__name__} with zero padding "
+                        "(only nn.Conv2d and FoldedConv2d take a border term)"
+                    )
             refused |= unknown | border
         return refused, reasons
 
@@ -153,20 +175,23 @@ class _Decision:
             if refused.any():
                 drop &= ~refused
                 self.kept_channels += int(refused.sum())
-                self.kept.append(f"{int(refused.sum())} channels of group {group.id} ({_producer_names(group)}): "
-                                 + "; ".join(reasons))
+                self.kept.append(
+                    f"{int(refused.sum())} channels of group {group.id} ({_producer_names(group)}): "
+                    + "; ".join(reasons)
+                )
         if drop.all():  # a layer needs at least one channel: keep one, unchanged
             drop[0] = False
             self.kept_channels += 1
-            self.kept.append(f"channel 0 of group {group.id} ({_producer_names(group)}): every channel of the "
-                             "group was removed; one is kept so its layers keep a channel")
+            self.kept.append(
+                f"channel 0 of group {group.id} ({_producer_names(group)}): every channel of the "
+                "group was removed; one is kept so its layers keep a channel"
+            )
         return drop
 
 
 def _producer_names(group: ChannelGroup) -> str:
     names = [m.module for m in group.producers]
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
 
 
 def _fold_term(module: nn.Module, weight: Tensor, values: Tensor, columns: Tensor) -> Tensor | None:
@@ -185,8 +210,12 @@ class SlicePlan:
     modules: dict[str, nn.Module]
     keep_rows: dict[str, Tensor]  # module -> bool [dim 0] (conv/linear rows, depthwise, BN)
     keep_cols: dict[str, Tensor]  # module -> bool [in channels / features]
-    keep_params: dict[str, tuple[int, Tensor]] = field(default_factory=dict)  # parameter -> (dim, bool [size])
-    new_tensors: dict[tuple[str, str], Tensor] = field(default_factory=dict)  # (module, attr) -> replaced source
+    keep_params: dict[str, tuple[int, Tensor]] = field(
+        default_factory=dict
+    )  # parameter -> (dim, bool [size])
+    new_tensors: dict[tuple[str, str], Tensor] = field(
+        default_factory=dict
+    )  # (module, attr) -> replaced source
     folded: dict[str, nn.Conv2d] = field(default_factory=dict)  # convs that take a border term
 
 
@@ -212,7 +241,9 @@ def plan_slice(graph, modules, rows, cols, removed, report: SliceReport) -> Slic
         for m in group.members:
             if m.role == PARAM:
                 size = graph.model.get_parameter(m.module).shape[m.dim]
-                keep_params.setdefault(m.module, (m.dim, torch.ones(size, dtype=torch.bool)))[1][m.select(drop)] = False
+                keep_params.setdefault(m.module, (m.dim, torch.ones(size, dtype=torch.bool)))[1][
+                    m.select(drop)
+                ] = False
                 continue
             target = keep_cols if m.role == IN else keep_rows
             if m.module not in target:
@@ -245,5 +276,3 @@ def _extent(module: nn.Module, role: str) -> int:
     if role == NORM:
         return module.num_features
     return module.weight.shape[0]
-
-

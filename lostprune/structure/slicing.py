@@ -128,23 +128,33 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     if example_input is None:
         size = getattr(model, "input_size", None)
         if size is None:
-            raise ValueError("slice_model traces the model and needs an example input: pass "
-                             "example_input=torch.randn(1, C, H, W) (or set model.input_size; a model "
-                             "lostprune.prune returned remembers the one prune traced it on)")
+            raise ValueError(
+                "slice_model traces the model and needs an example input: pass "
+                "example_input=torch.randn(1, C, H, W) (or set model.input_size; a model "
+                "lostprune.prune returned remembers the one prune traced it on)"
+            )
         reference = next(itertools.chain(model.parameters(), model.buffers()), None)
         example_input = torch.zeros(1, *size, device=reference.device if reference is not None else None)
         source = "model.input_size"
     if not isinstance(example_input, Tensor) or example_input.dim() < 2 or example_input.shape[0] == 0:
-        raise ValueError("example_input must be a non-empty batch tensor (N x C x H x W or N x features), got "
-                         + (f"shape {tuple(example_input.shape)}" if isinstance(example_input, Tensor)
-                            else type(example_input).__name__))
+        raise ValueError(
+            "example_input must be a non-empty batch tensor (N x C x H x W or N x features), got "
+            + (
+                f"shape {tuple(example_input.shape)}"
+                if isinstance(example_input, Tensor)
+                else type(example_input).__name__
+            )
+        )
     if source:  # a wrong input fails here, named, not as a trace error deep in the graph
         check_input(model, example_input, source)
     params_before = _count_params(model)
     # masked layers: weights their masks keep (slicing drops only masked ones; the rest of a
     # sliced layer's weights are masked weights that stay, as zeros)
-    pruned = {name: int(torch.count_nonzero(m.weight_mask)) for name, m in model.named_modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear)) and "weight" in masked_parameters(m)}
+    pruned = {
+        name: int(torch.count_nonzero(m.weight_mask))
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and "weight" in masked_parameters(m)
+    }
 
     dense, shared, live = _dense_copy(model)
     training = {m: m.training for m in dense.modules()}
@@ -161,9 +171,12 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
                     removed[group.id] = gone
         report = SliceReport(params_before, params_before)
         if not removed:
-            warnings.warn("slice_model: no channel is structurally removed (the model has no structural masks: "
-                          "it is unpruned or pruned unstructured) — returning an equal dense copy", SlicingWarning,
-                          stacklevel=2)
+            warnings.warn(
+                "slice_model: no channel is structurally removed (the model has no structural masks: "
+                "it is unpruned or pruned unstructured) — returning an equal dense copy",
+                SlicingWarning,
+                stacklevel=2,
+            )
             plan = SlicePlan(modules, {}, {})
         else:
             plan = plan_slice(graph, modules, rows, cols, removed, report)
@@ -179,9 +192,13 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
     _count_conv_work(dense, graph, report, example_input)
     report.shapes = {name: tuple(p.shape) for name, p in dense.named_parameters()}
     if report.kept:
-        warnings.warn(f"slice_model kept {report.channels_kept} removed channels to keep the model's function: "
-                      + "; ".join(report.kept[:3]) + (" …" if len(report.kept) > 3 else ""), SlicingWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"slice_model kept {report.channels_kept} removed channels to keep the model's function: "
+            + "; ".join(report.kept[:3])
+            + (" …" if len(report.kept) > 3 else ""),
+            SlicingWarning,
+            stacklevel=2,
+        )
     dense.slice_report = report
     return dense
 
@@ -193,9 +210,11 @@ def _check_runs(sliced: nn.Module, example_input: Tensor) -> None:
         shape_only_forward(sliced, example_input[:1])
     except Exception as exc:
         where = failing_module(exc)
-        raise GraphError(f"slice_model: the sliced model does not run{f' ({where})' if where else ''}: "
-                         f"{type(exc).__name__}: {exc}. Some size in the model's code depends on the removed "
-                         "channels in a way the channel analysis does not follow; please report it") from exc
+        raise GraphError(
+            f"slice_model: the sliced model does not run{f' ({where})' if where else ''}: "
+            f"{type(exc).__name__}: {exc}. Some size in the model's code depends on the removed "
+            "channels in a way the channel analysis does not follow; please report it"
+        ) from exc
 
 
 def _count_conv_work(sliced: nn.Module, graph, report: SliceReport, example_input: Tensor) -> None:
@@ -231,7 +250,11 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: SlicePla
                 continue
             source = plan.new_tensors.pop((name, attr), None)
             r = rows if sliceable and tensor.dim() >= 1 else None
-            c = cols if sliceable and attr == "weight" and isinstance(module, (nn.Conv2d, nn.Linear)) else None
+            c = (
+                cols
+                if sliceable and attr == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+                else None
+            )
             qualified = f"{name}.{attr}" if name else attr
             if qualified in plan.keep_params:  # a layer scale, class token, per-head table: along its dim
                 dim, keep = plan.keep_params[qualified]
@@ -252,8 +275,11 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: SlicePla
     distinct: dict[tuple, int] = {}
     sources, rows, cols, which = [], [], [], []
     for _module, _attr, old, source, r, c in jobs:
-        key = (id(old), None if r is None else tuple(r.tolist()), None if c is None else tuple(c.tolist())) \
-            if source is None else (id(source),)
+        key = (
+            (id(old), None if r is None else tuple(r.tolist()), None if c is None else tuple(c.tolist()))
+            if source is None
+            else (id(source),)
+        )
         if key not in distinct:
             distinct[key] = len(sources)
             sources.append((source if source is not None else old).detach())
@@ -268,8 +294,9 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: SlicePla
         else:
             by_device.setdefault(source.device, []).append(i)
     for indices in by_device.values():
-        gathered = gather_channels([sources[i] for i in indices], [rows[i] for i in indices],
-                                   [cols[i] for i in indices])
+        gathered = gather_channels(
+            [sources[i] for i in indices], [rows[i] for i in indices], [cols[i] for i in indices]
+        )
         for i, tensor in zip(indices, gathered):
             outputs[i] = tensor
 
@@ -292,9 +319,13 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: SlicePla
         resize_attention(module)
         if type(module) is nn.Conv2d and "fold_weight" in module._buffers:
             plan.folded[name] = module
-    leftovers = [n for n, t in itertools.chain(dense.named_parameters(), dense.named_buffers()) if id(t) in shared]
+    leftovers = [
+        n for n, t in itertools.chain(dense.named_parameters(), dense.named_buffers()) if id(t) in shared
+    ]
     if leftovers:
-        raise RuntimeError(f"slice_model: internal error, tensors still shared with the input model: {leftovers[:5]}")
+        raise RuntimeError(
+            f"slice_model: internal error, tensors still shared with the input model: {leftovers[:5]}"
+        )
 
 
 def _resize(module: nn.Module) -> None:

@@ -22,7 +22,9 @@ from torch.nn.utils import prune as torch_prune
 
 # the example input lostprune.prune remembers on a pruned model, for slice_model
 EXAMPLE_INPUT = "lostprune_example_input"
-_MODULE_INTERNALS = frozenset(nn.Module().__dict__) | {EXAMPLE_INPUT}  # _parameters, _buffers, hooks, training …
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__) | {
+    EXAMPLE_INPUT
+}  # _parameters, _buffers, hooks, training …
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.memory_format)
 
 
@@ -35,8 +37,9 @@ def _summary(value):
         return value
     if isinstance(value, (tuple, list, set, frozenset)):
         items = tuple(_summary(v) for v in value)
-        return type(value).__name__, (tuple(sorted(items, key=repr)) if isinstance(value, (set, frozenset))
-                                      else items)
+        return type(value).__name__, (
+            tuple(sorted(items, key=repr)) if isinstance(value, (set, frozenset)) else items
+        )
     if isinstance(value, dict):
         return "dict", tuple((_summary(k), _summary(v)) for k, v in value.items())
     if isinstance(value, Tensor):  # a plain tensor attribute: its shape
@@ -53,8 +56,11 @@ def _summary(value):
 def _tensors(module: nn.Module) -> tuple:
     """(name, shape, dtype) of parameters and buffers, pruning's weight_orig/weight_mask
     counted as the plain weight."""
-    masked = {name[:-5] for name in module._parameters if name.endswith("_orig")
-              and f"{name[:-5]}_mask" in module._buffers}
+    masked = {
+        name[:-5]
+        for name in module._parameters
+        if name.endswith("_orig") and f"{name[:-5]}_mask" in module._buffers
+    }
     entries = []
     for name, tensor in module._parameters.items():
         if tensor is not None:
@@ -66,8 +72,11 @@ def _tensors(module: nn.Module) -> tuple:
 
 
 def _has_hooks(module: nn.Module) -> bool:
-    pre_hooks = [h for h in module._forward_pre_hooks.values()
-                 if not isinstance(h, (torch_prune.BasePruningMethod, torch_prune.PruningContainer))]
+    pre_hooks = [
+        h
+        for h in module._forward_pre_hooks.values()
+        if not isinstance(h, (torch_prune.BasePruningMethod, torch_prune.PruningContainer))
+    ]
     return bool(pre_hooks or module._forward_hooks)
 
 
@@ -81,8 +90,11 @@ def structure_key(model: nn.Module, example_input: Tensor, leaf_modules=()) -> t
             if _has_hooks(module):
                 return None
             # pruning's masked weight attribute is counted with the parameters (_tensors)
-            attributes = tuple((k, _summary(v)) for k, v in module.__dict__.items()
-                               if k not in _MODULE_INTERNALS and f"{k}_orig" not in module._parameters)
+            attributes = tuple(
+                (k, _summary(v))
+                for k, v in module.__dict__.items()
+                if k not in _MODULE_INTERNALS and f"{k}_orig" not in module._parameters
+            )
             parts.append((name, type(module), module.training, attributes, _tensors(module)))
     except _Unkeyable:
         return None

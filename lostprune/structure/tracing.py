@@ -31,8 +31,10 @@ def trace(model: nn.Module, leaf_modules=()) -> fx.GraphModule:
 
 
 def leaf_spec(leaf_modules) -> tuple[tuple[type, ...], tuple[str, ...]]:
-    return (tuple(m for m in leaf_modules if isinstance(m, type)),
-            tuple(m for m in leaf_modules if isinstance(m, str)))
+    return (
+        tuple(m for m in leaf_modules if isinstance(m, type)),
+        tuple(m for m in leaf_modules if isinstance(m, str)),
+    )
 
 
 def trace_graph(model: nn.Module, leaf_modules=()) -> fx.Graph:
@@ -80,8 +82,10 @@ def propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_inp
             if node.op == "placeholder":
                 value = next(inputs, args[0] if args else _MISSING)
                 if value is _MISSING:
-                    raise GraphError(f"forward of {type(root).__name__} takes more than one input "
-                                     f"('{node.target}'); build_graph traces it on one example input")
+                    raise GraphError(
+                        f"forward of {type(root).__name__} takes more than one input "
+                        f"('{node.target}'); build_graph traces it on one example input"
+                    )
             elif node.op == "get_attr":
                 value = root
                 for part in node.target.split("."):
@@ -115,5 +119,3 @@ def _annotate(node: fx.Node, value) -> None:
     if found:
         node.meta["tensor_meta"] = meta
     node.meta["type"] = type(value)
-
-

@@ -83,8 +83,9 @@ class ChannelWalk(ShapeOps):
         that are not fixed)."""
         raise NotImplementedError
 
-    def layer(self, node: fx.Node, name: str, module: nn.Module, in_labels: np.ndarray | None,
-              reason: str) -> np.ndarray:
+    def layer(
+        self, node: fx.Node, name: str, module: nn.Module, in_labels: np.ndarray | None, reason: str
+    ) -> np.ndarray:
         """A conv / linear layer reads ``in_labels`` (None: channels the walk does not know,
         ``reason`` says why); returns the labels of its output channels."""
         raise NotImplementedError
@@ -117,7 +118,9 @@ class ChannelWalk(ShapeOps):
                 self.release(v, reason)
 
     def unknown(self, node: fx.Node, why: str | None = None):
-        reason = f"unsupported op {op_name(node, self.modules)} at node '{node.name}'" + (f" ({why})" if why else "")
+        reason = f"unsupported op {op_name(node, self.modules)} at node '{node.name}'" + (
+            f" ({why})" if why else ""
+        )
         for arg in node.all_input_nodes:
             self.release(self.values.get(arg), reason)
         return Opaque(reason) if self.tensor_output(node) else None
@@ -182,15 +185,21 @@ class ChannelWalk(ShapeOps):
         if isinstance(module, nn.Unflatten):
             shape = node_shape(node)
             dim = module.dim % len(shape) if shape else 0
-            return self.reshaped(node, first, tuple(dim + i for i, s in enumerate(module.unflattened_size)
-                                                    if written_size(s)))
+            return self.reshaped(
+                node, first, tuple(dim + i for i, s in enumerate(module.unflattened_size) if written_size(s))
+            )
         if isinstance(module, nn.MultiheadAttention):
-            return self.unknown(node, "lostprune.structure.convert_attention replaces it by a traceable "
-                                      "equivalent whose heads can be pruned; lostprune.prune does so")
+            return self.unknown(
+                node,
+                "lostprune.structure.convert_attention replaces it by a traceable "
+                "equivalent whose heads can be pruned; lostprune.prune does so",
+            )
         return self.unknown(node)
 
     def visit_layer(self, node: fx.Node, name: str, module: nn.Module, value):
-        reason = value.reason if isinstance(value, Opaque) else f"input of '{name}' the analysis does not follow"
+        reason = (
+            value.reason if isinstance(value, Opaque) else f"input of '{name}' the analysis does not follow"
+        )
         in_labels = None
         if isinstance(module, nn.Conv2d):
             if isinstance(value, Channels):
@@ -246,8 +255,11 @@ class ChannelWalk(ShapeOps):
         if not touched:
             return value
         loose = touched - value.fixed
-        reason = (f"normalized or mixed together by {op_name(node, self.modules)} at node '{node.name}'"
-                  if loose else None)
+        reason = (
+            f"normalized or mixed together by {op_name(node, self.modules)} at node '{node.name}'"
+            if loose
+            else None
+        )
         return self.mixed(value, reason)
 
     def normalized(self, node: fx.Node, value, count: int):
@@ -267,8 +279,9 @@ class ChannelWalk(ShapeOps):
 
     def op_binary(self, node: fx.Node):
         shape = node_shape(node)
-        operands = [a for a in node.args if isinstance(a, fx.Node)] + \
-                   [a for k, a in node.kwargs.items() if k in ("other", "input") and isinstance(a, fx.Node)]
+        operands = [a for a in node.args if isinstance(a, fx.Node)] + [
+            a for k, a in node.kwargs.items() if k in ("other", "input") and isinstance(a, fx.Node)
+        ]
         values = [self.value(a) for a in operands]
         if shape is None:
             return None
@@ -319,12 +332,17 @@ class ChannelWalk(ShapeOps):
             if isinstance(v, Param):
                 self.param_along(node, ax.shift_param(v, len(shape)), full[0], spread)
             else:
-                self.pin(full[0].labels, f"a per-channel constant that is not a parameter meets them at node "
-                                         f"'{node.name}' (slicing cannot follow it)")
+                self.pin(
+                    full[0].labels,
+                    f"a per-channel constant that is not a parameter meets them at node "
+                    f"'{node.name}' (slicing cannot follow it)",
+                )
         fixed = frozenset.intersection(*[v.fixed for v in full])
         if len(full) == 1 and not single:
             return Channels(full[0].labels, dims, len(shape), fixed)
-        broadcast = [np.broadcast_to(v.labels.reshape(-1)[:1].reshape((1,) * len(target)), target) for v in single]
+        broadcast = [
+            np.broadcast_to(v.labels.reshape(-1)[:1].reshape((1,) * len(target)), target) for v in single
+        ]
         labels = self.combine(node, [v.labels for v in full], broadcast)
         return Channels(labels, dims, len(shape), fixed)
 
@@ -333,8 +351,11 @@ class ChannelWalk(ShapeOps):
         where = {d: a for a, d in param.axes.items()}
         for d in spread:
             if d not in where:
-                self.pin(ch.labels, f"a per-channel constant computed from parameter '{param.name}' meets them at "
-                                    f"node '{node.name}' in a way slicing cannot follow")
+                self.pin(
+                    ch.labels,
+                    f"a per-channel constant computed from parameter '{param.name}' meets them at "
+                    f"node '{node.name}' in a way slicing cannot follow",
+                )
                 return
         for d in spread:
             others = tuple(o for o in ch.dims if o != d)
@@ -359,8 +380,12 @@ class ChannelWalk(ShapeOps):
         if keepdim:
             return value
         shift = lambda d: d - sum(1 for r in dims if r < d)  # noqa: E731
-        return Channels(value.labels, tuple(shift(d) for d in value.dims), value.ndim - len(dims),
-                        frozenset(shift(d) for d in value.fixed))
+        return Channels(
+            value.labels,
+            tuple(shift(d) for d in value.dims),
+            value.ndim - len(dims),
+            frozenset(shift(d) for d in value.fixed),
+        )
 
     def op_mix(self, node: fx.Node):
         default = 1 if node.target is torch.nn.functional.normalize else None
@@ -379,8 +404,11 @@ class ChannelWalk(ShapeOps):
         amounts = list(call_arg(node, 1, "pad", ()))
         if not isinstance(value, Channels):
             return self.passthrough(node, value)
-        padded = {value.ndim - 1 - i // 2 for i, amount in enumerate(amounts)
-                  if isinstance(amount, fx.Node) or amount != 0}
+        padded = {
+            value.ndim - 1 - i // 2
+            for i, amount in enumerate(amounts)
+            if isinstance(amount, fx.Node) or amount != 0
+        }
         if padded & set(value.dims):
             return self.unknown(node, "pads a channel dim")
         return value
@@ -433,13 +461,18 @@ class ChannelWalk(ShapeOps):
         explicit_scale = "scale" in node.kwargs and node.kwargs["scale"] is not None
         for x in (q, k, v):
             if isinstance(x, Channels) and n - 1 in x.dims and n - 1 not in x.fixed:
-                if x is v and not any(isinstance(y, Channels) and set(y.dims) - {n - 1} for y in (q, k, mask)):
+                if x is v and not any(
+                    isinstance(y, Channels) and set(y.dims) - {n - 1} for y in (q, k, mask)
+                ):
                     continue  # no heads: v's features are plain channels
                 if self.follows_unions and (x is v or explicit_scale):
                     self.unite_along(x, (n - 1,))
                 else:
-                    self.pin(x.labels, f"the head size at attention node '{node.name}' is not a constant "
-                                       "(write view(..., head_dim))")
+                    self.pin(
+                        x.labels,
+                        f"the head size at attention node '{node.name}' is not a constant "
+                        "(write view(..., head_dim))",
+                    )
         heads = [x for x in (q, k, v, mask) if isinstance(x, Channels) and set(x.dims) - {n - 1}]
         if heads:
             batch = tuple(d for d in heads[0].dims if d < n - 2)

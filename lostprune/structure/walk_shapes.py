@@ -79,7 +79,9 @@ class ShapeOps:
         shape = node_shape(node)
         dim, sizes = call_arg(node, 1, "dim"), call_arg(node, 2, "sizes", ())
         dim = dim % len(shape) if shape else 0
-        return self.reshaped(node, self.value(node.args[0]), tuple(dim + i for i, s in enumerate(sizes) if written_size(s)))
+        return self.reshaped(
+            node, self.value(node.args[0]), tuple(dim + i for i, s in enumerate(sizes) if written_size(s))
+        )
 
     def permuted(self, value, perm):
         if isinstance(value, Channels):
@@ -151,8 +153,12 @@ class ShapeOps:
             return tuple(None for _ in shapes)
         if dim not in value.dims:
             if drop:
-                shifted = Channels(value.labels, tuple(d - (d > dim) for d in value.dims), ndim - 1,
-                                   frozenset(d - (d > dim) for d in value.fixed))
+                shifted = Channels(
+                    value.labels,
+                    tuple(d - (d > dim) for d in value.dims),
+                    ndim - 1,
+                    frozenset(d - (d > dim) for d in value.fixed),
+                )
                 return tuple(shifted for _ in shapes)
             return tuple(value for _ in shapes)
         axis = value.axis(dim)
@@ -163,7 +169,10 @@ class ShapeOps:
                 for p in parts[1:]:
                     self.unite(parts[0], p)
             else:
-                self.pin(value.labels, f"split at node '{node.name}' into parts of sizes written in the model's code")
+                self.pin(
+                    value.labels,
+                    f"split at node '{node.name}' into parts of sizes written in the model's code",
+                )
         if drop:
             dims = tuple(d - (d > dim) for d in value.dims if d != dim)
             fixed = frozenset(d - (d > dim) for d in value.fixed if d != dim)
@@ -220,7 +229,11 @@ class ShapeOps:
                 size = tuple(part_shape[d] for d in ref.dims) if part_shape else None
                 if size is None:
                     return self.unknown(node)
-                reason = v.reason if isinstance(v, Opaque) else f"concatenated from a constant at node '{node.name}'"
+                reason = (
+                    v.reason
+                    if isinstance(v, Opaque)
+                    else f"concatenated from a constant at node '{node.name}'"
+                )
                 parts.append(self.fresh(int(np.prod(size)), reason).reshape(size))
         fixed = frozenset.intersection(*[v.fixed for v in tracked]) - {dim}
         return Channels(np.concatenate(parts, axis=axis), ref.dims, len(shape), fixed)
@@ -264,7 +277,9 @@ class ShapeOps:
         if in_shape is None or out_shape is None:
             return self.unknown(node)
         items = ax.normalize_key(key, len(in_shape))
-        tensor_items = [i for i, k in enumerate(items) if isinstance(k, fx.Node) and node_shape(k) is not None]
+        tensor_items = [
+            i for i, k in enumerate(items) if isinstance(k, fx.Node) and node_shape(k) is not None
+        ]
         if len(tensor_items) > 1 or any(isinstance(k, (list, bool)) for k in items):
             return self.unknown(node, "advanced indexing")
         mapping, out_dim, in_dim = {}, 0, 0  # input dim -> output dim
@@ -283,9 +298,15 @@ class ShapeOps:
                 dropped_ints[in_dim] = k
             in_dim += 1
         if isinstance(value, Param):
-            return Param(value.name, {a: mapping[d] for a, d in value.axes.items()
-                                      if d in mapping and ax.full_slice(items_at(items, d), in_shape[d])},
-                         len(out_shape))
+            return Param(
+                value.name,
+                {
+                    a: mapping[d]
+                    for a, d in value.axes.items()
+                    if d in mapping and ax.full_slice(items_at(items, d), in_shape[d])
+                },
+                len(out_shape),
+            )
         labels, keep = value.labels, []
         for d in value.dims:
             axis_item = items_at(items, d)
@@ -308,7 +329,9 @@ class ShapeOps:
         dims = [mapping[d] for d in keep]
         if not dims:
             return None
-        return Channels(labels, tuple(dims), len(out_shape), frozenset(mapping[d] for d in keep if d in value.fixed))
+        return Channels(
+            labels, tuple(dims), len(out_shape), frozenset(mapping[d] for d in keep if d in value.fixed)
+        )
 
 
 def items_at(items: list, d: int):

@@ -50,6 +50,7 @@ class ShiftDraw:
     """What each sample of one batch drew: ``corruption[i]`` indexes the transform's
     corruption list (meaningless where ``severity[i]`` is 0), ``level[i]`` is its noise level;
     ``seed`` seeds the corruptions' and the noise's own randomness."""
+
     corruption: Tensor  # int64 (N,), CPU
     severity: Tensor  # int64 (N,), CPU
     level: Tensor  # float32 (N,), CPU
@@ -73,10 +74,18 @@ class ShiftAugmentation:
         table: corruption parameters, ``"cifar"`` or ``"imagenet"`` (default by image size).
     """
 
-    def __init__(self, corruptions: Sequence[str] = DEFAULT_TRAINING_CORRUPTIONS,
-                 severities: Sequence[int] = DEFAULT_SEVERITIES, noise: str | None = "gaussian",
-                 noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS, *, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, seed: int | None = None, table: str | None = None):
+    def __init__(
+        self,
+        corruptions: Sequence[str] = DEFAULT_TRAINING_CORRUPTIONS,
+        severities: Sequence[int] = DEFAULT_SEVERITIES,
+        noise: str | None = "gaussian",
+        noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        seed: int | None = None,
+        table: str | None = None,
+    ):
         self.corruptions = tuple(_check_corruptions(corruptions))
         self.severities = tuple(_check_severities(severities))
         if noise is not None and noise not in KINDS:
@@ -97,8 +106,10 @@ class ShiftAugmentation:
         self.seed = seed
         self._generator = None if seed is None else torch.Generator().manual_seed(seed)
         if not self.corrupts and not self.adds_noise:
-            raise ValueError("ShiftAugmentation augments nothing: give corruptions with a severity > 0, "
-                             "or noise with a level > 0")
+            raise ValueError(
+                "ShiftAugmentation augments nothing: give corruptions with a severity > 0, "
+                "or noise with a level > 0"
+            )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -111,8 +122,10 @@ class ShiftAugmentation:
 
     def __repr__(self) -> str:
         noise = f"{self.noise} {list(self.noise_levels)}" if self.adds_noise else "none"
-        return (f"ShiftAugmentation(corruptions={list(self.corruptions)}, severities={list(self.severities)}, "
-                f"noise={noise}, seed={self.seed})")
+        return (
+            f"ShiftAugmentation(corruptions={list(self.corruptions)}, severities={list(self.severities)}, "
+            f"noise={noise}, seed={self.seed})"
+        )
 
     def with_seed(self, seed: int) -> ShiftAugmentation:
         """The same mix drawing from its own generator, seeded by ``seed``."""
@@ -135,7 +148,8 @@ class ShiftAugmentation:
         if not self.corruptions:
             severity = torch.zeros(n, dtype=torch.long)
         level = torch.tensor(self.noise_levels, dtype=torch.float32)[
-            torch.randint(len(self.noise_levels), (n,), generator=gen)]
+            torch.randint(len(self.noise_levels), (n,), generator=gen)
+        ]
         return ShiftDraw(corruption, severity, level, seed)
 
     def __call__(self, inputs: Tensor) -> Tensor:
@@ -165,7 +179,9 @@ class ShiftAugmentation:
         for value in torch.unique(code[draw.severity > 0]).tolist():
             rows = torch.nonzero(code == value).flatten().to(inputs.device)
             name, severity = self.corruptions[value // (MAX_SEVERITY + 1)], value % (MAX_SEVERITY + 1)
-            corrupted = corrupt(pixels.index_select(0, rows), name, severity, seed=draw.seed + value, table=table)
+            corrupted = corrupt(
+                pixels.index_select(0, rows), name, severity, seed=draw.seed + value, table=table
+            )
             out.index_copy_(0, rows, self._to_inputs(corrupted).to(out.dtype))
         return out
 
@@ -201,8 +217,16 @@ class ShiftedSample(Dataset):
     samples, each chunk from its own seed, so any pass over it (PFP iterates S more than
     once) sees the same images; one chunk is kept at a time."""
 
-    def __init__(self, data: Dataset, augment: ShiftAugmentation, *, copies: int = 1, clean: bool = True,
-                 seed: int = 0, chunk: int = 64):
+    def __init__(
+        self,
+        data: Dataset,
+        augment: ShiftAugmentation,
+        *,
+        copies: int = 1,
+        clean: bool = True,
+        seed: int = 0,
+        chunk: int = 64,
+    ):
         if not isinstance(augment, ShiftAugmentation):
             raise TypeError(f"augment must be a ShiftAugmentation, got {type(augment).__name__}")
         if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
@@ -270,11 +294,19 @@ def _check_each(values: Sequence, name: str, valid, allowed: str) -> list:
 
 
 def _check_severities(severities: Sequence[int]) -> list[int]:
-    return _check_each(severities, "severities", lambda s: isinstance(s, int) and 0 <= s <= MAX_SEVERITY,
-                       "an integer in 0..5 (0 = clean)")
+    return _check_each(
+        severities,
+        "severities",
+        lambda s: isinstance(s, int) and 0 <= s <= MAX_SEVERITY,
+        "an integer in 0..5 (0 = clean)",
+    )
 
 
 def _check_levels(levels: Sequence[float]) -> list[float]:
-    levels = _check_each(levels, "noise_levels", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
-                         "a finite number >= 0 (0 = no noise)")
+    levels = _check_each(
+        levels,
+        "noise_levels",
+        lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+        "a finite number >= 0 (0 = no noise)",
+    )
     return [float(level) for level in levels]

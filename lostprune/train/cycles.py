@@ -70,14 +70,24 @@ class PrunedNetwork:
         """A flat, JSON-friendly record: ratios, sizes, FLOPs, final training epoch, metrics, times."""
         stats = self.stats
         final = self.history[-1] if self.history else {}
-        return {"index": self.index, "cycle": self.cycle, "mode": self.mode, "method": self.method,
-                "keep_ratio": self.keep_ratio, "target_ratio": self.target_ratio,
-                "achieved_ratio": stats.achieved_ratio, "paper_prune_ratio": stats.paper_prune_ratio,
-                "nonzero_params": stats.nonzero_params, "total_params": stats.total_params,
-                "flop_reduction": stats.flop_reduction, "retrain_epochs": len(self.history),
-                **{f"final_{k}": v for k, v in final.items() if k != "epoch"},
-                **{f"metric_{k}": v for k, v in self.metrics.items()},
-                "prune_seconds": self.prune_seconds, "train_seconds": self.train_seconds}
+        return {
+            "index": self.index,
+            "cycle": self.cycle,
+            "mode": self.mode,
+            "method": self.method,
+            "keep_ratio": self.keep_ratio,
+            "target_ratio": self.target_ratio,
+            "achieved_ratio": stats.achieved_ratio,
+            "paper_prune_ratio": stats.paper_prune_ratio,
+            "nonzero_params": stats.nonzero_params,
+            "total_params": stats.total_params,
+            "flop_reduction": stats.flop_reduction,
+            "retrain_epochs": len(self.history),
+            **{f"final_{k}": v for k, v in final.items() if k != "epoch"},
+            **{f"metric_{k}": v for k, v in self.metrics.items()},
+            "prune_seconds": self.prune_seconds,
+            "train_seconds": self.train_seconds,
+        }
 
 
 def _check_keep_ratios(keep_ratios, mode: str) -> list[float]:
@@ -93,8 +103,10 @@ def _check_keep_ratios(keep_ratios, mode: str) -> list[float]:
     if mode != "oneshot":
         for i, (a, b) in enumerate(itertools.pairwise(ratios)):
             if b >= a:
-                raise ValueError(f"keep_ratios must decrease in {mode} mode (each cycle prunes further), "
-                                 f"got {a} then {b} at positions {i} and {i + 1}")
+                raise ValueError(
+                    f"keep_ratios must decrease in {mode} mode (each cycle prunes further), "
+                    f"got {a} then {b} at positions {i} and {i + 1}"
+                )
     return ratios
 
 
@@ -108,20 +120,34 @@ def _rewind(model: nn.Module, rewind_state: Mapping[str, torch.Tensor]) -> None:
             continue
         source = key[: -len("_orig")] if key.endswith("_orig") and key not in rewind_state else key
         if source not in rewind_state:
-            raise KeyError(f"rewind_state has no entry {source!r}; pass the parent's state_dict from an early "
-                           f"epoch (train(..., snapshot_epochs=[k]).snapshots[k])")
+            raise KeyError(
+                f"rewind_state has no entry {source!r}; pass the parent's state_dict from an early "
+                f"epoch (train(..., snapshot_epochs=[k]).snapshots[k])"
+            )
         state[key] = rewind_state[source]
     load_pruned(model, state)  # also re-zeroes the rewound weights under the masks
 
 
-def prune_retrain(parent: nn.Module, method: str, keep_ratios: Sequence[float], data,
-                  retrain: TrainConfig, *, mode: str = "cascade", prune_data=None, val_data=None,
-                  evaluate: Callable[[nn.Module], Mapping] | None = None,
-                  rewind_state: Mapping[str, torch.Tensor] | None = None, rewind_epoch: int = 0,
-                  completed: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
-                  checkpoint_dir: str | Path | None = None, device: str | torch.device | None = None,
-                  progress: bool = True, prune_options: Mapping | None = None,
-                  train_options: Mapping | None = None) -> Iterator[PrunedNetwork]:
+def prune_retrain(
+    parent: nn.Module,
+    method: str,
+    keep_ratios: Sequence[float],
+    data,
+    retrain: TrainConfig,
+    *,
+    mode: str = "cascade",
+    prune_data=None,
+    val_data=None,
+    evaluate: Callable[[nn.Module], Mapping] | None = None,
+    rewind_state: Mapping[str, torch.Tensor] | None = None,
+    rewind_epoch: int = 0,
+    completed: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    prune_options: Mapping | None = None,
+    train_options: Mapping | None = None,
+) -> Iterator[PrunedNetwork]:
     """Yield one retrained ``PrunedNetwork`` per keep ratio.
 
     Args:
@@ -160,12 +186,19 @@ def prune_retrain(parent: nn.Module, method: str, keep_ratios: Sequence[float], 
     start_epoch = 0
     if mode == "rewind":
         if rewind_state is None:
-            raise ValueError("rewind mode needs rewind_state: the parent's state_dict at an early epoch "
-                             "(train(..., snapshot_epochs=[k]).snapshots[k])")
-        if not isinstance(rewind_epoch, int) or rewind_epoch < 0 or (retrain.steps is None
-                                                                     and rewind_epoch >= retrain.epochs):
-            raise ValueError(f"rewind_epoch must be an integer in [0, retrain.epochs={retrain.epochs}), "
-                             f"got {rewind_epoch!r}")
+            raise ValueError(
+                "rewind mode needs rewind_state: the parent's state_dict at an early epoch "
+                "(train(..., snapshot_epochs=[k]).snapshots[k])"
+            )
+        if (
+            not isinstance(rewind_epoch, int)
+            or rewind_epoch < 0
+            or (retrain.steps is None and rewind_epoch >= retrain.epochs)
+        ):
+            raise ValueError(
+                f"rewind_epoch must be an integer in [0, retrain.epochs={retrain.epochs}), "
+                f"got {rewind_epoch!r}"
+            )
         start_epoch = rewind_epoch
     elif rewind_state is not None:
         raise ValueError(f"rewind_state is only used in rewind mode, not {mode!r}")
@@ -180,34 +213,59 @@ def prune_retrain(parent: nn.Module, method: str, keep_ratios: Sequence[float], 
     if mode != "oneshot" and completed:
         last = max(completed)
         current = load_pruned(copy.deepcopy(parent), completed[last])
-        todo = todo[last + 1:]
+        todo = todo[last + 1 :]
     elif mode == "oneshot":
         todo = [i for i in todo if i not in completed]
 
-    outer = tqdm(total=len(ratios), initial=len(ratios) - len(todo), desc=f"{mode} {method_name}", unit="net",
-                 disable=not progress, dynamic_ncols=True)
+    outer = tqdm(
+        total=len(ratios),
+        initial=len(ratios) - len(todo),
+        desc=f"{mode} {method_name}",
+        unit="net",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         for index in todo:
             keep = ratios[index]
             outer.set_postfix(keep=f"{keep:.4f}", refresh=True)
             started = time.perf_counter()
             source = parent if mode == "oneshot" else current
-            result = prune(source, method_name, 1.0 - keep, prune_data, inplace=False, progress=False,
-                           **prune_options)
+            result = prune(
+                source, method_name, 1.0 - keep, prune_data, inplace=False, progress=False, **prune_options
+            )
             model = result.model
             if mode == "rewind":
                 _rewind(model, rewind_state)
             pruned_at = time.perf_counter()
             checkpoint = checkpoint_dir / f"cycle-{index:03d}.pt" if checkpoint_dir is not None else None
-            trained = train(model, data, dataclasses.replace(retrain, seed=retrain.seed + index),
-                            val_data=val_data, device=device, checkpoint=checkpoint, start_epoch=start_epoch,
-                            progress=progress, desc=f"retrain {index + 1}/{len(ratios)}", **train_options)
+            trained = train(
+                model,
+                data,
+                dataclasses.replace(retrain, seed=retrain.seed + index),
+                val_data=val_data,
+                device=device,
+                checkpoint=checkpoint,
+                start_epoch=start_epoch,
+                progress=progress,
+                desc=f"retrain {index + 1}/{len(ratios)}",
+                **train_options,
+            )
             trained_at = time.perf_counter()
             network = PrunedNetwork(
-                index=index, cycle=1 if mode == "oneshot" else index + 1, mode=mode, method=method_name,
-                keep_ratio=keep, model=model, stats=result.stats, masks=result.masks, history=trained.history,
+                index=index,
+                cycle=1 if mode == "oneshot" else index + 1,
+                mode=mode,
+                method=method_name,
+                keep_ratio=keep,
+                model=model,
+                stats=result.stats,
+                masks=result.masks,
+                history=trained.history,
                 metrics=dict(evaluate(model)) if evaluate is not None else {},
-                prune_seconds=pruned_at - started, train_seconds=trained_at - pruned_at)
+                prune_seconds=pruned_at - started,
+                train_seconds=trained_at - pruned_at,
+            )
             outer.update()
             yield network
             # The consumer has the network (and stored it, if it stores): its checkpoint is done.

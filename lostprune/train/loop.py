@@ -72,8 +72,9 @@ class TrainConfig:
     def __post_init__(self):
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool)
-                                       or self.steps < 1):
+        if self.steps is not None and (
+            not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1
+        ):
             raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
@@ -97,8 +98,17 @@ class TrainConfig:
     def paper_cifar(cls, **overrides) -> TrainConfig:
         """docs/methods.md §Prune–retrain, ResNet20 on CIFAR-10: SGD lr 0.1, momentum 0.9, batch
         128, weight decay 1e-4, 182 epochs, ×0.1 at epochs 91 and 136, 5 warm-up epochs."""
-        base = cls(epochs=182, lr=0.1, momentum=0.9, batch_size=128, weight_decay=1e-4, schedule="multistep",
-                   milestones=(91, 136), gamma=0.1, warmup_epochs=5)
+        base = cls(
+            epochs=182,
+            lr=0.1,
+            momentum=0.9,
+            batch_size=128,
+            weight_decay=1e-4,
+            schedule="multistep",
+            milestones=(91, 136),
+            gamma=0.1,
+            warmup_epochs=5,
+        )
         return dataclasses.replace(base, **overrides)
 
     def lr_schedule(self, steps_per_epoch: int | None = None) -> LRSchedule:
@@ -106,13 +116,22 @@ class TrainConfig:
         ``steps / steps_per_epoch`` epochs (checked against 1 step an epoch when not given)."""
         epochs = self.epochs if self.steps is None else self.steps / (steps_per_epoch or 1)
         if self.steps is not None and steps_per_epoch is not None and self.warmup_epochs >= epochs:
-            raise ValueError(f"warmup_epochs={self.warmup_epochs} is not shorter than the {self.steps} steps "
-                             f"({epochs:.3g} epochs of {steps_per_epoch} steps)")
-        return LRSchedule(lr=self.lr, epochs=epochs, kind=self.schedule,
-                          warmup_epochs=self.warmup_epochs if self.steps is None or steps_per_epoch else 0.0,
-                          milestones=self.milestones, gamma=self.gamma, min_lr=self.min_lr,
-                          pct_start=self.pct_start, div_factor=self.div_factor,
-                          final_div_factor=self.final_div_factor)
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs} is not shorter than the {self.steps} steps "
+                f"({epochs:.3g} epochs of {steps_per_epoch} steps)"
+            )
+        return LRSchedule(
+            lr=self.lr,
+            epochs=epochs,
+            kind=self.schedule,
+            warmup_epochs=self.warmup_epochs if self.steps is None or steps_per_epoch else 0.0,
+            milestones=self.milestones,
+            gamma=self.gamma,
+            min_lr=self.min_lr,
+            pct_start=self.pct_start,
+            div_factor=self.div_factor,
+            final_div_factor=self.final_div_factor,
+        )
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.steps if self.steps is not None else self.epochs * steps_per_epoch
@@ -121,8 +140,13 @@ class TrainConfig:
         """The same schedule squeezed into ``epochs`` (milestones and warm-up scale along): the
         short retraining budgets that CPU experiments need (docs/methods.md §Prune–retrain)."""
         schedule = dataclasses.replace(self, steps=None).lr_schedule().scaled(epochs)
-        return dataclasses.replace(self, epochs=epochs, steps=None, warmup_epochs=schedule.warmup_epochs,
-                                   milestones=schedule.milestones)
+        return dataclasses.replace(
+            self,
+            epochs=epochs,
+            steps=None,
+            warmup_epochs=schedule.warmup_epochs,
+            milestones=schedule.milestones,
+        )
 
 
 @dataclass
@@ -141,11 +165,15 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- masks
 
+
 def _mask_pairs(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(raw parameter, mask) of every masked tensor, gathered once per run so the per-step
     re-zeroing is one in-place multiply per tensor."""
-    return [(getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask"))
-            for module in model.modules() for name in masked_parameters(module)]
+    return [
+        (getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask"))
+        for module in model.modules()
+        for name in masked_parameters(module)
+    ]
 
 
 @torch.no_grad()
@@ -155,6 +183,7 @@ def _zero_masked(pairs) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def logits_of(output) -> torch.Tensor:
     """The prediction tensor of a model output (torchvision segmentation models return {"out": ...})."""
@@ -167,7 +196,9 @@ def logits_of(output) -> torch.Tensor:
 
 def _default_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     ignore = SEGMENTATION_IGNORE_INDEX if logits.dim() > 2 else -100
-    return nn.functional.cross_entropy(logits.float(), targets, ignore_index=ignore, label_smoothing=label_smoothing)
+    return nn.functional.cross_entropy(
+        logits.float(), targets, ignore_index=ignore, label_smoothing=label_smoothing
+    )
 
 
 def _correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int | torch.Tensor]:
@@ -188,15 +219,19 @@ def _split_batch(batch, argument: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _check_inputs(model: nn.Module, inputs: torch.Tensor, argument: str) -> None:
     """Before the first forward: float, finite, and the channels the model declares."""
     if not inputs.is_floating_point():
-        raise ValueError(f"{argument} yields {inputs.dtype} inputs; models need float inputs "
-                         f"(lostprune.data loaders convert and normalize images)")
+        raise ValueError(
+            f"{argument} yields {inputs.dtype} inputs; models need float inputs "
+            f"(lostprune.data loaders convert and normalize images)"
+        )
     if not torch.isfinite(inputs).all():
         raise ValueError(f"{argument} contains NaN or inf inputs")
     expected = getattr(model, "input_size", None)
     if expected is not None and (inputs.dim() - 1 != len(expected) or inputs.shape[1] != expected[0]):
         # Spatial sizes may differ (global pooling); rank and channels may not.
-        raise ValueError(f"{argument} yields samples of shape {tuple(inputs.shape[1:])} but the model expects "
-                         f"{tuple(expected)} (channels first)")
+        raise ValueError(
+            f"{argument} yields samples of shape {tuple(inputs.shape[1:])} but the model expects "
+            f"{tuple(expected)} (channels first)"
+        )
 
 
 def _check_targets(targets: torch.Tensor, logits: torch.Tensor, argument: str) -> None:
@@ -204,8 +239,10 @@ def _check_targets(targets: torch.Tensor, logits: torch.Tensor, argument: str) -
         raise ValueError(f"{argument} yields {targets.dtype} targets; class indices (int64) are expected")
     labels = targets[targets != SEGMENTATION_IGNORE_INDEX] if logits.dim() > 2 else targets
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
-        raise ValueError(f"{argument} has labels from {int(labels.min())} to {int(labels.max())}, but the model "
-                         f"outputs {logits.shape[1]} classes")
+        raise ValueError(
+            f"{argument} has labels from {int(labels.min())} to {int(labels.max())}, but the model "
+            f"outputs {logits.shape[1]} classes"
+        )
 
 
 def _as_dataset(data, argument: str, split: str):
@@ -220,7 +257,7 @@ def _as_dataset(data, argument: str, split: str):
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2 ** 63)
+    return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**63)
 
 
 def _autocast(device: torch.device, amp: bool | None, amp_dtype: str = "float16") -> tuple[bool, torch.dtype]:
@@ -242,9 +279,18 @@ def state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- evaluation
 
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | torch.device | None = None,
-             amp: bool | None = None, loss_fn: Callable | None = None, progress: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    data,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    loss_fn: Callable | None = None,
+    progress: bool = False,
+) -> dict:
     """Loss, accuracy and error of ``model`` on ``data`` (a Dataset, DataLoader or DataSplits,
     whose test split is used). Accuracy is top-1 per image, or per labelled pixel for
     segmentation outputs (N x K x H x W; label 255 ignored)."""
@@ -280,10 +326,16 @@ def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str | tor
     if samples == 0:
         raise ValueError("data is empty")
     accuracy = correct.item() / max(1, counted.item())
-    return {"loss": loss_sum.item() / samples, "accuracy": accuracy, "error": 1.0 - accuracy, "samples": samples}
+    return {
+        "loss": loss_sum.item() / samples,
+        "accuracy": accuracy,
+        "error": 1.0 - accuracy,
+        "samples": samples,
+    }
 
 
 # --------------------------------------------------------------------------- training
+
 
 def _make_loader(data, config: TrainConfig, device: torch.device, generator: torch.Generator) -> DataLoader:
     if isinstance(data, DataLoader):
@@ -295,16 +347,30 @@ def _make_loader(data, config: TrainConfig, device: torch.device, generator: tor
         # Each process reads its shard; the configured batch stays the global batch.
         if config.batch_size % world:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
-        sampler = DistributedSampler(data, num_replicas=world, rank=distributed.rank(), shuffle=True,
-                                     seed=config.seed, drop_last=True)
-        return DataLoader(data, batch_size=config.batch_size // world, sampler=sampler,
-                          num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=True)
+        sampler = DistributedSampler(
+            data, num_replicas=world, rank=distributed.rank(), shuffle=True, seed=config.seed, drop_last=True
+        )
+        return DataLoader(
+            data,
+            batch_size=config.batch_size // world,
+            sampler=sampler,
+            num_workers=config.num_workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+        )
     # A last batch of one image would break BatchNorm in training mode.
     drop_last = len(data) > config.batch_size and len(data) % config.batch_size == 1
     # Workers are not persistent: each epoch starts them from the reseeded generator, which
     # keeps augmentation in workers reproducible per epoch (and resume exact).
-    return DataLoader(data, batch_size=config.batch_size, shuffle=True, generator=generator,
-                      num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=drop_last)
+    return DataLoader(
+        data,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+    )
 
 
 def _read_checkpoint(path: Path, config: TrainConfig) -> dict:
@@ -314,12 +380,18 @@ def _read_checkpoint(path: Path, config: TrainConfig) -> dict:
     saved, current = state["config"], dataclasses.asdict(config)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     # A field added after the checkpoint was written matches it while at its default.
-    differ = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items()
-              if k not in _RUNTIME_ONLY and not (k not in saved and v == defaults.get(k))
-              and _normalize(saved.get(k)) != _normalize(v)]
+    differ = [
+        f"{k}: {saved.get(k)!r} -> {v!r}"
+        for k, v in current.items()
+        if k not in _RUNTIME_ONLY
+        and not (k not in saved and v == defaults.get(k))
+        and _normalize(saved.get(k)) != _normalize(v)
+    ]
     if differ:
-        raise ValueError(f"checkpoint: {path} was written with another config ({'; '.join(differ)}); "
-                         f"pass resume=False to start over or use another checkpoint path")
+        raise ValueError(
+            f"checkpoint: {path} was written with another config ({'; '.join(differ)}); "
+            f"pass resume=False to start over or use another checkpoint path"
+        )
     return state
 
 
@@ -327,12 +399,24 @@ def _normalize(value):
     return list(value) if isinstance(value, (tuple, list)) else value
 
 
-def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data=None,
-          device: str | torch.device | None = None, checkpoint: str | Path | None = None, resume: bool = True,
-          checkpoint_every: int = 1, start_epoch: int = 0, snapshot_epochs: Sequence[int] = (),
-          batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None, loss_fn: Callable | None = None,
-          callbacks: Sequence[Callable[[dict], bool | None]] = (), progress: bool = True,
-          desc: str = "train") -> TrainResult:
+def train(
+    model: nn.Module,
+    data,
+    config: TrainConfig | None = None,
+    *,
+    val_data=None,
+    device: str | torch.device | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
+    checkpoint_every: int = 1,
+    start_epoch: int = 0,
+    snapshot_epochs: Sequence[int] = (),
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    loss_fn: Callable | None = None,
+    callbacks: Sequence[Callable[[dict], bool | None]] = (),
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
     """Train ``model`` in place on ``data`` (a Dataset, a DataLoader or DataSplits, whose train
     split is used) and return its per-epoch history. ``val_data`` (DataSplits: the validation
     split) is evaluated after every epoch.
@@ -370,7 +454,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
         raise ValueError(f"start_epoch must be an integer in [0, epochs={epochs}), got {start_epoch!r}")
     bad = [e for e in snapshot_epochs if not (isinstance(e, int) and start_epoch <= e <= epochs)]
     if bad:
-        raise ValueError(f"snapshot_epochs must lie in [start_epoch={start_epoch}, epochs={epochs}], got {bad}")
+        raise ValueError(
+            f"snapshot_epochs must lie in [start_epoch={start_epoch}, epochs={epochs}], got {bad}"
+        )
     schedule = config.lr_schedule(steps)
     model.to(device)
     memory_format = _memory_format(config, device)
@@ -378,7 +464,11 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
         model.to(memory_format=memory_format)
 
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    state = _read_checkpoint(checkpoint, config) if checkpoint is not None and resume and checkpoint.exists() else None
+    state = (
+        _read_checkpoint(checkpoint, config)
+        if checkpoint is not None and resume and checkpoint.exists()
+        else None
+    )
     if state is not None:
         load_pruned(model, state["model"])  # before the optimizer: it may install masks (new parameters)
 
@@ -387,8 +477,13 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                                nesterov=config.nesterov)
+    optimizer = torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
 
     result = TrainResult(model=model)
     first = start_epoch
@@ -408,19 +503,40 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
     def save(epoch: int) -> None:
         if not distributed.is_main():
             return
-        save_atomic({"format": CHECKPOINT_FORMAT, "epoch": epoch, "config": dataclasses.asdict(config),
-                     "model": state_on_cpu(model), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                     "history": result.history, "snapshots": result.snapshots,
-                     "stopped_early": result.stopped_early}, checkpoint)
+        save_atomic(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch,
+                "config": dataclasses.asdict(config),
+                "model": state_on_cpu(model),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "history": result.history,
+                "snapshots": result.snapshots,
+                "stopped_early": result.stopped_early,
+            },
+            checkpoint,
+        )
 
     rng_devices = [device] if device.type == "cuda" else []
-    bar = tqdm(total=total_steps - start_epoch * steps, initial=(first - start_epoch) * steps, desc=desc,
-               unit="step", leave=False, disable=not progress or not distributed.is_main(), dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps - start_epoch * steps,
+        initial=(first - start_epoch) * steps,
+        desc=desc,
+        unit="step",
+        leave=False,
+        disable=not progress or not distributed.is_main(),
+        dynamic_ncols=True,
+    )
     # Under torchrun the forward/backward runs through DDP (gradients averaged across
     # processes); the bare model keeps its masks, checkpoints and snapshots.
-    runner = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if distributed.active() else model
+    runner = (
+        nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        if distributed.active()
+        else model
+    )
     model.train()
     try:
         for epoch in range(first, epochs if not result.stopped_early else first):
@@ -431,23 +547,47 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, val_data
                 loader.sampler.set_epoch(epoch)
             with torch.random.fork_rng(devices=rng_devices):
                 torch.manual_seed(seed + distributed.rank())  # each process its own augmentation draws
-                stats = _run_epoch(runner, loader, optimizer, scaler, schedule, epoch, steps, device, use_amp,
-                                   amp_dtype, config, loss_fn, batch_transform, pruned, bar, check=epoch == first,
-                                   limit=min(steps, total_steps - epoch * steps), memory_format=memory_format)
+                stats = _run_epoch(
+                    runner,
+                    loader,
+                    optimizer,
+                    scaler,
+                    schedule,
+                    epoch,
+                    steps,
+                    device,
+                    use_amp,
+                    amp_dtype,
+                    config,
+                    loss_fn,
+                    batch_transform,
+                    pruned,
+                    bar,
+                    check=epoch == first,
+                    limit=min(steps, total_steps - epoch * steps),
+                    memory_format=memory_format,
+                )
             record = {"epoch": epoch + 1, **stats, "seconds": 0.0}
             if val_data is not None:
-                val = evaluate(model, val_data, batch_size=max(config.batch_size, 256), device=device,
-                               amp=config.amp)
+                val = evaluate(
+                    model, val_data, batch_size=max(config.batch_size, 256), device=device, amp=config.amp
+                )
                 record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
                 model.train()
             record["seconds"] = time.perf_counter() - started
             result.history.append(record)
             if epoch + 1 in snapshot_epochs:
                 result.snapshots[epoch + 1] = state_on_cpu(model)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{stats['train_loss']:.3f}",
-                            acc=f"{stats['train_accuracy']:.3f}", refresh=False)
+            bar.set_postfix(
+                epoch=epoch + 1,
+                loss=f"{stats['train_loss']:.3f}",
+                acc=f"{stats['train_accuracy']:.3f}",
+                refresh=False,
+            )
             stop = result.stopped_early = any(bool(callback(record)) for callback in callbacks)
-            if checkpoint is not None and (stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            if checkpoint is not None and (
+                stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs
+            ):
                 save(epoch + 1)
                 distributed.barrier()
             if stop:
@@ -467,8 +607,27 @@ def _memory_format(config: TrainConfig, device: torch.device) -> torch.memory_fo
     return torch.channels_last if wanted else None
 
 
-def _run_epoch(model, loader, optimizer, scaler, schedule, epoch, steps, device, use_amp, amp_dtype, config,
-               loss_fn, batch_transform, pruned, bar, *, check: bool, limit: int, memory_format) -> dict:
+def _run_epoch(
+    model,
+    loader,
+    optimizer,
+    scaler,
+    schedule,
+    epoch,
+    steps,
+    device,
+    use_amp,
+    amp_dtype,
+    config,
+    loss_fn,
+    batch_transform,
+    pruned,
+    bar,
+    *,
+    check: bool,
+    limit: int,
+    memory_format,
+) -> dict:
     """One epoch, or its first ``limit`` steps (the last epoch of a run measured in steps)."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -492,7 +651,11 @@ def _run_epoch(model, loader, optimizer, scaler, schedule, epoch, steps, device,
             logits = logits_of(model(inputs))
             if check and step == 0:
                 _check_targets(targets, logits, "data")
-            loss = loss_fn(logits, targets) if loss_fn else _default_loss(logits, targets, config.label_smoothing)
+            loss = (
+                loss_fn(logits, targets)
+                if loss_fn
+                else _default_loss(logits, targets, config.label_smoothing)
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.grad_clip is not None:
@@ -513,7 +676,12 @@ def _run_epoch(model, loader, optimizer, scaler, schedule, epoch, steps, device,
         if step % 25 == 24 or step == limit - 1:
             mean_loss = loss_sum.item() / samples
             if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch + 1} by step {step + 1} "
-                                         f"(lr {lr:.4g}); lower the learning rate or check the data")
-    return {"lr": lr, "train_loss": loss_sum.item() / samples,
-            "train_accuracy": correct.item() / max(1, counted.item())}
+                raise FloatingPointError(
+                    f"training loss became {mean_loss} in epoch {epoch + 1} by step {step + 1} "
+                    f"(lr {lr:.4g}); lower the learning rate or check the data"
+                )
+    return {
+        "lr": lr,
+        "train_loss": loss_sum.item() / samples,
+        "train_accuracy": correct.item() / max(1, counted.item()),
+    }

@@ -48,7 +48,9 @@ class LRSchedule:
         if not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs!r}")
+            raise ValueError(
+                f"warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs!r}"
+            )
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
         if not 0 <= self.min_lr <= self.lr:
@@ -59,8 +61,10 @@ class LRSchedule:
             if not (getattr(self, name) >= 1 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"{name} must be a finite number >= 1, got {getattr(self, name)!r}")
         if self.kind == "onecycle" and self.warmup_epochs:
-            raise ValueError("warmup_epochs must be 0 with the onecycle schedule (its rise over pct_start "
-                             f"is the warm-up), got {self.warmup_epochs!r}")
+            raise ValueError(
+                "warmup_epochs must be 0 with the onecycle schedule (its rise over pct_start "
+                f"is the warm-up), got {self.warmup_epochs!r}"
+            )
         if self.milestones is not None:
             ms = tuple(float(m) for m in self.milestones)
             if any(b <= a for a, b in itertools.pairwise(ms)) or any(m <= 0 for m in ms):
@@ -83,13 +87,15 @@ class LRSchedule:
             return self.lr
         if self.kind == "multistep":
             passed = sum(epoch >= m for m in self.resolved_milestones)
-            return self.lr * self.gamma ** passed
+            return self.lr * self.gamma**passed
         if self.kind == "onecycle":
             start = self.lr / self.div_factor
             peak = self.pct_start * self.epochs
             if epoch < peak:
                 return _cosine(start, self.lr, max(epoch, 0.0) / peak)
-            return _cosine(self.lr, start / self.final_div_factor, min(1.0, (epoch - peak) / (self.epochs - peak)))
+            return _cosine(
+                self.lr, start / self.final_div_factor, min(1.0, (epoch - peak) / (self.epochs - peak))
+            )
         span = self.epochs - self.warmup_epochs
         return _cosine(self.lr, self.min_lr, min(1.0, (epoch - self.warmup_epochs) / span))
 

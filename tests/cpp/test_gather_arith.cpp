@@ -13,8 +13,7 @@ static std::vector<float> run(const std::vector<float>& src, GatherJob j) {
   j.dst = reinterpret_cast<char*>(out.data());
   const int64_t run = lostprune::gather_run_length(j);
   for (int64_t o = 0; o < (int64_t)out.size(); o += run) {
-    std::memcpy(j.dst + o * j.elem_size, j.src + lostprune::gather_source_index(j, o) * j.elem_size,
-                run * j.elem_size);
+    std::memcpy(j.dst + o * j.elem_size, j.src + lostprune::gather_source_index(j, o) * j.elem_size, run * j.elem_size);
   }
   return out;
 }

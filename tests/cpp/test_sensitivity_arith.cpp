@@ -36,7 +36,8 @@ int main() {
       for (int64_t q = 0; q < positions(g); ++q) {
         const int64_t oy = q / g.out_w, ox = q % g.out_w;
         const int64_t iy = oy * g.sh - g.ph + ky * g.dh, ix = ox * g.sw - g.pw + kx * g.dw;
-        const int64_t expect = (iy < 0 || iy >= g.in_h || ix < 0 || ix >= g.in_w) ? -1 : (c * g.in_h + iy) * g.in_w + ix;
+        const int64_t expect =
+            (iy < 0 || iy >= g.in_h || ix < 0 || ix >= g.in_w) ? -1 : (c * g.in_h + iy) * g.in_w + ix;
         mismatches += edge_input_offset(g, group, r, q) != expect;
       }
       const EdgeTap tap = edge_tap(g, group, r);

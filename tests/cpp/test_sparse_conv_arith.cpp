@@ -2,8 +2,8 @@
 // kernel (planes + one offset per nonzero), the tap decoding and the tile plan and staged
 // indexing of the CUDA kernel (emulated here block by block on the CPU).
 #include <cmath>
-#include <limits>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "../../csrc/sparse_conv/sparse_conv.h"
@@ -19,8 +19,8 @@ static float input_at(int64_t c, int64_t u, int64_t v, int64_t H, int64_t W) {
 
 // Builds the planes with plane_source and checks that every output position reads, through
 // tap_offset, exactly the padded input element the convolution needs.
-static void check_layout(int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh,
-                         int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+static void check_layout(int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph,
+                         int64_t pw, int64_t dh, int64_t dw) {
   SparseConvGeometry g = lostprune::make_geometry(H, W, KH, KW, sh, sw, ph, pw, dh, dw);
   LP_CHECK(g.OH == (H + 2 * ph - dh * (KH - 1) - 1) / sh + 1);
   LP_CHECK(g.Wq >= g.OW + g.max_dx);
@@ -57,13 +57,12 @@ static void check_layout(int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW
   LP_CHECK(bad == 0);
 }
 
-
 // Emulates the CUDA tiled kernel's indexing on the CPU: for every tile and block of
 // kBlockChannels output channels, stages the input chunk by chunk through tile_source and
 // accumulates every tap through tile_position_base + tile_tap_offset; compares with a direct
 // convolution. Checks the plan's invariants on the way.
-static void check_cuda_tiling(int64_t N, int64_t Cin, int64_t Cout, int64_t groups, int64_t H, int64_t W,
-                              int64_t KH, int64_t KW, int64_t s, int64_t p, int64_t d, int64_t elem_bytes = 4) {
+static void check_cuda_tiling(int64_t N, int64_t Cin, int64_t Cout, int64_t groups, int64_t H, int64_t W, int64_t KH,
+                              int64_t KW, int64_t s, int64_t p, int64_t d, int64_t elem_bytes = 4) {
   constexpr int64_t kBlockChannels = 32;
   const SparseConvGeometry g = lostprune::make_geometry(H, W, KH, KW, s, s, p, p, d, d);
   const int64_t Cin_g = Cin / groups, Cout_g = Cout / groups;
@@ -73,7 +72,7 @@ static void check_cuda_tiling(int64_t N, int64_t Cin, int64_t Cout, int64_t grou
   const int64_t tile_positions = t.TB * t.TH * t.TW;
   LP_CHECK(tile_positions >= 1 && tile_positions <= lostprune::kCudaTilePositions);
   LP_CHECK(t.group_lanes >= 1 && t.group_lanes <= 32 && (t.group_lanes & (t.group_lanes - 1)) == 0);
-  LP_CHECK(4 * t.group_lanes >= tile_positions);                         // every position has a lane
+  LP_CHECK(4 * t.group_lanes >= tile_positions);                           // every position has a lane
   LP_CHECK(t.group_lanes == 1 || 2 * t.group_lanes < tile_positions + 4);  // and lanes are not wasted
   LP_CHECK(t.chunk >= 1 && t.chunk <= block_channels);
   LP_CHECK(t.chunk * t.TB * t.IH * t.IW * elem_bytes <= lostprune::kCudaTileBytes);
@@ -175,20 +174,19 @@ int main() {
   check_layout(2, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1);
   check_layout(2, 28, 28, 3, 3, 2, 2, 1, 1, 1, 1);
 
-
   // CUDA tile plan and staged indexing: small and odd maps, batches that fill the lanes,
   // strides, dilations, groups, several channel chunks, and tiles too wide for one row.
-  check_cuda_tiling(1, 3, 5, 1, 7, 7, 3, 3, 1, 1, 1);       // 49 positions: 16-lane groups
-  check_cuda_tiling(3, 4, 6, 1, 4, 4, 3, 3, 1, 1, 1);       // 16 positions, 3 images per tile
-  check_cuda_tiling(1, 5, 3, 1, 1, 1, 1, 1, 1, 0, 1);       // one position: every lane splits taps
-  check_cuda_tiling(2, 6, 9, 3, 9, 11, 3, 3, 2, 1, 1);      // grouped, stride 2
-  check_cuda_tiling(1, 8, 8, 8, 13, 5, 3, 3, 1, 2, 2);      // depthwise, dilation 2
-  check_cuda_tiling(1, 3, 4, 1, 33, 31, 7, 7, 2, 3, 1);     // stem shape, odd sizes
-  check_cuda_tiling(1, 2, 3, 1, 5, 300, 3, 3, 1, 1, 1);     // wider than a tile: column tiles
-  check_cuda_tiling(1, 600, 2, 1, 6, 6, 3, 3, 1, 1, 1);     // many channels: several chunks
-  check_cuda_tiling(5, 3, 40, 1, 3, 5, 1, 1, 1, 0, 1);      // 40 output channels: two blocks
-  check_cuda_tiling(2, 2, 2, 1, 40, 40, 3, 3, 1, 0, 12);    // dilation 12: small tiles
-  check_cuda_tiling(2, 3, 4, 1, 6, 6, 3, 3, 1, 1, 1, 8);    // double: half the budget
+  check_cuda_tiling(1, 3, 5, 1, 7, 7, 3, 3, 1, 1, 1);     // 49 positions: 16-lane groups
+  check_cuda_tiling(3, 4, 6, 1, 4, 4, 3, 3, 1, 1, 1);     // 16 positions, 3 images per tile
+  check_cuda_tiling(1, 5, 3, 1, 1, 1, 1, 1, 1, 0, 1);     // one position: every lane splits taps
+  check_cuda_tiling(2, 6, 9, 3, 9, 11, 3, 3, 2, 1, 1);    // grouped, stride 2
+  check_cuda_tiling(1, 8, 8, 8, 13, 5, 3, 3, 1, 2, 2);    // depthwise, dilation 2
+  check_cuda_tiling(1, 3, 4, 1, 33, 31, 7, 7, 2, 3, 1);   // stem shape, odd sizes
+  check_cuda_tiling(1, 2, 3, 1, 5, 300, 3, 3, 1, 1, 1);   // wider than a tile: column tiles
+  check_cuda_tiling(1, 600, 2, 1, 6, 6, 3, 3, 1, 1, 1);   // many channels: several chunks
+  check_cuda_tiling(5, 3, 40, 1, 3, 5, 1, 1, 1, 0, 1);    // 40 output channels: two blocks
+  check_cuda_tiling(2, 2, 2, 1, 40, 40, 3, 3, 1, 0, 12);  // dilation 12: small tiles
+  check_cuda_tiling(2, 3, 4, 1, 6, 6, 3, 3, 1, 1, 1, 8);  // double: half the budget
   {  // no staging when one input channel of a one-position tile exceeds the budget
     const SparseConvGeometry g = lostprune::make_geometry(120, 120, 3, 3, 1, 1, 0, 0, 50, 50);
     const lostprune::SparseConvTiling t = lostprune::make_cuda_tiling(g, 1, 1, 4);

@@ -43,8 +43,16 @@ NAMES = (
     "saturate",
 )
 # the corruptions that draw no random numbers
-DETERMINISTIC = ("defocus_blur", "zoom_blur", "gaussian_blur", "brightness", "contrast", "saturate",
-                 "jpeg_compression", "pixelate")
+DETERMINISTIC = (
+    "defocus_blur",
+    "zoom_blur",
+    "gaussian_blur",
+    "brightness",
+    "contrast",
+    "saturate",
+    "jpeg_compression",
+    "pixelate",
+)
 TABLES = ("cifar", "imagenet")
 CIFAR_MAX_SIDE = 64
 
