@@ -43,7 +43,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .ops import _build
+    from .ops import _build, _toolchain
 
     console = Console(width=max(120, shutil.get_terminal_size().columns))
     with console.status("compiling lostprune kernels (first time: about a minute)..."):
@@ -65,7 +65,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     isa = _build.vector_isa()
     if isa is not None:
         console.print(f"CPU kernels: {isa} vectors")
-        note = _build.vector_isa_note(isa, _build.cpu_flags())
+        note = _toolchain.vector_isa_note(isa, _toolchain.cpu_flags())
         if note:
             console.print(f"[yellow]no fast path: {note}[/yellow]")
     if args.check and not complete:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lostprune._process import pid_alive
-from lostprune.ops import _build
+from lostprune.ops import _build, _toolchain
 
 PROBE = textwrap.dedent(
     """
@@ -107,7 +107,7 @@ def test_compiled_backend_raises_when_build_fails(broken_csrc, tmp_path):
 def test_cuda_forced_without_nvcc_fails_loudly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
     env.update(LOSTPRUNE_CUDA="1", PATH=str(tmp_path), LOSTPRUNE_CACHE=str(tmp_path / "cache"))
-    code = "import lostprune.ops._build as b; b.find_cuda_home = lambda: None; b.ensure_loaded()"
+    code = "import lostprune.ops._build as b, lostprune.ops._toolchain as t; t.find_cuda_home = lambda: None; b.ensure_loaded()"
     done = subprocess.run(
         [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300
     )
@@ -117,7 +117,7 @@ def test_cuda_forced_without_nvcc_fails_loudly(tmp_path):
 def test_bad_environment_values(monkeypatch):
     monkeypatch.setenv("LOSTPRUNE_CUDA", "yes")
     with pytest.raises(ValueError, match="LOSTPRUNE_CUDA must be 0 or 1"):
-        _build._cuda_requested()
+        _toolchain.cuda_requested()
 
 
 def test_concurrent_first_builds_both_succeed_then_load_from_cache(tmp_path):
@@ -164,13 +164,16 @@ def test_cuda_sources_join_only_with_cuda():
 def test_default_arch_list_embeds_ptx_for_the_newest(monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     monkeypatch.setattr(_build.torch.cuda, "is_available", lambda: False)
-    assert _build.cuda_arch_list() == _build.DEFAULT_CUDA_ARCHES == "8.0;9.0+PTX"
-    flags = _build.cuda_arch_flags(_build.cuda_arch_list())
+    assert _toolchain.cuda_arch_list() == _toolchain.DEFAULT_CUDA_ARCHES == "8.0;9.0+PTX"
+    flags = _toolchain.cuda_arch_flags(_toolchain.cuda_arch_list())
     assert "-gencode=arch=compute_90,code=compute_90" in flags  # PTX: newer GPUs compile it at load
     assert "-gencode=arch=compute_80,code=sm_80" in flags and "-gencode=arch=compute_90,code=sm_90" in flags
-    assert _build.arch_tag(flags) == "sm80.sm90.ptx90"
+    assert _toolchain.arch_tag(flags) == "sm80.sm90.ptx90"
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6")  # the variable wins
-    assert _build.cuda_arch_list() == "8.6" and _build.arch_tag(_build.cuda_arch_flags("8.6")) == "sm86"
+    assert (
+        _toolchain.cuda_arch_list() == "8.6"
+        and _toolchain.arch_tag(_toolchain.cuda_arch_flags("8.6")) == "sm86"
+    )
 
 
 def test_arch_list_of_the_visible_gpus(monkeypatch):
@@ -181,14 +184,14 @@ def test_arch_list_of_the_visible_gpus(monkeypatch):
     monkeypatch.setattr(cuda, "device_count", lambda: len(capabilities))
     monkeypatch.setattr(cuda, "get_device_capability", lambda i: capabilities[i])
     monkeypatch.setattr(cuda, "get_arch_list", lambda: ["sm_80", "sm_86", "sm_90", "compute_90"])
-    assert _build.cuda_arch_list() == "8.6;9.0+PTX"
+    assert _toolchain.cuda_arch_list() == "8.6;9.0+PTX"
 
 
 def test_arch_tag_reads_every_gencode_form():
-    assert _build.arch_tag(["-gencode=arch=compute_90a,code=[sm_90a,compute_90a]"]) == "sm90a.ptx90a"
-    assert _build.arch_tag(["-gencode=arch=compute_80,code=sm_80"]) == "sm80"
+    assert _toolchain.arch_tag(["-gencode=arch=compute_90a,code=[sm_90a,compute_90a]"]) == "sm90a.ptx90a"
+    assert _toolchain.arch_tag(["-gencode=arch=compute_80,code=sm_80"]) == "sm80"
     with pytest.raises(RuntimeError, match="no CUDA architecture"):
-        _build.arch_tag(["-O3"])
+        _toolchain.arch_tag(["-O3"])
 
 
 def test_cache_key_holds_architectures_cuda_version_and_toolchain(monkeypatch):
@@ -217,19 +220,19 @@ def test_cache_key_holds_architectures_cuda_version_and_toolchain(monkeypatch):
 
 
 def test_toolchain_names_the_compilers_path_and_version(monkeypatch, tmp_path):
-    _build._toolchain_for.cache_clear()
+    _toolchain._toolchain_for.cache_clear()
     monkeypatch.setenv("CXX", "c++")
-    described = _build.toolchain(cuda=False)
+    described = _toolchain.toolchain(cuda=False)
     assert described.startswith(f"c++ = {os.path.realpath(shutil.which('c++'))}") and "\n" in described
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    assert "not found" in _build.toolchain(cuda=False)
-    home = _build.find_cuda_home()
+    assert "not found" in _toolchain.toolchain(cuda=False)
+    home = _toolchain.find_cuda_home()
     if home is not None:
-        assert "nvcc = " in _build.toolchain(cuda=True) and "release" in _build.toolchain(cuda=True)
+        assert "nvcc = " in _toolchain.toolchain(cuda=True) and "release" in _toolchain.toolchain(cuda=True)
 
 
 def test_no_fast_math_and_line_info_for_the_sanitizer():
-    _, cuda_flags, _ = _build.compile_flags(cuda=True, march=None)
+    _, cuda_flags, _ = _toolchain.compile_flags(cuda=True, march=None)
     assert "--use_fast_math" not in cuda_flags and "-lineinfo" in cuda_flags
     cmake = Path(_build.csrc_dir()).parent / "CMakeLists.txt"
     if cmake.is_file():  # the CMake build compiles the same way

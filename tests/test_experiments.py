@@ -217,6 +217,44 @@ def test_plan_dependencies():
     assert tasks["pruned/s0/nominal/ft/01"].kind == "network"
     assert set(tasks["eval/pruned/s0/nominal/ft/01"].deps) == {"pruned/s0/nominal/ft/01", "parent/s0/nominal"}
     assert "features/s0/nominal" in tasks
+    assert tasks["reference/s0/nominal"].deps == [] and "copy_of" not in tasks["reference/s0/nominal"].payload
+
+
+def test_a_second_seeds_parent_is_the_separately_trained_network(tmp_path, monkeypatch):
+    """With two seeds no extra network is trained: the reference is seed 1's parent, copied
+    under its own key and role (same weights), and compared with seed 0's parent as before."""
+    import lostprune.train
+    from lostprune.report import ExperimentResults
+
+    config = tiny(seeds=[0, 1], methods=["wt"], **{"metrics.informative_features": False})
+    plan = {t.key: t for t in build_plan(parse_config(config))}
+    assert plan["reference/s0/nominal"].deps == ["parent/s1/nominal"]
+    assert plan["reference/s0/nominal"].payload["copy_of"] == "parent/s1/nominal"
+    trained = []
+    real_train = lostprune.train.train
+
+    def counting(*args, desc=None, **kwargs):  # what the train task calls (chains retrain elsewhere)
+        trained.append(desc)
+        return real_train(*args, desc=desc, **kwargs)
+
+    monkeypatch.setattr(lostprune.train, "train", counting)
+    config_path = tmp_path / "two_seeds.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    root = run(config_path, tmp_path / "run", progress=False)
+    assert sorted(trained) == ["parent/s0/nominal", "parent/s1/nominal"]  # no third network trained
+    rows = {r["key"]: r for r in Store(root / "results.sqlite").networks()}
+    reference, source = rows["reference/s0/nominal"], rows["parent/s1/nominal"]
+    assert reference["role"] == "reference" and '"copy_of": "parent/s1/nominal"' in reference["stats"]
+    copied, original = read_network_file(reference["checkpoint"]), read_network_file(source["checkpoint"])
+    assert copied["meta"]["key"] == "reference/s0/nominal"
+    assert all(torch.equal(copied["state_dict"][k], v) for k, v in original["state_dict"].items())
+    results = ExperimentResults(root)
+    # compared with seed 0's parent: agreement below 1 (another network), its own errors kept
+    agreement = results.networks["reference/s0/nominal"].values[("nominal", "agreement")]
+    assert 0 < agreement < 1
+    assert results.networks["reference/s0/nominal"].error("nominal") == results.networks[
+        "parent/s1/nominal"
+    ].error("nominal")
 
 
 # ----------------------------------------------------------------------------- store

@@ -14,7 +14,7 @@ import lostprune
 import lostprune.models as models
 from lostprune.core.masks import nonzero_rows_and_columns
 from lostprune.datapass import sensitivity_pass
-from lostprune.train.loop import TrainConfig, train
+from lostprune.train import TrainConfig, train
 
 
 def zeros(result) -> int:

@@ -125,7 +125,7 @@ print(json.dumps({"isa": _build.vector_isa(), "worst": worst}))
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not {"avx2", "fma"} <= __import__("lostprune.ops._build", fromlist=["x"]).cpu_flags(),
+    not {"avx2", "fma"} <= __import__("lostprune.ops._toolchain", fromlist=["x"]).cpu_flags(),
     reason="needs an AVX2 CPU",
 )
 def test_avx2_build_matches_literal():

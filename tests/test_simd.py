@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from lostprune.ops import _build
+from lostprune.ops import _build, _toolchain
 
 ROOT = Path(__file__).resolve().parent.parent
 X86 = platform.machine() in ("x86_64", "AMD64")
 
 
 def _marches() -> list[str]:
-    flags = _build.cpu_flags()
+    flags = _toolchain.cpu_flags()
     marches = ["x86-64"]  # SSE2: 16-byte vectors
     if {"avx2", "fma"} <= flags:
         marches.append("x86-64-v3")  # AVX2
@@ -53,14 +53,14 @@ def test_transposing_reduction_at_every_width(tmp_path, march):
 def test_vector_isa_note(monkeypatch):
     monkeypatch.setenv("LOSTPRUNE_MARCH", "x86-64-v3")
     avx512 = {"avx2", "fma", "avx512f"}
-    note = _build.vector_isa_note("AVX2", avx512)
+    note = _toolchain.vector_isa_note("AVX2", avx512)
     assert "built for AVX2 (LOSTPRUNE_MARCH=x86-64-v3) but this CPU has AVX-512" in note
-    assert _build.vector_isa_note("AVX-512", avx512) is None
-    assert _build.vector_isa_note("AVX2", {"avx2", "fma"}) is None
-    assert "this CPU has AVX2" in _build.vector_isa_note("SSE2", {"avx2", "fma"})
-    assert "neither AVX2 nor AVX-512" in _build.vector_isa_note("SSE2", {"sse2"})
-    assert _build.vector_isa_note("NEON", {"asimd"}) is None
+    assert _toolchain.vector_isa_note("AVX-512", avx512) is None
+    assert _toolchain.vector_isa_note("AVX2", {"avx2", "fma"}) is None
+    assert "this CPU has AVX2" in _toolchain.vector_isa_note("SSE2", {"avx2", "fma"})
+    assert "neither AVX2 nor AVX-512" in _toolchain.vector_isa_note("SSE2", {"sse2"})
+    assert _toolchain.vector_isa_note("NEON", {"asimd"}) is None
 
 
 def test_loaded_kernels_report_their_isa(compiled):
-    assert _build.vector_isa() in _build.VECTOR_ISAS
+    assert _build.vector_isa() in _toolchain.VECTOR_ISAS

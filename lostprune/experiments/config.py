@@ -8,44 +8,32 @@ import difflib
 import hashlib
 import itertools
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown or out of range."""
-
-
-def _choice(*values):
-    return {"choices": values}
-
-
-def _range(low=None, high=None, *, low_open=False):
-    return {"low": low, "high": high, "low_open": low_open}
+from .schema import ConfigError, build, choice, value_range
 
 
 @dataclass
 class DataConfig:
     name: str = field(
-        default="digits", metadata=_choice("digits", "cifar10", "imagefolder", "imagenet", "voc")
+        default="digits", metadata=choice("digits", "cifar10", "imagefolder", "imagenet", "voc")
     )
     root: str | None = None  # dataset location (not needed for the built-in digits)
     # images in S (data-informed methods), held out of the training split; None: the loader's
     # default (256; the built-in digits: 128)
-    s_size: int | None = field(default=None, metadata=_range(2))
-    batch_size: int = field(default=128, metadata=_range(1))
+    s_size: int | None = field(default=None, metadata=value_range(2))
+    batch_size: int = field(default=128, metadata=value_range(1))
     train_size: int | None = field(
-        default=None, metadata=_range(1)
+        default=None, metadata=value_range(1)
     )  # train on N images, an equal share per class
     test_size: int | None = field(
-        default=None, metadata=_range(1)
+        default=None, metadata=value_range(1)
     )  # test on N images, an equal share per class
-    seed: int = field(default=0, metadata=_range(0))  # draws S, validation and the train/test subsets
-    workers: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=value_range(0))  # draws S, validation and the train/test subsets
+    workers: int = field(default=0, metadata=value_range(0))
     augment: bool = True  # training augmentation (random crop + flip)
 
 
@@ -56,11 +44,11 @@ class ScheduleConfig:
     ``[{geometric: [0.85, 0.15, 16]}, {linear: [0.15, 0.02, 8]}]``) or ``paper`` (the paper's
     schedule with that many networks)."""
 
-    mode: str = field(default="cascade", metadata=_choice("cascade", "oneshot", "rewind"))
+    mode: str = field(default="cascade", metadata=choice("cascade", "oneshot", "rewind"))
     ratios: list[float] | None = None
     keep: list[dict] | None = None
-    paper: int | None = field(default=None, metadata=_range(3))
-    rewind_epoch: int = field(default=1, metadata=_range(0))
+    paper: int | None = field(default=None, metadata=value_range(3))
+    rewind_epoch: int = field(default=1, metadata=value_range(0))
 
     def keep_ratios(self) -> list[float]:
         from ..train.schedules import Geometric, Linear, keep_ratio_schedule, paper_keep_ratios
@@ -105,9 +93,9 @@ class ScheduleConfig:
 
 @dataclass
 class NoiseConfig:
-    kind: str = field(default="gaussian", metadata=_choice("gaussian", "uniform"))
+    kind: str = field(default="gaussian", metadata=choice("gaussian", "uniform"))
     levels: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.4])
-    draws: int = field(default=2, metadata=_range(1))
+    draws: int = field(default=2, metadata=value_range(1))
 
 
 @dataclass
@@ -126,7 +114,7 @@ class TestConfig:
 
 @dataclass
 class RobustNoiseConfig:
-    kind: str = field(default="gaussian", metadata=_choice("gaussian", "uniform"))
+    kind: str = field(default="gaussian", metadata=choice("gaussian", "uniform"))
     levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3])  # a sample draws one; 0 = none
 
 
@@ -149,7 +137,7 @@ class RobustConfig:
     corruptions: list[str] = field(default_factory=_training_corruptions)
     severities: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
     noise: RobustNoiseConfig | None = field(default_factory=RobustNoiseConfig)
-    prune_sample: str = field(default="shifted", metadata=_choice("shifted", "clean"))
+    prune_sample: str = field(default="shifted", metadata=choice("shifted", "clean"))
 
 
 @dataclass
@@ -158,7 +146,7 @@ class EvalConfig:
     (noise, corruptions) use a random subset of that many test images, an equal share per
     class (None: the whole test set); the nominal test set is always whole."""
 
-    shift_test_size: int | None = field(default=None, metadata=_range(1))
+    shift_test_size: int | None = field(default=None, metadata=value_range(1))
 
 
 @dataclass
@@ -177,17 +165,17 @@ class MetricsConfig:
       candidate pixel) or its ``gradient`` approximation.
     """
 
-    delta: float = field(default=0.005, metadata=_range(0, 1))
-    boundary: str = field(default="inclusive", metadata=_choice("inclusive", "strict"))
-    noise_potential: str = field(default="mean_error", metadata=_choice("mean_error", "per_draw"))
-    excess_bootstrap: int = field(default=0, metadata=_range(0))
+    delta: float = field(default=0.005, metadata=value_range(0, 1))
+    boundary: str = field(default="inclusive", metadata=choice("inclusive", "strict"))
+    noise_potential: str = field(default="mean_error", metadata=choice("mean_error", "per_draw"))
+    excess_bootstrap: int = field(default=0, metadata=value_range(0))
     similarity: bool = True  # functional similarity vs parent and a separately trained network
     informative_features: bool = False
-    feature_mode: str = field(default="gradient", metadata=_choice("gradient", "exact"))
-    feature_images: int = field(default=16, metadata=_range(1))
-    feature_fraction: float = field(default=0.1, metadata=_range(0, 1, low_open=True))
+    feature_mode: str = field(default="gradient", metadata=choice("gradient", "exact"))
+    feature_images: int = field(default=16, metadata=value_range(1))
+    feature_fraction: float = field(default=0.1, metadata=value_range(0, 1, low_open=True))
     feature_step: float = field(
-        default=0.01, metadata=_range(0, 1, low_open=True)
+        default=0.01, metadata=value_range(0, 1, low_open=True)
     )  # pixels removed per round
 
 
@@ -209,9 +197,11 @@ class ExperimentConfig:
     test: TestConfig = field(default_factory=TestConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    num_classes: int | None = field(default=None, metadata=_range(1))
+    num_classes: int | None = field(default=None, metadata=value_range(1))
     device: str = "auto"
-    threads: int | None = field(default=None, metadata=_range(1))  # torch threads; None: the physical cores
+    threads: int | None = field(
+        default=None, metadata=value_range(1)
+    )  # torch threads; None: the physical cores
 
     # ---- derived
     def train_config(self, seed: int = 0):
@@ -282,7 +272,7 @@ _ADDED_LATER = {
 
 
 def _train_config(values: dict, key: str, seed: int):
-    from ..train.loop import TrainConfig
+    from ..train.train_config import TrainConfig
 
     allowed = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
     for name in values:
@@ -299,83 +289,6 @@ def _train_config(values: dict, key: str, seed: int):
         return TrainConfig(**values, seed=seed)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: {exc}") from None
-
-
-# --------------------------------------------------------------------------- validation
-def _check_value(value, tp, meta: dict, path: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_value(value, inner[0], meta, path)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"{path} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, "
-                f"got {value!r}"
-            )
-        return _build(tp, value, path)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
-        return [_check_value(v, args[0], meta, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {value!r}")
-        return value
-    if tp in (int, float):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or (tp is int and not float(value).is_integer())
-        ):
-            raise ConfigError(f"{path} must be {'an integer' if tp is int else 'a number'}, got {value!r}")
-        value = tp(value)
-        low, high, open_low = meta.get("low"), meta.get("high"), meta.get("low_open")
-        too_low = low is not None and (value < low or (open_low and value == low))
-        if too_low or (high is not None and value > high):
-            if high is None:
-                allowed = f"> {low}" if open_low else f">= {low}"
-            else:
-                allowed = f"in {'(' if open_low else '['}{low}, {high}]"
-            raise ConfigError(f"{path} must be {allowed}, got {value:g}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {value!r}")
-        choices = meta.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(f"{path} must be one of {', '.join(choices)}; got {value!r}")
-        return value
-    return value
-
-
-def _build(cls, data: dict, path: str = ""):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {_join(path, key)!r}{hint} (allowed: {', '.join(fields)})")
-    values = {}
-    for name, f in fields.items():
-        key = _join(path, name)
-        if name in data:
-            values[name] = _check_value(data[name], hints[name], dict(f.metadata), key)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key {key!r}")
-    return cls(**values)
-
-
-def _join(path: str, key) -> str:
-    return f"{path}.{key}" if path else str(key)
 
 
 def _validate_method_options(config: ExperimentConfig) -> None:
@@ -490,7 +403,7 @@ def _validate_robust(config: ExperimentConfig) -> None:
 def parse_config(data: dict, source: str = "config") -> ExperimentConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
-    config = _build(ExperimentConfig, data)
+    config = build(ExperimentConfig, data)
     _validate_semantics(config)
     return config
 

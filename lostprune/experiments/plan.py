@@ -56,12 +56,16 @@ def build_plan(config: ExperimentConfig) -> list[Task]:
             tasks.append(Task(parent, "train", {"seed": seed, "arm": arm, "role": "parent"}, [], priority=30))
             eval_deps = [parent]
             # one separately trained network serves every seed (the paper has one too): it is
-            # the baseline of an unrelated network, and training it costs as much as a parent
+            # the baseline of an unrelated network. With a second seed, that seed's parent is one
+            # (another initialization, another data order, the same training), so it is reused
+            # instead of training a network that costs as much as a parent.
             reference = reference_key(config.seeds[0], arm)
             if needs_reference(config) and seed == config.seeds[0]:
-                tasks.append(
-                    Task(reference, "train", {"seed": seed, "arm": arm, "role": "reference"}, [], priority=25)
-                )
+                payload = {"seed": seed, "arm": arm, "role": "reference"}
+                source = [parent_key(config.seeds[1], arm)] if len(config.seeds) > 1 else []
+                if source:
+                    payload["copy_of"] = source[0]
+                tasks.append(Task(reference, "train", payload, source, priority=25))
                 tasks.append(
                     Task(
                         f"eval/{reference}",

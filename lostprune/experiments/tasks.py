@@ -4,6 +4,7 @@ returns is recorded when the task itself completes."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import torch
@@ -52,6 +53,8 @@ def run_train(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
 
     config = env.config
     seed, arm, role = task.payload["seed"], task.payload["arm"], task.payload["role"]
+    if "copy_of" in task.payload:  # another seed's parent serves as the separately trained network
+        return _copy_network(env, task, task.payload["copy_of"])
     run_seed = seed + (REFERENCE_SEED_OFFSET if role == "reference" else 0)
     torch.manual_seed(run_seed)
     model = models.create(
@@ -88,6 +91,33 @@ def run_train(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
         paper_ratio=0.0,
         flop_reduction=0.0,
         stats={"final": result.final},
+    )
+    return [row], []
+
+
+def _copy_network(env: Environment, task: Task, source: str) -> tuple[list[NetworkRow], list[ResultRow]]:
+    """The network ``source`` (done: a dependency) stored again under this task's key and role."""
+    original = env.store.network(source)
+    if original is None:
+        raise RuntimeError(f"{task.key}: the network it copies, {source!r}, is not in the store")
+    payload = read_network_file(env.network_path(source))
+    path = env.network_path(task.key)
+    if distributed.is_main():
+        save_atomic(
+            {**payload, "meta": {**payload.get("meta", {}), "key": task.key, "copy_of": source}}, path
+        )
+    stats = {**json.loads(original["stats"] or "{}"), "copy_of": source}
+    row = NetworkRow(
+        task.key,
+        task.payload["role"],
+        task.payload["seed"],
+        0.0,
+        0.0,
+        arm=task.payload["arm"],
+        checkpoint=str(path),
+        paper_ratio=0.0,
+        flop_reduction=0.0,
+        stats=stats,
     )
     return [row], []
 

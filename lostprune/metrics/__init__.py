@@ -3,16 +3,7 @@ it): prune potential (nominal, under noise, under corruptions), excess error, fu
 informative features, mIoU, and ``evaluate_grid`` to score many models on many shifted test sets in
 one pass."""
 
-from .evaluation import (
-    EvaluationGrid,
-    Shift,
-    corruption_shift,
-    corruption_shifts,
-    evaluate_grid,
-    iter_labeled_batches,
-    noise_shift,
-    nominal,
-)
+from .evaluation import EvaluationGrid, evaluate_grid, iter_labeled_batches
 from .features import (
     FeatureMatrix,
     informative_feature_matrix,
@@ -32,6 +23,15 @@ from .potential import (
 )
 from .recommend import recommend_ratio
 from .segmentation import confusion_matrix, iou_from_confusion, mean_iou
+from .shifts import (
+    Shift,
+    corruption_name,
+    corruption_shift,
+    corruption_shifts,
+    noise_name,
+    noise_shift,
+    nominal,
+)
 from .similarity import Similarity, functional_similarity, similarity_table
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "Shift",
     "Similarity",
     "confusion_matrix",
+    "corruption_name",
     "corruption_shift",
     "corruption_shifts",
     "evaluate_grid",
@@ -54,6 +55,7 @@ __all__ = [
     "iter_labeled_batches",
     "log_confidence",
     "mean_iou",
+    "noise_name",
     "noise_shift",
     "nominal",
     "prune_potential",

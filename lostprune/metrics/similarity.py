@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .evaluation import Shift, evaluate_grid, noise_shift
+from .evaluation import evaluate_grid
+from .shifts import Shift, noise_shift
 
 
 @dataclass(frozen=True)

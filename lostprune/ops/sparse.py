@@ -12,6 +12,9 @@ Packed format (``PackedWeight``): CSR over the weight viewed as ``[rows, cols]``
 The kernels turn each tap code into an input offset for the actual input size once per
 call (a few microseconds per layer), so one packed weight serves every input size.
 Wrappers, plain-PyTorch references, fake and autograd kernels live here.
+
+Why one ~470-line file: one op family per file (docs/architecture.md, Kernels): the two ops'
+wrappers, references, fake kernels and registration, which change together.
 """
 
 from __future__ import annotations

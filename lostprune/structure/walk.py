@@ -21,6 +21,10 @@ Rules that keep slicing exact (the graph acts on them, propagation ignores them)
   them, unless the dim is fixed (a whole head goes or stays);
 * attention (``F.scaled_dot_product_attention``) removes a head from q, k, v and the mask at
   once; q / k sizes must be fixed (the default scale is 1/sqrt(head size)).
+
+Why one ~500-line file: it is one class whose methods are the per-op rules of the walk, each
+a few lines, read side by side (the op tables are in :mod:`.op_tables`, shapes in
+:mod:`.walk_shapes`); split, a rule and its siblings would live in different files.
 """
 
 from __future__ import annotations

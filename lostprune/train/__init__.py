@@ -6,10 +6,13 @@ per keep ratio in one-shot, cascade or rewind mode, ready to be stored as it com
 ``ShiftAugmentation`` is their shift-aware ``batch_transform`` (docs/methods.md §Guidelines).
 """
 
+from ..core.masks import settle_masks
 from .augment import ShiftAugmentation, ShiftedSample
 from .cycles import MODES, PrunedNetwork, prune_retrain
-from .loop import TrainConfig, TrainResult, evaluate, logits_of, settle_masks, train
+from .evaluate import evaluate, logits_of
+from .loop import train
 from .schedules import Geometric, Linear, LRSchedule, keep_ratio_schedule, paper_keep_ratios
+from .train_config import TrainConfig, TrainResult
 
 __all__ = [
     "MODES",

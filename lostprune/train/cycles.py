@@ -31,7 +31,9 @@ import torch
 import torch.nn as nn
 
 from ..core.masks import load_pruned
-from .loop import TrainConfig, state_on_cpu, train
+from .evaluate import state_on_cpu
+from .loop import train
+from .train_config import TrainConfig
 
 MODES = ("oneshot", "cascade", "rewind")
 

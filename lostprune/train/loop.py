@@ -16,151 +16,32 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from .._files import save_atomic
 from ..core.masks import load_pruned, masked_parameters, settle_masks
 from . import distributed
-from .schedules import LRSchedule
+from .evaluate import (
+    _as_dataset,
+    _autocast,
+    _check_inputs,
+    _check_targets,
+    _correct,
+    _default_loss,
+    _split_batch,
+    evaluate,
+    logits_of,
+    model_device,
+    state_on_cpu,
+)
+from .train_config import _RUNTIME_ONLY, TrainConfig, TrainResult
 
 CHECKPOINT_FORMAT = "lostprune.train/1"
-SEGMENTATION_IGNORE_INDEX = 255
-# Fields that change the trajectory; a checkpoint written under other values is not resumed.
-_RUNTIME_ONLY = {"num_workers"}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one training run. ``milestones`` are epochs (default: the paper's
-    91/182 and 136/182 of ``epochs``); ``amp=None`` means on for CUDA, off on the CPU.
-
-    The length is ``epochs``, or ``steps`` optimizer steps when given (then ``epochs`` is not
-    used: the schedule spans steps / batches-per-epoch epochs, the last one cut short).
-    ``pct_start``, ``div_factor`` and ``final_div_factor`` shape the ``onecycle`` schedule.
-    ``channels_last=None`` trains image models in channels-last memory format on the CPU
-    (1.3x faster for ResNet20 on 32x32 images here) and leaves CUDA as it is."""
-
-    epochs: int = 30
-    steps: int | None = None
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
-    batch_size: int = 128
-    schedule: str = "multistep"
-    warmup_epochs: float = 0.0
-    milestones: tuple[float, ...] | None = None
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    pct_start: float = 0.3
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    amp: bool | None = None
-    amp_dtype: str = "float16"
-    seed: int = 0
-    num_workers: int = 0
-    channels_last: bool | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if self.steps is not None and (
-            not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1
-        ):
-            raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov needs momentum > 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
-        if self.amp_dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {self.amp_dtype!r}")
-        if self.milestones is not None:
-            object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
-        self.lr_schedule()  # validates the schedule fields
-
-    @classmethod
-    def paper_cifar(cls, **overrides) -> TrainConfig:
-        """docs/methods.md §Prune–retrain, ResNet20 on CIFAR-10: SGD lr 0.1, momentum 0.9, batch
-        128, weight decay 1e-4, 182 epochs, ×0.1 at epochs 91 and 136, 5 warm-up epochs."""
-        base = cls(
-            epochs=182,
-            lr=0.1,
-            momentum=0.9,
-            batch_size=128,
-            weight_decay=1e-4,
-            schedule="multistep",
-            milestones=(91, 136),
-            gamma=0.1,
-            warmup_epochs=5,
-        )
-        return dataclasses.replace(base, **overrides)
-
-    def lr_schedule(self, steps_per_epoch: int | None = None) -> LRSchedule:
-        """The learning rate over (fractional) epochs; with ``steps`` it spans
-        ``steps / steps_per_epoch`` epochs (checked against 1 step an epoch when not given)."""
-        epochs = self.epochs if self.steps is None else self.steps / (steps_per_epoch or 1)
-        if self.steps is not None and steps_per_epoch is not None and self.warmup_epochs >= epochs:
-            raise ValueError(
-                f"warmup_epochs={self.warmup_epochs} is not shorter than the {self.steps} steps "
-                f"({epochs:.3g} epochs of {steps_per_epoch} steps)"
-            )
-        return LRSchedule(
-            lr=self.lr,
-            epochs=epochs,
-            kind=self.schedule,
-            warmup_epochs=self.warmup_epochs if self.steps is None or steps_per_epoch else 0.0,
-            milestones=self.milestones,
-            gamma=self.gamma,
-            min_lr=self.min_lr,
-            pct_start=self.pct_start,
-            div_factor=self.div_factor,
-            final_div_factor=self.final_div_factor,
-        )
-
-    def total_steps(self, steps_per_epoch: int) -> int:
-        return self.steps if self.steps is not None else self.epochs * steps_per_epoch
-
-    def scaled(self, epochs: int) -> TrainConfig:
-        """The same schedule squeezed into ``epochs`` (milestones and warm-up scale along): the
-        short retraining budgets that CPU experiments need (docs/methods.md §Prune–retrain)."""
-        schedule = dataclasses.replace(self, steps=None).lr_schedule().scaled(epochs)
-        return dataclasses.replace(
-            self,
-            epochs=epochs,
-            steps=None,
-            warmup_epochs=schedule.warmup_epochs,
-            milestones=schedule.milestones,
-        )
-
-
-@dataclass
-class TrainResult:
-    model: nn.Module
-    history: list[dict] = field(default_factory=list)
-    snapshots: dict[int, dict] = field(default_factory=dict)
-    stopped_early: bool = False
-    resumed_from: int | None = None
-
-    @property
-    def final(self) -> dict:
-        """The last epoch's record (empty if no epoch ran)."""
-        return self.history[-1] if self.history else {}
 
 
 # --------------------------------------------------------------------------- masks
@@ -185,153 +66,11 @@ def _zero_masked(pairs) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def logits_of(output) -> torch.Tensor:
-    """The prediction tensor of a model output (torchvision segmentation models return {"out": ...})."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping) and "out" in output:
-        return output["out"]
-    raise TypeError(f"model output must be a tensor or a mapping with 'out', got {type(output).__name__}")
-
-
-def _default_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    ignore = SEGMENTATION_IGNORE_INDEX if logits.dim() > 2 else -100
-    return nn.functional.cross_entropy(
-        logits.float(), targets, ignore_index=ignore, label_smoothing=label_smoothing
-    )
-
-
-def _correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int | torch.Tensor]:
-    """(number of correct predictions, number counted): top-1 per image, or per labelled pixel."""
-    predicted = logits.argmax(1)
-    if logits.dim() > 2:
-        valid = targets != SEGMENTATION_IGNORE_INDEX
-        return (predicted.eq(targets) & valid).sum(), valid.sum()
-    return predicted.eq(targets).sum(), targets.numel()
-
-
-def _split_batch(batch, argument: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise ValueError(f"{argument} must yield (inputs, targets) pairs, got {type(batch).__name__}")
-
-
-def _check_inputs(model: nn.Module, inputs: torch.Tensor, argument: str) -> None:
-    """Before the first forward: float, finite, and the channels the model declares."""
-    if not inputs.is_floating_point():
-        raise ValueError(
-            f"{argument} yields {inputs.dtype} inputs; models need float inputs "
-            f"(lostprune.data loaders convert and normalize images)"
-        )
-    if not torch.isfinite(inputs).all():
-        raise ValueError(f"{argument} contains NaN or inf inputs")
-    expected = getattr(model, "input_size", None)
-    if expected is not None and (inputs.dim() - 1 != len(expected) or inputs.shape[1] != expected[0]):
-        # Spatial sizes may differ (global pooling); rank and channels may not.
-        raise ValueError(
-            f"{argument} yields samples of shape {tuple(inputs.shape[1:])} but the model expects "
-            f"{tuple(expected)} (channels first)"
-        )
-
-
-def _check_targets(targets: torch.Tensor, logits: torch.Tensor, argument: str) -> None:
-    if targets.dtype not in (torch.int64, torch.int32, torch.uint8):
-        raise ValueError(f"{argument} yields {targets.dtype} targets; class indices (int64) are expected")
-    labels = targets[targets != SEGMENTATION_IGNORE_INDEX] if logits.dim() > 2 else targets
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
-        raise ValueError(
-            f"{argument} has labels from {int(labels.min())} to {int(labels.max())}, but the model "
-            f"outputs {logits.shape[1]} classes"
-        )
-
-
-def _as_dataset(data, argument: str, split: str):
-    """``data`` as a Dataset or DataLoader; DataSplits stand for their ``split``."""
-    from ..data.splits import DataSplits
-
-    if isinstance(data, DataSplits):
-        return data.split(split)
-    if isinstance(data, (Dataset, DataLoader)):
-        return data
-    raise TypeError(f"{argument} must be a Dataset, a DataLoader or DataSplits, got {type(data).__name__}")
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**63)
 
 
-def _autocast(device: torch.device, amp: bool | None, amp_dtype: str = "float16") -> tuple[bool, torch.dtype]:
-    """(enabled, dtype): AMP defaults to on for CUDA; the CPU autocasts to bfloat16."""
-    enabled = (device.type == "cuda") if amp is None else bool(amp)
-    return enabled, getattr(torch, amp_dtype) if device.type == "cuda" else torch.bfloat16
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of ``model.state_dict()`` (masks included)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
 # --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data,
-    *,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-    amp: bool | None = None,
-    loss_fn: Callable | None = None,
-    progress: bool = False,
-) -> dict:
-    """Loss, accuracy and error of ``model`` on ``data`` (a Dataset, DataLoader or DataSplits,
-    whose test split is used). Accuracy is top-1 per image, or per labelled pixel for
-    segmentation outputs (N x K x H x W; label 255 ignored)."""
-    from tqdm.auto import tqdm
-
-    data = _as_dataset(data, "data", "test")
-    device = torch.device(device) if device is not None else model_device(model)
-    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
-    use_amp, amp_dtype = _autocast(device, amp)
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    counted, samples = torch.zeros((), dtype=torch.int64, device=device), 0
-    try:
-        for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
-            inputs, targets = _split_batch(batch, "data")
-            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            if samples == 0:
-                _check_inputs(model, inputs, "data")
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = logits_of(model(inputs))
-            if samples == 0:
-                _check_targets(targets, logits, "data")
-            loss = loss_fn(logits, targets) if loss_fn else _default_loss(logits, targets, 0.0)
-            loss_sum += loss.double() * inputs.shape[0]
-            c, n = _correct(logits, targets)
-            correct += c
-            counted += n
-            samples += inputs.shape[0]
-    finally:
-        model.train(was_training)
-    if samples == 0:
-        raise ValueError("data is empty")
-    accuracy = correct.item() / max(1, counted.item())
-    return {
-        "loss": loss_sum.item() / samples,
-        "accuracy": accuracy,
-        "error": 1.0 - accuracy,
-        "samples": samples,
-    }
 
 
 # --------------------------------------------------------------------------- training
