@@ -430,3 +430,14 @@ def test_network_round_trip_still_loads(tmp_path):
     model = lostprune.prune(models.create("small_cnn"), "wt", 0.5, progress=False).model
     loaded = lpio.load_network(lpio.save_network(tmp_path / "net.pt", model, network="small_cnn"))
     assert torch.equal(loaded.features[0].weight_mask, model.features[0].weight_mask)
+
+
+def test_input_check_leaves_every_training_flag_as_it_was():
+    from lostprune.core.shapes import input_problem
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(), nn.Linear(3, 2)).train()
+    model[1].eval()  # mixed flags: each must come back, not one for the whole model
+    before = [m.training for m in model.modules()]
+    assert input_problem(model, torch.randn(1, 4)) is None
+    assert input_problem(model, torch.randn(1, 5)).startswith("RuntimeError")
+    assert [m.training for m in model.modules()] == before

@@ -23,7 +23,20 @@ TRAIN_SCRIPT = textwrap.dedent(
     splits = load("digits", augment=False)
     subset = torch.utils.data.Subset(splits.train, range(256))
     before = torch.cat([p.detach().flatten() for p in pruned.parameters()])
-    result = train(pruned, subset, TrainConfig(epochs=2, lr=0.05, batch_size=64, schedule="constant"), progress=False)
+    seen, epochs = torch.zeros(2, dtype=torch.float64), []  # this process's sum of loss x images, images
+
+    def loss_fn(logits, targets):
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        if torch.is_grad_enabled():
+            seen.add_(torch.tensor([loss.item() * len(targets), len(targets)], dtype=torch.float64))
+        return loss
+
+    def end_of_epoch(record):
+        epochs.append(seen.clone())
+        seen.zero_()
+
+    result = train(pruned, subset, TrainConfig(epochs=2, lr=0.05, batch_size=64, schedule="constant"),
+                   loss_fn=loss_fn, callbacks=[end_of_epoch], progress=False)
     flat = torch.cat([p.detach().flatten() for p in pruned.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(2)]
     dist.all_gather(gathered, flat)
@@ -34,6 +47,9 @@ TRAIN_SCRIPT = textwrap.dedent(
     history = result.history
     assert not torch.equal(flat, before), "training changed nothing"
     assert len(history) == 2 and history[-1]["train_loss"] < history[0]["train_loss"], history
+    for record, totals in zip(history, epochs, strict=True):  # the epoch's loss over both processes' images
+        dist.all_reduce(totals)
+        assert totals[1] == 256 and abs(record["train_loss"] - totals[0] / totals[1]) < 1e-9, (record, totals)
     if distributed.is_main():
         print("DDP-OK", history[-1]["train_accuracy"])
     dist.destroy_process_group()

@@ -317,8 +317,27 @@ def test_tiny_experiment_end_to_end(tmp_path, capsys):
     for net in pruned:
         assert {"nominal", "noise:gaussian:0.2", "corruption:contrast:3"} <= {d for d, m in net.values}
         assert 0 <= net.error("nominal") <= 1 and 0 <= net.values[("nominal", "agreement")] <= 1
-    assert results.prune_potential("wt", "nominal") is not None
-    assert results.feature_matrix(0) is not None
+    # P_δ of the one seed's WT curve, recomputed from the stored errors
+    from lostprune.metrics import prune_potential
+
+    (curve,) = results.curves("wt")
+    assert results.prune_potential("wt", "nominal").values == (
+        prune_potential(
+            curve.ratios,
+            curve.errors("nominal"),
+            curve.parent.error("nominal"),
+            results.delta,
+            boundary=results.boundary,
+        ),
+    )
+    # row a, column b: network b's confidence on network a's informative pixels, as stored
+    names, matrix = results.feature_matrix(0)
+    assert names[0] == "parent/s0/nominal" and names[-1] == "reference/s0/nominal" and len(names) >= 3
+    assert matrix.shape == (len(names), len(names))
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            assert matrix[i, j] == results.networks[b].values[(f"features_of:{a}", "confidence")], (a, b)
+            assert 0.0 <= matrix[i, j] <= 1.0
     report = write_report(root)
     text = report.read_text()
     assert (

@@ -49,6 +49,8 @@ def test_prune_potential_both_readings(delta, any_, prefix):
 
 def test_prune_potential_edge_cases():
     assert prune_potential(RATIOS, [0.2] * 4, PARENT) == 0.0  # nothing qualifies: the parent's 0
+    # the first network fails: the prefix is empty even though later ones pass
+    assert prune_potential(RATIOS, [0.2, 0.1, 0.1, 0.1], PARENT, 0.005, "prefix") == 0.0
     with pytest.raises(
         ValueError, match="ratios is empty: a prune potential needs at least one pruned network"
     ):
@@ -537,6 +539,18 @@ def test_mean_iou_known_value():
     assert mean_iou(torch.tensor([0, 0]), torch.tensor([0, 0]), 5) == 1.0  # absent classes ignored
     with pytest.raises(ValueError, match="same shape"):
         mean_iou(pred, target[0], 3)
+
+
+def test_mean_iou_bad_input_names_the_valid_range():
+    with pytest.raises(ValueError, match=r"pred holds class indices outside 0\.\.3$"):
+        mean_iou(torch.tensor([0, 4]), torch.tensor([0, 1]), 4)
+    with pytest.raises(ValueError, match=r"outside 0\.\.3$"):
+        mean_iou(torch.tensor([-1, 0]), torch.tensor([0, 1]), 4)
+    assert mean_iou(torch.tensor([0, 9]), torch.tensor([0, 255]), 4) == 1.0  # ignored pixels: any prediction
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+        confusion_matrix(torch.tensor([0]), torch.tensor([0]), 0)
+    with pytest.raises(ValueError, match="no labeled pixels"):
+        mean_iou(torch.tensor([1]), torch.tensor([255]), 4)
 
 
 class ThresholdSegmenter(nn.Module):

@@ -325,6 +325,27 @@ def test_unknown_option_is_refused_before_any_pass():
         lostprune.prune(models.create("resnet20"), "pfp", 0.5, data=torch.randn(4, 3, 32, 32), copuled="sum")
 
 
+@pytest.mark.parametrize(
+    "method, coupled, message",
+    [
+        (
+            "ft",
+            "per_layer",
+            r"ft: no layer has filters that can be removed \(every output channel is a network output",
+        ),
+        ("ft", "sum", r"ft: no layer has filters that can be removed \(every output channel is frozen"),
+        ("pfp", "sum", r"pfp: no input channel group can be removed \(every group is frozen"),
+    ],
+)
+def test_a_network_with_nothing_to_remove_is_refused_with_the_reason(compiled, method, coupled, message):
+    """One linear layer: its outputs are the network's outputs, its inputs the network's input."""
+    inputs = {"data": torch.randn(8, 6)} if method == "pfp" else {"example_input": torch.randn(1, 6)}
+    with pytest.raises(ValueError, match=message):
+        lostprune.prune(
+            nn.Sequential(nn.Linear(6, 3)), method, 0.5, coupled=coupled, progress=False, **inputs
+        )
+
+
 def test_silent_layers_are_named(compiled):
     model = PFPChain()
     with torch.no_grad():

@@ -237,8 +237,9 @@ def test_pfp_ratio_zero_keeps_everything(compiled):
     ],
 )
 def test_pfp_budget_beyond_reach_warns_and_prunes_as_far_as_it_can(compiled, coupled, message):
-    with pytest.warns(UserWarning, match=message):
+    with pytest.warns(UserWarning, match=message) as caught:
         result = lostprune.prune(chain(), "pfp", 0.99, data=S, coupled=coupled, progress=False)
+    assert [w.filename for w in caught] == [__file__]  # the warning names the caller's line, not lostprune's
     for mask in result.masks.values():
         assert int(_kept_columns(mask).sum()) >= 1
 
