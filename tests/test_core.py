@@ -267,6 +267,10 @@ def test_random_and_snip_baselines():
     rand = lostprune.prune(models.create("small_cnn"), "random", 0.6, seed=3)
     for stats in rand.stats.layers:  # uniform per layer
         assert abs(stats.ratio - 0.6) < 0.01
+    assert all(
+        set(m.unique().tolist()) == {0.0, 1.0} for m in rand.masks.values()
+    )  # a mask holds 0 and 1 only
+    assert "random: target 60.00 %, achieved" in rand.stats.summary()
     data = torch.utils.data.TensorDataset(torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,)))
     snip = lostprune.prune(models.create("small_cnn"), "snip", 0.6, data=data)
     assert abs(snip.stats.achieved_ratio - 0.6) < 1e-4

@@ -236,7 +236,7 @@ def test_pfp_bad_group_option_is_named(compiled):
             "pfp",
             0.5,
             data=PFP_DATA,
-            coupled="per_layer",
+            coupled="".join(["per_", "layer"]),  # built at run time, as a YAML config's: compared by value
             round_to=8,
             progress=False,
         )

@@ -173,6 +173,8 @@ def test_nonzero_rows_and_columns(shape):
     t[:, 0] = 0
     t[2].view(-1)[0] = -0.0 if t[2].numel() > 1 else t[2].view(-1)[0]
     t[-1].view(-1)[-1] = float("nan")  # NaN is nonzero, as with != 0
+    t[0] = 0
+    t[0].view(-1)[-1] = -1.0  # a row (and a column) whose only nonzero is negative: max is 0, min is not
     for tensor in (t, -t, t.bool(), t.double(), t.to(torch.int32)):
         rows, cols = nonzero_rows_and_columns(tensor)
         expected_rows, expected_cols = reference_rows_and_columns(tensor)
