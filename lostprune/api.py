@@ -114,7 +114,7 @@ def prune(
     exclude=None,
     inplace: bool = False,
     example_input: Tensor | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     batch_size: int = 64,
     leaf_modules=(),
     **options,

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
+from ._progress import bar_disabled
 from .core.layers import prunable_layers, weight_parameter
 from .data.batches import iter_inputs
 from .ops import sensitivity as sensitivity_ops
@@ -83,7 +84,7 @@ def collect_sensitivities(
     *,
     kind: str = "weight",
     reduce: str = "mean",
-    progress: bool = True,
+    progress: bool | None = None,
     total: int | None = None,
     implementation: str = "kernel",
 ) -> dict[str, Tensor]:
@@ -135,7 +136,11 @@ def collect_sensitivities(
         with (
             torch.no_grad(),
             tqdm(
-                total=total, unit="img", desc=f"{kind} sensitivities", disable=not progress, leave=False
+                total=total,
+                unit="img",
+                desc=f"{kind} sensitivities",
+                disable=bar_disabled(progress),
+                leave=False,
             ) as bar,
         ):
             for batch_index, x in enumerate(batches):  # noqa: B007 - the hooks name the batch
@@ -192,7 +197,7 @@ def sensitivity_pass(
     layers=None,
     exclude=None,
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool | None = None,
     implementation: str = "kernel",
 ) -> dict[str, Tensor]:
     """Sensitivities of ``model``'s prunable layers on ``data`` (S).

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lostprune"
 
 # Bottom to top; a unit may import its own unit and the units of the layers below it.
 LAYERS = [
-    ["_version", "_threads", "_process", "timing"],
+    ["_version", "_threads", "_process", "_progress", "timing"],
     ["ops"],
     ["core", "_files"],
     ["data", "models", "robustness"],

@@ -87,3 +87,41 @@ def test_a_worker_stops_when_its_runner_dies():
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-c", code], check=False, timeout=50)
     assert done.returncode == 1 and time.monotonic() - start < 50
+
+
+class _Stream:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_library_bars_show_by_default_only_in_a_terminal(monkeypatch, tty):
+    """prune's bar (the sensitivity pass of a data-informed method) with progress left at its
+    default: drawn on a terminal, silent in a log; progress=True draws it anyway."""
+    import sys
+
+    import torch
+
+    from lostprune import prune
+    from lostprune._progress import bar_disabled
+    from lostprune.models import create
+
+    stream = _Stream(tty)
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert bar_disabled(None) is (not tty) and bar_disabled(True) is False and bar_disabled(False) is True
+    model, data = create("small_cnn", num_classes=10), torch.randn(8, 3, 32, 32)
+    prune(model, "sipp", 0.5, data)
+    assert ("sensitivities" in stream.text) is tty
+    stream.text = ""
+    prune(model, "sipp", 0.5, data, progress=True)
+    assert "sensitivities" in stream.text

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .._files import data_cache_dir, save_atomic
+from .._progress import bar_disabled
 from .splits import DataSplits, check_split_size, stratified_split
 from .tensor_images import ImageTensorDataset
 
@@ -116,7 +117,12 @@ def _read_folder_layout(source: _Source) -> dict | None:
     index = {c: i for i, c in enumerate(classes)}
     out = {"classes": classes}
     total = len(files["train"]) + len(files["test"])
-    with tqdm(total=total, desc="decoding CIFAR-10 images (cached afterwards)", unit="img") as bar:
+    with tqdm(
+        total=total,
+        desc="decoding CIFAR-10 images (cached afterwards)",
+        unit="img",
+        disable=bar_disabled(None),
+    ) as bar:
         for split, items in files.items():
             images = np.empty((len(items), 3, 32, 32), dtype=np.uint8)
             for i, (_, name) in enumerate(items):

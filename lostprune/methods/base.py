@@ -34,7 +34,7 @@ class PruneContext:
     data: object = None  # S for data-informed methods (tensor, Dataset, DataLoader, iterable)
     example_input: Tensor | None = None  # 1 x C x H x W
     options: dict = field(default_factory=dict)
-    progress: bool = True
+    progress: bool | None = None
     batch_size: int = 64
     leaf_modules: tuple = ()
     _graph: DependencyGraph | None = None

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._progress import bar_disabled
 from ..robustness.corruptions import corrupt
 from ..robustness.noise import noise_like
 from .potential import (
@@ -226,7 +227,7 @@ def evaluate_grid(
     batch_size: int = 256,
     seed: int = 0,
     ignore_index: int = 255,
-    progress: bool = True,
+    progress: bool | None = None,
     keep_outputs: Sequence[str] = (),
     reference_outputs: Mapping[str, Tensor] | None = None,
 ) -> EvaluationGrid:
@@ -286,7 +287,7 @@ def evaluate_grid(
             iter_labeled_batches(data, batch_size),
             desc="evaluate",
             unit="batch",
-            disable=not progress,
+            disable=bar_disabled(progress),
             leave=False,
         )
         samples = 0

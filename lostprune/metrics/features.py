@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .._progress import bar_disabled
 from .evaluation import model_outputs
 
 MODES = ("exact", "gradient")
@@ -67,7 +68,7 @@ def informative_features(
     baseline: float = 0.0,
     target: Tensor | None = None,
     batch_size: int = 1024,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Tensor:
     """Boolean N×H×W masks of the kept (most informative) pixels, round(f·H·W) per image.
 
@@ -93,7 +94,9 @@ def informative_features(
         rounds = math.ceil((hw - keep) / step)
         from tqdm.auto import trange
 
-        for r in trange(rounds, desc=f"informative features ({mode})", disable=not progress, leave=False):
+        for r in trange(
+            rounds, desc=f"informative features ({mode})", disable=bar_disabled(progress), leave=False
+        ):
             remove = min(step, hw - keep - r * step)
             scores = (_exact_scores if mode == "exact" else _gradient_scores)(
                 model, x, kept, target, baseline, batch_size
@@ -170,7 +173,7 @@ def informative_feature_matrix(
     pixels_per_step: int | None = None,
     baseline: float = 0.0,
     batch_size: int = 1024,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> FeatureMatrix:
     """Informative pixels of every model (e.g. parent, pruned networks, a separately
     trained network), and every model evaluated on every other model's pixels."""

@@ -73,7 +73,7 @@ def similarity_table(
     normalize=None,
     seed: int = 0,
     batch_size: int = 256,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict[str, dict[float, Similarity]]:
     """Similarity of every model (pruned networks, a separately trained one, ...) to
     ``models[reference]`` at several noise levels, in one pass over the data."""

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._progress import bar_disabled
 from ..core.masks import effective_weight
 from ..core.shapes import check_input
 from ..ops.sparse import pack_weight
@@ -270,7 +271,7 @@ def convert(
     inplace: bool = False,
     rounds: int = 3,
     min_time: float = 0.01,
-    progress: bool = True,
+    progress: bool | None = None,
     fuse: bool = True,
     cache: bool = True,
 ) -> nn.Module:
@@ -365,7 +366,9 @@ def convert(
 
     from tqdm.auto import tqdm
 
-    for name, decision in tqdm(timed.items(), desc="sparse convert", disable=not progress or not timed):
+    for name, decision in tqdm(
+        timed.items(), desc="sparse convert", disable=bar_disabled(progress) or not timed
+    ):
         module = candidates[name]
         fusion = fusions.get(name)
         weight = effective_weight(module).detach()

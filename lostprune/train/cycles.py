@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .._progress import bar_disabled
 from ..core.masks import load_pruned
 from .evaluate import state_on_cpu
 from .loop import train
@@ -146,7 +147,7 @@ def prune_retrain(
     completed: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
     checkpoint_dir: str | Path | None = None,
     device: str | torch.device | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     prune_options: Mapping | None = None,
     train_options: Mapping | None = None,
 ) -> Iterator[PrunedNetwork]:
@@ -224,7 +225,7 @@ def prune_retrain(
         initial=len(ratios) - len(todo),
         desc=f"{mode} {method_name}",
         unit="net",
-        disable=not progress,
+        disable=bar_disabled(progress),
         dynamic_ncols=True,
     )
     try:

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._progress import bar_disabled
+
 SEGMENTATION_IGNORE_INDEX = 255
 
 
@@ -126,7 +128,7 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     counted, samples = torch.zeros((), dtype=torch.int64, device=device), 0
     try:
-        for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        for batch in tqdm(loader, desc="evaluate", leave=False, disable=bar_disabled(progress)):
             inputs, targets = _split_batch(batch, "data")
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             if samples == 0:

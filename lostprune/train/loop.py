@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .._files import save_atomic
+from .._progress import bar_disabled
 from ..core.masks import load_pruned, masked_parameters, settle_masks
 from . import distributed
 from .evaluate import (
@@ -153,7 +154,7 @@ def train(
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     loss_fn: Callable | None = None,
     callbacks: Sequence[Callable[[dict], bool | None]] = (),
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "train",
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` (a Dataset, a DataLoader or DataSplits, whose train
@@ -264,7 +265,7 @@ def train(
         desc=desc,
         unit="step",
         leave=False,
-        disable=not progress or not distributed.is_main(),
+        disable=bar_disabled(progress) or not distributed.is_main(),
         dynamic_ncols=True,
     )
     # Under torchrun the forward/backward runs through DDP (gradients averaged across
