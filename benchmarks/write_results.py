@@ -18,6 +18,7 @@ ORDER = [
     "core",
     "sensitivity",
     "slicing",
+    "zoo",
     "sparse",
     "gpu",
     "corruptions",

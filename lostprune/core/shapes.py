@@ -17,25 +17,23 @@ def meta_parameters(module: nn.Module):
     """Inside, every parameter and buffer of ``module`` is a meta tensor of the same shape."""
     from torch.nn.utils.stateless import _reparametrize_module
 
-    # One entry per (owning module, attribute): a module registered under two names must be
-    # swapped (and restored) once, or its second swap saves the first's meta tensor as the
-    # "original" and the module keeps meta weights. One meta tensor per tensor (ties stay tied).
+    # One entry per (owning module, attribute): a module registered under two names is
+    # swapped (and restored) once — under its first name — or its second swap saves the first's
+    # meta tensor as the "original" and the module keeps meta weights. One meta tensor per
+    # tensor (ties stay tied). One walk over the modules: this runs twice per prune + slice, and
+    # per-tensor path lookups cost more than the meta pass's convolutions on small models.
     meta: dict[str, Tensor] = {}
     made: dict[int, Tensor] = {}
-    slots: set[tuple[int, str]] = set()
-    for name, t in [
-        *module.named_parameters(remove_duplicate=False),
-        *module.named_buffers(remove_duplicate=False),
-    ]:
-        path, _, attr = name.rpartition(".")
-        slot = (id(module.get_submodule(path)), attr)
-        if slot in slots:
-            continue
-        slots.add(slot)
-        if id(t) not in made:
-            made[id(t)] = torch.empty_like(t, device="meta")
-        meta[name] = made[id(t)]
-    cached = [(m, k, v) for m in module.modules() for k, v in m.__dict__.items() if isinstance(v, Tensor)]
+    cached = []
+    for path, owner in module.named_modules():
+        prefix = f"{path}." if path else ""
+        for tensors in (owner._parameters, owner._buffers):
+            for attr, t in tensors.items():
+                if t is not None:
+                    if id(t) not in made:
+                        made[id(t)] = torch.empty_like(t, device="meta")
+                    meta[prefix + attr] = made[id(t)]
+        cached += [(owner, k, v) for k, v in owner.__dict__.items() if isinstance(v, Tensor)]
     try:
         with _reparametrize_module(module, meta):
             yield

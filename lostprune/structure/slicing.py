@@ -271,21 +271,23 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: SlicePla
         jobs.append([modules[name], attr, None, source, _index(plan.keep_rows.get(name)), None])
     plan.new_tensors.clear()
 
-    # One output per distinct (tensor, slicing): weights tied between modules stay tied.
-    distinct: dict[tuple, int] = {}
+    # One output per distinct (tensor, slicing): weights tied between modules stay tied. Jobs
+    # are matched by tensor identity, their indices compared only where a tensor recurs (no
+    # per-channel key).
+    distinct: dict[tuple, list[int]] = {}  # (kind, id of source or old tensor) -> outputs of it
     sources, rows, cols, which = [], [], [], []
     for _module, _attr, old, source, r, c in jobs:
-        key = (
-            (id(old), None if r is None else tuple(r.tolist()), None if c is None else tuple(c.tolist()))
-            if source is None
-            else (id(source),)
+        made_of = distinct.setdefault(("old", id(old)) if source is None else ("source", id(source)), [])
+        i = next(
+            (i for i in made_of if source is not None or (_same(rows[i], r) and _same(cols[i], c))), None
         )
-        if key not in distinct:
-            distinct[key] = len(sources)
+        if i is None:
+            i = len(sources)
+            made_of.append(i)
             sources.append((source if source is not None else old).detach())
             rows.append(r)
             cols.append(c)
-        which.append(distinct[key])
+        which.append(i)
     outputs: list[Tensor | None] = [None] * len(sources)
     by_device: dict[torch.device, list[int]] = {}
     for i, source in enumerate(sources):
@@ -326,6 +328,13 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: SlicePla
         raise RuntimeError(
             f"slice_model: internal error, tensors still shared with the input model: {leftovers[:5]}"
         )
+
+
+def _same(a: Tensor | None, b: Tensor | None) -> bool:
+    """Whether two index vectors (None: all) select the same entries."""
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and bool(torch.equal(a, b))
 
 
 def _resize(module: nn.Module) -> None:
