@@ -433,3 +433,32 @@ def test_slicing_on_cuda():
     sliced = slice_model(result.model)
     assert next(sliced.parameters()).is_cuda
     assert_same_function(result.model, sliced, torch.randn(2, 3, 32, 32, device="cuda"))
+
+
+class _MadeInForward(nn.Module):
+    """A tensor made inside forward: fx's tracer stores it as ``_tensor_constant0`` on the one
+    instance it traced (maxvit_t does this)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x)) * torch.tensor(0.5)
+        return self.fc(torch.relu(self.b(y)).mean((2, 3)))
+
+
+def test_a_tensor_made_in_forward_survives_a_reused_trace():
+    """The second instance reuses the first one's trace (same structure), where the constant
+    is not an attribute: pruning and slicing it once failed with AttributeError."""
+    x = torch.randn(2, 3, 8, 8)
+    lostprune.prune(_MadeInForward().eval(), "ft", 0.5, example_input=x, coupled="sum", progress=False)
+    other = _MadeInForward().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the target is not reachable exactly on so small a model
+        pruned = lostprune.prune(other, "ft", 0.5, example_input=x, coupled="sum", progress=False)
+    sliced = slice_model(pruned.model)
+    assert sliced.b.out_channels < 8
+    torch.testing.assert_close(sliced(x), pruned.model(x), rtol=0, atol=1e-6)

@@ -38,6 +38,7 @@ from .op_tables import (
     REDUCE_FUNCTIONS,
     REDUCE_METHODS,
 )
+from .tracing import attr_value
 
 # Spatial ops whose output is constant wherever the input is (no padding with zeros).
 _CONSTANT_PRESERVING_MODULES = (
@@ -153,9 +154,7 @@ class _Probes:
         if node.op in ("placeholder", "output"):
             return None
         if node.op == "get_attr":
-            value = self.root
-            for part in node.target.split("."):
-                value = getattr(value, part)
+            value = attr_value(self.root, node)
             return value if isinstance(value, Tensor) and value.numel() == 1 else None
         if node.op == "call_module":
             return self.visit_module(node, self.modules[node.target])

@@ -12,6 +12,8 @@ from ..core.shapes import shape_only_forward
 from .folded_conv import FoldedConv2d  # a sliced model's conv: a leaf like nn.Conv2d
 from .groups import GraphError
 
+TRACED_CONSTANT = "lostprune_traced_constant"  # node.meta key
+
 
 class Tracer(fx.Tracer):
     def __init__(self, leaf_modules: tuple[type, ...] = (), leaf_names: tuple[str, ...] = ()):
@@ -50,7 +52,23 @@ def trace_graph(model: nn.Module, leaf_modules=()) -> fx.Graph:
             "Pass leaf_modules=[ModuleType or 'qualified.name'] to treat the offending submodule as "
             "an opaque leaf (its channels are then left unpruned), or make its forward traceable."
         ) from exc
+    # A tensor made inside forward (``torch.tensor(0.5)``) becomes a ``get_attr`` of an
+    # attribute fx's tracer sets on this model instance only; the trace is reused for copies
+    # and other instances of the structure, so the node carries the value itself.
+    for node in graph.nodes:
+        if node.op == "get_attr" and node.target.startswith("_tensor_constant"):
+            node.meta[TRACED_CONSTANT] = getattr(model, node.target)
     return graph
+
+
+def attr_value(root: nn.Module, node: fx.Node):
+    """The value of a ``get_attr`` node: a traced constant's own, else the attribute of ``root``."""
+    if TRACED_CONSTANT in node.meta:
+        return node.meta[TRACED_CONSTANT]
+    value = root
+    for part in node.target.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def failing_module(exc: Exception) -> str | None:
@@ -87,9 +105,7 @@ def propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_inp
                         f"('{node.target}'); build_graph traces it on one example input"
                     )
             elif node.op == "get_attr":
-                value = root
-                for part in node.target.split("."):
-                    value = getattr(value, part)
+                value = attr_value(root, node)
             elif node.op == "call_module":
                 value = modules[node.target](*args, **kwargs)
             elif node.op == "call_method":
