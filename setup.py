@@ -18,11 +18,11 @@ if os.environ.get("LOSTPRUNE_AOT") == "1":
     sys.path.insert(0, str(HERE))
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    from lostprune.ops import _build
+    from lostprune.ops import _build, _toolchain
 
-    cuda = _build._cuda_requested()
+    cuda = _toolchain.cuda_requested()
     csrc = HERE / "csrc"
-    cflags, cuda_flags, ldflags = _build.compile_flags(cuda, march=os.environ.get("LOSTPRUNE_MARCH"))
+    cflags, cuda_flags, ldflags = _toolchain.compile_flags(cuda, march=os.environ.get("LOSTPRUNE_MARCH"))
     extension = (CUDAExtension if cuda else CppExtension)(
         name="lostprune._C",
         sources=[str(p.relative_to(HERE)) for p in _build.list_sources(csrc, cuda)],
