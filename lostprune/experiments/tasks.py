@@ -80,19 +80,24 @@ def run_train(env: Environment, task: Task, publish: Publish) -> tuple[list[Netw
         )
         if rewind:
             save_atomic(result.snapshots[config.schedule.rewind_epoch], path.with_suffix(".rewind.pt"))
-    row = NetworkRow(
+    return [_unpruned_row(task, path, {"final": result.final})], []
+
+
+def _unpruned_row(task: Task, path, stats: dict) -> NetworkRow:
+    """The store's row of a trained (or copied) network: its role, seed and arm, nothing pruned."""
+    payload = task.payload
+    return NetworkRow(
         task.key,
-        role,
-        seed,
+        payload["role"],
+        payload["seed"],
         0.0,
         0.0,
-        arm=arm,
+        arm=payload["arm"],
         checkpoint=str(path),
         paper_ratio=0.0,
         flop_reduction=0.0,
-        stats={"final": result.final},
+        stats=stats,
     )
-    return [row], []
 
 
 def _copy_network(env: Environment, task: Task, source: str) -> tuple[list[NetworkRow], list[ResultRow]]:
@@ -106,20 +111,7 @@ def _copy_network(env: Environment, task: Task, source: str) -> tuple[list[Netwo
         save_atomic(
             {**payload, "meta": {**payload.get("meta", {}), "key": task.key, "copy_of": source}}, path
         )
-    stats = {**json.loads(original["stats"] or "{}"), "copy_of": source}
-    row = NetworkRow(
-        task.key,
-        task.payload["role"],
-        task.payload["seed"],
-        0.0,
-        0.0,
-        arm=task.payload["arm"],
-        checkpoint=str(path),
-        paper_ratio=0.0,
-        flop_reduction=0.0,
-        stats=stats,
-    )
-    return [row], []
+    return [_unpruned_row(task, path, {**json.loads(original["stats"] or "{}"), "copy_of": source})], []
 
 
 def run_chain(env: Environment, task: Task, publish: Publish) -> tuple[list[NetworkRow], list[ResultRow]]:
