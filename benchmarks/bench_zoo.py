@@ -189,7 +189,7 @@ def lostprune_step(model: nn.Module, x: torch.Tensor, ratio: float):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = lostprune.prune(model, "ft", ratio, example_input=x, coupled="sum", progress=False)
-        return result, lostprune.slice_model(result.model)
+        return result, lostprune.slice_model(result.model, inplace=True)  # prune made the copy
 
 
 def torch_pruning_step(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:

@@ -223,7 +223,7 @@ def cmd_slice(args: argparse.Namespace) -> int:
     from .io import load_network
 
     model = load_network(args.model).eval()
-    sliced = lostprune.slice_model(model)
+    sliced = lostprune.slice_model(model, inplace=True)  # loaded here, nobody else holds it
     out = args.out or str(args.model).replace(".pt", "-sliced.pt")
     torch.save({"format": "lostprune-sliced/1", "module": sliced}, out)
     print(sliced.slice_report.summary())

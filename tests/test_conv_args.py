@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lostprune.ops._conv_args import conv_out_hw, conv_out_size, pair
+from lostprune.ops._conv_args import conv_out_hw, conv_out_size, pair, same_padding
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,23 @@ def test_pair_names_the_minimum():
     with pytest.raises(ValueError, match=r"myop: dilation must be >= 1, got \(1, 0\)"):
         pair((1, 0), "dilation", "myop", 1)
     assert pair(0, "padding", "myop", 0) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "kernel, dilation", list(itertools.product(((1, 1), (2, 3), (3, 4), (5, 2)), ((1, 1), (2, 1), (1, 3))))
+)
+def test_same_padding_is_torchs(kernel, dilation):
+    """Explicit (top, left) / (bottom, right) padding then a valid conv: F.conv2d(padding='same')."""
+    g = torch.Generator().manual_seed(0)
+    x, w = (
+        torch.randn(1, 2, 9, 10, generator=g, dtype=torch.float64),
+        torch.randn(3, 2, *kernel, generator=g, dtype=torch.float64),
+    )
+    (top, left), (bottom, right) = same_padding(kernel, dilation, (1, 1), "op")
+    got = F.conv2d(F.pad(x, (left, right, top, bottom)), w, dilation=dilation)
+    torch.testing.assert_close(got, F.conv2d(x, w, padding="same", dilation=dilation), rtol=0, atol=1e-12)
+
+
+def test_same_padding_needs_stride_one():
+    with pytest.raises(ValueError, match=r"op: padding='same' needs stride 1, got \(2, 1\)"):
+        same_padding((3, 3), (1, 1), (2, 1), "op")

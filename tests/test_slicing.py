@@ -139,6 +139,26 @@ def test_sliced_model_is_independent_of_the_input_model():
     assert all(hasattr(m, "weight_mask") for m in prunable_layers(result.model).values())
 
 
+def test_slicing_in_place_matches_the_copy_and_returns_the_model_itself():
+    """inplace=True (for a model prune has just copied): the same sliced model as a copy
+    gives, without copying the module tree, and no mask or pruning hook left behind."""
+    masked = filters_removed(with_nonzero_constants(models.create("resnet20")), 0.5)  # residual ones too
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    expected = outputs(masked, x)
+    copied = slice_model(copy.deepcopy(masked))
+    sliced = slice_model(masked, inplace=True)
+    assert sliced is masked
+    assert isinstance(sliced.layer1[0].conv1, FoldedConv2d)  # a module replaced inside the model
+    assert not any(name.endswith(("_orig", "_mask")) for name, _ in sliced.state_dict().items())
+    assert not any(m._forward_pre_hooks for m in sliced.modules())
+    theirs = copied.state_dict()
+    assert {k: v.shape for k, v in sliced.state_dict().items()} == {k: v.shape for k, v in theirs.items()}
+    assert all(torch.equal(v, theirs[k]) for k, v in sliced.state_dict().items())
+    assert sliced.slice_report.params_after == copied.slice_report.params_after
+    assert sliced.slice_report.params_after < sliced.slice_report.params_before
+    assert torch.allclose(outputs(sliced, x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_sliced_model_trains():
     sliced = slice_model(filters_removed(with_nonzero_constants(models.create("resnet20")), 0.5)).train()
     opt = torch.optim.SGD(sliced.parameters(), lr=0.1)

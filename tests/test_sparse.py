@@ -300,6 +300,9 @@ def test_wrapper_errors(compiled):
         sparse_linear(torch.randn(2, 3), conv)
     with pytest.raises(ValueError, match="padding='same' needs stride 1"):
         sparse_conv2d(torch.randn(1, 3, 8, 8), conv, None, 2, "same")
+    even = pack_weight(torch.randn(4, 3, 2, 2))  # torch pads one more at the bottom / right
+    with pytest.raises(ValueError, match="padding='same' needs a symmetric padding"):
+        sparse_conv2d(torch.randn(1, 3, 8, 8), even, None, 1, "same")
     with pytest.raises(ValueError, match="stride must be an int or a pair"):
         sparse_conv2d(torch.randn(1, 3, 8, 8), conv, None, (1, 1, 1))
     with pytest.raises(

@@ -42,6 +42,33 @@ def meta_parameters(module: nn.Module):
             owner.__dict__[key] = value
 
 
+# Modules that act per element (channel dropout: per channel): the output has the input's
+# shape and dtype, and channel c of the output reads channel c of the input only. The
+# dependency graph passes channels through them (structure/op_tables.py).
+ELEMENTWISE_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+)
+
 # Modules whose output has their input's shape and dtype. A shape-only pass on meta tensors
 # passes their input through: BN's meta kernel alone decomposes into dozens of Python-level
 # ops, most of the time of a ResNet's meta pass. Exact types only (a subclass may reshape).
@@ -55,27 +82,7 @@ SHAPE_KEEPING_MODULES = frozenset(
         nn.InstanceNorm1d,
         nn.InstanceNorm2d,
         nn.InstanceNorm3d,
-        nn.ReLU,
-        nn.ReLU6,
-        nn.LeakyReLU,
-        nn.ELU,
-        nn.SELU,
-        nn.CELU,
-        nn.GELU,
-        nn.SiLU,
-        nn.Mish,
-        nn.Hardswish,
-        nn.Hardsigmoid,
-        nn.Hardtanh,
-        nn.Sigmoid,
-        nn.Tanh,
-        nn.Softplus,
-        nn.Identity,
-        nn.Dropout,
-        nn.Dropout1d,
-        nn.Dropout2d,
-        nn.Dropout3d,
-        nn.AlphaDropout,
+        *ELEMENTWISE_MODULES,
     }
 )
 

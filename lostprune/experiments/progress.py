@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
+from .._progress import bar_disabled
 from .store import PLACEHOLDER_KIND, Store
 
 REFRESH_SECONDS = 10.0
@@ -85,7 +86,7 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.store, self.workers, self.enabled, self.name = store, workers, enabled, name
-        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.interactive = not bar_disabled(None) if interactive is None else interactive
         self._logged = 0.0
         counts = store.counts()
         self._lock = threading.Lock()

@@ -1,4 +1,5 @@
-"""Convolution arguments as every op reads them: (height, width) pairs and the output extent.
+"""Convolution arguments as every op reads them: (height, width) pairs, padding='same' and the
+output extent.
 
 One definition for the Python side; the kernels' twin is ``conv_out_size`` in
 csrc/common/conv_geometry.h (the same floor semantics)."""
@@ -27,6 +28,17 @@ def pair(value: IntPair, name: str, op: str, minimum: int) -> tuple[int, int]:
     if min(value) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
     return value
+
+
+def same_padding(
+    kernel: Sequence[int], dilation: Sequence[int], stride: Sequence[int], op: str
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``padding='same'`` as torch reads it: ((top, left), (bottom, right)) padding, the odd
+    one more at the bottom / right where a dilated kernel's extent is even; stride 1 only."""
+    if tuple(stride) != (1, 1):
+        raise ValueError(f"{op}: padding='same' needs stride 1, got {tuple(stride)}")
+    total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    return (total[0] // 2, total[1] // 2), (total[0] - total[0] // 2, total[1] - total[1] // 2)
 
 
 def conv_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._build import use_kernel
-from ._conv_args import IntPair, conv_out_hw, pair
+from ._conv_args import IntPair, conv_out_hw, pair, same_padding
 from ._precision import exact_fp32
 
 WEIGHT_OP = "lostprune.weight_sensitivity"
@@ -124,13 +124,11 @@ class _Layer:
                 return x, (0, 0)
             if padding != "same":
                 raise ValueError(f"{op}: padding must be an int, 2 ints, 'valid' or 'same', got {padding!r}")
-            if stride != (1, 1):
-                raise ValueError(f"{op}: padding='same' needs stride 1, got {stride}")
-            total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
-            if all(t % 2 == 0 for t in total):
-                return x, (total[0] // 2, total[1] // 2)
-            # Even kernels pad one more on the bottom/right, like torch: pad explicitly.
-            x = F.pad(x, (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2))
+            before, after = same_padding(weight.shape[2:], dilation, stride, op)
+            if before == after:
+                return x, before
+            # An even dilated kernel pads one more on the bottom/right, like torch: pad explicitly.
+            x = F.pad(x, (before[1], after[1], before[0], after[0]))
             return x, (0, 0)
         return x, pair(padding, "padding", op, 0)
 

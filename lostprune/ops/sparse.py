@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._build import use_kernel
-from ._conv_args import conv_out_hw, pair
+from ._conv_args import conv_out_hw, pair, same_padding
 
 CONV_OP = "lostprune.sparse_conv2d"
 LINEAR_OP = "lostprune.sparse_linear"
@@ -130,27 +130,20 @@ def dense_weight(values: Tensor, col_index: Tensor, row_ptr: Tensor, shape) -> T
     return flat.reshape(tuple(shape))
 
 
-def _same_padding(shape, dilation: list[int], stride: list[int]) -> list[int]:
-    pad = []
-    for k, d, s in zip(shape[2:], dilation, stride):
-        total = d * (k - 1)
-        if s != 1 or total % 2:
-            raise ValueError(
-                f"{CONV_OP}: padding='same' needs stride 1 and a symmetric padding "
-                f"(kernel {tuple(shape[2:])}, dilation {tuple(dilation)}, stride {tuple(stride)})"
-            )
-        pad.append(total // 2)
-    return pad
-
-
 def conv_padding(padding, shape, stride, dilation) -> list[int]:
     """Numeric symmetric (height, width) padding for an int, a pair, 'valid' or 'same'."""
     if padding == "valid":
         return [0, 0]
     if padding == "same":
-        return _same_padding(
-            shape, pair(dilation, "dilation", CONV_OP, 1), pair(stride, "stride", CONV_OP, 1)
+        before, after = same_padding(
+            shape[2:], pair(dilation, "dilation", CONV_OP, 1), pair(stride, "stride", CONV_OP, 1), CONV_OP
         )
+        if before != after:
+            raise ValueError(
+                f"{CONV_OP}: padding='same' needs a symmetric padding, an odd dilated kernel extent "
+                f"(kernel {tuple(shape[2:])}, dilation {tuple(dilation)})"
+            )
+        return list(before)
     return list(pair(padding, "padding", CONV_OP, 0))
 
 

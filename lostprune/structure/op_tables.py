@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
 
+from ..core.shapes import ELEMENTWISE_MODULES
 from .attention import window_mask, window_merge, window_partition
 
 try:  # torchvision's per-sample drop path: identity in eval mode, a per-sample scale in training
@@ -27,28 +28,7 @@ except ImportError:  # pragma: no cover
     _patch_merging_pad = None
 
 # --------------------------------------------------------------------------- modules
-ACTIVATION_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Softplus,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.Dropout1d,
-    nn.AlphaDropout,
-)
+ACTIVATION_MODULES = ELEMENTWISE_MODULES  # one list: core/shapes.py
 # ops over the last two dims (H, W of NCHW): channels pass where they are not among them
 SPATIAL_MODULES = (
     nn.MaxPool2d,

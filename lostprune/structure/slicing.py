@@ -48,24 +48,30 @@ class SlicingWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- the copy
-def _dense_copy(model: nn.Module) -> tuple[nn.Module, set[int], dict[nn.Module, tuple[Tensor, Tensor]]]:
-    """A copy of the module tree whose parameters and buffers are, for now, the user's own
-    tensors (copying them here would copy every weight twice: the single gather at the end
-    writes all new tensors). Pruning hooks are replaced by plain parameters holding
-    ``orig * mask`` (see ``_masked_weight``). Returns the copy, the ids of the tensors shared
-    with the user's model, and the live rows and columns of weights already known."""
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    memo = dict(shared)
-    for module in model.modules():  # pruning's cached masked weights and hooks: replaced below
-        for name in masked_parameters(module):
-            cached = module.__dict__.get(name)
-            if isinstance(cached, Tensor):
-                memo[id(cached)] = None
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, (torch_prune.PruningContainer, torch_prune.BasePruningMethod)):
-                memo[id(hook)] = hook  # dropped from the copy, never copied
-    dense = copy.deepcopy(model, memo)
-    shared_ids, live = set(shared), {}
+def _dense_model(
+    model: nn.Module, inplace: bool
+) -> tuple[nn.Module, set[int], dict[nn.Module, tuple[Tensor, Tensor]]]:
+    """The model to slice: ``model`` itself (``inplace``) or a copy of its module tree whose
+    parameters and buffers are, for now, the user's own tensors (copying them here would copy
+    every weight twice: the single gather at the end writes all new tensors). Pruning hooks
+    are replaced by plain parameters holding ``orig * mask`` (see ``_masked_weight``). Returns
+    the model, the ids of the tensors shared with the user's model (none in place), and the
+    live rows and columns of weights already known."""
+    if inplace:
+        dense, shared_ids = model, set()
+    else:
+        shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+        memo = dict(shared)
+        for module in model.modules():  # pruning's cached masked weights and hooks: replaced below
+            for name in masked_parameters(module):
+                cached = module.__dict__.get(name)
+                if isinstance(cached, Tensor):
+                    memo[id(cached)] = None
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, (torch_prune.PruningContainer, torch_prune.BasePruningMethod)):
+                    memo[id(hook)] = hook  # dropped from the copy, never copied
+        dense, shared_ids = copy.deepcopy(model, memo), set(shared)
+    live = {}
     for module in dense.modules():
         names = masked_parameters(module)
         if not names:
@@ -76,8 +82,9 @@ def _dense_copy(model: nn.Module) -> tuple[nn.Module, set[int], dict[nn.Module, 
             module._buffers.pop(f"{name}_mask")
             module.__dict__.pop(name, None)
             module.register_parameter(name, nn.Parameter(weight, requires_grad=orig.requires_grad))
-            if live_rows_and_columns is not None:  # the user's raw weight itself: still shared
-                shared_ids.add(id(module._parameters[name]))
+            if live_rows_and_columns is not None:  # the user's raw weight itself
+                if not inplace:  # still shared with the user's model
+                    shared_ids.add(id(module._parameters[name]))
                 if name == "weight":
                     live[module] = live_rows_and_columns
         for key, hook in list(module._forward_pre_hooks.items()):
@@ -106,7 +113,9 @@ def _count_params(model: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------- the slice
-def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_modules=()) -> nn.Module:
+def slice_model(
+    model: nn.Module, example_input: Tensor | None = None, *, leaf_modules=(), inplace: bool = False
+) -> nn.Module:
     """A smaller dense copy of ``model`` without its structurally removed channels.
 
     Args:
@@ -115,8 +124,12 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
         example_input: a batch to trace the model on; defaults to the one ``lostprune.prune``
             was given (remembered on the pruned model), else ``model.input_size``.
         leaf_modules: module types or names the dependency graph treats as opaque.
+        inplace: slice ``model`` itself instead of a copy (no copy of the module tree: for a
+            model ``prune`` has just copied). Its masks are folded into its weights first, so
+            if slicing fails the model keeps its function but not its masks.
 
-    Returns a new ``nn.Module`` (no pruning hooks; the user's model is untouched) whose output
+    Returns a new ``nn.Module``, or ``model`` itself when ``inplace`` (no pruning hooks; without
+    ``inplace`` the user's model is untouched), whose output
     equals the masked model's in eval mode within float32 rounding; ``.slice_report`` tells
     what was removed, folded and kept.
     """
@@ -156,7 +169,7 @@ def slice_model(model: nn.Module, example_input: Tensor | None = None, *, leaf_m
         if isinstance(m, (nn.Conv2d, nn.Linear)) and "weight" in masked_parameters(m)
     }
 
-    dense, shared, live = _dense_copy(model)
+    dense, shared, live = _dense_model(model, inplace)
     training = {m: m.training for m in dense.modules()}
     dense.eval()  # BN folds with running statistics; shape propagation never updates them
     try:

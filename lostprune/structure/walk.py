@@ -39,6 +39,7 @@ from torch import Tensor, fx
 from . import axes as ax
 from .axes import Channels, NotFollowed, Opaque, Param
 from .op_tables import ACTIVATION_MODULES, NORM_MODULES, SPATIAL_MODULES, node_shape, op_kind, op_name
+from .tracing import attr_value
 from .walk_shapes import ShapeOps, call_arg, written_size
 
 
@@ -157,9 +158,7 @@ class ChannelWalk(ShapeOps):
         return getattr(self, f"op_{kind}")(node)
 
     def get_attr(self, node: fx.Node):
-        value = self.root
-        for part in node.target.split("."):
-            value = getattr(value, part, None)
+        value = attr_value(self.root, node)
         if isinstance(value, nn.Parameter):
             return Param(node.target, {a: a for a in range(value.dim()) if value.shape[a] > 1}, value.dim())
         return None  # a buffer or another constant: handled where it meets channels
