@@ -1,6 +1,7 @@
 """CPU training speed of the choices `lostprune.train` makes by default: channels-last memory
-format (``TrainConfig.channels_last=None`` → on for the CPU) and torch threads set to the
-physical cores (``lostprune._threads.set_threads``, the experiments' ``threads``).
+format (``TrainConfig.channels_last=None`` → on for the CPU), torch threads set to the
+physical cores (``lostprune._threads.set_threads``, the experiments' ``threads``), and the
+bfloat16 autocast ``amp=True`` turns on (the CPU study config uses it).
 
 One SGD step (Nesterov momentum, weight decay) of ResNet20 on a batch of 128 CIFAR-sized
 images, dense and pruned by WT to 80 % (masked weights, as retraining runs them), sampled
@@ -23,9 +24,10 @@ import lostprune
 from benchmarks._util import interleaved_ratio, write_section
 from lostprune import models
 from lostprune._threads import physical_cores
+from lostprune.train.evaluate import cpu_has_bfloat16
 
 
-def make_step(model: torch.nn.Module, channels_last: bool, threads: int):
+def make_step(model: torch.nn.Module, channels_last: bool, threads: int, amp: bool = False):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -36,7 +38,8 @@ def make_step(model: torch.nn.Module, channels_last: bool, threads: int):
 
     def step():
         torch.set_num_threads(threads)
-        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):  # as train(amp=True) on the CPU
+            loss = torch.nn.functional.cross_entropy(model(inputs), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -68,6 +71,17 @@ def main() -> None:
                 f"{1e3 * cand:.0f} | **{ratio:.2f}x** |"
             )
             print(rows[-1], flush=True)
+        base, cand, ratio = interleaved_ratio(
+            make_step(network(pruned), True, 1),
+            make_step(network(pruned), True, 1, amp=True),
+            rounds=7,
+            min_time=0.5,
+        )
+        rows.append(
+            f"| {name} | bfloat16 autocast vs float32 (channels-last, 1 thread) | {1e3 * base:.0f} | "
+            f"{1e3 * cand:.0f} | **{ratio:.2f}x** |"
+        )
+        print(rows[-1], flush=True)
         if cores > 1:
             base, cand, ratio = interleaved_ratio(
                 make_step(network(pruned), True, cores),
@@ -88,13 +102,16 @@ def main() -> None:
         "candidate ms (> 1: the candidate is faster).\n\n"
         "| network | candidate vs baseline | baseline ms | candidate ms | speed-up |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
-        + "\n\nOn a machine shared with other jobs, more threads than free cores lose "
+        + "\n\nbfloat16 autocast (`train(..., amp=True)` on the CPU): this CPU computes bfloat16 in "
+        f"hardware (AVX512-BF16 or AMX): {'yes' if cpu_has_bfloat16() else 'no (emulated)'}. On a CPU "
+        "without it `train` warns that bfloat16 is emulated."
+        "\n\nOn a machine shared with other jobs, more threads than free cores lose "
         "most (the '1 thread vs N' rows): experiments take `threads` (default: the physical cores, a "
         "warning beyond them); on a busy machine set `threads: 1`."
     )
     path = write_section(
         "training",
-        "Training on the CPU: memory format and threads",
+        "Training on the CPU: memory format, threads and bfloat16",
         "python benchmarks/bench_training.py",
         body,
     )

@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -327,10 +328,18 @@ def test_evaluate_reads_segmentation_dict_outputs():
     assert 0 <= evaluate(Seg(), data)["accuracy"] <= 1
 
 
-def test_amp_on_cpu_runs_in_bfloat16():
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_on_cpu_runs_in_bfloat16_and_warns_where_it_is_emulated(native, monkeypatch):
+    import lostprune.train.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_has_bfloat16", lambda: native)
     model = tiny_cnn()
-    result = train(model, blobs(), dataclasses.replace(FAST, epochs=1, amp=True), progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(model, blobs(), dataclasses.replace(FAST, epochs=1, amp=True), progress=False)
     assert math.isfinite(result.final["train_loss"])
+    emulated = [w for w in caught if "no instructions for (AVX512-BF16 or AMX)" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
 
 
 @pytest.mark.cuda

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .evaluate import (
     _correct,
     _default_loss,
     _split_batch,
+    cpu_has_bfloat16,
     evaluate,
     logits_of,
     model_device,
@@ -213,6 +215,13 @@ def train(
         load_pruned(model, state["model"])  # before the optimizer: it may install masks (new parameters)
 
     use_amp, amp_dtype = _autocast(device, config.amp, config.amp_dtype)
+    if use_amp and device.type == "cpu" and not cpu_has_bfloat16():
+        warnings.warn(
+            "train: amp=True on the CPU autocasts to bfloat16, which this CPU has no instructions "
+            "for (AVX512-BF16 or AMX): it is emulated, likely slower than float32; set amp=False",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
