@@ -57,43 +57,34 @@ def main() -> None:
     cores = physical_cores()
     logical = torch.get_num_threads()
     rows = []
+
+    def compare(name: str, label: str, baseline, candidate) -> None:
+        base, cand, ratio = interleaved_ratio(baseline, candidate, rounds=7, min_time=0.5)
+        rows.append(f"| {name} | {label} | {1e3 * base:.0f} | {1e3 * cand:.0f} | **{ratio:.2f}x** |")
+        print(rows[-1], flush=True)
+
     for pruned in (False, True):
         name = "ResNet20, WT 80 % (masked)" if pruned else "ResNet20, dense"
         for threads in sorted({1, cores}):
-            base, cand, ratio = interleaved_ratio(
+            compare(
+                name,
+                f"channels-last vs contiguous, {threads} thread(s)",
                 make_step(network(pruned), False, threads),
                 make_step(network(pruned), True, threads),
-                rounds=7,
-                min_time=0.5,
             )
-            rows.append(
-                f"| {name} | channels-last vs contiguous, {threads} thread(s) | {1e3 * base:.0f} | "
-                f"{1e3 * cand:.0f} | **{ratio:.2f}x** |"
-            )
-            print(rows[-1], flush=True)
-        base, cand, ratio = interleaved_ratio(
+        compare(
+            name,
+            "bfloat16 autocast vs float32 (channels-last, 1 thread)",
             make_step(network(pruned), True, 1),
             make_step(network(pruned), True, 1, amp=True),
-            rounds=7,
-            min_time=0.5,
         )
-        rows.append(
-            f"| {name} | bfloat16 autocast vs float32 (channels-last, 1 thread) | {1e3 * base:.0f} | "
-            f"{1e3 * cand:.0f} | **{ratio:.2f}x** |"
-        )
-        print(rows[-1], flush=True)
         if cores > 1:
-            base, cand, ratio = interleaved_ratio(
+            compare(
+                name,
+                f"1 thread vs {cores} (channels-last)",
                 make_step(network(pruned), True, cores),
                 make_step(network(pruned), True, 1),
-                rounds=7,
-                min_time=0.5,
             )
-            rows.append(
-                f"| {name} | 1 thread vs {cores} (channels-last) | {1e3 * base:.0f} | {1e3 * cand:.0f} | "
-                f"**{ratio:.2f}x** |"
-            )
-            print(rows[-1], flush=True)
     torch.set_num_threads(logical)  # the machine line reports torch's default
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = (
