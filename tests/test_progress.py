@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lostprune.experiments.progress import format_seconds, seconds_left
+from lostprune.experiments.progress import describe_left, format_seconds, seconds_left
 
 
 def task(key, kind, status, seconds=None, started=None, chain=None):
@@ -51,6 +51,25 @@ def test_seconds_left_waits_for_a_first_example_of_each_kind():
         task("wt/0", "network", "pending", chain="chain/wt"),
     ]
     assert seconds_left(rows, 10.0) == 0.0
+
+
+def test_untimed_work_is_counted_beside_a_lower_bound_not_hidden():
+    """While evaluations have no timing yet (chains run first), the line still says how much
+    of the work is timed and what is left out, instead of "estimating" for hours."""
+    now = 1000.0
+    rows = [
+        task("chain/wt", "chain", "done", seconds=90),  # 30 s a step
+        *[task(f"wt/{i}", "network", "done", chain="chain/wt") for i in range(3)],
+        task("chain/ft", "chain", "running", started=now - 10),
+        *[task(f"ft/{i}", "network", "pending", chain="chain/ft") for i in range(2)],  # 60 s
+        *[task(f"eval/{i}", "evaluate", "pending") for i in range(5)],
+        task("features/s0", "features", "pending"),
+    ]
+    assert seconds_left(rows, now) is None
+    assert describe_left(rows, now) == "left>1:00 (+5 evaluate, 1 features not yet timed)"
+    assert describe_left(rows, now, workers=2) == "left>0:30 (+5 evaluate, 1 features not yet timed)"
+    rows += [task("eval/parent", "evaluate", "done", seconds=4), task("f", "features", "done", seconds=8)]
+    assert describe_left(rows, now) == "left≈1:28"  # 60 + 5 × 4 + 8
 
 
 def test_progress_in_a_log_file_writes_plain_lines_not_a_redrawn_bar(tmp_path, capsys, monkeypatch):

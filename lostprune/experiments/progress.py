@@ -19,9 +19,9 @@ REFRESH_SECONDS = 10.0
 LOG_SECONDS = 60.0  # where stderr is not a terminal (a log file), one plain line this often
 
 
-def seconds_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> float | None:
-    """Estimated seconds until every task is done, or None while some kind of pending work
-    has no finished example to time yet.
+def time_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> tuple[float, dict[str, int]]:
+    """(estimated seconds of the work that can be timed, {kind: tasks left that cannot}): a
+    kind of pending work with no finished example yet is counted, not guessed.
 
     ``tasks``: rows of the store's tasks table. A chain's time is counted per network it
     produces (its placeholder tasks): done chains and running ones that published at least
@@ -46,7 +46,7 @@ def seconds_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> floa
             durations[t["kind"]].append(t["seconds"])
     mean = {kind: sum(v) / len(v) for kind, v in durations.items()}
     per_step = steps_seconds / steps_total if steps_total else None
-    left = 0.0
+    left, untimed = 0.0, defaultdict(int)
     for t in tasks:
         if t["status"] in ("done", "failed"):
             continue
@@ -55,14 +55,33 @@ def seconds_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> floa
             if chain is not None and chain["status"] == "failed":
                 continue
             if per_step is None:
-                return None
+                untimed["network"] += 1
+                continue
             left += per_step
         elif t["kind"] != "chain":  # a chain's time is that of its steps
             if t["kind"] not in mean:
-                return None
+                untimed[t["kind"]] += 1
+                continue
             elapsed = now - t["started"] if t["status"] == "running" and t["started"] else 0.0
             left += max(mean[t["kind"]] - elapsed, 0.0)
-    return left / max(1, workers)
+    return left / max(1, workers), dict(untimed)
+
+
+def seconds_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> float | None:
+    """Estimated seconds until every task is done, or None while some kind of pending work
+    has no finished example to time yet."""
+    left, untimed = time_left(tasks, now, workers)
+    return None if untimed else left
+
+
+def describe_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> str:
+    """The time left as the progress line says it: an estimate, or while some kind of work
+    has no timing yet, the part that has one as a lower bound and what is not counted."""
+    left, untimed = time_left(tasks, now, workers)
+    if not untimed:
+        return f"left≈{format_seconds(left)}"
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(untimed.items()))
+    return f"left>{format_seconds(left)} (+{counts} not yet timed)"
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -116,8 +135,8 @@ class Progress:
     def refresh(self, store: Store | None = None, final: bool = False) -> None:
         store = store or self.store
         counts = store.counts()
-        left = seconds_left(store.tasks(), time.time(), self.workers)
-        status = f"running={counts['running']}, failed={counts['failed']}, left≈{format_seconds(left)}"
+        left = describe_left(store.tasks(), time.time(), self.workers)
+        status = f"running={counts['running']}, failed={counts['failed']}, {left}"
         with self._lock:
             self.bar.update(counts["done"] - self.bar.n)
             self.bar.set_postfix_str(status, refresh=True)
