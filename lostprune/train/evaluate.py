@@ -93,7 +93,7 @@ def _autocast(device: torch.device, amp: bool | None, amp_dtype: str = "float16"
 
 def cpu_has_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX): there bfloat16
-    autocast trains convolutions about 1.8x faster than float32 (benchmarks/RESULTS.md,
+    autocast trains ResNet20 about 1.7x faster than float32 (benchmarks/RESULTS.md,
     training); elsewhere oneDNN emulates it, and it is slower."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
