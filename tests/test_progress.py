@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lostprune.experiments.progress import describe_left, format_seconds, seconds_left
+from lostprune.experiments.progress import describe_left, format_seconds, time_left
 
 
 def task(key, kind, status, seconds=None, started=None, chain=None):
@@ -19,7 +19,7 @@ def task(key, kind, status, seconds=None, started=None, chain=None):
     }
 
 
-def test_seconds_left_counts_each_kind_at_its_own_pace():
+def test_time_left_counts_each_kind_at_its_own_pace():
     now = 1000.0
     rows = [
         task("parent", "train", "done", seconds=300),
@@ -31,18 +31,17 @@ def test_seconds_left_counts_each_kind_at_its_own_pace():
         task("eval/parent", "evaluate", "done", seconds=4),
         *[task(f"eval/{i}", "evaluate", "pending") for i in range(5)],  # 5 × 4 s
     ]
-    assert seconds_left(rows, now) == pytest.approx(200 + 90 + 20)
-    assert seconds_left(rows, now, workers=2) == pytest.approx((200 + 90 + 20) / 2)
+    assert time_left(rows, now) == (pytest.approx(200 + 90 + 20), {})
+    assert time_left(rows, now, workers=2) == (pytest.approx((200 + 90 + 20) / 2), {})
     # a running chain that published one network in 40 s also times steps: (90 + 40) / 4 per step
     rows[6] = task("chain/ft", "chain", "running", started=now - 40)
     rows[7] = task("ft/0", "network", "done", chain="chain/ft")
-    assert seconds_left(rows, now) == pytest.approx(200 + 2 * 130 / 4 + 20)
+    assert time_left(rows, now) == (pytest.approx(200 + 2 * 130 / 4 + 20), {})
 
 
-def test_seconds_left_waits_for_a_first_example_of_each_kind():
+def test_time_left_waits_for_a_first_example_of_each_kind():
     rows = [task("parent", "train", "running", started=0.0), task("eval/parent", "evaluate", "pending")]
-    assert seconds_left(rows, 10.0) is None
-    assert format_seconds(None) == "estimating"
+    assert time_left(rows, 10.0)[1] == {"evaluate": 1, "train": 1}
     assert format_seconds(75) == "1:15" and format_seconds(3 * 3600 + 61) == "3:01:01"
     # failed work is not waited for
     rows = [
@@ -50,7 +49,7 @@ def test_seconds_left_waits_for_a_first_example_of_each_kind():
         task("chain/wt", "chain", "failed"),
         task("wt/0", "network", "pending", chain="chain/wt"),
     ]
-    assert seconds_left(rows, 10.0) == 0.0
+    assert time_left(rows, 10.0) == (0.0, {})
 
 
 def test_untimed_work_is_counted_beside_a_lower_bound_not_hidden():
@@ -65,7 +64,7 @@ def test_untimed_work_is_counted_beside_a_lower_bound_not_hidden():
         *[task(f"eval/{i}", "evaluate", "pending") for i in range(5)],
         task("features/s0", "features", "pending"),
     ]
-    assert seconds_left(rows, now) is None
+    assert time_left(rows, now)[1] == {"evaluate": 5, "features": 1}
     assert describe_left(rows, now) == "left>1:00 (+5 evaluate, 1 features not yet timed)"
     assert describe_left(rows, now, workers=2) == "left>0:30 (+5 evaluate, 1 features not yet timed)"
     rows += [task("eval/parent", "evaluate", "done", seconds=4), task("f", "features", "done", seconds=8)]

@@ -67,3 +67,34 @@ def test_networks_without_a_control_counterpart_are_left_out():
     points, fit = results.excess_errors("wt", [SHIFT], control="unpruned")
     assert len(points) == 5 and fit.slope == pytest.approx(0.02)
     assert results.excess_errors("wt", [SHIFT], control="nothing") == ([], None)
+
+
+def test_prune_potential_against_the_control_holds_each_network_against_its_cycle():
+    """A control that loses 0.6 points at every cycle (retraining alone) fails δ = 0.5 % itself:
+    against the parent no pruned network qualifies; against the control the ones that lose at
+    most δ more than it do (acc_i + δ > acc_control_i, strict)."""
+    rows = {"parent/s0": (0, "parent", None, None, 0.0, 0.100, 0.20)}
+    for step, (r, err) in enumerate(zip(RATIOS, (0.107, 0.110, 0.112))):
+        rows[f"wt/s0/{step}"] = (0, "pruned", "wt", step, r, err, 0.20)
+        rows[f"ctrl/s0/{step}"] = (0, "pruned", "unpruned", step, 0.0, 0.106, 0.20)
+    results = _results(rows)
+    results.delta, results.boundary, results.noise_potential = 0.005, "strict", "per_draw"
+    assert results.prune_potential("wt", "nominal").values == (0.0,)
+    against = results.prune_potential("wt", "nominal", control="unpruned")
+    assert against.values == (0.5,)  # 0.110 < 0.106 + 0.005, 0.112 is not
+    # under noise, draw by draw on the same noisy inputs
+    for key, draws in {
+        "parent/s0": [0.20, 0.30],
+        "ctrl/s0/0": [0.21, 0.31],
+        "ctrl/s0/1": [0.21, 0.31],
+        "ctrl/s0/2": [0.21, 0.31],
+        "wt/s0/0": [0.21, 0.31],
+        "wt/s0/1": [0.22, 0.31],
+        "wt/s0/2": [0.22, 0.40],
+    }.items():
+        results.networks[key].draws[SHIFT] = draws
+    assert results.prune_potential("wt", SHIFT).values == (0.0,)
+    against = results.prune_potential("wt", SHIFT, control="unpruned")
+    assert against.values == (pytest.approx(0.35),)  # draw 0: 0.2, draw 1: 0.5
+    del results.networks["ctrl/s0/2"]  # a cycle without its control: no value for that seed
+    assert results.prune_potential("wt", "nominal", control="unpruned") is None

@@ -67,13 +67,6 @@ def time_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> tuple[f
     return left / max(1, workers), dict(untimed)
 
 
-def seconds_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> float | None:
-    """Estimated seconds until every task is done, or None while some kind of pending work
-    has no finished example to time yet."""
-    left, untimed = time_left(tasks, now, workers)
-    return None if untimed else left
-
-
 def describe_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> str:
     """The time left as the progress line says it: an estimate, or while some kind of work
     has no timing yet, the part that has one as a lower bound and what is not counted."""
@@ -84,9 +77,7 @@ def describe_left(tasks: Iterable[Mapping], now: float, workers: int = 1) -> str
     return f"left>{format_seconds(left)} (+{counts} not yet timed)"
 
 
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "estimating"
+def format_seconds(seconds: float) -> str:
     seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"

@@ -171,20 +171,40 @@ class ExperimentResults:
 
     # ------------------------------------------------------------------ metrics
     def curve_potential(
-        self, curve: Curve, distribution: str, delta: float | None = None, reading: str = "any"
+        self,
+        curve: Curve,
+        distribution: str,
+        delta: float | None = None,
+        reading: str = "any",
+        control: Curve | None = None,
     ) -> float | None:
         """P_δ of one seed's curve, with the experiment's boundary and, under input noise, its
         noise reading (P of the mean error over draws, or the mean over draws of P); None
-        without data."""
+        without data.
+
+        ``control``: the control's curve of the same seed. Each network is then held against
+        the control's network of the same cycle instead of the parent: its error moves by what
+        the control's retraining changed (strict boundary: acc_i + δ > acc_control_i), so what
+        retraining alone costs is not counted as pruning's. None where a cycle has no control."""
         delta = self.delta if delta is None else delta
+        twins = None
+        if control is not None:
+            by_step = {n.step: n for n in control.networks}
+            twins = [by_step.get(n.step) for n in curve.networks]
+            if any(t is None for t in twins):
+                return None
         if is_noise(distribution) and self.noise_potential == "per_draw":
             draws = [n.error_draws(distribution) for n in curve.networks]
             parent = curve.parent.error_draws(distribution)
-            if parent is None or any(d is None or len(d) != len(parent) for d in draws):
+            if twins is not None:
+                draws = _held_against(draws, [t.error_draws(distribution) for t in twins], parent)
+            if draws is None or parent is None or any(d is None or len(d) != len(parent) for d in draws):
                 return None
             return prune_potential_over_draws(curve.ratios, draws, parent, delta, reading, self.boundary).mean
         errors, parent = curve.errors(distribution), curve.parent.error(distribution)
-        if parent is None or any(e is None for e in errors):
+        if twins is not None:
+            errors = _held_against(errors, [t.error(distribution) for t in twins], parent)
+        if errors is None or parent is None or any(e is None for e in errors):
             return None
         return prune_potential(curve.ratios, errors, parent, delta, reading, self.boundary)
 
@@ -195,10 +215,16 @@ class ExperimentResults:
         arm: str = "nominal",
         delta: float | None = None,
         reading: str = "any",
+        control: str | None = None,
     ):
-        """P_δ over seeds (SeedSummary: mean, std, values) or None without data."""
+        """P_δ over seeds (SeedSummary: mean, std, values) or None without data. ``control``:
+        a control method, each seed's networks held against its networks (``curve_potential``);
+        seeds without a control curve are left out."""
+        twins = {c.seed: c for c in self.curves(control, arm)} if control is not None else {}
         values = [
-            self.curve_potential(curve, distribution, delta, reading) for curve in self.curves(method, arm)
+            self.curve_potential(curve, distribution, delta, reading, twins.get(curve.seed))
+            for curve in self.curves(method, arm)
+            if control is None or curve.seed in twins
         ]
         values = [v for v in values if v is not None]
         return summarize(values) if values else None
@@ -373,6 +399,19 @@ def label(distribution: str) -> str:
     if parts[0] == "corruption":
         return f"{parts[1].replace('_', ' ')} {parts[2]}"
     return distribution
+
+
+def _held_against(errors, moved, parent):
+    """``errors`` (per network: one value, or its noise draws) moved by what the control
+    network of the same cycle changed against the parent (``moved`` minus ``parent``); None
+    where a value is missing or the draws do not line up."""
+    if parent is None or any(v is None for v in (*errors, *moved)):
+        return None
+    p = np.asarray(parent, dtype=np.float64)
+    rows = [np.asarray(v, dtype=np.float64) for v in (*errors, *moved)]
+    if any(r.shape != p.shape for r in rows):
+        return None
+    return [(e - m + p).tolist() for e, m in zip(rows[: len(errors)], rows[len(errors) :])]
 
 
 def _is_control(method: str) -> bool:

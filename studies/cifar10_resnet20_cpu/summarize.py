@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 
-from lostprune.metrics.potential import prune_potential, summarize
 from lostprune.report.results import ExperimentResults, is_corruption, is_noise, label
 
 # The paper's ResNet20 / CIFAR-10 prune potentials at δ = 0.5 % (its table; FT and PFP there
@@ -32,25 +31,6 @@ def pm(summary) -> str:
 
 def acc(error: float | None) -> str:
     return "–" if error is None else f"{100 * (1 - error):.2f}"
-
-
-def against_control(results: ExperimentResults, method: str, distribution: str, control: str):
-    """P_δ with network i held against the control's network i (same seed, cycle) instead of the
-    parent: its error is moved by what the control's retraining changed, then P_δ as usual
-    (acc_i + δ > acc_control_i under the strict boundary)."""
-    values = []
-    for curve in results.curves(method):
-        twin = next((c for c in results.curves(control) if c.seed == curve.seed), None)
-        parent = curve.parent.error(distribution)
-        if twin is None or len(twin.networks) < len(curve.networks) or parent is None:
-            continue
-        errors = [n.error(distribution) for n in curve.networks]
-        moved = [t.error(distribution) for t in twin.networks[: len(errors)]]
-        if any(e is None for e in errors + moved):
-            continue
-        adjusted = [e - m + parent for e, m in zip(errors, moved)]
-        values.append(prune_potential(curve.ratios, adjusted, parent, results.delta, "any", results.boundary))
-    return summarize(values) if values else None
 
 
 def main(root: str) -> None:
@@ -84,13 +64,12 @@ def main(root: str) -> None:
         control = results.controls[0]
         print(f"\nAgainst the control (not the paper's reading): each network compared with the {control} network "
               "of the same seed and cycle instead of the parent, so that what retraining alone costs or buys "
-              "is not counted as pruning's (nominal test set and corruptions; noise, whose potential is per "
-              "draw, left out).\n")
+              "is not counted as pruning's (under noise draw by draw, on the same noisy inputs).\n")
         print("| distribution | " + " | ".join(m.upper() for m in results.methods) + " |")
         print("|---|" + "---|" * len(results.methods))
-        for d in (d for d in dists if not is_noise(d)):
-            print(f"| {label(d)} | " + " | ".join(pm(against_control(results, m, d, control)) for m in results.methods)
-                  + " |")
+        for d in dists:
+            print(f"| {label(d)} | " + " | ".join(pm(results.prune_potential(m, d, control=control))
+                                                    for m in results.methods) + " |")
     print("\nSeeds with a complete, evaluated schedule: " + ", ".join(
         f"{m.upper()} {len([c for c in results.curves(m) if len(c.networks) == steps])}" for m in results.methods)
         + f" (of {len(results.seeds)}); ± is the std over those seeds.")
