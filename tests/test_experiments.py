@@ -594,3 +594,21 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
     assert statuses == {"done": sum(statuses.values())}
     assert all(after[k] == v for k, v in done_before.items())  # finished work was not redone
     assert networks == (6, 6) and results == [] and evaluated == 6
+
+
+def test_a_stopped_heartbeat_has_closed_its_store(tmp_path):
+    """The heartbeat thread opens its own connection; were it still starting when the run
+    returned, it would write the schema into a file emptied after the run and so turn a
+    damaged store into an empty, valid-looking one (seen as a flaky recovery test)."""
+    from lostprune.experiments.runner import _Heartbeat
+    from lostprune.experiments.store import damage
+
+    path = tmp_path / "results.sqlite"
+    Store(path).close()
+    for _ in range(20):
+        beat = _Heartbeat(path)
+        beat.stop()
+        assert not beat._thread.is_alive()
+    path.write_bytes(b"")
+    time.sleep(0.05)
+    assert damage(path) == "it is empty (0 bytes): truncated"

@@ -31,6 +31,7 @@ from .store import Store, open_or_recover, worker_id
 from .tasks import EXECUTORS
 
 HEARTBEAT_SECONDS = 30.0
+HEARTBEAT_THREAD = "lostprune-heartbeat"
 POLL_SECONDS = 0.5
 
 
@@ -76,7 +77,7 @@ class _Heartbeat:
         self.store_path = store_path
         self.key: str | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True, name=HEARTBEAT_THREAD)
         self._thread.start()
 
     def _run(self) -> None:
@@ -87,7 +88,10 @@ class _Heartbeat:
         store.close()
 
     def stop(self) -> None:
+        """Stop and wait: a heartbeat thread still opening its connection after the run returned
+        would write the store's schema into whatever file then lies at the path."""
         self._stop.set()
+        self._thread.join()
 
 
 def _next_task(store: Store, owner: str):
