@@ -489,7 +489,7 @@ def _worker(name: str, quick: bool, timeout: float, memory_gb: float, skip_tp: s
 
 def cpu_line() -> str:
     """The CPU model and the widest vector ISA it has, from /proc/cpuinfo."""
-    from lostprune.ops._build import cpu_flags
+    from lostprune.ops._toolchain import cpu_flags
 
     name = "unknown CPU"
     if Path("/proc/cpuinfo").exists():

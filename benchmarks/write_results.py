@@ -20,6 +20,7 @@ ORDER = [
     "slicing",
     "zoo",
     "sparse",
+    "sparse_ceiling",
     "gpu",
     "corruptions",
     "robust_training",

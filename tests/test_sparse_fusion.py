@@ -334,6 +334,9 @@ def test_fast_max_pool_is_exact(args, shape):
     x.view(-1)[7] = float("nan")
     torch.testing.assert_close(FastMaxPool2d.from_pool(pool)(x), pool(x), rtol=0, atol=0, equal_nan=True)
     assert FastMaxPool2d.from_pool(pool)(x).is_contiguous()
+    # an input that needs its gradient takes torch's other 1-d path (with indices): same values
+    xg = x.clone().requires_grad_()
+    torch.testing.assert_close(FastMaxPool2d.from_pool(pool)(xg), pool(x), rtol=0, atol=0, equal_nan=True)
 
 
 def test_fast_max_pool_falls_back():

@@ -336,8 +336,17 @@ def test_amp_on_cpu_runs_in_bfloat16_and_warns_where_it_is_emulated(native, monk
     model = tiny_cnn()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = train(model, blobs(), dataclasses.replace(FAST, epochs=1, amp=True), progress=False)
+        result = train(
+            model,
+            blobs(),
+            dataclasses.replace(FAST, epochs=1, amp=True),
+            val_data=blobs(seed=1),
+            progress=False,
+        )
     assert math.isfinite(result.final["train_loss"])
+    # validation is float32 like the test-set numbers: exactly what evaluate() measures
+    val = evaluate(model, blobs(seed=1), amp=False)
+    assert (result.final["val_loss"], result.final["val_accuracy"]) == (val["loss"], val["accuracy"])
     emulated = [w for w in caught if "no instructions for (AVX512-BF16 or AMX)" in str(w.message)]
     assert len(emulated) == (0 if native else 1)
 

@@ -161,7 +161,7 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` (a Dataset, a DataLoader or DataSplits, whose train
     split is used) and return its per-epoch history. ``val_data`` (DataSplits: the validation
-    split) is evaluated after every epoch.
+    split) is evaluated after every epoch, in float32 whatever ``config.amp``.
 
     - ``start_epoch``: begin the schedule there (weight rewinding retrains from epoch k).
     - ``checkpoint``: file written every ``checkpoint_every`` epochs (atomically) and, with
@@ -318,8 +318,10 @@ def train(
                 )
             record = {"epoch": epoch + 1, **stats, "seconds": 0.0}
             if val_data is not None:
+                # float32 like every test-set number (metrics/): an autocast validation would
+                # report the accuracy of another computation than the model's
                 val = evaluate(
-                    model, val_data, batch_size=max(config.batch_size, 256), device=device, amp=config.amp
+                    model, val_data, batch_size=max(config.batch_size, 256), device=device, amp=False
                 )
                 record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
                 model.train()
