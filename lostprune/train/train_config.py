@@ -12,6 +12,8 @@ from .schedules import LRSchedule
 
 # Fields that change the trajectory; a checkpoint written under other values is not resumed.
 _RUNTIME_ONLY = {"num_workers"}
+# The schedule's defaults are LRSchedule's own: one place says what an unset field means.
+_SCHEDULE = {f.name: f.default for f in dataclasses.fields(LRSchedule)}
 
 
 @dataclass(frozen=True)
@@ -27,19 +29,19 @@ class TrainConfig:
 
     epochs: int = 30
     steps: int | None = None
-    lr: float = 0.1
+    lr: float = _SCHEDULE["lr"]
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
     batch_size: int = 128
-    schedule: str = "multistep"
-    warmup_epochs: float = 0.0
-    milestones: tuple[float, ...] | None = None
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    pct_start: float = 0.3
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
+    schedule: str = _SCHEDULE["kind"]
+    warmup_epochs: float = _SCHEDULE["warmup_epochs"]
+    milestones: tuple[float, ...] | None = _SCHEDULE["milestones"]
+    gamma: float = _SCHEDULE["gamma"]
+    min_lr: float = _SCHEDULE["min_lr"]
+    pct_start: float = _SCHEDULE["pct_start"]
+    div_factor: float = _SCHEDULE["div_factor"]
+    final_div_factor: float = _SCHEDULE["final_div_factor"]
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     amp: bool | None = None
