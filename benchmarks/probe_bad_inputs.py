@@ -580,8 +580,18 @@ def cases() -> list[Case]:
             ("example_input",),
         ),
         C(
-            "slice_model without any input",
+            "slice_model remembers prune's example_input",
             lambda: lostprune.slice_model(prune(no_input_size(), example_input=S[:1], method="ft").model),
+            "ok",
+        ),
+        C(
+            "slice_model without any input (reloaded into a fresh model)",
+            lambda: lostprune.slice_model(
+                lostprune.load_pruned(
+                    no_input_size(),
+                    prune(no_input_size(), example_input=S[:1], method="ft").model.state_dict(),
+                )
+            ),
             "error",
             ("example_input",),
         ),

@@ -320,6 +320,12 @@ CASES = [
         ValueError,
         "model.input_size",
     ),
+    case(
+        "slice_model without any input",
+        lambda _: slice_model(lostprune.load_pruned(no_input_size(), prune(method="ft").model.state_dict())),
+        ValueError,
+        "example_input",
+    ),
     # network files
     case(
         "load_network missing",
