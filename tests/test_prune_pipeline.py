@@ -23,7 +23,7 @@ from lostprune.core.masks import (
     outer_mask,
     single_value,
 )
-from lostprune.core.shapes import shape_keeping_skipped, shape_only_forward
+from lostprune.core.shapes import shape_only_forward, shape_rules
 from lostprune.structure import build_graph, tracing
 from lostprune.structure import graph as graph_module
 from lostprune.structure.groups import sort_order as _sort_order
@@ -290,7 +290,40 @@ def test_shape_keeping_modules_skipped_on_meta_only_and_hooks_still_fire():
     shape_only_forward(model, torch.randn(2, 3, 8, 8))
     assert seen == [(2, 4, 6, 6)]
     assert "forward" not in model[1].__dict__  # restored
-    with shape_keeping_skipped(model):
+    with shape_rules(model):
         x = torch.randn(1, 4, 2, 2)
         assert model[1](x) is x
     assert not torch.equal(model.eval()[1](x), x)  # running statistics: not the identity
+
+
+@pytest.mark.parametrize(
+    "pool, shape",
+    [
+        (nn.AdaptiveAvgPool2d(1), (2, 5, 9, 7)),
+        (nn.AdaptiveAvgPool2d((3, None)), (2, 5, 9, 7)),
+        (nn.AdaptiveMaxPool2d((None, 2)), (5, 9, 7)),
+        (nn.AdaptiveAvgPool1d(4), (3, 6, 11)),
+        (nn.AdaptiveMaxPool3d((2, 1, None)), (1, 2, 5, 6, 7)),
+        (nn.AdaptiveAvgPool3d(2), (2, 5, 6, 7)),
+    ],
+)
+def test_adaptive_pools_give_their_shape_on_meta(pool, shape):
+    """The meta pass's rule for adaptive pools (computing nothing) gives the real module's
+    output shape for every output_size form, hooks firing; a wrong input keeps its error."""
+    expected = tuple(pool(torch.randn(shape)).shape)
+    seen = []
+    pool.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    shape_only_forward(pool, torch.randn(shape))
+    assert seen == [expected]
+    assert "forward" not in pool.__dict__  # restored
+    dims = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveMaxPool3d: 3, nn.AdaptiveAvgPool3d: 3}.get(type(pool), 2)
+    with pytest.raises((RuntimeError, ValueError, IndexError)):
+        shape_only_forward(pool, torch.randn(*shape[-dims:][:1]))  # too few dimensions: torch's error
+
+
+def test_adaptive_pool_with_indices_runs_its_own_meta_kernel():
+    pool = nn.AdaptiveMaxPool2d(2, return_indices=True)
+    seen = []
+    pool.register_forward_hook(lambda m, i, o: seen.append([tuple(t.shape) for t in o]))
+    shape_only_forward(pool, torch.randn(1, 3, 5, 5))
+    assert seen == [[(1, 3, 2, 2), (1, 3, 2, 2)]]

@@ -4,8 +4,10 @@ masked weights of nn.utils.prune) restored afterwards."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -87,22 +89,55 @@ SHAPE_KEEPING_MODULES = frozenset(
 )
 
 
+# Adaptive pools (number of pooled dimensions): the output's shape follows from output_size
+# alone, and their meta kernels are Python references too (a fifth of a meta pass of a
+# squeeze-excitation network such as MobileNetV3). Exact types only, as above.
+ADAPTIVE_POOLS = {
+    nn.AdaptiveAvgPool1d: 1,
+    nn.AdaptiveAvgPool2d: 2,
+    nn.AdaptiveAvgPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1,
+    nn.AdaptiveMaxPool2d: 2,
+    nn.AdaptiveMaxPool3d: 3,
+}
+
+
 def _same(input: Tensor) -> Tensor:
     return input
 
 
+def _adaptive_pool_shape(module: nn.Module, input: Tensor) -> Tensor:
+    dims = ADAPTIVE_POOLS[type(module)]
+    if input.dim() not in (dims + 1, dims + 2):  # the module's own error
+        return type(module).forward(module, input)
+    given: Any = module.output_size  # int, None or a tuple of them
+    size = tuple(given) if isinstance(given, (tuple, list)) else (given,) * dims
+    pooled = [input.shape[input.dim() - dims + i] if s is None else s for i, s in enumerate(size)]
+    return input.new_empty(*input.shape[: input.dim() - dims], *pooled)
+
+
+def _shape_rule(m: nn.Module) -> Callable | None:
+    if "forward" in m.__dict__:  # someone replaced it already
+        return None
+    if type(m) in SHAPE_KEEPING_MODULES:
+        return _same
+    if type(m) in ADAPTIVE_POOLS and not getattr(m, "return_indices", False):
+        return functools.partial(_adaptive_pool_shape, m)
+    return None
+
+
 @contextmanager
-def shape_keeping_skipped(module: nn.Module):
-    """Inside, the shape-keeping submodules of ``module`` return their input (hooks still run)."""
-    skipped = [
-        m for m in module.modules() if type(m) in SHAPE_KEEPING_MODULES and "forward" not in m.__dict__
-    ]
-    for m in skipped:
-        m.forward = _same
+def shape_rules(module: nn.Module):
+    """Inside, the shape-keeping submodules of ``module`` return their input and its adaptive
+    pools an empty tensor of their output's shape, computing nothing (hooks still run): for
+    meta tensors only, where only shapes are wanted."""
+    ruled = [(m, rule) for m in module.modules() if (rule := _shape_rule(m)) is not None]
+    for m, rule in ruled:
+        m.forward = rule
     try:
         yield
     finally:
-        for m in skipped:
+        for m, _ in ruled:
             m.__dict__.pop("forward", None)
 
 
@@ -116,7 +151,7 @@ def shape_only_forward(module: nn.Module, x: Tensor, call: Callable | None = Non
     try:
         with torch.no_grad():
             try:
-                with meta_parameters(module), shape_keeping_skipped(module):
+                with meta_parameters(module), shape_rules(module):
                     call(x.to("meta"))
             except Exception:  # noqa: BLE001 - an op without a meta kernel: pay for one real pass
                 call(x)
