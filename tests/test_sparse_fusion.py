@@ -339,6 +339,12 @@ def test_fast_max_pool_is_exact(args, shape):
     torch.testing.assert_close(FastMaxPool2d.from_pool(pool)(xg), pool(x), rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_fast_max_pool_is_exact_in_every_float_dtype(dtype):
+    x = torch.randn(2, 3, 17, 13, generator=torch.Generator().manual_seed(3)).to(dtype)
+    torch.testing.assert_close(FastMaxPool2d(3, 2, 1)(x), nn.MaxPool2d(3, 2, 1)(x), rtol=0, atol=0)
+
+
 def test_fast_max_pool_falls_back():
     x = torch.randn(2, 3, 9, 9)
     for pool in (nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.MaxPool2d(3, 2, 1, dilation=2)):
