@@ -351,6 +351,8 @@ def test_fast_max_pool_falls_back():
         torch.testing.assert_close(FastMaxPool2d.from_pool(pool)(x), pool(x), rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="pad should be"):
         FastMaxPool2d(2, 1, 2)(x)
+    with pytest.raises(RuntimeError, match="Output size is too small"):  # torch's own message
+        FastMaxPool2d(3, 2, 0)(torch.randn(1, 2, 8, 1))
     # channels_last stays channels_last (torch's kernel for that layout is vectorized already)
     x = torch.randn(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
     out = FastMaxPool2d(3, 2, 1)(x)

@@ -107,13 +107,35 @@ def _same(input: Tensor) -> Tensor:
 
 
 def _adaptive_pool_shape(module: nn.Module, input: Tensor) -> Tensor:
+    """The output of an adaptive pool on ``input`` (its shape, nothing computed) where input
+    and output_size are plainly valid and the input plainly contiguous; anything else (a rank,
+    an output_size, an empty input or a layout that torch treats specially) goes to torch's
+    own meta kernel, as without the rule."""
     dims = ADAPTIVE_POOLS[type(module)]
-    if input.dim() not in (dims + 1, dims + 2):  # the module's own error
-        return type(module).forward(module, input)
-    given: Any = module.output_size  # int, None or a tuple of them
+    given: Any = module.output_size  # an int, or a tuple / list of ints and None
     size = tuple(given) if isinstance(given, (tuple, list)) else (given,) * dims
+    plain = (
+        input.dim() in (dims + 1, dims + 2)
+        and input.numel() > 0
+        and len(size) == dims
+        and all(isinstance(s, int) and s > 0 for s in size if s is not None)
+        # None ("the input's size") only inside a tuple, and not for 1-d pools
+        and (None not in size or (isinstance(given, (tuple, list)) and dims > 1))
+    )
+    if not (plain and _plainly_contiguous(input)):
+        return type(module).forward(module, input)
     pooled = [input.shape[input.dim() - dims + i] if s is None else s for i, s in enumerate(size)]
-    return input.new_empty(*input.shape[: input.dim() - dims], *pooled)
+    shape = (*input.shape[: input.dim() - dims], *pooled)
+    return input.new_empty(shape)
+
+
+def _plainly_contiguous(t: Tensor) -> bool:
+    """Contiguous and not also channels-last (one channel, 1x1 maps): the layout every pooling
+    kernel keeps. Other layouts differ between kernels; their meta kernels decide."""
+    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+    return t.is_contiguous() and not (
+        channels_last is not None and t.is_contiguous(memory_format=channels_last)
+    )
 
 
 def _shape_rule(m: nn.Module) -> Callable | None:
@@ -143,8 +165,8 @@ def shape_rules(module: nn.Module):
 
 def shape_only_forward(module: nn.Module, x: Tensor, call: Callable | None = None) -> None:
     """Run ``call(x)`` (default ``module(x)``) for its shapes, in eval mode and without
-    gradients: on meta tensors when every op supports them (shape-keeping modules skipped),
-    else for real."""
+    gradients: on meta tensors when every op supports them (``shape_rules``: shape-keeping
+    modules and adaptive pools compute nothing), else for real."""
     call = call or module
     training = {m: m.training for m in module.modules()}
     module.eval()  # never update BN statistics

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..core.masks import effective_weight
-from ..ops._conv_args import pair
+from ..ops._conv_args import conv_out_size, pair
 from ..structure.folded_conv import FoldedConv2d
 from .modules import SparseConv2d, SparseLinear
 
@@ -57,6 +57,9 @@ class FastMaxPool2d(nn.MaxPool2d):
             or pair(self.dilation, "dilation", "FastMaxPool2d", 1) != (1, 1)
             or not x.is_floating_point()
             or any(2 * pad > size for pad, size in zip(p, k))  # torch's error message
+            or any(  # an output too small: torch's error message too
+                conv_out_size(n, kk, ss, pp, 1) < 1 for n, kk, ss, pp in zip(x.shape[-2:], k, s, p)
+            )
             or _channels_last(x)
         ):  # torch's channels-last kernel is vectorized already; keep the layout
             return super().forward(x)
