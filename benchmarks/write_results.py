@@ -19,6 +19,7 @@ ORDER = [
     "sensitivity",
     "slicing",
     "zoo",
+    "shape_pass",
     "sparse",
     "sparse_ceiling",
     "gpu",
