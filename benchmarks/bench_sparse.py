@@ -165,18 +165,14 @@ def ceiling_rows(rounds: int) -> list[dict]:
     """Batch 1, one thread, thread CPU time: for WT's global layout and a uniform one, the
     MAC ratio (what the sparsity pattern allows) against the measured speedup."""
     torch.set_num_threads(1)
-    x = torch.randn(1, 3, 224, 224)
-    x_cl = x.to(memory_format=torch.channels_last)
     rows = []
     for layout in ("global", "uniform"):
         for ratio in RATIOS:
-            pruned = pruned_resnet18(ratio, layout)
-            dense = fair_dense(pruned)
-            sparse = lostprune.sparse.convert(pruned, example_input=x, progress=False, cache=False)
+            pruned, x, x_cl, dense, sparse = side_by_side(ratio, 1, layout)
             with torch.inference_mode():
                 speedup = interleaved_ratio(
-                    lambda d=dense: d(x_cl),
-                    lambda s=sparse: s(x),
+                    lambda d=dense, xc=x_cl: d(xc),
+                    lambda s=sparse, xs=x: s(xs),
                     rounds=rounds,
                     min_time=0.3,
                     clock=time.thread_time,
@@ -204,6 +200,15 @@ def fair_dense(pruned: torch.nn.Module) -> torch.nn.Module:
     from torch.fx.experimental.optimization import fuse as torch_fuse
 
     return torch_fuse(copy.deepcopy(pruned)).to(memory_format=torch.channels_last).eval()
+
+
+def side_by_side(ratio: float, batch: int, layout: str = "global"):
+    """(pruned, x, x channels-last, fair dense, converted) for one comparison at ``batch``."""
+    pruned = pruned_resnet18(ratio, layout)
+    x = torch.randn(batch, 3, 224, 224)
+    dense = fair_dense(pruned)
+    sparse = lostprune.sparse.convert(pruned, example_input=x, progress=False, cache=False)
+    return pruned, x, x.to(memory_format=torch.channels_last), dense, sparse
 
 
 def module_times(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[dict[str, float], float]:
@@ -248,12 +253,9 @@ def profile(ratio: float, repeats: int) -> list[dict]:
     and of the converted one, by name (hooks time them; what no module covers, such as the
     unfused residual adds, is the difference to the whole forward)."""
     torch.set_num_threads(1)
-    pruned = pruned_resnet18(ratio)
-    x = torch.randn(1, 3, 224, 224)
-    dense = fair_dense(pruned)
-    sparse = lostprune.sparse.convert(pruned, example_input=x, progress=False, cache=False)
+    _, x, x_cl, dense, sparse = side_by_side(ratio, 1)
     decisions = {d.name: d for d in lostprune.sparse.report(sparse).layers}
-    dense_ms, dense_total = module_times(dense, x.to(memory_format=torch.channels_last), repeats)
+    dense_ms, dense_total = module_times(dense, x_cl, repeats)
     sparse_ms, sparse_total = module_times(sparse, x, repeats)
     modules = dict(sparse.named_modules())
     rows = []
@@ -296,11 +298,7 @@ def profile(ratio: float, repeats: int) -> list[dict]:
 def end_to_end(ratio: float, batch: int, threads: int, rounds: int) -> dict:
     """Fair dense vs converted, interleaved (medians), at one batch size and thread count."""
     torch.set_num_threads(threads)
-    pruned = pruned_resnet18(ratio)
-    x = torch.randn(batch, 3, 224, 224)
-    x_cl = x.to(memory_format=torch.channels_last)
-    dense = fair_dense(pruned)
-    sparse = lostprune.sparse.convert(pruned, example_input=x, progress=False, cache=False)
+    _, x, x_cl, dense, sparse = side_by_side(ratio, batch)
     report = lostprune.sparse.report(sparse)
     with torch.inference_mode():
         expected, got = dense(x_cl), sparse(x)
