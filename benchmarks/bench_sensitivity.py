@@ -67,7 +67,7 @@ def forward(model, x):
         return model(x)
 
 
-def score(model, x, kind: str, reduce: str, implementation: str = "kernel"):
+def score(model, x, kind: str, reduce: str, implementation: str = "kernel", fused: bool = True):
     return sensitivity_pass(
         model,
         x,
@@ -76,6 +76,7 @@ def score(model, x, kind: str, reduce: str, implementation: str = "kernel"):
         batch_size=x.shape[0],
         progress=False,
         implementation=implementation,
+        fused=fused,
     )
 
 
@@ -166,6 +167,10 @@ def measure_isa(isa: str, rounds: int) -> dict:
         fns = {"forward": lambda model=model, x=x: forward(model, x)}
         for kind, reduce, label in KINDS:
             fns[label] = lambda model=model, x=x, kind=kind, reduce=reduce: score(model, x, kind, reduce)
+            # the baseline: every layer runs its own forward, the op only scores
+            fns[f"{label} unfused"] = lambda model=model, x=x, kind=kind, reduce=reduce: score(
+                model, x, kind, reduce, fused=False
+            )
         result["cpu"] = thread_times(fns, rounds)
         # Op by op: every layer's own input, the op against one convolution of it.
         layers = []
@@ -340,9 +345,9 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
     ratio = [
         (
             "| model | batch | scores | build | forward (s) | pass (s) | pass ÷ forward, 1 thread CPU time "
-            "| pass ÷ forward, wall clock | Σ conv ÷ forward |"
+            "| unfused pass ÷ forward | pass ÷ forward, wall clock | Σ conv ÷ forward |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, batch, _, _ in CASES:
         for _, _, label in KINDS:
@@ -352,8 +357,8 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
                 conv = sum(lay["conv"] for lay in r["layers"]) / cpu["forward"]
                 ratio.append(
                     f"| {name} | {batch} | {label} | {isa} | {cpu['forward']:.3f} | {cpu[label]:.3f} "
-                    f"| **{cpu[label] / cpu['forward']:.2f}×** | {wall['pass'] / wall['forward']:.2f}× "
-                    f"| {conv:.2f} |"
+                    f"| **{cpu[label] / cpu['forward']:.2f}×** | {cpu[label + ' unfused'] / cpu['forward']:.2f}× "
+                    f"| {wall['pass'] / wall['forward']:.2f}× | {conv:.2f} |"
                 )
 
     per_op = [
@@ -442,7 +447,9 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
     body = f"""CPU, float32, random-initialized models, inputs N(0, 1) (so the first layer takes the sign
 split). ResNet20 on {CASES[0][1]} CIFAR-shaped images, torchvision ResNet18 and MobileNetV2 at
 224×224 on {CASES[1][1]} images; the whole data pass through `lostprune.datapass.sensitivity_pass`
-(hooks, every conv and linear layer; the pass includes its own forward).
+(every conv and linear layer; the pass includes its own forward, in which each layer takes its
+output from its scoring op; "unfused" is the same pass with every layer running its own forward
+and the op only scoring, `sensitivity_pass(..., fused=False)`, measured interleaved with it).
 Builds: AVX-512 (kernels `{a["isa"]}`, torch `{a["torch_isa"]}`) and AVX2 (LOSTPRUNE_MARCH=x86-64-v3:
 kernels `{b["isa"]}`, torch held to `{b["torch_isa"]}`), same CPU. Interleaved medians of {rounds};
 "1 thread CPU time" is thread CPU seconds with torch.set_num_threads(1) (robust to the shared
@@ -451,8 +458,9 @@ machine's load), "wall clock" uses the default {a["threads"]} threads.
 **Sensitivity pass ÷ one forward pass** on the same batch. "Σ conv ÷ forward" is the share of
 the forward spent in its convolutions (op by op below): SiPP needs z± (one multiply-add per
 nonzero weight and position, the convolution's work split by sign) and the reduction of A·V
-(the same again), so at the convolution's own efficiency its pass costs at least
-1 + 2 × (Σ conv ÷ forward) forwards; PFP needs z and skips most of its reduction by exact bounds.
+(the same again); the layer's output is z+ − z−, so at the convolution's own efficiency a fused
+pass costs at least 1 + (Σ conv ÷ forward) forwards, an unfused one 1 + 2 × (Σ conv ÷ forward);
+PFP needs z and skips most of its reduction by exact bounds.
 
 {chr(10).join(ratio)}
 

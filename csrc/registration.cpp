@@ -18,13 +18,15 @@ TORCH_LIBRARY(lostprune, m) {
       "sparse_linear(Tensor x, Tensor values, Tensor col_index, Tensor row_ptr, int[] weight_shape, "
       "Tensor? bias) -> Tensor");
   // Sensitivity scoring (docs/methods.md §Sensitivities): x [B, Cin, H, W], weight [Cout, Cin/g, kh, kw];
-  // max over the batch (and over `running`, to stream batches). Linear = 1x1 conv.
+  // max over the batch (and over `running`, to stream batches). Linear = 1x1 conv. Returns
+  // (scores, output): with `with_output` the layer's output conv(x, weight) (no bias) that
+  // scoring computes anyway, so a data pass need not convolve twice; else an empty tensor.
   m.def(
       "weight_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
-      "int[2] dilation, int groups, str reduce, Tensor? running) -> Tensor");
+      "int[2] dilation, int groups, str reduce, Tensor? running, bool with_output=False) -> (Tensor, Tensor)");
   m.def(
       "channel_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
-      "int[2] dilation, int groups, Tensor? running) -> Tensor");
+      "int[2] dilation, int groups, Tensor? running, bool with_output=False) -> (Tensor, Tensor)");
   // The vector ISA the CPU kernels were compiled for ("AVX-512", "AVX2", ...; common/simd.h).
   m.def("cpu_vector_isa() -> str");
 }

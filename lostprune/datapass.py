@@ -1,11 +1,18 @@
 """The data pass: stream a data set S through a model and collect, per prunable layer, the
 sensitivities of docs/methods.md §Sensitivities.
 
-Forward hooks receive each layer's input batch by batch (never image by image) and fold it
-into the layer's running maximum with the fused sensitivity ops, so memory stays at one batch
-of activations plus one weight-sized result per layer. A module called several times in one
-forward gets every call's input as further data points, and so does every module sharing a
-scored layer's weight Parameter (tied weights: one tensor, one score).
+Each scored layer's input reaches the fused sensitivity ops batch by batch (never image by
+image) and folds into the layer's running maximum, so memory stays at one batch of activations
+plus one weight-sized result per layer. A module called several times in one forward gets every
+call's input as further data points, and so does every module sharing a scored layer's weight
+Parameter (tied weights: one tensor, one score).
+
+Scoring computes z+ and z- of every unit at every position, and the layer's output is z+ - z-.
+So on the CPU, where the compiled ops return it (``with_output``), a plain Conv2d / Linear runs
+*in* its scoring op for the pass: its forward is swapped for one that takes the output from the
+op (plus bias) instead of convolving a second time, which saves about one convolution per layer
+(docs/methods.md §Sensitivities). Elsewhere (CUDA, the references, float16 / bfloat16, autocast,
+subclasses with their own forward) a forward hook scores the input after the layer's own forward.
 
     scores = sensitivity_pass(model, S, kind="weight")   # {layer name: tensor like its weight}
     scores = sensitivity_pass(model, S, kind="channel")  # {layer name: one value per input channel}
@@ -26,6 +33,7 @@ from ._progress import bar_disabled
 from .core.layers import prunable_layers, weight_parameter
 from .data.batches import iter_inputs
 from .ops import sensitivity as sensitivity_ops
+from .ops._build import use_kernel
 
 KINDS = ("weight", "channel")
 # Which implementation scores a layer: the compiled ops (falling back to the vectorized
@@ -60,8 +68,14 @@ def check_reduce(reduce: str) -> str:
 
 
 def _layer_score(
-    module: nn.Module, x: Tensor, kind: str, reduce: str, running: Tensor | None, implementation: str
-) -> Tensor:
+    module: nn.Module,
+    x: Tensor,
+    kind: str,
+    reduce: str,
+    running: Tensor | None,
+    implementation: str,
+    with_output: bool = False,
+):
     weight = module.weight  # the masked weight for pruned layers (set by their forward pre-hook)
     if isinstance(module, nn.Linear):
         conv = {}
@@ -72,9 +86,36 @@ def _layer_score(
             padding = 0
         conv = dict(stride=module.stride, padding=padding, dilation=module.dilation, groups=module.groups)
     weight_op, channel_op = IMPLEMENTATIONS[implementation]
+    extra = {"with_output": True} if with_output else {}
     if kind == "weight":
-        return weight_op(x, weight, reduce=reduce, running=running, **conv)
-    return channel_op(x, weight, running=running, **conv)
+        return weight_op(x, weight, reduce=reduce, running=running, **conv, **extra)
+    return channel_op(x, weight, running=running, **conv, **extra)
+
+
+_FUSED_OPS = {"weight": "weight_sensitivity", "channel": "channel_sensitivity"}
+
+
+def _runs_in_op(module: nn.Module, x, kind: str, implementation: str) -> bool:
+    """Whether this call of ``module`` can take its output from the scoring op: a plain
+    Conv2d / Linear forward, a float32 / float64 input of the weight's dtype on the CPU, no
+    autocast, and the compiled CPU kernel (elsewhere the op would only run the conv itself)."""
+    return (
+        implementation == "kernel"
+        and type(module).forward in (nn.Conv2d.forward, nn.Linear.forward)
+        and isinstance(x, Tensor)
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and module.weight.dtype == x.dtype
+        and not torch.is_autocast_enabled("cpu")
+        and use_kernel(_FUSED_OPS[kind], x.device)
+    )
+
+
+def _add_bias(module: nn.Module, y: Tensor) -> Tensor:
+    bias = module.bias
+    if bias is None:
+        return y
+    return y.add_(bias if isinstance(module, nn.Linear) else bias.view(-1, 1, 1))
 
 
 def collect_sensitivities(
@@ -87,11 +128,14 @@ def collect_sensitivities(
     progress: bool | None = None,
     total: int | None = None,
     implementation: str = "kernel",
+    fused: bool = True,
 ) -> dict[str, Tensor]:
     """Run ``model`` (in eval mode, without gradients) on every batch and return the layers'
     sensitivities, max over all samples and all calls. ``batches`` must already sit on the
     model's device; ``total`` (samples) sizes the progress bar. ``implementation``:
-    ``"kernel"`` (the compiled ops), ``"reference"`` or ``"literal"`` (see lostprune.ops.sensitivity)."""
+    ``"kernel"`` (the compiled ops), ``"reference"`` or ``"literal"`` (see lostprune.ops.sensitivity).
+    ``fused``: layers take their output from their scoring op where it can give it (see the
+    module doc); False runs every layer's own forward (the same scores up to rounding)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     check_reduce(reduce)
@@ -100,23 +144,47 @@ def collect_sensitivities(
     _check_layers(layers)
     scores: dict[str, Tensor] = {}
     batch_index = 0
+    scored_in_forward: set[nn.Module] = set()  # modules whose current call was scored by their forward
+
+    def score(name: str, module: nn.Module, x, with_output: bool = False):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"layer {name!r} was called without a tensor input")
+        try:
+            result = _layer_score(module, x, kind, reduce, scores.get(name), implementation, with_output)
+        except (RuntimeError, ValueError) as exc:
+            if "NaN or inf" in str(exc):
+                raise ValueError(
+                    f"layer {name!r} received NaN or inf activations in batch {batch_index} "
+                    "(the model's forward produced them: check the weights and the input "
+                    "normalization)"
+                ) from None
+            raise
+        if not with_output:
+            scores[name] = result
+            return None
+        scores[name], y = result
+        return _add_bias(module, y)
 
     def make_hook(name: str):
         def hook(module, args, output):
-            if not args or not isinstance(args[0], Tensor):
-                raise TypeError(f"layer {name!r} was called without a tensor input")
-            try:
-                scores[name] = _layer_score(module, args[0], kind, reduce, scores.get(name), implementation)
-            except (RuntimeError, ValueError) as exc:
-                if "NaN or inf" in str(exc):
-                    raise ValueError(
-                        f"layer {name!r} received NaN or inf activations in batch {batch_index} "
-                        "(the model's forward produced them: check the weights and the input "
-                        "normalization)"
-                    ) from None
-                raise
+            if module in scored_in_forward:
+                scored_in_forward.discard(module)
+                return
+            score(name, module, args[0] if args else None)
 
         return hook
+
+    def make_forward(name: str, module: nn.Module):
+        own = module.forward
+
+        def forward(*args, **kwargs):
+            if len(args) != 1 or kwargs or not _runs_in_op(module, args[0], kind, implementation):
+                return own(*args, **kwargs)  # the hook scores it
+            y = score(name, module, args[0], with_output=True)
+            scored_in_forward.add(module)
+            return y
+
+        return forward
 
     # every Conv2d / Linear using a scored weight Parameter feeds that weight's scores (tied
     # weights are scored over all their uses), under the first scored layer's name
@@ -129,6 +197,9 @@ def collect_sensitivities(
         if isinstance(module, SUPPORTED_LAYERS) and id(weight_parameter(module)) in key_of
     }
     handles = [module.register_forward_hook(make_hook(key)) for module, key in users.items()]
+    swapped = [module for module in users if fused and "forward" not in module.__dict__]
+    for module in swapped:
+        module.forward = make_forward(users[module], module)
     was_training = model.training
     model.eval()  # never update BatchNorm statistics while scoring
     seen = 0
@@ -150,6 +221,8 @@ def collect_sensitivities(
     finally:
         for handle in handles:
             handle.remove()
+        for module in swapped:
+            del module.forward
         model.train(was_training)
     if seen < 2:
         raise ValueError(
@@ -199,6 +272,7 @@ def sensitivity_pass(
     batch_size: int = 64,
     progress: bool | None = None,
     implementation: str = "kernel",
+    fused: bool = True,
 ) -> dict[str, Tensor]:
     """Sensitivities of ``model``'s prunable layers on ``data`` (S).
 
@@ -213,6 +287,8 @@ def sensitivity_pass(
         batch_size: batch size used when ``data`` is a tensor or a Dataset.
         implementation: ``"kernel"`` (default), or ``"reference"`` / ``"literal"`` to run the
             PyTorch references instead (slow; for cross-checks).
+        fused: on the CPU, let each Conv2d / Linear take its output from its scoring op
+            instead of convolving a second time (default); False for comparisons.
 
     Returns:
         {layer name: sensitivities}, on the model's device.
@@ -232,4 +308,5 @@ def sensitivity_pass(
         progress=progress,
         total=total,
         implementation=implementation,
+        fused=fused,
     )

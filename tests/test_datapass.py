@@ -219,3 +219,93 @@ def test_layer_never_called(compiled):
     model.unused = nn.Linear(3, 3)
     with pytest.raises(RuntimeError, match=r"layers \['unused'\] were never called"):
         sensitivity_pass(model, _inputs(2), progress=False)
+
+
+# --------------------------------------------------------------------------- fused forward
+class BiasedNet(nn.Module):
+    """Conv (bias, stride), reflect-padded conv, a conv subclass with its own forward, linear on tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=True)
+        self.reflect = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect", bias=False)
+        self.scaled = ScaledConv(8, 6, 1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = torch.relu(self.reflect(h))
+        h = self.scaled(h)  # not rectified: fc takes the sign split
+        return self.fc(h.flatten(2).transpose(1, 2)).mean(1)
+
+
+class ScaledConv(nn.Conv2d):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def _convolutions_run(model, x, **kwargs) -> tuple[dict, int]:
+    """(scores, how many times a Conv2d ran its own convolution) of a pass."""
+    calls = []
+    original = nn.Conv2d._conv_forward
+
+    def counting(self, *args):
+        calls.append(self)
+        return original(self, *args)
+
+    nn.Conv2d._conv_forward = counting
+    try:
+        scores = sensitivity_pass(model, x, progress=False, **kwargs)
+    finally:
+        nn.Conv2d._conv_forward = original
+    return scores, len(calls)
+
+
+@pytest.mark.parametrize("kind", ["weight", "channel"])
+def test_fused_pass_equals_the_unfused_one(compiled, kind):
+    """On the CPU each plain Conv2d / Linear takes its output from its scoring op: the scores
+    match a pass that runs every layer's own forward (float64: to rounding), no plain conv runs
+    its own convolution, and a subclass with its own forward keeps it."""
+    torch.manual_seed(0)
+    model = BiasedNet().double()
+    x = torch.randn(6, 3, 9, 9, dtype=torch.float64)
+    fused, ran = _convolutions_run(model, x, kind=kind, batch_size=4)
+    unfused, ran_unfused = _convolutions_run(model, x, kind=kind, batch_size=4, fused=False)
+    assert ran == 2 and ran_unfused == 6  # ScaledConv's two batches, against all three convs'
+    assert fused.keys() == unfused.keys()
+    for name in fused:
+        torch.testing.assert_close(fused[name], unfused[name], rtol=1e-10, atol=1e-12)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_fused_forward_gives_the_models_output(compiled):
+    model = models.create("resnet20")
+    x = torch.randn(5, *model.input_size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model.eval()(x)
+    seen = []
+    handle = model.register_forward_hook(lambda m, args, out: seen.append(out))
+    sensitivity_pass(model, x, kind="channel", progress=False)
+    handle.remove()
+    torch.testing.assert_close(seen[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_restored_after_an_error(compiled):
+    model = TwoLayer()
+    x = _inputs(4)
+    with torch.no_grad():
+        model.conv.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        sensitivity_pass(model, x, progress=False)
+    assert not any("forward" in m.__dict__ or m._forward_hooks for m in model.modules())
+
+
+def test_no_fusion_where_it_would_not_run_the_layer_exactly(compiled):
+    """float16 / bfloat16 layers and autocast keep the layer's own forward."""
+    model = TwoLayer()
+    x = _inputs(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, ran = _convolutions_run(model, x)
+    assert ran == 1
+    _, ran = _convolutions_run(model.bfloat16(), x.bfloat16())
+    assert ran == 1

@@ -107,6 +107,74 @@ def test_channel_bounds_start_from_running(compiled):
     )
 
 
+def _own_output(x, w, conv):
+    """The layer's output as torch computes it (no bias)."""
+    if w.dim() == 2:
+        return torch.nn.functional.linear(x, w)
+    return torch.nn.functional.conv2d(x, w, None, **conv)
+
+
+def _with_output_cases():
+    """Every op and reduction on inputs where some images take the sign split and some do not,
+    with pruned weights and one unit without any."""
+    for name, x_shape, w_shape, conv in TINY + KERNEL_PATHS:
+        x, w = _inputs(x_shape, w_shape, seed=3)
+        x[::2] = x[::2].relu()  # even images: one data point; odd ones: two (x = a+ - a-)
+        w[w.abs() < 0.3] = 0
+        w[0] = 0
+        for fn, kw in ((weight_sensitivity, {"reduce": "mean"}), (weight_sensitivity, {"reduce": "max"})):
+            yield name, fn, kw, x, w, conv
+        yield name, channel_sensitivity, {}, x, w, conv
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["kernel", "reference"])
+def test_with_output_gives_the_layers_own_output(compiled, monkeypatch, fallback):
+    """with_output: the layer's output (z+ - z- of the data points, summed with their signs) is
+    conv(x, w) in float64, in the caller's layout; the scores are those without it, bit for bit."""
+    import lostprune.ops.sensitivity as module
+
+    if fallback:  # the PyTorch path a build without kernels takes
+        monkeypatch.setattr(module, "use_kernel", lambda *args: False)
+    for name, fn, kw, x, w, conv in _with_output_cases():
+        scores, y = fn(x, w, **conv, **kw, with_output=True)
+        want = _own_output(x, w, conv)
+        assert y.shape == want.shape and y.dtype == torch.float64 and y.is_contiguous(), name
+        torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12, msg=name)
+        assert torch.equal(scores, fn(x, w, **conv, **kw)), name
+    x, w = _inputs((3, 6, 6), (4, 3, 3, 3), seed=5)  # an unbatched image
+    scores, y = weight_sensitivity(x, w, padding=1, with_output=True)
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["weight", "channel"])
+def test_with_output_in_parallel(compiled, kind):
+    """A layer large enough for the threads: both data points of a sign-split image may land in
+    different work items, which add into the same outputs."""
+    x, w = _inputs((6, 16, 18, 18), (24, 16, 3, 3), seed=7)
+    x[1].relu_()
+    fn = weight_sensitivity if kind == "weight" else channel_sensitivity
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        for reduce in ("mean", "max") if kind == "weight" else (None,):
+            kw = {"reduce": reduce} if reduce else {}
+            _, y = fn(x, w, padding=1, **kw, with_output=True)
+            torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=1), rtol=1e-12, atol=1e-12)
+            again = fn(x, w, padding=1, **kw, with_output=True)[1]
+            assert torch.equal(y, again)  # two terms per output: the same in any order
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_with_output_float32_and_running(compiled):
+    x, w = _inputs((5, 16, 7, 7), (24, 16, 3, 3), dtype=torch.float32, seed=6)
+    running = torch.rand(16)
+    scores, y = channel_sensitivity(x, w, padding=1, running=running, with_output=True)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5)
+    assert torch.equal(scores, channel_sensitivity(x, w, padding=1, running=running))
+
+
 _OTHER_ISA_PROBE = """
 import json, torch
 from lostprune.ops import _build, channel_sensitivity, channel_sensitivity_literal, weight_sensitivity, \\
@@ -307,6 +375,10 @@ def test_meta_tensors_give_shapes(compiled):
     x, w = torch.empty(2, 6, 9, 9, device="meta"), torch.empty(4, 3, 3, 3, device="meta")
     assert weight_sensitivity(x, w, groups=2).shape == (4, 3, 3, 3)
     assert channel_sensitivity(x, w, groups=2).shape == (6,)
+    scores, y = weight_sensitivity(x, w, groups=2, stride=2, padding=1, with_output=True)
+    assert scores.shape == (4, 3, 3, 3) and y.shape == (2, 4, 5, 5)
+    scores, y = channel_sensitivity(x, w, groups=2, with_output=True)
+    assert scores.shape == (6,) and y.shape == (2, 4, 7, 7)
 
 
 def test_opcheck(compiled):
@@ -322,6 +394,14 @@ def test_opcheck(compiled):
     )
     torch.library.opcheck(
         torch.ops.lostprune.channel_sensitivity.default, (x, w, [1, 1], [0, 0], [1, 1], 2, torch.rand(4))
+    )
+    for args in [  # with the layer's output
+        (x, w, [2, 1], [1, 0], [1, 2], 2, "mean", None, True),
+        (x, w, [1, 1], [1, 1], [1, 1], 2, "max", running, True),
+    ]:
+        torch.library.opcheck(torch.ops.lostprune.weight_sensitivity.default, args)
+    torch.library.opcheck(
+        torch.ops.lostprune.channel_sensitivity.default, (x, w, [1, 2], [1, 0], [1, 1], 2, None, True)
     )
 
 
@@ -509,6 +589,11 @@ def test_cuda_opcheck_and_errors(compiled):
     torch.library.opcheck(
         torch.ops.lostprune.channel_sensitivity.default, (x, w, [1, 1], [0, 0], [1, 1], 2, None)
     )
+    torch.library.opcheck(
+        torch.ops.lostprune.weight_sensitivity.default, (x, w, [2, 1], [1, 0], [1, 2], 2, "mean", None, True)
+    )
+    _, y = channel_sensitivity(x.double(), w.double(), groups=2, with_output=True)
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x.double(), w.double(), groups=2))
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(RuntimeError, match="NaN or inf"):
         weight_sensitivity(x, w, groups=2)

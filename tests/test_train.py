@@ -328,6 +328,28 @@ def test_evaluate_reads_segmentation_dict_outputs():
     assert 0 <= evaluate(Seg(), data)["accuracy"] <= 1
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_evaluate_runs_in_the_models_precision_unless_asked(device):
+    """evaluate() autocasts only with amp=True, on CUDA as on the CPU: an accuracy a user reads
+    is a float32 number unless they asked for less."""
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.autocast: list[bool] = []
+
+        def forward(self, x):
+            self.autocast.append(torch.is_autocast_enabled(x.device.type))
+            return self.fc(x)
+
+    model = Probe().to(device)
+    data = TensorDataset(torch.randn(6, 4), torch.randint(0, 3, (6,)))
+    evaluate(model, data, batch_size=3)
+    evaluate(model, data, batch_size=3, amp=True)
+    assert model.autocast == [False, False, True, True]
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_on_cpu_runs_in_bfloat16_and_warns_where_it_is_emulated(native, monkeypatch):
     import lostprune.train.loop as loop

@@ -5,7 +5,11 @@
 // point, or several small ones (its sums are per data point); otherwise it runs across data
 // points (max over data points and positions commute). Memory: per running work item one
 // tile, z for its units and the accumulators of its units' nonzero weights (or of its group's
-// input channels); nothing of size batch x weight x positions.
+// input channels); nothing of size batch x weight x positions. On request the pass also
+// returns the layer's output, z+ - z- of each image's data point(s), so a data pass need not
+// run the convolution a second time. Every (data point, unit, position) is in exactly one tile
+// of one work item; only an image's a+ and a- points write the same outputs, added under the
+// image's lock into zeros (two terms: the sum is the same in either order).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -17,6 +21,7 @@
 #include <algorithm>
 #include <limits>
 #include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "sensitivity.h"
@@ -105,9 +110,17 @@ struct Scratch {
 // input channel of its group) and folds them into `out` once, under its chunk's lock.
 // Weight kinds: out[k] per list entry. Channel: out[c] per input channel, holding a lower
 // bound of the result on entry (the running maxima) that lets ChannelKernel skip entries.
+// Where the layer's output goes: y [B, Cout, positions], or null; with image_locks (when
+// some image has two data points) y starts at zero and each point adds its signed part.
+template <typename T>
+struct OutputSink {
+  T* y = nullptr;
+  std::mutex* image_locks = nullptr;
+};
+
 template <typename T, int NV, Kind kKind, int kPacked = 1>
 void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
-                      const TilePlan& plan, T* out) {
+                      const TilePlan& plan, T* out, OutputSink<T> sink) {
   constexpr bool kMean = kKind == Kind::kWeightMean;
   constexpr SensitivityReduce kReduce = kMean ? SensitivityReduce::kMean : SensitivityReduce::kMax;
   using Final = WeightKernel<T, NV, kReduce, true, kPacked>;
@@ -158,6 +171,35 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
     for (int64_t item = begin; item < end; ++item) {
       const int64_t c_index = item % n_chunks, range = item / n_chunks;
       const UnitChunk& c = chunks[c_index];
+      // The output of the chunk's units at the tile's positions: z+ - z- (z: 2 x kWidth per unit).
+      const auto emit = [&](const V* zv) {
+        if (sink.y == nullptr) return;
+        const T* zt = reinterpret_cast<const T*>(zv);
+        for (const Segment& seg : segments) {
+          const DataPoint& point = points[seg.point];
+          T* row = sink.y + point.image * g.out_channels * n_positions + seg.oy * g.out_w + seg.ox0;
+          if (sink.image_locks == nullptr) {
+            for (int64_t u = c.u0; u < c.u1; ++u) {
+              const T* zp = zt + (u - c.u0) * 2 * kWidth + seg.t;
+              const T* zn = zp + kWidth;
+              T* dst = row + u * n_positions;
+              for (int64_t i = 0; i < seg.n; ++i) dst[i] = zp[i] - zn[i];
+            }
+            continue;
+          }
+          const std::lock_guard<std::mutex> hold(sink.image_locks[point.image]);
+          for (int64_t u = c.u0; u < c.u1; ++u) {
+            const T* zp = zt + (u - c.u0) * 2 * kWidth + seg.t;
+            const T* zn = zp + kWidth;
+            T* dst = row + u * n_positions;
+            if (point.sign > 0) {
+              for (int64_t i = 0; i < seg.n; ++i) dst[i] += zp[i] - zn[i];
+            } else {
+              for (int64_t i = 0; i < seg.n; ++i) dst[i] -= zp[i] - zn[i];
+            }
+          }
+        }
+      };
       const int64_t s0 = sweeps * range / ranges, s1 = sweeps * (range + 1) / ranges;
       const int64_t entries = kKind == Kind::kChannel ? cin_g : count[c_index];
       T* const shared = kKind == Kind::kChannel ? out + c.group * cin_g : out;
@@ -180,9 +222,9 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
           }
           build_tile(g, x, points, c.group, segments, kWidth, tile);
           if constexpr (kKind == Kind::kChannel) {
-            Channel::run(tile, view, c.u0, c.u1, g.kh * g.kw, z, mine, mine + cin_g);
+            Channel::run(tile, view, c.u0, c.u1, g.kh * g.kw, z, mine, mine + cin_g, emit);
           } else {
-            Final::run(tile, view, c.u0, c.u1, z, mine);
+            Final::run(tile, view, c.u0, c.u1, z, mine, emit);
           }
           continue;
         }
@@ -193,7 +235,7 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
             segments.clear();
             tile_segments(g, q0, std::min(kWidth, n_positions - t * kWidth), segments);
             build_tile(g, x, points, c.group, segments, kWidth, tile);
-            Partial::run(tile, view, c.u0, c.u1, z, sums);
+            Partial::run(tile, view, c.u0, c.u1, z, sums, emit);
           }
           for (int64_t k = 0; k < entries; ++k) mine[k] = std::max(mine[k], sums[k]);  // max over data points
         }
@@ -216,55 +258,57 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
 // A mean's tile with data points of `Segment` vectors packed kWideVectors / Segment to a tile.
 template <typename T, int Segment>
 void accumulate_packed(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
-                       const TilePlan& plan, T* out) {
+                       const TilePlan& plan, T* out, OutputSink<T> sink) {
   constexpr int kPacked = kWideVectors / Segment;
-  accumulate_tiles<T, kPacked * Segment, Kind::kWeightMean, kPacked>(p, lists, points, plan, out);
+  accumulate_tiles<T, kPacked * Segment, Kind::kWeightMean, kPacked>(p, lists, points, plan, out, sink);
 }
 
 template <typename T, Kind kKind>
 void accumulate_kind(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
-                     const TilePlan& plan, T* out) {
+                     const TilePlan& plan, T* out, OutputSink<T> sink) {
   static_assert(kWideVectors <= 8, "tile widths are instantiated up to 8 vectors");
   if constexpr (kKind == Kind::kWeightMean) {
     if (plan.packed > 1) {
       switch (plan.segment) {
-        case 1: return accumulate_packed<T, 1>(p, lists, points, plan, out);
-        case 2: return accumulate_packed<T, 2>(p, lists, points, plan, out);
-        case 3: return accumulate_packed<T, 3>(p, lists, points, plan, out);
+        case 1: return accumulate_packed<T, 1>(p, lists, points, plan, out, sink);
+        case 2: return accumulate_packed<T, 2>(p, lists, points, plan, out, sink);
+        case 3: return accumulate_packed<T, 3>(p, lists, points, plan, out, sink);
         case 4:
-          if constexpr (kWideVectors >= 8) return accumulate_packed<T, 4>(p, lists, points, plan, out);
+          if constexpr (kWideVectors >= 8) return accumulate_packed<T, 4>(p, lists, points, plan, out, sink);
           break;
       }
       TORCH_CHECK(false, "lostprune: no packed tile kernel of ", plan.segment, " vectors");
     }
   }
   switch (plan.nv) {
-    case 1: return accumulate_tiles<T, 1, kKind>(p, lists, points, plan, out);
-    case 2: return accumulate_tiles<T, 2, kKind>(p, lists, points, plan, out);
-    case 3: return accumulate_tiles<T, 3, kKind>(p, lists, points, plan, out);
-    case 4: return accumulate_tiles<T, 4, kKind>(p, lists, points, plan, out);
-    case 5: return accumulate_tiles<T, 5, kKind>(p, lists, points, plan, out);
-    case 6: return accumulate_tiles<T, 6, kKind>(p, lists, points, plan, out);
+    case 1: return accumulate_tiles<T, 1, kKind>(p, lists, points, plan, out, sink);
+    case 2: return accumulate_tiles<T, 2, kKind>(p, lists, points, plan, out, sink);
+    case 3: return accumulate_tiles<T, 3, kKind>(p, lists, points, plan, out, sink);
+    case 4: return accumulate_tiles<T, 4, kKind>(p, lists, points, plan, out, sink);
+    case 5: return accumulate_tiles<T, 5, kKind>(p, lists, points, plan, out, sink);
+    case 6: return accumulate_tiles<T, 6, kKind>(p, lists, points, plan, out, sink);
     case 7:
-      if constexpr (kWideVectors >= 7) return accumulate_tiles<T, 7, kKind>(p, lists, points, plan, out);
+      if constexpr (kWideVectors >= 7) return accumulate_tiles<T, 7, kKind>(p, lists, points, plan, out, sink);
       break;
     case 8:
-      if constexpr (kWideVectors >= 8) return accumulate_tiles<T, 8, kKind>(p, lists, points, plan, out);
+      if constexpr (kWideVectors >= 8) return accumulate_tiles<T, 8, kKind>(p, lists, points, plan, out, sink);
       break;
   }
   TORCH_CHECK(false, "lostprune: no tile kernel of ", plan.nv, " vectors");
 }
 
 // The signed lists of the layer's weight and the pass's result (out: per entry, or per input
-// channel starting from `initial`).
+// channel starting from `initial`); with `with_output`, the layer's output (undefined otherwise).
 template <typename T>
 struct Accumulated {
   SignedLists<T> lists;
   std::vector<T> out;
+  at::Tensor output;
 };
 
 template <typename T>
-Accumulated<T> accumulate(const char* op, const SensitivityProblem& p, Kind kind, const T* initial = nullptr) {
+Accumulated<T> accumulate(const char* op, const SensitivityProblem& p, Kind kind, bool with_output,
+                          const T* initial = nullptr) {
   const SensGeometry& g = p.geo;
   const int64_t cout = g.out_channels, edges = edges_per_output(g);
   const std::vector<DataPoint> points = data_points<T>(op, p);
@@ -279,31 +323,53 @@ Accumulated<T> accumulate(const char* op, const SensitivityProblem& p, Kind kind
   if (kind == Kind::kChannel) block = std::max<int64_t>(1, block / area) * area;
   Accumulated<T> acc{
       signed_lists(op, p.weight.const_data_ptr<T>(), cout, edges, plan.width, block, kind == Kind::kChannel ? area : 0),
+      {},
       {}};
+  // The output: an image with negative entries has two data points (x = a+ - a-), which add
+  // their parts into zeros under the image's lock; otherwise each output is written once.
+  const bool split = static_cast<int64_t>(points.size()) > p.batch;
+  std::vector<std::mutex> image_locks(with_output && split ? p.batch : 0);
+  OutputSink<T> sink;
+  if (with_output) {
+    const std::vector<int64_t> shape{p.batch, cout, g.out_h, g.out_w};
+    acc.output = split ? at::zeros(shape, p.x.options()) : at::empty(shape, p.x.options());
+    sink = {acc.output.template mutable_data_ptr<T>(), split ? image_locks.data() : nullptr};
+  }
   if (kind == Kind::kChannel) {
     acc.out.assign(initial, initial + g.in_channels);
   } else {
     acc.out.assign(acc.lists.entries(), T(0));
   }
   switch (kind) {
-    case Kind::kWeightMean: accumulate_kind<T, Kind::kWeightMean>(p, acc.lists, points, plan, acc.out.data()); break;
-    case Kind::kWeightMax: accumulate_kind<T, Kind::kWeightMax>(p, acc.lists, points, plan, acc.out.data()); break;
-    case Kind::kChannel: accumulate_kind<T, Kind::kChannel>(p, acc.lists, points, plan, acc.out.data()); break;
+    case Kind::kWeightMean:
+      accumulate_kind<T, Kind::kWeightMean>(p, acc.lists, points, plan, acc.out.data(), sink);
+      break;
+    case Kind::kWeightMax:
+      accumulate_kind<T, Kind::kWeightMax>(p, acc.lists, points, plan, acc.out.data(), sink);
+      break;
+    case Kind::kChannel: accumulate_kind<T, Kind::kChannel>(p, acc.lists, points, plan, acc.out.data(), sink); break;
   }
   return acc;
 }
 
-at::Tensor weight_sensitivity_cpu(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                  c10::string_view reduce, const std::optional<at::Tensor>& running) {
+// No output asked: an empty tensor in its place (the schema returns two).
+at::Tensor no_output(const SensitivityProblem& p) { return at::empty({0}, p.x.options()); }
+
+std::tuple<at::Tensor, at::Tensor> weight_sensitivity_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                          at::IntArrayRef stride, at::IntArrayRef padding,
+                                                          at::IntArrayRef dilation, int64_t groups,
+                                                          c10::string_view reduce,
+                                                          const std::optional<at::Tensor>& running, bool with_output) {
   const SensitivityProblem p = prepare_sensitivity(kWeightOp, x, weight, stride, padding, dilation, groups, reduce,
                                                    running, SensitivityLevel::kWeight, c10::DeviceType::CPU);
   at::Tensor out = at::zeros(p.weight.sizes(), p.weight.options());
+  at::Tensor output = no_output(p);
   AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "weight_sensitivity_cpu", [&] {
     const SensGeometry& g = p.geo;
     const int64_t cout = g.out_channels, edges = edges_per_output(g);
-    const Accumulated<scalar_t> acc =
-        accumulate<scalar_t>(kWeightOp, p, p.reduce == SensitivityReduce::kMean ? Kind::kWeightMean : Kind::kWeightMax);
+    const Accumulated<scalar_t> acc = accumulate<scalar_t>(
+        kWeightOp, p, p.reduce == SensitivityReduce::kMean ? Kind::kWeightMean : Kind::kWeightMax, with_output);
+    if (with_output) output = acc.output;
     const scalar_t scale = reduce_scale<scalar_t>(p.reduce, positions(g));
     const scalar_t* prev = p.running ? p.running->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
@@ -322,25 +388,28 @@ at::Tensor weight_sensitivity_cpu(const at::Tensor& x, const at::Tensor& weight,
       }
     });
   });
-  return out;
+  return {out, output};
 }
 
-at::Tensor channel_sensitivity_cpu(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                   const std::optional<at::Tensor>& running) {
+std::tuple<at::Tensor, at::Tensor> channel_sensitivity_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                           at::IntArrayRef stride, at::IntArrayRef padding,
+                                                           at::IntArrayRef dilation, int64_t groups,
+                                                           const std::optional<at::Tensor>& running, bool with_output) {
   const SensitivityProblem p = prepare_sensitivity(kChannelOp, x, weight, stride, padding, dilation, groups, "max",
                                                    running, SensitivityLevel::kChannel, c10::DeviceType::CPU);
   const SensGeometry& g = p.geo;
   at::Tensor out = at::empty({g.in_channels}, p.x.options());
+  at::Tensor output = no_output(p);
   AT_DISPATCH_FLOATING_TYPES(p.x.scalar_type(), "channel_sensitivity_cpu", [&] {
     // The running maxima are the result's lower bound from the start (entries that cannot
     // beat them are skipped).
     std::vector<scalar_t> initial(g.in_channels, scalar_t(0));
     if (p.running) std::copy_n(p.running->const_data_ptr<scalar_t>(), g.in_channels, initial.begin());
-    const Accumulated<scalar_t> acc = accumulate<scalar_t>(kChannelOp, p, Kind::kChannel, initial.data());
+    const Accumulated<scalar_t> acc = accumulate<scalar_t>(kChannelOp, p, Kind::kChannel, with_output, initial.data());
     std::copy(acc.out.begin(), acc.out.end(), out.mutable_data_ptr<scalar_t>());
+    if (with_output) output = acc.output;
   });
-  return out;
+  return {out, output};
 }
 
 }  // namespace

@@ -1,13 +1,15 @@
 // CUDA sensitivity glue: checks, the sign split, z from cuDNN (one convolution with the
 // positive and negative weight parts as 2 x Cout outputs, in IEEE float32: no TF32), V = 1/z
 // with the eps rule, then the shared-memory reduction kernel, chunk by chunk of data points
-// so memory stays bounded.
+// so memory stays bounded. The layer's output, when asked, is one more cuDNN convolution of x
+// (in IEEE float32 like z): on the GPU that is faster than assembling it from z+ - z-.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/clamp_min.h>
 #include <ATen/ops/conv2d.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/maximum.h>
 #include <ATen/ops/reciprocal.h>
 #include <ATen/ops/stack.h>
@@ -18,6 +20,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "../common/exact_fp32.h"
@@ -75,21 +78,33 @@ at::Tensor accumulate_cuda(const char* op, const SensitivityProblem& p, at::IntA
   return acc;
 }
 
-at::Tensor weight_sensitivity_cuda(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                   c10::string_view reduce, const std::optional<at::Tensor>& running) {
+// conv(x, weight) without bias in IEEE float32 when asked, else an empty tensor (the schema returns two).
+at::Tensor layer_output(const SensitivityProblem& p, bool with_output, at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation) {
+  if (!with_output) return at::empty({0}, p.x.options());
+  const ExactFloat32Guard exact;
+  return at::conv2d(p.x, p.weight, {}, stride, padding, dilation, p.geo.groups);
+}
+
+std::tuple<at::Tensor, at::Tensor> weight_sensitivity_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                                           at::IntArrayRef stride, at::IntArrayRef padding,
+                                                           at::IntArrayRef dilation, int64_t groups,
+                                                           c10::string_view reduce,
+                                                           const std::optional<at::Tensor>& running, bool with_output) {
   const c10::cuda::CUDAGuard guard(x.device());
   const SensitivityProblem p = prepare_sensitivity(kWeightOp, x, weight, stride, padding, dilation, groups, reduce,
                                                    running, SensitivityLevel::kWeight, c10::DeviceType::CUDA);
   const at::Tensor acc = accumulate_cuda(kWeightOp, p, stride, padding, dilation);
   const double scale = reduce_scale<double>(p.reduce, positions(p.geo));
   at::Tensor out = at::abs(p.weight).reshape(acc.sizes()).mul(acc).mul(scale).reshape(p.weight.sizes());
-  return p.running ? at::maximum(out, *p.running) : out;
+  return {p.running ? at::maximum(out, *p.running) : out, layer_output(p, with_output, stride, padding, dilation)};
 }
 
-at::Tensor channel_sensitivity_cuda(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                    const std::optional<at::Tensor>& running) {
+std::tuple<at::Tensor, at::Tensor> channel_sensitivity_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                                            at::IntArrayRef stride, at::IntArrayRef padding,
+                                                            at::IntArrayRef dilation, int64_t groups,
+                                                            const std::optional<at::Tensor>& running,
+                                                            bool with_output) {
   const c10::cuda::CUDAGuard guard(x.device());
   const SensitivityProblem p = prepare_sensitivity(kChannelOp, x, weight, stride, padding, dilation, groups, "max",
                                                    running, SensitivityLevel::kChannel, c10::DeviceType::CUDA);
@@ -99,7 +114,7 @@ at::Tensor channel_sensitivity_cuda(const at::Tensor& x, const at::Tensor& weigh
   at::Tensor out = scores.view({g.groups, group_out_channels(g), group_in_channels(g), g.kh * g.kw})
                        .amax({1, 3})
                        .reshape({g.in_channels});
-  return p.running ? at::maximum(out, *p.running) : out;
+  return {p.running ? at::maximum(out, *p.running) : out, layer_output(p, with_output, stride, padding, dilation)};
 }
 
 }  // namespace

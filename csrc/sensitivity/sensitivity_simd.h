@@ -106,7 +106,9 @@ struct TileOps {
   }
 
   // Pass 1 for the units [u0, u1): z[(l - 2 u0) * NV ...] = V of list l (1/z+ or 1/z-).
-  static void inverses(const T* tile, const ListsView<T>& lists, int64_t u0, int64_t u1, V* z) {
+  // emit(z) sees z+ and z- themselves first (the layer's output is z+ - z-).
+  template <typename Emit>
+  static void inverses(const T* tile, const ListsView<T>& lists, int64_t u0, int64_t u1, V* z, const Emit& emit) {
     const int64_t l0 = 2 * u0, l1 = 2 * u1;
     const V zero = {};
     for (int64_t k = 0; k < (l1 - l0) * NV; ++k) z[k] = zero;
@@ -122,6 +124,7 @@ struct TileOps {
         }
       }
     }
+    emit(static_cast<const V*>(z));
     for (int64_t k = 0; k < (l1 - l0) * NV; ++k) z[k] = inverse_or_zero<V, T>(z[k]);
   }
 
@@ -202,9 +205,10 @@ struct WeightKernel {
 
   // Both passes for the units [u0, u1) of one group. z: scratch of 2 * NV vectors per unit;
   // slot: the accumulators of the units' entries, block by block in entry order
-  // (ListsView::count(2 u0, 2 u1) of them).
-  static void run(const T* tile, const ListsView<T>& lists, int64_t u0, int64_t u1, V* z, T* slot) {
-    Ops::inverses(tile, lists, u0, u1, z);
+  // (ListsView::count(2 u0, 2 u1) of them); emit: as TileOps::inverses.
+  template <typename Emit>
+  static void run(const T* tile, const ListsView<T>& lists, int64_t u0, int64_t u1, V* z, T* slot, const Emit& emit) {
+    Ops::inverses(tile, lists, u0, u1, z, emit);
     constexpr SensitivityReduce kFold = kFinal ? SensitivityReduce::kMax : SensitivityReduce::kMean;
     const int64_t l0 = 2 * u0, l1 = 2 * u1;
     for (int64_t b = 0; b < lists.blocks; ++b) {  // pass 2: reduce A * V
@@ -239,10 +243,11 @@ struct ChannelKernel {
   // Scratch: row maxima of every edge, then of every channel.
   static int64_t scratch_size(int64_t edges, int64_t channels) { return edges + channels; }
 
-  // best: the group's channels; kernel_area: edges per channel; z: as WeightKernel's.
+  // best: the group's channels; kernel_area: edges per channel; z, emit: as WeightKernel's.
+  template <typename Emit>
   static void run(const T* tile, const ListsView<T>& lists, int64_t u0, int64_t u1, int64_t kernel_area, V* z, T* best,
-                  T* scratch) {
-    Ops::inverses(tile, lists, u0, u1, z);
+                  T* scratch, const Emit& emit) {
+    Ops::inverses(tile, lists, u0, u1, z, emit);
     const int64_t channels = lists.channels;
     T* row_max = scratch;
     T* channel_max = scratch + channels * kernel_area;

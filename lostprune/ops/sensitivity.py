@@ -60,6 +60,8 @@ class _Layer:
                 f"{op}: x is on {x.device} but weight is on {weight.device}; move both to the same device"
             )
         self.weight_shape = weight.shape
+        self.linear_tokens: tuple[int, ...] | None = None  # a linear input's leading dims
+        self.unbatched = False
         self.dtype = torch.float64 if torch.float64 in (x.dtype, weight.dtype) else torch.float32
         weight = weight.detach().to(self.dtype)
         x = x.detach().to(self.dtype)
@@ -72,12 +74,14 @@ class _Layer:
                     f"{op}: a linear layer with weight {tuple(weight.shape)} needs x of shape "
                     f"[B, {features}] or [B, tokens, {features}], got {tuple(x.shape)}"
                 )
+            self.linear_tokens = tuple(x.shape[:-1])
             x = x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2).unsqueeze(-1)
             weight = weight[:, :, None, None]
             stride, padding, dilation, groups = (1, 1), (0, 0), (1, 1), 1
         elif weight.dim() == 4:
             if x.dim() == 3:  # an unbatched image
                 x = x.unsqueeze(0)
+                self.unbatched = True
             if x.dim() != 4:
                 raise ValueError(
                     f"{op}: a conv weight (4-D) needs x of shape [B, C, H, W], got {tuple(x.shape)}"
@@ -138,6 +142,18 @@ class _Layer:
 
     def finish(self, out: Tensor) -> Tensor:
         return out.reshape(self.out_shape)
+
+    def finish_output(self, y: Tensor) -> Tensor:
+        """The layer's output [B, Cout, oh, ow] in the caller's layout: [B, tokens..., Cout]
+        for a linear layer, [Cout, oh, ow] for an unbatched image."""
+        if self.linear_tokens is not None:  # contiguous, like F.linear's (callers may .view it)
+            return y.flatten(2).transpose(1, 2).reshape(*self.linear_tokens, y.shape[1]).contiguous()
+        return y[0] if self.unbatched else y
+
+    def conv_output(self) -> Tensor:
+        """conv(x, weight) without bias in the compute dtype (IEEE float32 on CUDA, not TF32)."""
+        with exact_fp32(self.x.is_cuda):
+            return F.conv2d(self.x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
 
     @property
     def cout_g(self) -> int:
@@ -365,7 +381,9 @@ def weight_sensitivity(
     groups: int = 1,
     reduce: str = "mean",
     running: Tensor | None = None,
-) -> Tensor:
+    *,
+    with_output: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """SiPP weight sensitivities of one layer for the batch ``x`` (docs/methods.md §Sensitivities).
 
     Args:
@@ -378,17 +396,35 @@ def weight_sensitivity(
         running: a previous result to continue from; the result is its elementwise max with
             this batch's, so ``running = weight_sensitivity(batch, ..., running=running)``
             streams a data set batch by batch.
+        with_output: also return the layer's output ``conv(x, weight)`` (``x @ weight.T`` for a
+            linear layer; no bias), in the scores' dtype. Scoring computes z+ and z- at every
+            position anyway and the output is z+ - z-, so on the CPU it comes almost free: a data
+            pass uses it instead of running the layer's convolution (lostprune.datapass).
 
     Returns:
         A tensor shaped like ``weight`` with values in [0, 1] (float32, or float64 when an input
-        is float64). Not differentiable (inputs are detached).
+        is float64), or ``(scores, output)`` with ``with_output``. Not differentiable (inputs
+        are detached).
     """
     _check_reduce(reduce)
     layer = _Layer(WEIGHT_OP, x, weight, stride, padding, dilation, groups, running, "weight")
     if use_kernel("weight_sensitivity", layer.x.device):
-        return layer.finish(torch.ops.lostprune.weight_sensitivity(*layer.op_args(), reduce, layer.running))
-    _check_finite(layer, WEIGHT_OP)
-    return _vectorized(layer, "weight", reduce)
+        scores, y = torch.ops.lostprune.weight_sensitivity(
+            *layer.op_args(), reduce, layer.running, with_output
+        )
+    else:
+        _check_finite(layer, WEIGHT_OP)
+        scores = _vectorized(layer, "weight", reduce)
+        y = layer.conv_output() if with_output else None
+    return _finished(layer, scores, y, with_output)
+
+
+def _finished(layer: _Layer, scores: Tensor, y: Tensor | None, with_output: bool):
+    scores = layer.finish(scores)
+    if not with_output:
+        return scores
+    assert y is not None
+    return scores, layer.finish_output(y)
 
 
 def channel_sensitivity(
@@ -399,16 +435,21 @@ def channel_sensitivity(
     dilation: IntPair = 1,
     groups: int = 1,
     running: Tensor | None = None,
-) -> Tensor:
+    *,
+    with_output: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """PFP channel sensitivities of one layer for the batch ``x`` (docs/methods.md §Sensitivities):
     one value per input channel, the max over data points, output units, kernel offsets and
     positions of the relative contribution g. Arguments as :func:`weight_sensitivity`; ``running``
     has one entry per input channel."""
     layer = _Layer(CHANNEL_OP, x, weight, stride, padding, dilation, groups, running, "channel")
     if use_kernel("channel_sensitivity", layer.x.device):
-        return layer.finish(torch.ops.lostprune.channel_sensitivity(*layer.op_args(), layer.running))
-    _check_finite(layer, CHANNEL_OP)
-    return _vectorized(layer, "channel", "max")
+        scores, y = torch.ops.lostprune.channel_sensitivity(*layer.op_args(), layer.running, with_output)
+    else:
+        _check_finite(layer, CHANNEL_OP)
+        scores = _vectorized(layer, "channel", "max")
+        y = layer.conv_output() if with_output else None
+    return _finished(layer, scores, y, with_output)
 
 
 # --------------------------------------------------------------------------- registrations
@@ -418,12 +459,19 @@ OPS = {
 }
 
 
-def _fake_weight(x, weight, stride, padding, dilation, groups, reduce, running):
-    return weight.new_empty(weight.shape)
+def _fake_output(x, weight, stride, padding, dilation, with_output: bool) -> Tensor:
+    if not with_output:
+        return x.new_empty((0,))
+    out_hw = conv_out_hw(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+    return x.new_empty((x.shape[0], weight.shape[0], *out_hw))
 
 
-def _fake_channel(x, weight, stride, padding, dilation, groups, running):
-    return x.new_empty((x.shape[1],))
+def _fake_weight(x, weight, stride, padding, dilation, groups, reduce, running, with_output=False):
+    return weight.new_empty(weight.shape), _fake_output(x, weight, stride, padding, dilation, with_output)
+
+
+def _fake_channel(x, weight, stride, padding, dilation, groups, running, with_output=False):
+    return x.new_empty((x.shape[1],)), _fake_output(x, weight, stride, padding, dilation, with_output)
 
 
 def register() -> None:

@@ -117,13 +117,15 @@ def evaluate(
     *,
     batch_size: int = 256,
     device: str | torch.device | None = None,
-    amp: bool | None = None,
+    amp: bool = False,
     loss_fn: Callable | None = None,
     progress: bool = False,
 ) -> dict:
     """Loss, accuracy and error of ``model`` on ``data`` (a Dataset, DataLoader or DataSplits,
     whose test split is used). Accuracy is top-1 per image, or per labelled pixel for
-    segmentation outputs (N x K x H x W; label 255 ignored)."""
+    segmentation outputs (N x K x H x W; label 255 ignored). The forward runs in the model's
+    own precision unless ``amp=True`` (autocast: float16 on CUDA, bfloat16 on the CPU), so
+    the numbers are those of every metric of the study and of training's validation."""
     from tqdm.auto import tqdm
 
     data = _as_dataset(data, "data", "test")
