@@ -149,6 +149,16 @@ def sensitivity() -> None:
                 ops.channel_sensitivity_reference(x, w, **conv),
                 rtol,
             )
+            # the layer's output that the ops return with the scores (with_output)
+            scores, y = ops.channel_sensitivity(xc, wc, **conv, with_output=True)
+            want = F.linear(x, w) if w.dim() == 2 else F.conv2d(x, w, None, **conv)
+            check(f"channel_sensitivity case {i} {dtype} output", y, want, rtol)
+            check(
+                f"channel_sensitivity case {i} {dtype} scores with output",
+                scores,
+                ops.channel_sensitivity(xc, wc, **conv),
+                0,
+            )
 
 
 def main() -> int:
