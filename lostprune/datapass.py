@@ -95,13 +95,22 @@ def _layer_score(
 _FUSED_OPS = {"weight": "weight_sensitivity", "channel": "channel_sensitivity"}
 
 
+def _may_run_in_op(module: nn.Module) -> bool:
+    """A plain Conv2d / Linear forward (not a subclass's own) whose weight is on the CPU: the
+    modules whose forward the pass swaps (never a CUDA module, which DataParallel may replicate)."""
+    return (
+        type(module).forward in (nn.Conv2d.forward, nn.Linear.forward)
+        and "forward" not in module.__dict__
+        and module.weight.device.type == "cpu"
+    )
+
+
 def _runs_in_op(module: nn.Module, x, kind: str, implementation: str) -> bool:
-    """Whether this call of ``module`` can take its output from the scoring op: a plain
-    Conv2d / Linear forward, a float32 / float64 input of the weight's dtype on the CPU, no
-    autocast, and the compiled CPU kernel (elsewhere the op would only run the conv itself)."""
+    """Whether this call of a swapped ``module`` can take its output from the scoring op: a
+    float32 / float64 input of the weight's dtype on the CPU, no autocast, and the compiled CPU
+    kernel (elsewhere the op would only run the conv itself)."""
     return (
         implementation == "kernel"
-        and type(module).forward in (nn.Conv2d.forward, nn.Linear.forward)
         and isinstance(x, Tensor)
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
@@ -197,7 +206,7 @@ def collect_sensitivities(
         if isinstance(module, SUPPORTED_LAYERS) and id(weight_parameter(module)) in key_of
     }
     handles = [module.register_forward_hook(make_hook(key)) for module, key in users.items()]
-    swapped = [module for module in users if fused and "forward" not in module.__dict__]
+    swapped = [module for module in users if fused and _may_run_in_op(module)]
     for module in swapped:
         module.forward = make_forward(users[module], module)
     was_training = model.training

@@ -309,3 +309,15 @@ def test_no_fusion_where_it_would_not_run_the_layer_exactly(compiled):
     assert ran == 1
     _, ran = _convolutions_run(model.bfloat16(), x.bfloat16())
     assert ran == 1
+
+
+@pytest.mark.cuda
+def test_cuda_layers_keep_their_own_forward(compiled):
+    """Only CPU modules are swapped: a CUDA module (which DataParallel may replicate, copying
+    its instance attributes) runs its own forward and is scored by the hook."""
+    model = TwoLayer().cuda()
+    swapped = []
+    handle = model.conv.register_forward_pre_hook(lambda m, args: swapped.append("forward" in m.__dict__))
+    scores = sensitivity_pass(model, _inputs(4).cuda(), progress=False)
+    handle.remove()
+    assert swapped == [False] and scores["conv"].is_cuda
