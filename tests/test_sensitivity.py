@@ -179,7 +179,7 @@ _OTHER_ISA_PROBE = """
 import json, torch
 from lostprune.ops import _build, channel_sensitivity, channel_sensitivity_literal, weight_sensitivity, \\
     weight_sensitivity_literal
-from tests.test_sensitivity import KERNEL_PATHS, TINY, _inputs
+from tests.test_sensitivity import KERNEL_PATHS, TINY, _inputs, _own_output, _with_output_cases
 worst = 0.0
 for name, x_shape, w_shape, conv in TINY + KERNEL_PATHS:
     x, w = _inputs(x_shape, w_shape, seed=4)
@@ -187,7 +187,11 @@ for name, x_shape, w_shape, conv in TINY + KERNEL_PATHS:
         diff = weight_sensitivity(x, w, reduce=reduce, **conv) - weight_sensitivity_literal(x, w, reduce=reduce, **conv)
         worst = max(worst, diff.abs().max().item())
     worst = max(worst, (channel_sensitivity(x, w, **conv) - channel_sensitivity_literal(x, w, **conv)).abs().max().item())
-print(json.dumps({"isa": _build.vector_isa(), "worst": worst}))
+output = 0.0  # the layer's output the ops return (this ISA's tiles place positions differently)
+for name, fn, kw, x, w, conv in _with_output_cases():
+    y = fn(x, w, **conv, **kw, with_output=True)[1]
+    output = max(output, (y - _own_output(x, w, conv)).abs().max().item())
+print(json.dumps({"isa": _build.vector_isa(), "worst": worst, "output": output}))
 """
 
 
@@ -225,6 +229,7 @@ def test_avx2_build_matches_literal():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["isa"] == "AVX2"
     assert result["worst"] < 1e-12
+    assert result["output"] < 1e-12
 
 
 @pytest.mark.parametrize("name,x_shape,w_shape,conv", TINY[:7], ids=[c[0] for c in TINY[:7]])
