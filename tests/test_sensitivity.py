@@ -436,6 +436,28 @@ def test_nan_or_inf_input_is_an_error(compiled, fn):
         fn(x, w, padding=1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_input_scan_finds_every_position(compiled, dtype):
+    """The kernel scans each image in vectors plus a scalar tail: a NaN / inf anywhere is an
+    error naming its sample, and a negative entry anywhere (but not -0.0) adds a data point."""
+    for numel in (5, 37, 64, 131):
+        for at in (0, numel // 2, numel - 1):
+            for bad in (float("nan"), float("inf"), -float("inf")):
+                x = torch.rand(3, 1, 1, numel, dtype=dtype)
+                x[2, 0, 0, at] = bad
+                with pytest.raises(RuntimeError, match="NaN or inf in sample 2"):
+                    weight_sensitivity(x, torch.ones(2, 1, 1, 1, dtype=dtype))
+            x = torch.rand(2, 1, 1, numel, dtype=dtype)
+            x[0, 0, 0, at] = -0.7  # missed, the output there would be 0
+            x[1, 0, 0, at] = -0.0
+            w = torch.randn(3, 1, 1, 1, dtype=dtype)
+            torch.testing.assert_close(
+                weight_sensitivity(x, w, reduce="max"), weight_sensitivity_literal(x, w, reduce="max")
+            )
+            _, y = weight_sensitivity(x, w, with_output=True)
+            torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w))
+
+
 @pytest.mark.parametrize("fn", [weight_sensitivity, weight_sensitivity_reference])
 def test_argument_errors_name_the_argument(compiled, fn):
     x, w = torch.randn(2, 4, 6, 6), torch.randn(6, 2, 3, 3)

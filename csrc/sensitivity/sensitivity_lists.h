@@ -26,11 +26,33 @@ inline bool all_finite(const T* v, int64_t n) {
   return ok;
 }
 
+// One image of the batch in one vectorized pass: whether every value is finite (x * 0 == 0
+// fails for NaN and inf) and whether any is negative (or NaN: it fails x >= 0).
+struct ImageScan {
+  bool finite, negative;
+};
+
 template <typename T>
-inline bool all_at_least_zero(const T* v, int64_t n) {
-  bool ok = true;
-  for (int64_t k = 0; k < n; ++k) ok &= v[k] >= T(0);
-  return ok;
+inline ImageScan scan_image(const T* v, int64_t n) {
+  using V = simd::Vec<T>;
+  constexpr int64_t kLanes = simd::kLanes<T>;
+  auto finite = V{} == V{}, nonnegative = finite;  // every lane true
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    const V x = simd::load(v + k);
+    finite &= x * T(0) == V{};
+    nonnegative &= x >= V{};
+  }
+  bool ok = true, at_least_zero = true;
+  for (int64_t i = 0; i < kLanes; ++i) {
+    ok &= finite[i] != 0;
+    at_least_zero &= nonnegative[i] != 0;
+  }
+  for (; k < n; ++k) {
+    ok &= v[k] * T(0) == T(0);
+    at_least_zero &= v[k] >= T(0);
+  }
+  return {ok, !at_least_zero};
 }
 
 // The signed weight lists of ListsView, owned; edge[k] is entry k's edge.
@@ -147,9 +169,9 @@ std::vector<DataPoint> data_points(const char* op, const SensitivityProblem& p) 
   const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(numel, 1));  // small scans inline
   at::parallel_for(0, p.batch, grain, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      const T* image = x + n * numel;
-      negative[n] = !all_at_least_zero(image, numel);
-      finite[n] = all_finite(image, numel);
+      const ImageScan scan = scan_image(x + n * numel, numel);
+      negative[n] = scan.negative;
+      finite[n] = scan.finite;
     }
   });
   std::vector<DataPoint> points;
