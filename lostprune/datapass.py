@@ -12,7 +12,8 @@ So on the CPU, where the compiled ops return it (``with_output``), a plain Conv2
 *in* its scoring op for the pass: its forward is swapped for one that takes the output from the
 op (plus bias) instead of convolving a second time, which saves about one convolution per layer
 (docs/methods.md §Sensitivities). Elsewhere (CUDA, the references, float16 / bfloat16, autocast,
-subclasses with their own forward) a forward hook scores the input after the layer's own forward.
+subclasses with their own forward) the layer runs its own forward and its input is scored after
+it (by a forward hook, or by the swapped forward itself).
 
     scores = sensitivity_pass(model, S, kind="weight")   # {layer name: tensor like its weight}
     scores = sensitivity_pass(model, S, kind="channel")  # {layer name: one value per input channel}
@@ -153,7 +154,6 @@ def collect_sensitivities(
     _check_layers(layers)
     scores: dict[str, Tensor] = {}
     batch_index = 0
-    scored_in_forward: set[nn.Module] = set()  # modules whose current call was scored by their forward
 
     def score(name: str, module: nn.Module, x, with_output: bool = False):
         if not isinstance(x, Tensor):
@@ -176,21 +176,20 @@ def collect_sensitivities(
 
     def make_hook(name: str):
         def hook(module, args, output):
-            if module in scored_in_forward:
-                scored_in_forward.discard(module)
-                return
             score(name, module, args[0] if args else None)
 
         return hook
 
     def make_forward(name: str, module: nn.Module):
+        """The swapped forward: the output from the scoring op where it can give it, else the
+        module's own forward, then its input scored (as the hook does for the others)."""
         own = module.forward
 
         def forward(*args, **kwargs):
-            if len(args) != 1 or kwargs or not _runs_in_op(module, args[0], kind, implementation):
-                return own(*args, **kwargs)  # the hook scores it
-            y = score(name, module, args[0], with_output=True)
-            scored_in_forward.add(module)
+            if len(args) == 1 and not kwargs and _runs_in_op(module, args[0], kind, implementation):
+                return score(name, module, args[0], with_output=True)
+            y = own(*args, **kwargs)
+            score(name, module, args[0] if args else None)
             return y
 
         return forward
@@ -205,10 +204,12 @@ def collect_sensitivities(
         for module in [*layers.values(), *model.modules()]
         if isinstance(module, SUPPORTED_LAYERS) and id(weight_parameter(module)) in key_of
     }
-    handles = [module.register_forward_hook(make_hook(key)) for module, key in users.items()]
-    swapped = [module for module in users if fused and _may_run_in_op(module)]
+    swapped = {module for module in users if fused and _may_run_in_op(module)}
     for module in swapped:
         module.forward = make_forward(users[module], module)
+    handles = [
+        module.register_forward_hook(make_hook(key)) for module, key in users.items() if module not in swapped
+    ]
     was_training = model.training
     model.eval()  # never update BatchNorm statistics while scoring
     seen = 0
