@@ -408,18 +408,21 @@ def weight_sensitivity(
     """
     _check_reduce(reduce)
     layer = _Layer(WEIGHT_OP, x, weight, stride, padding, dilation, groups, running, "weight")
-    if use_kernel("weight_sensitivity", layer.x.device):
-        scores, y = torch.ops.lostprune.weight_sensitivity(
-            *layer.op_args(), reduce, layer.running, with_output
-        )
+    return _scored(layer, "weight", reduce, with_output)
+
+
+def _scored(layer: _Layer, level: str, reduce: str, with_output: bool):
+    """Both public ops on a prepared layer: the compiled kernel, or without one the vectorized
+    reference (and the layer's output from a convolution); scores, or (scores, output)."""
+    qualified = WEIGHT_OP if level == "weight" else CHANNEL_OP
+    op = qualified.removeprefix("lostprune.")
+    if use_kernel(op, layer.x.device):
+        by_level = (reduce,) if level == "weight" else ()
+        scores, y = getattr(torch.ops.lostprune, op)(*layer.op_args(), *by_level, layer.running, with_output)
     else:
-        _check_finite(layer, WEIGHT_OP)
-        scores = _vectorized(layer, "weight", reduce)
+        _check_finite(layer, qualified)
+        scores = _vectorized(layer, level, reduce)
         y = layer.conv_output() if with_output else None
-    return _finished(layer, scores, y, with_output)
-
-
-def _finished(layer: _Layer, scores: Tensor, y: Tensor | None, with_output: bool):
     scores = layer.finish(scores)
     if not with_output:
         return scores
@@ -443,13 +446,7 @@ def channel_sensitivity(
     positions of the relative contribution g. Arguments as :func:`weight_sensitivity`; ``running``
     has one entry per input channel."""
     layer = _Layer(CHANNEL_OP, x, weight, stride, padding, dilation, groups, running, "channel")
-    if use_kernel("channel_sensitivity", layer.x.device):
-        scores, y = torch.ops.lostprune.channel_sensitivity(*layer.op_args(), layer.running, with_output)
-    else:
-        _check_finite(layer, CHANNEL_OP)
-        scores = _vectorized(layer, "channel", "max")
-        y = layer.conv_output() if with_output else None
-    return _finished(layer, scores, y, with_output)
+    return _scored(layer, "channel", "max", with_output)
 
 
 # --------------------------------------------------------------------------- registrations
