@@ -7,7 +7,6 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <limits>
 #include <vector>
 
 #include "sensitivity.h"
@@ -17,17 +16,8 @@
 
 namespace lostprune::sensitivity_cpu {
 
-// True when every value is finite (vectorizable: NaN fails every comparison).
-template <typename T>
-inline bool all_finite(const T* v, int64_t n) {
-  const T big = std::numeric_limits<T>::max();
-  bool ok = true;
-  for (int64_t k = 0; k < n; ++k) ok &= (v[k] >= -big) & (v[k] <= big);
-  return ok;
-}
-
-// One image of the batch in one vectorized pass: whether every value is finite (x * 0 == 0
-// fails for NaN and inf) and whether any is negative (or NaN: it fails x >= 0).
+// Values (an image of the batch, a weight row) in one vectorized pass: whether every one is
+// finite (x * 0 == 0 fails for NaN and inf) and whether any is negative (or NaN: it fails x >= 0).
 struct ImageScan {
   bool finite, negative;
 };
@@ -96,7 +86,7 @@ SignedLists<T> signed_lists(const char* op, const T* w, int64_t cout, int64_t ed
   at::parallel_for(0, cout, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const T* row = w + i * edges;
-      finite[i] = all_finite(row, edges);
+      finite[i] = scan_image(row, edges).finite;
       for (int64_t b = 0; b < blocks; ++b) {
         int64_t pos = 0, neg = 0;
         for (int64_t r = b * block_edges; r < std::min(edges, (b + 1) * block_edges); ++r) {
