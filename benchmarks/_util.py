@@ -12,6 +12,8 @@ import torch
 from lostprune.timing import interleaved_ratio, time_call  # noqa: F401  (re-exported for the suites)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The AVX2 build on an AVX-512 machine: our kernels, oneDNN and ATen all limited to AVX2.
+AVX2_ENV = {"LOSTPRUNE_MARCH": "x86-64-v3", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def machine_line() -> str:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lostprune.sparse
-from benchmarks._util import interleaved_ratio, write_section
+from benchmarks._util import AVX2_ENV, interleaved_ratio, write_section
 from lostprune.ops import pack_weight, sparse_conv2d
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -122,8 +122,6 @@ def test_resnet18_wt90(benchmark, impl):
 
 
 # --------------------------------------------------------------------------- end to end
-# The AVX2 build, on an AVX-512 machine: our kernels, oneDNN and ATen all limited to AVX2.
-AVX2_ENV = {"LOSTPRUNE_MARCH": "x86-64-v3", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 RATIOS = (0.9, 0.95)
 CONFIGS = ((1, 1), (1, 2), (32, 2))  # (batch, threads)
 

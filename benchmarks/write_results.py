@@ -22,6 +22,7 @@ ORDER = [
     "shape_pass",
     "sparse",
     "sparse_ceiling",
+    "pool",
     "gpu",
     "corruptions",
     "robust_training",

@@ -27,6 +27,9 @@ TORCH_LIBRARY(lostprune, m) {
   m.def(
       "channel_sensitivity(Tensor x, Tensor weight, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, Tensor? running, bool with_output=False) -> (Tensor, Tensor)");
+  // Max-pooling of NCHW planes (floor mode, no dilation), exactly torch's max_pool2d: padding
+  // reads as -inf, NaN propagates. A vectorized CPU kernel (torch's NCHW CPU pool is scalar).
+  m.def("max_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
   // The vector ISA the CPU kernels were compiled for ("AVX-512", "AVX2", ...; common/simd.h).
   m.def("cpu_vector_isa() -> str");
 }

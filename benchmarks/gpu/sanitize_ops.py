@@ -5,8 +5,8 @@
 Covers each kernel and path: gather (every element size), the tiled sparse convolution
 (lanes splitting the nonzeros, several images per tile, column tiles, channel chunks,
 grouped and depthwise, the fused epilogue), its unstaged path (huge dilation), the sparse
-linear kernel, and both sensitivity reductions (float32 and float64, groups, stride,
-dilation, signed inputs). Each result is compared with the PyTorch reference on the CPU, so
+linear kernel, both sensitivity reductions (float32 and float64, groups, stride,
+dilation, signed inputs) and max-pooling (padding, NaN, odd maps). Each result is compared with the PyTorch reference on the CPU, so
 the script also fails (exit 1) on a wrong answer. Shapes are tiny: under the sanitizer
 every access is checked. Run with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so every tensor is its
 own allocation and an access past its end is caught. ``--device cpu`` runs the same calls on
@@ -161,6 +161,22 @@ def sensitivity() -> None:
             )
 
 
+def max_pool() -> None:
+    gen = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.float64):
+        for k, stride, padding in ((3, 2, 1), (2, 2, 0), ((3, 2), (1, 2), (1, 0))):
+            x = torch.randn(2, 3, 13, 9, generator=gen, dtype=dtype)
+            x[1, 2, 5, 4] = float("nan")
+            got = ops.max_pool2d(x.to(DEVICE), k, stride, padding).cpu()
+            want = F.max_pool2d(x, k, stride, padding)
+            ok = got.shape == want.shape and torch.allclose(got, want, rtol=0, atol=0, equal_nan=True)
+            if not ok:
+                FAILURES.append(f"max_pool2d {dtype} {k} {stride} {padding}")
+            print(
+                f"{'ok' if ok else 'FAIL':4} max_pool2d {dtype} kernel {k} stride {stride} padding {padding}"
+            )
+
+
 def main() -> int:
     global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -176,6 +192,7 @@ def main() -> int:
     gather()
     sparse()
     sensitivity()
+    max_pool()
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     print(f"{len(FAILURES)} wrong results" + (": " + ", ".join(FAILURES) if FAILURES else ""))

@@ -198,4 +198,16 @@ LP_SIMD_INLINE void store_narrow(T* p, NarrowVec<T, G> v) {  // unaligned
   std::memcpy(p, &v, sizeof v);
 }
 
+// Lane i: element 2i of the 2 L values a then b (the even elements; pass the vectors one
+// element on for the odd ones). One permute (vpermt2ps / vshufps + vpermpd).
+template <typename T, int... I>
+LP_SIMD_INLINE Vec<T> even_lanes(Vec<T> a, Vec<T> b, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(a, b, (2 * I)...);
+}
+
+template <typename T>
+LP_SIMD_INLINE Vec<T> even_lanes(Vec<T> a, Vec<T> b) {
+  return even_lanes<T>(a, b, std::make_integer_sequence<int, kLanes<T>>{});
+}
+
 }  // namespace lostprune::simd

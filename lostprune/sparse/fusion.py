@@ -5,8 +5,9 @@ converter makes, found with torch.fx.
   conv's weight and bias (a per-output-channel scale keeps the sparsity pattern);
 - conv [→ BN] [→ + residual] → ReLU, when the conv goes sparse: the residual add and the ReLU
   run in the sparse kernel's epilogue (``SparseConv2d(relu=True)(x, residual)``);
-- max-pooling on CPU runs as two vectorized passes (``FastMaxPool2d``): torch's NCHW CPU
-  max-pool is scalar (6.6 ms vs 0.5 ms for resnet18's stem pool, one thread); exact.
+- max-pooling on CPU runs in lostprune's vectorized kernel (``FastMaxPool2d``,
+  ``ops.max_pool2d``): torch's NCHW CPU max-pool is scalar (6.6 ms for resnet18's stem pool,
+  one thread); exact.
 
 Nothing is folded in training mode (BatchNorm then uses batch statistics); a conv whose
 output has other readers, or a conv module called twice, is left as it is.
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..core.masks import effective_weight
+from ..ops import max_pool2d
 from ..ops._conv_args import conv_out_size, pair
 from ..structure.folded_conv import FoldedConv2d
 from .modules import SparseConv2d, SparseLinear
@@ -34,11 +36,11 @@ _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 
 
 class FastMaxPool2d(nn.MaxPool2d):
-    """``nn.MaxPool2d`` that pools a CPU float NCHW input in two vectorized passes: rows
-    through torch's channels-last kernel on a view whose "channels" are the image columns,
-    then columns through torch's 1-d pool. Same values (padding reads as -inf, NaN
-    propagates); channels-last inputs, other devices, dilation, ceil_mode and indices take
-    the plain path."""
+    """``nn.MaxPool2d`` that pools a CPU float32 / float64 NCHW input with
+    ``lostprune.ops.max_pool2d`` (vectorized; torch's NCHW CPU pool is scalar). Same values
+    (padding reads as -inf, NaN propagates); channels-last inputs (torch's kernel for that
+    layout is vectorized already), other devices and dtypes, dilation, ceil_mode and indices
+    take the plain path, and so do arguments torch rejects (its own error message)."""
 
     def forward(self, x: Tensor) -> Tensor:
         k, s, p = (
@@ -55,22 +57,14 @@ class FastMaxPool2d(nn.MaxPool2d):
             or self.return_indices
             or self.ceil_mode
             or pair(self.dilation, "dilation", "FastMaxPool2d", 1) != (1, 1)
-            or not x.is_floating_point()
-            or any(2 * pad > size for pad, size in zip(p, k))  # torch's error message
-            or any(  # an output too small: torch's error message too
-                conv_out_size(n, kk, ss, pp, 1) < 1 for n, kk, ss, pp in zip(x.shape[-2:], k, s, p)
-            )
+            or x.dtype not in (torch.float32, torch.float64)
+            or min(k + s) < 1
+            or any(2 * pad > size for pad, size in zip(p, k))
+            or any(conv_out_size(n, kk, ss, pp, 1) < 1 for n, kk, ss, pp in zip(x.shape[-2:], k, s, p))
             or _channels_last(x)
-        ):  # torch's channels-last kernel is vectorized already; keep the layout
+        ):
             return super().forward(x)
-        n, c, h, w = x.shape
-        rows = x.contiguous().reshape(n * c, h, 1, w).permute(0, 3, 1, 2)  # channels-last [n*c, w, h, 1]
-        rows = F.max_pool2d(rows, (k[0], 1), (s[0], 1), (p[0], 0))
-        h2 = rows.shape[2]
-        rows = rows.permute(0, 2, 3, 1).reshape(n * c, h2, w)
-        # columns: torch's 1-d pool without indices is vectorized (a third of strided maxima's time)
-        out = F.max_pool1d(rows, k[1], s[1], p[1])
-        return out.reshape(n, c, h2, out.shape[-1])
+        return max_pool2d(x, k, s, p)
 
     @classmethod
     def from_pool(cls, pool: nn.MaxPool2d) -> FastMaxPool2d:
