@@ -1,4 +1,4 @@
-// CPU max-pool of NCHW planes (torch's NCHW CPU pool is scalar: about 6.6 ms for resnet18's
+// CPU max-pool of NCHW planes (torch's NCHW CPU pool is scalar: about 6 ms for resnet18's
 // stem pool at batch 1, one thread). Per output row, the maximum over the window's input rows
 // goes into a row buffer (contiguous, vectorized); then the window's columns fold in one column
 // offset at a time over the whole output row, in vectors for strides 1 and 2. The buffer's

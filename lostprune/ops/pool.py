@@ -1,6 +1,6 @@
 """Max-pooling of NCHW planes: ``F.max_pool2d`` (floor mode, no dilation) with a vectorized CPU
 kernel, because torch's CPU max-pool is scalar in the NCHW layout (resnet18's stem pool:
-6.6 ms at batch 1, one thread, against a fraction of a millisecond vectorized). Same values
+about 6 ms at batch 1, one thread, against 0.2 ms here; benchmarks/results/pool.md). Same values
 as torch: padding reads as -inf and NaN propagates. Wrapper, plain-PyTorch reference, fake
 and autograd kernels."""
 

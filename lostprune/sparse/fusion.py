@@ -6,8 +6,8 @@ converter makes, found with torch.fx.
 - conv [→ BN] [→ + residual] → ReLU, when the conv goes sparse: the residual add and the ReLU
   run in the sparse kernel's epilogue (``SparseConv2d(relu=True)(x, residual)``);
 - max-pooling on CPU runs in lostprune's vectorized kernel (``FastMaxPool2d``,
-  ``ops.max_pool2d``): torch's NCHW CPU max-pool is scalar (6.6 ms for resnet18's stem pool,
-  one thread); exact.
+  ``ops.max_pool2d``): torch's NCHW CPU max-pool is scalar (about 6 ms for resnet18's stem pool,
+  one thread, against 0.2 ms); exact.
 
 Nothing is folded in training mode (BatchNorm then uses batch statistics); a conv whose
 output has other readers, or a conv module called twice, is left as it is.
