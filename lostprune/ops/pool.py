@@ -16,8 +16,11 @@ from ._conv_args import IntPair, conv_out_size, pair
 OP = "lostprune.max_pool2d"
 
 
-def _check(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> None:
-    """The kernels' checks, with the same messages (the reference makes them too)."""
+def _check(
+    x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> tuple[int, int]:
+    """The kernels' checks, with the same messages (the reference makes them too); the output's
+    height and width."""
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"{OP}: x must have 4 dimensions [N, C, H, W], got shape {shape}")
@@ -35,6 +38,7 @@ def _check(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding:
             f"(kernel_size {list(kernel)}, stride {list(stride)}, padding {list(padding)}); "
             "it must be at least 1 x 1"
         )
+    return out[0], out[1]
 
 
 def max_pool2d_reference(x: Tensor, kernel_size, stride, padding) -> Tensor:
@@ -66,8 +70,7 @@ OPS = {"max_pool2d": max_pool2d_reference}
 
 
 def _fake(x, kernel_size, stride, padding):
-    _check(x, tuple(kernel_size), tuple(stride), tuple(padding))
-    h, w = (conv_out_size(n, k, s, p, 1) for n, k, s, p in zip(x.shape[-2:], kernel_size, stride, padding))
+    h, w = _check(x, tuple(kernel_size), tuple(stride), tuple(padding))
     return x.new_empty((x.shape[0], x.shape[1], h, w))
 
 
