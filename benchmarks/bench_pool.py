@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
-from benchmarks._util import AVX2_ENV, write_section
+from benchmarks._util import AVX2_ENV, cpu_model, write_section
 from lostprune.ops import max_pool2d
 from lostprune.timing import interleaved_ratio
 
@@ -109,7 +109,8 @@ def main() -> None:
         for r in results
     ]
     body = (
-        "CPU float32, one thread, thread CPU time, medians of interleaved rounds (each baseline "
+        f"CPU: {cpu_model()}; "
+        "float32, one thread, thread CPU time, medians of interleaved rounds (each baseline "
         "alternates with the kernel). Same values as torch in every case (checked before timing). "
         "torch's NCHW CPU max-pool is scalar; the channels-last one is vectorized (oneDNN's layout), "
         'the speed a channels-last dense model gets; "two passes" is what FastMaxPool2d ran before '

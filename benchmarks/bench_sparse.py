@@ -19,11 +19,9 @@ the time goes at batch 1, one thread.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,7 +36,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lostprune.sparse
-from benchmarks._util import AVX2_ENV, interleaved_ratio, write_section
+from benchmarks._util import AVX2_ENV, cpu_model, interleaved_ratio, write_section
 from lostprune.ops import pack_weight, sparse_conv2d
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -327,14 +325,6 @@ def end_to_end(ratio: float, batch: int, threads: int, rounds: int) -> dict:
         "error": err,
         "decisions": report.summary() if batch == 1 and threads == 1 else None,
     }
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def measure(label: str, quick: bool) -> dict:
