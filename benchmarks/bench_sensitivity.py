@@ -250,16 +250,16 @@ def peak_extra(name: str, batch: int, kind: str, reduce: str, what: str, env_upd
 # --------------------------------------------------------------------------- profile (perf)
 # Where a pass's samples fall: kernel symbols by phase (the rest is the forward and torch).
 PHASES = [
-    ("pass 1: z = W± A, V = 1/z", r"TileOps<.*>::inverses"),
-    ("pass 2: SiPP reduction of A V", r"WeightKernel<.*>::run"),
+    ("pass 1: z = W± A, V = 1/z", r"TileOps<.*>::inverses|LaneOps<.*>::(patch|list_block)"),
+    ("pass 2: SiPP reduction of A V", r"WeightKernel<.*>::run|LaneOps<.*>::reduce_"),
     ("pass 2: PFP bound tests + reductions", r"ChannelKernel<.*>::run"),
-    ("im2col tiles", r"build_tile|copy_split_segment"),
+    ("im2col tiles, batch-lane input", r"build_tile|copy_split_segment|build_lane_input"),
     ("signed weight lists", r"signed_lists"),
     (
         "driver: input scan, item folds, scores out",
         (
             r"data_points|weight_sensitivity_cpu|channel_sensitivity_cpu|"
-            r"accumulate_tiles"
+            r"accumulate_tiles|accumulate_lanes"
         ),
     ),
 ]

@@ -38,7 +38,7 @@ TINY = [
 
 # Shapes that reach every path of the CPU kernels: tiles packed with several data points (few
 # positions per point), partial sums over several tiles of one data point, channel bounds
-# tested a vector of channels at a time plus the tail, pointwise and grouped.
+# tested a vector of channels at a time plus the tail, pointwise and grouped, batch lanes.
 KERNEL_PATHS = [
     ("packed_points_7x7", (6, 8, 7, 7), (5, 8, 3, 3), dict(padding=1)),
     ("packed_tiny_maps", (9, 4, 3, 3), (6, 4, 3, 3), dict(padding=1)),
@@ -49,6 +49,17 @@ KERNEL_PATHS = [
     # one position: every channel bound equals its value, so a bound that skips too much shows
     ("linear_one_sample", (1, 40), (30, 40), {}),
     ("one_position", (2, 24, 1, 1), (20, 24, 1, 1), {}),
+    # the weight mean's batch-lane path (small maps, at least 3/4 of the lanes filled with data
+    # points, at every vector width up to 16 float32 lanes): whole vectors of points, a partly
+    # filled last vector with strides, dilation, padding and groups, depthwise
+    ("batch_lanes_7x7", (32, 6, 7, 7), (5, 6, 3, 3), dict(padding=1)),
+    (
+        "batch_lanes_partial_strided",
+        (13, 4, 6, 5),
+        (6, 2, 3, 2),
+        dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
+    ),
+    ("batch_lanes_depthwise", (16, 3, 7, 7), (3, 1, 3, 3), dict(padding=1, groups=3)),
 ]
 
 

@@ -3,13 +3,15 @@
 // lists, data points of the sign split), the tiles from sensitivity_tile.h, the arithmetic
 // from sensitivity_simd.h (both passes on one tile). For a weight mean a tile holds one data
 // point, or several small ones (its sums are per data point); otherwise it runs across data
-// points (max over data points and positions commute). Memory: per running work item one
-// tile, z for its units and the accumulators of its units' nonzero weights (or of its group's
-// input channels); nothing of size batch x weight x positions. On request the pass also
-// returns the layer's output, z+ - z- of each image's data point(s), so a data pass need not
-// run the convolution a second time. Every (data point, unit, position) is in exactly one tile
-// of one work item; only an image's a+ and a- points write the same outputs, added under the
-// image's lock into zeros (two terms: the sum is the same in either order).
+// points (max over data points and positions commute). A weight mean on small maps takes the
+// batch-lane path instead (sensitivity_lanes.h: vector lanes over data points, no tiles).
+// Memory: per running work item one tile, z for its units and the accumulators of its units'
+// nonzero weights (or of its group's input channels), plus the batch-lane input on that path;
+// nothing of size batch x weight x positions. On request the pass also returns the layer's
+// output, z+ - z- of each image's data point(s), so a data pass need not run the convolution
+// a second time. Every (data point, unit, position) is in exactly one work item (one tile of
+// it); only an image's a+ and a- points write the same outputs, added under the image's lock
+// into zeros (two terms: the sum is the same in either order).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "sensitivity.h"
+#include "sensitivity_lanes.h"
 #include "sensitivity_lists.h"
 #include "sensitivity_prepare.h"
 #include "sensitivity_simd.h"
@@ -255,6 +258,131 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
   });
 }
 
+// The batch-lane path (sensitivity_lanes.h) of a weight mean: taken for small maps (a padded
+// plane of at most 10 x 10: 7 x 7 and 8 x 8 maps of 3 x 3 kernels; larger ones measured slower
+// than the tiles, benchmarks/RESULTS.md) where the data points fill at least 3/4 of the lanes.
+// A block of entries covers whole channels, about 128 KB of the input (L2: larger blocks
+// measured faster than L1-sized ones, fewer z round trips per block).
+constexpr int64_t kLanePlanePixels = 100, kLaneBlockBytes = 128 << 10;
+
+template <typename T>
+bool use_lanes(const SensGeometry& g, int64_t n_points) {
+  constexpr int64_t lanes = simd::kLanes<T>;
+  const LaneGeometry lg = lane_geometry(g, lanes);
+  const int64_t vectors = (n_points + lanes - 1) / lanes;
+  return positions(g) > 1 && lg.hp * lg.wp <= kLanePlanePixels && 4 * n_points >= 3 * vectors * lanes &&
+         g.in_channels * lg.plane < std::numeric_limits<int32_t>::max();
+}
+
+template <typename T>
+int64_t lane_block_edges(const SensGeometry& g) {
+  const LaneGeometry lg = lane_geometry(g, simd::kLanes<T>);
+  return std::max<int64_t>(1, kLaneBlockBytes / (lg.plane * int64_t(sizeof(T)))) * g.kh * g.kw;
+}
+
+// Work items are (vector of data points, unit chunk): pass 1 of the chunk's units over every
+// block, the output, V, then pass 2; each item folds its entries' maxima into `out` under its
+// chunk's lock, as accumulate_tiles does. Entry rows are offsets into the batch-lane input.
+template <typename T>
+void accumulate_lanes(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
+                      T* out, OutputSink<T> sink) {
+  using Ops = LaneOps<T>;
+  using V = simd::Vec<T>;
+  constexpr int64_t L = simd::kLanes<T>;
+  const SensGeometry& g = p.geo;
+  const LaneGeometry lg = lane_geometry(g, L);
+  const int64_t n_points = static_cast<int64_t>(points.size()), n_vectors = (n_points + L - 1) / L;
+  const int64_t P = positions(g), cin = g.in_channels;
+  const ListsView<T> view = lists.view();
+  const T* x = p.x.const_data_ptr<T>();
+
+  // The batch-lane input of every vector of data points, built once (64-byte aligned).
+  at::Tensor input = at::empty({n_vectors * cin * lg.plane}, p.x.options());
+  T* lanes_in = input.mutable_data_ptr<T>();
+  at::parallel_for(0, n_vectors * cin, std::max<int64_t>(1, (1 << 16) / lg.plane), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t v = i / cin, c = i % cin;
+      build_lane_input(g, lg, x, points.data() + v * L, std::min(L, n_points - v * L), c, c + 1,
+                       lanes_in + v * cin * lg.plane);
+    }
+  });
+
+  // Chunks of at most 64 units (z of a chunk stays in L2), enough items for every thread.
+  const int64_t threads = at::get_num_threads(), cout_g = group_out_channels(g);
+  const int64_t pieces = std::clamp<int64_t>(std::max((4 * threads + n_vectors - 1) / n_vectors, (cout_g + 63) / 64), 1,
+                                             std::max<int64_t>(1, cout_g / 8));
+  const std::vector<UnitChunk> chunks = unit_chunks(g, pieces);
+  const int64_t n_chunks = static_cast<int64_t>(chunks.size()), n_items = n_vectors * n_chunks;
+  std::vector<int64_t> count(n_chunks);
+  int64_t widest = 0, most_entries = 0;
+  for (int64_t i = 0; i < n_chunks; ++i) {
+    count[i] = view.count(2 * chunks[i].u0, 2 * chunks[i].u1);
+    widest = std::max(widest, chunks[i].u1 - chunks[i].u0);
+    most_entries = std::max(most_entries, count[i]);
+  }
+  std::vector<std::mutex> locks(n_chunks);
+  const double work = static_cast<double>(n_points) * P * lists.entries();
+  const int64_t grain = work < double(1 << 21) ? n_items : 1;
+  at::parallel_for(0, n_items, grain, [&](int64_t begin, int64_t end) {
+    Scratch scratch(p.x.options(), 0, widest * 2 * P * L, most_entries, 0);
+    V* z = reinterpret_cast<V*>(scratch.z.template mutable_data_ptr<T>());
+    T* mine = scratch.slots.template mutable_data_ptr<T>();
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t ci = item % n_chunks, vec = item / n_chunks;
+      const UnitChunk& c = chunks[ci];
+      const T* in = lanes_in + vec * cin * lg.plane;
+      const int64_t first_point = vec * L, live = std::min(L, n_points - first_point);
+      std::fill(z, z + (c.u1 - c.u0) * 2 * P, V{});
+      for (int64_t b = 0; b < view.blocks; ++b) {  // pass 1: z+ and z- of every unit
+        for (int64_t u = c.u0; u < c.u1; ++u) {
+          const int64_t kp = view.begin(b, 2 * u), kn = view.begin(b, 2 * u + 1), e = view.begin(b, 2 * u + 2);
+          if (kp == e) continue;
+          V* zp = z + (u - c.u0) * 2 * P;
+          Ops::list_block(in, lg, view.entry, kp, kn, zp);
+          Ops::list_block(in, lg, view.entry, kn, e, zp + P);
+        }
+      }
+      if (sink.y != nullptr) {  // the output, z+ - z-, lane by lane into each data point's image
+        const T* zt = reinterpret_cast<const T*>(z);
+        for (int64_t d = 0; d < live; ++d) {
+          const DataPoint& point = points[first_point + d];
+          T* image = sink.y + point.image * g.out_channels * P;
+          std::unique_lock<std::mutex> hold;
+          if (sink.image_locks != nullptr) hold = std::unique_lock<std::mutex>(sink.image_locks[point.image]);
+          const T sign = sink.image_locks == nullptr || point.sign > 0 ? T(1) : T(-1);
+          for (int64_t u = c.u0; u < c.u1; ++u) {
+            const T* zp = zt + (u - c.u0) * 2 * P * L + d;
+            const T* zn = zp + P * L;
+            T* dst = image + u * P;
+            if (sink.image_locks == nullptr) {
+              for (int64_t q = 0; q < P; ++q) dst[q] = zp[q * L] - zn[q * L];
+            } else {
+              for (int64_t q = 0; q < P; ++q) dst[q] += sign * (zp[q * L] - zn[q * L]);
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < (c.u1 - c.u0) * 2 * P; ++k) z[k] = inverse_or_zero<V, T>(z[k]);
+      std::fill(mine, mine + count[ci], T(0));
+      T* slot = mine;
+      for (int64_t b = 0; b < view.blocks; ++b) {  // pass 2: sums of A * V, max over the lanes
+        const int64_t first = view.begin(b, 2 * c.u0);
+        for (int64_t l = 2 * c.u0; l < 2 * c.u1; ++l) {
+          const int64_t k0 = view.begin(b, l), k1 = view.begin(b, l + 1);
+          if (k0 < k1) Ops::reduce_list(in, view.entry, k0, k1, z + (l - 2 * c.u0) * P, lg, slot + (k0 - first));
+        }
+        slot += view.begin(b, 2 * c.u1) - first;
+      }
+      const std::lock_guard<std::mutex> hold(locks[ci]);
+      const T* from = mine;
+      for (int64_t b = 0; b < view.blocks; ++b) {  // back to entry order
+        const int64_t k0 = view.begin(b, 2 * c.u0), k1 = view.begin(b, 2 * c.u1);
+        for (int64_t k = k0; k < k1; ++k, ++from) out[k] = std::max(out[k], *from);
+      }
+    }
+  });
+}
+
 // A mean's tile with data points of `Segment` vectors packed kWideVectors / Segment to a tile.
 template <typename T, int Segment>
 void accumulate_packed(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
@@ -314,17 +442,38 @@ Accumulated<T> accumulate(const char* op, const SensitivityProblem& p, Kind kind
   const std::vector<DataPoint> points = data_points<T>(op, p);
   // A mean over one position is that position's value: the max computes the same numbers.
   if (kind == Kind::kWeightMean && positions(g) == 1) kind = Kind::kWeightMax;
+  const bool lanes = kind == Kind::kWeightMean && use_lanes<T>(g, static_cast<int64_t>(points.size()));
   const TilePlan plan = tile_plan<T>(kind, positions(g), static_cast<int64_t>(points.size()));
-  TORCH_CHECK(edges * plan.width < std::numeric_limits<int32_t>::max(), op, ": a weight row of ", edges,
+  TORCH_CHECK(lanes || edges * plan.width < std::numeric_limits<int32_t>::max(), op, ": a weight row of ", edges,
               " entries is too long for the CPU kernel");
   // Channel sensitivities test a list's entries channel by channel: blocks hold whole channels.
   const int64_t area = g.kh * g.kw;
-  int64_t block = block_edges(plan.width * int64_t(sizeof(T)));
+  int64_t block = lanes ? lane_block_edges<T>(g) : block_edges(plan.width * int64_t(sizeof(T)));
   if (kind == Kind::kChannel) block = std::max<int64_t>(1, block / area) * area;
-  Accumulated<T> acc{
-      signed_lists(op, p.weight.const_data_ptr<T>(), cout, edges, plan.width, block, kind == Kind::kChannel ? area : 0),
-      {},
-      {}};
+  Accumulated<T> acc{signed_lists(op, p.weight.const_data_ptr<T>(), cout, edges, lanes ? 1 : plan.width, block,
+                                  kind == Kind::kChannel ? area : 0),
+                     {},
+                     {}};
+  if (lanes) {  // entry rows: offsets of the edges' taps in the batch-lane input
+    const LaneGeometry lg = lane_geometry(g, simd::kLanes<T>);
+    std::vector<int32_t> offset(g.groups * edges);
+    for (int64_t group = 0; group < g.groups; ++group) {
+      for (int64_t r = 0; r < edges; ++r)
+        offset[group * edges + r] = static_cast<int32_t>(lane_offset(g, lg, group, r));
+    }
+    SignedLists<T>& l = acc.lists;
+    const ListsView<T> view = l.view();
+    at::parallel_for(0, cout, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(edges, 1)),
+                     [&](int64_t u0, int64_t u1) {
+                       for (int64_t u = u0; u < u1; ++u) {
+                         const int32_t* of_group = offset.data() + u / group_out_channels(g) * edges;
+                         for (int64_t b = 0; b < view.blocks; ++b) {
+                           for (int64_t k = view.begin(b, 2 * u); k < view.begin(b, 2 * u + 2); ++k)
+                             l.entry[k].row = of_group[l.edge[k]];
+                         }
+                       }
+                     });
+  }
   // The output: an image with negative entries has two data points (x = a+ - a-), which add
   // their parts into zeros under the image's lock; otherwise each output is written once.
   const bool split = static_cast<int64_t>(points.size()) > p.batch;
@@ -339,6 +488,10 @@ Accumulated<T> accumulate(const char* op, const SensitivityProblem& p, Kind kind
     acc.out.assign(initial, initial + g.in_channels);
   } else {
     acc.out.assign(acc.lists.entries(), T(0));
+  }
+  if (lanes) {
+    accumulate_lanes<T>(p, acc.lists, points, acc.out.data(), sink);
+    return acc;
   }
   switch (kind) {
     case Kind::kWeightMean:
