@@ -57,6 +57,34 @@ std::vector<UnitChunk> unit_chunks(const SensGeometry& g, int64_t pieces_per_gro
   return chunks;
 }
 
+// Per chunk, the entries of its units' lists (an item's slots, block by block); the widest
+// chunk and the most entries of one.
+struct ChunkEntries {
+  std::vector<int64_t> count;
+  int64_t widest = 0, most = 0;
+};
+
+template <typename T>
+ChunkEntries chunk_entries(const ListsView<T>& view, const std::vector<UnitChunk>& chunks) {
+  ChunkEntries e;
+  for (const UnitChunk& c : chunks) {
+    e.count.push_back(view.count(2 * c.u0, 2 * c.u1));
+    e.widest = std::max(e.widest, c.u1 - c.u0);
+    e.most = std::max(e.most, e.count.back());
+  }
+  return e;
+}
+
+// Folds an item's slots (the chunk's entries, block by block) into out[k] with max, back in
+// entry order.
+template <typename T>
+void fold_chunk(const ListsView<T>& view, const UnitChunk& c, const T* slots, T* out) {
+  for (int64_t b = 0; b < view.blocks; ++b) {
+    const int64_t k0 = view.begin(b, 2 * c.u0), k1 = view.begin(b, 2 * c.u1);
+    for (int64_t k = k0; k < k1; ++k, ++slots) out[k] = std::max(out[k], *slots);
+  }
+}
+
 // What a pass produces: per list entry, the max over data points of the reduction over
 // positions (sum for "mean", max for "max") of A * V, before the |w| * scale factor; or per
 // input channel, the max of |w| times that (PFP).
@@ -147,14 +175,9 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
   const std::vector<UnitChunk> chunks = unit_chunks(g, pieces);
   const int64_t n_chunks = static_cast<int64_t>(chunks.size());
   const int64_t ranges = threads == 1 ? 1 : std::clamp<int64_t>((4 * threads + n_chunks - 1) / n_chunks, 1, sweeps);
-  // Entries of each chunk (its slots, block by block).
-  std::vector<int64_t> count(n_chunks);
-  int64_t widest = 0, most_entries = 0;
-  for (int64_t i = 0; i < n_chunks; ++i) {
-    count[i] = view.count(2 * chunks[i].u0, 2 * chunks[i].u1);
-    widest = std::max(widest, chunks[i].u1 - chunks[i].u0);
-    most_entries = std::max(most_entries, count[i]);
-  }
+  const ChunkEntries chunk = chunk_entries(view, chunks);
+  const std::vector<int64_t>& count = chunk.count;
+  const int64_t widest = chunk.widest, most_entries = chunk.most;
   std::vector<std::mutex> locks(kKind == Kind::kChannel ? g.groups : n_chunks);
 
   // Small problems run inline: a parallel region costs more than they do (and far more on a
@@ -248,11 +271,7 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
         for (int64_t k = 0; k < cin_g; ++k) shared[k] = std::max(shared[k], mine[k]);
       } else {
         const std::lock_guard<std::mutex> hold(locks[c_index]);
-        const T* from = mine;
-        for (int64_t b = 0; b < view.blocks; ++b) {  // back to entry order
-          const int64_t k0 = view.begin(b, 2 * c.u0), k1 = view.begin(b, 2 * c.u1);
-          for (int64_t k = k0; k < k1; ++k, ++from) out[k] = std::max(out[k], *from);
-        }
+        fold_chunk(view, c, mine, out);
       }
     }
   });
@@ -260,7 +279,8 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
 
 // The batch-lane path (sensitivity_lanes.h) of a weight mean: taken for small maps (a padded
 // plane of at most 10 x 10: 7 x 7 and 8 x 8 maps of 3 x 3 kernels; larger ones measured slower
-// than the tiles, benchmarks/RESULTS.md) where the data points fill at least 3/4 of the lanes.
+// than the tiles, benchmarks/RESULTS.md) and kernels wider than 1 x 1 (a 1 x 1 kernel's taps
+// share no input: measured slower too) where the data points fill at least 3/4 of the lanes.
 // A block of entries covers whole channels, about 128 KB of the input (L2: larger blocks
 // measured faster than L1-sized ones, fewer z round trips per block).
 constexpr int64_t kLanePlanePixels = 100, kLaneBlockBytes = 128 << 10;
@@ -270,8 +290,8 @@ bool use_lanes(const SensGeometry& g, int64_t n_points) {
   constexpr int64_t lanes = simd::kLanes<T>;
   const LaneGeometry lg = lane_geometry(g, lanes);
   const int64_t vectors = (n_points + lanes - 1) / lanes;
-  return positions(g) > 1 && lg.hp * lg.wp <= kLanePlanePixels && 4 * n_points >= 3 * vectors * lanes &&
-         g.in_channels * lg.plane < std::numeric_limits<int32_t>::max();
+  return positions(g) > 1 && g.kh * g.kw > 1 && lg.hp * lg.wp <= kLanePlanePixels &&
+         4 * n_points >= 3 * vectors * lanes && g.in_channels * lg.plane < std::numeric_limits<int32_t>::max();
 }
 
 template <typename T>
@@ -313,13 +333,9 @@ void accumulate_lanes(const SensitivityProblem& p, const SignedLists<T>& lists, 
                                              std::max<int64_t>(1, cout_g / 8));
   const std::vector<UnitChunk> chunks = unit_chunks(g, pieces);
   const int64_t n_chunks = static_cast<int64_t>(chunks.size()), n_items = n_vectors * n_chunks;
-  std::vector<int64_t> count(n_chunks);
-  int64_t widest = 0, most_entries = 0;
-  for (int64_t i = 0; i < n_chunks; ++i) {
-    count[i] = view.count(2 * chunks[i].u0, 2 * chunks[i].u1);
-    widest = std::max(widest, chunks[i].u1 - chunks[i].u0);
-    most_entries = std::max(most_entries, count[i]);
-  }
+  const ChunkEntries chunk = chunk_entries(view, chunks);
+  const std::vector<int64_t>& count = chunk.count;
+  const int64_t widest = chunk.widest, most_entries = chunk.most;
   std::vector<std::mutex> locks(n_chunks);
   const double work = static_cast<double>(n_points) * P * lists.entries();
   const int64_t grain = work < double(1 << 21) ? n_items : 1;
@@ -374,11 +390,7 @@ void accumulate_lanes(const SensitivityProblem& p, const SignedLists<T>& lists, 
         slot += view.begin(b, 2 * c.u1) - first;
       }
       const std::lock_guard<std::mutex> hold(locks[ci]);
-      const T* from = mine;
-      for (int64_t b = 0; b < view.blocks; ++b) {  // back to entry order
-        const int64_t k0 = view.begin(b, 2 * c.u0), k1 = view.begin(b, 2 * c.u1);
-        for (int64_t k = k0; k < k1; ++k, ++from) out[k] = std::max(out[k], *from);
-      }
+      fold_chunk(view, c, mine, out);
     }
   });
 }
