@@ -462,30 +462,21 @@ Accumulated<T> accumulate(const char* op, const SensitivityProblem& p, Kind kind
   const int64_t area = g.kh * g.kw;
   int64_t block = lanes ? lane_block_edges<T>(g) : block_edges(plan.width * int64_t(sizeof(T)));
   if (kind == Kind::kChannel) block = std::max<int64_t>(1, block / area) * area;
-  Accumulated<T> acc{signed_lists(op, p.weight.const_data_ptr<T>(), cout, edges, lanes ? 1 : plan.width, block,
-                                  kind == Kind::kChannel ? area : 0),
-                     {},
-                     {}};
-  if (lanes) {  // entry rows: offsets of the edges' taps in the batch-lane input
+  // Where each edge's input starts: its tile row, or on the batch-lane path its first tap's
+  // offset in the batch-lane input (one table per group).
+  std::vector<int32_t> rows(lanes ? g.groups * edges : edges);
+  if (lanes) {
     const LaneGeometry lg = lane_geometry(g, simd::kLanes<T>);
-    std::vector<int32_t> offset(g.groups * edges);
     for (int64_t group = 0; group < g.groups; ++group) {
-      for (int64_t r = 0; r < edges; ++r)
-        offset[group * edges + r] = static_cast<int32_t>(lane_offset(g, lg, group, r));
+      for (int64_t r = 0; r < edges; ++r) rows[group * edges + r] = static_cast<int32_t>(lane_offset(g, lg, group, r));
     }
-    SignedLists<T>& l = acc.lists;
-    const ListsView<T> view = l.view();
-    at::parallel_for(0, cout, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(edges, 1)),
-                     [&](int64_t u0, int64_t u1) {
-                       for (int64_t u = u0; u < u1; ++u) {
-                         const int32_t* of_group = offset.data() + u / group_out_channels(g) * edges;
-                         for (int64_t b = 0; b < view.blocks; ++b) {
-                           for (int64_t k = view.begin(b, 2 * u); k < view.begin(b, 2 * u + 2); ++k)
-                             l.entry[k].row = of_group[l.edge[k]];
-                         }
-                       }
-                     });
+  } else {
+    for (int64_t r = 0; r < edges; ++r) rows[r] = static_cast<int32_t>(r * plan.width);
   }
+  Accumulated<T> acc{
+      signed_lists(op, p.weight.const_data_ptr<T>(), cout, edges, rows, block, kind == Kind::kChannel ? area : 0),
+      {},
+      {}};
   // The output: an image with negative entries has two data points (x = a+ - a-), which add
   // their parts into zeros under the image's lock; otherwise each output is written once.
   const bool split = static_cast<int64_t>(points.size()) > p.batch;

@@ -63,11 +63,14 @@ struct SignedLists {
   int64_t entries() const { return bounds.back(); }
 };
 
-// kernel_area > 0: also the per (list, input channel) ranges and largest |w| of ListsView
-// (block_edges must then be a multiple of kernel_area).
+// Entry::row of edge r of unit i: rows[t * edges + r] with table t = i * tables / cout (one
+// table for every unit, or one per group of units). kernel_area > 0: also the per (list,
+// input channel) ranges and largest |w| of ListsView (block_edges must then be a multiple of
+// kernel_area).
 template <typename T>
-SignedLists<T> signed_lists(const char* op, const T* w, int64_t cout, int64_t edges, int64_t width, int64_t block_edges,
-                            int64_t kernel_area = 0) {
+SignedLists<T> signed_lists(const char* op, const T* w, int64_t cout, int64_t edges, const std::vector<int32_t>& rows,
+                            int64_t block_edges, int64_t kernel_area = 0) {
+  const int64_t tables = static_cast<int64_t>(rows.size()) / std::max<int64_t>(edges, 1);
   SignedLists<T> out;
   const int64_t blocks = (edges + block_edges - 1) / block_edges, lists = 2 * cout;
   out.blocks = blocks;
@@ -115,6 +118,7 @@ SignedLists<T> signed_lists(const char* op, const T* w, int64_t cout, int64_t ed
     std::vector<T> mag_buf(block_edges + 1);
     for (int64_t i = begin; i < end; ++i) {
       const T* row = w + i * edges;
+      const int32_t* row_of = rows.data() + i * tables / cout * edges;
       for (int64_t b = 0; b < blocks; ++b) {
         for (int sign = 0; sign < 2; ++sign) {
           // Branch-free compaction (signs are random: branches would mispredict half the
@@ -130,7 +134,7 @@ SignedLists<T> signed_lists(const char* op, const T* w, int64_t cout, int64_t ed
           const int64_t k = out.bounds[b * (lists + 1) + 2 * i + sign];
           for (int64_t j = 0; j < n; ++j) {
             out.edge[k + j] = edge_buf[j];
-            out.entry[k + j] = {static_cast<int32_t>(edge_buf[j] * width), mag_buf[j]};
+            out.entry[k + j] = {row_of[edge_buf[j]], mag_buf[j]};
           }
           if (kernel_area > 0) {  // entries of each channel: a run (edges are sorted)
             const int64_t list = 2 * i + sign;
