@@ -128,7 +128,9 @@ def _annotate(node: fx.Node, value) -> None:
         nonlocal found
         if isinstance(obj, Tensor):
             found = True
-            return _extract_tensor_metadata(obj)
+            # memory_format left None: nothing reads it, and finding it tests three layouts'
+            # contiguity (most of the annotation's cost)
+            return _extract_tensor_metadata(obj, include_contiguity=False)
         return obj
 
     meta = fx.node.map_aggregate(value, metadata)
