@@ -25,11 +25,18 @@ def machine_line() -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    """The CPU's model name (/proc/cpuinfo) with its family and model numbers (a virtual
+    machine may name only "AMD EPYC", whatever the generation), else what platform knows."""
     with contextlib.suppress(OSError):
+        info = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+            if not line.strip():
+                break  # the first CPU's block is enough
+        if "model name" in info:
+            ids = [f"{k} {info[k]}" for k in ("cpu family", "model") if k in info]
+            return info["model name"] + (f" ({', '.join(ids)})" if ids else "")
     return platform.processor() or platform.machine()
 
 

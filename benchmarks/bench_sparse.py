@@ -369,8 +369,8 @@ def measure_avx2(quick: bool, ceiling: bool = False):
 def ceiling_section(results: dict[str, list[dict]]) -> list[str]:
     lines = [
         (
-            "ResNet18 (torchvision, random init) at 224×224, batch 1, one thread, thread CPU time, interleaved "
-            "medians. *MACs dense ÷ kept*: the conv and linear multiply-accumulates of the dense network over "
+            f"CPU: {cpu_model()}. ResNet18 (torchvision, random init) at 224×224, batch 1, one thread, thread CPU "
+            "time, interleaved medians. *MACs dense ÷ kept*: the conv and linear multiply-accumulates of the dense network over "
             "those of its nonzero weights (`core.accounting`), the speedup a sparse network would reach at the "
             "fair dense baseline's speed per MAC. *Global*: WT, one magnitude threshold over all layers (the "
             "paper's method and the end-to-end rows above); it leaves the early layers, where most MACs are, "
@@ -582,7 +582,7 @@ def main() -> None:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     body = [
         (
-            f"CPU: {cpu_model()} ({os.cpu_count()} cores, {native}), float32, wall clock, inference mode. Each "
+            f"CPU: {cpu_model()}, {os.cpu_count()} cores, {native}; float32, wall clock, inference mode. Each "
             "speedup is the median of interleaved rounds (fair dense and converted alternate, so machine noise hits "
             f"both alike). Load average at the end of the run: {load} (shared machine: absolute times drift, ratios "
             "are what the run measured)."

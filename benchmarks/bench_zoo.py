@@ -54,6 +54,8 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._util import cpu_model
+
 MODELS = [
     "alexnet",
     "vgg16_bn",
@@ -491,16 +493,7 @@ def cpu_line() -> str:
     """The CPU model and the widest vector ISA it has, from /proc/cpuinfo."""
     from lostprune.ops._toolchain import cpu_flags
 
-    name = "unknown CPU"
-    if Path("/proc/cpuinfo").exists():
-        name = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            name,
-        )
+    name = cpu_model()
     flags = cpu_flags()
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     return f"{name}, {os.cpu_count()} cores, widest vector ISA {isa}"
