@@ -147,6 +147,24 @@ template <typename T>
 struct OutputSink {
   T* y = nullptr;
   std::mutex* image_locks = nullptr;
+
+  // One data point's output of units [u0, u1) at n positions from `row` (unit u's at row +
+  // u * positions): z+ - z-, unit u's z+ at zp + (u - u0) * unit_stride, its z- `neg` past it,
+  // values `step` apart. Stored; or, with image locks, added with the point's sign.
+  void emit(const DataPoint& point, T* row, int64_t positions, int64_t u0, int64_t u1, const T* zp, int64_t unit_stride,
+            int64_t neg, int64_t step, int64_t n) const {
+    std::unique_lock<std::mutex> hold;
+    if (image_locks != nullptr) hold = std::unique_lock<std::mutex>(image_locks[point.image]);
+    const T sign = image_locks == nullptr || point.sign > 0 ? T(1) : T(-1);
+    for (int64_t u = u0; u < u1; ++u, zp += unit_stride) {
+      T* dst = row + u * positions;
+      if (image_locks == nullptr) {
+        for (int64_t i = 0; i < n; ++i) dst[i] = zp[i * step] - zp[neg + i * step];
+      } else {
+        for (int64_t i = 0; i < n; ++i) dst[i] += sign * (zp[i * step] - zp[neg + i * step]);
+      }
+    }
+  }
 };
 
 template <typename T, int NV, Kind kKind, int kPacked = 1>
@@ -204,26 +222,7 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
         for (const Segment& seg : segments) {
           const DataPoint& point = points[seg.point];
           T* row = sink.y + point.image * g.out_channels * n_positions + seg.oy * g.out_w + seg.ox0;
-          if (sink.image_locks == nullptr) {
-            for (int64_t u = c.u0; u < c.u1; ++u) {
-              const T* zp = zt + (u - c.u0) * 2 * kWidth + seg.t;
-              const T* zn = zp + kWidth;
-              T* dst = row + u * n_positions;
-              for (int64_t i = 0; i < seg.n; ++i) dst[i] = zp[i] - zn[i];
-            }
-            continue;
-          }
-          const std::lock_guard<std::mutex> hold(sink.image_locks[point.image]);
-          for (int64_t u = c.u0; u < c.u1; ++u) {
-            const T* zp = zt + (u - c.u0) * 2 * kWidth + seg.t;
-            const T* zn = zp + kWidth;
-            T* dst = row + u * n_positions;
-            if (point.sign > 0) {
-              for (int64_t i = 0; i < seg.n; ++i) dst[i] += zp[i] - zn[i];
-            } else {
-              for (int64_t i = 0; i < seg.n; ++i) dst[i] -= zp[i] - zn[i];
-            }
-          }
+          sink.emit(point, row, n_positions, c.u0, c.u1, zt + seg.t, 2 * kWidth, kWidth, 1, seg.n);
         }
       };
       const int64_t s0 = sweeps * range / ranges, s1 = sweeps * (range + 1) / ranges;
@@ -286,17 +285,15 @@ void accumulate_tiles(const SensitivityProblem& p, const SignedLists<T>& lists, 
 constexpr int64_t kLanePlanePixels = 100, kLaneBlockBytes = 128 << 10;
 
 template <typename T>
-bool use_lanes(const SensGeometry& g, int64_t n_points) {
+bool use_lanes(const SensGeometry& g, const LaneGeometry& lg, int64_t n_points) {
   constexpr int64_t lanes = simd::kLanes<T>;
-  const LaneGeometry lg = lane_geometry(g, lanes);
   const int64_t vectors = (n_points + lanes - 1) / lanes;
   return positions(g) > 1 && g.kh * g.kw > 1 && lg.hp * lg.wp <= kLanePlanePixels &&
          4 * n_points >= 3 * vectors * lanes && g.in_channels * lg.plane < std::numeric_limits<int32_t>::max();
 }
 
 template <typename T>
-int64_t lane_block_edges(const SensGeometry& g) {
-  const LaneGeometry lg = lane_geometry(g, simd::kLanes<T>);
+int64_t lane_block_edges(const SensGeometry& g, const LaneGeometry& lg) {
   return std::max<int64_t>(1, kLaneBlockBytes / (lg.plane * int64_t(sizeof(T)))) * g.kh * g.kw;
 }
 
@@ -304,13 +301,12 @@ int64_t lane_block_edges(const SensGeometry& g) {
 // block, the output, V, then pass 2; each item folds its entries' maxima into `out` under its
 // chunk's lock, as accumulate_tiles does. Entry rows are offsets into the batch-lane input.
 template <typename T>
-void accumulate_lanes(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
-                      T* out, OutputSink<T> sink) {
+void accumulate_lanes(const SensitivityProblem& p, const LaneGeometry& lg, const SignedLists<T>& lists,
+                      const std::vector<DataPoint>& points, T* out, OutputSink<T> sink) {
   using Ops = LaneOps<T>;
   using V = simd::Vec<T>;
   constexpr int64_t L = simd::kLanes<T>;
   const SensGeometry& g = p.geo;
-  const LaneGeometry lg = lane_geometry(g, L);
   const int64_t n_points = static_cast<int64_t>(points.size()), n_vectors = (n_points + L - 1) / L;
   const int64_t P = positions(g), cin = g.in_channels;
   const ListsView<T> view = lists.view();
@@ -362,20 +358,7 @@ void accumulate_lanes(const SensitivityProblem& p, const SignedLists<T>& lists, 
         const T* zt = reinterpret_cast<const T*>(z);
         for (int64_t d = 0; d < live; ++d) {
           const DataPoint& point = points[first_point + d];
-          T* image = sink.y + point.image * g.out_channels * P;
-          std::unique_lock<std::mutex> hold;
-          if (sink.image_locks != nullptr) hold = std::unique_lock<std::mutex>(sink.image_locks[point.image]);
-          const T sign = sink.image_locks == nullptr || point.sign > 0 ? T(1) : T(-1);
-          for (int64_t u = c.u0; u < c.u1; ++u) {
-            const T* zp = zt + (u - c.u0) * 2 * P * L + d;
-            const T* zn = zp + P * L;
-            T* dst = image + u * P;
-            if (sink.image_locks == nullptr) {
-              for (int64_t q = 0; q < P; ++q) dst[q] = zp[q * L] - zn[q * L];
-            } else {
-              for (int64_t q = 0; q < P; ++q) dst[q] += sign * (zp[q * L] - zn[q * L]);
-            }
-          }
+          sink.emit(point, sink.y + point.image * g.out_channels * P, P, c.u0, c.u1, zt + d, 2 * P * L, P * L, L, P);
         }
       }
       for (int64_t k = 0; k < (c.u1 - c.u0) * 2 * P; ++k) z[k] = inverse_or_zero<V, T>(z[k]);
@@ -454,19 +437,19 @@ Accumulated<T> accumulate(const char* op, const SensitivityProblem& p, Kind kind
   const std::vector<DataPoint> points = data_points<T>(op, p);
   // A mean over one position is that position's value: the max computes the same numbers.
   if (kind == Kind::kWeightMean && positions(g) == 1) kind = Kind::kWeightMax;
-  const bool lanes = kind == Kind::kWeightMean && use_lanes<T>(g, static_cast<int64_t>(points.size()));
+  const LaneGeometry lg = lane_geometry(g, simd::kLanes<T>);
+  const bool lanes = kind == Kind::kWeightMean && use_lanes<T>(g, lg, static_cast<int64_t>(points.size()));
   const TilePlan plan = tile_plan<T>(kind, positions(g), static_cast<int64_t>(points.size()));
   TORCH_CHECK(lanes || edges * plan.width < std::numeric_limits<int32_t>::max(), op, ": a weight row of ", edges,
               " entries is too long for the CPU kernel");
   // Channel sensitivities test a list's entries channel by channel: blocks hold whole channels.
   const int64_t area = g.kh * g.kw;
-  int64_t block = lanes ? lane_block_edges<T>(g) : block_edges(plan.width * int64_t(sizeof(T)));
+  int64_t block = lanes ? lane_block_edges<T>(g, lg) : block_edges(plan.width * int64_t(sizeof(T)));
   if (kind == Kind::kChannel) block = std::max<int64_t>(1, block / area) * area;
   // Where each edge's input starts: its tile row, or on the batch-lane path its first tap's
   // offset in the batch-lane input (one table per group).
   std::vector<int32_t> rows(lanes ? g.groups * edges : edges);
   if (lanes) {
-    const LaneGeometry lg = lane_geometry(g, simd::kLanes<T>);
     for (int64_t group = 0; group < g.groups; ++group) {
       for (int64_t r = 0; r < edges; ++r) rows[group * edges + r] = static_cast<int32_t>(lane_offset(g, lg, group, r));
     }
@@ -493,7 +476,7 @@ Accumulated<T> accumulate(const char* op, const SensitivityProblem& p, Kind kind
     acc.out.assign(acc.lists.entries(), T(0));
   }
   if (lanes) {
-    accumulate_lanes<T>(p, acc.lists, points, acc.out.data(), sink);
+    accumulate_lanes<T>(p, lg, acc.lists, points, acc.out.data(), sink);
     return acc;
   }
   switch (kind) {
