@@ -43,6 +43,10 @@ KERNEL_PATHS = [
     ("packed_points_7x7", (6, 8, 7, 7), (5, 8, 3, 3), dict(padding=1)),
     ("packed_tiny_maps", (9, 4, 3, 3), (6, 4, 3, 3), dict(padding=1)),
     ("partial_sums", (2, 3, 20, 19), (4, 3, 3, 3), dict(padding=1)),
+    # one data point in one tile wider than the usual ones (AVX-512: 14 x 14 float32 maps take
+    # 13 vectors, 10 x 10 float64 maps 13), instead of partial sums over two narrower tiles
+    ("wide_point_tile_14x14", (2, 5, 14, 14), (4, 5, 3, 3), dict(padding=1)),
+    ("wide_point_tile_10x10_strided", (3, 3, 20, 19), (4, 3, 3, 3), dict(stride=2, padding=1)),
     ("many_channels", (3, 37, 5, 4), (6, 37, 3, 3), dict(padding=1)),
     ("many_channels_pointwise", (4, 41, 3, 3), (7, 41, 1, 1), {}),
     ("many_channels_groups", (3, 40, 4, 4), (8, 20, 3, 3), dict(padding=1, groups=2)),
