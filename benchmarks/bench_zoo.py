@@ -251,6 +251,7 @@ def run_one(name: str, quick: bool, skip_tp: str | None = None) -> dict:
         "params": count(model),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load": os.getloadavg()[0],
+        "cpu": cpu_line(),  # rows of several runs are merged: each names its own machine
         "quick": quick,
         "lp": {},
         "tp": {},
@@ -553,7 +554,7 @@ def write(rows: list[dict], arguments: str) -> None:
     runs = sorted({row["when"] for row in ordered if "when" in row})
     version = importlib.metadata.version
     notes = (
-        f"CPU: {cpu_line()}. torch {torch.__version__}, torchvision {version('torchvision')}, "
+        f"{machines_note(ordered)} torch {torch.__version__}, torchvision {version('torchvision')}, "
         f"torch-pruning {version('torch-pruning')}. Shared machine: other sessions' builds and tests "
         "ran beside these rows, hence times in the thread's CPU time. "
         f"Rows measured {runs[0]} to {runs[-1]}; 1-minute load average when each model started: "
@@ -585,6 +586,21 @@ def write(rows: list[dict], arguments: str) -> None:
         + (f"\n\n{PROFILE_HEADING}{kept}" if kept else ""),
     )
     print(f"wrote {path}")
+
+
+def machines_note(rows: list[dict]) -> str:
+    """Which CPU measured which rows: one machine named once; rows merged from runs on
+    different machines (a later ``--models`` run) each listed under their own."""
+    by_cpu: dict[str, list[str]] = {}
+    for row in rows:
+        by_cpu.setdefault(row.get("cpu", "not recorded"), []).append(row["model"])
+    if len(by_cpu) == 1:
+        return f"CPU: {next(iter(by_cpu))}."
+    return (
+        "Rows from different machines (times compare within a machine only): "
+        + "; ".join(f"{cpu}: {', '.join(models)}" for cpu, models in by_cpu.items())
+        + "."
+    )
 
 
 def _intro() -> str:
