@@ -395,10 +395,22 @@ void accumulate_packed(const SensitivityProblem& p, const SignedLists<T>& lists,
   accumulate_tiles<T, kPacked * Segment, Kind::kWeightMean, kPacked>(p, lists, points, plan, out, sink);
 }
 
+// accumulate_tiles at plan.nv vectors, instantiated from NV up to the widest tile of the kind
+// (kPointVectors for a weight mean, kWideVectors otherwise).
+template <typename T, Kind kKind, int NV = 1>
+void accumulate_width(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
+                      const TilePlan& plan, T* out, OutputSink<T> sink) {
+  constexpr int kWidest = kKind == Kind::kWeightMean ? kPointVectors : kWideVectors;
+  if constexpr (NV <= kWidest) {
+    if (plan.nv == NV) return accumulate_tiles<T, NV, kKind>(p, lists, points, plan, out, sink);
+    return accumulate_width<T, kKind, NV + 1>(p, lists, points, plan, out, sink);
+  }
+  TORCH_CHECK(false, "lostprune: no tile kernel of ", plan.nv, " vectors");
+}
+
 template <typename T, Kind kKind>
 void accumulate_kind(const SensitivityProblem& p, const SignedLists<T>& lists, const std::vector<DataPoint>& points,
                      const TilePlan& plan, T* out, OutputSink<T> sink) {
-  static_assert(kWideVectors <= 8, "tile widths are instantiated up to 8 vectors");
   if constexpr (kKind == Kind::kWeightMean) {
     if (plan.packed > 1) {
       switch (plan.segment) {
@@ -412,32 +424,7 @@ void accumulate_kind(const SensitivityProblem& p, const SignedLists<T>& lists, c
       TORCH_CHECK(false, "lostprune: no packed tile kernel of ", plan.segment, " vectors");
     }
   }
-  switch (plan.nv) {
-    case 1: return accumulate_tiles<T, 1, kKind>(p, lists, points, plan, out, sink);
-    case 2: return accumulate_tiles<T, 2, kKind>(p, lists, points, plan, out, sink);
-    case 3: return accumulate_tiles<T, 3, kKind>(p, lists, points, plan, out, sink);
-    case 4: return accumulate_tiles<T, 4, kKind>(p, lists, points, plan, out, sink);
-    case 5: return accumulate_tiles<T, 5, kKind>(p, lists, points, plan, out, sink);
-    case 6: return accumulate_tiles<T, 6, kKind>(p, lists, points, plan, out, sink);
-    case 7:
-      if constexpr (kWideVectors >= 7) return accumulate_tiles<T, 7, kKind>(p, lists, points, plan, out, sink);
-      break;
-    case 8:
-      if constexpr (kWideVectors >= 8) return accumulate_tiles<T, 8, kKind>(p, lists, points, plan, out, sink);
-      break;
-  }
-  if constexpr (kKind == Kind::kWeightMean && kPointVectors > kWideVectors) {
-    static_assert(kPointVectors <= 14, "per-point tile widths are instantiated up to 14 vectors");
-    switch (plan.nv) {
-      case 9: return accumulate_tiles<T, 9, kKind>(p, lists, points, plan, out, sink);
-      case 10: return accumulate_tiles<T, 10, kKind>(p, lists, points, plan, out, sink);
-      case 11: return accumulate_tiles<T, 11, kKind>(p, lists, points, plan, out, sink);
-      case 12: return accumulate_tiles<T, 12, kKind>(p, lists, points, plan, out, sink);
-      case 13: return accumulate_tiles<T, 13, kKind>(p, lists, points, plan, out, sink);
-      case 14: return accumulate_tiles<T, 14, kKind>(p, lists, points, plan, out, sink);
-    }
-  }
-  TORCH_CHECK(false, "lostprune: no tile kernel of ", plan.nv, " vectors");
+  accumulate_width<T, kKind>(p, lists, points, plan, out, sink);
 }
 
 // The signed lists of the layer's weight and the pass's result (out: per entry, or per input
