@@ -190,6 +190,19 @@ def test_with_output_float32_and_running(compiled):
     assert torch.equal(scores, channel_sensitivity(x, w, padding=1, running=running))
 
 
+def test_with_output_float32_wide_point_tiles(compiled):
+    """A float32 weight mean over 14 x 14 maps (one tile of 13 vectors per data point with
+    16 lanes), some images sign-split: the output and the scores against float64 references."""
+    x, w = _inputs((4, 8, 14, 14), (7, 8, 3, 3), seed=7)
+    x[::2] = x[::2].relu()
+    w[w.abs() < 0.3] = 0
+    scores, y = weight_sensitivity(x.float(), w.float(), reduce="mean", padding=1, with_output=True)
+    torch.testing.assert_close(y.double(), torch.nn.functional.conv2d(x, w, padding=1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        scores.double(), weight_sensitivity_literal(x, w, reduce="mean", padding=1), rtol=1e-4, atol=1e-6
+    )
+
+
 _OTHER_ISA_PROBE = """
 import json, torch
 from lostprune.ops import _build, channel_sensitivity, channel_sensitivity_literal, weight_sensitivity, \\
