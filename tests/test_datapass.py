@@ -300,6 +300,74 @@ def test_forward_restored_after_an_error(compiled):
     assert not any("forward" in m.__dict__ or m._forward_hooks for m in model.modules())
 
 
+class PooledNet(nn.Module):
+    """Max-pools the pass runs in lostprune's kernel (stem-like, stride 1 with padding) and ones
+    it must leave alone: ceil mode (torch's own forward inside the helper), a subclass, and a
+    pool whose forward the caller replaced."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.same = nn.MaxPool2d(3, 1, 1)
+        self.ceil = nn.MaxPool2d(2, ceil_mode=True)
+        self.sub = SubPool(2)
+        self.own = nn.MaxPool2d(1)
+        self.own.forward = lambda x: x  # the caller's own: kept
+        self.conv = nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = self.own(self.same(self.pool(h)))
+        h = self.sub(self.ceil(torch.relu(self.conv(h))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+class SubPool(nn.MaxPool2d):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["weight", "channel"])
+def test_max_pools_run_in_the_kernel_with_the_same_scores(compiled, monkeypatch, kind):
+    """The pass pools plain nn.MaxPool2d modules through ops.pool.max_pool2d_module (exact: the
+    scores are bit for bit those of torch's own pools), leaves subclasses and replaced forwards
+    alone, and restores every forward afterwards; the references keep torch's pools."""
+    import lostprune.datapass as datapass
+
+    torch.manual_seed(0)
+    model = PooledNet()
+    own = model.own.forward
+    x = torch.randn(6, 3, 11, 10)
+    pooled, real = [], datapass.max_pool2d_module
+
+    def counting(pool, inp):
+        pooled.append(pool)
+        return real(pool, inp)
+
+    monkeypatch.setattr(datapass, "max_pool2d_module", counting)
+    fast = sensitivity_pass(model, x, kind=kind, batch_size=4, progress=False)
+    assert set(pooled) == {model.pool, model.same, model.ceil} and len(pooled) == 6  # 2 batches
+    monkeypatch.setattr(datapass, "max_pool2d_module", nn.MaxPool2d.forward)  # torch's own pools
+    plain = sensitivity_pass(model, x, kind=kind, batch_size=4, progress=False)
+    assert fast.keys() == plain.keys() and all(torch.equal(fast[n], plain[n]) for n in fast)
+    assert model.own.forward is own
+    assert not any("forward" in m.__dict__ for m in model.modules() if m is not model.own)
+    pooled.clear()
+    monkeypatch.setattr(datapass, "max_pool2d_module", counting)
+    sensitivity_pass(model, x, kind=kind, progress=False, implementation="reference")
+    assert not pooled
+
+
+def test_pools_restored_after_an_error(compiled):
+    model = PooledNet()
+    with torch.no_grad():
+        model.conv.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        sensitivity_pass(model, torch.randn(4, 3, 8, 8), progress=False)
+    assert not any("forward" in m.__dict__ for m in model.modules() if m is not model.own)
+
+
 def test_no_fusion_where_it_would_not_run_the_layer_exactly(compiled):
     """float16 / bfloat16 layers and autocast keep the layer's own forward."""
     model = TwoLayer()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._build import use_kernel
 from ._conv_args import IntPair, conv_out_size, pair
@@ -63,6 +63,40 @@ def max_pool2d(
     if use_kernel("max_pool2d", x.device):
         return torch.ops.lostprune.max_pool2d(x, list(kernel), list(stride_), list(padding_))
     return max_pool2d_reference(x, kernel, stride_, padding_)
+
+
+def max_pool2d_module(pool: nn.MaxPool2d, x: Tensor) -> Tensor:
+    """What ``pool`` computes on ``x``, through ``max_pool2d`` where it applies: a CPU float32 /
+    float64 NCHW input, floor mode, no dilation, no indices. Channels-last inputs (torch's kernel
+    for that layout is vectorized already), other devices and dtypes, and arguments torch
+    rejects (its own error message) take ``nn.MaxPool2d``'s own forward. Same values either way."""
+    name = type(pool).__name__
+    k, s, p = (
+        pair(v, arg, name, 0)
+        for v, arg in (
+            (pool.kernel_size, "kernel_size"),
+            (pool.stride or pool.kernel_size, "stride"),
+            (pool.padding, "padding"),
+        )
+    )
+    if (
+        x.device.type != "cpu"
+        or x.dim() != 4
+        or pool.return_indices
+        or pool.ceil_mode
+        or pair(pool.dilation, "dilation", name, 1) != (1, 1)
+        or x.dtype not in (torch.float32, torch.float64)
+        or min(k + s) < 1
+        or any(2 * pad > size for pad, size in zip(p, k))
+        or any(conv_out_size(n, kk, ss, pp, 1) < 1 for n, kk, ss, pp in zip(x.shape[-2:], k, s, p))
+        or _channels_last(x)
+    ):
+        return nn.MaxPool2d.forward(pool, x)
+    return max_pool2d(x, k, s, p)
+
+
+def _channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------------- registrations

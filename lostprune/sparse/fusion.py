@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..core.masks import effective_weight
-from ..ops import max_pool2d
-from ..ops._conv_args import conv_out_size, pair
+from ..ops.pool import max_pool2d_module
 from ..structure.folded_conv import FoldedConv2d
 from .modules import SparseConv2d, SparseLinear
 
@@ -40,39 +39,15 @@ class FastMaxPool2d(nn.MaxPool2d):
     ``lostprune.ops.max_pool2d`` (vectorized; torch's NCHW CPU pool is scalar). Same values
     (padding reads as -inf, NaN propagates); channels-last inputs (torch's kernel for that
     layout is vectorized already), other devices and dtypes, dilation, ceil_mode and indices
-    take the plain path, and so do arguments torch rejects (its own error message)."""
+    take the plain path, and so do arguments torch rejects (its own error message):
+    ``ops.pool.max_pool2d_module``, which the sensitivity pass uses too."""
 
     def forward(self, x: Tensor) -> Tensor:
-        k, s, p = (
-            pair(v, name, "FastMaxPool2d", 0)
-            for v, name in (
-                (self.kernel_size, "kernel_size"),
-                (self.stride or self.kernel_size, "stride"),
-                (self.padding, "padding"),
-            )
-        )
-        if (
-            x.device.type != "cpu"
-            or x.dim() != 4
-            or self.return_indices
-            or self.ceil_mode
-            or pair(self.dilation, "dilation", "FastMaxPool2d", 1) != (1, 1)
-            or x.dtype not in (torch.float32, torch.float64)
-            or min(k + s) < 1
-            or any(2 * pad > size for pad, size in zip(p, k))
-            or any(conv_out_size(n, kk, ss, pp, 1) < 1 for n, kk, ss, pp in zip(x.shape[-2:], k, s, p))
-            or _channels_last(x)
-        ):
-            return super().forward(x)
-        return max_pool2d(x, k, s, p)
+        return max_pool2d_module(self, x)
 
     @classmethod
     def from_pool(cls, pool: nn.MaxPool2d) -> FastMaxPool2d:
         return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)
-
-
-def _channels_last(x: Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 class _Tracer(fx.Tracer):
