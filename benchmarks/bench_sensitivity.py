@@ -448,8 +448,10 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
 split). ResNet20 on {CASES[0][1]} CIFAR-shaped images, torchvision ResNet18 and MobileNetV2 at
 224×224 on {CASES[1][1]} images; the whole data pass through `lostprune.datapass.sensitivity_pass`
 (every conv and linear layer; the pass includes its own forward, in which each layer takes its
-output from its scoring op; "unfused" is the same pass with every layer running its own forward
-and the op only scoring, `sensitivity_pass(..., fused=False)`, measured interleaved with it).
+output from its scoring op and ResNet18's max-pool runs in `ops.max_pool2d`, exact, instead of
+torch's scalar NCHW pool, which the forward it is compared with keeps; "unfused" is the same
+pass with every layer running its own forward and the op only scoring,
+`sensitivity_pass(..., fused=False)`, measured interleaved with it).
 Builds: AVX-512 (kernels `{a["isa"]}`, torch `{a["torch_isa"]}`) and AVX2 (LOSTPRUNE_MARCH=x86-64-v3:
 kernels `{b["isa"]}`, torch held to `{b["torch_isa"]}`), same CPU. Interleaved medians of {rounds};
 "1 thread CPU time" is thread CPU seconds with torch.set_num_threads(1) (robust to the shared
