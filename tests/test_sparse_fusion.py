@@ -353,6 +353,12 @@ def test_fast_max_pool_falls_back():
         FastMaxPool2d(2, 1, 2)(x)
     with pytest.raises(RuntimeError, match="Output size is too small"):  # torch's own message
         FastMaxPool2d(3, 2, 0)(torch.randn(1, 2, 8, 1))
+    with pytest.raises(RuntimeError, match="stride should not be zero"):  # not the kernel's size
+        FastMaxPool2d(3, stride=0)(x)
+    for empty in ((), []):  # torch's default stride, the kernel's size
+        torch.testing.assert_close(
+            FastMaxPool2d(3, stride=empty)(x), nn.MaxPool2d(3, stride=empty)(x), rtol=0, atol=0
+        )
     # channels_last stays channels_last (torch's kernel for that layout is vectorized already)
     x = torch.randn(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
     out = FastMaxPool2d(3, 2, 1)(x)

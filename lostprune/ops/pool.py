@@ -71,13 +71,12 @@ def max_pool2d_module(pool: nn.MaxPool2d, x: Tensor) -> Tensor:
     for that layout is vectorized already), other devices and dtypes, and arguments torch
     rejects (its own error message) take ``nn.MaxPool2d``'s own forward. Same values either way."""
     name = type(pool).__name__
+    stride = pool.stride
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        stride = pool.kernel_size  # torch's default; a zero stride stays, for torch to reject
     k, s, p = (
         pair(v, arg, name, 0)
-        for v, arg in (
-            (pool.kernel_size, "kernel_size"),
-            (pool.stride or pool.kernel_size, "stride"),
-            (pool.padding, "padding"),
-        )
+        for v, arg in ((pool.kernel_size, "kernel_size"), (stride, "stride"), (pool.padding, "padding"))
     )
     if (
         x.device.type != "cpu"
