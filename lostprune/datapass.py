@@ -211,12 +211,13 @@ def collect_sensitivities(
     swapped = {module for module in users if fused and _may_run_in_op(module)}
     for module in swapped:
         module.forward = make_forward(users[module], module)
-    # exact type (a subclass may pool differently) and no forward of the caller's own
-    pools = [
-        m
-        for m in model.modules()
-        if implementation == "kernel" and type(m) is nn.MaxPool2d and "forward" not in m.__dict__
-    ]
+    # with the compiled ops only; exact type (a subclass may pool differently), and no forward
+    # of the caller's own
+    pools = (
+        [m for m in model.modules() if type(m) is nn.MaxPool2d and "forward" not in m.__dict__]
+        if implementation == "kernel"
+        else []
+    )
     for pool in pools:
         pool.forward = functools.partial(max_pool2d_module, pool)
     handles = [
