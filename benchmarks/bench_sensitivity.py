@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._util import interleaved_ratio, write_section
+from benchmarks._util import cpu_model, interleaved_ratio, write_section
 from lostprune import models
 from lostprune.datapass import sensitivity_pass
 
@@ -444,7 +444,7 @@ def main(references: bool, rounds: int, quick: bool = False) -> None:
             "repeats for at least 1 s per sample):\n\n"
         ) + "\n".join(reference_rows())
     a, b = results["AVX-512"], results["AVX2"]
-    body = f"""CPU, float32, random-initialized models, inputs N(0, 1) (so the first layer takes the sign
+    body = f"""CPU ({cpu_model()}), float32, random-initialized models, inputs N(0, 1) (so the first layer takes the sign
 split). ResNet20 on {CASES[0][1]} CIFAR-shaped images, torchvision ResNet18 and MobileNetV2 at
 224×224 on {CASES[1][1]} images; the whole data pass through `lostprune.datapass.sensitivity_pass`
 (every conv and linear layer; the pass includes its own forward, in which each layer takes its
