@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import warnings
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .core.accounting import PruneStats, compute_stats, output_positions
+from .core.copying import copy_model
 from .core.layers import prunable_layers, split_shared
 from .core.masks import apply_masks, current_masks, settle_masks, share_mask
 from .core.shapes import blame_input
@@ -157,7 +157,7 @@ def prune(
             )
     _check_weights(prunable_layers(model, layers, exclude))  # validate before copying
     data = _reusable(data)
-    target = model if inplace else copy.deepcopy(settle_masks(model))
+    target = model if inplace else copy_model(settle_masks(model))
     # attention whose heads the graph can see and the data pass can score (same function)
     convert_attention(target)
     selected, shared = split_shared(target, prunable_layers(target, layers, exclude))

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
 
+from .core.copying import copy_model
 from .timing import time_call
 
 
@@ -17,7 +17,7 @@ def _variants(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     from .core.masks import remove_masks
 
     out = {"masked": model}
-    dense = remove_masks(copy.deepcopy(model)).eval()
+    dense = remove_masks(copy_model(model)).eval()
     out["dense"] = dense
     try:
         from .structure import slice_model
@@ -28,7 +28,7 @@ def _variants(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     try:
         from .sparse import convert
 
-        out["sparse"] = convert(copy.deepcopy(dense)).eval()
+        out["sparse"] = convert(copy_model(dense)).eval()
     except ImportError:
         pass
     return out

@@ -15,7 +15,6 @@ layer with its epilogue on both sides.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._progress import bar_disabled
+from ..core.copying import copy_model
 from ..core.masks import effective_weight
 from ..core.shapes import check_input
 from ..ops.sparse import pack_weight
@@ -313,7 +313,7 @@ def convert(
         raise ValueError(f"convert: rounds must be >= 1 and min_time > 0, got {rounds} and {min_time}")
     if isinstance(example_input, Tensor):
         check_input(model, example_input, "example_input")
-    model = model if inplace else copy.deepcopy(model)
+    model = model if inplace else copy_model(model)
     candidates = {name: m for name, m in model.named_modules() if _kind(m) is not None}
     if layers is not None:
         wanted = list(layers)

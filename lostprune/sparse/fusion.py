@@ -15,7 +15,6 @@ output has other readers, or a conv module called twice, is left as it is.
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ..core.copying import copy_model
 from ..core.masks import effective_weight
 from ..ops.pool import max_pool2d_module
 from ..structure.folded_conv import FoldedConv2d
@@ -262,7 +262,7 @@ def fuse(model: nn.Module) -> fx.GraphModule:
             "fuse: the model is in training mode (BatchNorm uses batch statistics there); "
             "call model.eval() first"
         )
-    gm = trace(copy.deepcopy(model))
+    gm = trace(copy_model(model))
     fusions = plan(gm)
     replacements = {
         target: bn_folded_conv(gm.get_submodule(target), fusion.bn)

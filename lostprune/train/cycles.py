@@ -19,7 +19,6 @@ With ``checkpoint_dir`` an interrupted retraining also resumes mid-way.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import time
@@ -31,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from .._progress import bar_disabled
+from ..core.copying import copy_model
 from ..core.masks import load_pruned
 from .evaluate import state_on_cpu
 from .loop import train
@@ -215,7 +215,7 @@ def prune_retrain(
     current, todo = parent, list(range(len(ratios)))
     if mode != "oneshot" and completed:
         last = max(completed)
-        current = load_pruned(copy.deepcopy(parent), completed[last])
+        current = load_pruned(copy_model(parent), completed[last])
         todo = todo[last + 1 :]
     elif mode == "oneshot":
         todo = [i for i in todo if i not in completed]
