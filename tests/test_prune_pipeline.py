@@ -4,6 +4,7 @@ structured masks that remember their factors, positions read off the trace."""
 
 import copy
 import dataclasses
+import operator
 
 import numpy as np
 import pytest
@@ -346,6 +347,114 @@ def test_adaptive_pool_rule_on_meta_is_the_real_module_or_torchs_meta_kernel(mon
             assert real is not None and ruled == real, (pool, shape, channels_last, ruled, real)
             answered += 1
     assert answered > 30 and passed_on > 30  # both kinds of case were exercised
+
+
+def _layer_cases():
+    convs = [
+        dict(in_channels=3, out_channels=4, kernel_size=3),
+        dict(in_channels=6, out_channels=9, kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), groups=3),
+        dict(in_channels=5, out_channels=5, kernel_size=3, dilation=2, padding=2, groups=5, bias=False),
+        dict(in_channels=4, out_channels=7, kernel_size=1, stride=3),
+        dict(in_channels=4, out_channels=4, kernel_size=3, padding="same"),
+        dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, padding_mode="reflect"),
+        dict(in_channels=4, out_channels=2, kernel_size=5),  # larger than some inputs
+    ]
+    inputs = [
+        (2, 3, 7, 9),
+        (1, 6, 5, 4),
+        (1, 5, 11, 8),
+        (2, 4, 7, 7),
+        (1, 4, 3, 2),
+        (1, 4, 1, 1),
+        (3, 4, 4),
+        (0, 4, 6, 6),
+    ]
+    for kwargs in convs:
+        for shape in inputs:
+            for variant in ("plain", "channels_last", "float64"):
+                yield nn.Conv2d(**kwargs), shape, variant
+    for in_features, out_features, bias in ((5, 3, True), (4, 1, False), (1, 6, True)):
+        for shape in ((2, 5), (5,), (3, 2, 4), (2, 1), (0, 4), (2, 3, 5)):
+            for variant in ("plain", "float64", "transposed"):
+                yield nn.Linear(in_features, out_features, bias=bias), shape, variant
+
+
+def test_conv_and_linear_rules_on_meta_are_the_real_module_or_torchs_meta_kernel(monkeypatch):
+    """The meta pass's rules for nn.Conv2d and nn.Linear give the real module's output shape
+    and strides (and torch's meta kernel's) where they answer; every size torch rejects and
+    every other padding mode, dtype or layout goes to the module itself."""
+    deferred = []
+    for layer_type in (nn.Conv2d, nn.Linear):
+        original = layer_type.forward
+        monkeypatch.setattr(
+            layer_type, "forward", lambda self, x, original=original: deferred.append(1) or original(self, x)
+        )
+    answered = passed_on = 0
+    for layer, shape, variant in _layer_cases():
+        x = torch.randn(shape)
+        if variant == "channels_last" and x.dim() == 4:
+            x = x.to(memory_format=torch.channels_last)
+        elif variant == "float64":
+            x = x.double()
+        elif variant == "transposed" and x.dim() >= 2:
+            x = x.transpose(0, 1).contiguous().transpose(0, 1)
+        with torch.no_grad():
+            real = _outcome(layer, x)
+            with shapes_module.meta_parameters(layer):
+                meta = _outcome(type(layer).forward, layer, x.to("meta"))
+                deferred.clear()
+                with shape_rules(layer):
+                    ruled = _outcome(layer, x.to("meta"))
+        assert "forward" not in layer.__dict__ and not layer.weight.is_meta  # restored
+        if deferred:
+            assert ruled == meta, (layer, shape, variant)
+            passed_on += 1
+        else:
+            assert real is not None and ruled == real == meta, (layer, shape, variant, ruled, real, meta)
+            answered += 1
+    assert answered > 15 and passed_on > 40
+
+
+def test_binary_elementwise_rule_is_torchs_result_where_it_answers():
+    shapes = [
+        (2, 3, 4, 5),
+        (1, 3, 1, 1),
+        (3, 1, 1),
+        (2, 3, 4, 1),
+        (5,),
+        (),
+        (1, 1, 4, 5),
+        (4, 5),
+        (2, 3, 1, 5),
+    ]
+    answered = 0
+    for fn in shapes_module.BINARY_ELEMENTWISE:
+        for sa in shapes:
+            for sb in shapes:
+                for dtype_b in (torch.float32, torch.float64, torch.int64):
+                    a = torch.empty(sa, device="meta")
+                    b = torch.empty(sb, device="meta", dtype=dtype_b)
+                    ruled = shapes_module.binary_elementwise_shape(fn, (a, b), {})
+                    if ruled is None:
+                        continue
+                    expected = fn(a, b)
+                    assert (ruled.shape, ruled.stride(), ruled.dtype) == (
+                        expected.shape,
+                        expected.stride(),
+                        expected.dtype,
+                    ), (fn, sa, sb, dtype_b)
+                    answered += 1
+    assert answered > 100
+    a = torch.empty(1, 4, 3, 3, device="meta")
+    b = a.to(memory_format=torch.channels_last)
+    assert shapes_module.binary_elementwise_shape(operator.add, (b, b), {}) is None  # layout: torch's
+    assert shapes_module.binary_elementwise_shape(operator.add, (a, 2.0), {}) is None  # a scalar: torch's
+    assert shapes_module.binary_elementwise_shape(torch.add, (a, a), {"alpha": 2}) is None
+    assert (
+        shapes_module.binary_elementwise_shape(operator.add, (a, torch.empty(5, device="meta")), {}) is None
+    )
+    real = torch.ones(1, 4, 3, 3)
+    assert shapes_module.binary_elementwise_shape(operator.mul, (real, real), {}) is None  # computed
 
 
 def test_adaptive_pool_with_indices_runs_its_own_meta_kernel():

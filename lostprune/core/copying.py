@@ -29,6 +29,7 @@ _EMPTIABLE = frozenset({dict, set, collections.OrderedDict})
 _SUBMODULE_DICTS = frozenset({"_parameters", "_buffers", "_modules"})
 _MISSING = object()
 _PLAIN: dict[type, bool] = {}
+_DEFAULT_PROTOCOL: tuple[Any, ...] = (object.__reduce_ex__, object.__reduce__)
 
 
 def _plain(cls: type) -> bool:
@@ -36,9 +37,9 @@ def _plain(cls: type) -> bool:
     object, state from ``__getstate__``, ``__setstate__``): nothing of its own on the way."""
     plain = _PLAIN.get(cls)
     if plain is None:
+        protocol: tuple[Any, ...] = (cls.__reduce_ex__, cls.__reduce__)
         plain = _PLAIN[cls] = (
-            cls.__reduce_ex__ is object.__reduce_ex__
-            and cls.__reduce__ is object.__reduce__
+            all(mine is default for mine, default in zip(protocol, _DEFAULT_PROTOCOL))
             and getattr(cls, "__deepcopy__", None) is None
             and cls not in copyreg.dispatch_table
             and not copyreg._slotnames(cls)  # type: ignore[attr-defined]

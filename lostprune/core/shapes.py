@@ -5,6 +5,7 @@ masked weights of nn.utils.prune) restored afterwards."""
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
@@ -15,31 +16,32 @@ from torch import Tensor
 
 
 @contextmanager
-def meta_parameters(module: nn.Module):
-    """Inside, every parameter and buffer of ``module`` is a meta tensor of the same shape."""
-    from torch.nn.utils.stateless import _reparametrize_module
-
-    # One entry per (owning module, attribute): a module registered under two names is
-    # swapped (and restored) once — under its first name — or its second swap saves the first's
-    # meta tensor as the "original" and the module keeps meta weights. One meta tensor per
-    # tensor (ties stay tied). One walk over the modules: this runs twice per prune + slice, and
-    # per-tensor path lookups cost more than the meta pass's convolutions on small models.
-    meta: dict[str, Tensor] = {}
+def meta_parameters(module: nn.Module, modules: list[nn.Module] | None = None):
+    """Inside, every parameter and buffer of ``module`` is a meta tensor of the same shape.
+    ``modules``: ``list(module.modules())`` where the caller has it."""
+    # Swapped in the modules' own dicts, as torch.func's reparametrization does, without its
+    # per-tensor path lookups (they cost more than the meta pass's convolutions on small
+    # models; this runs twice per prune + slice). modules() yields a module registered under
+    # two names once, so it is swapped and restored once; one meta tensor per tensor keeps
+    # ties tied.
     made: dict[int, Tensor] = {}
+    swapped: list[tuple[dict, str, Tensor]] = []
     cached = []
-    for path, owner in module.named_modules():
-        prefix = f"{path}." if path else ""
-        for tensors in (owner._parameters, owner._buffers):
-            for attr, t in tensors.items():
-                if t is not None:
-                    if id(t) not in made:
-                        made[id(t)] = torch.empty_like(t, device="meta")
-                    meta[prefix + attr] = made[id(t)]
-        cached += [(owner, k, v) for k, v in owner.__dict__.items() if isinstance(v, Tensor)]
     try:
-        with _reparametrize_module(module, meta):
-            yield
+        for owner in module.modules() if modules is None else modules:
+            both: tuple[dict[str, Any], dict[str, Any]] = (owner._parameters, owner._buffers)
+            for tensors in both:
+                for attr, t in tensors.items():
+                    if t is not None:
+                        if id(t) not in made:
+                            made[id(t)] = torch.empty_like(t, device="meta")
+                        swapped.append((tensors, attr, t))
+                        tensors[attr] = made[id(t)]
+            cached += [(owner, k, v) for k, v in owner.__dict__.items() if isinstance(v, Tensor)]
+        yield
     finally:
+        for tensors, attr, t in reversed(swapped):
+            tensors[attr] = t
         for owner, key, value in cached:
             owner.__dict__[key] = value
 
@@ -129,6 +131,95 @@ def _adaptive_pool_shape(module: nn.Module, input: Tensor) -> Tensor:
     return input.new_empty(shape)
 
 
+def _conv2d_shape(module: nn.Conv2d, input: Tensor) -> Tensor:
+    """The output of ``nn.Conv2d`` on ``input`` (its shape: torch's meta kernel is Python,
+    several times the cost) where every size is plainly valid; anything else — a size torch
+    rejects, other padding modes, dtypes or layouts — goes to the conv itself, to be computed
+    or rejected by torch."""
+    weight = module.weight
+    if not (
+        input.dim() == 4
+        and module.padding_mode == "zeros"
+        and isinstance(module.padding, tuple)
+        and input.dtype == weight.dtype
+        and input.shape[1] == weight.shape[1] * module.groups
+        and weight.shape[0] % module.groups == 0
+        and (module.bias is None or module.bias.shape == (weight.shape[0],))
+        and _plainly_contiguous(input)
+        and weight.is_contiguous()
+    ):
+        return type(module).forward(module, input)
+    sizes = [
+        (input.shape[2 + i] + 2 * module.padding[i] - module.dilation[i] * (weight.shape[2 + i] - 1) - 1)
+        // module.stride[i]
+        + 1
+        for i in (0, 1)
+    ]
+    if min(sizes) <= 0:
+        return type(module).forward(module, input)
+    return input.new_empty((input.shape[0], weight.shape[0], *sizes))
+
+
+def _linear_shape(module: nn.Linear, input: Tensor) -> Tensor:
+    """The output of ``nn.Linear`` on ``input`` (its meta kernel with a bias decomposes into
+    Python ops, about 200 µs); as ``_conv2d_shape``, anything not plainly valid goes to
+    torch."""
+    weight = module.weight
+    if not (
+        input.dim() >= 1
+        and input.shape[-1] == weight.shape[1]
+        and input.dtype == weight.dtype
+        and (
+            module.bias is None
+            or (module.bias.shape == (weight.shape[0],) and module.bias.dtype == weight.dtype)
+        )
+    ):
+        return type(module).forward(module, input)
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+_LAYER_RULES: dict[type, Callable] = {nn.Conv2d: _conv2d_shape, nn.Linear: _linear_shape}
+
+
+# Binary elementwise functions as a trace records them (``x + y``, ``torch.add(x, y)``): on meta
+# tensors torch runs each through its Python reference, about 90 µs.
+BINARY_ELEMENTWISE = frozenset(
+    {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div}
+)
+
+
+def binary_elementwise_shape(fn: Callable, args: tuple, kwargs: dict) -> Tensor | None:
+    """``fn(*args, **kwargs)`` for a ``BINARY_ELEMENTWISE`` function on two meta tensors of
+    one floating dtype, where one of them has the broadcast shape and is plainly contiguous:
+    an empty meta tensor of the result's shape, dtype and layout. None for anything else
+    (scalars, other dtypes or layouts, shapes that do not broadcast): torch decides."""
+    if fn not in BINARY_ELEMENTWISE or kwargs or len(args) != 2:
+        return None
+    a, b = args
+    if not (type(a) is Tensor and type(b) is Tensor and a.is_meta and b.is_meta):
+        return None
+    if a.dtype != b.dtype or not a.dtype.is_floating_point:
+        return None
+    big: Tensor | None = a
+    if a.shape != b.shape:
+        shape = _broadcast_shape(a.shape, b.shape)
+        big = a if a.shape == shape else b if b.shape == shape else None
+    if big is None or not (_plainly_contiguous(big) and a.is_contiguous() and b.is_contiguous()):
+        return None
+    return big.new_empty(big.shape)
+
+
+def _broadcast_shape(a: torch.Size, b: torch.Size) -> tuple[int, ...] | None:
+    """The broadcast of two shapes, None where they do not broadcast."""
+    longer, shorter = (a, b) if len(a) >= len(b) else (b, a)
+    out = []
+    for x, y in zip(longer, (1,) * (len(longer) - len(shorter)) + tuple(shorter)):
+        if x != y and x != 1 and y != 1:
+            return None
+        out.append(y if x == 1 else x)
+    return tuple(out)
+
+
 def _plainly_contiguous(t: Tensor) -> bool:
     """Contiguous and not also channels-last (one channel, 1x1 maps): the layout every pooling
     kernel keeps. Other layouts differ between kernels; their meta kernels decide."""
@@ -145,15 +236,19 @@ def _shape_rule(m: nn.Module) -> Callable | None:
         return _same
     if type(m) in ADAPTIVE_POOLS and not getattr(m, "return_indices", False):
         return functools.partial(_adaptive_pool_shape, m)
+    if type(m) in _LAYER_RULES:
+        return functools.partial(_LAYER_RULES[type(m)], m)
     return None
 
 
 @contextmanager
-def shape_rules(module: nn.Module):
+def shape_rules(module: nn.Module, modules: list[nn.Module] | None = None):
     """Inside, the shape-keeping submodules of ``module`` return their input and its adaptive
-    pools an empty tensor of their output's shape, computing nothing (hooks still run): for
-    meta tensors only, where only shapes are wanted."""
-    ruled = [(m, rule) for m in module.modules() if (rule := _shape_rule(m)) is not None]
+    pools, ``nn.Conv2d`` and ``nn.Linear`` layers an empty tensor of their output's shape,
+    computing nothing (hooks still run): for meta tensors only, where only shapes are wanted.
+    ``modules`` as in ``meta_parameters``."""
+    every = module.modules() if modules is None else modules
+    ruled = [(m, rule) for m in every if (rule := _shape_rule(m)) is not None]
     for m, rule in ruled:
         m.forward = rule
     try:
@@ -163,40 +258,51 @@ def shape_rules(module: nn.Module):
             m.__dict__.pop("forward", None)
 
 
+@contextmanager
+def eval_mode(modules: list[nn.Module]):
+    """Inside, every module of ``modules`` (a model's ``modules()``) is in eval mode; after,
+    each is back in its own mode (a frozen BN stays frozen)."""
+    training = [m.training for m in modules]
+    plain = all(type(m).train is nn.Module.train for m in modules)
+    if plain:  # what train(False) does, without its recursion and per-module __setattr__
+        for m in modules:
+            m.__dict__["training"] = False
+    else:  # a train() of its own decides what eval mode means
+        modules[0].eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, training):
+            if plain:
+                m.__dict__["training"] = mode
+            else:
+                m.training = mode
+
+
 def shape_only_forward(module: nn.Module, x: Tensor, call: Callable | None = None) -> None:
     """Run ``call(x)`` (default ``module(x)``) for its shapes, in eval mode and without
     gradients: on meta tensors when every op supports them (``shape_rules``: shape-keeping
     modules and adaptive pools compute nothing), else for real."""
     call = call or module
-    training = {m: m.training for m in module.modules()}
-    module.eval()  # never update BN statistics
-    try:
-        with torch.no_grad():
-            try:
-                with meta_parameters(module), shape_rules(module):
-                    call(x.to("meta"))
-            except Exception:  # noqa: BLE001 - an op without a meta kernel: pay for one real pass
-                call(x)
-    finally:
-        for m, mode in training.items():  # per module: a frozen BN stays frozen
-            m.training = mode
+    modules = list(module.modules())
+    with eval_mode(modules), torch.no_grad():  # eval: never update BN statistics
+        try:
+            with meta_parameters(module, modules), shape_rules(module, modules):
+                call(x.to("meta"))
+        except Exception:  # noqa: BLE001 - an op without a meta kernel: pay for one real pass
+            call(x)
 
 
 def input_problem(module: nn.Module, x: Tensor, call: Callable | None = None) -> str | None:
     """Why ``module`` cannot run on ``x`` — one real pass in eval mode without gradients (the
     batch as given: pass one sample to keep it cheap) — or None when it can."""
     call = call or module
-    training = {m: m.training for m in module.modules()}
-    module.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(list(module.modules())), torch.no_grad():
             call(x)
     except Exception as exc:  # noqa: BLE001 — any failure is the answer
         lines = str(exc).strip().splitlines()
         return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-    finally:
-        for m, mode in training.items():
-            m.training = mode
     return None
 
 

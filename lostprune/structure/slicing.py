@@ -21,7 +21,6 @@ Folding uses eval-mode BN statistics: the sliced model equals the masked one in 
 
 from __future__ import annotations
 
-import copy
 import itertools
 import warnings
 
@@ -31,8 +30,9 @@ from torch import Tensor
 from torch.nn.utils import prune as torch_prune
 
 from ..core.accounting import output_positions
+from ..core.copying import copy_model
 from ..core.masks import mask_factors, masked_parameters, nonzero_rows_and_columns
-from ..core.shapes import check_input, shape_only_forward
+from ..core.shapes import check_input, eval_mode, shape_only_forward
 from ..ops import gather_channels
 from .attention import resize_attention
 from .folded_conv import FoldedConv2d
@@ -70,7 +70,7 @@ def _dense_model(
             for hook in module._forward_pre_hooks.values():
                 if isinstance(hook, (torch_prune.PruningContainer, torch_prune.BasePruningMethod)):
                     memo[id(hook)] = hook  # dropped from the copy, never copied
-        dense, shared_ids = copy.deepcopy(model, memo), set(shared)
+        dense, shared_ids = copy_model(model, memo), set(shared)
     live = {}
     for module in dense.modules():
         names = masked_parameters(module)
@@ -170,9 +170,8 @@ def slice_model(
     }
 
     dense, shared, live = _dense_model(model, inplace)
-    training = {m: m.training for m in dense.modules()}
-    dense.eval()  # BN folds with running statistics; shape propagation never updates them
-    try:
+    # BN folds with running statistics; shape propagation never updates them
+    with eval_mode(list(dense.modules())):
         graph = build_graph(dense, example_input[:1], leaf_modules, reuse_from=model)
         modules = graph.modules
         rows, cols = live_rows_and_columns(modules, live)
@@ -194,9 +193,6 @@ def slice_model(
         else:
             plan = plan_slice(graph, modules, rows, cols, removed, report)
         _materialize(dense, modules, plan, shared)
-    finally:
-        for module, mode in training.items():
-            module.training = mode
     for conv in plan.folded.values():  # after the modes are restored: the new module copies its own
         _replace(dense, conv, FoldedConv2d.from_conv(conv, conv._buffers.pop("fold_weight")))
     _check_runs(dense, example_input)
