@@ -183,6 +183,9 @@ def test_nonzero_rows_and_columns(shape):
         assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
     rows, cols = nonzero_rows_and_columns(torch.tensor([0.0, 2.0]))
     assert rows.tolist() == [False, True] and cols is None
+    for dtype in (torch.int8, torch.uint8):  # |-128| overflows to -128 in int8: still nonzero
+        tensor = torch.tensor([[0, 0, 0], [0, -128 if dtype == torch.int8 else 255, 0]], dtype=dtype)
+        assert [x.tolist() for x in nonzero_rows_and_columns(tensor)] == [[False, True], [False, True, False]]
 
 
 def test_outer_mask_remembers_its_factors_until_changed():

@@ -32,9 +32,14 @@ class _Unkeyable(Exception):
     """A value the key cannot summarize safely."""
 
 
+_PLAIN_TYPES = frozenset(_PLAIN)
+
+
 def _summary(value):
-    if isinstance(value, _PLAIN):
+    if type(value) in _PLAIN_TYPES or isinstance(value, _PLAIN):
         return value
+    if type(value) is tuple and all(type(v) in _PLAIN_TYPES for v in value):  # conv sizes: common
+        return "tuple", value
     if isinstance(value, (tuple, list, set, frozenset)):
         items = tuple(_summary(v) for v in value)
         return type(value).__name__, (
@@ -53,14 +58,18 @@ def _summary(value):
     raise _Unkeyable
 
 
-def _tensors(module: nn.Module) -> tuple:
-    """(name, shape, dtype) of parameters and buffers, pruning's weight_orig/weight_mask
-    counted as the plain weight."""
-    masked = {
+def _masked(module: nn.Module) -> set[str]:
+    """Names of pruning's masked tensors (``weight`` for ``weight_orig`` + ``weight_mask``)."""
+    return {
         name[:-5]
         for name in module._parameters
         if name.endswith("_orig") and f"{name[:-5]}_mask" in module._buffers
     }
+
+
+def _tensors(module: nn.Module, masked: set[str]) -> tuple:
+    """(name, shape, dtype) of parameters and buffers, pruning's weight_orig/weight_mask
+    (``masked``) counted as the plain weight."""
     entries = []
     for name, tensor in module._parameters.items():
         if tensor is not None:
@@ -72,12 +81,10 @@ def _tensors(module: nn.Module) -> tuple:
 
 
 def _has_hooks(module: nn.Module) -> bool:
-    pre_hooks = [
-        h
+    return bool(module._forward_hooks) or any(
+        not isinstance(h, (torch_prune.BasePruningMethod, torch_prune.PruningContainer))
         for h in module._forward_pre_hooks.values()
-        if not isinstance(h, (torch_prune.BasePruningMethod, torch_prune.PruningContainer))
-    ]
-    return bool(pre_hooks or module._forward_hooks)
+    )
 
 
 def structure_key(model: nn.Module, example_input: Tensor, leaf_modules=()) -> tuple | None:
@@ -90,12 +97,13 @@ def structure_key(model: nn.Module, example_input: Tensor, leaf_modules=()) -> t
             if _has_hooks(module):
                 return None
             # pruning's masked weight attribute is counted with the parameters (_tensors)
+            masked = _masked(module)
             attributes = tuple(
-                (k, _summary(v))
+                (k, v if type(v) in _PLAIN_TYPES else _summary(v))
                 for k, v in module.__dict__.items()
-                if k not in _MODULE_INTERNALS and f"{k}_orig" not in module._parameters
+                if k not in _MODULE_INTERNALS and k not in masked
             )
-            parts.append((name, type(module), module.training, attributes, _tensors(module)))
+            parts.append((name, type(module), module.training, attributes, _tensors(module, masked)))
     except _Unkeyable:
         return None
     return tuple(parts)
