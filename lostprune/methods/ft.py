@@ -33,8 +33,13 @@ from .registry import register_method
 def filter_scores(ctx: PruneContext, norm: int) -> dict[str, Tensor]:
     # layer.weight is already the masked weight (orig * mask) of a pruned layer
     return {
-        name: weight_of(layer).detach().flatten(1).norm(p=norm, dim=1) for name, layer in ctx.layers.items()
+        name: _row_norms(weight_of(layer).detach().flatten(1), norm) for name, layer in ctx.layers.items()
     }
+
+
+def _row_norms(rows: Tensor, norm: int) -> Tensor:
+    # torch's CPU vector_norm has no fast path for p=1: |w| summed is 4-5x faster
+    return rows.abs().sum(1) if norm == 1 else rows.norm(p=norm, dim=1)
 
 
 def uniform_filter_masks(ctx: PruneContext, scores: dict[str, Tensor]) -> dict[str, Tensor]:
