@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 import lostprune
+import lostprune.core.masks as masks_module
 import lostprune.core.shapes as shapes_module
 import lostprune.models as models
 from lostprune.core.accounting import compute_stats, output_positions
@@ -167,8 +168,11 @@ def reference_rows_and_columns(t):
     return nonzero.flatten(1).any(1), nonzero.transpose(0, 1).flatten(1).any(1)
 
 
+@pytest.mark.parametrize("temporary", ["cheap", "costly"])  # |x| then max, or max and min
 @pytest.mark.parametrize("shape", [(5, 3, 3, 3), (7, 4), (6, 2, 1, 1), (3, 1, 5, 5)])
-def test_nonzero_rows_and_columns(shape):
+def test_nonzero_rows_and_columns(shape, temporary, monkeypatch):
+    if temporary == "costly":
+        monkeypatch.setattr(masks_module, "CHEAP_TEMPORARY_NUMEL", 0)
     torch.manual_seed(0)
     t = torch.randn(shape)
     t[1] = 0
