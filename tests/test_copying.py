@@ -198,3 +198,19 @@ def test_prune_leaves_the_users_model_alone():
     assert not any(is_pruned(m, "weight") for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert result.model is not model
+
+
+class TupleState(nn.Linear):
+    """A module whose state is not a dict (deepcopy passes it to __setstate__ as it is)."""
+
+    def __getstate__(self):
+        return ("packed", self.__dict__.copy())
+
+    def __setstate__(self, state):
+        self.__dict__.update(state[1])
+        self.unpacked = True
+
+
+def test_a_state_that_is_not_a_dict_goes_to_deepcopy():
+    ours = copy_model(nn.Sequential(TupleState(2, 3)))
+    assert ours[0].unpacked and ours[0].weight.shape == (3, 2)

@@ -68,11 +68,11 @@ def copy_model(model: M, memo: dict[int, Any] | None = None) -> M:
     if done is not _MISSING:
         return done
     cls = type(model)
-    if not _plain(cls):
+    state = model.__getstate__() if _plain(cls) else None
+    if type(state) is not dict:  # a protocol of its own, or a state that is not a plain dict
         return copy.deepcopy(model, memo)
     new = cls.__new__(cls)
     memo[id(model)] = new  # before the state: a module reachable from itself
-    state = model.__getstate__()
     copied = {}
     for key, value in state.items():
         if key in _SUBMODULE_DICTS and type(value) is dict:
