@@ -3,9 +3,10 @@ prune + slice: the trace's shape propagation and the sliced model's check) again
 batch-1 forward, and what its shape rules save (issue 20, pruning overhead).
 
 Interleaved in one process, one thread, the thread's CPU time:
-- meta pass with every shape rule ÷ the same pass without the adaptive-pool rule;
+- meta pass with every shape rule ÷ the same pass without the rules (adaptive pools, Conv2d,
+  Linear; the binary-op rule acts in the graph's shape pass only);
 - meta pass ÷ a real batch-1 forward in eval mode;
-- a cold prune + slice (group-aware FT at 50 %, as bench_zoo.py) with ÷ without the rule.
+- a cold prune + slice (group-aware FT at 50 %, as bench_zoo.py) with ÷ without the rules.
 
     python benchmarks/bench_shape_pass.py            # writes benchmarks/results/shape_pass.md
     python benchmarks/bench_shape_pass.py --rounds 5 --models mobilenet_v3_small
@@ -27,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lostprune.core.shapes as shapes
+import lostprune.structure.tracing as tracing
 from benchmarks._util import interleaved_ratio, write_section
 from benchmarks.bench_zoo import clear_traces, create, example, lostprune_step
 
@@ -34,14 +36,21 @@ MODELS = ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet
 
 
 @contextlib.contextmanager
-def without_pool_rule():
-    """Inside, adaptive pools run torch's own meta kernels (the pass as before the rule)."""
-    saved = dict(shapes.ADAPTIVE_POOLS)
+def without_rules():
+    """Inside, the meta passes run torch's own meta kernels everywhere: no adaptive-pool rule,
+    no Conv2d / Linear rule, no binary-op rule in the graph's shape pass (shape-keeping modules
+    still pass their input through)."""
+    pools, layers = dict(shapes.ADAPTIVE_POOLS), dict(shapes.LAYER_RULES)
+    binary = tracing.binary_elementwise_shape
     shapes.ADAPTIVE_POOLS.clear()
+    shapes.LAYER_RULES.clear()
+    tracing.binary_elementwise_shape = lambda fn, args, kwargs: None
     try:
         yield
     finally:
-        shapes.ADAPTIVE_POOLS.update(saved)
+        shapes.ADAPTIVE_POOLS.update(pools)
+        shapes.LAYER_RULES.update(layers)
+        tracing.binary_elementwise_shape = binary
 
 
 def measure(name: str, rounds: int) -> dict:
@@ -51,7 +60,7 @@ def measure(name: str, rounds: int) -> dict:
         shapes.shape_only_forward(model, x)
 
     def meta_without():
-        with without_pool_rule():
+        with without_rules():
             shapes.shape_only_forward(model, x)
 
     def real():
@@ -61,7 +70,7 @@ def measure(name: str, rounds: int) -> dict:
     def cold(rule: bool) -> float:
         clear_traces()
         gc.collect()  # outside the timed span
-        with contextlib.nullcontext() if rule else without_pool_rule():
+        with contextlib.nullcontext() if rule else without_rules():
             start = time.thread_time()
             lostprune_step(model, x, 0.5)
             return time.thread_time() - start
@@ -99,7 +108,7 @@ def main() -> None:
         rows.append(measure(name, args.rounds))
         r = rows[-1]
         print(
-            f"{name}: meta {r['meta_ms']:.1f} ms (without the pool rule {r['meta_without_ms']:.1f}), real "
+            f"{name}: meta {r['meta_ms']:.1f} ms (without the rules {r['meta_without_ms']:.1f}), real "
             f"{r['real_ms']:.1f} ms; cold prune + slice {r['cold_ms']:.1f} ms (without {r['cold_without_ms']:.1f})",
             flush=True,
         )
@@ -107,15 +116,16 @@ def main() -> None:
         (
             "One thread, the thread's CPU time, medians of interleaved rounds in one process; random "
             "weights, one 3×224×224 image. *Meta pass*: `shape_only_forward` (parameters swapped for "
-            "meta tensors; BatchNorms and activations pass their input through; adaptive pools give "
-            "their output shape without running torch's Python meta kernels, the rule measured here). "
+            "meta tensors; BatchNorms and activations pass their input through; adaptive pools, "
+            "`Conv2d` and `Linear` give their output shape without running torch's Python meta "
+            "kernels, and so do binary ops in the trace's shape pass: the rules measured here). "
             "*Cold prune + slice*: group-aware FT at 50 % and `slice_model(inplace=True)` from an empty "
             "trace cache, as `bench_zoo.py` times it (two meta passes)."
         ),
         "",
         (
-            "| model | adaptive pools | meta pass (ms) | without the pool rule (ms) | rule saves | real forward (ms) "
-            "| meta ÷ real | cold prune + slice (ms) | without the rule (ms) | cold ÷ without |"
+            "| model | adaptive pools | meta pass (ms) | without the rules (ms) | rules save | real forward (ms) "
+            "| meta ÷ real | cold prune + slice (ms) | without the rules (ms) | cold ÷ without |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -178,7 +178,7 @@ def _linear_shape(module: nn.Linear, input: Tensor) -> Tensor:
     return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 
-_LAYER_RULES: dict[type, Callable] = {nn.Conv2d: _conv2d_shape, nn.Linear: _linear_shape}
+LAYER_RULES: dict[type, Callable] = {nn.Conv2d: _conv2d_shape, nn.Linear: _linear_shape}
 
 
 # Binary elementwise functions as a trace records them (``x + y``, ``torch.add(x, y)``): on meta
@@ -236,8 +236,8 @@ def _shape_rule(m: nn.Module) -> Callable | None:
         return _same
     if type(m) in ADAPTIVE_POOLS and not getattr(m, "return_indices", False):
         return functools.partial(_adaptive_pool_shape, m)
-    if type(m) in _LAYER_RULES:
-        return functools.partial(_LAYER_RULES[type(m)], m)
+    if type(m) in LAYER_RULES:
+        return functools.partial(LAYER_RULES[type(m)], m)
     return None
 
 
