@@ -11,7 +11,9 @@ CPU) and the AVX2 build (LOSTPRUNE_MARCH=x86-64-v3), where torch's own kernels a
 AVX2 too (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS), so the forward
 it is compared with is an AVX2 machine's. Ratios are measured in the same process,
 interleaved, as medians: one thread in thread CPU time (what a pass costs, robust to a
-shared machine's load), and the default threads in wall-clock time. Peak memory is read from
+shared machine's load), and the default threads in wall-clock time; the one-thread pass ÷
+forward ratio in three fresh processes per build, their median reported with the range (a
+forward's speed differs between processes on a shared machine). Peak memory is read from
 VmHWM in a fresh process per measurement, with glibc returning freed blocks at once.
 """
 
@@ -146,9 +148,10 @@ def test_sipp_pass_literal_reference_resnet20(benchmark):
 
 
 # --------------------------------------------------------------------------- one ISA (child)
-def measure_isa(isa: str, rounds: int) -> dict:
+def measure_isa(isa: str, rounds: int, passes_only: bool = False) -> dict:
     """Everything one build measures: pass / forward (1 thread CPU time; default threads wall
-    clock) and op / conv per layer (1 thread CPU time)."""
+    clock) and op / conv per layer (1 thread CPU time); ``passes_only``: pass / forward alone
+    (the further processes of main's median)."""
     from lostprune.ops import _build, channel_sensitivity, weight_sensitivity
 
     built = _build.vector_isa()
@@ -172,6 +175,10 @@ def measure_isa(isa: str, rounds: int) -> dict:
                 model, x, kind, reduce, fused=False
             )
         result["cpu"] = thread_times(fns, rounds)
+        if passes_only:
+            torch.set_num_threads(threads)
+            out["models"][name] = result
+            continue
         # Op by op: every layer's own input, the op against one convolution of it.
         layers = []
         with torch.no_grad():
@@ -334,31 +341,44 @@ def profile(name: str, batch: int, kind: str, reduce: str, env_update: dict) -> 
 
 
 # --------------------------------------------------------------------------- report
-def main(references: bool, rounds: int, quick: bool = False) -> None:
-    results = {}
+def main(references: bool, rounds: int, quick: bool = False, processes: int = 3) -> None:
+    results, cpu_runs = {}, {}
     for isa, env in ISAS.items():
         print(f"measuring the {isa} build", file=sys.stderr, flush=True)
         extra = ["--quick"] if quick else []
         results[isa] = json.loads(run_child(["--isa", isa, str(rounds), *extra], env))
+        # The forward's speed differs between processes of one build (oneDNN on this shared
+        # machine: up to 75 %), the ratio with it: the pass / forward ratios of several fresh
+        # processes, their median and range.
+        cpu_runs[isa] = [results[isa]] + [
+            json.loads(run_child(["--isa", isa, str(rounds), "--passes-only", *extra], env))
+            for _ in range(processes - 1)
+        ]
     mb = 1 << 20
 
     ratio = [
         (
-            "| model | batch | scores | build | forward (s) | pass (s) | pass ÷ forward, 1 thread CPU time "
-            "| unfused pass ÷ forward | pass ÷ forward, wall clock | Σ conv ÷ forward |"
+            f"| model | batch | scores | build | forward (s) | pass (s) | pass ÷ forward, 1 thread CPU time "
+            f"(median of {processes} processes) | range | unfused pass ÷ forward | pass ÷ forward, wall clock "
+            "| Σ conv ÷ forward |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, batch, _, _ in CASES:
         for _, _, label in KINDS:
             for isa in ISAS:
                 r = results[isa]["models"][name]
-                cpu, wall = r["cpu"], r["wall"][label]
-                conv = sum(lay["conv"] for lay in r["layers"]) / cpu["forward"]
+                runs = [run["models"][name]["cpu"] for run in cpu_runs[isa]]
+                ratios = [run[label] / run["forward"] for run in runs]
+                unfused = statistics.median(run[label + " unfused"] / run["forward"] for run in runs)
+                forward_s = statistics.median(run["forward"] for run in runs)
+                pass_s = statistics.median(run[label] for run in runs)
+                wall = r["wall"][label]
+                conv = sum(lay["conv"] for lay in r["layers"]) / r["cpu"]["forward"]
                 ratio.append(
-                    f"| {name} | {batch} | {label} | {isa} | {cpu['forward']:.3f} | {cpu[label]:.3f} "
-                    f"| **{cpu[label] / cpu['forward']:.2f}×** | {cpu[label + ' unfused'] / cpu['forward']:.2f}× "
-                    f"| {wall['pass'] / wall['forward']:.2f}× | {conv:.2f} |"
+                    f"| {name} | {batch} | {label} | {isa} | {forward_s:.3f} | {pass_s:.3f} "
+                    f"| **{statistics.median(ratios):.2f}×** | {min(ratios):.2f}–{max(ratios):.2f}× "
+                    f"| {unfused:.2f}× | {wall['pass'] / wall['forward']:.2f}× | {conv:.2f} |"
                 )
 
     per_op = [
@@ -453,7 +473,11 @@ torch's scalar NCHW pool, which the forward it is compared with keeps; "unfused"
 pass with every layer running its own forward and the op only scoring,
 `sensitivity_pass(..., fused=False)`, measured interleaved with it).
 Builds: AVX-512 (kernels `{a["isa"]}`, torch `{a["torch_isa"]}`) and AVX2 (LOSTPRUNE_MARCH=x86-64-v3:
-kernels `{b["isa"]}`, torch held to `{b["torch_isa"]}`), same CPU. Interleaved medians of {rounds};
+kernels `{b["isa"]}`, torch held to `{b["torch_isa"]}`), same CPU. Interleaved medians of {rounds}
+in each process; the pass ÷ forward ratios of {processes} fresh processes per build (the
+forward's own speed differs between processes here), their median and range; forward and pass
+times: medians over the processes. "Σ conv ÷ forward", the wall clock and the op-by-op table
+come from the first process;
 "1 thread CPU time" is thread CPU seconds with torch.set_num_threads(1) (robust to the shared
 machine's load), "wall clock" uses the default {a["threads"]} threads.
 
@@ -530,10 +554,11 @@ if __name__ == "__main__":
         if "--quick" in argv:  # a smoke test: small batches, one round, nothing written
             CASES[:] = [(name, max(2, batch // 16), 2, 1) for name, batch, _, _ in CASES]
         if argv[:1] == ["--isa"]:
-            print(json.dumps(measure_isa(argv[1], int(argv[2]))))
+            print(json.dumps(measure_isa(argv[1], int(argv[2]), passes_only="--passes-only" in argv)))
         else:
             main(
                 references="--references" in argv,
                 rounds=1 if "--quick" in argv else 3,
                 quick="--quick" in argv,
+                processes=1 if "--quick" in argv else 3,
             )
