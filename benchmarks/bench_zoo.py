@@ -10,7 +10,7 @@ Per model (random weights, trained-like BN statistics, 3×224×224 — 299 for i
   and Swin's run as ``F.linear`` on the layers' weights, counted per token), counted by
   forward hooks on the model each tool returns.
 * **time to prune**: a fresh copy of the model to a pruned model (lostprune: copy, trace,
-  prune, slice; Torch-Pruning: copy — it works in place —, graph, step); best of 3 runs (2
+  prune, slice; Torch-Pruning: copy — it works in place —, graph, step); best of 5 runs (2
   with ``--quick``), the tools interleaved, garbage collected before each; kernels loaded
   beforehand. The copies differ: lostprune's ``copy_model`` (deepcopy's copy, 3-4× faster
   on small networks), Torch-Pruning's user's ``copy.deepcopy``; the deepcopy is also timed
@@ -325,7 +325,7 @@ def run_one(name: str, quick: bool, skip_tp: str | None = None) -> dict:
         step()
         times[kind].append((time.perf_counter() - wall, time.thread_time() - cpu))
 
-    for _ in range(2 if quick else 3):
+    for _ in range(2 if quick else 5):
         if sliced is not None:
             for kind in ("cold", "warm"):
                 if kind == "cold":
