@@ -99,6 +99,7 @@ class Tied(nn.Module):
         self.register_buffer("row0", base[0])  # views of one storage: deepcopy keeps it one
         self.register_buffer("row2", base[2])
         self.extra = [self.embed.weight, {"scale": 2.0}, (1, "a")]  # a plain attribute aliasing a Parameter
+        self.cache = self.head.cache = {}  # one empty container under two modules
         self.nothing = None
 
     def forward(self, x):
@@ -110,6 +111,7 @@ def test_sharing_is_kept_as_deepcopy_keeps_it():
     ours = assert_like_deepcopy(model)
     assert ours.out.weight is ours.head.weight and ours.again is ours.embed
     assert ours.extra[0] is ours.embed.weight
+    assert ours.cache is ours.head.cache and ours.cache is not model.cache
     assert ours.row0.untyped_storage().data_ptr() == ours.row2.untyped_storage().data_ptr()
     with torch.no_grad():
         ours.embed.weight.zero_()

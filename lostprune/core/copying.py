@@ -52,8 +52,11 @@ def _copy_value(value: Any, memo: dict[int, Any]) -> Any:
     kind = type(value)
     if kind in _ATOMS or (kind is tuple and all(type(v) in _ATOMS for v in value)):
         return value
-    if kind in _EMPTIABLE and not value:
-        return kind()
+    if kind in _EMPTIABLE and not value:  # memoized too: one container shared stays shared
+        new = memo.get(id(value), _MISSING)
+        if new is _MISSING:
+            new = memo[id(value)] = kind()
+        return new
     if isinstance(value, nn.Module):
         return copy_model(value, memo)
     return copy.deepcopy(value, memo)
