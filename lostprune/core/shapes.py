@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..ops._conv_args import conv_out_hw
+
 
 @contextmanager
 def meta_parameters(module: nn.Module, modules: list[nn.Module] | None = None):
@@ -149,12 +151,7 @@ def _conv2d_shape(module: nn.Conv2d, input: Tensor) -> Tensor:
         and weight.is_contiguous()
     ):
         return type(module).forward(module, input)
-    sizes = [
-        (input.shape[2 + i] + 2 * module.padding[i] - module.dilation[i] * (weight.shape[2 + i] - 1) - 1)
-        // module.stride[i]
-        + 1
-        for i in (0, 1)
-    ]
+    sizes = conv_out_hw(input.shape[2:], weight.shape[2:], module.stride, module.padding, module.dilation)
     if min(sizes) <= 0:
         return type(module).forward(module, input)
     return input.new_empty((input.shape[0], weight.shape[0], *sizes))
@@ -202,22 +199,14 @@ def binary_elementwise_shape(fn: Callable, args: tuple, kwargs: dict) -> Tensor 
         return None
     big: Tensor | None = a
     if a.shape != b.shape:
-        shape = _broadcast_shape(a.shape, b.shape)
+        try:
+            shape = torch.broadcast_shapes(a.shape, b.shape)
+        except RuntimeError:  # shapes that do not broadcast: torch's own error
+            return None
         big = a if a.shape == shape else b if b.shape == shape else None
     if big is None or not (_plainly_contiguous(big) and a.is_contiguous() and b.is_contiguous()):
         return None
     return big.new_empty(big.shape)
-
-
-def _broadcast_shape(a: torch.Size, b: torch.Size) -> tuple[int, ...] | None:
-    """The broadcast of two shapes, None where they do not broadcast."""
-    longer, shorter = (a, b) if len(a) >= len(b) else (b, a)
-    out = []
-    for x, y in zip(longer, (1,) * (len(longer) - len(shorter)) + tuple(shorter)):
-        if x != y and x != 1 and y != 1:
-            return None
-        out.append(y if x == 1 else x)
-    return tuple(out)
 
 
 def _plainly_contiguous(t: Tensor) -> bool:
