@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lostprune.core.shapes as shapes
 import lostprune.structure.tracing as tracing
 from benchmarks._util import interleaved_ratio, write_section
-from benchmarks.bench_zoo import clear_traces, create, example, lostprune_step
+from benchmarks.bench_zoo import clear_traces, cpu_line, create, example, lostprune_step
 
 MODELS = ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "resnet18"]
 
@@ -114,6 +114,7 @@ def main() -> None:
         )
     lines = [
         (
+            f"CPU: {cpu_line()}. "
             "One thread, the thread's CPU time, medians of interleaved rounds in one process; random "
             "weights, one 3×224×224 image. *Meta pass*: `shape_only_forward` (parameters swapped for "
             "meta tensors; BatchNorms and activations pass their input through; adaptive pools, "
