@@ -157,38 +157,47 @@ def mac_ratio(model: torch.nn.Module, x: torch.Tensor) -> float:
     return stats.flops_dense / stats.flops_pruned
 
 
+CEILING_BATCHES = (1, 32)  # the issue's goals: >= 3x / 4.5x at batch 1, never slower at batch 32
+
+
 def ceiling_rows(rounds: int) -> list[dict]:
-    """Batch 1, one thread, thread CPU time: for WT's global layout and a uniform one, the
-    MAC ratio (what the sparsity pattern allows) against the measured speedup."""
+    """One thread, thread CPU time, batch 1 and 32: for WT's global layout and a uniform one,
+    the MAC ratio (what the sparsity pattern allows) against the measured speedup."""
     torch.set_num_threads(1)
-    rows = []
-    for layout in ("global", "uniform"):
-        for ratio in RATIOS:
-            pruned, x, x_cl, dense, sparse = side_by_side(ratio, 1, layout)
-            with torch.inference_mode():
-                speedup = interleaved_ratio(
-                    lambda d=dense, xc=x_cl: d(xc),
-                    lambda s=sparse, xs=x: s(xs),
-                    rounds=rounds,
-                    min_time=0.3,
-                    clock=time.thread_time,
-                )[2]
-            report = lostprune.sparse.report(sparse)
-            row = {
-                "layout": layout,
-                "ratio": ratio,
-                "macs": mac_ratio(pruned, x),
-                "speedup": speedup,
-                "converted": len(report.converted),
-                "layers": len(report.layers),
-            }
-            print(
-                f"{layout} {ratio:.0%}: MACs ÷ {row['macs']:.2f}, speedup {speedup:.2f}x "
-                f"({speedup / row['macs']:.0%} of dense's speed per MAC)",
-                flush=True,
-            )
-            rows.append(row)
-    return rows
+    return [
+        ceiling_row(layout, ratio, batch, rounds if batch == 1 else max(3, rounds - 2))
+        for batch in CEILING_BATCHES
+        for layout in ("global", "uniform")
+        for ratio in RATIOS
+    ]
+
+
+def ceiling_row(layout: str, ratio: float, batch: int, rounds: int) -> dict:
+    pruned, x, x_cl, dense, sparse = side_by_side(ratio, batch, layout)
+    with torch.inference_mode():
+        speedup = interleaved_ratio(
+            lambda d=dense, xc=x_cl: d(xc),
+            lambda s=sparse, xs=x: s(xs),
+            rounds=rounds,
+            min_time=0.3 if batch == 1 else 0.0,
+            clock=time.thread_time,
+        )[2]
+    report = lostprune.sparse.report(sparse)
+    row = {
+        "layout": layout,
+        "ratio": ratio,
+        "batch": batch,
+        "macs": mac_ratio(pruned, x),
+        "speedup": speedup,
+        "converted": len(report.converted),
+        "layers": len(report.layers),
+    }
+    print(
+        f"{layout} {ratio:.0%} batch {batch}: MACs ÷ {row['macs']:.2f}, speedup {speedup:.2f}x "
+        f"({speedup / row['macs']:.0%} of dense's speed per MAC)",
+        flush=True,
+    )
+    return row
 
 
 def fair_dense(pruned: torch.nn.Module) -> torch.nn.Module:
@@ -369,8 +378,8 @@ def measure_avx2(quick: bool, ceiling: bool = False):
 def ceiling_section(results: dict[str, list[dict]]) -> list[str]:
     lines = [
         (
-            f"CPU: {cpu_model()}. ResNet18 (torchvision, random init) at 224×224, batch 1, one thread, thread CPU "
-            "time, interleaved medians. *MACs dense ÷ kept*: the conv and linear multiply-accumulates of the dense network over "
+            f"CPU: {cpu_model()}. ResNet18 (torchvision, random init) at 224×224, batch 1 and 32, one thread, "
+            "thread CPU time, interleaved medians (the converted model calibrated at that batch). *MACs dense ÷ kept*: the conv and linear multiply-accumulates of the dense network over "
             "those of its nonzero weights (`core.accounting`), the speedup a sparse network would reach at the "
             "fair dense baseline's speed per MAC. *Global*: WT, one magnitude threshold over all layers (the "
             "paper's method and the end-to-end rows above); it leaves the early layers, where most MACs are, "
@@ -379,28 +388,37 @@ def ceiling_section(results: dict[str, list[dict]]) -> list[str]:
             "at 95 %)."
         ),
         "",
-        "| build | layout | sparsity | MACs dense ÷ kept | speedup | speedup ÷ MAC ratio | layers sparse |",
-        "|---|---|---|---|---|---|---|",
+        "| build | batch | layout | sparsity | MACs dense ÷ kept | speedup | speedup ÷ MAC ratio | layers sparse |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {label} | {r['layout']} | {r['ratio']:.0%} | {r['macs']:.2f}× | **{r['speedup']:.2f}×** | "
-        f"{r['speedup'] / r['macs']:.0%} | {r['converted']} of {r['layers']} |"
+        f"| {label} | {r.get('batch', 1)} | {r['layout']} | {r['ratio']:.0%} | {r['macs']:.2f}× | "
+        f"**{r['speedup']:.2f}×** | {r['speedup'] / r['macs']:.0%} | {r['converted']} of {r['layers']} |"
         for label, rows in results.items()
         for r in rows
     ]
-    goals = {0.9: 3.0, 0.95: 4.5}  # issue 20, set from published kernels' uniform-sparsity numbers
+    goals = {0.9: 3.0, 0.95: 4.5}  # issue 20 at batch 1, set from published kernels' uniform-sparsity numbers
     lines.append("")
     for label, rows in results.items():
+        single = [r for r in rows if r.get("batch", 1) == 1]
         met = [
             f"{r['ratio']:.0%}: {r['speedup']:.2f}× ({'meets' if r['speedup'] >= goals[r['ratio']] else 'below'} "
             f"{goals[r['ratio']]:.1f}×)"
-            for r in rows
+            for r in single
             if r["layout"] == "uniform" and r["ratio"] in goals
         ]
-        share = [f"{r['speedup'] / r['macs']:.0%}" for r in rows if r["layout"] == "global"]
+        share = [f"{r['speedup'] / r['macs']:.0%}" for r in single if r["layout"] == "global"]
+        batched = [r for r in rows if r.get("batch", 1) > 1]
+        slowest = min(batched, key=lambda r: r["speedup"], default=None)
+        at_batch = (
+            ""
+            if slowest is None
+            else f"; batch {slowest['batch']}: slowest {slowest['speedup']:.2f}× ({slowest['layout']} "
+            f"{slowest['ratio']:.0%}), {'never slower than' if slowest['speedup'] >= 1 else 'SLOWER than'} dense"
+        )
         lines.append(
-            f"- {label}: uniform {', '.join(met)}; global WT reaches {' / '.join(share)} of what its MAC "
-            "ratio allows."
+            f"- {label}: batch 1 uniform {', '.join(met)}; global WT reaches {' / '.join(share)} of what its MAC "
+            f"ratio allows{at_batch}."
         )
     return lines
 

@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 ORDER = [
     "machine",
     "gather",
+    "nonzero",
     "core",
     "sensitivity",
     "slicing",

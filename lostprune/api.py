@@ -15,7 +15,7 @@ from torch import Tensor
 from .core.accounting import PruneStats, compute_stats, output_positions
 from .core.copying import copy_model
 from .core.layers import prunable_layers, split_shared
-from .core.masks import apply_masks, current_masks, settle_masks, share_mask
+from .core.masks import apply_masks, count_nonzero, current_masks, settle_masks, share_mask
 from .core.shapes import blame_input
 from .data.batches import as_pair_dataset, check_batch_size, first_batch, iter_inputs
 from .methods import PruneContext, available_methods, get_method
@@ -232,7 +232,7 @@ def prune(
         for alias in aliases:
             share_mask(selected[owner], modules[alias])
     # the masks are the truth: what the statistics count as removed is what they zero
-    kept = {f"{name}.weight": int(torch.count_nonzero(mask)) for name, mask in masks.items()}
+    kept = {f"{name}.weight": count_nonzero(mask) for name, mask in masks.items()}
     if ctx._graph is not None:
         positions = ctx.graph().output_positions()  # the trace's shapes
     stats = compute_stats(

@@ -12,13 +12,14 @@ import torch
 import torch.nn as nn
 
 import lostprune
-import lostprune.core.masks as masks_module
 import lostprune.core.shapes as shapes_module
 import lostprune.models as models
+import lostprune.ops.nonzero as nonzero_module
 from lostprune.core.accounting import compute_stats, output_positions
 from lostprune.core.layers import prunable_layers
 from lostprune.core.masks import (
     apply_masks,
+    count_nonzero,
     current_masks,
     mask_factors,
     nonzero_rows_and_columns,
@@ -168,11 +169,13 @@ def reference_rows_and_columns(t):
     return nonzero.flatten(1).any(1), nonzero.transpose(0, 1).flatten(1).any(1)
 
 
-@pytest.mark.parametrize("temporary", ["cheap", "costly"])  # |x| then max, or max and min
+@pytest.mark.parametrize("path", ["kernel", "cheap", "costly"])  # compiled; |x| then max; max and min
 @pytest.mark.parametrize("shape", [(5, 3, 3, 3), (7, 4), (6, 2, 1, 1), (3, 1, 5, 5)])
-def test_nonzero_rows_and_columns(shape, temporary, monkeypatch):
-    if temporary == "costly":
-        monkeypatch.setattr(masks_module, "CHEAP_TEMPORARY_NUMEL", 0)
+def test_nonzero_rows_and_columns(shape, path, compiled, monkeypatch):
+    if path != "kernel":
+        monkeypatch.setattr(nonzero_module, "kernels_loaded", lambda: False)
+    if path == "costly":
+        monkeypatch.setattr(nonzero_module, "CHEAP_TEMPORARY_NUMEL", 0)
     torch.manual_seed(0)
     t = torch.randn(shape)
     t[1] = 0
@@ -202,9 +205,16 @@ def test_outer_mask_remembers_its_factors_until_changed():
     assert mask_factors(mask) is not None
     live_rows, live_cols = nonzero_rows_and_columns(mask)
     assert torch.equal(live_rows, rows) and torch.equal(live_cols, cols)
+    assert count_nonzero(mask) == int(torch.count_nonzero(mask)) == 3 * 2 * 4
     mask[0, 0, 0, 0] = 1  # an in-place change: the factors no longer describe it
     assert mask_factors(mask) is None
     assert nonzero_rows_and_columns(mask)[1].tolist() == [True, True, True]
+    assert count_nonzero(mask) == int(torch.count_nonzero(mask)) == 25
+    for shape in [(5, 7), (6, 1, 3), (3, 4, 1, 1), (2, 3, 5, 5)]:  # 2-D and kernel sizes
+        gen = torch.Generator().manual_seed(len(shape))
+        r, c = torch.rand(shape[0], generator=gen) < 0.6, torch.rand(shape[1], generator=gen) < 0.6
+        made = outer_mask(r, c, torch.empty(shape, dtype=torch.float64))
+        assert mask_factors(made) is not None and count_nonzero(made) == int(torch.count_nonzero(made))
 
 
 def test_ones_view_takes_no_memory_and_reads_like_ones():

@@ -2,7 +2,7 @@
 
     compute-sanitizer --tool memcheck python benchmarks/gpu/sanitize_ops.py
 
-Covers each kernel and path: gather (every element size), the tiled sparse convolution
+Covers each kernel and path: gather (every element size), live rows and columns (every\nword size, complex, an empty tensor), the tiled sparse convolution
 (lanes splitting the nonzeros, several images per tile, column tiles, channel chunks,
 grouped and depthwise, the fused epilogue), its unstaged path (huge dilation), the sparse
 linear kernel, both sensitivity reductions (float32 and float64, groups, stride,
@@ -177,6 +177,28 @@ def max_pool() -> None:
             )
 
 
+def nonzero_rows_cols() -> None:
+    gen = torch.Generator().manual_seed(4)
+    for dtype in (torch.bool, torch.int8, torch.float16, torch.float32, torch.float64, torch.complex64):
+        for shape in ((5, 7, 3, 3), (3, 1), (1, 9, 2), (4, 0, 3)):
+            base = torch.randn(shape, generator=gen, dtype=torch.float64)
+            base = base.masked_fill(torch.rand(shape, generator=gen) < 0.7, 0.0)
+            if base.numel() and shape[0] > 1:
+                base[1] = 0  # a dead row
+            tensor = (
+                torch.complex(base, base)
+                if dtype.is_complex
+                else (base != 0 if dtype == torch.bool else base.to(dtype))
+            )
+            got = ops.nonzero_rows_cols(tensor.to(DEVICE))
+            nonzero = tensor != 0
+            want = (nonzero.flatten(1).any(1), nonzero.transpose(0, 1).flatten(1).any(1))
+            ok = all(torch.equal(g.cpu(), w) for g, w in zip(got, want))
+            if not ok:
+                FAILURES.append(f"nonzero_rows_cols {dtype} {shape}")
+            print(f"{'ok' if ok else 'FAIL':4} nonzero_rows_cols {dtype} {shape}")
+
+
 def main() -> int:
     global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -190,6 +212,7 @@ def main() -> int:
         print(f"the {DEVICE.upper()} kernels are not compiled ({state.backend}: {state.reason})")
         return 1
     gather()
+    nonzero_rows_cols()
     sparse()
     sensitivity()
     max_pool()

@@ -4,6 +4,7 @@ training code keep working."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -12,6 +13,7 @@ from torch import Tensor
 from torch.nn.utils import prune as torch_prune
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ..ops.nonzero import nonzero_rows_cols
 from .layers import weight_of
 
 
@@ -86,6 +88,17 @@ def mask_factors(mask: Tensor) -> tuple[Tensor, Tensor] | None:
     return entry[1], entry[2]
 
 
+def count_nonzero(mask: Tensor) -> int:
+    """The nonzero entries of ``mask``: for an unchanged ``outer_mask``, from its factors (live
+    rows x live columns x kernel elements, exactly the ones it holds; no pass over the mask),
+    else ``torch.count_nonzero``."""
+    factors = mask_factors(mask)
+    if factors is None:
+        return int(torch.count_nonzero(mask))
+    rows, cols = factors
+    return int(rows.sum()) * int(cols.sum()) * math.prod(mask.shape[2:])
+
+
 def single_value(tensor: Tensor) -> Tensor | None:
     """The one value a broadcast view of a scalar (every stride 0, e.g. ``ones_view``) holds,
     else None."""
@@ -94,18 +107,12 @@ def single_value(tensor: Tensor) -> Tensor | None:
     return tensor[(0,) * tensor.dim()]
 
 
-# Elements up to which a full-size temporary (``|w|``) is cheap on CPU: the allocator reuses
-# cached memory; past a few MB each temporary is fresh pages, and faulting them in costs more
-# than the pass it saves (measured: |w| then max 2.6x slower than max and min at 16M elements).
-CHEAP_TEMPORARY_NUMEL = 1 << 22
-
-
 def nonzero_rows_and_columns(tensor: Tensor) -> tuple[Tensor, Tensor | None]:
     """Bool [dim 0]: rows of ``tensor`` holding a nonzero; bool [dim 1]: columns (input
     channels of a conv/linear weight) holding one, None for a 1-d tensor. On the tensor's
-    device. Uses max reductions of ``|tensor|`` (floating point, up to ``CHEAP_TEMPORARY_NUMEL``):
-    on CPU a ``tensor != 0`` pass is slower, and so are max and min reductions of the tensor
-    itself (one more pass; ``aminmax`` slower still)."""
+    device. An unchanged ``outer_mask`` answers from its factors; other tensors of 2 or more
+    dimensions go to ``ops.nonzero_rows_cols`` (the compiled kernel where the kernels are
+    loaded already: this never starts a build)."""
     factors = mask_factors(tensor)
     if factors is not None:
         rows, cols = factors
@@ -113,19 +120,7 @@ def nonzero_rows_and_columns(tensor: Tensor) -> tuple[Tensor, Tensor | None]:
     t = tensor.detach()
     if t.dim() < 2:
         return t != 0, None
-    if t.numel() == 0 or t.dtype == torch.bool or t.is_complex():
-        nonzero = t != 0
-        return nonzero.flatten(1).any(1), nonzero.any(0).reshape(t.shape[1], -1).any(1)
-    if t.is_floating_point() and t.numel() <= CHEAP_TEMPORARY_NUMEL:
-        magnitude = t.abs()  # NaN stays NaN and counts as nonzero, as with != 0
-        rows = magnitude.flatten(1).amax(1) != 0
-        cols = magnitude.amax(0).reshape(t.shape[1], -1).amax(1) != 0
-        return rows, cols
-    # integers: |minimum| overflows to a negative value; large tensors: no temporary
-    flat = t.flatten(1)
-    rows = (flat.amax(1) != 0) | (flat.amin(1) != 0)
-    cols = ((t.amax(0) != 0) | (t.amin(0) != 0)).reshape(t.shape[1], -1).any(1)
-    return rows, cols
+    return nonzero_rows_cols(t, build=False)
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> Tensor:

@@ -24,7 +24,7 @@ import numpy as np
 from torch import Tensor
 
 from ..core.layers import weight_of
-from ..core.masks import CHEAP_TEMPORARY_NUMEL
+from ..ops.nonzero import CHEAP_TEMPORARY_NUMEL
 from ..structure.group_plan import GroupPlan
 from ..structure.layer_plan import LayerPlan
 from .base import PER_LAYER, PruneContext, PruningMethod, structured_options

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._build import BuildState, LostpruneBuildWarning, ensure_loaded
 from ._registry import all_ops
 from .gather import gather_channels, gather_channels_reference
+from .nonzero import nonzero_rows_cols, nonzero_rows_cols_reference
 from .pool import max_pool2d, max_pool2d_reference
 from .sensitivity import (
     channel_sensitivity,
@@ -42,6 +43,8 @@ __all__ = [
     "gather_channels_reference",
     "max_pool2d",
     "max_pool2d_reference",
+    "nonzero_rows_cols",
+    "nonzero_rows_cols_reference",
     "pack_weight",
     "sparse_conv2d",
     "sparse_conv2d_reference",

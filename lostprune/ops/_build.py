@@ -427,6 +427,11 @@ def ensure_loaded(force: bool = False, verbose: bool = False) -> BuildState:
 _kernel_answers: dict[tuple[str, str], bool] = {}
 
 
+def kernels_loaded() -> bool:
+    """True when this process has loaded the compiled kernels already (never starts a build)."""
+    return _state is not None and _state.backend == "compiled"
+
+
 @torch.compiler.assume_constant_result
 def use_kernel(op: str, device: torch.device | str) -> bool:
     """True when ``torch.ops.lostprune.<op>`` has a compiled kernel for this device.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("gather", "sparse", "sensitivity", "pool")
+FAMILIES = ("gather", "nonzero", "sparse", "sensitivity", "pool")
 
 
 def family_modules():

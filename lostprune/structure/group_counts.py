@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.masks import nonzero_rows_and_columns, single_value
+from ..core.masks import count_nonzero, nonzero_rows_and_columns, single_value
 from .graph import DEPTHWISE, IN, OUT, DependencyGraph
 
 
@@ -37,14 +37,14 @@ class WeightCounter:
         for i, mask in enumerate(masks.values()):
             inner.append(int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1)
             value = single_value(mask)  # an unpruned layer's ones_view
-            if bool(value != 0) if value is not None else int(torch.count_nonzero(mask)) == mask.numel():
+            if bool(value != 0) if value is not None else count_nonzero(mask) == mask.numel():
                 # dense: the common first step
                 live_rows.append(np.ones(mask.shape[0], dtype=bool))
                 live_cols.append(np.ones(mask.shape[1] if mask.dim() > 1 else 1, dtype=bool))
                 continue
             rows, cols = (t.cpu() for t in nonzero_rows_and_columns(mask))
             # every live (row, column) pair full <=> as many nonzeros as the outer product holds
-            if int(torch.count_nonzero(mask)) != inner[-1] * int(rows.sum()) * int(cols.sum()):
+            if count_nonzero(mask) != inner[-1] * int(rows.sum()) * int(cols.sum()):
                 nonzero = mask.detach() != 0
                 self.matrix[i] = (
                     (nonzero.flatten(2).sum(2) if nonzero.dim() > 2 else nonzero)

@@ -31,9 +31,9 @@ from torch.nn.utils import prune as torch_prune
 
 from ..core.accounting import output_positions
 from ..core.copying import copy_model
-from ..core.masks import mask_factors, masked_parameters, nonzero_rows_and_columns
+from ..core.masks import count_nonzero, mask_factors, masked_parameters, nonzero_rows_and_columns
 from ..core.shapes import check_input, eval_mode, shape_only_forward
-from ..ops import gather_channels
+from ..ops import ensure_loaded, gather_channels
 from .attention import resize_attention
 from .folded_conv import FoldedConv2d
 from .granularity import channel_multiple, padded
@@ -164,11 +164,12 @@ def slice_model(
     # masked layers: weights their masks keep (slicing drops only masked ones; the rest of a
     # sliced layer's weights are masked weights that stay, as zeros)
     pruned = {
-        name: int(torch.count_nonzero(m.weight_mask))
+        name: count_nonzero(m.weight_mask)
         for name, m in model.named_modules()
         if isinstance(m, (nn.Conv2d, nn.Linear)) and "weight" in masked_parameters(m)
     }
 
+    ensure_loaded()  # the gather below needs the kernels: loaded first, the live rows and columns use them too
     dense, shared, live = _dense_model(model, inplace)
     # BN folds with running statistics; shape propagation never updates them
     with eval_mode(list(dense.modules())):
