@@ -87,6 +87,9 @@ def test_empty_and_non_contiguous(compiled):
     t = _case((6, 5, 3, 3), torch.float32, 0)
     for view in (t.transpose(2, 3), t[:, 1:4], t[::2], t.contiguous(memory_format=torch.channels_last)):
         _same(nonzero_rows_cols(view), literal(view))
+    c = _case((6, 5, 3), torch.complex64, 1)
+    for view in (c.conj(), c.conj().transpose(0, 1), torch.view_as_real(c).select(-1, 0)._neg_view()):
+        _same(nonzero_rows_cols(view), literal(view))
 
 
 def test_row_chunks_across_threads(compiled):

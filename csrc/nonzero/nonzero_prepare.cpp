@@ -40,7 +40,8 @@ NonzeroProblem prepare_nonzero(const at::Tensor& t, c10::DeviceType device_type)
   NonzeroProblem p;
   p.d0 = t.size(0);
   p.d1 = t.size(1);
-  p.x = t.is_complex() ? at::view_as_real(t.contiguous()) : t.contiguous();
+  // a conjugate view's raw words are its base's; view_as_real wants the conjugation resolved (one copy)
+  p.x = t.is_complex() ? at::view_as_real(t.resolve_conj().contiguous()) : t.contiguous();
   p.inner = p.d0 * p.d1 == 0 ? 0 : p.x.numel() / (p.d0 * p.d1);
   p.word_size = p.x.element_size();
   p.floating = at::isFloatingType(p.x.scalar_type());
