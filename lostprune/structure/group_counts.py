@@ -37,14 +37,15 @@ class WeightCounter:
         for i, mask in enumerate(masks.values()):
             inner.append(int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1)
             value = single_value(mask)  # an unpruned layer's ones_view
-            if bool(value != 0) if value is not None else count_nonzero(mask) == mask.numel():
+            kept = mask.numel() * int(value != 0) if value is not None else count_nonzero(mask)
+            if kept == mask.numel():
                 # dense: the common first step
                 live_rows.append(np.ones(mask.shape[0], dtype=bool))
                 live_cols.append(np.ones(mask.shape[1] if mask.dim() > 1 else 1, dtype=bool))
                 continue
             rows, cols = (t.cpu() for t in nonzero_rows_and_columns(mask))
             # every live (row, column) pair full <=> as many nonzeros as the outer product holds
-            if count_nonzero(mask) != inner[-1] * int(rows.sum()) * int(cols.sum()):
+            if kept != inner[-1] * int(rows.sum()) * int(cols.sum()):
                 nonzero = mask.detach() != 0
                 self.matrix[i] = (
                     (nonzero.flatten(2).sum(2) if nonzero.dim() > 2 else nonzero)
