@@ -102,7 +102,7 @@ CONV_CASES = [
     # single images read through the band (im2col of a tile) when enough output channels
     # share its rows (nnz / codes >= 4), else the planes in place ("direct"):
     (1, 64, 48, 19, 23, 3, 1, 1, 1, 1),  # band: several tiles and chunks
-    (1, 96, 128, 9, 9, 3, 1, 1, 1, 1),  # band; at 95 %: the larger sparse-chunk budget
+    (1, 96, 128, 9, 9, 3, 1, 1, 1, 1),  # band; at 95 %: a larger chunk budget (3 chunks)
     (1, 16, 32, 40, 3, 3, 1, 1, 1, 1),  # band, 3 columns: rows gathered lane by lane
     (1, 64, 64, 9, 9, 1, 1, 0, 1, 1),  # band, 1x1: plane rows without a gap
     (2, 32, 2, 15, 15, 3, 1, 1, 1, 1),  # direct: 2 channels never repay a band

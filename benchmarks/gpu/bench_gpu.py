@@ -7,7 +7,11 @@
   of the CSR weight, with ``F.unfold`` for convolutions);
 - resnet18 pruned by WT to 90 % and run through ``lostprune.sparse.convert`` vs the dense
   model, batch 1 and 32, end to end;
-- resnet18 pruned by FT to 50 % and sliced vs the dense model, batch 1 and 32.
+- resnet18 pruned by FT to 50 % and sliced vs the dense model, batch 1 and 32;
+- the other ops against what they replace: the channel-slicing gather (vs the per-tensor
+  ``index_select`` loop, one slicing step of resnet18), max-pooling (vs torch's: cuDNN; the stem
+  pool of resnet18) and the live rows and columns of every resnet18 weight (vs its
+  reference's max reductions).
 
 Every ratio interleaves the two sides (CUDA-synchronized samples of at least ``--min-time``)
 so clock and thermal drift hit both alike; each contender's output is checked against its
@@ -35,11 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import lostprune
 from benchmarks._util import write_section
+from benchmarks.bench_gather import slicing_step
 from benchmarks.bench_sparse import RESNET18_LAYERS, fair_dense, layer_callables, pruned_resnet18
 from lostprune import models
 from lostprune.datapass import sensitivity_pass
-from lostprune.ops import pack_weight, sparse_linear
+from lostprune.ops import gather_channels, gather_channels_reference, max_pool2d, pack_weight, sparse_linear
 from lostprune.ops._precision import exact_fp32
+from lostprune.ops.nonzero import nonzero_rows_cols, nonzero_rows_cols_reference
 
 # resnet18's convolutions at 224x224: the stem, one per stage and one strided.
 CONV_LAYERS = [
@@ -263,6 +269,60 @@ def ft50_rows(timer: Timer, device: torch.device, batches, size: int) -> tuple[l
     return rows, notes
 
 
+# --------------------------------------------------------------------------- other ops
+def other_op_rows(timer: Timer, device: torch.device, smoke: bool) -> list[str]:
+    """The gather, max-pool and live rows / columns ops, each against what it replaces;
+    outputs compared exactly before timing (all three select or compare values)."""
+    model = "resnet20" if smoke else "resnet18"
+    tensors, rows, cols = slicing_step(model)
+    to = functools.partial(_to_device, device=device)
+    tensors, rows, cols = to(tensors), to(rows), to(cols)
+    pool_shape = (1, 4, 9, 9) if smoke else (32, 64, 112, 112)
+    x = torch.randn(pool_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    weights = [t for t in tensors if t.dim() >= 2]
+    zeroed = [w.clone() for w in weights]
+    for w in zeroed:  # FT's pattern: whole rows and columns zeroed
+        w[: w.shape[0] // 3] = 0
+        w[:, : w.shape[1] // 3] = 0
+    cases = [
+        (
+            f"gather_channels: one slicing step of {model} ({len(tensors)} tensors, half the channels)",
+            "index_select loop",
+            lambda: gather_channels_reference(tensors, rows, cols),
+            lambda: gather_channels(tensors, rows, cols),
+        ),
+        (
+            f"max_pool2d 3×3 s2 p1, {list(pool_shape)}",
+            "F.max_pool2d",
+            lambda: [F.max_pool2d(x, 3, 2, 1)],
+            lambda: [max_pool2d(x, 3, 2, 1)],
+        ),
+    ]
+    for label, ws in (("dense", weights), ("a third of rows / cols zeroed", zeroed)):
+        cases.append(
+            (
+                f"nonzero_rows_cols: every {model} weight, {label}",
+                "max reductions (reference)",
+                lambda ws=ws: [t for w in ws for t in nonzero_rows_cols_reference(w)],
+                lambda ws=ws: [t for w in ws for t in nonzero_rows_cols(w)],
+            )
+        )
+    out = []
+    for label, baseline_name, baseline, ours in cases:
+        with torch.inference_mode():
+            expected, got = baseline(), ours()
+        if len(expected) != len(got) or not all(torch.equal(a, b) for a, b in zip(expected, got)):
+            raise AssertionError(f"{label}: the op's output differs from {baseline_name}'s; not timing it")
+        tb, tc, ratio = timer.ratio(baseline, ours)
+        out.append(f"| {label} | {baseline_name} | {tb * 1e6:.0f} | {tc * 1e6:.0f} | **{ratio:.2f}×** |")
+        print(out[-1], flush=True)
+    return out
+
+
+def _to_device(items, device: torch.device):
+    return [None if t is None else t.to(device) for t in items]
+
+
 # --------------------------------------------------------------------------- script
 def device_line(device: torch.device) -> str:
     if device.type != "cuda":
@@ -306,6 +366,7 @@ def main() -> int:
     )
     wt_rows, wt_notes = wt90_rows(timer, device, batches, size)
     ft_rows, ft_notes = ft50_rows(timer, device, batches, size)
+    op_rows = other_op_rows(timer, device, args.smoke)
 
     body = [
         (
@@ -343,6 +404,11 @@ def main() -> int:
         "|---|---|---|---|---|",
         *ft_rows,
         *ft_notes,
+        "",
+        "### Other ops vs what they replace",
+        "| op, case | baseline | baseline µs | lostprune µs | speedup |",
+        "|---|---|---|---|---|",
+        *op_rows,
     ]
     title = f"GPU kernels ({device_line(device).split(' (')[0]})"
     command = "python benchmarks/gpu/bench_gpu.py " + " ".join(argv)

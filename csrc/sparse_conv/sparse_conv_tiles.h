@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "sparse_conv.h"
@@ -13,10 +14,19 @@ namespace lostprune {
 namespace cpu {
 
 // The layout's tunables (measured on the machines of benchmarks/results/sparse.md).
+//
+// A band chunk trades two costs: each (output channel, chunk) pays a fixed overhead (its
+// partial tile loaded and stored, a loop entry and exit), each nonzero pays its loads, more
+// when the band outgrows L1. Per-layer sweeps (3x3 and 1x1 ResNet layers, 5-50 % dense,
+// budgets 24-192 KB, AVX-512) put the best budget near band_bytes_x_density / density:
+// about the same nonzeros per chunk run whatever the density. Layers whose partial tiles
+// (output channels x row) outgrow band_partials_bytes pay more per run and want longer
+// runs: the constant grows with the square root of the excess.
 struct Tuning {
-  int64_t band_bytes = 32 << 10;         // one chunk's band: a 32 KB L1 ...
-  int64_t sparse_band_bytes = 64 << 10;  // ... or twice that (from L2) where few nonzeros per
-  double sparse_density = 0.1;           // chunk would leave each channel's run too short
+  int64_t band_bytes_x_density = 7 << 10;  // the budget times the weight density
+  int64_t band_partials_bytes = 64 << 10;
+  int64_t min_band_bytes = 32 << 10;     // about L1
+  int64_t max_band_bytes = 192 << 10;    // a fifth of a 1 MB L2, beside planes and partials
   int64_t direct_band_bytes = 32 << 10;  // what one direct tile reads of a chunk
   double min_band_reuse = 4.0;           // output channels per band row that repay its gather
   int64_t min_chunk_nonzeros = 24;       // direct: per output channel, pays for reloading its tile
@@ -27,6 +37,14 @@ constexpr int64_t kPrefetchChannels = 4;  // chunk passes fetch the nonzeros of 
 // Whether offsets within one group's planes (G images interleaved) fit in int32.
 inline bool fits_int32_offsets(const SparseConvArgs& a, int64_t G) {
   return (a.Cin_g * a.g.channel_stride + a.g.max_dx + 64) * G < (int64_t(1) << 31);
+}
+
+// Bytes of band one chunk may hold (Tuning) for weights of this density whose partial
+// tiles take partials_bytes.
+inline int64_t band_budget(const Tuning& tune, double density, int64_t partials_bytes) {
+  const double excess = std::max(1.0, double(partials_bytes) / double(tune.band_partials_bytes));
+  const double budget = double(tune.band_bytes_x_density) * std::sqrt(excess) / std::max(density, 1e-9);
+  return std::llround(std::clamp(budget, double(tune.min_band_bytes), double(tune.max_band_bytes)));
 }
 
 // How one call cuts its work (the same for every thread).
@@ -248,8 +266,8 @@ Layout make_layout(const SparseConvArgs& a, int64_t G, const Tuning& tune = Tuni
   lay.tap_off = tap_off;
   if (lay.band) {
     const int64_t row_bytes = lay.tile_vectors * L * static_cast<int64_t>(sizeof(S));
-    const double density = double(a.nnz) / double(std::max<int64_t>(1, a.Cout * lay.codes));
-    const int64_t budget = density < tune.sparse_density ? tune.sparse_band_bytes : tune.band_bytes;
+    const int64_t budget =
+        band_budget(tune, double(a.nnz) / double(std::max<int64_t>(1, a.Cout * lay.codes)), a.Cout * row_bytes);
     const int64_t per_chunk = std::max<int64_t>(1, budget / row_bytes);
     lay.chunks = (lay.codes + per_chunk - 1) / per_chunk;
     lay.chunk_codes = (lay.codes + lay.chunks - 1) / lay.chunks;  // balanced

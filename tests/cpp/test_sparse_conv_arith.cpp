@@ -1,12 +1,14 @@
 // Unit tests of csrc/sparse_conv/sparse_conv.h: the phase-plane layout shared by the CPU
 // kernel (planes + one offset per nonzero), the tap decoding and the tile plan and staged
-// indexing of the CUDA kernel (emulated here block by block on the CPU).
+// indexing of the CUDA kernel (emulated here block by block on the CPU); the CPU kernel's band
+// chunk budget (sparse_conv_tiles.h).
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "../../csrc/sparse_conv/sparse_conv.h"
+#include "../../csrc/sparse_conv/sparse_conv_tiles.h"
 #include "check.h"
 
 using lostprune::SparseConvGeometry;
@@ -218,6 +220,22 @@ int main() {
   LP_CHECK(lostprune::first_bad_row(decreasing, 3, 5) == 1);
   LP_CHECK(lostprune::first_bad_row(short_end, 3, 5) == 3);
   LP_CHECK(lostprune::first_bad_row(bad_start, 3, 5) == 0);
+
+  {  // band chunk budget: inversely to the density, longer where partial tiles are large, clamped
+    const lostprune::cpu::Tuning tune;
+    using lostprune::cpu::band_budget;
+    LP_CHECK(band_budget(tune, 1.0, 32 << 10) == tune.min_band_bytes);
+    LP_CHECK(band_budget(tune, 0.1, 32 << 10) == 10 * tune.band_bytes_x_density);
+    LP_CHECK(band_budget(tune, 0.1, 4 * tune.band_partials_bytes) == 20 * tune.band_bytes_x_density);
+    LP_CHECK(band_budget(tune, 0.001, 32 << 10) == tune.max_band_bytes);
+    LP_CHECK(band_budget(tune, 0.0, 32 << 10) == tune.max_band_bytes);  // an all-zero weight
+    int64_t last = 0;
+    for (double density = 1.0; density > 0.005; density *= 0.8) {
+      const int64_t budget = band_budget(tune, density, 96 << 10);
+      LP_CHECK(budget >= last && budget >= tune.min_band_bytes && budget <= tune.max_band_bytes);
+      last = budget;
+    }
+  }
 
   LP_CHECK(lostprune::sparse_epilogue(1.5f, 2.0f, false) == 3.5f);
   LP_CHECK(lostprune::sparse_epilogue(1.5f, -2.0f, false) == -0.5f);
