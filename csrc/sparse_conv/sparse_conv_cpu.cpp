@@ -5,8 +5,9 @@
 // once into phase planes (sparse_conv.h): padding, stride and dilation become one constant
 // offset per tap. Outputs are cut into tiles of up to kTileVectors vectors, and every
 // output channel's nonzeros into chunks of consecutive tap codes (CSR order) sized so that
-// what a tile reads of a chunk stays in L1 while all output channels pass over it. Loops
-// run tile > chunk > output channel; partial tiles wait in a small buffer between chunks.
+// what a tile reads of a chunk stays in cache (L1, or L2 for sparse weights: band_budget in
+// sparse_conv_tiles.h) while all output channels pass over it. Loops run tile > chunk >
+// output channel; partial tiles wait in a small buffer between chunks.
 //
 // Two ways to read a chunk:
 // - band: the tile's im2col rows of the chunk's codes are gathered once into an aligned
