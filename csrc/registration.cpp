@@ -7,7 +7,7 @@ TORCH_LIBRARY(lostprune, m) {
   // Structured channel slicing (docs/methods.md §Slicing): per tensor, keep rows (dim 0) and/or cols (dim 1).
   m.def("gather_channels(Tensor[] tensors, Tensor?[] rows, Tensor?[] cols) -> Tensor[]");
   // Live rows (dim 0) and columns (dim 1) of a weight or mask: which hold a nonzero (bool [d0], bool [d1]);
-  // what slicing removes. One read pass at most, skipping what is known live (csrc/nonzero/nonzero.h).
+  // what slicing removes. One streaming read of every element (csrc/nonzero/nonzero.h).
   m.def("nonzero_rows_cols(Tensor t) -> (Tensor, Tensor)");
   // Masked sparse conv / linear (docs/architecture.md, Kernels): the weight packed as CSR over
   // [Cout, Cin/g*KH*KW] (values, int32 col_index = tap code, int32 row_ptr); see
