@@ -15,7 +15,9 @@ Per model (random weights, trained-like BN statistics, 3×224×224 — 299 for i
   beforehand. The copies differ: lostprune's ``copy_model`` (deepcopy's copy, 3-4× faster
   on small networks), Torch-Pruning's user's ``copy.deepcopy``; the deepcopy is also timed
   alone (interleaved too), and the ratio given without it: Torch-Pruning's in-place step
-  against all of lostprune's work. Both tools run on one thread, so the thread's CPU time is what a run costs
+  against all of lostprune's work. *In place*: both tools prune a model of their own, without
+  a copy (``prune(..., inplace=True)``; Torch-Pruning's step on a copy made untimed before),
+  the same work on both sides: graph, prune, slice. Both tools run on one thread, so the thread's CPU time is what a run costs
   (what other processes take of a shared machine left out); the ratio is also given in wall
   time. lostprune keeps the traces of the last 16 model structures: *cold* empties that
   cache before each run (what a first prune of a model costs, the one compared), *warm* does
@@ -188,19 +190,24 @@ def secant(evaluate, start: float, low: float, high: float, steps: int = 4):
 
 
 # ----------------------------------------------------------------------------- the tools
-def lostprune_step(model: nn.Module, x: torch.Tensor, ratio: float):
+def lostprune_step(model: nn.Module, x: torch.Tensor, ratio: float, inplace: bool = False):
+    """Prune a copy of ``model`` (``inplace``: the model itself) and slice it."""
     import lostprune
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = lostprune.prune(model, "ft", ratio, example_input=x, coupled="sum", progress=False)
-        return result, lostprune.slice_model(result.model, inplace=True)  # prune made the copy
+        result = lostprune.prune(
+            model, "ft", ratio, example_input=x, coupled="sum", progress=False, inplace=inplace
+        )
+        return result, lostprune.slice_model(result.model, inplace=True)  # prune's copy, or in place
 
 
-def torch_pruning_step(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
+def torch_pruning_step(model: nn.Module, x: torch.Tensor, ratio: float, inplace: bool = False) -> nn.Module:
+    """Prune a copy of ``model`` (``inplace``: the model itself) with Torch-Pruning."""
     import torch_pruning as tp
 
-    model = copy.deepcopy(model)  # Torch-Pruning works in place (timed, as lostprune's copy)
+    if not inplace:  # Torch-Pruning works in place: the user's copy (timed, as lostprune's)
+        model = copy.deepcopy(model)
     classifier = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     with warnings.catch_warnings():
@@ -317,7 +324,8 @@ def run_one(name: str, quick: bool, skip_tp: str | None = None) -> dict:
     # time to prune: best of n, the tools interleaved; wall and this thread's CPU time (one
     # thread: the CPU time leaves out what other processes of a shared machine take)
     stage("time to prune")
-    times: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": [], "tp": [], "copy": []}
+    kinds = ("cold", "warm", "inplace", "tp", "copy", "tp_inplace")
+    times: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
 
     def timed(kind: str, step) -> None:
         gc.collect()  # a collection of the last run's garbage lands in neither tool's time
@@ -327,20 +335,30 @@ def run_one(name: str, quick: bool, skip_tp: str | None = None) -> dict:
 
     for _ in range(2 if quick else 5):
         if sliced is not None:
-            for kind in ("cold", "warm"):
-                if kind == "cold":
+            for kind in ("cold", "warm", "inplace"):
+                if kind != "warm":
                     clear_traces()
-                fresh = copy.deepcopy(model)
-                timed(kind, lambda fresh=fresh: lostprune_step(fresh, x, row["lp"]["ratio"]))
+                fresh = copy.deepcopy(model)  # (untimed: the user's model is not touched)
+                timed(
+                    kind,
+                    lambda fresh=fresh, kind=kind: lostprune_step(
+                        fresh, x, row["lp"]["ratio"], inplace=kind == "inplace"
+                    ),
+                )
         if pruned is not None:
             timed("tp", lambda: torch_pruning_step(model, x, row["tp"]["ratio"]))
             timed("copy", lambda: copy.deepcopy(model))  # the part of it that is the user's copy
-    for key, kinds in (("lp", ("cold", "warm")), ("tp", ("tp", "copy"))):
-        for kind in kinds:
+            fresh = copy.deepcopy(model)  # (untimed)
+            timed(
+                "tp_inplace",
+                lambda fresh=fresh: torch_pruning_step(fresh, x, row["tp"]["ratio"], inplace=True),
+            )
+    for key, chosen in (("lp", ("cold", "warm", "inplace")), ("tp", ("tp", "copy", "tp_inplace"))):
+        for kind in chosen:
             if times[kind]:
-                suffix = {"warm": "_warm", "copy": "_copy"}.get(kind, "")
-                row[key]["time" + suffix] = min(wall for wall, _ in times[kind])
-                row[key]["cpu" + suffix] = min(cpu for _, cpu in times[kind])
+                suffix = {"warm": "_warm", "copy": "_copy", "inplace": "_inplace", "tp_inplace": "_inplace"}
+                row[key]["time" + suffix.get(kind, "")] = min(wall for wall, _ in times[kind])
+                row[key]["cpu" + suffix.get(kind, "")] = min(cpu for _, cpu in times[kind])
 
     # latency
     for key, candidate in (("lp", sliced), ("tp", pruned)):
@@ -404,16 +422,17 @@ def tables(rows: list[dict], batch: int) -> str:
     lines = [
         (
             "| model | GMACs | lostprune: MACs kept | params kept | exact (max rel. error) | CPU s cold | "
-            "CPU s warm | Torch-Pruning: MACs kept | params kept | runs | CPU s | of which the copy | "
-            "lostprune (cold) / Torch-Pruning, CPU time | same, wall time | same, Torch-Pruning without "
-            "its copy, CPU time |"
+            "CPU s warm | CPU s in place (cold) | Torch-Pruning: MACs kept | params kept | runs | CPU s | "
+            "of which the copy | CPU s in place | lostprune (cold) / Torch-Pruning, CPU time | same, wall "
+            "time | same, Torch-Pruning without its copy, CPU time | both in place: lostprune (cold) / "
+            "Torch-Pruning, CPU time |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lp, tp = row["lp"], row["tp"]
         if "failed" in lp:
-            lp_cells = [failed(lp)] + ["–"] * 4
+            lp_cells = [failed(lp)] + ["–"] * 5
         else:
             exact = lp.get("error")
             verdict = "–" if exact is None else f"{'yes' if exact <= 1e-5 else 'no'} ({exact:.0e})"
@@ -423,9 +442,10 @@ def tables(rows: list[dict], batch: int) -> str:
                 verdict,
                 cell(lp.get("cpu"), ".3f"),
                 cell(lp.get("cpu_warm"), ".3f"),
+                cell(lp.get("cpu_inplace"), ".3f"),
             ]
         if "failed" in tp:
-            tp_cells = [failed(tp)] + ["–"] * 4
+            tp_cells = [failed(tp)] + ["–"] * 5
         else:
             tp_cells = [
                 cell(tp.get("macs"), ".1%"),
@@ -433,10 +453,13 @@ def tables(rows: list[dict], batch: int) -> str:
                 {True: "yes", False: "no"}.get(tp.get("runs"), "–"),
                 cell(tp.get("cpu"), ".3f"),
                 cell(tp.get("cpu_copy"), ".3f"),
+                cell(tp.get("cpu_inplace"), ".3f"),
             ]
         ratios = [lp[k] / tp[k] if k in lp and k in tp else None for k in ("cpu", "time")]
         in_place = tp["cpu"] - tp["cpu_copy"] if "cpu" in tp and "cpu_copy" in tp else None
         ratios.append(lp["cpu"] / in_place if "cpu" in lp and in_place else None)
+        both = "cpu_inplace" in lp and "cpu_inplace" in tp
+        ratios.append(lp["cpu_inplace"] / tp["cpu_inplace"] if both else None)
         lines.append(
             f"| {row['model']} | {cell(row['dense_gmacs'], '.2f')} | "
             + " | ".join(lp_cells)

@@ -155,12 +155,14 @@ def prune(
                 f"method {pruning_method.name!r} got unexpected options: {', '.join(unknown)} "
                 f"(it takes: {allowed})"
             )
-    _check_weights(prunable_layers(model, layers, exclude))  # validate before copying
+    chosen = prunable_layers(model, layers, exclude)
+    _check_weights(chosen)  # validate before copying
     data = _reusable(data)
     target = model if inplace else copy_model(settle_masks(model))
     # attention whose heads the graph can see and the data pass can score (same function)
-    convert_attention(target)
-    selected, shared = split_shared(target, prunable_layers(target, layers, exclude))
+    if convert_attention(target) or target is not model:  # (else the layers chosen above)
+        chosen = prunable_layers(target, layers, exclude)
+    selected, shared = split_shared(target, chosen)
     if shared and pruning_method.structured:
         owner, aliases = next(iter(shared.items()))
         raise ValueError(
@@ -227,7 +229,7 @@ def prune(
     masks = {n: (m.detach() if m.requires_grad else m).contiguous() for n, m in masks.items()}
     # the method's own masks (shapes are still checked), installed as the masks of the copy
     apply_masks(selected, masks, validate=False, copy=False)
-    modules = dict(target.named_modules())
+    modules = dict(target.named_modules()) if shared else {}
     for owner, aliases in shared.items():  # a tied weight: one mask, shared by every layer using it
         for alias in aliases:
             share_mask(selected[owner], modules[alias])

@@ -407,6 +407,7 @@ def test_conv_and_linear_rules_on_meta_are_the_real_module_or_torchs_meta_kernel
             layer_type, "forward", lambda self, x, original=original: deferred.append(1) or original(self, x)
         )
     answered = passed_on = 0
+    answered_shapes = set()
     for layer, shape, variant in _layer_cases():
         x = torch.randn(shape)
         if variant == "channels_last" and x.dim() == 4:
@@ -429,7 +430,10 @@ def test_conv_and_linear_rules_on_meta_are_the_real_module_or_torchs_meta_kernel
         else:
             assert real is not None and ruled == real == meta, (layer, shape, variant, ruled, real, meta)
             answered += 1
+            answered_shapes.add((shape, variant))
     assert answered > 15 and passed_on > 40
+    assert ((1, 4, 1, 1), "plain") in answered_shapes  # one pixel (squeeze-excitation): by rule
+    assert ((1, 4, 1, 1), "channels_last") not in answered_shapes  # its strides: torch's kernel
 
 
 def test_binary_elementwise_rule_is_torchs_result_where_it_answers():
@@ -472,6 +476,73 @@ def test_binary_elementwise_rule_is_torchs_result_where_it_answers():
     )
     real = torch.ones(1, 4, 3, 3)
     assert shapes_module.binary_elementwise_shape(operator.mul, (real, real), {}) is None  # computed
+
+
+def test_inplace_binary_rule_is_the_tensor_itself_where_torch_agrees():
+    shapes = [(2, 3, 4, 5), (1, 3, 1, 1), (3, 1, 1), (2, 3, 4, 1), (5,), (), (1, 1, 4, 5)]
+    answered = 0
+    for fn in shapes_module.INPLACE_BINARY_ELEMENTWISE:
+        for sa in shapes:
+            for sb in shapes:
+                for dtype_b in (torch.float32, torch.float64, torch.int64):
+                    a = torch.empty(sa, device="meta")
+                    b = torch.empty(sb, device="meta", dtype=dtype_b)
+                    ruled = shapes_module.binary_elementwise_shape(fn, (a, b), {})
+                    if ruled is None:
+                        continue
+                    assert ruled is a, (fn, sa, sb)
+                    expected = fn(a.clone(), b)  # torch accepts what the rule answers
+                    assert (expected.shape, expected.stride(), expected.dtype) == (
+                        a.shape,
+                        a.stride(),
+                        a.dtype,
+                    )
+                    answered += 1
+    assert answered > 20
+    small, big = torch.empty(1, 3, 1, 1, device="meta"), torch.empty(2, 3, 4, 5, device="meta")
+    assert shapes_module.binary_elementwise_shape(torch.Tensor.add_, (small, big), {}) is None  # torch raises
+    with pytest.raises(RuntimeError):
+        small.clone().add_(big)
+
+
+class _Excite(nn.Module):
+    """A squeeze-excitation with a residual: binary ops inside a forward, not modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool, self.fc = (
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(4, 4, 1),
+        )
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        out = self.fc(self.pool(x)) * x
+        out += x
+        return self.head(out - x)
+
+
+def test_shape_pass_gives_binary_ops_inside_forwards_by_rule(monkeypatch):
+    model = _Excite()
+    seen, answered = [], []
+    model.head.register_forward_hook(lambda m, i, o: seen.append((tuple(i[0].shape), tuple(o.shape))))
+    rule = shapes_module.binary_elementwise_shape
+
+    def recording(fn, args, kwargs):
+        result = rule(fn, args, kwargs)
+        answered.append(result is not None)
+        return result
+
+    monkeypatch.setattr(shapes_module, "binary_elementwise_shape", recording)
+    shape_only_forward(model, torch.randn(2, 3, 6, 5))
+    assert seen == [((2, 4, 6, 5), (2, 2, 6, 5))]
+    assert answered.count(True) == 3  # x * s, out += x, out - x: none through torch's references
+    answered.clear()
+    with torch.no_grad():  # a real pass: nothing intercepted
+        model(torch.randn(2, 3, 6, 5))
+    assert not answered
 
 
 def test_adaptive_pool_with_indices_runs_its_own_meta_kernel():

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from ..ops._conv_args import conv_out_hw
 
@@ -147,7 +148,7 @@ def _conv2d_shape(module: nn.Conv2d, input: Tensor) -> Tensor:
         and input.shape[1] == weight.shape[1] * module.groups
         and weight.shape[0] % module.groups == 0
         and (module.bias is None or module.bias.shape == (weight.shape[0],))
-        and _plainly_contiguous(input)
+        and (_plainly_contiguous(input) or _one_pixel(input, weight))
         and weight.is_contiguous()
     ):
         return type(module).forward(module, input)
@@ -178,19 +179,39 @@ def _linear_shape(module: nn.Linear, input: Tensor) -> Tensor:
 LAYER_RULES: dict[type, Callable] = {nn.Conv2d: _conv2d_shape, nn.Linear: _linear_shape}
 
 
-# Binary elementwise functions as a trace records them (``x + y``, ``torch.add(x, y)``): on meta
-# tensors torch runs each through its Python reference, about 90 µs.
+# Binary elementwise functions as a trace records them (``x + y``, ``torch.add(x, y)``) and as
+# a forward calls them (``x * y`` reaches torch functions as ``Tensor.mul``): on meta tensors
+# torch runs each through its Python reference, about 90 µs (a squeeze-excitation's scale times
+# its input: a quarter of a MobileNetV3 shape pass).
 BINARY_ELEMENTWISE = frozenset(
-    {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div}
+    {
+        operator.add,
+        operator.sub,
+        operator.mul,
+        operator.truediv,
+        torch.add,
+        torch.sub,
+        torch.mul,
+        torch.div,
+        Tensor.add,
+        Tensor.sub,
+        Tensor.mul,
+        Tensor.div,
+    }
 )
+# ``x += y``: the result is ``x`` itself, which must have the broadcast shape.
+INPLACE_BINARY_ELEMENTWISE = frozenset({Tensor.add_, Tensor.sub_, Tensor.mul_, Tensor.div_})
 
 
 def binary_elementwise_shape(fn: Callable, args: tuple, kwargs: dict) -> Tensor | None:
     """``fn(*args, **kwargs)`` for a ``BINARY_ELEMENTWISE`` function on two meta tensors of
     one floating dtype, where one of them has the broadcast shape and is plainly contiguous:
-    an empty meta tensor of the result's shape, dtype and layout. None for anything else
-    (scalars, other dtypes or layouts, shapes that do not broadcast): torch decides."""
-    if fn not in BINARY_ELEMENTWISE or kwargs or len(args) != 2:
+    an empty meta tensor of the result's shape, dtype and layout; for an
+    ``INPLACE_BINARY_ELEMENTWISE`` one, where the first (contiguous) has the broadcast shape:
+    that tensor. None for anything else (scalars, other dtypes or layouts, shapes that do not
+    broadcast): torch decides."""
+    inplace = fn in INPLACE_BINARY_ELEMENTWISE
+    if not (inplace or fn in BINARY_ELEMENTWISE) or kwargs or len(args) != 2:
         return None
     a, b = args
     if not (type(a) is Tensor and type(b) is Tensor and a.is_meta and b.is_meta):
@@ -203,10 +224,40 @@ def binary_elementwise_shape(fn: Callable, args: tuple, kwargs: dict) -> Tensor 
             shape = torch.broadcast_shapes(a.shape, b.shape)
         except RuntimeError:  # shapes that do not broadcast: torch's own error
             return None
-        big = a if a.shape == shape else b if b.shape == shape else None
+        big = a if a.shape == shape else None if inplace else b if b.shape == shape else None
     if big is None or not (_plainly_contiguous(big) and a.is_contiguous() and b.is_contiguous()):
         return None
-    return big.new_empty(big.shape)
+    return a if inplace else big.new_empty(big.shape)
+
+
+class _BinaryShapes(TorchFunctionMode):
+    """Binary elementwise ops called inside a forward on meta tensors: their shape by
+    ``binary_elementwise_shape``, everything else as torch does it."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = binary_elementwise_shape(func, args, kwargs)
+        return func(*args, **kwargs) if result is None else result
+
+
+def _one_pixel(input: Tensor, weight: Tensor) -> bool:
+    """One image of 1x1 pixels (a squeeze-excitation's pooled input), it and the weight
+    strided as contiguous tensors: contiguous and channels-last alike by their sizes, but
+    their strides tell torch's kernels to keep the contiguous layout."""
+    return (
+        input.shape[0] == 1
+        and input.shape[2:] == (1, 1)
+        and input.stride() == _contiguous_strides(input.shape)
+        and weight.stride() == _contiguous_strides(weight.shape)
+    )
+
+
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 def _plainly_contiguous(t: Tensor) -> bool:
@@ -224,10 +275,20 @@ def _shape_rule(m: nn.Module) -> Callable | None:
     if type(m) in SHAPE_KEEPING_MODULES:
         return _same
     if type(m) in ADAPTIVE_POOLS and not getattr(m, "return_indices", False):
-        return functools.partial(_adaptive_pool_shape, m)
+        return functools.partial(_unintercepted, _adaptive_pool_shape, m)
     if type(m) in LAYER_RULES:
-        return functools.partial(LAYER_RULES[type(m)], m)
+        return functools.partial(_unintercepted, LAYER_RULES[type(m)], m)
     return None
+
+
+def _unintercepted(rule: Callable, module: nn.Module, input: Tensor) -> Tensor:
+    """``rule(module, input)`` outside ``_BinaryShapes``: a rule's own queries of sizes and
+    layouts need no interception, and each would cost a Python call (a tensor subclass keeps
+    its torch function)."""
+    if type(input) is not Tensor:
+        return rule(module, input)
+    with torch._C.DisableTorchFunction():
+        return rule(module, input)
 
 
 @contextmanager
@@ -276,7 +337,7 @@ def shape_only_forward(module: nn.Module, x: Tensor, call: Callable | None = Non
     modules = list(module.modules())
     with eval_mode(modules), torch.no_grad():  # eval: never update BN statistics
         try:
-            with meta_parameters(module, modules), shape_rules(module, modules):
+            with meta_parameters(module, modules), shape_rules(module, modules), _BinaryShapes():
                 call(x.to("meta"))
         except Exception:  # noqa: BLE001 - an op without a meta kernel: pay for one real pass
             call(x)

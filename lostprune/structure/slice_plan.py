@@ -119,8 +119,17 @@ class _Decision:
         self.constants = constants
         self.kept: list[str] = []
         self.kept_channels = 0
+        self._alive: dict[int, tuple[Tensor, Tensor | None]] = {}  # group id -> alive(group)
 
     def alive(self, group: ChannelGroup) -> tuple[Tensor, Tensor | None]:
+        """Bool [size]: channels some producer still writes; bool [size] or None: channels some
+        consumer still reads (None: the group has no consumer). Computed once per group."""
+        known = self._alive.get(group.id)
+        if known is None:
+            known = self._alive[group.id] = self._compute_alive(group)
+        return known
+
+    def _compute_alive(self, group: ChannelGroup) -> tuple[Tensor, Tensor | None]:
         alive_out = torch.zeros(group.size, dtype=torch.bool)
         alive_in = None
         for m in group.members:

@@ -197,10 +197,11 @@ def slice_model(
     for conv in plan.folded.values():  # after the modes are restored: the new module copies its own
         _replace(dense, conv, FoldedConv2d.from_conv(conv, conv._buffers.pop("fold_weight")))
     _check_runs(dense, example_input)
-    report.params_after = _count_params(dense)
+    parameters = list(dense.named_parameters())
+    report.params_after = sum(p.numel() for _, p in parameters)  # (no pruning hooks left)
     report.zeros_kept = sum(dense.get_submodule(name).weight.numel() - kept for name, kept in pruned.items())
     _count_conv_work(dense, graph, report, example_input)
-    report.shapes = {name: tuple(p.shape) for name, p in dense.named_parameters()}
+    report.shapes = {name: tuple(p.shape) for name, p in parameters}
     if report.kept:
         warnings.warn(
             f"slice_model kept {report.channels_kept} removed channels to keep the model's function: "
@@ -331,7 +332,7 @@ def _materialize(dense: nn.Module, modules: dict[str, nn.Module], plan: SlicePla
         resize_attention(module)
         if type(module) is nn.Conv2d and "fold_weight" in module._buffers:
             plan.folded[name] = module
-    leftovers = [
+    leftovers = shared and [  # (nothing is shared in place)
         n for n, t in itertools.chain(dense.named_parameters(), dense.named_buffers()) if id(t) in shared
     ]
     if leftovers:

@@ -8,7 +8,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from ..core.shapes import binary_elementwise_shape, shape_only_forward
+from ..core.shapes import shape_only_forward
 from .folded_conv import FoldedConv2d  # a sliced model's conv: a leaf like nn.Conv2d
 from .groups import GraphError
 
@@ -110,10 +110,8 @@ def propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_inp
                 value = modules[node.target](*args, **kwargs)
             elif node.op == "call_method":
                 value = getattr(args[0], node.target)(*args[1:], **kwargs)
-            else:  # a binary op on meta tensors: its shape without torch's Python reference
-                value = binary_elementwise_shape(node.target, args, kwargs)
-                if value is None:
-                    value = node.target(*args, **kwargs)
+            else:  # (binary ops on meta tensors: shape_only_forward gives their shapes by rule)
+                value = node.target(*args, **kwargs)
             env[node] = value
             _annotate(node, value)
 
