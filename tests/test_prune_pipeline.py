@@ -21,6 +21,7 @@ from lostprune.core.masks import (
     apply_masks,
     count_nonzero,
     current_masks,
+    live_structure,
     mask_factors,
     nonzero_rows_and_columns,
     ones_view,
@@ -193,6 +194,55 @@ def test_nonzero_rows_and_columns(shape, path, compiled, monkeypatch):
     for dtype in (torch.int8, torch.uint8):  # |-128| overflows to -128 in int8: still nonzero
         tensor = torch.tensor([[0, 0, 0], [0, -128 if dtype == torch.int8 else 255, 0]], dtype=dtype)
         assert [x.tolist() for x in nonzero_rows_and_columns(tensor)] == [[False, True], [False, True, False]]
+
+
+def _reference_live_structure(mask, groups):
+    """Live rows, live input channels and surviving entries per (row, column) pair, plainly."""
+    nonzero = mask != 0
+    cout, cin_g = mask.shape[:2]
+    pairs = nonzero.reshape(cout, cin_g, -1).sum(2).double()
+    rows = pairs.sum(1) > 0
+    cols = (pairs.view(groups, cout // groups, cin_g) > 0).any(1).reshape(-1)
+    outer = bool(nonzero.all()) or (
+        groups == 1
+        and torch.equal(
+            nonzero,
+            (rows[:, None] & cols[None, :]).reshape(cout, cin_g, *[1] * (mask.dim() - 2)).expand_as(mask),
+        )
+    )
+    return rows.numpy(), cols.numpy(), None if outer else pairs.numpy()
+
+
+@pytest.mark.parametrize(
+    "shape,groups", [((6, 5, 3, 3), 1), ((7, 4), 1), ((6, 2, 3, 1), 3), ((5, 1, 1, 1), 1)]
+)
+def test_live_structure_is_the_plain_count(shape, groups):
+    torch.manual_seed(1)
+    like = torch.ones(shape, dtype=torch.float64)
+    rows, cols = torch.rand(shape[0]) > 0.4, torch.rand(shape[1]) > 0.3
+    structured = (
+        rows.double().view(-1, *[1] * (len(shape) - 1)) * cols.double().view(1, -1, *[1] * (len(shape) - 2))
+    ).expand(shape)
+    sparse = (torch.rand(shape) > 0.6).double()
+    candidates = [
+        ones_view(like),
+        ones_view(like) * 0,
+        like.clone(),
+        like * 0,
+        structured.contiguous(),
+        sparse,
+    ]
+    if groups == 1:
+        candidates.append(outer_mask(rows, cols, like))
+    for mask in candidates:
+        got = live_structure(mask, groups)
+        expected = _reference_live_structure(mask, groups)
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+        assert (got[2] is None) == (expected[2] is None)
+        if got[2] is not None:
+            assert got[2].dtype == np.float64 and np.array_equal(got[2], expected[2])
+    if shape == (6, 5, 3, 3):  # a scattered mask: counted per pair
+        assert live_structure(sparse, groups)[2] is not None
 
 
 def test_outer_mask_remembers_its_factors_until_changed():

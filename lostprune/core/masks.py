@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -121,6 +122,37 @@ def nonzero_rows_and_columns(tensor: Tensor) -> tuple[Tensor, Tensor | None]:
     if t.dim() < 2:
         return t != 0, None
     return nonzero_rows_cols(t, build=False)
+
+
+def live_structure(mask: Tensor, groups: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """What survives of a conv / linear weight mask, as the channel counts need it: live rows
+    (bool [out]), live input channels (bool [in channels]; of a grouped conv, channel
+    g·(in / groups) + j is column j of group g's rows) and, unless every live (row, column)
+    pair is full — the mask is then the outer product of the two, times the kernel —, the
+    surviving entries of each (row, column) pair (float64 [out, in per group]), else None.
+    Broadcast views of one value, ``outer_mask`` masks and dense masks answer without a pass
+    over the pairs."""
+    value = single_value(mask)
+    cout = mask.shape[0]
+    cin = mask.shape[1] * groups
+    if value is not None:
+        live = bool(value != 0)
+        return np.full(cout, live), np.full(cin, live), None
+    factors = mask_factors(mask) if groups == 1 else None
+    if factors is not None:
+        rows, cols = (t.numpy() for t in factors)
+        return rows & cols.any(), cols & rows.any(), None
+    kept = int(torch.count_nonzero(mask))
+    if kept == mask.numel():
+        return np.ones(cout, dtype=bool), np.ones(cin, dtype=bool), None
+    nonzero = mask.detach() != 0
+    pairs = (nonzero.flatten(2).sum(2) if nonzero.dim() > 2 else nonzero).cpu().to(torch.float64)
+    rows = nonzero_rows_and_columns(mask)[0].cpu().numpy()
+    cin_g = pairs.shape[1]
+    cols = (pairs.view(groups, cout // groups, cin_g) > 0).any(1).reshape(-1).numpy()
+    if groups == 1 and kept == math.prod(mask.shape[2:]) * int(rows.sum()) * int(cols.sum()):
+        return rows, cols, None
+    return rows, cols, pairs.numpy()
 
 
 def effective_weight(module: nn.Module, name: str = "weight") -> Tensor:

@@ -8,10 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from ..core.masks import count_nonzero, nonzero_rows_and_columns, single_value
+from ..core.masks import live_structure
 from .graph import DEPTHWISE, IN, OUT, DependencyGraph
 
 
@@ -36,25 +35,11 @@ class WeightCounter:
         inner, live_rows, live_cols = [], [], []
         for i, mask in enumerate(masks.values()):
             inner.append(int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1)
-            value = single_value(mask)  # an unpruned layer's ones_view
-            kept = mask.numel() * int(value != 0) if value is not None else count_nonzero(mask)
-            if kept == mask.numel():
-                # dense: the common first step
-                live_rows.append(np.ones(mask.shape[0], dtype=bool))
-                live_cols.append(np.ones(mask.shape[1] if mask.dim() > 1 else 1, dtype=bool))
-                continue
-            rows, cols = (t.cpu() for t in nonzero_rows_and_columns(mask))
-            # every live (row, column) pair full <=> as many nonzeros as the outer product holds
-            if kept != inner[-1] * int(rows.sum()) * int(cols.sum()):
-                nonzero = mask.detach() != 0
-                self.matrix[i] = (
-                    (nonzero.flatten(2).sum(2) if nonzero.dim() > 2 else nonzero)
-                    .cpu()
-                    .to(torch.float64)
-                    .numpy()
-                )
-            live_rows.append(rows.numpy())
-            live_cols.append(cols.numpy())
+            rows, cols, pairs = live_structure(mask)
+            if pairs is not None:  # not an outer product: counted per (row, column) pair
+                self.matrix[i] = pairs
+            live_rows.append(rows)
+            live_cols.append(cols)
         self.inner = np.array(inner, dtype=np.int64)
         self.outer = np.array([i not in self.matrix for i in range(len(inner))], dtype=bool)
         self.total = sum(mask.numel() for mask in masks.values())

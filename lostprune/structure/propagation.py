@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
-from ..core.masks import mask_factors, nonzero_rows_and_columns, outer_mask, single_value
+from ..core.masks import live_structure, outer_mask, single_value
 from .axes import Channels
 from .graph import DependencyGraph
 from .walk import ChannelWalk
@@ -75,7 +75,7 @@ class Propagation:
             groups = getattr(module, "groups", 1)
             cin = mask.shape[1] * groups if mask.dim() > 1 else 1
             inner = int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1
-            rows, cols, pairs = _live(mask, groups)
+            rows, cols, pairs = live_structure(mask, groups)
             self.layers[name] = _Layer(
                 name,
                 slice(row_start, row_start + cout),
@@ -247,31 +247,6 @@ def _col_read(layer: _Layer, row: np.ndarray, col: np.ndarray) -> np.ndarray:
         return col & np.repeat(row.reshape(g, -1).any(1), len(col) // g)
     per_pair = (layer.pairs * row[:, None]).reshape(g, -1, layer.pairs.shape[1]).sum(1) > 0  # [g, Cin / g]
     return col & per_pair.reshape(-1)
-
-
-def _live(mask: Tensor, groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Live rows, live input channels and (where the mask is not an outer product of the two)
-    live taps per (row, column) pair of a weight mask."""
-    value = single_value(mask)
-    cout = mask.shape[0]
-    cin = mask.shape[1] * groups if mask.dim() > 1 else 1
-    if value is not None:
-        live = bool(value != 0)
-        return np.full(cout, live), np.full(cin, live), None
-    factors = mask_factors(mask) if groups == 1 else None
-    if factors is not None:
-        rows, cols = (t.numpy() for t in factors)
-        return rows & cols.any(), cols & rows.any(), None
-    nonzero = mask.detach() != 0
-    pairs = (nonzero.flatten(2).sum(2) if nonzero.dim() > 2 else nonzero).cpu().to(torch.float64)
-    rows, _ = nonzero_rows_and_columns(mask)
-    rows = rows.cpu().numpy()
-    cin_g = pairs.shape[1]
-    cols = (pairs.view(groups, cout // groups, cin_g) > 0).any(1).reshape(-1).numpy()
-    inner = int(np.prod(mask.shape[2:])) if mask.dim() > 2 else 1
-    if groups == 1 and int(nonzero.sum()) == inner * int(rows.sum()) * int(cols.sum()):
-        return rows, cols, None  # every live (row, column) pair full: an outer product
-    return rows, cols, pairs.numpy()
 
 
 class _Compiler(ChannelWalk):
