@@ -4,7 +4,9 @@ batch-1 forward, and what its shape rules save (issue 20, pruning overhead).
 
 Interleaved in one process, one thread, the thread's CPU time:
 - meta pass with every shape rule ÷ the same pass without the rules (adaptive pools, Conv2d,
-  Linear; the binary-op rule acts in the graph's shape pass only);
+  Linear, binary ops) and ÷ the same pass without the two newest (binary ops inside a
+  forward, such as a squeeze-excitation's scale times its input, and convs on one 1x1 pixel:
+  ``core.shapes._BinaryShapes``, ``_one_pixel``);
 - meta pass ÷ a real batch-1 forward in eval mode;
 - a cold prune + slice (group-aware FT at 50 %, as bench_zoo.py) with ÷ without the rules.
 
@@ -28,7 +30,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lostprune.core.shapes as shapes
-import lostprune.structure.tracing as tracing
 from benchmarks._util import interleaved_ratio, write_section
 from benchmarks.bench_zoo import clear_traces, cpu_line, create, example, lostprune_step
 
@@ -38,19 +39,30 @@ MODELS = ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet
 @contextlib.contextmanager
 def without_rules():
     """Inside, the meta passes run torch's own meta kernels everywhere: no adaptive-pool rule,
-    no Conv2d / Linear rule, no binary-op rule in the graph's shape pass (shape-keeping modules
-    still pass their input through)."""
+    no Conv2d / Linear rule, no binary-op rule (shape-keeping modules still pass their input
+    through)."""
     pools, layers = dict(shapes.ADAPTIVE_POOLS), dict(shapes.LAYER_RULES)
-    binary = tracing.binary_elementwise_shape
     shapes.ADAPTIVE_POOLS.clear()
     shapes.LAYER_RULES.clear()
-    tracing.binary_elementwise_shape = lambda fn, args, kwargs: None
     try:
-        yield
+        with without_newest_rules():
+            yield
     finally:
         shapes.ADAPTIVE_POOLS.update(pools)
         shapes.LAYER_RULES.update(layers)
-        tracing.binary_elementwise_shape = binary
+
+
+@contextlib.contextmanager
+def without_newest_rules():
+    """Inside, binary ops take torch's meta kernels (a trace's and a forward's alike) and a
+    conv on one 1x1 pixel its own meta kernel; the other rules act."""
+    binary, one_pixel = shapes._BinaryShapes, shapes._one_pixel
+    shapes._BinaryShapes = contextlib.nullcontext
+    shapes._one_pixel = lambda input, weight: False
+    try:
+        yield
+    finally:
+        shapes._BinaryShapes, shapes._one_pixel = binary, one_pixel
 
 
 def measure(name: str, rounds: int) -> dict:
@@ -61,6 +73,10 @@ def measure(name: str, rounds: int) -> dict:
 
     def meta_without():
         with without_rules():
+            shapes.shape_only_forward(model, x)
+
+    def meta_older():
+        with without_newest_rules():
             shapes.shape_only_forward(model, x)
 
     def real():
@@ -77,6 +93,7 @@ def measure(name: str, rounds: int) -> dict:
 
     clock = time.thread_time
     t_without, t_meta, _ = interleaved_ratio(meta_without, meta, rounds=rounds, clock=clock)
+    t_older, t_meta_again, _ = interleaved_ratio(meta_older, meta, rounds=rounds, clock=clock)
     t_real, _, _ = interleaved_ratio(real, meta, rounds=rounds, clock=clock)
     cold(True), cold(False)  # warm-up
     samples = {True: [], False: []}
@@ -89,6 +106,8 @@ def measure(name: str, rounds: int) -> dict:
         "pools": sum(type(m) in shapes.ADAPTIVE_POOLS for m in model.modules()),
         "meta_ms": t_meta * 1e3,
         "meta_without_ms": t_without * 1e3,
+        "meta_older_ms": t_older * 1e3,
+        "meta_again_ms": t_meta_again * 1e3,
         "real_ms": t_real * 1e3,
         "cold_ms": c_with * 1e3,
         "cold_without_ms": c_without * 1e3,
@@ -119,7 +138,9 @@ def main() -> None:
             "weights, one 3×224×224 image. *Meta pass*: `shape_only_forward` (parameters swapped for "
             "meta tensors; BatchNorms and activations pass their input through; adaptive pools, "
             "`Conv2d` and `Linear` give their output shape without running torch's Python meta "
-            "kernels, and so do binary ops in the trace's shape pass: the rules measured here). "
+            "kernels, and so do binary ops, in the trace's shape pass and inside a forward: the rules "
+            "measured here; *newest*: binary ops inside a forward and convs on one 1×1 pixel, timed "
+            "in their own interleaved rounds). "
             "*Cold prune + slice*: group-aware FT at 50 % and `slice_model(inplace=True)` from an empty "
             "trace cache, as `bench_zoo.py` times it (two meta passes; where twice one pass's saving, the last "
             "column, is a small share of a cold run, the cold columns differ by the run's noise)."
@@ -127,13 +148,15 @@ def main() -> None:
         "",
         (
             "| model | adaptive pools | meta pass (ms) | without the rules (ms) | rules save | real forward (ms) "
-            "| meta ÷ real | cold prune + slice (ms) | without the rules (ms) | cold ÷ without | 2 × the meta pass's saving (ms) |"
+            "| without the newest rules (ms) | newest save | meta ÷ real | cold prune + slice (ms) | without the rules (ms) "
+            "| cold ÷ without | 2 × the meta pass's saving (ms) |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['model']} | {r['pools']} | {r['meta_ms']:.1f} | {r['meta_without_ms']:.1f} | "
-        f"{1 - r['meta_ms'] / r['meta_without_ms']:.0%} | {r['real_ms']:.1f} | {r['meta_ms'] / r['real_ms']:.2f}× | "
+        f"{1 - r['meta_ms'] / r['meta_without_ms']:.0%} | {r['real_ms']:.1f} | {r['meta_older_ms']:.1f} | "
+        f"{1 - r['meta_again_ms'] / r['meta_older_ms']:.0%} | {r['meta_ms'] / r['real_ms']:.2f}× | "
         f"{r['cold_ms']:.1f} | {r['cold_without_ms']:.1f} | {r['cold_ms'] / r['cold_without_ms']:.3f} | "
         f"{2 * (r['meta_without_ms'] - r['meta_ms']):.1f} |"
         for r in rows

@@ -3,6 +3,7 @@ the shape of its output on an example input (``meta["tensor_meta"]``, as fx's Sh
 
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
@@ -95,8 +96,9 @@ def propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_inp
         for node in graph.nodes:
             if node.op == "output":
                 return
-            args = fx.node.map_arg(node.args, env.__getitem__)
-            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+            with torch._C.DisableTorchFunction():  # bookkeeping, not ops: nothing to intercept
+                args = fx.node.map_arg(node.args, env.__getitem__)
+                kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
             if node.op == "placeholder":
                 value = next(inputs, args[0] if args else _MISSING)
                 if value is _MISSING:
@@ -113,7 +115,8 @@ def propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_inp
             else:  # (binary ops on meta tensors: shape_only_forward gives their shapes by rule)
                 value = node.target(*args, **kwargs)
             env[node] = value
-            _annotate(node, value)
+            with torch._C.DisableTorchFunction():  # (each size and layout query would be a Python call)
+                _annotate(node, value)
 
     shape_only_forward(root, example_input, call=run)
 
