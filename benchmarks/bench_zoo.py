@@ -17,11 +17,11 @@ Per model (random weights, trained-like BN statistics, 3×224×224 — 299 for i
   alone (interleaved too), and the ratio given without it: Torch-Pruning's in-place step
   against all of lostprune's work. *In place*: both tools prune a model of their own, without
   a copy (``prune(..., inplace=True)``; Torch-Pruning's step on a copy made untimed before),
-  the same work on both sides: graph, prune, slice. Both tools run on one thread, so the thread's CPU time is what a run costs
-  (what other processes take of a shared machine left out); the ratio is also given in wall
-  time. lostprune keeps the traces of the last 16 model structures: *cold* empties that
-  cache before each run (what a first prune of a model costs, the one compared), *warm* does
-  not (the same architecture pruned again).
+  the same work on both sides: graph, prune, slice. Both tools run on one thread, so the
+  thread's CPU time is what a run costs (what other processes take of a shared machine left
+  out); the ratio is also given in wall time. lostprune keeps the traces of the last 16
+  model structures: *cold* empties that cache before each run (what a first prune of a
+  model costs, the one compared), *warm* does not (the same architecture pruned again).
 * **exact**: lostprune's sliced model against its masked model (max |difference| / max
   |output|); Torch-Pruning has no masked counterpart: whether its pruned model runs.
 * **speedup**: dense / pruned latency, batch 1 and 32 (8 with ``--quick``), one thread, NCHW,

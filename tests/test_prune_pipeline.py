@@ -486,6 +486,20 @@ def test_conv_and_linear_rules_on_meta_are_the_real_module_or_torchs_meta_kernel
     assert ((1, 4, 1, 1), "channels_last") not in answered_shapes  # its strides: torch's kernel
 
 
+def _ruled_binary_cases(functions, shapes):
+    """(fn, a, b, the rule's answer) for every pair of meta tensors of ``shapes`` (b also of
+    other dtypes) where the rule answers."""
+    for fn in functions:
+        for sa in shapes:
+            for sb in shapes:
+                for dtype_b in (torch.float32, torch.float64, torch.int64):
+                    a = torch.empty(sa, device="meta")
+                    b = torch.empty(sb, device="meta", dtype=dtype_b)
+                    ruled = shapes_module.binary_elementwise_shape(fn, (a, b), {})
+                    if ruled is not None:
+                        yield fn, a, b, ruled
+
+
 def test_binary_elementwise_rule_is_torchs_result_where_it_answers():
     shapes = [
         (2, 3, 4, 5),
@@ -499,22 +513,14 @@ def test_binary_elementwise_rule_is_torchs_result_where_it_answers():
         (2, 3, 1, 5),
     ]
     answered = 0
-    for fn in shapes_module.BINARY_ELEMENTWISE:
-        for sa in shapes:
-            for sb in shapes:
-                for dtype_b in (torch.float32, torch.float64, torch.int64):
-                    a = torch.empty(sa, device="meta")
-                    b = torch.empty(sb, device="meta", dtype=dtype_b)
-                    ruled = shapes_module.binary_elementwise_shape(fn, (a, b), {})
-                    if ruled is None:
-                        continue
-                    expected = fn(a, b)
-                    assert (ruled.shape, ruled.stride(), ruled.dtype) == (
-                        expected.shape,
-                        expected.stride(),
-                        expected.dtype,
-                    ), (fn, sa, sb, dtype_b)
-                    answered += 1
+    for fn, a, b, ruled in _ruled_binary_cases(shapes_module.BINARY_ELEMENTWISE, shapes):
+        expected = fn(a, b)
+        assert (ruled.shape, ruled.stride(), ruled.dtype) == (
+            expected.shape,
+            expected.stride(),
+            expected.dtype,
+        ), (fn, a.shape, b.shape, b.dtype)
+        answered += 1
     assert answered > 100
     a = torch.empty(1, 4, 3, 3, device="meta")
     b = a.to(memory_format=torch.channels_last)
@@ -531,23 +537,11 @@ def test_binary_elementwise_rule_is_torchs_result_where_it_answers():
 def test_inplace_binary_rule_is_the_tensor_itself_where_torch_agrees():
     shapes = [(2, 3, 4, 5), (1, 3, 1, 1), (3, 1, 1), (2, 3, 4, 1), (5,), (), (1, 1, 4, 5)]
     answered = 0
-    for fn in shapes_module.INPLACE_BINARY_ELEMENTWISE:
-        for sa in shapes:
-            for sb in shapes:
-                for dtype_b in (torch.float32, torch.float64, torch.int64):
-                    a = torch.empty(sa, device="meta")
-                    b = torch.empty(sb, device="meta", dtype=dtype_b)
-                    ruled = shapes_module.binary_elementwise_shape(fn, (a, b), {})
-                    if ruled is None:
-                        continue
-                    assert ruled is a, (fn, sa, sb)
-                    expected = fn(a.clone(), b)  # torch accepts what the rule answers
-                    assert (expected.shape, expected.stride(), expected.dtype) == (
-                        a.shape,
-                        a.stride(),
-                        a.dtype,
-                    )
-                    answered += 1
+    for fn, a, b, ruled in _ruled_binary_cases(shapes_module.INPLACE_BINARY_ELEMENTWISE, shapes):
+        assert ruled is a, (fn, a.shape, b.shape)
+        expected = fn(a.clone(), b)  # torch accepts what the rule answers
+        assert (expected.shape, expected.stride(), expected.dtype) == (a.shape, a.stride(), a.dtype)
+        answered += 1
     assert answered > 20
     small, big = torch.empty(1, 3, 1, 1, device="meta"), torch.empty(2, 3, 4, 5, device="meta")
     assert shapes_module.binary_elementwise_shape(torch.Tensor.add_, (small, big), {}) is None  # torch raises
