@@ -134,7 +134,7 @@ def live_structure(mask: Tensor, groups: int = 1) -> tuple[np.ndarray, np.ndarra
     over the pairs."""
     value = single_value(mask)
     cout = mask.shape[0]
-    cin = mask.shape[1] * groups
+    cin = mask.shape[1] * groups if mask.dim() > 1 else 1
     if value is not None:
         live = bool(value != 0)
         return np.full(cout, live), np.full(cin, live), None

@@ -96,9 +96,8 @@ def propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_inp
         for node in graph.nodes:
             if node.op == "output":
                 return
-            with torch._C.DisableTorchFunction():  # bookkeeping, not ops: nothing to intercept
-                args = fx.node.map_arg(node.args, env.__getitem__)
-                kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+            args = fx.node.map_arg(node.args, env.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
             if node.op == "placeholder":
                 value = next(inputs, args[0] if args else _MISSING)
                 if value is _MISSING:
@@ -115,7 +114,10 @@ def propagate_shapes(graph: fx.Graph, modules: dict[str, nn.Module], example_inp
             else:  # (binary ops on meta tensors: shape_only_forward gives their shapes by rule)
                 value = node.target(*args, **kwargs)
             env[node] = value
-            with torch._C.DisableTorchFunction():  # (each size and layout query would be a Python call)
+            if type(value) is Tensor:  # its metadata outside shape_only_forward's torch-function mode
+                with torch._C.DisableTorchFunction():  # (through it, each query is a Python call)
+                    _annotate(node, value)
+            else:  # (a tuple, a size, a tensor subclass with its own torch function)
                 _annotate(node, value)
 
     shape_only_forward(root, example_input, call=run)
