@@ -4,7 +4,6 @@ structured masks that remember their factors, positions read off the trace."""
 
 import copy
 import dataclasses
-import operator
 
 import numpy as np
 import pytest
@@ -524,14 +523,15 @@ def test_binary_elementwise_rule_is_torchs_result_where_it_answers():
     assert answered > 100
     a = torch.empty(1, 4, 3, 3, device="meta")
     b = a.to(memory_format=torch.channels_last)
-    assert shapes_module.binary_elementwise_shape(operator.add, (b, b), {}) is None  # layout: torch's
-    assert shapes_module.binary_elementwise_shape(operator.add, (a, 2.0), {}) is None  # a scalar: torch's
+    assert shapes_module.binary_elementwise_shape(torch.Tensor.add, (b, b), {}) is None  # layout: torch's
+    assert shapes_module.binary_elementwise_shape(torch.Tensor.add, (a, 2.0), {}) is None  # a scalar: torch's
     assert shapes_module.binary_elementwise_shape(torch.add, (a, a), {"alpha": 2}) is None
     assert (
-        shapes_module.binary_elementwise_shape(operator.add, (a, torch.empty(5, device="meta")), {}) is None
+        shapes_module.binary_elementwise_shape(torch.Tensor.add, (a, torch.empty(5, device="meta")), {})
+        is None
     )
     real = torch.ones(1, 4, 3, 3)
-    assert shapes_module.binary_elementwise_shape(operator.mul, (real, real), {}) is None  # computed
+    assert shapes_module.binary_elementwise_shape(torch.Tensor.mul, (real, real), {}) is None  # computed
 
 
 def test_inplace_binary_rule_is_the_tensor_itself_where_torch_agrees():
@@ -583,6 +583,16 @@ def test_shape_pass_gives_binary_ops_inside_forwards_by_rule(monkeypatch):
     shape_only_forward(model, torch.randn(2, 3, 6, 5))
     assert seen == [((2, 4, 6, 5), (2, 2, 6, 5))]
     assert answered.count(True) == 3  # x * s, out += x, out - x: none through torch's references
+    answered.clear()
+    graph = tracing.trace_graph(model)  # the same ops as the trace's nodes: by rule as well
+    tracing.propagate_shapes(graph, dict(model.named_modules()), torch.randn(2, 3, 6, 5))
+    assert answered.count(True) == 3
+    assert [tuple(n.meta["tensor_meta"].shape) for n in graph.nodes if n.op == "call_module"][-1] == (
+        2,
+        2,
+        6,
+        5,
+    )
     answered.clear()
     with torch.no_grad():  # a real pass: nothing intercepted
         model(torch.randn(2, 3, 6, 5))

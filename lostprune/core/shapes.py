@@ -5,7 +5,6 @@ masked weights of nn.utils.prune) restored afterwards."""
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
@@ -179,25 +178,12 @@ def _linear_shape(module: nn.Linear, input: Tensor) -> Tensor:
 LAYER_RULES: dict[type, Callable] = {nn.Conv2d: _conv2d_shape, nn.Linear: _linear_shape}
 
 
-# Binary elementwise functions as a trace records them (``x + y``, ``torch.add(x, y)``) and as
-# a forward calls them (``x * y`` reaches torch functions as ``Tensor.mul``): on meta tensors
-# torch runs each through its Python reference, about 90 µs (a squeeze-excitation's scale times
-# its input: a quarter of a MobileNetV3 shape pass).
+# Binary elementwise ops as they reach a torch-function mode (``x + y`` in a forward or a
+# trace's node arrives as ``Tensor.add``; ``torch.add(x, y)`` as itself): on meta tensors torch
+# runs each through its Python reference, about 90 µs (a squeeze-excitation's scale times its
+# input: a quarter of a MobileNetV3 shape pass).
 BINARY_ELEMENTWISE = frozenset(
-    {
-        operator.add,
-        operator.sub,
-        operator.mul,
-        operator.truediv,
-        torch.add,
-        torch.sub,
-        torch.mul,
-        torch.div,
-        Tensor.add,
-        Tensor.sub,
-        Tensor.mul,
-        Tensor.div,
-    }
+    {torch.add, torch.sub, torch.mul, torch.div, Tensor.add, Tensor.sub, Tensor.mul, Tensor.div}
 )
 # ``x += y``: the result is ``x`` itself, which must have the broadcast shape.
 INPLACE_BINARY_ELEMENTWISE = frozenset({Tensor.add_, Tensor.sub_, Tensor.mul_, Tensor.div_})
