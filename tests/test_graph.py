@@ -37,7 +37,7 @@ def test_flatten_into_linear_gives_spans():
     (consumer,) = group.consumers
     assert consumer.module == "3" and consumer.span == 36
     assert torch.equal(
-        consumer.select(torch.tensor([False, True, False, True])),
+        consumer.index[torch.tensor([False, True, False, True])].reshape(-1),
         torch.cat([torch.arange(36, 72), torch.arange(108, 144)]),
     )
 

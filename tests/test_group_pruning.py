@@ -1,5 +1,6 @@
 """Group-aware structured pruning: whole channel groups scored and removed (GroupPlan, FT options)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -17,6 +18,7 @@ from lostprune.structure import (
     slice_model,
     snap,
 )
+from lostprune.structure.search import last_within
 
 
 def plan_for(model, x, **options):
@@ -315,3 +317,21 @@ def test_allowed_kept_and_snap():
     assert allowed_kept(5, 8) == [5]
     assert allowed_kept(4, 1) == [1, 2, 3, 4]
     assert [snap(k, [8, 16, 20]) for k in (0, 11.9, 12, 13, 19, 30)] == [8, 8, 16, 16, 20, 20]
+
+
+def test_last_within_answers_as_bisection_within_twice_its_evaluations():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n = int(rng.integers(1, 2000))
+        steps = rng.integers(0, 5, n) * (rng.random(n) < rng.random())  # plateaus and jumps
+        removal = np.cumsum(steps) + int(rng.integers(0, 3))
+        if rng.random() < 0.3:  # far from linear in the index
+            removal = (removal.astype(float) ** rng.uniform(0.2, 5)).astype(np.int64)
+        target = int(rng.integers(-2, removal[-1] + 3))  # below and above the range too
+        asked = []
+        found = last_within(
+            n, lambda i, asked=asked, removal=removal: asked.append(i) or int(removal[i]), target
+        )
+        below = np.flatnonzero(removal <= target)
+        assert found == (int(below[-1]) if len(below) else 0)
+        assert len(asked) <= 2 * max(1, int(np.ceil(np.log2(n))))

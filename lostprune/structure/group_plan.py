@@ -47,6 +47,7 @@ from ..core.masks import outer_mask, single_value
 from .granularity import channel_multiple
 from .graph import DEPTHWISE, IN, OUT, ChannelGroup, DependencyGraph, GraphError
 from .group_counts import Refinement, WeightCounter, flat
+from .search import last_within
 
 C = TypeVar("C")  # a candidate of a fit: a ratio, a threshold, ...
 
@@ -242,11 +243,11 @@ class GroupPlan:
         """Set every unit's score and removal order (dead channels first, then ascending
         score; ties by channel index)."""
         for unit, score in zip(self.units, self.group_scores(scores)):
-            if not torch.isfinite(score[~unit.dead]).all():
+            values, dead = score.detach().cpu().numpy(), unit.dead.numpy()  # (numpy: small vectors)
+            if not np.isfinite(values[~dead]).all():
                 raise ValueError(f"scores of {unit.group!r} contain NaN or inf")
             unit.score = score
-            ranked = torch.where(unit.dead, torch.full_like(score, -math.inf), score)
-            unit.order = torch.sort(ranked, stable=True).indices
+            unit.order = torch.from_numpy(np.argsort(np.where(dead, -np.inf, values), kind="stable"))
 
     # ------------------------------------------------------------------ counts
     def counts_for_kept(self, kept: Sequence[float]) -> list[int]:
@@ -324,24 +325,29 @@ class GroupPlan:
         for name, mask in self.current_masks.items():
             if name not in self.layers:
                 continue
+            row_slice, col_slice = self.counter.slices(name)
+            layer_rows, layer_cols = rows[row_slice], cols[col_slice]
+            cut = [
+                (dim, keep)
+                for dim, keep in ((0, layer_rows), (1, layer_cols))
+                if keep is not None and dim < mask.dim() and not keep.all()
+            ]
+            if not cut:
+                masks[name] = mask.clone()  # (a ones_view comes out materialized)
+                continue
+            value = single_value(mask)
+            if value is not None and bool(value == 1) and mask.dim() >= 2:  # an unpruned layer
+                masks[name] = outer_mask(torch.from_numpy(layer_rows), torch.from_numpy(layer_cols), mask)
+                continue
             # times 0/1 row and column vectors: a broadcast multiply is several times faster on
             # CPU than a copy followed by an indexed zero fill
             factor = None
-            row_slice, col_slice = self.counter.slices(name)
-            layer_rows, layer_cols = rows[row_slice], cols[col_slice]
-            for dim, keep in ((0, layer_rows), (1, layer_cols)):
-                if keep is not None and dim < mask.dim() and not keep.all():
-                    shape = [1] * mask.dim()
-                    shape[dim] = -1
-                    vector = torch.from_numpy(keep).to(device=mask.device, dtype=mask.dtype).view(shape)
-                    factor = vector if factor is None else factor * vector
-            value = single_value(mask)
-            if factor is None:
-                masks[name] = mask.clone()  # (a ones_view comes out materialized)
-            elif value is not None and bool(value == 1) and mask.dim() >= 2:  # an unpruned layer
-                masks[name] = outer_mask(torch.from_numpy(layer_rows), torch.from_numpy(layer_cols), mask)
-            else:
-                masks[name] = mask * factor
+            for dim, keep in cut:
+                shape = [1] * mask.dim()
+                shape[dim] = -1
+                vector = torch.from_numpy(keep).to(device=mask.device, dtype=mask.dtype).view(shape)
+                factor = vector if factor is None else factor * vector
+            masks[name] = mask * factor
         return masks
 
     # ------------------------------------------------------------------ search
@@ -351,15 +357,8 @@ class GroupPlan:
         return counts_of(candidates[self.fit_index(candidates, counts_of, target)])
 
     def fit_index(self, candidates: Sequence[C], counts_of: Callable[[C], list[int]], target: int) -> int:
-        """The index ``fit`` chooses."""
-        lo, hi = 0, len(candidates) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.removed_weights(counts_of(candidates[mid])) <= target:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        """The index ``fit`` chooses (``search.last_within``)."""
+        return last_within(len(candidates), lambda i: self.removed_weights(counts_of(candidates[i])), target)
 
     def fit_uniform(self, target: int, tolerance: float = 0.005) -> list[int]:
         """Counts removing ``target`` weights with the same fraction of every unit; where

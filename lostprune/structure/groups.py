@@ -45,10 +45,6 @@ class Member:
     def span(self) -> int:
         return self.index.shape[1]
 
-    def select(self, keep: Tensor) -> Tensor:
-        """Indices (flat, by channel order) of the kept group channels."""
-        return self.index[keep].reshape(-1)
-
 
 @dataclass
 class ChannelGroup:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .graph import DependencyGraph
 from .propagation import Propagation
+from .search import last_within
 
 C = TypeVar("C")  # a candidate of a fit: a ratio, a threshold, ...
 
@@ -144,25 +145,18 @@ class LayerPlan:
         tolerance: float = 0.005,
     ) -> dict[str, int]:
         """Kept counts from the family ``kept_of(c)``, ``candidates`` ordered so that removal
-        grows: the member closest to ``target`` removed weights (bisection), then single
+        grows: the member closest to ``target`` removed weights (``search.last_within``), then single
         moves (one layer keeps one more / one fewer) while they bring removal closer and it
         is more than ``tolerance · target`` away."""
-        lo, hi = 0, len(candidates) - 1
-        removed = {}
+        removed: dict[int, int] = {}
 
         def removed_at(i: int) -> int:
             if i not in removed:
                 removed[i] = self.removed_weights(kept_of(candidates[i]))
             return removed[i]
 
-        if removed_at(hi) <= target:
-            lo = hi
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if removed_at(mid) <= target:
-                lo = mid
-            else:
-                hi = mid
+        lo = last_within(len(candidates), removed_at, target)
+        hi = min(lo + 1, len(candidates) - 1)  # the first over the target, unless none is
         best = min((lo, hi), key=lambda i: (abs(removed_at(i) - target), i))
         return self.refine(kept_of(candidates[best]), target, tolerance)
 

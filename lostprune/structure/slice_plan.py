@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -15,7 +16,7 @@ from torch import Tensor
 from ..core.masks import nonzero_rows_and_columns
 from .constants import input_constants
 from .folded_conv import FoldedConv2d
-from .graph import DEPTHWISE, IN, NORM, OUT, PARAM, ChannelGroup
+from .graph import IN, NORM, PARAM, ChannelGroup
 
 
 @dataclass
@@ -110,35 +111,20 @@ class _Decision:
     def __init__(
         self,
         modules: dict[str, nn.Module],
-        rows: dict[str, Tensor],
         cols: dict[str, Tensor],
         constants: dict[str, Tensor],
+        alive: dict[int, tuple[Tensor, Tensor | None]],
     ):
         self.modules = modules
-        self.rows, self.cols = rows, cols
+        self.cols = cols
         self.constants = constants
         self.kept: list[str] = []
         self.kept_channels = 0
-        self._alive: dict[int, tuple[Tensor, Tensor | None]] = {}  # group id -> alive(group)
+        self._alive = alive
 
     def alive(self, group: ChannelGroup) -> tuple[Tensor, Tensor | None]:
-        """Bool [size]: channels some producer still writes; bool [size] or None: channels some
-        consumer still reads (None: the group has no consumer). Computed once per group."""
-        known = self._alive.get(group.id)
-        if known is None:
-            known = self._alive[group.id] = self._compute_alive(group)
-        return known
-
-    def _compute_alive(self, group: ChannelGroup) -> tuple[Tensor, Tensor | None]:
-        alive_out = torch.zeros(group.size, dtype=torch.bool)
-        alive_in = None
-        for m in group.members:
-            if m.role in (OUT, DEPTHWISE):
-                alive_out |= self.rows[m.module][m.index].any(1) if m.module in self.rows else True
-            elif m.role == IN:
-                alive_in = torch.zeros(group.size, dtype=torch.bool) if alive_in is None else alive_in
-                alive_in |= self.cols[m.module][m.index].any(1) if m.module in self.cols else True
-        return alive_out, alive_in
+        """``DependencyGraph.alive_channels`` of the group (computed once, by slice_model)."""
+        return self._alive[group.id]
 
     def unfoldable(self, group: ChannelGroup) -> tuple[Tensor, list[str]]:
         """Bool [size]: constant channels that cannot be folded into every consumer, and why
@@ -228,12 +214,17 @@ class SlicePlan:
     folded: dict[str, nn.Conv2d] = field(default_factory=dict)  # convs that take a border term
 
 
-def plan_slice(graph, modules, rows, cols, removed, report: SliceReport) -> SlicePlan:
+def plan_slice(graph, modules, rows, cols, alive, removed, report: SliceReport) -> SlicePlan:
+    """How to slice: per layer, the rows and columns kept and the constants folded. ``rows`` /
+    ``cols``: live weight rows / columns per layer; ``alive``: ``DependencyGraph.alive_channels``
+    per prunable group; ``removed``: the structurally gone channels per group."""
     constants = input_constants(graph.fx_graph, modules, {n: ~r for n, r in rows.items()})
-    decision = _Decision(modules, rows, cols, constants)
-    keep_rows: dict[str, Tensor] = {}
-    keep_cols: dict[str, Tensor] = {}
-    keep_params: dict[str, tuple[int, Tensor]] = {}
+    decision = _Decision(modules, cols, constants, alive)
+    # keep vectors as numpy while the members mark them: one indexed store per member costs
+    # a few microseconds in numpy, several times that in torch (tensors at the end)
+    keep_rows: dict[str, np.ndarray] = {}
+    keep_cols: dict[str, np.ndarray] = {}
+    keep_params: dict[str, tuple[int, np.ndarray]] = {}
     fold_columns: dict[str, list[Tensor]] = {}
     for group in graph.groups:
         if group.id not in removed:
@@ -245,23 +236,30 @@ def plan_slice(graph, modules, rows, cols, removed, report: SliceReport) -> Slic
         constant = drop & ~alive_out  # a constant some consumer column still reads: folded
         if alive_in is not None:
             constant &= alive_in
-        report.channels_removed += int(drop.sum())
-        report.channels_folded += int(constant.sum())
+        dropped, folded = drop.numpy(), constant.numpy()
+        report.channels_removed += int(np.count_nonzero(dropped))
+        report.channels_folded += int(np.count_nonzero(folded))
         for m in group.members:
+            index = m.index.numpy()
             if m.role == PARAM:
                 size = graph.model.get_parameter(m.module).shape[m.dim]
-                keep_params.setdefault(m.module, (m.dim, torch.ones(size, dtype=torch.bool)))[1][
-                    m.select(drop)
-                ] = False
+                keep_params.setdefault(m.module, (m.dim, np.ones(size, dtype=bool)))[1][index[dropped]] = (
+                    False
+                )
                 continue
             target = keep_cols if m.role == IN else keep_rows
             if m.module not in target:
-                target[m.module] = torch.ones(_extent(modules[m.module], m.role), dtype=torch.bool)
-            target[m.module][m.select(drop)] = False
-            if m.role == IN and constant.any():
-                fold_columns.setdefault(m.module, []).append(m.select(constant))
+                target[m.module] = np.ones(_extent(modules[m.module], m.role), dtype=bool)
+            target[m.module][index[dropped]] = False
+            if m.role == IN and folded.any():
+                fold_columns.setdefault(m.module, []).append(torch.from_numpy(index[folded].reshape(-1)))
     report.kept, report.channels_kept = decision.kept, decision.kept_channels
-    plan = SlicePlan(modules, keep_rows, keep_cols, keep_params)
+    plan = SlicePlan(
+        modules,
+        {name: torch.from_numpy(keep) for name, keep in keep_rows.items()},
+        {name: torch.from_numpy(keep) for name, keep in keep_cols.items()},
+        {name: (dim, torch.from_numpy(keep)) for name, (dim, keep) in keep_params.items()},
+    )
     for name, columns in fold_columns.items():
         module = modules[name]
         term = _fold_term(module, module.weight, constants[name], torch.cat(columns))

@@ -102,7 +102,8 @@ def _masked_weight(module: nn.Module, name: str) -> tuple[Tensor, tuple[Tensor, 
     factors = mask_factors(mask) if orig.dim() >= 2 else None
     if factors is not None:
         rows, cols = (t.cpu() for t in nonzero_rows_and_columns(orig))
-        if not (rows & ~factors[0]).any() and not (cols & ~factors[1]).any():
+        outside = (live.numpy() & ~kept.numpy() for live, kept in zip((rows, cols), factors))
+        if not any(extra.any() for extra in outside):  # (numpy: small vectors, torch costs more)
             return orig.detach(), (rows, cols)
     with torch.no_grad():
         return orig * mask, None
@@ -176,10 +177,11 @@ def slice_model(
         graph = build_graph(dense, example_input[:1], leaf_modules, reuse_from=model)
         modules = graph.modules
         rows, cols = live_rows_and_columns(modules, live)
-        removed = {}
+        removed, alive = {}, {}
         for group in graph.groups:
             if group.prunable:
-                gone = graph._removed(group, rows, cols)
+                alive[group.id] = graph.alive_channels(group, rows, cols)
+                gone = graph.removed_of(alive[group.id])
                 if gone.any():
                     removed[group.id] = gone
         report = SliceReport(params_before, params_before)
@@ -192,7 +194,7 @@ def slice_model(
             )
             plan = SlicePlan(modules, {}, {})
         else:
-            plan = plan_slice(graph, modules, rows, cols, removed, report)
+            plan = plan_slice(graph, modules, rows, cols, alive, removed, report)
         _materialize(dense, modules, plan, shared)
     for conv in plan.folded.values():  # after the modes are restored: the new module copies its own
         _replace(dense, conv, FoldedConv2d.from_conv(conv, conv._buffers.pop("fold_weight")))

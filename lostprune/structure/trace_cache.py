@@ -20,11 +20,11 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils import prune as torch_prune
 
+from ..core.shapes import MODULE_INTERNALS
+
 # the example input lostprune.prune remembers on a pruned model, for slice_model
 EXAMPLE_INPUT = "lostprune_example_input"
-_MODULE_INTERNALS = frozenset(nn.Module().__dict__) | {
-    EXAMPLE_INPUT
-}  # _parameters, _buffers, hooks, training …
+_MODULE_INTERNALS = MODULE_INTERNALS | {EXAMPLE_INPUT}
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.memory_format)
 
 
