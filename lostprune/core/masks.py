@@ -280,18 +280,14 @@ def _refresh(module: nn.Module, name: str) -> None:
     autograd graph: a masked tensor left over from a forward with gradients is not a graph
     leaf, and ``copy.deepcopy`` refuses modules holding one."""
     orig, mask = getattr(module, f"{name}_orig"), getattr(module, f"{name}_mask")
-    factors = mask_factors(mask) if orig.dim() >= 2 else None
     with torch.no_grad():
-        if factors is None:
-            orig.mul_(mask)
-            setattr(module, name, orig * mask)
-            return
-        # a 0/1 outer-product mask (outer_mask): once the raw entries are zeroed, the masked
-        # weight equals the raw one and shares it instead of copying it. One multiply by the
-        # mask beats filling the removed rows and columns (2.6-15x, measured on 16x16x3x3 to
-        # 4096x4096 weights: a fill's index lists cost more than the pass they save).
+        # one multiply by the mask, also for an outer_mask: 2.6-15x faster than filling its
+        # removed rows and columns (16x16x3x3 to 4096x4096 weights: the fill's index lists
+        # cost more than the pass they save)
         orig.mul_(mask)
-        setattr(module, name, orig.detach())
+        # a 0/1 outer-product mask: the masked weight now equals the raw one and shares it
+        outer = orig.dim() >= 2 and mask_factors(mask) is not None
+        setattr(module, name, orig.detach() if outer else orig * mask)
 
 
 def settle_masks(model: nn.Module) -> nn.Module:

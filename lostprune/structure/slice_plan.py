@@ -237,6 +237,7 @@ def plan_slice(graph, modules, rows, cols, alive, removed, report: SliceReport) 
         if alive_in is not None:
             constant &= alive_in
         dropped, folded = drop.numpy(), constant.numpy()
+        any_folded = bool(folded.any())
         report.channels_removed += int(np.count_nonzero(dropped))
         report.channels_folded += int(np.count_nonzero(folded))
         for m in group.members:
@@ -251,7 +252,7 @@ def plan_slice(graph, modules, rows, cols, alive, removed, report: SliceReport) 
             if m.module not in target:
                 target[m.module] = np.ones(_extent(modules[m.module], m.role), dtype=bool)
             target[m.module][index[dropped]] = False
-            if m.role == IN and folded.any():
+            if m.role == IN and any_folded:
                 fold_columns.setdefault(m.module, []).append(torch.from_numpy(index[folded].reshape(-1)))
     report.kept, report.channels_kept = decision.kept, decision.kept_channels
     plan = SlicePlan(
